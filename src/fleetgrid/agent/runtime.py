@@ -1,0 +1,495 @@
+"""The vehicle agent: takes work from the coordinator only while the car is eligible, and gives the computer back
+the instant it is not.
+
+Three threads share one :class:`Agent`. The main thread leases a unit, fetches its files (charging every byte to
+the data plan), runs it in the worker process and delivers the result. The monitor reads the vehicle bus every
+few milliseconds and kills the worker the moment the car turns ineligible; the main thread then hands the lease
+back with the last checkpoint. The pacemaker heartbeats and renews the lease before its deadline.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from fleetgrid import errors
+from fleetgrid.agent.config import AgentConfig
+from fleetgrid.agent.monitor import EligibilityMonitor, Reading
+from fleetgrid.agent.statedir import AgentStats, Enrollment, StateDir
+from fleetgrid.agent.transport import CoordinatorClient
+from fleetgrid.agent.worker import UnitTask, WorkerProcess
+from fleetgrid.clock import Clock
+from fleetgrid.protocol import (
+    CompleteRequest,
+    EnrollRequest,
+    FailRequest,
+    LeaseGrant,
+    LeaseRequest,
+    ProgressReport,
+    StateReport,
+)
+from fleetgrid.vehicle.bus import VehicleBus
+from fleetgrid.vehicle.state import Network
+
+__all__ = ["Agent", "run_agent"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_LEASE_GONE = (errors.LeaseExpired, errors.Conflict, errors.NotFound)
+_ATTEMPTS = 4  # tries of one call or transfer before a network error goes up to the main loop's back-off
+
+
+class _WaitForLink(Exception):
+    """Mid-transfer, the link changed to one the data plan does not allow for the remaining bytes."""
+
+
+@dataclass
+class _Traffic:
+    """Bytes one lease moved, per link, for its complete or fail report."""
+
+    cellular: int = 0
+    wifi: int = 0
+
+
+class Agent:
+    """One car's agent. ``client`` and ``worker`` are injectable so tests can fake the coordinator and the model."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        bus: VehicleBus,
+        clock: Clock,
+        *,
+        client: CoordinatorClient | None = None,
+        worker: WorkerProcess | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.dir = StateDir(config.state_dir)
+        self.plan = self.dir.load_plan(config.policy, clock)
+        self.stats = AgentStats()
+        self.client = client or CoordinatorClient(config.coordinator, verify=config.verify, timeout_s=config.timeout_s)
+        self.worker = worker or WorkerProcess(threads=config.threads)
+        self.monitor = EligibilityMonitor(bus, config.policy, config.monitor_interval_s, self._on_reading)
+        self.vehicle_id: str | None = None
+        self._stop = threading.Event()
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._lease: LeaseGrant | None = None
+        self._next_renew = 0.0
+        self._lease_lost = threading.Event()
+        self._computing_since: float | None = None  # perf_counter when the worker began the current unit
+
+    # --- the main loop -----------------------------------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event | None = None) -> AgentStats:
+        """Work until ``stop_event`` is set (or ``config.max_units`` are done); returns this run's stats.
+
+        Raises :class:`AuthError` when the credential is refused: a revoked car must not keep retrying.
+        """
+        self._stop = stop_event or threading.Event()
+        self._halt.clear()
+        self.monitor.start()
+        pacemaker = threading.Thread(target=self._pacemaker, name="fleetgrid-pacemaker", daemon=True)
+        try:
+            self._enroll()
+            pacemaker.start()
+            failures = 0
+            while not self._stop.is_set() and not self._enough():
+                try:
+                    self._step()
+                    failures = 0
+                except errors.TransportError as exc:
+                    failures += 1
+                    self.stats.transport_errors += 1
+                    log.warning("coordinator unreachable (%s); retrying", exc)
+                    self._sleep(self.config.poll_interval_s * min(2**failures, 16))
+        finally:
+            self._halt.set()
+            if pacemaker.is_alive():
+                pacemaker.join()
+            self.monitor.stop()
+            self.worker.close()
+            self._save()
+        return self.stats
+
+    def _enough(self) -> bool:
+        return self.config.max_units is not None and self.stats.units_done >= self.config.max_units
+
+    def _enroll(self) -> None:
+        enrollment = self.dir.load_enrollment()
+        if enrollment is None:
+            if self.config.enrollment_token is None:
+                raise errors.AuthError(
+                    f"{self.dir.root} holds no credential and no enrollment token was given; pass --enroll-token"
+                )
+            request = EnrollRequest(
+                enrollment_token=self.config.enrollment_token, name=self.config.name, hardware=self.config.hardware
+            )
+            response = self._retrying(lambda: self.client.enroll(request), until_stopped=True)
+            enrollment = Enrollment(response.vehicle_id, response.credential, self.config.coordinator)
+            self.dir.save_enrollment(enrollment)
+            log.info("enrolled as vehicle %s", enrollment.vehicle_id)
+        elif enrollment.coordinator != self.config.coordinator:
+            log.warning("credential in %s was issued by %s", self.dir.root, enrollment.coordinator)
+        self.client.credential = enrollment.credential
+        self.vehicle_id = enrollment.vehicle_id
+
+    def _step(self) -> None:
+        reading = self.monitor.reading()
+        if not reading.eligible:
+            self._sleep(self.config.poll_interval_s)
+            return
+        request = LeaseRequest(
+            state=self._report(reading), wait_s=self.config.lease_wait_s, cached_models=self.dir.cached_models()[-64:]
+        )
+        asked = time.monotonic()
+        grant = self.client.request_lease(request)
+        if grant is not None:
+            self._work(grant)
+        elif time.monotonic() - asked < self.config.lease_wait_s / 2:
+            self._sleep(self.config.poll_interval_s)  # the coordinator did not hold the poll: do not hammer it
+
+    # --- one unit ----------------------------------------------------------------------------------------------
+
+    def _work(self, grant: LeaseGrant) -> None:
+        self.stats.leases += 1
+        log.info("lease %s: job %s unit %d, %d items", grant.lease_id, grant.job_id, grant.unit_index, grant.items)
+        traffic = _Traffic()
+        task = self._task(grant, self.dir.unit_dir(grant.lease_id))
+        with self._lock:
+            self._lease, self._next_renew = grant, self.clock.now() + grant.renew_every_s
+            self._lease_lost.clear()
+        try:
+            self._prepare(grant, task, traffic)
+            started = time.perf_counter()
+            self._compute(task, grant, traffic)
+            self._deliver(grant, task.result_path, time.perf_counter() - started, traffic)
+        except errors.Preempted as exc:
+            if self._lease_lost.is_set():
+                self.stats.leases_lost += 1
+            else:
+                self._hand_back(grant, task, traffic, str(exc))
+        except _LEASE_GONE as exc:
+            self.worker.stop()
+            self.stats.leases_lost += 1
+            log.warning("lease %s is gone on the coordinator: %s", grant.lease_id, exc)
+        except (errors.TransportError, errors.AuthError):
+            self.worker.stop()
+            raise  # the coordinator will reissue the unit when the lease expires
+        except errors.FleetgridError as exc:
+            self.stats.unit_failures += 1
+            log.warning("lease %s failed: %s", grant.lease_id, exc)
+            self._report_failure(grant, FailRequest(reason=str(exc)[:1000], **_bytes(traffic)))
+        finally:
+            with self._lock:
+                self._lease = None
+            self.dir.discard_unit(grant.lease_id)
+            self._save()
+
+    def _task(self, grant: LeaseGrant, unit: Path) -> UnitTask:
+        model_file = grant.model.file
+        return UnitTask(
+            model_name=grant.model.name,
+            model_file=self.dir.model_path(model_file.digest) if model_file else None,
+            model_digest=model_file.digest if model_file else None,
+            items_path=unit / "input",
+            items_format=grant.input.format or "npy",
+            items=grant.items,
+            batch_size=grant.batch_size,
+            checkpoint_path=unit / "checkpoint.npy",
+            result_path=unit / "result.npy",
+            start=grant.checkpoint.done_items if grant.checkpoint else 0,
+            resume_path=unit / "resume.npy" if grant.checkpoint else None,
+        )
+
+    def _prepare(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> None:
+        """Fetch the model (unless cached by digest), the input shard and the checkpoint to resume from."""
+        if grant.model.file is not None and task.model_file is not None:
+            if task.model_file.exists():
+                self.stats.model_cache_hits += 1
+            else:
+                self._fetch(grant.model.file.digest, grant.model.file.size, task.model_file, traffic)
+                self.stats.model_downloads += 1
+        self._fetch(grant.input.digest, grant.input.size, task.items_path, traffic)
+        if grant.checkpoint is not None and task.resume_path is not None:
+            size = self._retrying(lambda: self.client.artifact_size(grant.checkpoint.digest))
+            self._fetch(grant.checkpoint.digest, size, task.resume_path, traffic)
+
+    def _compute(self, task: UnitTask, grant: LeaseGrant, traffic: _Traffic) -> None:
+        self._check_preempted()
+        with self._lock:
+            self._computing_since = time.perf_counter()
+        next_report = self.clock.now() + self.config.progress_interval_s
+
+        def on_progress(done: int) -> None:
+            nonlocal next_report
+            if self.clock.now() >= next_report:
+                next_report = self.clock.now() + self.config.progress_interval_s
+                self._report_progress(grant, task, traffic)
+
+        try:
+            self.worker.run(task, on_progress)
+        finally:
+            with self._lock:
+                self._computing_since = None
+
+    def _report_progress(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> None:
+        done, digest = self._upload_checkpoint(task, traffic)
+        try:
+            self.client.progress(grant.lease_id, ProgressReport(done_items=done, checkpoint=digest))
+        except errors.TransportError as exc:
+            self.stats.transport_errors += 1
+            log.info("progress report for lease %s lost (%s); the next one will carry it", grant.lease_id, exc)
+
+    def _deliver(self, grant: LeaseGrant, result: Path, compute_s: float, traffic: _Traffic) -> None:
+        data = result.read_bytes()
+        self._wait_for_link(len(data), preemptible=False)  # the unit is done: a trip does not stop an upload
+        digest = self._upload(data, traffic)
+        request = CompleteRequest(result=digest, compute_s=compute_s, **_bytes(traffic))
+        self._retrying(lambda: self.client.complete(grant.lease_id, request))  # idempotent, so retrying is safe
+        self.stats.units_done += 1
+        self.stats.items_done += grant.items
+        self.stats.compute_s += compute_s
+        log.info("lease %s complete: %d items in %.2f s", grant.lease_id, grant.items, compute_s)
+
+    def _hand_back(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic, why: str) -> None:
+        reading = self.monitor.reading()
+        if reading.eligible:
+            reason = f"handback: the agent is stopping ({why})"
+        else:
+            self.stats.preemptions += 1
+            reason = "preempted: " + "; ".join(reading.eligibility.reasons)
+        done, digest = self._upload_checkpoint(task, traffic)
+        log.info("lease %s handed back at %d of %d items: %s", grant.lease_id, done, grant.items, reason)
+        request = FailRequest(reason=reason[:1000], handback=True, done_items=done, checkpoint=digest, **_bytes(traffic))
+        self._report_failure(grant, request)
+
+    def _report_failure(self, grant: LeaseGrant, request: FailRequest) -> None:
+        try:
+            self.client.fail(grant.lease_id, request)
+        except (errors.TransportError, *_LEASE_GONE) as exc:
+            log.warning("could not report lease %s back (%s); it will expire on its own", grant.lease_id, exc)
+
+    def _upload_checkpoint(self, task: UnitTask, traffic: _Traffic) -> tuple[int, str | None]:
+        """Upload the worker's checkpoint if the link allows it now; else fall back to the one the lease came with.
+
+        Returns ``(done_items, digest)``: the rows of whichever checkpoint the coordinator can have.
+        """
+        fallback = (task.start, self._resume_digest()) if task.start else (0, None)
+        try:
+            data = task.checkpoint_path.read_bytes()
+        except FileNotFoundError:
+            return fallback
+        rows = int(np.load(io.BytesIO(data), allow_pickle=False, mmap_mode=None).shape[0])
+        network = self.monitor.reading().state
+        link = network.network if network is not None else Network.OFFLINE
+        if rows <= fallback[0] or not self.plan.allows(len(data), link):
+            return fallback
+        try:
+            return rows, self._upload(data, traffic, attempts=1)
+        except errors.TransportError:
+            return fallback
+
+    def _resume_digest(self) -> str | None:
+        lease = self._lease
+        return lease.checkpoint.digest if lease is not None and lease.checkpoint is not None else None
+
+    # --- bytes over the link -----------------------------------------------------------------------------------
+
+    def _fetch(self, digest: str, size: int, dest: Path, traffic: _Traffic) -> None:
+        """Download an artifact, waiting for a link the data plan allows and resuming after any interruption."""
+        part = dest.with_name(dest.name + ".part")
+        attempts = 0
+        while not dest.exists():
+            have = part.stat().st_size if part.exists() else 0
+            self._wait_for_link(max(size - have, 0), preemptible=True)
+            moved = have
+
+            def charge(n: int) -> None:
+                nonlocal moved
+                moved += n
+                link = self._charge(n, traffic)
+                self._check_preempted()
+                if link is Network.CELLULAR and not self.plan.allows(max(size - moved, 0), link):
+                    raise _WaitForLink()
+
+            try:
+                self.client.download(digest, dest, on_bytes=charge)
+            except _WaitForLink:
+                continue
+            except errors.TransportError:
+                attempts += 1
+                if attempts >= _ATTEMPTS:
+                    raise
+                self._sleep(self.config.poll_interval_s)
+
+    def _upload(self, data: bytes, traffic: _Traffic, attempts: int = _ATTEMPTS) -> str:
+        def once() -> str:
+            self._charge(len(data), traffic)  # charged per attempt: a broken upload spent its bytes too
+            return self.client.upload(data)
+
+        return self._retrying(once, attempts=attempts)
+
+    def _charge(self, nbytes: int, traffic: _Traffic) -> Network:
+        state = self.monitor.reading().state
+        link = state.network if state is not None and state.network is not Network.OFFLINE else Network.CELLULAR
+        self.plan.record(nbytes, link)
+        if link is Network.WIFI:
+            traffic.wifi += nbytes
+            self.stats.wifi_bytes += nbytes
+        else:
+            traffic.cellular += nbytes
+            self.stats.cellular_bytes += nbytes
+        return link
+
+    def _wait_for_link(self, nbytes: int, *, preemptible: bool) -> None:
+        """Return once the current link may carry ``nbytes``: Wi-Fi, or cellular within the owner's cap."""
+        waited = False
+        while True:
+            state = self.monitor.reading().state
+            if state is not None and self.plan.allows(nbytes, state.network):
+                return
+            if not waited:
+                waited = True
+                self.stats.wifi_waits += 1
+                log.info("%d bytes wait for Wi-Fi (cellular used %d this month)", nbytes, self.plan.cellular_used)
+            if preemptible:
+                self._check_preempted()
+            elif self._stop.is_set() or self._lease_lost.is_set():
+                raise errors.Preempted("the agent stopped while a result waited for a link to upload it")
+            self._sleep(self.config.poll_interval_s)
+
+    # --- preemption, heartbeat, renewal ------------------------------------------------------------------------
+
+    def _check_preempted(self) -> None:
+        reading = self.monitor.reading()
+        if not reading.eligible:
+            raise errors.Preempted("the car became ineligible: " + "; ".join(reading.eligibility.reasons))
+        if self._stop.is_set():
+            raise errors.Preempted("the agent was told to stop")
+        if self._lease_lost.is_set():
+            raise errors.Preempted("the coordinator no longer holds the lease")
+
+    def _on_reading(self, reading: Reading) -> None:
+        """Runs on the monitor thread after every bus read: stop the worker the moment it must not run."""
+        with self._lock:
+            since = self._computing_since
+        if since is None or (reading.eligible and not self._stop.is_set()):
+            return
+        if self.worker.stop() and not reading.eligible:
+            gone = time.perf_counter()
+            started = max(since, reading.ineligible_since or since)
+            self.stats.preemption_latencies_ms.append((gone - started) * 1000.0)
+
+    def _pacemaker(self) -> None:
+        next_heartbeat = self.clock.now()
+        while not self._halt.is_set():
+            now = self.clock.now()
+            if now >= next_heartbeat:
+                next_heartbeat = now + self.config.heartbeat_interval_s
+                self._heartbeat()
+            with self._lock:
+                lease, due = self._lease, self._next_renew
+            if lease is not None and now >= due:
+                self._renew(lease)
+            with self._lock:
+                wake = min(next_heartbeat, self._next_renew if self._lease is not None else next_heartbeat)
+            self._halt.wait(min(max(self.clock.to_wall(wake - self.clock.now()), 0.001), 0.05))
+
+    def _heartbeat(self) -> None:
+        try:
+            self.client.heartbeat(self._report(self.monitor.reading()))
+        except errors.FleetgridError as exc:
+            log.info("heartbeat failed: %s", exc)
+
+    def _renew(self, lease: LeaseGrant) -> None:
+        try:
+            self.client.renew(lease.lease_id)
+            delay = lease.renew_every_s
+        except _LEASE_GONE as exc:
+            log.warning("lease %s could not be renewed: %s", lease.lease_id, exc)
+            self._lease_lost.set()
+            self.worker.stop()
+            delay = lease.renew_every_s
+        except errors.FleetgridError as exc:
+            log.info("renewing lease %s failed (%s); trying again soon", lease.lease_id, exc)
+            delay = lease.renew_every_s / 4
+        with self._lock:
+            if self._lease is lease:
+                self._next_renew = self.clock.now() + delay
+
+    # --- small helpers -----------------------------------------------------------------------------------------
+
+    def _report(self, reading: Reading) -> StateReport:
+        state = reading.state
+        return StateReport(
+            drive=state.drive.value if state else "parked",
+            soc=state.soc if state else 0.0,
+            network=state.network.value if state else "offline",
+            plugged_in=state.plugged_in if state else False,
+            eligible=reading.eligible,
+            reasons=list(reading.eligibility.reasons)[:16],
+            cellular_used_bytes=self.plan.cellular_used,
+            at=state.at if state else self.clock.now(),
+        )
+
+    def _retrying(self, call: Callable[[], _T], *, attempts: int = _ATTEMPTS, until_stopped: bool = False) -> _T:
+        """``call()``, tried again after a network error (``attempts`` times, or until stopped)."""
+        tries = 0
+        while True:
+            try:
+                return call()
+            except errors.TransportError:
+                tries += 1
+                self.stats.transport_errors += 1
+                if (tries >= attempts and not until_stopped) or self._stop.is_set():
+                    raise
+                self._sleep(self.config.poll_interval_s * min(2**tries, 16))
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of the agent's clock, waking at once when told to stop."""
+        self._stop.wait(self.clock.to_wall(seconds))
+
+    def _save(self) -> None:
+        self.dir.save_plan(self.plan)
+        self.dir.save_stats(self.stats)
+
+
+def _bytes(traffic: _Traffic) -> dict[str, int]:
+    return {"cellular_bytes": traffic.cellular, "wifi_bytes": traffic.wifi}
+
+
+def run_agent(
+    config: AgentConfig,
+    bus: VehicleBus,
+    clock: Clock,
+    *,
+    stop_event: threading.Event | None = None,
+    client: CoordinatorClient | None = None,
+) -> AgentStats:
+    """Run one car's agent until SIGINT/SIGTERM (or ``stop_event``); what the ``fleetgrid agent`` command calls."""
+    stop = stop_event or threading.Event()
+    agent = Agent(config, bus, clock, client=client)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if in_main:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        return agent.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if client is None:
+            agent.client.close()

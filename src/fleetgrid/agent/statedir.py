@@ -1,0 +1,141 @@
+"""What the agent keeps on the car's disk: its credential, data-plan counts, stats, model cache and work files.
+
+Secrets and counts are written owner-only (0600) by atomic rename, so a power cut never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetgrid.clock import Clock
+from fleetgrid.errors import InvalidInput
+from fleetgrid.vehicle.dataplan import DataPlan
+from fleetgrid.vehicle.policy import OwnerPolicy
+
+__all__ = ["AgentStats", "Enrollment", "StateDir"]
+
+
+@dataclass
+class AgentStats:
+    """What one agent run has done; ``to_json`` adds latency percentiles."""
+
+    leases: int = 0
+    units_done: int = 0
+    items_done: int = 0
+    unit_failures: int = 0
+    """Units failed for the unit's own sake (a bad shard, an unknown model), not preemptions."""
+    leases_lost: int = 0
+    """Leases the coordinator no longer held (expired, reissued) when the agent reported on them."""
+    preemptions: int = 0
+    """Units handed back because the car became ineligible."""
+    preemption_latencies_ms: list[float] = field(default_factory=list)
+    """Wall milliseconds from the bus read that first showed the car ineligible to the worker process gone."""
+    compute_s: float = 0.0
+    cellular_bytes: int = 0
+    wifi_bytes: int = 0
+    wifi_waits: int = 0
+    """Transfers that waited because cellular was not allowed or would pass the monthly cap."""
+    model_downloads: int = 0
+    model_cache_hits: int = 0
+    transport_errors: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["preemption_latency_ms"] = _percentiles(self.preemption_latencies_ms)
+        return data
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        p50 = p99 = ordered[0]
+    else:
+        cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+        p50, p99 = cuts[49], cuts[98]
+    return {"p50": round(p50, 3), "p99": round(p99, 3), "max": round(ordered[-1], 3), "n": len(ordered)}
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    vehicle_id: str
+    credential: str
+    coordinator: str
+
+
+class StateDir:
+    """The agent's directory: ``enrollment.json``, ``dataplan.json``, ``stats.json``, ``models/``, ``work/``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.models = self.root / "models"
+        self.work = self.root / "work"
+        self.models.mkdir(exist_ok=True)
+        self.work.mkdir(exist_ok=True)
+
+    def load_enrollment(self) -> Enrollment | None:
+        data = self._read("enrollment.json")
+        if data is None:
+            return None
+        try:
+            return Enrollment(**data)
+        except TypeError as exc:
+            raise InvalidInput(f"{self.root / 'enrollment.json'} is not an enrollment record: {exc}") from exc
+
+    def save_enrollment(self, enrollment: Enrollment) -> None:
+        self._write("enrollment.json", asdict(enrollment))
+
+    def load_plan(self, policy: OwnerPolicy, clock: Clock) -> DataPlan:
+        data = self._read("dataplan.json")
+        return DataPlan(policy, clock) if data is None else DataPlan.from_json(data, policy, clock)
+
+    def save_plan(self, plan: DataPlan) -> None:
+        self._write("dataplan.json", plan.to_json())
+
+    def save_stats(self, stats: AgentStats) -> None:
+        self._write("stats.json", stats.to_json())
+
+    def model_path(self, digest: str) -> Path:
+        return self.models / digest
+
+    def cached_models(self) -> list[str]:
+        """Digests of the model files on disk (complete ones: partial downloads end in ``.part``)."""
+        return sorted(p.name for p in self.models.iterdir() if len(p.name) == 64)
+
+    def unit_dir(self, lease_id: str) -> Path:
+        """A fresh directory for one lease's input, checkpoint and result."""
+        path = self._unit_path(lease_id)
+        path.mkdir(exist_ok=True)
+        return path
+
+    def discard_unit(self, lease_id: str) -> None:
+        shutil.rmtree(self._unit_path(lease_id), ignore_errors=True)
+
+    def _unit_path(self, lease_id: str) -> Path:
+        return self.work / "".join(c if c.isalnum() or c in "-_" else "_" for c in lease_id)
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        path = self.root / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"{path} cannot be read as JSON ({exc}); fix or delete it") from exc
+
+    def _write(self, name: str, data: dict[str, Any]) -> None:
+        path = self.root / name
+        tmp = path.with_name(name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+        os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a tmp file left by an earlier crash
+        os.replace(tmp, path)

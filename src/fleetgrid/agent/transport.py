@@ -1,0 +1,276 @@
+"""The vehicle's side of the coordinator's HTTP API: one method per endpoint, errors translated at this boundary.
+
+Every non-2xx answer becomes the :mod:`fleetgrid.errors` class its ``ErrorBody.error`` code (or, failing that, its
+status) names; every network failure and every body that does not parse becomes :class:`TransportError`. No httpx
+or pydantic exception leaves this module. Artifact downloads resume from a partial file with ``Range`` and report
+every byte that crossed the link, so the caller can charge the data plan for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pydantic
+
+from fleetgrid import errors
+from fleetgrid.protocol import (
+    API_PREFIX,
+    ArtifactInfo,
+    CompleteRequest,
+    EnrollRequest,
+    EnrollResponse,
+    ErrorBody,
+    FailRequest,
+    HeartbeatResponse,
+    LeaseAck,
+    LeaseGrant,
+    LeaseRequest,
+    ProgressReport,
+    StateReport,
+    is_digest,
+)
+
+__all__ = ["CoordinatorClient", "error_from_response"]
+
+_Model = TypeVar("_Model", bound=pydantic.BaseModel)
+
+#: Errors the coordinator can answer with: every errors.py class that has an HTTP status (TransportError and
+#: Preempted keep the base's 500 because they never cross the wire).
+_WIRE_ERRORS: tuple[type[errors.FleetgridError], ...] = tuple(
+    cls
+    for cls in (getattr(errors, name) for name in errors.__all__)
+    if issubclass(cls, errors.FleetgridError) and cls.status != errors.FleetgridError.status
+)
+_BY_CODE = {cls.code: cls for cls in _WIRE_ERRORS}
+# Only branch roots stand for a status, so an unknown code under 409 is a Conflict, not a LeaseExpired.
+_BY_STATUS = {cls.status: cls for cls in _WIRE_ERRORS if cls.__bases__ == (errors.FleetgridError,)}
+
+_CHUNK = 64 * 1024
+
+
+def error_from_response(response: httpx.Response) -> errors.FleetgridError:
+    """The errors.py exception a non-2xx answer stands for: by ``ErrorBody.error`` code, else by status.
+
+    A code the agent does not know falls back to the class for the status (a newer coordinator may refine codes);
+    a status with no class (5xx, a proxy's 502) is a :class:`TransportError`.
+    """
+    where = f"{response.request.method} {response.request.url.path}"
+    try:
+        body = ErrorBody.model_validate_json(response.content)
+        code, message = body.error, body.message
+    except (pydantic.ValidationError, ValueError):
+        code, message = "", response.text[:200] or response.reason_phrase
+    cls = _BY_CODE.get(code)
+    if cls is not None and cls.status == response.status_code:
+        return cls(message)
+    cls = _BY_STATUS.get(response.status_code)
+    if cls is not None:
+        return cls(message)
+    return errors.TransportError(f"{where} answered {response.status_code} ({code or 'no error code'}): {message}")
+
+
+class CoordinatorClient:
+    """A synchronous client for the vehicle API (``/v1/vehicles``, ``/v1/leases``, ``/v1/artifacts``).
+
+    ``verify`` is True (system CAs), False (no TLS check: tests only) or the path of a CA bundle. ``timeout_s`` bounds
+    each request; a lease long-poll is given ``wait_s`` on top. ``transport`` replaces the network (tests pass an
+    ``httpx.MockTransport``). The client is safe to share between the agent's threads, like the httpx client it wraps.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        credential: str | None = None,
+        *,
+        verify: bool | str = True,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise errors.InvalidInput(f"coordinator URL {base_url!r} must start with http:// or https://")
+        self.base_url = base_url.rstrip("/")
+        self.credential = credential
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._http = httpx.Client(
+            base_url=self.base_url + API_PREFIX, verify=verify, timeout=self._timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- vehicles ----------------------------------------------------------------------------------------------
+
+    def enroll(self, request: EnrollRequest) -> EnrollResponse:
+        """Trade an enrollment token for a vehicle id and credential. Does not set ``self.credential``."""
+        response = self._send("POST", "/vehicles/enroll", json=request, auth=False)
+        return self._parse(response, EnrollResponse)
+
+    def heartbeat(self, report: StateReport) -> HeartbeatResponse:
+        return self._parse(self._send("POST", "/vehicles/heartbeat", json=report), HeartbeatResponse)
+
+    # --- leases ------------------------------------------------------------------------------------------------
+
+    def request_lease(self, request: LeaseRequest) -> LeaseGrant | None:
+        """Ask for a unit of work; None when the coordinator had none within ``request.wait_s`` (204)."""
+        timeout = httpx.Timeout(self._timeout.read + request.wait_s, connect=self._timeout.connect)
+        response = self._send("POST", "/leases", json=request, timeout=timeout)
+        if response.status_code == 204:
+            return None
+        return self._parse(response, LeaseGrant)
+
+    def renew(self, lease_id: str) -> LeaseAck:
+        return self._parse(self._send("POST", f"/leases/{lease_id}/renew"), LeaseAck)
+
+    def progress(self, lease_id: str, report: ProgressReport) -> LeaseAck:
+        return self._parse(self._send("POST", f"/leases/{lease_id}/progress", json=report), LeaseAck)
+
+    def complete(self, lease_id: str, request: CompleteRequest) -> LeaseAck:
+        """Report the unit done. Idempotent on the coordinator, so a retry after a lost answer is safe."""
+        return self._parse(self._send("POST", f"/leases/{lease_id}/complete", json=request), LeaseAck)
+
+    def fail(self, lease_id: str, request: FailRequest) -> LeaseAck:
+        return self._parse(self._send("POST", f"/leases/{lease_id}/fail", json=request), LeaseAck)
+
+    # --- artifacts ---------------------------------------------------------------------------------------------
+
+    def upload(self, data: bytes) -> str:
+        """Store ``data`` as an artifact and return its sha256 digest; ``len(data)`` bytes go over the link."""
+        digest = hashlib.sha256(data).hexdigest()
+        response = self._send(
+            "PUT", f"/artifacts/{digest}", content=data, headers={"Content-Type": "application/octet-stream"}
+        )
+        info = self._parse(response, ArtifactInfo)
+        if info.digest != digest:
+            raise errors.TransportError(f"uploaded artifact {digest} but the coordinator stored {info.digest}")
+        return digest
+
+    def artifact_size(self, digest: str) -> int:
+        """The artifact's size in bytes, from a HEAD request (no body crosses the link)."""
+        response = self._send("HEAD", f"/artifacts/{_checked(digest)}")
+        try:
+            return int(response.headers["content-length"])
+        except (KeyError, ValueError) as exc:
+            raise errors.TransportError(f"HEAD /artifacts/{digest} gave no usable Content-Length") from exc
+
+    def download(
+        self, digest: str, dest: str | Path, *, on_bytes: Callable[[int], None] | None = None
+    ) -> int:
+        """Fetch artifact ``digest`` to ``dest`` and return how many body bytes crossed the link.
+
+        Bytes land in ``dest + '.part'`` first; a later call resumes from that file's length with ``Range``, so an
+        interrupted transfer never pays twice for the same bytes. ``on_bytes(n)`` is called for every chunk as it
+        arrives and may raise to abandon the transfer (the partial file is kept). The file is renamed to ``dest``
+        only once its sha256 is ``digest``; a mismatch deletes it and raises :class:`HashMismatch`. A ``dest``
+        already present is trusted (it was verified when it was written) and costs 0 bytes.
+        """
+        dest = Path(dest)
+        if dest.exists():
+            return 0
+        part = dest.with_name(dest.name + ".part")
+        offset = part.stat().st_size if part.exists() else 0
+        moved = self._stream_into(_checked(digest), part, offset, on_bytes)
+        actual = _sha256_file(part)
+        if actual != digest:
+            part.unlink()
+            raise errors.HashMismatch(
+                f"artifact {digest} downloaded as bytes hashing to {actual}; the partial file was discarded"
+            )
+        os.replace(part, dest)
+        return moved
+
+    def _stream_into(
+        self, digest: str, part: Path, offset: int, on_bytes: Callable[[int], None] | None
+    ) -> int:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        moved = 0
+        try:
+            with self._http.stream("GET", f"/artifacts/{digest}", headers=headers | self._auth_headers()) as response:
+                if response.status_code == 416 and offset:
+                    return 0  # the partial file already holds every byte; the hash check decides
+                if response.status_code not in (200, 206):
+                    response.read()
+                    raise error_from_response(response)
+                mode = "ab" if response.status_code == 206 else "wb"  # a 200 ignored the range: start over
+                with open(part, mode) as fh:
+                    for chunk in response.iter_bytes(_CHUNK):
+                        fh.write(chunk)
+                        moved += len(chunk)
+                        if on_bytes is not None:
+                            on_bytes(len(chunk))
+        except httpx.HTTPError as exc:
+            raise errors.TransportError(
+                f"download of artifact {digest} broke after {moved} bytes ({type(exc).__name__}: {exc}); "
+                "calling download() again resumes it"
+            ) from exc
+        return moved
+
+    # --- plumbing ----------------------------------------------------------------------------------------------
+
+    def _auth_headers(self) -> dict[str, str]:
+        if not self.credential:
+            raise errors.AuthError("this call needs the vehicle credential; enroll first")
+        return {"Authorization": f"Bearer {self.credential}"}
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: pydantic.BaseModel | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+        auth: bool = True,
+    ) -> httpx.Response:
+        all_headers = dict(headers or {})
+        if auth:
+            all_headers.update(self._auth_headers())
+        if json is not None:
+            content = json.model_dump_json().encode()
+            all_headers["Content-Type"] = "application/json"
+        extra = {"timeout": timeout} if timeout is not None else {}
+        try:
+            response = self._http.request(method, path, content=content, headers=all_headers, **extra)
+        except httpx.HTTPError as exc:
+            raise errors.TransportError(
+                f"{method} {self.base_url}{API_PREFIX}{path} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not response.is_success:
+            raise error_from_response(response)
+        return response
+
+    @staticmethod
+    def _parse(response: httpx.Response, model: type[_Model]) -> _Model:
+        try:
+            return model.model_validate_json(response.content)
+        except pydantic.ValidationError as exc:
+            raise errors.TransportError(
+                f"{response.request.method} {response.request.url.path} answered {response.status_code} with a "
+                f"body that is not a {model.__name__}: {exc.errors()[0]['msg']}"
+            ) from exc
+
+
+def _checked(digest: str) -> str:
+    if not is_digest(digest):
+        raise errors.InvalidInput(f"artifact digest {digest!r} is not 64 lowercase hex digits (a sha256)")
+    return digest
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,130 @@
+"""The tenant's and operator's side of the coordinator API: upload, submit, watch, fetch results, fleet overview.
+
+Errors arrive as :mod:`fleetgrid.errors` classes, translated at this boundary exactly as the vehicle transport does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from .agent.transport import error_from_response
+from .errors import InvalidInput, TransportError
+from .protocol import API_PREFIX, FleetOverview, JobStatus, JobSubmit, LedgerEntry, VehicleSummary
+
+__all__ = ["FleetgridClient", "encode_inputs"]
+
+_TERMINAL = {"done", "failed", "cancelled"}
+
+
+def encode_inputs(inputs: np.ndarray | Sequence[str] | bytes, input_format: str | None = None) -> tuple[bytes, str]:
+    """Inputs as upload bytes and their format: arrays as .npy, strings as JSON Lines, bytes as given."""
+    if isinstance(inputs, bytes):
+        if input_format not in ("npy", "jsonl"):
+            raise InvalidInput("raw input bytes need input_format 'npy' or 'jsonl'")
+        return inputs, input_format
+    if isinstance(inputs, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, inputs, allow_pickle=False)
+        return buf.getvalue(), "npy"
+    return "".join(json.dumps(str(s)) + "\n" for s in inputs).encode(), "jsonl"
+
+
+class FleetgridClient:
+    """``token`` is a tenant token for job calls, the operator token for fleet calls."""
+
+    def __init__(self, base_url: str, token: str, *, verify: bool | str = True, timeout_s: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=timeout_s,
+                                  headers={"authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> FleetgridClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, API_PREFIX + path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{method} {self.base_url}{API_PREFIX}{path} failed: {exc}") from exc
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response
+
+    # --- tenant -------------------------------------------------------------------------------------------------
+    def upload(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self._call("PUT", f"/artifacts/{digest}", content=data)
+        return digest
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/models").json()
+
+    def submit(self, model: str, inputs: np.ndarray | Sequence[str] | bytes, *, input_format: str | None = None,
+               model_file: bytes | Path | None = None, **options: Any) -> JobStatus:
+        """Upload inputs (and a model file), then submit; ``options`` are further JobSubmit fields."""
+        data, fmt = encode_inputs(inputs, input_format)
+        body: dict[str, Any] = {"model": model, "inputs": self.upload(data), "input_format": fmt, **options}
+        if model_file is not None:
+            raw = Path(model_file).read_bytes() if isinstance(model_file, (str, Path)) else model_file
+            body["model_file"] = self.upload(raw)
+        JobSubmit.model_validate(body)  # fail here, with pydantic's message, before a round trip
+        return JobStatus.model_validate(self._call("POST", "/jobs", json=body).json())
+
+    def job(self, job_id: str) -> JobStatus:
+        return JobStatus.model_validate(self._call("GET", f"/jobs/{job_id}").json())
+
+    def jobs(self) -> list[JobStatus]:
+        return [JobStatus.model_validate(j) for j in self._call("GET", "/jobs").json()]
+
+    def cancel(self, job_id: str) -> JobStatus:
+        return JobStatus.model_validate(self._call("POST", f"/jobs/{job_id}/cancel").json())
+
+    def result_bytes(self, job_id: str) -> bytes:
+        return self._call("GET", f"/jobs/{job_id}/result").content
+
+    def result(self, job_id: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.result_bytes(job_id)), allow_pickle=False)
+
+    def wait(self, job_id: str, *, timeout_s: float = 3600.0, poll_s: float = 0.5,
+             on_update: Callable[[JobStatus], None] | None = None) -> JobStatus:
+        """Poll until the job is done, failed or cancelled (or ``timeout_s`` passes: TransportError)."""
+        until = time.monotonic() + timeout_s
+        while True:
+            status = self.job(job_id)
+            if on_update is not None:
+                on_update(status)
+            if status.state in _TERMINAL:
+                return status
+            if time.monotonic() > until:
+                raise TransportError(f"job {job_id} still {status.state} after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+    # --- operator -----------------------------------------------------------------------------------------------
+    def fleet(self) -> FleetOverview:
+        return FleetOverview.model_validate(self._call("GET", "/fleet").json())
+
+    def vehicles(self) -> list[VehicleSummary]:
+        return [VehicleSummary.model_validate(v) for v in self._call("GET", "/vehicles").json()]
+
+    def ledger(self) -> list[LedgerEntry]:
+        return [LedgerEntry.model_validate(v) for v in self._call("GET", "/ledger").json()]
+
+    def revoke(self, vehicle_id: str) -> None:
+        self._call("POST", f"/vehicles/{vehicle_id}/revoke")
+
+    def add_tenant(self, name: str) -> str:
+        return self._call("POST", "/tenants", json={"name": name}).json()["token"]

@@ -1,0 +1,359 @@
+"""The coordinator's HTTP API: vehicle, tenant and operator routes over the scheduler and store.
+
+Errors from :mod:`fleetgrid.errors` are mapped to status codes in one place (:func:`_error_response`); request
+validation errors become readable 422s that name the field. No route answers 500 to anything a client can send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..clock import Clock, WallClock
+from ..errors import Conflict, FleetgridError, NotFound
+from ..models.registry import list_models
+from ..protocol import (
+    API_PREFIX,
+    ArtifactInfo,
+    CompleteRequest,
+    EnrollRequest,
+    EnrollResponse,
+    FailRequest,
+    FleetOverview,
+    HeartbeatResponse,
+    JobStatus,
+    JobSubmit,
+    LeaseAck,
+    LeaseGrant,
+    LeaseRequest,
+    LedgerEntry,
+    ProgressReport,
+    StateReport,
+    TenantCreate,
+    TenantCreated,
+    VehicleSummary,
+)
+from ..vehicle.hardware import get_profile
+from .artifacts import ArtifactStore, parse_range
+from .auth import Authenticator, bearer, hash_token, new_token, vehicle_credential
+from .bootstrap import bootstrap_credentials
+from .config import CoordinatorConfig
+from .limits import BodyLimit
+from .scheduler import Scheduler
+from .store import Store, VehicleRecord, open_store
+
+__all__ = ["Coordinator", "create_app"]
+
+log = logging.getLogger("fleetgrid.coordinator")
+
+
+class Coordinator:
+    """The pieces one coordinator process holds, built from a config."""
+
+    def __init__(self, config: CoordinatorConfig, clock: Clock | None = None, store: Store | None = None) -> None:
+        self.config = config
+        self.clock = clock or WallClock()
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or open_store(config.db_url)
+        self.artifacts = ArtifactStore(config.artifacts_path)
+        self.auth = Authenticator(self.store)
+        self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock)
+        self.credentials = bootstrap_credentials(self.store, config, self.clock)
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                self.scheduler.expire_due()
+            except Exception:  # keep sweeping; a transient database error must not stop re-issue for good
+                log.exception("lease sweep failed")
+
+
+def _error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+def _validation_message(request: Request, exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:8]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        if err.get("type") == "extra_forbidden":
+            accepted = _accepted_fields(request)
+            parts.append(f"unknown field {loc!r}" + (f" (accepted: {', '.join(accepted)})" if accepted else ""))
+        elif err.get("type") == "json_invalid":
+            parts.append(f"body is not valid JSON ({err.get('msg')})")
+        else:
+            parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts) + ". See /docs for the schema."
+
+
+def _accepted_fields(request: Request) -> list[str]:
+    route = request.scope.get("route")
+    body = getattr(route, "body_field", None)
+    model = getattr(getattr(body, "field_info", None), "annotation", None)
+    return sorted(getattr(model, "model_fields", {}) or [])
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(FleetgridError)
+    async def _ours(_request: Request, exc: FleetgridError) -> JSONResponse:
+        return _error_response(exc.status if exc.status < 500 else 500, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(422, "invalid_request", _validation_message(request, exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error_response(exc.status_code, "http_error", str(exc.detail))
+
+
+def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = None,
+               coordinator: Coordinator | None = None) -> FastAPI:
+    coord = coordinator or Coordinator(config or CoordinatorConfig(), clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(coord.sweep_forever())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan,
+                  description="Schedules work onto parked cars; see the README for the protocol.")
+    app.state.coordinator = coord
+    _install_errors(app)
+    _vehicle_routes(app, coord)
+    _artifact_routes(app, coord)
+    _tenant_routes(app, coord)
+    _operator_routes(app, coord)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)  # type: ignore[return-value]
+
+
+def _state_dict(state: StateReport) -> dict:
+    return state.model_dump(mode="json", exclude={"reasons"}) | {"reasons": state.reasons[:4]}
+
+
+def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
+    sched, store = coord.scheduler, coord.store
+
+    def vehicle(request: Request) -> VehicleRecord:
+        return coord.auth.vehicle(request.headers.get("authorization"))
+
+    @app.post(f"{API_PREFIX}/vehicles/enroll", status_code=201, response_model=EnrollResponse, tags=["vehicle"])
+    async def enroll(req: EnrollRequest) -> EnrollResponse:
+        coord.auth.enrollment(req.enrollment_token)
+        profile = get_profile(req.hardware)
+        vehicle_id = "v-" + uuid.uuid4().hex[:12]
+        credential = vehicle_credential(vehicle_id)
+        store.add_vehicle(VehicleRecord(vehicle_id=vehicle_id, name=req.name, hardware=profile.name,
+                                        credential_hash=hash_token(credential), enrolled_at=coord.clock.now()))
+        return EnrollResponse(vehicle_id=vehicle_id, credential=credential)
+
+    @app.post(f"{API_PREFIX}/vehicles/heartbeat", response_model=HeartbeatResponse, tags=["vehicle"])
+    async def heartbeat(state: StateReport, v: VehicleRecord = Depends(vehicle)) -> HeartbeatResponse:
+        store.report_state(v.vehicle_id, _state_dict(state), state.eligible, coord.clock.now())
+        active = [lease.lease_id for lease in store.active_leases(v.vehicle_id)]
+        return HeartbeatResponse(server_time=coord.clock.now(), active_leases=active)
+
+    @app.post(f"{API_PREFIX}/leases", response_model=LeaseGrant, tags=["vehicle"],
+              responses={204: {"description": "no work within wait_s"}})
+    async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)):
+        store.report_state(v.vehicle_id, _state_dict(req.state), req.state.eligible, coord.clock.now())
+        if not req.state.eligible:
+            why = ", ".join(req.state.reasons) or "no reason given"
+            raise Conflict(f"vehicle reports itself ineligible ({why}); lease work only while eligible")
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(req.wait_s, coord.config.max_long_poll_s)
+        while True:
+            wake = sched.work_available
+            grant = sched.lease(v)
+            if grant is not None:
+                return grant
+            remaining = until - loop.time()
+            if remaining <= 0 or await request.is_disconnected():
+                return Response(status_code=204)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), min(remaining, 1.0))
+
+    @app.post(f"{API_PREFIX}/leases/{{lease_id}}/renew", response_model=LeaseAck, tags=["vehicle"])
+    async def renew(lease_id: str, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        return sched.renew(v, lease_id)
+
+    @app.post(f"{API_PREFIX}/leases/{{lease_id}}/progress", response_model=LeaseAck, tags=["vehicle"])
+    async def progress(lease_id: str, req: ProgressReport, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        return sched.progress(v, lease_id, req)
+
+    @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"])
+    async def complete(lease_id: str, req: CompleteRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        return sched.complete(v, lease_id, req)
+
+    @app.post(f"{API_PREFIX}/leases/{{lease_id}}/fail", response_model=LeaseAck, tags=["vehicle"])
+    async def fail(lease_id: str, req: FailRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        return sched.fail(v, lease_id, req)
+
+
+def _artifact_routes(app: FastAPI, coord: Coordinator) -> None:
+    store, artifacts = coord.store, coord.artifacts
+
+    def principal(request: Request) -> str:
+        header = request.headers.get("authorization")
+        if bearer(header).startswith("fgv."):
+            return "vehicle:" + coord.auth.vehicle(header).vehicle_id
+        return "tenant:" + coord.auth.tenant(header)
+
+    def may_read(who: str, digest: str) -> bool:
+        record = store.get_artifact(digest)
+        if record is None:
+            return False
+        if who in record.owners:
+            return True
+        return who.startswith("vehicle:") and store.vehicle_may_read(who.split(":", 1)[1], digest)
+
+    @app.put(f"{API_PREFIX}/artifacts/{{digest}}", response_model=ArtifactInfo, tags=["artifacts"],
+             responses={201: {"description": "stored"}, 200: {"description": "already stored"}})
+    async def put_artifact(digest: str, request: Request, response: Response,
+                           who: str = Depends(principal)) -> ArtifactInfo:
+        existed = artifacts.exists(digest)
+        size = await artifacts.put_stream(digest, request.stream(), coord.config.max_artifact_bytes)
+        store.add_artifact(digest, size, who, coord.clock.now())
+        response.status_code = 200 if existed else 201
+        return ArtifactInfo(digest=digest, size=size)
+
+    @app.api_route(f"{API_PREFIX}/artifacts/{{digest}}", methods=["GET", "HEAD"], tags=["artifacts"],
+                   response_class=StreamingResponse)
+    async def get_artifact(digest: str, request: Request, who: str = Depends(principal)):
+        artifacts.path(digest)  # rejects a malformed digest with a 400
+        if not may_read(who, digest) or not artifacts.exists(digest):
+            raise NotFound(f"artifact {digest} does not exist or is not yours to read")
+        size = artifacts.size(digest)
+        rng = parse_range(request.headers.get("range"), size)
+        first, last = rng if rng else (0, size - 1)
+        headers = {"accept-ranges": "bytes", "content-length": str(max(0, last - first + 1)),
+                   "x-content-sha256": digest}
+        status = 200
+        if rng is not None:
+            status = 206
+            headers["content-range"] = f"bytes {first}-{last}/{size}"
+        if request.method == "HEAD" or size == 0:
+            return Response(status_code=status, headers=headers)
+        return StreamingResponse(artifacts.iter_range(digest, first, last), status_code=status, headers=headers,
+                                 media_type="application/octet-stream")
+
+
+def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
+    sched = coord.scheduler
+
+    def tenant(request: Request) -> str:
+        return coord.auth.tenant(request.headers.get("authorization"))
+
+    @app.get(f"{API_PREFIX}/models", tags=["tenant"])
+    async def models() -> list[dict]:
+        return [
+            {"name": m.name, "description": m.description, "input": m.input_kind,
+             "item_shape": m.item_shape, "output_shape": m.output_shape, "needs_model_file": m.needs_model_file}
+            for m in list_models()
+        ]
+
+    @app.post(f"{API_PREFIX}/jobs", status_code=201, response_model=JobStatus, tags=["tenant"])
+    async def submit(req: JobSubmit, t: str = Depends(tenant)) -> JobStatus:
+        return sched.status(sched.submit(t, req))
+
+    @app.get(f"{API_PREFIX}/jobs", response_model=list[JobStatus], tags=["tenant"])
+    async def jobs(t: str = Depends(tenant)) -> list[JobStatus]:
+        return [sched.status(j) for j in coord.store.list_jobs(t)]
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobStatus, tags=["tenant"])
+    async def job(job_id: str, t: str = Depends(tenant)) -> JobStatus:
+        return sched.status(sched.job_for(t, job_id))
+
+    @app.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobStatus, tags=["tenant"])
+    async def cancel(job_id: str, t: str = Depends(tenant)) -> JobStatus:
+        return sched.status(sched.cancel(t, job_id))
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}/result", tags=["tenant"], response_class=Response)
+    async def result(job_id: str, t: str = Depends(tenant)) -> Response:
+        data = sched.result(t, job_id)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"content-disposition": f'attachment; filename="{job_id}.npy"'})
+
+
+def _operator_routes(app: FastAPI, coord: Coordinator) -> None:
+    store = coord.store
+
+    def operator(request: Request) -> None:
+        coord.auth.operator(request.headers.get("authorization"))
+
+    def summaries() -> list[VehicleSummary]:
+        in_flight: dict[str, int] = {}
+        for lease in store.active_leases():
+            in_flight[lease.vehicle_id] = in_flight.get(lease.vehicle_id, 0) + 1
+        now = coord.clock.now()
+        out = []
+        for v in store.list_vehicles():
+            state = v.state or {}
+            online = v.last_seen is not None and now - v.last_seen <= coord.config.online_window_s
+            out.append(VehicleSummary(
+                vehicle_id=v.vehicle_id, name=v.name, hardware=v.hardware, revoked=v.revoked, last_seen=v.last_seen,
+                drive=state.get("drive"), soc=state.get("soc"), network=state.get("network"),
+                eligible=bool(v.eligible and online and not v.revoked), active_leases=in_flight.get(v.vehicle_id, 0),
+            ))
+        return out
+
+    @app.get(f"{API_PREFIX}/fleet", response_model=FleetOverview, tags=["operator"], dependencies=[Depends(operator)])
+    async def fleet() -> FleetOverview:
+        vehicles = summaries()
+        now = coord.clock.now()
+        by_state: dict[str, int] = {}
+        online = 0
+        for v in vehicles:
+            if v.last_seen is not None and now - v.last_seen <= coord.config.online_window_s:
+                online += 1
+                by_state[v.drive or "unknown"] = by_state.get(v.drive or "unknown", 0) + 1
+            else:
+                by_state["offline"] = by_state.get("offline", 0) + 1
+        counts = store.counts()
+        return FleetOverview(vehicles=len(vehicles), by_state=by_state, eligible_now=sum(v.eligible for v in vehicles),
+                             online=online, leases_in_flight=counts["leases_in_flight"], jobs=counts["jobs"],
+                             units_pending=counts["units_pending"])
+
+    @app.get(f"{API_PREFIX}/vehicles", response_model=list[VehicleSummary], tags=["operator"],
+             dependencies=[Depends(operator)])
+    async def vehicles() -> list[VehicleSummary]:
+        return summaries()
+
+    @app.post(f"{API_PREFIX}/vehicles/{{vehicle_id}}/revoke", tags=["operator"], dependencies=[Depends(operator)])
+    async def revoke(vehicle_id: str) -> dict:
+        if not store.revoke_vehicle(vehicle_id):
+            raise NotFound(f"vehicle {vehicle_id!r} does not exist; GET /v1/vehicles lists them")
+        coord.auth.forget_vehicle(vehicle_id)
+        coord.scheduler.release_vehicle(vehicle_id)
+        return {"vehicle_id": vehicle_id, "revoked": True}
+
+    @app.get(f"{API_PREFIX}/ledger", response_model=list[LedgerEntry], tags=["operator"],
+             dependencies=[Depends(operator)])
+    async def ledger() -> list[LedgerEntry]:
+        return [LedgerEntry(**row) for row in store.ledger_totals()]
+
+    @app.post(f"{API_PREFIX}/tenants", status_code=201, response_model=TenantCreated, tags=["operator"],
+              dependencies=[Depends(operator)])
+    async def add_tenant(req: TenantCreate) -> TenantCreated:
+        token = new_token("fgt")
+        store.add_tenant(req.name, hash_token(token), coord.clock.now())
+        return TenantCreated(tenant=req.name, token=token)

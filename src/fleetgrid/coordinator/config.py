@@ -1,0 +1,80 @@
+"""Coordinator settings, and the first-start bootstrap of its credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InvalidInput
+
+__all__ = ["CoordinatorConfig", "Credentials"]
+
+
+@dataclass(kw_only=True)
+class Credentials:
+    """Clear-text tokens, written once to ``credentials.json`` (mode 0600) beside the data; the store keeps hashes."""
+
+    enroll: str
+    operator: str
+    tenants: dict[str, str] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"enroll": self.enroll, "operator": self.operator, "tenants": self.tenants}, fh, indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> Credentials:
+        data = json.loads(Path(path).read_text())
+        return cls(enroll=data["enroll"], operator=data["operator"], tenants=dict(data.get("tenants", {})))
+
+
+@dataclass(kw_only=True)
+class CoordinatorConfig:
+    data_dir: Path = Path("fleetgrid-data")
+    """Where the SQLite file, artifacts and credentials.json live by default."""
+    database_url: str | None = None
+    """sqlite:///PATH (default: DATA_DIR/coordinator.db) or postgresql://USER@HOST:PORT/DB."""
+    artifact_dir: Path | None = None
+    """Content-addressed artifact directory (default: DATA_DIR/artifacts)."""
+    lease_ttl_s: float = 60.0
+    """A lease not renewed for this long expires and its unit is re-issued."""
+    max_json_bytes: int = 1 << 20
+    """Largest JSON request body."""
+    max_artifact_bytes: int = 2 << 30
+    """Largest artifact upload."""
+    max_unit_attempts: int = 8
+    """Failures (not preemptions) after which a unit fails its job."""
+    max_long_poll_s: float = 30.0
+    sweep_interval_s: float = 1.0
+    """How often expired leases are looked for."""
+    online_window_s: float = 60.0
+    """A vehicle heard from within this window counts as online in the fleet overview."""
+    enroll_token: str | None = None
+    operator_token: str | None = None
+    tenant_tokens: dict[str, str] = field(default_factory=dict)
+    """Fixed tokens (for tests and demos); missing ones are generated at first start."""
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if self.lease_ttl_s <= 0:
+            raise InvalidInput(f"lease_ttl_s must be > 0 seconds, got {self.lease_ttl_s}")
+        if self.max_json_bytes < 1024 or self.max_artifact_bytes < 1024:
+            raise InvalidInput("body size limits must be at least 1024 bytes")
+        if self.max_unit_attempts < 1:
+            raise InvalidInput(f"max_unit_attempts must be >= 1, got {self.max_unit_attempts}")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.artifact_dir or self.data_dir / "artifacts"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.data_dir / "credentials.json"

@@ -1,0 +1,235 @@
+"""The coordinator's state behind one interface; every method is one atomic transaction.
+
+Like Flower's state backends, there is one abstract class and implementations chosen by a factory
+(:func:`fleetgrid.coordinator.store.open_store`); one contract test suite runs against each backend. Records are
+plain dataclasses; the store never decides policy (quorums, re-issue limits): the scheduler does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ArtifactRecord",
+    "JobRecord",
+    "LeaseRecord",
+    "LedgerRecord",
+    "Store",
+    "UnitRecord",
+    "VehicleRecord",
+]
+
+
+@dataclass(slots=True)
+class VehicleRecord:
+    vehicle_id: str
+    name: str
+    hardware: str
+    credential_hash: str
+    enrolled_at: float
+    revoked: bool = False
+    last_seen: float | None = None
+    state: dict[str, Any] | None = None
+    eligible: bool = False
+
+
+@dataclass(slots=True)
+class JobRecord:
+    job_id: str
+    tenant: str
+    name: str
+    kind: str
+    model: str
+    spec: dict[str, Any]
+    items: int
+    units_total: int
+    created_at: float
+    state: str = "queued"
+    units_done: int = 0
+    reissued_units: int = 0
+    preemptions: int = 0
+    finished_at: float | None = None
+    result_digest: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class UnitRecord:
+    unit_id: str
+    job_id: str
+    idx: int
+    replica: int
+    start_item: int
+    end_item: int
+    input_digest: str
+    input_format: str
+    replicas: int = 1
+    state: str = "pending"  # pending | leased | done | cancelled
+    attempts: int = 0
+    vehicle_id: str | None = None
+    checkpoint_items: int = 0
+    checkpoint_digest: str | None = None
+    result_digest: str | None = None
+
+    @property
+    def items(self) -> int:
+        return self.end_item - self.start_item
+
+
+@dataclass(slots=True)
+class LeaseRecord:
+    lease_id: str
+    unit_id: str
+    job_id: str
+    vehicle_id: str
+    issued_at: float
+    deadline: float
+    state: str = "active"  # active | completed | failed | handed_back | expired | cancelled
+    result_digest: str | None = None
+    closed_at: float | None = None
+
+
+@dataclass(slots=True)
+class LedgerRecord:
+    lease_id: str
+    vehicle_id: str
+    job_id: str
+    items: int
+    compute_s: float
+    cellular_bytes: int
+    wifi_bytes: int
+    at: float
+    accepted: bool = True
+
+
+@dataclass(slots=True)
+class ArtifactRecord:
+    digest: str
+    size: int
+    created_at: float
+    owners: list[str] = field(default_factory=list)
+
+
+class Store(ABC):
+    """Everything the coordinator must not lose. Implementations must make each method atomic."""
+
+    # --- secrets and tenants ------------------------------------------------------------------------------------
+    @abstractmethod
+    def get_secret(self, name: str) -> str | None:
+        """A stored credential hash by role name ('enroll', 'operator')."""
+
+    @abstractmethod
+    def set_secret(self, name: str, value_hash: str) -> None: ...
+
+    @abstractmethod
+    def add_tenant(self, name: str, token_hash: str, now: float, *, replace: bool = False) -> None:
+        """Raises Conflict if the tenant exists, unless ``replace`` (which sets its token)."""
+
+    @abstractmethod
+    def tenant_by_token_hash(self, token_hash: str) -> str | None: ...
+
+    # --- vehicles -----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def add_vehicle(self, vehicle: VehicleRecord) -> None: ...
+
+    @abstractmethod
+    def get_vehicle(self, vehicle_id: str) -> VehicleRecord | None: ...
+
+    @abstractmethod
+    def list_vehicles(self) -> list[VehicleRecord]: ...
+
+    @abstractmethod
+    def revoke_vehicle(self, vehicle_id: str) -> bool:
+        """Returns False if there is no such vehicle."""
+
+    @abstractmethod
+    def report_state(self, vehicle_id: str, state: dict[str, Any], eligible: bool, now: float) -> None: ...
+
+    # --- artifacts ----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def add_artifact(self, digest: str, size: int, owner: str, now: float) -> None:
+        """Record an artifact (idempotent) and grant ``owner`` ('tenant:NAME' or 'vehicle:ID') access to it."""
+
+    @abstractmethod
+    def get_artifact(self, digest: str) -> ArtifactRecord | None: ...
+
+    @abstractmethod
+    def vehicle_may_read(self, vehicle_id: str, digest: str) -> bool:
+        """True if the digest is an input, model file or checkpoint of one of the vehicle's active leases."""
+
+    # --- jobs and units -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def create_job(self, job: JobRecord, units: list[UnitRecord]) -> None:
+        """Store a job and all its units in one transaction."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    @abstractmethod
+    def list_jobs(self, tenant: str | None = None) -> list[JobRecord]: ...
+
+    @abstractmethod
+    def units_of(self, job_id: str, idx: int | None = None) -> list[UnitRecord]: ...
+
+    @abstractmethod
+    def get_unit(self, unit_id: str) -> UnitRecord | None: ...
+
+    @abstractmethod
+    def add_units(self, units: list[UnitRecord]) -> None:
+        """Extra replicas for a unit whose results disagreed."""
+
+    @abstractmethod
+    def accept_unit(self, job_id: str, idx: int, result_digest: str) -> bool:
+        """Record the accepted result of logical unit ``idx``; False if it was already accepted."""
+
+    @abstractmethod
+    def accepted_results(self, job_id: str) -> list[tuple[int, str]]:
+        """(idx, result digest) of every accepted unit, in index order."""
+
+    @abstractmethod
+    def finish_job(self, job_id: str, state: str, now: float, result_digest: str | None = None,
+                   error: str | None = None) -> None:
+        """Close a job; its pending and leased units are cancelled, and so are their active leases."""
+
+    # --- leases -------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str) -> tuple[LeaseRecord, UnitRecord, JobRecord] | None:
+        """Lease the oldest pending unit of a live job to the vehicle (never two replicas of one unit to one car)."""
+
+    @abstractmethod
+    def get_lease(self, lease_id: str) -> LeaseRecord | None: ...
+
+    @abstractmethod
+    def active_leases(self, vehicle_id: str | None = None) -> list[LeaseRecord]: ...
+
+    @abstractmethod
+    def renew(self, lease_id: str, deadline: float) -> None: ...
+
+    @abstractmethod
+    def record_progress(self, lease_id: str, done_items: int, checkpoint_digest: str | None) -> None: ...
+
+    @abstractmethod
+    def complete(self, lease_id: str, result_digest: str, ledger: LedgerRecord, now: float) -> UnitRecord:
+        """Close the lease as completed, mark its unit done and write one ledger row, atomically."""
+
+    @abstractmethod
+    def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
+                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> None:
+        """Close the lease (failed / handed_back / expired) and put its unit back to pending for re-issue."""
+
+    @abstractmethod
+    def expired_leases(self, now: float) -> list[LeaseRecord]: ...
+
+    # --- metering and overview ----------------------------------------------------------------------------------
+    @abstractmethod
+    def ledger_totals(self) -> list[dict[str, Any]]:
+        """Per-vehicle sums: units, items, compute_s, cellular_bytes, wifi_bytes."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, Any]:
+        """Jobs by state, pending units and active leases, for the fleet overview."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,153 @@
+"""Tables of the SQL store (SQLAlchemy Core), shared by SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value_hash", String(128), nullable=False),
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("token_hash", String(128), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+vehicles = Table(
+    "vehicles",
+    metadata,
+    Column("vehicle_id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("hardware", String(32), nullable=False),
+    Column("credential_hash", String(128), nullable=False),
+    Column("enrolled_at", Float, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("last_seen", Float),
+    Column("state", JSON),
+    Column("eligible", Boolean, nullable=False, default=False),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+artifact_owners = Table(
+    "artifact_owners",
+    metadata,
+    Column("digest", String(64), ForeignKey("artifacts.digest"), primary_key=True),
+    Column("owner", String(128), primary_key=True),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("tenant", String(64), ForeignKey("tenants.name"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("model_file", String(64)),
+    Column("spec", JSON, nullable=False),
+    Column("items", Integer, nullable=False),
+    Column("units_total", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("units_done", Integer, nullable=False, default=0),
+    Column("reissued_units", Integer, nullable=False, default=0),
+    Column("preemptions", Integer, nullable=False, default=0),
+    Column("finished_at", Float),
+    Column("result_digest", String(64)),
+    Column("error", Text),
+    Index("ix_jobs_tenant", "tenant"),
+)
+
+units = Table(
+    "units",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("unit_id", String(96), nullable=False, unique=True),
+    Column("job_id", String(64), ForeignKey("jobs.job_id"), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("replica", Integer, nullable=False),
+    Column("replicas", Integer, nullable=False),
+    Column("start_item", Integer, nullable=False),
+    Column("end_item", Integer, nullable=False),
+    Column("input_digest", String(64), nullable=False),
+    Column("input_format", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("vehicle_id", String(64)),
+    Column("checkpoint_items", Integer, nullable=False, default=0),
+    Column("checkpoint_digest", String(64)),
+    Column("result_digest", String(64)),
+    Index("ix_units_state_seq", "state", "seq"),
+    Index("ix_units_job_idx", "job_id", "idx"),
+)
+
+accepted = Table(
+    "accepted_units",
+    metadata,
+    Column("job_id", String(64), ForeignKey("jobs.job_id"), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("result_digest", String(64), nullable=False),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("lease_id", String(64), primary_key=True),
+    Column("unit_id", String(96), ForeignKey("units.unit_id"), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("vehicle_id", String(64), ForeignKey("vehicles.vehicle_id"), nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("deadline", Float, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("result_digest", String(64)),
+    Column("closed_at", Float),
+    Index("ix_leases_state_deadline", "state", "deadline"),
+    Index("ix_leases_vehicle_state", "vehicle_id", "state"),
+    Index("ix_leases_unit", "unit_id"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("lease_id", String(64), ForeignKey("leases.lease_id"), primary_key=True),
+    Column("vehicle_id", String(64), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("items", Integer, nullable=False),
+    Column("compute_s", Float, nullable=False),
+    Column("cellular_bytes", BigInteger, nullable=False),
+    Column("wifi_bytes", BigInteger, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("accepted", Boolean, nullable=False),
+    Index("ix_ledger_vehicle", "vehicle_id"),
+)
+
+__all__ = ["accepted", "artifact_owners", "artifacts", "jobs", "leases", "ledger", "metadata", "secrets", "tenants",
+           "units", "vehicles"]

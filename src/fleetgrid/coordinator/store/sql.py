@@ -1,0 +1,375 @@
+"""The SQL store: SQLite by default (embedded, zero set-up), PostgreSQL when given a ``postgresql://`` URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, create_engine, event, exists, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
+
+from ...errors import Conflict, InvalidInput
+from .base import ArtifactRecord, JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
+from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, metadata, secrets, tenants, units, vehicles
+
+__all__ = ["SQLStore", "engine_url"]
+
+_LIVE_JOB_STATES = ("queued", "running")
+
+
+def engine_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and route them to the psycopg 3 driver."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith(("sqlite://", "postgresql+")):
+        return url
+    raise InvalidInput(
+        f"database URL {url.split('://')[0]!r}:// is not supported; use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers proceed during a write; NORMAL sync is durable across process crashes (not power loss).
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def _job(row: Row) -> JobRecord:
+    m = row._mapping
+    return JobRecord(
+        job_id=m["job_id"], tenant=m["tenant"], name=m["name"], kind=m["kind"], model=m["model"], spec=m["spec"],
+        items=m["items"], units_total=m["units_total"], created_at=m["created_at"], state=m["state"],
+        units_done=m["units_done"], reissued_units=m["reissued_units"], preemptions=m["preemptions"],
+        finished_at=m["finished_at"], result_digest=m["result_digest"], error=m["error"],
+    )
+
+
+def _unit(row: Row) -> UnitRecord:
+    m = row._mapping
+    return UnitRecord(**{k: m[k] for k in UnitRecord.__slots__ if k in m})
+
+
+def _lease(row: Row) -> LeaseRecord:
+    m = row._mapping
+    return LeaseRecord(**{k: m[k] for k in LeaseRecord.__slots__})
+
+
+def _vehicle(row: Row) -> VehicleRecord:
+    m = row._mapping
+    return VehicleRecord(**{k: m[k] for k in VehicleRecord.__slots__})
+
+
+class SQLStore(Store):
+    """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = engine_url(url)
+        self.engine: Engine = create_engine(self.url, future=True, pool_pre_ping=self.url.startswith("postgresql"))
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        if create:
+            metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- secrets and tenants ------------------------------------------------------------------------------------
+    def get_secret(self, name: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.execute(select(secrets.c.value_hash).where(secrets.c.name == name)).scalar()
+
+    def set_secret(self, name: str, value_hash: str) -> None:
+        with self.engine.begin() as c:
+            if c.execute(update(secrets).where(secrets.c.name == name).values(value_hash=value_hash)).rowcount == 0:
+                c.execute(insert(secrets).values(name=name, value_hash=value_hash))
+
+    def add_tenant(self, name: str, token_hash: str, now: float, *, replace: bool = False) -> None:
+        try:
+            with self.engine.begin() as c:
+                if replace and c.execute(
+                    update(tenants).where(tenants.c.name == name).values(token_hash=token_hash)
+                ).rowcount:
+                    return
+                c.execute(insert(tenants).values(name=name, token_hash=token_hash, created_at=now))
+        except IntegrityError as exc:
+            raise Conflict(f"tenant {name!r} already exists; choose another name") from exc
+
+    def tenant_by_token_hash(self, token_hash: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.execute(select(tenants.c.name).where(tenants.c.token_hash == token_hash)).scalar()
+
+    # --- vehicles -----------------------------------------------------------------------------------------------
+    def add_vehicle(self, vehicle: VehicleRecord) -> None:
+        with self.engine.begin() as c:
+            c.execute(insert(vehicles).values(**{k: getattr(vehicle, k) for k in VehicleRecord.__slots__}))
+
+    def get_vehicle(self, vehicle_id: str) -> VehicleRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(vehicles).where(vehicles.c.vehicle_id == vehicle_id)).first()
+        return _vehicle(row) if row else None
+
+    def list_vehicles(self) -> list[VehicleRecord]:
+        with self.engine.connect() as c:
+            return [_vehicle(r) for r in c.execute(select(vehicles).order_by(vehicles.c.enrolled_at))]
+
+    def revoke_vehicle(self, vehicle_id: str) -> bool:
+        with self.engine.begin() as c:
+            return c.execute(update(vehicles).where(vehicles.c.vehicle_id == vehicle_id).values(revoked=True)).rowcount > 0
+
+    def report_state(self, vehicle_id: str, state: dict[str, Any], eligible: bool, now: float) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                update(vehicles).where(vehicles.c.vehicle_id == vehicle_id)
+                .values(state=state, eligible=eligible, last_seen=now)
+            )
+
+    # --- artifacts ----------------------------------------------------------------------------------------------
+    def add_artifact(self, digest: str, size: int, owner: str, now: float) -> None:
+        with self.engine.begin() as c:
+            if c.execute(select(artifacts.c.digest).where(artifacts.c.digest == digest)).first() is None:
+                c.execute(insert(artifacts).values(digest=digest, size=size, created_at=now))
+            owned = select(artifact_owners.c.owner).where(
+                artifact_owners.c.digest == digest, artifact_owners.c.owner == owner
+            )
+            if c.execute(owned).first() is None:
+                c.execute(insert(artifact_owners).values(digest=digest, owner=owner))
+
+    def get_artifact(self, digest: str) -> ArtifactRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(artifacts).where(artifacts.c.digest == digest)).first()
+            if row is None:
+                return None
+            owners = c.execute(select(artifact_owners.c.owner).where(artifact_owners.c.digest == digest)).scalars()
+            return ArtifactRecord(digest=row.digest, size=row.size, created_at=row.created_at, owners=list(owners))
+
+    def vehicle_may_read(self, vehicle_id: str, digest: str) -> bool:
+        needed = (
+            select(leases.c.lease_id)
+            .join(units, units.c.unit_id == leases.c.unit_id)
+            .join(jobs, jobs.c.job_id == units.c.job_id)
+            .where(
+                leases.c.vehicle_id == vehicle_id,
+                leases.c.state == "active",
+                or_(units.c.input_digest == digest, units.c.checkpoint_digest == digest, jobs.c.model_file == digest),
+            )
+            .limit(1)
+        )
+        with self.engine.connect() as c:
+            return c.execute(needed).first() is not None
+
+    # --- jobs and units -----------------------------------------------------------------------------------------
+    def create_job(self, job: JobRecord, unit_list: list[UnitRecord]) -> None:
+        values = {k: getattr(job, k) for k in JobRecord.__slots__}
+        values["model_file"] = job.spec.get("model_file")
+        with self.engine.begin() as c:
+            c.execute(insert(jobs).values(**values))
+            if unit_list:
+                c.execute(insert(units), [self._unit_values(u) for u in unit_list])
+
+    @staticmethod
+    def _unit_values(u: UnitRecord) -> dict[str, Any]:
+        return {k: getattr(u, k) for k in UnitRecord.__slots__}
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(jobs).where(jobs.c.job_id == job_id)).first()
+        return _job(row) if row else None
+
+    def list_jobs(self, tenant: str | None = None) -> list[JobRecord]:
+        query = select(jobs).order_by(jobs.c.created_at)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        with self.engine.connect() as c:
+            return [_job(r) for r in c.execute(query)]
+
+    def units_of(self, job_id: str, idx: int | None = None) -> list[UnitRecord]:
+        query = select(units).where(units.c.job_id == job_id).order_by(units.c.idx, units.c.replica)
+        if idx is not None:
+            query = query.where(units.c.idx == idx)
+        with self.engine.connect() as c:
+            return [_unit(r) for r in c.execute(query)]
+
+    def get_unit(self, unit_id: str) -> UnitRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(units).where(units.c.unit_id == unit_id)).first()
+        return _unit(row) if row else None
+
+    def add_units(self, unit_list: list[UnitRecord]) -> None:
+        with self.engine.begin() as c:
+            c.execute(insert(units), [self._unit_values(u) for u in unit_list])
+
+    def accept_unit(self, job_id: str, idx: int, result_digest: str) -> bool:
+        with self.engine.begin() as c:
+            done = select(accepted.c.idx).where(accepted.c.job_id == job_id, accepted.c.idx == idx)
+            if c.execute(done).first() is not None:
+                return False
+            c.execute(insert(accepted).values(job_id=job_id, idx=idx, result_digest=result_digest))
+            c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=jobs.c.units_done + 1))
+            # Replicas of an accepted unit that nobody has started are no longer needed.
+            c.execute(
+                update(units)
+                .where(units.c.job_id == job_id, units.c.idx == idx, units.c.state == "pending")
+                .values(state="cancelled")
+            )
+            return True
+
+    def accepted_results(self, job_id: str) -> list[tuple[int, str]]:
+        query = select(accepted.c.idx, accepted.c.result_digest).where(accepted.c.job_id == job_id)
+        with self.engine.connect() as c:
+            return [(r.idx, r.result_digest) for r in c.execute(query.order_by(accepted.c.idx))]
+
+    def finish_job(self, job_id: str, state: str, now: float, result_digest: str | None = None,
+                   error: str | None = None) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                update(jobs).where(jobs.c.job_id == job_id)
+                .values(state=state, finished_at=now, result_digest=result_digest, error=error)
+            )
+            c.execute(
+                update(units)
+                .where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))
+                .values(state="cancelled")
+            )
+            c.execute(
+                update(leases).where(leases.c.job_id == job_id, leases.c.state == "active")
+                .values(state="cancelled", closed_at=now)
+            )
+
+    # --- leases -------------------------------------------------------------------------------------------------
+    def _candidate(self, vehicle_id: str):
+        other = units.alias("other")
+        same_unit_by_me = exists(
+            select(leases.c.lease_id)
+            .join(other, other.c.unit_id == leases.c.unit_id)
+            .where(
+                other.c.job_id == units.c.job_id,
+                other.c.idx == units.c.idx,
+                leases.c.vehicle_id == vehicle_id,
+                leases.c.state.in_(("active", "completed")),
+            )
+        )
+        query = (
+            select(units)
+            .where(units.c.state == "pending", or_(units.c.replicas == 1, ~same_unit_by_me))
+            .order_by(units.c.seq)
+            .limit(1)
+        )
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=units)
+        return query
+
+    def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str):
+        with self.engine.begin() as c:
+            row = c.execute(self._candidate(vehicle_id)).first()
+            if row is None:
+                return None
+            unit = _unit(row)
+            c.execute(
+                update(units).where(units.c.unit_id == unit.unit_id)
+                .values(state="leased", attempts=units.c.attempts + 1, vehicle_id=vehicle_id)
+            )
+            c.execute(
+                update(jobs).where(jobs.c.job_id == unit.job_id, jobs.c.state == "queued").values(state="running")
+            )
+            lease = LeaseRecord(lease_id=lease_id, unit_id=unit.unit_id, job_id=unit.job_id, vehicle_id=vehicle_id,
+                                issued_at=now, deadline=deadline)
+            c.execute(insert(leases).values(**{k: getattr(lease, k) for k in LeaseRecord.__slots__}))
+            job = _job(c.execute(select(jobs).where(jobs.c.job_id == unit.job_id)).one())
+        unit.state, unit.attempts, unit.vehicle_id = "leased", unit.attempts + 1, vehicle_id
+        return lease, unit, job
+
+    def get_lease(self, lease_id: str) -> LeaseRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(leases).where(leases.c.lease_id == lease_id)).first()
+        return _lease(row) if row else None
+
+    def active_leases(self, vehicle_id: str | None = None) -> list[LeaseRecord]:
+        query = select(leases).where(leases.c.state == "active")
+        if vehicle_id is not None:
+            query = query.where(leases.c.vehicle_id == vehicle_id)
+        with self.engine.connect() as c:
+            return [_lease(r) for r in c.execute(query)]
+
+    def renew(self, lease_id: str, deadline: float) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                update(leases).where(leases.c.lease_id == lease_id, leases.c.state == "active")
+                .values(deadline=deadline)
+            )
+
+    def record_progress(self, lease_id: str, done_items: int, checkpoint_digest: str | None) -> None:
+        if checkpoint_digest is None:
+            return
+        with self.engine.begin() as c:
+            unit_id = select(leases.c.unit_id).where(leases.c.lease_id == lease_id).scalar_subquery()
+            c.execute(
+                update(units)
+                .where(units.c.unit_id == unit_id, units.c.checkpoint_items < done_items)
+                .values(checkpoint_items=done_items, checkpoint_digest=checkpoint_digest)
+            )
+
+    def complete(self, lease_id: str, result_digest: str, entry: LedgerRecord, now: float) -> UnitRecord:
+        with self.engine.begin() as c:
+            lease = _lease(c.execute(select(leases).where(leases.c.lease_id == lease_id)).one())
+            c.execute(
+                update(leases).where(leases.c.lease_id == lease_id)
+                .values(state="completed", result_digest=result_digest, closed_at=now)
+            )
+            c.execute(
+                update(units).where(units.c.unit_id == lease.unit_id)
+                .values(state="done", result_digest=result_digest)
+            )
+            c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
+            return _unit(c.execute(select(units).where(units.c.unit_id == lease.unit_id)).one())
+
+    def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
+                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> None:
+        with self.engine.begin() as c:
+            lease = _lease(c.execute(select(leases).where(leases.c.lease_id == lease_id)).one())
+            c.execute(update(leases).where(leases.c.lease_id == lease_id).values(state=state, closed_at=now))
+            values: dict[str, Any] = {"state": "pending"}
+            if checkpoint is not None:
+                values.update(checkpoint_items=checkpoint[0], checkpoint_digest=checkpoint[1])
+            unit_cond = and_(units.c.unit_id == lease.unit_id, units.c.state == "leased")
+            if checkpoint is not None:
+                c.execute(update(units).where(unit_cond, units.c.checkpoint_items <= checkpoint[0]).values(**values))
+            c.execute(update(units).where(unit_cond).values(state="pending"))
+            c.execute(
+                update(jobs).where(jobs.c.job_id == lease.job_id)
+                .values(reissued_units=jobs.c.reissued_units + 1, preemptions=jobs.c.preemptions + int(preempted))
+            )
+            if ledger_entry is not None:
+                c.execute(insert(ledger).values(**{k: getattr(ledger_entry, k) for k in LedgerRecord.__slots__}))
+
+    def expired_leases(self, now: float) -> list[LeaseRecord]:
+        query = select(leases).where(leases.c.state == "active", leases.c.deadline < now)
+        with self.engine.connect() as c:
+            return [_lease(r) for r in c.execute(query)]
+
+    # --- metering and overview ----------------------------------------------------------------------------------
+    def ledger_totals(self) -> list[dict[str, Any]]:
+        query = (
+            select(
+                ledger.c.vehicle_id,
+                func.count().label("units"),
+                func.coalesce(func.sum(ledger.c["items"]), 0).label("items"),
+                func.coalesce(func.sum(ledger.c.compute_s), 0.0).label("compute_s"),
+                func.coalesce(func.sum(ledger.c.cellular_bytes), 0).label("cellular_bytes"),
+                func.coalesce(func.sum(ledger.c.wifi_bytes), 0).label("wifi_bytes"),
+            )
+            .group_by(ledger.c.vehicle_id)
+            .order_by(ledger.c.vehicle_id)
+        )
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(query)]
+
+    def counts(self) -> dict[str, Any]:
+        with self.engine.connect() as c:
+            by_state = dict(c.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
+            pending = c.execute(select(func.count()).select_from(units).where(units.c.state == "pending")).scalar()
+            active = c.execute(select(func.count()).select_from(leases).where(leases.c.state == "active")).scalar()
+        return {"jobs": by_state, "units_pending": int(pending or 0), "leases_in_flight": int(active or 0)}

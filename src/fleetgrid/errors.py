@@ -1,0 +1,112 @@
+"""Every exception fleetgrid raises, in one tree; the HTTP layer maps each branch to one status code.
+
+    FleetgridError
+    +-- InvalidInput            400  a request, spec, file or setting that is malformed or out of range
+    |   +-- UnknownModel        400  a model name that is not registered
+    |   +-- InputShapeError     400  inputs whose shape or dtype the model does not accept
+    |   +-- HashMismatch        400  an upload whose bytes do not hash to the digest it was sent under
+    +-- AuthError               401  a missing, malformed, unknown or revoked credential
+    +-- Forbidden               403  a valid caller touching what is not theirs
+    +-- NotFound                404  a job, lease, vehicle or artifact that does not exist (for this caller)
+    +-- Conflict                409  a request that contradicts state: a closed lease, a cancelled job
+    |   +-- LeaseExpired        409  a lease whose deadline has passed
+    +-- PayloadTooLarge         413  a request body over the configured limit
+    +-- RangeNotSatisfiable     416  a byte range outside the artifact
+    +-- TransportError               the agent could not reach the coordinator (never sent over HTTP)
+    +-- Preempted                    the worker was stopped because the car became ineligible
+
+Every message names the offending thing and what would be accepted.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "Conflict",
+    "FleetgridError",
+    "Forbidden",
+    "HashMismatch",
+    "InputShapeError",
+    "InvalidInput",
+    "LeaseExpired",
+    "NotFound",
+    "PayloadTooLarge",
+    "Preempted",
+    "RangeNotSatisfiable",
+    "TransportError",
+    "UnknownModel",
+]
+
+
+class FleetgridError(Exception):
+    """Base of every fleetgrid error. ``status`` is the HTTP status the coordinator answers with."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(FleetgridError):
+    status = 400
+    code = "invalid_input"
+
+
+class UnknownModel(InvalidInput):
+    code = "unknown_model"
+
+
+class InputShapeError(InvalidInput):
+    code = "bad_input_shape"
+
+
+class HashMismatch(InvalidInput):
+    code = "hash_mismatch"
+
+
+class AuthError(FleetgridError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(FleetgridError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(FleetgridError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(FleetgridError):
+    status = 409
+    code = "conflict"
+
+
+class LeaseExpired(Conflict):
+    code = "lease_expired"
+
+
+class PayloadTooLarge(FleetgridError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RangeNotSatisfiable(FleetgridError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
+class TransportError(FleetgridError):
+    """The coordinator could not be reached or answered unexpectedly; raised on the agent side only."""
+
+    code = "transport"
+
+
+class Preempted(FleetgridError):
+    """The car became ineligible and its worker was stopped; raised on the agent side only."""
+
+    code = "preempted"

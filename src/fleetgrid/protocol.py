@@ -1,0 +1,270 @@
+"""Wire models: every request and response body between tenants, vehicles and the coordinator.
+
+The coordinator and the agent import these same definitions. Cars sit behind carrier NAT and only dial out, so the
+vehicle API is pull-based: enroll once, then heartbeat, lease (long-poll), renew, report progress, complete or fail.
+Times on the wire are seconds since the epoch on the coordinator's clock.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "API_PREFIX",
+    "ArtifactInfo",
+    "ArtifactRef",
+    "CheckpointRef",
+    "CompleteRequest",
+    "Digest",
+    "EnrollRequest",
+    "EnrollResponse",
+    "ErrorBody",
+    "FailRequest",
+    "FleetOverview",
+    "HeartbeatResponse",
+    "JobState",
+    "JobStatus",
+    "JobSubmit",
+    "LeaseAck",
+    "LeaseGrant",
+    "LeaseRequest",
+    "LedgerEntry",
+    "ModelRef",
+    "ProgressReport",
+    "Redundancy",
+    "StateReport",
+    "TenantCreate",
+    "TenantCreated",
+    "VehicleSummary",
+    "is_digest",
+]
+
+API_PREFIX = "/v1"
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the content, 64 lowercase hex digits")]
+
+
+def is_digest(value: str) -> bool:
+    return bool(_DIGEST_RE.match(value))
+
+
+class _Wire(BaseModel):
+    """Strict base: unknown fields are an error, so a typo in a spec never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorBody(_Wire):
+    error: str = Field(description="machine-readable code, e.g. 'hash_mismatch'")
+    message: str = Field(description="what was wrong and what would be accepted")
+
+
+# --- artifacts -------------------------------------------------------------------------------------------------
+
+
+class ArtifactInfo(_Wire):
+    digest: Digest
+    size: int
+
+
+class ArtifactRef(_Wire):
+    digest: Digest
+    size: int = Field(ge=0)
+    format: str | None = Field(default=None, description="'npy' or 'jsonl' for item shards, None for opaque files")
+
+
+# --- vehicles --------------------------------------------------------------------------------------------------
+
+
+class EnrollRequest(_Wire):
+    enrollment_token: str = Field(min_length=1, max_length=512)
+    name: str = Field(min_length=1, max_length=128, description="the car's display name, e.g. its VIN suffix")
+    hardware: str = Field(description="hardware profile preset: 'hw3', 'ai4' or 'ai5'")
+
+
+class EnrollResponse(_Wire):
+    vehicle_id: str
+    credential: str = Field(description="bearer credential for every later call; shown once, stored only hashed")
+
+
+class StateReport(_Wire):
+    """What the car says about itself; the coordinator trusts it for scheduling and the fleet overview only."""
+
+    drive: Literal["driving", "parked", "charging"]
+    soc: float = Field(ge=0.0, le=1.0)
+    network: Literal["wifi", "cellular", "offline"]
+    plugged_in: bool
+    eligible: bool
+    reasons: list[str] = Field(default_factory=list, max_length=16)
+    cellular_used_bytes: int = Field(default=0, ge=0)
+    at: float | None = Field(default=None, description="the car's clock time of the reading")
+
+
+class HeartbeatResponse(_Wire):
+    server_time: float
+    active_leases: list[str] = Field(description="lease ids the coordinator still holds open for this car")
+
+
+class LeaseRequest(_Wire):
+    state: StateReport
+    wait_s: float = Field(default=0.0, ge=0.0, le=60.0, description="long-poll: wait up to this long for work")
+    cached_models: list[Digest] = Field(default_factory=list, max_length=64)
+
+
+class ModelRef(_Wire):
+    name: str
+    file: ArtifactRef | None = Field(default=None, description="the user's model file, for user-supplied models")
+
+
+class CheckpointRef(_Wire):
+    done_items: int = Field(ge=0)
+    digest: Digest = Field(description="partial result (.npy) for the unit's first done_items items")
+
+
+class LeaseGrant(_Wire):
+    lease_id: str
+    job_id: str
+    unit_index: int
+    replica: int
+    kind: Literal["inference"] = "inference"
+    model: ModelRef
+    input: ArtifactRef
+    items: int
+    batch_size: int
+    checkpoint: CheckpointRef | None = None
+    deadline: float
+    renew_every_s: float
+
+
+class LeaseAck(_Wire):
+    lease_id: str
+    state: str
+    deadline: float | None = None
+
+
+class ProgressReport(_Wire):
+    done_items: int = Field(ge=0)
+    checkpoint: Digest | None = Field(default=None, description="partial result uploaded as an artifact")
+
+
+class CompleteRequest(_Wire):
+    result: Digest = Field(description="the unit's result (.npy), uploaded as an artifact first")
+    compute_s: float = Field(default=0.0, ge=0.0)
+    cellular_bytes: int = Field(default=0, ge=0)
+    wifi_bytes: int = Field(default=0, ge=0)
+
+
+class FailRequest(_Wire):
+    reason: str = Field(min_length=1, max_length=1000)
+    handback: bool = Field(default=False, description="True when the car was preempted: not the unit's fault")
+    done_items: int = Field(default=0, ge=0)
+    checkpoint: Digest | None = None
+    compute_s: float = Field(default=0.0, ge=0.0)
+    cellular_bytes: int = Field(default=0, ge=0)
+    wifi_bytes: int = Field(default=0, ge=0)
+
+
+# --- tenants ---------------------------------------------------------------------------------------------------
+
+
+class Redundancy(_Wire):
+    """Compute each unit on ``replicas`` different cars; accept once ``quorum`` of them agree within tolerance."""
+
+    replicas: int = Field(default=1, ge=1, le=7)
+    quorum: int = Field(default=1, ge=1, le=7)
+    atol: float = Field(default=1e-4, ge=0.0)
+    rtol: float = Field(default=1e-3, ge=0.0)
+
+
+class JobSubmit(_Wire):
+    kind: Literal["inference"] = "inference"
+    name: str = Field(default="", max_length=200)
+    model: str = Field(description="a registered model name; see GET /v1/models")
+    model_file: Digest | None = Field(default=None, description="uploaded TorchScript/torch.export file")
+    inputs: Digest = Field(description="uploaded inputs: a .npy array or JSON Lines text")
+    input_format: Literal["npy", "jsonl"]
+    unit_items: int | None = Field(default=None, ge=1, le=1_000_000)
+    batch_size: int | None = Field(default=None, ge=1, le=65_536)
+    redundancy: Redundancy = Field(default_factory=Redundancy)
+
+    @field_validator("redundancy")
+    @classmethod
+    def _quorum_fits(cls, value: Redundancy) -> Redundancy:
+        if value.quorum > value.replicas:
+            raise ValueError(f"quorum {value.quorum} exceeds replicas {value.replicas}; use 1 <= quorum <= replicas")
+        return value
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobStatus(_Wire):
+    job_id: str
+    name: str
+    kind: str
+    model: str
+    state: JobState
+    items: int
+    units_total: int
+    units_done: int
+    units_in_flight: int
+    reissued_units: int
+    preemptions: int
+    created_at: float
+    finished_at: float | None
+    result: Digest | None
+    error: str | None
+
+
+class TenantCreate(_Wire):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class TenantCreated(_Wire):
+    tenant: str
+    token: str
+
+
+# --- operator --------------------------------------------------------------------------------------------------
+
+
+class VehicleSummary(_Wire):
+    vehicle_id: str
+    name: str
+    hardware: str
+    revoked: bool
+    last_seen: float | None
+    drive: str | None
+    soc: float | None
+    network: str | None
+    eligible: bool
+    active_leases: int
+
+
+class LedgerEntry(_Wire):
+    vehicle_id: str
+    units: int
+    items: int
+    compute_s: float
+    cellular_bytes: int
+    wifi_bytes: int
+
+
+class FleetOverview(_Wire):
+    vehicles: int
+    by_state: dict[str, int]
+    eligible_now: int
+    online: int
+    leases_in_flight: int
+    jobs: dict[str, int]
+    units_pending: int

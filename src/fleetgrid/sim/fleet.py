@@ -1,0 +1,175 @@
+"""The vectorised fleet model: one array per vehicle attribute, and each day computed as intervals.
+
+A day is a handful of events per car -- trips, the evening plug-in, the minute charging reaches the state-of-charge
+floor -- so the work grows with the number of trips, never with vehicles x minutes. Home is where a car is before
+its first trip and after its last; plug-in sessions and home Wi-Fi happen only there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fleetgrid.sim.draws import DayDraws, VehicleDraws
+from fleetgrid.sim.params import FleetConfig
+from fleetgrid.sim.tables import MINUTES, ModelTables, pick
+
+__all__ = ["DayOutcome", "Fleet", "build_fleet", "charge", "draw_trips", "step_day"]
+
+NEVER = np.int64(1 << 40)  # start minute of an unused trip slot; sorts after every real trip
+
+
+@dataclass(frozen=True, eq=False)
+class Fleet:
+    """Per-vehicle attributes for one block, all shape (n,). Energies in whole Wh."""
+
+    board_w: np.ndarray
+    int8_tops: np.ndarray
+    home: np.ndarray  # bool: has a home charger
+    wifi: np.ndarray  # bool: home Wi-Fi reaches the parked car
+    opt_in: np.ndarray  # bool: owner lets the car compute
+    rate_wh: np.ndarray  # Wh into the battery per plugged minute
+    floor_wh: np.ndarray  # compute only above this (Sentry-style 20% floor)
+    limit_wh: np.ndarray  # charging stops here
+    plug_below_wh: np.ndarray
+    away_below_wh: np.ndarray
+    away_to_wh: np.ndarray
+    soc0_wh: np.ndarray
+    plugged0: np.ndarray  # bool: plugged in at midnight before day 0
+
+    @property
+    def size(self) -> int:
+        return len(self.board_w)
+
+
+def _wh(cap_wh: np.ndarray, fraction: float) -> np.ndarray:
+    return (cap_wh * fraction).astype(np.int64)
+
+
+def build_fleet(draws: VehicleDraws, tables: ModelTables, config: FleetConfig) -> Fleet:
+    """Turn per-vehicle uniforms into attributes (categorical picks and Bernoulli flags)."""
+    chg = config.charging
+    hw = pick(tables.hardware_cum, draws.hardware)
+    cap = tables.battery_wh[pick(tables.battery_cum, draws.battery)]
+    home = draws.home < chg.home_charging
+    # Constant-rates mode has no state-of-charge floor, as the back-of-envelope has none.
+    floor = chg.soc_floor if config.time_structure else 0.0
+    return Fleet(
+        board_w=tables.hardware_w[hw],
+        int8_tops=tables.hardware_tops[hw],
+        home=home,
+        wifi=draws.wifi < config.connectivity.wifi_reach,
+        opt_in=draws.opt_in < config.owner.opt_in,
+        rate_wh=tables.charge_wh_per_min[pick(tables.charger_cum, draws.charger)],
+        floor_wh=_wh(cap, floor),
+        limit_wh=_wh(cap, chg.charge_limit),
+        plug_below_wh=_wh(cap, chg.plug_below_soc),
+        away_below_wh=_wh(cap, chg.away_below_soc),
+        away_to_wh=_wh(cap, chg.away_to_soc),
+        # est: a car starts between half and all of its charge limit.
+        soc0_wh=_wh(cap, chg.charge_limit * (0.5 + 0.5 * draws.soc0)),
+        plugged0=home & (draws.plugged0 < chg.plug_in_prob),
+    )
+
+
+def draw_trips(day: DayDraws, tables: ModelTables, weekend: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Trips as sorted, non-overlapping [start, end) minutes; shapes (n, k). A trip that would start while the
+    previous one is still going starts when it ends; trips are cut at midnight and dropped if none is left."""
+    k = tables.max_trips
+    count = pick(tables.trips_cum, day.n_trips)  # (n,)
+    hour = pick(tables.weekend_cum if weekend else tables.weekday_cum, day.hour)  # (n, k)
+    start = hour * 60 + (day.minute * 60).astype(np.int64)
+    start = np.where(np.arange(k) < count[:, None], start, NEVER)
+    start.sort(axis=1)
+    b = pick(tables.duration_cum, day.duration)
+    span = tables.duration_lo[b] + (day.duration - tables.duration_cum[b]) / tables.duration_share[b] * (
+        tables.duration_width[b]
+    )
+    duration = span.astype(np.int64)
+    end = np.empty_like(start)
+    prev_end = np.zeros(len(start), dtype=np.int64)
+    for slot in range(k):  # k ~ 8 array ops, not a per-vehicle loop
+        s = np.maximum(start[:, slot], prev_end)
+        start[:, slot] = s
+        end[:, slot] = np.minimum(s + duration[:, slot], MINUTES)
+        prev_end = end[:, slot]
+    return start, end, start < MINUTES
+
+
+def charge(
+    soc: np.ndarray, minutes: np.ndarray, on: np.ndarray, fleet: Fleet
+) -> tuple[np.ndarray, np.ndarray]:
+    """A plug-in session of ``minutes``: (minutes spent below the floor, state of charge after).
+
+    The car computes only once it is above its floor, so the first ``ceil((floor - soc) / rate)`` minutes are
+    spent charging; a car at or above its charge limit stays where it is.
+    """
+    below = on & (soc < fleet.floor_wh)
+    to_floor = -((soc - fleet.floor_wh) // fleet.rate_wh)  # ceil division in integers
+    low = np.where(below, np.minimum(minutes, to_floor), 0)
+    charged = np.minimum(fleet.limit_wh, soc + minutes * fleet.rate_wh)
+    return low, np.where(on & (soc < fleet.limit_wh), charged, soc)
+
+
+@dataclass(frozen=True, eq=False)
+class DayOutcome:
+    """One day of one block: the intervals every state is derived from. Shapes (n,) unless noted."""
+
+    start: np.ndarray  # (n, k) trip starts (NEVER or >= 1440 where unused)
+    end: np.ndarray  # (n, k)
+    valid: np.ndarray  # (n, k) bool
+    morning_end: np.ndarray  # home from 0 to here (first trip's start; 1440 on a day without trips)
+    evening_start: np.ndarray  # home from here to 1440 (last trip's end; 1440 on a day without trips)
+    home_all_day: np.ndarray  # bool: no trips, so at home between morning_end and evening_start too
+    plugged_morning: np.ndarray  # bool: plugged in over [0, morning_end)
+    plugged_evening: np.ndarray  # bool: plugged in over [evening_start, 1440)
+    low_morning: np.ndarray  # minutes of the morning session below the floor
+    low_evening: np.ndarray
+    soc_start: np.ndarray  # Wh at midnight
+    soc_end: np.ndarray  # Wh at the next midnight
+    plugged_end: np.ndarray  # bool: plugged in at the next midnight
+
+
+def step_day(
+    fleet: Fleet, soc: np.ndarray, plugged: np.ndarray, day: DayDraws, tables: ModelTables, config: FleetConfig,
+    weekend: bool,
+) -> DayOutcome:  # fmt: skip
+    """Advance every car of a block by one day, starting from (state of charge, plugged in) at midnight."""
+    if not config.time_structure:
+        return _constant_day(fleet, soc, day, tables)
+    start, end, valid = draw_trips(day, tables, weekend)
+    has = valid[:, 0]
+    rows = np.arange(len(start))
+    morning_end = np.where(has, start[:, 0], MINUTES)
+    last = np.maximum(valid.sum(axis=1) - 1, 0)
+    evening_start = np.where(has, end[rows, last], MINUTES)
+    low_m, soc_now = charge(soc, morning_end, plugged, fleet)
+    for slot in range(tables.max_trips):
+        ok = valid[:, slot]
+        soc_now = soc_now - np.where(ok, end[:, slot] - start[:, slot], 0) * tables.drive_wh_per_min
+        soc_now = np.where(ok & (soc_now < fleet.away_below_wh), fleet.away_to_wh, soc_now)
+    wants = (day.plug < config.charging.plug_in_prob) | (soc_now < fleet.plug_below_wh)
+    evening = has & fleet.home & wants
+    low_e, soc_now = charge(soc_now, MINUTES - evening_start, evening, fleet)
+    return DayOutcome(
+        start=start, end=end, valid=valid, morning_end=morning_end, evening_start=evening_start,
+        home_all_day=~has, plugged_morning=plugged, plugged_evening=evening, low_morning=low_m,
+        low_evening=low_e, soc_start=soc, soc_end=soc_now, plugged_end=np.where(has, evening, plugged),
+    )  # fmt: skip
+
+
+def _constant_day(fleet: Fleet, soc: np.ndarray, day: DayDraws, tables: ModelTables) -> DayOutcome:
+    """Constant-rates mode: no trips; a home charger owner is plugged in for ``plugged_minutes`` in one window
+    that wraps midnight at a random phase, so every minute of the day sees the same expected share."""
+    n, k = len(soc), tables.max_trips
+    length = tables.plugged_minutes
+    head = (day.plug * length).astype(np.int64)  # minutes of the window after midnight
+    zeros = np.zeros(n, dtype=np.int64)
+    never = np.full((n, k), NEVER, dtype=np.int64)
+    return DayOutcome(
+        start=never, end=np.full((n, k), MINUTES, dtype=np.int64), valid=np.zeros((n, k), dtype=bool),
+        morning_end=head, evening_start=MINUTES - (length - head), home_all_day=np.ones(n, dtype=bool),
+        plugged_morning=fleet.home, plugged_evening=fleet.home, low_morning=zeros, low_evening=zeros,
+        soc_start=soc, soc_end=soc, plugged_end=fleet.home,
+    )  # fmt: skip

@@ -1,0 +1,1 @@
+"""fleetgrid.workloads.training"""

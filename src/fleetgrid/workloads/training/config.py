@@ -1,0 +1,204 @@
+"""Every federated-training setting, as keyword-only dataclasses checked in ``__post_init__``.
+
+A job's settings nest: a strategy config holds the car's :class:`LocalTrainingConfig` (which holds its uplink
+:class:`CompressionConfig`), the :class:`RoundConfig` mechanics and the downlink compression. ``to_dict`` /
+``config_from_dict`` make them JSON for the wire and for checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetgrid.errors import InvalidInput
+from fleetgrid.workloads.training.aggregate import PARTIAL_WORK_POLICIES
+from fleetgrid.workloads.training.compression import CompressionConfig
+
+__all__ = [
+    "DiLoCoConfig",
+    "FedAvgConfig",
+    "FedBuffConfig",
+    "LocalTrainingConfig",
+    "OPTIMIZERS",
+    "RoundConfig",
+    "StrategyConfig",
+    "config_from_dict",
+    "to_dict",
+]
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalTrainingConfig:
+    """The car's inner loop: optimizer, step budget H, batch size, and how the resulting delta is compressed."""
+
+    optimizer: str = "sgd"
+    """'sgd' (FedAvg's classic inner loop) or 'adamw' (DiLoCo's)."""
+    lr: float = 0.05
+    """Inner learning rate, > 0."""
+    momentum: float = 0.0
+    """SGD momentum in [0, 1); ignored by AdamW."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay for AdamW, L2 for SGD; >= 0."""
+    steps: int = 50
+    """H, the local optimizer steps per round; >= 1. A preempted car may report fewer."""
+    batch_size: int = 32
+    """Examples per local step; >= 1."""
+    grad_clip: float | None = 1.0
+    """Global gradient-norm clip, or None for none."""
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    """How the car compresses its delta for the uplink."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidInput(f"local optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise InvalidInput(f"local lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            raise InvalidInput(f"local momentum must be in [0, 1), got {self.momentum!r}")
+        if not self.weight_decay >= 0:
+            raise InvalidInput(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise InvalidInput(f"local steps H must be an integer >= 1, got {self.steps!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InvalidInput(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise InvalidInput(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundConfig:
+    """Round mechanics: how many cars to ask, how long to wait, what counts as enough."""
+
+    clients_per_round: int = 10
+    """Usable reports wanted; a synchronous round closes as soon as this many arrived."""
+    over_selection: float = 1.3
+    """Cars asked per round = ceil(clients_per_round * over_selection); >= 1 (Google's fleet uses ~1.3)."""
+    min_reports: int = 1
+    """Fewer usable reports at the deadline abandons the round (global untouched) and retries it."""
+    deadline_s: float = 600.0
+    """Seconds (on the fleet's clock) a round waits for reports; > 0."""
+    max_retries: int = 3
+    """Abandoned attempts retried before the round loop gives up with a Conflict; >= 0."""
+    partial_work: str = "weighted"
+    """A preempted car's partial delta: 'weighted' by steps done / planned, or 'drop'ped."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.clients_per_round, int) or self.clients_per_round < 1:
+            raise InvalidInput(f"clients_per_round must be an integer >= 1, got {self.clients_per_round!r}")
+        if not (self.over_selection >= 1 and math.isfinite(self.over_selection)):
+            raise InvalidInput(f"over_selection must be a finite factor >= 1, got {self.over_selection!r}")
+        if not isinstance(self.min_reports, int) or not 1 <= self.min_reports <= self.clients_per_round:
+            raise InvalidInput(f"min_reports must be an integer in [1, clients_per_round={self.clients_per_round}], "
+                               f"got {self.min_reports!r}")
+        if not self.deadline_s > 0:
+            raise InvalidInput(f"deadline_s must be > 0 seconds, got {self.deadline_s!r}")
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise InvalidInput(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        if self.partial_work not in PARTIAL_WORK_POLICIES:
+            raise InvalidInput(f"partial_work must be one of {PARTIAL_WORK_POLICIES}, got {self.partial_work!r}")
+
+    @property
+    def cohort_size(self) -> int:
+        return math.ceil(self.clients_per_round * self.over_selection - 1e-9)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyConfig:
+    """Settings every strategy shares."""
+
+    local: LocalTrainingConfig = field(default_factory=LocalTrainingConfig)
+    rounds: RoundConfig = field(default_factory=RoundConfig)
+    downlink: CompressionConfig = field(default_factory=CompressionConfig)
+    """How each new global version travels to cars that hold the previous one, as a delta (top-k not allowed:
+    a sparse downlink would need the coordinator's residual to ever reach the cars)."""
+    seed: int = 0
+    """Seeds cohort selection and each car's batch order."""
+
+    def __post_init__(self) -> None:
+        if self.downlink.topk_fraction is not None:
+            raise InvalidInput("downlink compression accepts bits in {4, 8, None} only; got topk_fraction="
+                               f"{self.downlink.topk_fraction} (use top-k on the uplink)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedAvgConfig(StrategyConfig):
+    server_lr: float = 1.0
+    """Server step on the averaged delta; 1.0 is McMahan et al.'s FedAvg (the new global = mean local model)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.server_lr > 0:
+            raise InvalidInput(f"server_lr must be > 0, got {self.server_lr!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiLoCoConfig(StrategyConfig):
+    local: LocalTrainingConfig = field(default_factory=lambda: LocalTrainingConfig(optimizer="adamw", lr=1e-3))
+    outer_lr: float = 0.7
+    """Outer SGD learning rate on the averaged pseudo-gradient (DiLoCo uses 0.7); > 0."""
+    outer_momentum: float = 0.9
+    """Outer Nesterov momentum in [0, 1) (DiLoCo uses 0.9)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.outer_lr > 0:
+            raise InvalidInput(f"outer_lr must be > 0, got {self.outer_lr!r}")
+        if not 0 <= self.outer_momentum < 1:
+            raise InvalidInput(f"outer_momentum must be in [0, 1), got {self.outer_momentum!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedBuffConfig(FedAvgConfig):
+    buffer_size: int = 4
+    """K: the global is updated every K usable updates, whenever they arrive; >= 1."""
+    concurrency: int = 8
+    """Cars kept training at once; each finished car is replaced immediately; >= buffer_size."""
+    max_staleness: int = 8
+    """Updates computed from a global more than this many versions old are refused (Conflict); >= 0."""
+    staleness_exponent: float = 0.5
+    """Weight multiplier (1 + staleness) ** -exponent; 0.5 is FedBuff's 1/sqrt(1 + s); >= 0."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.buffer_size, int) or self.buffer_size < 1:
+            raise InvalidInput(f"buffer_size K must be an integer >= 1, got {self.buffer_size!r}")
+        if not isinstance(self.concurrency, int) or self.concurrency < self.buffer_size:
+            raise InvalidInput(f"concurrency must be an integer >= buffer_size={self.buffer_size}, "
+                               f"got {self.concurrency!r}")
+        if not isinstance(self.max_staleness, int) or self.max_staleness < 0:
+            raise InvalidInput(f"max_staleness must be an integer >= 0, got {self.max_staleness!r}")
+        if not self.staleness_exponent >= 0:
+            raise InvalidInput(f"staleness_exponent must be >= 0, got {self.staleness_exponent!r}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from ``to_dict`` output, validating every level; unknown keys and
+    wrong types raise InvalidInput naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{cls.__name__} settings must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InvalidInput(f"unknown {cls.__name__} setting(s) {unknown}; accepted: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = config_from_dict(hint, value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise InvalidInput(f"bad {cls.__name__} settings {data}: {exc}") from exc

@@ -1,0 +1,160 @@
+"""What runs on the car: a few local optimizer steps from the global weights, stoppable after any step.
+
+The car's data never leaves this function; what does is :class:`LocalResult.update`, the compressed
+pseudo-gradient ``global - local`` with the counts the coordinator weighs it by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fleetgrid.errors import InvalidInput
+from fleetgrid.workloads.training.compression import ErrorFeedback
+from fleetgrid.workloads.training.config import LocalTrainingConfig
+from fleetgrid.workloads.training.flat import FlatLayout
+from fleetgrid.workloads.training.messages import ClientUpdate, TrainInstructions
+
+__all__ = [
+    "ArrayDataset",
+    "LocalDataset",
+    "LocalResult",
+    "cross_entropy_loss",
+    "evaluate_model",
+    "train_locally",
+]
+
+class LocalDataset(Protocol):
+    """A car's private examples; all local training needs is its size and random mini-batches."""
+
+    def __len__(self) -> int: ...
+
+    def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class ArrayDataset:
+    """Inputs and integer targets held in memory; batches are drawn with replacement."""
+
+    def __init__(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> None:
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.y = torch.as_tensor(y, dtype=torch.long)
+        if len(self.x) != len(self.y) or len(self.x) == 0:
+            raise InvalidInput(f"a local dataset needs >= 1 example and as many targets as inputs, "
+                               f"got {len(self.x)} inputs and {len(self.y)} targets")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.x), (batch_size,), generator=generator)
+        return self.x[idx], self.y[idx]
+
+
+def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classifiers ``(B, C)`` vs ``(B,)`` and language models ``(B, T, V)`` vs ``(B, T)``."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What a car hands back when its lease ends, finished or preempted."""
+
+    update: ClientUpdate | None
+    """None when no step was done: there is nothing to send."""
+    steps_done: int
+    examples_seen: int
+    preempted: bool
+    train_loss: float
+    bytes_up: int
+
+
+def _make_optimizer(model: nn.Module, config: LocalTrainingConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                 betas=(0.9, 0.95))
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def train_locally(
+    model: nn.Module,
+    global_params: torch.Tensor,
+    dataset: LocalDataset,
+    instructions: TrainInstructions,
+    *,
+    client_id: str,
+    should_stop: Callable[[int], bool] | None = None,
+    error_feedback: ErrorFeedback | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
+) -> LocalResult:
+    """Train ``model`` from ``global_params`` for up to ``instructions.local.steps`` steps on ``dataset``.
+
+    ``should_stop(steps_done)`` is asked before every step; returning True ends training there (preemption) and
+    the partial delta is still reported. ``error_feedback``, if given, is the car's uplink residual and is
+    updated in place. ``model`` is overwritten with the local weights.
+    """
+    config = instructions.local
+    layout = FlatLayout.of(model)
+    layout.load(model, global_params)
+    generator = torch.Generator().manual_seed(instructions.seed)
+    optimizer = _make_optimizer(model, config)
+    model.train()
+    steps = examples = 0
+    loss_sum = 0.0
+    preempted = False
+    while steps < config.steps:
+        if should_stop is not None and should_stop(steps):
+            preempted = True
+            break
+        x, y = dataset.sample_batch(generator, config.batch_size)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        steps += 1
+        examples += len(x)
+        loss_sum += float(loss)
+    if steps == 0:
+        return LocalResult(None, 0, 0, preempted, float("nan"), 0)
+    delta = (global_params - layout.flatten(model)).numpy()  # (P,) pseudo-gradient: global - local
+    if error_feedback is None:
+        error_feedback = ErrorFeedback(delta.size)
+    payload, _ = error_feedback.compress(delta, config.compression)
+    update = ClientUpdate(
+        client_id=client_id,
+        round=instructions.round,
+        base_version=instructions.base_version,
+        payload=payload,
+        num_examples=len(dataset),
+        steps_done=steps,
+        steps_planned=config.steps,
+        examples_seen=examples,
+        train_loss=loss_sum / steps,
+    )
+    return LocalResult(update, steps, examples, preempted, loss_sum / steps, len(payload))
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
+) -> dict[str, float]:
+    """Held-out ``accuracy`` (argmax over the last axis) and mean ``loss`` of ``model`` on ``(x, y)``."""
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size])
+        target = y[i : i + batch_size]
+        loss_sum += float(loss_fn(logits, target)) * target.numel()
+        correct += int((logits.argmax(-1) == target).sum())
+        total += target.numel()
+    return {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1)}

@@ -1,0 +1,367 @@
+"""Federated strategies: one abstract class with a few small hooks and one round loop, free of any transport.
+
+:class:`Strategy` owns the global model (a flat float32 vector), validates every report before it can touch it,
+publishes each new version as a compressed delta, and checkpoints to safetensors bytes. Subclasses change one
+thing each: :class:`FedAvg` the server step, :class:`DiLoCo` swaps it for outer Nesterov momentum,
+:class:`FedBuff` keeps cars busy and weighs stale updates down. The transport is the :class:`Fleet` protocol:
+an in-process simulation today (:mod:`simulate`), the coordinator's leases later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from fleetgrid.errors import Conflict, InvalidInput
+from fleetgrid.workloads.training.aggregate import (
+    client_weight,
+    nesterov_step,
+    sgd_step,
+    staleness_weight,
+    weighted_mean,
+)
+from fleetgrid.workloads.training.compression import CompressionConfig, ErrorFeedback, decode, encode
+from fleetgrid.workloads.training.config import (
+    DiLoCoConfig,
+    FedAvgConfig,
+    FedBuffConfig,
+    StrategyConfig,
+    config_from_dict,
+    to_dict,
+)
+from fleetgrid.workloads.training.messages import ClientUpdate, ModelDownload, TrainInstructions, params_digest
+
+__all__ = [
+    "STRATEGIES",
+    "AcceptedUpdate",
+    "DiLoCo",
+    "FedAvg",
+    "FedBuff",
+    "Fleet",
+    "Strategy",
+    "make_strategy",
+    "strategy_from_state_bytes",
+]
+
+EvaluateFn = Callable[[torch.Tensor], Mapping[str, float]]
+
+
+class Fleet(Protocol):
+    """The transport a round loop drives: who is free, hand out work, wait for reports, call work off."""
+
+    def now(self) -> float:
+        """Seconds on the fleet's clock."""
+
+    def idle_clients(self) -> list[str]:
+        """Cars eligible for new work now, in a stable order."""
+
+    def busy_count(self) -> int:
+        """Cars holding work that has not reported yet."""
+
+    def dispatch(self, assignments: Mapping[str, TrainInstructions], strategy: Strategy) -> None:
+        """Start each car on its instructions; the car fetches its model with ``strategy.download``."""
+
+    def next_update(self, deadline: float) -> ClientUpdate | None:
+        """The next report to arrive no later than ``deadline``, or None if none will."""
+
+    def cancel_outstanding(self) -> None:
+        """Revoke all work not yet reported (its leases close; late reports will be refused)."""
+
+
+@dataclass(frozen=True)
+class AcceptedUpdate:
+    """A report that passed validation: its decoded delta and the weight the strategy gave it."""
+
+    update: ClientUpdate
+    delta: torch.Tensor
+    weight: float
+    staleness: int
+
+
+class Strategy(ABC):
+    """A federated optimizer over a flat float32 global model. Hooks: ``configure_round``, ``client_weight``,
+    ``server_step``, ``evaluate``; the rest (validation, versioning, downloads, checkpoints, the loop) is shared.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[StrategyConfig]]
+    closes_rounds: ClassVar[bool] = True
+    """Synchronous strategies revoke stragglers at round end and refuse reports for any other round."""
+    keep_versions: ClassVar[int] = 16
+    """How many recent downlink deltas are kept, so a car a few versions behind downloads deltas only."""
+
+    def __init__(self, initial_params: torch.Tensor, config: StrategyConfig) -> None:
+        if not isinstance(config, self.config_class):
+            raise InvalidInput(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        if not isinstance(initial_params, torch.Tensor) or initial_params.dtype != torch.float32 \
+                or initial_params.dim() != 1 or not torch.isfinite(initial_params).all():
+            raise InvalidInput("initial params must be a finite 1-D float32 tensor (FlatLayout.flatten of the model)")
+        self.config = config
+        self.params = initial_params.detach().clone()
+        self.version = 0
+        self.round = 0
+        self.server_state: dict[str, torch.Tensor] = {}
+        self.history: list[dict[str, Any]] = []
+        self._downlink = ErrorFeedback(self.numel)
+        self._deltas: dict[int, bytes] = {}  # version v -> encoded delta from v - 1
+        self._digest = params_digest(self.params)
+        self._rng = random.Random(config.seed)
+
+    @property
+    def numel(self) -> int:
+        return int(self.params.numel())
+
+    @property
+    def digest(self) -> str:
+        return self._digest
+
+    # ------------------------------------------------------------------------------------------------- hooks
+
+    def configure_round(self, idle_clients: Sequence[str], busy: int) -> list[str]:
+        """Which idle cars get work now. Default: a random over-selected cohort from the idle cars."""
+        k = min(self.config.rounds.cohort_size, len(idle_clients))
+        return self._rng.sample(list(idle_clients), k)
+
+    def client_weight(self, update: ClientUpdate, staleness: int) -> float:
+        """A report's aggregation weight. Default: examples, times the share of planned steps (or 0 if dropped)."""
+        return client_weight(num_examples=update.num_examples, steps_done=update.steps_done,
+                             steps_planned=update.steps_planned, partial_work=self.config.rounds.partial_work)
+
+    @abstractmethod
+    def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
+        """The new global params from the weighted-mean delta ``global - local``; may update ``server_state``."""
+
+    def round_complete(self, accepted: Sequence[AcceptedUpdate]) -> bool:
+        """Whether to stop waiting and aggregate. Default: enough usable reports."""
+        return sum(a.weight > 0 for a in accepted) >= self.config.rounds.clients_per_round
+
+    def evaluate(self, evaluate_fn: EvaluateFn | None) -> dict[str, float]:
+        """Held-out metrics of the current global."""
+        return dict(evaluate_fn(self.params)) if evaluate_fn is not None else {}
+
+    # ------------------------------------------------------------------------------------- work and reports
+
+    def instructions(self, client_id: str) -> TrainInstructions:
+        return TrainInstructions(round=self.round, base_version=self.version, model_digest=self._digest,
+                                 local=self.config.local, seed=_stable_seed(self.config.seed, self.round, client_id))
+
+    def accept(self, update: ClientUpdate) -> AcceptedUpdate:
+        """Validate a report without touching the global. Raises Conflict for a closed round or a too-stale
+        base, InvalidInput for anything malformed (wrong shape, dtype, non-finite values, impossible counts)."""
+        staleness = self.version - update.base_version
+        if self.closes_rounds and (update.round != self.round or staleness != 0):
+            raise Conflict(f"update from {update.client_id!r} is for round {update.round} (version "
+                           f"{update.base_version}); only round {self.round} (version {self.version}) is open")
+        if not 0 <= staleness <= self.max_staleness:
+            raise Conflict(f"update from {update.client_id!r} trained on version {update.base_version}, "
+                           f"{staleness} behind version {self.version}; at most {self.max_staleness} is accepted")
+        if update.num_examples < 1 or update.examples_seen < 0:
+            raise InvalidInput(f"update from {update.client_id!r} reports num_examples={update.num_examples}, "
+                               f"examples_seen={update.examples_seen}; need >= 1 and >= 0")
+        delta = decode(update.payload)  # raises InvalidInput on a malformed or non-finite payload
+        if delta.shape != (self.numel,):
+            raise InvalidInput(f"update from {update.client_id!r} has shape {delta.shape}; the model needs "
+                               f"({self.numel},)")
+        weight = self.client_weight(update, staleness)
+        return AcceptedUpdate(update, torch.from_numpy(np.array(delta, dtype=np.float32)), weight, staleness)
+
+    @property
+    def max_staleness(self) -> int:
+        return 0
+
+    def aggregate(self, accepted: Sequence[AcceptedUpdate]) -> dict[str, Any]:
+        """Fold validated reports into a new global version; returns a summary. With no usable report (all
+        weights 0) it raises InvalidInput and leaves everything as it was."""
+        usable = [a for a in accepted if a.weight > 0]
+        if not usable:
+            raise InvalidInput(f"round {self.round}: no usable update to aggregate ({len(accepted)} all weigh 0)")
+        pseudo_grad = weighted_mean([a.delta for a in usable], [a.weight for a in usable])
+        target = self.server_step(pseudo_grad)
+        self._publish(target)
+        return {"reports": len(accepted), "used": len(usable),
+                "mean_staleness": sum(a.staleness for a in usable) / len(usable),
+                "pseudo_grad_norm": float(pseudo_grad.norm())}
+
+    def _publish(self, target: torch.Tensor) -> None:
+        """Make ``target`` (as exactly as the downlink codec carries it) the next version."""
+        blob, sent = self._downlink.compress(target - self.params, self.config.downlink)
+        self.params = self.params + torch.from_numpy(sent.reshape(-1))
+        self.version += 1
+        self._digest = params_digest(self.params)
+        self._deltas[self.version] = blob
+        self._deltas.pop(self.version - self.keep_versions, None)
+
+    def download(self, held_version: int | None) -> ModelDownload:
+        """What a car holding ``held_version`` must fetch for the current version: nothing, deltas or a snapshot."""
+        if held_version == self.version:
+            return ModelDownload(from_version=held_version, version=self.version, digest=self._digest, full=None)
+        if held_version is not None and 0 <= held_version < self.version and all(
+                v in self._deltas for v in range(held_version + 1, self.version + 1)):
+            deltas = tuple(self._deltas[v] for v in range(held_version + 1, self.version + 1))
+            if sum(map(len, deltas)) < 4 * self.numel:
+                return ModelDownload(from_version=held_version, version=self.version, digest=self._digest,
+                                     full=None, deltas=deltas)
+        return ModelDownload(from_version=None, version=self.version, digest=self._digest,
+                             full=encode(self.params, CompressionConfig()))
+
+    # -------------------------------------------------------------------------------------------- the loop
+
+    def run(self, fleet: Fleet, num_versions: int, *, evaluate_fn: EvaluateFn | None = None,
+            on_version: Callable[[Strategy], None] | None = None) -> list[dict[str, Any]]:
+        """Drive rounds until the global reaches ``num_versions``; after each, evaluate and call ``on_version``
+        (the place to checkpoint). A round that ends with fewer than ``min_reports`` usable reports is
+        abandoned, the global untouched, and retried up to ``max_retries`` times before Conflict is raised."""
+        if not self.history:
+            self.history.append({"version": 0, **self.evaluate(evaluate_fn)})
+        rc = self.config.rounds
+        while self.version < num_versions:
+            for attempt in range(rc.max_retries + 1):
+                self.round += 1
+                self._dispatch(fleet)
+                deadline = fleet.now() + rc.deadline_s
+                accepted: list[AcceptedUpdate] = []
+                rejected = 0
+                while not self.round_complete(accepted):
+                    update = fleet.next_update(deadline)
+                    if update is None:
+                        break
+                    try:
+                        accepted.append(self.accept(update))
+                    except (InvalidInput, Conflict):
+                        rejected += 1
+                    if not self.closes_rounds:  # asynchronous: a car that reported gets new work at once
+                        self._dispatch(fleet)
+                if self.closes_rounds:
+                    fleet.cancel_outstanding()
+                if sum(a.weight > 0 for a in accepted) >= rc.min_reports:
+                    summary = self.aggregate(accepted)
+                    break
+            else:
+                raise Conflict(f"version {self.version + 1} abandoned {rc.max_retries + 1} times: fewer than "
+                               f"min_reports={rc.min_reports} usable reports by each deadline")
+            record = {"version": self.version, "round": self.round, "attempts": attempt + 1, "rejected": rejected,
+                      "time": fleet.now(), **summary, **self.evaluate(evaluate_fn)}
+            self.history.append(record)
+            if on_version is not None:
+                on_version(self)
+        return self.history
+
+    def _dispatch(self, fleet: Fleet) -> None:
+        chosen = self.configure_round(fleet.idle_clients(), fleet.busy_count())
+        if chosen:
+            fleet.dispatch({c: self.instructions(c) for c in chosen}, self)
+
+    # ------------------------------------------------------------------------------------------- checkpoint
+
+    def state_bytes(self) -> bytes:
+        """Everything needed to resume: global params, server optimizer state, downlink residual, counters,
+        config and metric history, as one safetensors blob (metadata holds the JSON)."""
+        tensors = {"params": self.params.contiguous(), "downlink_residual": torch.from_numpy(self._downlink.residual)}
+        tensors |= {f"server.{k}": v.contiguous() for k, v in self.server_state.items()}
+        meta = {"strategy": self.name, "version": str(self.version), "round": str(self.round),
+                "config": json.dumps(to_dict(self.config)), "history": json.dumps(self.history),
+                "rng": json.dumps(_rng_state_to_json(self._rng.getstate()))}
+        return st_save(tensors, metadata=meta)
+
+
+def _stable_seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def _rng_state_to_json(state: tuple) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+class FedAvg(Strategy):
+    """McMahan et al.: the new global is the example-weighted mean of local models (server SGD, lr 1)."""
+
+    name = "fedavg"
+    config_class = FedAvgConfig
+
+    def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
+        return sgd_step(self.params, pseudo_grad, self.config.server_lr)
+
+
+class DiLoCo(Strategy):
+    """Douillard et al.: cars run H AdamW steps; the server treats the mean delta as a gradient for outer SGD
+    with Nesterov momentum."""
+
+    name = "diloco"
+    config_class = DiLoCoConfig
+
+    def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
+        buf = self.server_state.get("momentum", torch.zeros_like(self.params))
+        target, self.server_state["momentum"] = nesterov_step(
+            self.params, pseudo_grad, buf, self.config.outer_lr, self.config.outer_momentum)
+        return target
+
+
+class FedBuff(FedAvg):
+    """Nguyen et al.: asynchronous buffered aggregation. ``concurrency`` cars always train; every K arriving
+    updates make a new version; an update s versions stale weighs (1 + s) ** -exponent of a fresh one."""
+
+    name = "fedbuff"
+    config_class = FedBuffConfig
+    closes_rounds = False
+
+    @property
+    def max_staleness(self) -> int:
+        return self.config.max_staleness
+
+    def configure_round(self, idle_clients: Sequence[str], busy: int) -> list[str]:
+        k = max(0, min(self.config.concurrency - busy, len(idle_clients)))
+        return self._rng.sample(list(idle_clients), k)
+
+    def client_weight(self, update: ClientUpdate, staleness: int) -> float:
+        return super().client_weight(update, staleness) * staleness_weight(staleness, self.config.staleness_exponent)
+
+    def round_complete(self, accepted: Sequence[AcceptedUpdate]) -> bool:
+        return sum(a.weight > 0 for a in accepted) >= self.config.buffer_size
+
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, DiLoCo, FedBuff)}
+
+
+def make_strategy(name: str, initial_params: torch.Tensor, settings: StrategyConfig | Mapping[str, Any] | None = None
+                  ) -> Strategy:
+    """A strategy by name, with settings as a config object or its JSON dict (validated either way)."""
+    cls = STRATEGIES.get(name)
+    if cls is None:
+        raise InvalidInput(f"unknown strategy {name!r}; accepted: {sorted(STRATEGIES)}")
+    if settings is None:
+        settings = cls.config_class()
+    elif not isinstance(settings, StrategyConfig):
+        settings = config_from_dict(cls.config_class, dict(settings))
+    return cls(initial_params, settings)
+
+
+def strategy_from_state_bytes(blob: bytes) -> Strategy:
+    """Resume a strategy from ``Strategy.state_bytes`` output (e.g. after the coordinator was SIGKILLed)."""
+    try:
+        tensors = st_load(blob)
+        header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 header length, then the JSON header
+        meta = json.loads(blob[8 : 8 + header_len])["__metadata__"]
+        name = meta["strategy"]
+    except Exception as exc:  # safetensors raises its own (Rust) error types; translate all at this boundary
+        raise InvalidInput(f"not a fleetgrid strategy checkpoint ({exc}); expected Strategy.state_bytes output") from exc
+    strategy = make_strategy(name, tensors["params"], json.loads(meta["config"]))
+    strategy.version = int(meta["version"])
+    strategy.round = int(meta["round"])
+    strategy.history = json.loads(meta["history"])
+    strategy._downlink.residual = tensors["downlink_residual"].numpy().copy()
+    strategy.server_state = {k.removeprefix("server."): v for k, v in tensors.items() if k.startswith("server.")}
+    strategy._digest = params_digest(strategy.params)
+    rng = json.loads(meta["rng"])
+    strategy._rng.setstate((rng[0], tuple(rng[1]), rng[2]))
+    return strategy

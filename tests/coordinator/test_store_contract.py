@@ -1,0 +1,160 @@
+"""One contract for every store backend: the same tests run on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetgrid.coordinator.store import JobRecord, LedgerRecord, UnitRecord, VehicleRecord, open_store
+from fleetgrid.errors import Conflict
+
+D1, D2, D3 = "a" * 64, "b" * 64, "c" * 64
+
+
+@pytest.fixture
+def store(store_url):
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def _vehicle(store, vid="v-1"):
+    store.add_vehicle(VehicleRecord(vehicle_id=vid, name=vid, hardware="ai4", credential_hash="h" + vid,
+                                    enrolled_at=1.0))
+    return vid
+
+
+def _job(store, job_id="job-1", n_units=3, replicas=1, tenant="acme"):
+    if store.tenant_by_token_hash("hash-" + tenant) is None:
+        store.add_tenant(tenant, "hash-" + tenant, 0.0)
+    job = JobRecord(job_id=job_id, tenant=tenant, name=job_id, kind="inference", model="mnist1d-cnn",
+                    spec={"redundancy": {"replicas": replicas, "quorum": replicas}}, items=10 * n_units,
+                    units_total=n_units, created_at=1.0)
+    units = [UnitRecord(unit_id=f"{job_id}:{i}:{r}", job_id=job_id, idx=i, replica=r, start_item=10 * i,
+                        end_item=10 * i + 10, input_digest=D1, input_format="npy", replicas=replicas)
+             for i in range(n_units) for r in range(replicas)]
+    store.create_job(job, units)
+    return job
+
+
+def _ledger(lease_id, vid="v-1", items=10):
+    return LedgerRecord(lease_id=lease_id, vehicle_id=vid, job_id="job-1", items=items, compute_s=1.5,
+                        cellular_bytes=100, wifi_bytes=1000, at=5.0)
+
+
+def test_tenants_and_secrets(store):
+    store.add_tenant("acme", "h1", 0.0)
+    assert store.tenant_by_token_hash("h1") == "acme"
+    assert store.tenant_by_token_hash("nope") is None
+    with pytest.raises(Conflict, match="acme"):
+        store.add_tenant("acme", "h2", 0.0)
+    store.add_tenant("acme", "h3", 0.0, replace=True)
+    assert store.tenant_by_token_hash("h3") == "acme"
+    assert store.get_secret("enroll") is None
+    store.set_secret("enroll", "x")
+    store.set_secret("enroll", "y")
+    assert store.get_secret("enroll") == "y"
+
+
+def test_vehicle_state_and_revocation(store):
+    vid = _vehicle(store)
+    store.report_state(vid, {"drive": "parked", "soc": 0.5}, True, 7.0)
+    v = store.get_vehicle(vid)
+    assert (v.state["drive"], v.eligible, v.last_seen, v.revoked) == ("parked", True, 7.0, False)
+    assert store.revoke_vehicle(vid) is True
+    assert store.get_vehicle(vid).revoked is True
+    assert store.revoke_vehicle("v-missing") is False
+
+
+def test_units_are_leased_in_order_once(store):
+    _vehicle(store)
+    _job(store)
+    got = [store.acquire("v-1", 10.0, 70.0, f"l{i}") for i in range(4)]
+    assert [g[1].idx for g in got[:3]] == [0, 1, 2]
+    assert got[3] is None
+    lease, unit, job = got[0]
+    assert (lease.vehicle_id, lease.deadline, unit.state, unit.attempts, job.state) == ("v-1", 70.0, "leased", 1, "running")
+    assert store.counts()["leases_in_flight"] == 3
+
+
+def test_one_car_never_gets_two_replicas_of_a_unit(store):
+    _vehicle(store, "v-1")
+    _vehicle(store, "v-2")
+    _job(store, n_units=1, replicas=2)
+    assert store.acquire("v-1", 1.0, 2.0, "l1")[1].replica == 0
+    assert store.acquire("v-1", 1.0, 2.0, "l2") is None
+    assert store.acquire("v-2", 1.0, 2.0, "l3")[1].replica == 1
+
+
+def test_complete_writes_ledger_and_release_requeues_with_checkpoint(store):
+    _vehicle(store)
+    _job(store, n_units=2)
+    l0 = store.acquire("v-1", 1.0, 2.0, "l0")[0]
+    l1 = store.acquire("v-1", 1.0, 2.0, "l1")[0]
+    unit = store.complete(l0.lease_id, D2, _ledger("l0"), 3.0)
+    assert (unit.state, unit.result_digest) == ("done", D2)
+    assert store.get_lease("l0").state == "completed"
+    store.release(l1.lease_id, "handed_back", 4.0, preempted=True, checkpoint=(4, D3))
+    unit1 = store.get_unit(l1.unit_id)
+    assert (unit1.state, unit1.checkpoint_items, unit1.checkpoint_digest) == ("pending", 4, D3)
+    job = store.get_job("job-1")
+    assert (job.reissued_units, job.preemptions) == (1, 1)
+    again = store.acquire("v-1", 5.0, 6.0, "l2")
+    assert again[1].unit_id == l1.unit_id and again[1].attempts == 2
+    totals = store.ledger_totals()
+    assert totals == [{"vehicle_id": "v-1", "units": 1, "items": 10, "compute_s": 1.5, "cellular_bytes": 100,
+                       "wifi_bytes": 1000}]
+
+
+def test_expired_leases_and_progress(store):
+    _vehicle(store)
+    _job(store, n_units=1)
+    lease = store.acquire("v-1", 1.0, 10.0, "l0")[0]
+    assert store.expired_leases(9.0) == []
+    store.renew(lease.lease_id, 20.0)
+    assert store.expired_leases(15.0) == []
+    assert [x.lease_id for x in store.expired_leases(21.0)] == ["l0"]
+    store.record_progress("l0", 5, D3)
+    store.record_progress("l0", 3, D2)  # an older checkpoint never replaces a newer one
+    unit = store.get_unit(lease.unit_id)
+    assert (unit.checkpoint_items, unit.checkpoint_digest) == (5, D3)
+
+
+def test_accept_once_and_finish_cancels_the_rest(store):
+    _vehicle(store)
+    _job(store, n_units=2)
+    store.acquire("v-1", 1.0, 2.0, "l0")
+    assert store.accept_unit("job-1", 0, D2) is True
+    assert store.accept_unit("job-1", 0, D3) is False
+    assert store.get_job("job-1").units_done == 1
+    assert store.accepted_results("job-1") == [(0, D2)]
+    store.finish_job("job-1", "cancelled", 9.0, error="stop")
+    assert store.get_lease("l0").state == "cancelled"
+    assert {u.state for u in store.units_of("job-1")} == {"cancelled"}
+    assert store.acquire("v-1", 10.0, 20.0, "l9") is None
+    assert store.counts()["jobs"] == {"cancelled": 1}
+
+
+def test_artifact_owners_and_vehicle_reads(store):
+    _vehicle(store)
+    _job(store, n_units=1)
+    store.add_artifact(D1, 10, "tenant:acme", 1.0)
+    store.add_artifact(D1, 10, "tenant:acme", 1.0)
+    store.add_artifact(D1, 10, "vehicle:v-2", 1.0)
+    assert sorted(store.get_artifact(D1).owners) == ["tenant:acme", "vehicle:v-2"]
+    assert store.get_artifact(D2) is None
+    assert store.vehicle_may_read("v-1", D1) is False
+    store.acquire("v-1", 1.0, 2.0, "l0")
+    assert store.vehicle_may_read("v-1", D1) is True
+    assert store.vehicle_may_read("v-1", D2) is False
+
+
+def test_state_survives_reopening(store_url):
+    first = open_store(store_url)
+    _vehicle(first)
+    _job(first)
+    first.acquire("v-1", 1.0, 2.0, "l0")
+    first.close()
+    second = open_store(store_url)
+    assert second.get_lease("l0").state == "active"
+    assert second.get_job("job-1").state == "running"
+    second.close()
