@@ -32,8 +32,9 @@ import sys
 from pathlib import Path
 from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.server import serve
-data, port, db, ttl, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None, float(sys.argv[4]), sys.argv[5], sys.argv[6]
+data, port, db, ttl, cert, key, max_art = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None, float(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7])
 config = CoordinatorConfig(data_dir=Path(data), database_url=db, lease_ttl_s=ttl, sweep_interval_s=0.2,
+    max_artifact_bytes=max_art,
     enroll_token=%r, operator_token=%r, tenant_tokens={"acme": %r, "other": %r})
 serve(config, "127.0.0.1", port, tls_cert=Path(cert) if cert else None, tls_key=Path(key) if key else None)
 """ % (ENROLL, OPERATOR, TENANT, OTHER_TENANT)
@@ -46,6 +47,7 @@ class CoordinatorProcess:
     db: str | None = None
     lease_ttl_s: float = 30.0
     tls: tuple[Path, Path] | None = None
+    max_artifact_bytes: int = 2 << 30
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -57,7 +59,7 @@ class CoordinatorProcess:
         log = open(self.data_dir / "coordinator.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER, str(self.data_dir), str(self.port), self.db or "", str(self.lease_ttl_s),
-             cert, key],
+             cert, key, str(self.max_artifact_bytes)],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + timeout_s

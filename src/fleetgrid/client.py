@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,8 +42,10 @@ def encode_inputs(inputs: np.ndarray | Sequence[str] | bytes, input_format: str 
 class FleetgridClient:
     """``token`` is a tenant token for job calls, the operator token for fleet calls."""
 
-    def __init__(self, base_url: str, token: str, *, verify: bool | str = True, timeout_s: float = 60.0) -> None:
+    def __init__(self, base_url: str, token: str, *, verify: bool | str | ssl.SSLContext = True, timeout_s: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
         self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=timeout_s,
                                   headers={"authorization": f"Bearer {token}"})
 

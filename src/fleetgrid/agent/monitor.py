@@ -87,7 +87,7 @@ class EligibilityMonitor:
         try:
             state = self.bus.read_state()
             eligibility = check_eligibility(self.policy, state)
-        except Exception as exc:  # a car we cannot read is a car we must not compute on
+        except Exception as exc:  # noqa: BLE001 - a car we cannot read is a car we must not compute on
             log.warning("vehicle bus read failed: %s", exc)
             state, eligibility = None, Eligibility(eligible=False, reasons=(_UNREADABLE,))
         seen = time.perf_counter()

@@ -89,6 +89,7 @@ class Agent:
         self._next_renew = 0.0
         self._lease_lost = threading.Event()
         self._computing_since: float | None = None  # perf_counter when the worker began the current unit
+        self._kill: tuple[float, float | None] | None = None  # (perf_counter gone, ineligible_since) of the last stop
 
     # --- the main loop -----------------------------------------------------------------------------------------
 
@@ -102,7 +103,12 @@ class Agent:
         self.monitor.start()
         pacemaker = threading.Thread(target=self._pacemaker, name="fleetgrid-pacemaker", daemon=True)
         try:
-            self._enroll()
+            try:
+                self._enroll()
+            except errors.TransportError:
+                if self._stop.is_set():
+                    return self.stats
+                raise
             pacemaker.start()
             failures = 0
             while not self._stop.is_set() and not self._enough():
@@ -215,6 +221,7 @@ class Agent:
 
     def _prepare(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> None:
         """Fetch the model (unless cached by digest), the input shard and the checkpoint to resume from."""
+        self._check_preempted()  # the car may have turned ineligible during the long-poll
         if grant.model.file is not None and task.model_file is not None:
             if task.model_file.exists():
                 self.stats.model_cache_hits += 1
@@ -229,7 +236,7 @@ class Agent:
     def _compute(self, task: UnitTask, grant: LeaseGrant, traffic: _Traffic) -> None:
         self._check_preempted()
         with self._lock:
-            self._computing_since = time.perf_counter()
+            self._computing_since, self._kill = time.perf_counter(), None
         next_report = self.clock.now() + self.config.progress_interval_s
 
         def on_progress(done: int) -> None:
@@ -240,12 +247,28 @@ class Agent:
 
         try:
             self.worker.run(task, on_progress)
+        except errors.Preempted:
+            self._record_latency()
+            raise
         finally:
             with self._lock:
                 self._computing_since = None
 
+    def _record_latency(self) -> None:
+        """Preemption latency: the first ineligible bus read (or the unit's start, if later) to the worker gone.
+
+        Taken from the monitor's last kill, which is the one that ended this unit's process, so a kill that raced
+        the process start is neither counted twice nor counted short.
+        """
+        with self._lock:
+            kill, started = self._kill, self._computing_since
+        if kill is None or kill[1] is None or started is None:
+            return  # stopped for shutdown or a lost lease: not a preemption
+        gone, since = kill
+        self.stats.preemption_latencies_ms.append((gone - max(since, started)) * 1000.0)
+
     def _report_progress(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> None:
-        done, digest = self._upload_checkpoint(task, traffic)
+        done, digest = self._upload_checkpoint(grant, task, traffic)
         try:
             self.client.progress(grant.lease_id, ProgressReport(done_items=done, checkpoint=digest))
         except errors.TransportError as exc:
@@ -270,7 +293,7 @@ class Agent:
         else:
             self.stats.preemptions += 1
             reason = "preempted: " + "; ".join(reading.eligibility.reasons)
-        done, digest = self._upload_checkpoint(task, traffic)
+        done, digest = self._upload_checkpoint(grant, task, traffic)
         log.info("lease %s handed back at %d of %d items: %s", grant.lease_id, done, grant.items, reason)
         request = FailRequest(reason=reason[:1000], handback=True, done_items=done, checkpoint=digest, **_bytes(traffic))
         self._report_failure(grant, request)
@@ -281,29 +304,26 @@ class Agent:
         except (errors.TransportError, *_LEASE_GONE) as exc:
             log.warning("could not report lease %s back (%s); it will expire on its own", grant.lease_id, exc)
 
-    def _upload_checkpoint(self, task: UnitTask, traffic: _Traffic) -> tuple[int, str | None]:
+    def _upload_checkpoint(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> tuple[int, str | None]:
         """Upload the worker's checkpoint if the link allows it now; else fall back to the one the lease came with.
 
-        Returns ``(done_items, digest)``: the rows of whichever checkpoint the coordinator can have.
+        Returns ``(done_items, digest)`` of whichever checkpoint the coordinator can have: the rows in the file
+        uploaded, not the last progress message, since the worker may have written more batches since.
         """
-        fallback = (task.start, self._resume_digest()) if task.start else (0, None)
+        fallback = (grant.checkpoint.done_items, grant.checkpoint.digest) if grant.checkpoint else (0, None)
         try:
             data = task.checkpoint_path.read_bytes()
         except FileNotFoundError:
             return fallback
-        rows = int(np.load(io.BytesIO(data), allow_pickle=False, mmap_mode=None).shape[0])
-        network = self.monitor.reading().state
-        link = network.network if network is not None else Network.OFFLINE
+        rows = int(np.load(io.BytesIO(data), allow_pickle=False).shape[0])
+        state = self.monitor.reading().state
+        link = state.network if state is not None else Network.OFFLINE
         if rows <= fallback[0] or not self.plan.allows(len(data), link):
             return fallback
         try:
             return rows, self._upload(data, traffic, attempts=1)
         except errors.TransportError:
             return fallback
-
-    def _resume_digest(self) -> str | None:
-        lease = self._lease
-        return lease.checkpoint.digest if lease is not None and lease.checkpoint is not None else None
 
     # --- bytes over the link -----------------------------------------------------------------------------------
 
@@ -384,13 +404,13 @@ class Agent:
     def _on_reading(self, reading: Reading) -> None:
         """Runs on the monitor thread after every bus read: stop the worker the moment it must not run."""
         with self._lock:
-            since = self._computing_since
-        if since is None or (reading.eligible and not self._stop.is_set()):
+            computing = self._computing_since is not None
+        if not computing or (reading.eligible and not self._stop.is_set()):
             return
-        if self.worker.stop() and not reading.eligible:
+        if self.worker.stop():
             gone = time.perf_counter()
-            started = max(since, reading.ineligible_since or since)
-            self.stats.preemption_latencies_ms.append((gone - started) * 1000.0)
+            with self._lock:
+                self._kill = (gone, reading.ineligible_since)
 
     def _pacemaker(self) -> None:
         next_heartbeat = self.clock.now()
@@ -403,9 +423,9 @@ class Agent:
                 lease, due = self._lease, self._next_renew
             if lease is not None and now >= due:
                 self._renew(lease)
-            with self._lock:
-                wake = min(next_heartbeat, self._next_renew if self._lease is not None else next_heartbeat)
-            self._halt.wait(min(max(self.clock.to_wall(wake - self.clock.now()), 0.001), 0.05))
+            # Wake for the next heartbeat, but at least every 50 ms to see a new lease's renewal schedule.
+            wait = self.clock.to_wall(next_heartbeat - self.clock.now())
+            self._halt.wait(min(max(wait, 0.001), 0.05))
 
     def _heartbeat(self) -> None:
         try:

@@ -182,11 +182,10 @@ def _child_error(code: str, message: str) -> errors.FleetgridError:
 
 
 def _serve(conn: Connection, factory: RunnerFactory | None, threads: int | None) -> None:
-    """The child's loop: receive a task, run it, answer; a None task ends the loop."""
-    if threads is not None:
-        import torch
+    """The child's loop: receive a task, run it, answer; a None task ends the loop.
 
-        torch.set_num_threads(threads)
+    ``threads`` goes to the factory, which sets torch's intra-op threads for this process (``load_runner`` does).
+    """
     if factory is None:
         from fleetgrid.models.registry import load_runner as factory
     runners: dict[tuple[str, str | None], Callable[[Any], np.ndarray]] = {}
@@ -199,7 +198,7 @@ def _serve(conn: Connection, factory: RunnerFactory | None, threads: int | None)
             conn.send(("done",))
         except errors.FleetgridError as exc:
             conn.send(("error", exc.code, exc.message))
-        except Exception as exc:  # the unit's fault or a bug: report it, keep serving
+        except Exception as exc:  # noqa: BLE001 - the unit's fault or a bug: report it, keep serving
             conn.send(("error", "internal", f"{type(exc).__name__}: {exc}"))
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleetgrid.sim.tables import pick
+
 __all__ = ["BLOCK", "DayDraws", "VehicleDraws", "block_rng", "block_sizes", "draw_day", "draw_vehicles"]
 
 BLOCK = 65_536
@@ -35,13 +37,15 @@ class VehicleDraws:
 
 @dataclass(frozen=True, eq=False)
 class DayDraws:
-    """One day's uniforms for n vehicles and up to k trip slots."""
+    """One day's uniforms for n vehicles. Trip uniforms are drawn only for the trips there are (the count is
+    drawn first), flat in vehicle order: vehicle i's trips follow those of vehicles 0..i-1."""
 
-    n_trips: np.ndarray  # (n,)
+    n_trips: np.ndarray  # (n,) uniform behind the day's trip count
     plug: np.ndarray  # (n,) evening plug-in decision, or the plug window's phase in constant-rates mode
-    hour: np.ndarray  # (n, k) start hour of each trip slot
-    minute: np.ndarray  # (n, k) start minute within the hour
-    duration: np.ndarray  # (n, k)
+    count: np.ndarray  # (n,) int64 trips drawn, = pick(trips_cum, n_trips)
+    hour: np.ndarray  # (trips,) start hour of each trip
+    minute: np.ndarray  # (trips,) start minute within the hour
+    duration: np.ndarray  # (trips,)
 
 
 def block_rng(seed: int, block: int) -> np.random.Generator:
@@ -58,12 +62,9 @@ def draw_vehicles(rng: np.random.Generator, n: int) -> VehicleDraws:
     return VehicleDraws(rng.random((n, len(VEHICLE_COLUMNS))))
 
 
-def draw_day(rng: np.random.Generator, n: int, k: int) -> DayDraws:
-    u = rng.random((n, 2 + 3 * k))  # one call per day: cheaper than five
-    return DayDraws(
-        n_trips=u[:, 0],
-        plug=u[:, 1],
-        hour=u[:, 2 : 2 + k],
-        minute=u[:, 2 + k : 2 + 2 * k],
-        duration=u[:, 2 + 2 * k :],
-    )
+def draw_day(rng: np.random.Generator, n: int, trips_cum: np.ndarray) -> DayDraws:
+    """``trips_cum``: the cumulative trip-count table (:attr:`ModelTables.trips_cum`)."""
+    u = rng.random((n, 2))
+    count = pick(trips_cum, u[:, 0])
+    trips = rng.random((3, int(count.sum())))  # so the cost follows the number of trips, not slots
+    return DayDraws(n_trips=u[:, 0], plug=u[:, 1], count=count, hour=trips[0], minute=trips[1], duration=trips[2])

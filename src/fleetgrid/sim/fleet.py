@@ -76,20 +76,21 @@ def build_fleet(draws: VehicleDraws, tables: ModelTables, config: FleetConfig) -
 def draw_trips(day: DayDraws, tables: ModelTables, weekend: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Trips as sorted, non-overlapping [start, end) minutes; shapes (n, k). A trip that would start while the
     previous one is still going starts when it ends; trips are cut at midnight and dropped if none is left."""
-    k = tables.max_trips
-    count = pick(tables.trips_cum, day.n_trips)  # (n,)
-    hour = pick(tables.weekend_cum if weekend else tables.weekday_cum, day.hour)  # (n, k)
-    start = hour * 60 + (day.minute * 60).astype(np.int64)
-    start = np.where(np.arange(k) < count[:, None], start, NEVER)
+    n, k = len(day.count), tables.max_trips
+    used = np.arange(k) < day.count[:, None]  # (n, k): a row's first count slots, row-major = draw order
+    start = np.full((n, k), NEVER, dtype=np.int64)
+    hour = pick(tables.weekend_cum if weekend else tables.weekday_cum, day.hour)
+    start[used] = hour * 60 + (day.minute * 60).astype(np.int64)
     start.sort(axis=1)
     b = pick(tables.duration_cum, day.duration)
     span = tables.duration_lo[b] + (day.duration - tables.duration_cum[b]) / tables.duration_share[b] * (
         tables.duration_width[b]
     )
-    duration = span.astype(np.int64)
-    end = np.empty_like(start)
-    prev_end = np.zeros(len(start), dtype=np.int64)
-    for slot in range(k):  # k ~ 8 array ops, not a per-vehicle loop
+    duration = np.zeros((n, k), dtype=np.int64)
+    duration[used] = span.astype(np.int64)  # durations go to trips in time order
+    end = np.full((n, k), MINUTES, dtype=np.int64)
+    prev_end = np.zeros(n, dtype=np.int64)
+    for slot in range(int(day.count.max(initial=0))):  # <= k array ops, not a per-vehicle loop
         s = np.maximum(start[:, slot], prev_end)
         start[:, slot] = s
         end[:, slot] = np.minimum(s + duration[:, slot], MINUTES)

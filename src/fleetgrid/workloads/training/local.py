@@ -27,6 +27,7 @@ __all__ = [
     "LocalResult",
     "cross_entropy_loss",
     "evaluate_model",
+    "make_evaluator",
     "train_locally",
 ]
 
@@ -121,7 +122,7 @@ def train_locally(
         optimizer.step()
         steps += 1
         examples += len(x)
-        loss_sum += float(loss)
+        loss_sum += loss.item()
     if steps == 0:
         return LocalResult(None, 0, 0, preempted, float("nan"), 0)
     delta = (global_params - layout.flatten(model)).numpy()  # (P,) pseudo-gradient: global - local
@@ -158,3 +159,14 @@ def evaluate_model(
         correct += int((logits.argmax(-1) == target).sum())
         total += target.numel()
     return {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
+
+
+def make_evaluator(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], dict[str, float]]:
+    """An ``evaluate_fn`` for :meth:`Strategy.run`: loads a flat global into ``model`` and scores it on (x, y)."""
+    layout = FlatLayout.of(model)
+
+    def evaluate(params: torch.Tensor) -> dict[str, float]:
+        layout.load(model, params)
+        return evaluate_model(model, x, y)
+
+    return evaluate

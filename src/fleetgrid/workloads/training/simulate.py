@@ -1,0 +1,179 @@
+"""An in-process fleet: N simulated cars behind the :class:`~strategies.Fleet` protocol, on a simulated clock.
+
+Cars differ in speed, may be preempted mid-round (they hand back partial work) or vanish, and account every byte
+they move. Training runs for real, in this process, but only when a report is due, so revoked work costs nothing.
+Tests and ``bench/training_local.py`` use it; the coordinator replaces it with real leases.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fleetgrid.clock import ManualClock
+from fleetgrid.errors import InvalidInput
+from fleetgrid.workloads.training.compression import ErrorFeedback, encoded_nbytes
+from fleetgrid.workloads.training.flat import FlatLayout
+from fleetgrid.workloads.training.local import LocalDataset, cross_entropy_loss, train_locally
+from fleetgrid.workloads.training.messages import ClientUpdate, TrainInstructions, apply_download
+from fleetgrid.workloads.training.strategies import Strategy
+
+__all__ = ["SimulatedFleet", "SimulationConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationConfig:
+    preempt_prob: float = 0.0
+    """Chance a dispatched car is preempted (owner drives off) after a uniform 0..H-1 steps; it reports them."""
+    dropout_prob: float = 0.0
+    """Chance a dispatched car vanishes without reporting anything."""
+    steps_per_s: float = 5.0
+    """Median local steps per second of a car."""
+    speed_spread: float = 0.5
+    """Sigma of the log-normal spread of car speeds; 0 makes every car equally fast."""
+    uplink_bytes_per_s: float = 1.5e6
+    """~12 Mbps, a home upload link or a decent cellular one."""
+    downlink_bytes_per_s: float = 6e6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("preempt_prob", "dropout_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidInput(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+        if self.preempt_prob + self.dropout_prob > 1:
+            raise InvalidInput(f"preempt_prob + dropout_prob must be <= 1, got {self.preempt_prob + self.dropout_prob}")
+        for name in ("steps_per_s", "uplink_bytes_per_s", "downlink_bytes_per_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.speed_spread >= 0:
+            raise InvalidInput(f"speed_spread must be >= 0, got {self.speed_spread!r}")
+
+
+@dataclass
+class _Car:
+    client_id: str
+    dataset: LocalDataset
+    speed: float
+    feedback: ErrorFeedback
+    held_version: int | None = None
+    held_params: torch.Tensor | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+@dataclass
+class _Job:
+    instructions: TrainInstructions
+    params: torch.Tensor
+    stop_after: int | None  # preempted after this many steps; None: runs to the end
+    vanishes: bool
+
+
+class SimulatedFleet:
+    """``datasets[i]`` is the private data of car ``f"car-{i}"``; ``model`` is a scratch module every car's local
+    training runs in (one process, one car at a time)."""
+
+    def __init__(self, model: nn.Module, datasets: Sequence[LocalDataset], config: SimulationConfig | None = None,
+                 *, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss) -> None:
+        self.config = config = config or SimulationConfig()
+        if not datasets:
+            raise InvalidInput("a simulated fleet needs >= 1 car (one dataset per car), got none")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.numel = FlatLayout.of(model).numel
+        self.clock = ManualClock()
+        self._rng = random.Random(config.seed)
+        self.cars = {
+            f"car-{i}": _Car(f"car-{i}", ds, config.steps_per_s * math.exp(self._rng.gauss(0, config.speed_spread)),
+                             ErrorFeedback(self.numel))
+            for i, ds in enumerate(datasets)
+        }
+        self._jobs: dict[str, _Job] = {}
+        self._events: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self.counts = {"dispatched": 0, "reported": 0, "preempted": 0, "vanished": 0, "revoked": 0, "steps": 0}
+
+    # ------------------------------------------------------------------------------------- Fleet protocol
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def idle_clients(self) -> list[str]:
+        return [c for c in self.cars if c not in self._jobs]
+
+    def busy_count(self) -> int:
+        return len(self._jobs)
+
+    def dispatch(self, assignments: Mapping[str, TrainInstructions], strategy: Strategy) -> None:
+        cfg = self.config
+        for cid, ins in assignments.items():
+            car = self.cars[cid]
+            if cid in self._jobs:
+                raise InvalidInput(f"{cid} already holds work for round {self._jobs[cid].instructions.round}")
+            download = strategy.download(car.held_version)
+            car.held_params = apply_download(car.held_params, download)
+            car.held_version = download.version
+            car.bytes_down += download.nbytes
+            u = self._rng.random()
+            vanishes = u < cfg.dropout_prob
+            stop_after = self._rng.randrange(ins.local.steps) if not vanishes and u < cfg.dropout_prob + \
+                cfg.preempt_prob else None
+            steps = ins.local.steps if stop_after is None else stop_after
+            upload = encoded_nbytes(self.numel, ins.local.compression) if steps else 0
+            duration = download.nbytes / cfg.downlink_bytes_per_s + steps / car.speed + upload / cfg.uplink_bytes_per_s
+            self._jobs[cid] = _Job(ins, car.held_params, stop_after, vanishes)
+            self._seq += 1
+            heapq.heappush(self._events, (self.now() + duration, self._seq, cid))
+            self.counts["dispatched"] += 1
+
+    def next_update(self, deadline: float) -> ClientUpdate | None:
+        while self._events:
+            t, _, cid = self._events[0]
+            if t > deadline:
+                self.clock.set(max(self.now(), deadline))
+                return None
+            heapq.heappop(self._events)
+            self.clock.set(max(self.now(), t))
+            job = self._jobs.pop(cid)
+            if job.vanishes:
+                self.counts["vanished"] += 1
+                continue
+            update = self._train(self.cars[cid], job)
+            if update is not None:
+                return update
+        return None
+
+    def cancel_outstanding(self) -> None:
+        self.counts["revoked"] += len(self._jobs)
+        self._jobs.clear()
+        self._events.clear()
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _train(self, car: _Car, job: _Job) -> ClientUpdate | None:
+        stop = None if job.stop_after is None else (lambda steps, n=job.stop_after: steps >= n)
+        result = train_locally(self.model, job.params, car.dataset, job.instructions, client_id=car.client_id,
+                               should_stop=stop, error_feedback=car.feedback, loss_fn=self.loss_fn)
+        self.counts["preempted"] += result.preempted
+        if result.update is None:
+            return None
+        self.counts["reported"] += 1
+        self.counts["steps"] += result.steps_done
+        car.bytes_up += result.bytes_up
+        return result.update
+
+    def stats(self) -> dict[str, float]:
+        """Fleet totals: bytes each way, steps reported, and what happened to dispatched work."""
+        return {"bytes_up": sum(c.bytes_up for c in self.cars.values()),
+                "bytes_down": sum(c.bytes_down for c in self.cars.values()),
+                "sim_time_s": self.now(), **self.counts}
+
+    def bytes_per_car(self) -> dict[str, tuple[int, int]]:
+        """(bytes_up, bytes_down) of each car."""
+        return {cid: (c.bytes_up, c.bytes_down) for cid, c in self.cars.items()}
