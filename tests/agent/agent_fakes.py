@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,10 +50,20 @@ class SumMaxRunner:
         return np.stack([x.sum(axis=1), x.max(axis=1)], axis=1).astype(np.float32)  # (B, 2)
 
 
-def summax_factory(name: str, model_file: Path | None = None, threads: int | None = None, delay_s: float = 0.0):
-    """A runner factory for :class:`WorkerProcess`; the model file, if any, must exist (as the real loader's)."""
+def summax_factory(
+    name: str,
+    model_file: Path | None = None,
+    threads: int | None = None,
+    delay_s: float = 0.0,
+    log: Path | None = None,
+):
+    """A runner factory for :class:`WorkerProcess` (bind ``delay_s``/``log`` with functools.partial); each call
+    appends ``name pid`` to ``log``, so tests can count model loads. A model file, if named, must exist."""
     if model_file is not None and not Path(model_file).is_file():
         raise errors.InvalidInput(f"model file {model_file} does not exist")
+    if log is not None:
+        with open(log, "a") as fh:
+            fh.write(f"{name} {os.getpid()}\n")
     return SumMaxRunner(delay_s)
 
 
@@ -82,7 +93,7 @@ class FakeCoordinator:
     units: list[dict] = field(default_factory=list)
     credential: str | None = None
     calls: list[tuple[str, object]] = field(default_factory=list)
-    lease_requests: list[StateReport] = field(default_factory=list)
+    lease_requests: list[LeaseRequest] = field(default_factory=list)
     downloads: dict[str, int] = field(default_factory=dict)
     results: dict[int, np.ndarray] = field(default_factory=dict)
     leases: dict[str, dict] = field(default_factory=dict)
@@ -127,7 +138,7 @@ class FakeCoordinator:
     def request_lease(self, request: LeaseRequest) -> LeaseGrant | None:
         self._auth()
         with self._lock:
-            self.lease_requests.append(request.state)
+            self.lease_requests.append(request)
             if not self.units or self.leases:
                 return None
             unit = self.units.pop(0)

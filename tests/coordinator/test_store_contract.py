@@ -90,8 +90,12 @@ def test_complete_writes_ledger_and_release_requeues_with_checkpoint(store):
     _job(store, n_units=2)
     l0 = store.acquire("v-1", 1.0, 2.0, "l0")[0]
     l1 = store.acquire("v-1", 1.0, 2.0, "l1")[0]
-    unit = store.complete(l0.lease_id, D2, _ledger("l0"), 3.0)
-    assert (unit.state, unit.result_digest) == ("done", D2)
+    unit, job = store.complete(l0.lease_id, D2, _ledger("l0"), 3.0, accept=True)
+    assert (unit.state, unit.result_digest, job.units_done) == ("done", D2, 1)
+    assert store.accepted_results("job-1") == [(0, D2)]
+    lease, unit_ctx, job_ctx = store.lease_context("l0")
+    assert (lease.state, unit_ctx.unit_id, job_ctx.job_id) == ("completed", l0.unit_id, "job-1")
+    assert store.lease_context("missing") is None
     assert store.get_lease("l0").state == "completed"
     store.release(l1.lease_id, "handed_back", 4.0, preempted=True, checkpoint=(4, D3))
     unit1 = store.get_unit(l1.unit_id)
@@ -141,11 +145,14 @@ def test_artifact_owners_and_vehicle_reads(store):
     store.add_artifact(D1, 10, "tenant:acme", 1.0)
     store.add_artifact(D1, 10, "vehicle:v-2", 1.0)
     assert sorted(store.get_artifact(D1).owners) == ["tenant:acme", "vehicle:v-2"]
+    assert store.owns("tenant:acme", D1) and not store.owns("tenant:other", D1)
     assert store.get_artifact(D2) is None
     assert store.vehicle_may_read("v-1", D1) is False
     store.acquire("v-1", 1.0, 2.0, "l0")
     assert store.vehicle_may_read("v-1", D1) is True
     assert store.vehicle_may_read("v-1", D2) is False
+    store.add_artifacts([(D2, 5), (D3, 6), (D2, 5)], "tenant:acme", 2.0)
+    assert store.get_artifact(D3).size == 6 and store.owns("tenant:acme", D2)
 
 
 def test_state_survives_reopening(store_url):

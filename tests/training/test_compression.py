@@ -20,7 +20,7 @@ from fleetgrid.workloads.training.compression import (
     unpack_nibbles,
 )
 
-f32 = lambda *v: np.array(v, dtype=np.float32)  # noqa: E731
+f32 = lambda *v: np.array(v, dtype=np.float32)
 
 
 def test_int8_hand_computed():
@@ -112,8 +112,9 @@ def test_int8_is_4x_smaller_and_int4_8x_smaller_than_float32_at_scale():
     assert f / encoded_nbytes(n, CompressionConfig(bits=4)) > 7.8
 
 
-@pytest.mark.parametrize("kwargs", [{"bits": 3}, {"bits": 16}, {"topk_fraction": 0.0}, {"topk_fraction": 1.5},
-                                    {"chunk_size": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"bits": 3}, {"bits": 16}, {"topk_fraction": 0.0}, {"topk_fraction": 1.5}, {"chunk_size": 0}]
+)
 def test_invalid_config(kwargs):
     with pytest.raises(InvalidInput):
         CompressionConfig(**kwargs)

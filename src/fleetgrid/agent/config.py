@@ -17,9 +17,9 @@ __all__ = ["AgentConfig"]
 class AgentConfig:
     """How one car's agent talks to the coordinator and when it works.
 
-    Intervals named ``*_s`` are seconds of the agent's clock (so a demo at ``--clock-speed 1440`` heartbeats every
-    simulated minute); ``monitor_interval_s`` alone is wall seconds, because it bounds how fast the driver gets the
-    computer back.
+    Intervals named ``*_s`` are wall seconds: they pace calls to the coordinator, which keeps wall time (its lease
+    deadlines and ``renew_every_s`` are wall seconds too). Only the car's own state and the data plan's calendar
+    month follow the agent's clock, which a demo may run at ``--clock-speed 1440``.
     """
 
     coordinator: str
@@ -34,13 +34,14 @@ class AgentConfig:
     """Hardware profile preset: 'hw3', 'ai4' or 'ai5'."""
     policy: OwnerPolicy = field(default_factory=OwnerPolicy)
     """The owner's settings: opt-in, charge floor, hours, cellular cap."""
-    heartbeat_interval_s: float = 60.0
-    """Seconds between state reports to the coordinator."""
-    poll_interval_s: float = 30.0
-    """Seconds between checks while the car is ineligible, after an empty long-poll, or after a network error."""
+    heartbeat_interval_s: float = 15.0
+    """Seconds between state reports (the coordinator counts a car online for 60 s after its last one)."""
+    poll_interval_s: float = 1.0
+    """Pause after an empty answer that did not hold the long-poll, and the base of the back-off after a network
+    error (doubling up to 16 times this)."""
     lease_wait_s: float = 20.0
     """Long-poll: how long the coordinator may hold a lease request open (wall seconds on the server, <= 60)."""
-    progress_interval_s: float = 300.0
+    progress_interval_s: float = 10.0
     """Seconds between progress reports, each with a checkpoint uploaded if the data plan allows it."""
     monitor_interval_s: float = 0.005
     """Wall seconds between reads of the vehicle bus: the floor of the preemption latency."""

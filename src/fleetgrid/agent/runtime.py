@@ -5,6 +5,9 @@ Three threads share one :class:`Agent`. The main thread leases a unit, fetches i
 the data plan), runs it in the worker process and delivers the result. The monitor reads the vehicle bus every
 few milliseconds and kills the worker the moment the car turns ineligible; the main thread then hands the lease
 back with the last checkpoint. The pacemaker heartbeats and renews the lease before its deadline.
+
+Calls to the coordinator are paced in wall seconds (its clock is the wall); the injected clock is the car's: it
+stamps state reports and decides the data plan's month, so a demo can play a day of driving in a minute.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ class Agent:
     def _step(self) -> None:
         reading = self.monitor.reading()
         if not reading.eligible:
-            self._sleep(self.config.poll_interval_s)
+            self._sleep(self.config.poll_interval_s, until=lambda: self.monitor.reading().eligible)
             return
         request = LeaseRequest(
             state=self._report(reading), wait_s=self.config.lease_wait_s, cached_models=self.dir.cached_models()[-64:]
@@ -163,8 +166,10 @@ class Agent:
         grant = self.client.request_lease(request)
         if grant is not None:
             self._work(grant)
-        elif time.monotonic() - asked < self.config.lease_wait_s / 2:
-            self._sleep(self.config.poll_interval_s)  # the coordinator did not hold the poll: do not hammer it
+            return
+        held = self.config.lease_wait_s > 0 and time.monotonic() - asked >= self.config.lease_wait_s / 2
+        if not held:  # the coordinator answered "no work" at once: pause rather than hammer it
+            self._sleep(self.config.poll_interval_s)
 
     # --- one unit ----------------------------------------------------------------------------------------------
 
@@ -174,7 +179,7 @@ class Agent:
         traffic = _Traffic()
         task = self._task(grant, self.dir.unit_dir(grant.lease_id))
         with self._lock:
-            self._lease, self._next_renew = grant, self.clock.now() + grant.renew_every_s
+            self._lease, self._next_renew = grant, time.monotonic() + grant.renew_every_s
             self._lease_lost.clear()
         try:
             self._prepare(grant, task, traffic)
@@ -237,12 +242,12 @@ class Agent:
         self._check_preempted()
         with self._lock:
             self._computing_since, self._kill = time.perf_counter(), None
-        next_report = self.clock.now() + self.config.progress_interval_s
+        next_report = time.monotonic() + self.config.progress_interval_s
 
         def on_progress(done: int) -> None:
             nonlocal next_report
-            if self.clock.now() >= next_report:
-                next_report = self.clock.now() + self.config.progress_interval_s
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + self.config.progress_interval_s
                 self._report_progress(grant, task, traffic)
 
         try:
@@ -375,11 +380,12 @@ class Agent:
 
     def _wait_for_link(self, nbytes: int, *, preemptible: bool) -> None:
         """Return once the current link may carry ``nbytes``: Wi-Fi, or cellular within the owner's cap."""
-        waited = False
-        while True:
+        def allowed() -> bool:
             state = self.monitor.reading().state
-            if state is not None and self.plan.allows(nbytes, state.network):
-                return
+            return state is not None and self.plan.allows(nbytes, state.network)
+
+        waited = False
+        while not allowed():
             if not waited:
                 waited = True
                 self.stats.wifi_waits += 1
@@ -388,7 +394,7 @@ class Agent:
                 self._check_preempted()
             elif self._stop.is_set() or self._lease_lost.is_set():
                 raise errors.Preempted("the agent stopped while a result waited for a link to upload it")
-            self._sleep(self.config.poll_interval_s)
+            self._sleep(self.config.poll_interval_s, until=lambda: allowed() or not self.monitor.reading().eligible)
 
     # --- preemption, heartbeat, renewal ------------------------------------------------------------------------
 
@@ -413,9 +419,9 @@ class Agent:
                 self._kill = (gone, reading.ineligible_since)
 
     def _pacemaker(self) -> None:
-        next_heartbeat = self.clock.now()
+        next_heartbeat = time.monotonic()
         while not self._halt.is_set():
-            now = self.clock.now()
+            now = time.monotonic()
             if now >= next_heartbeat:
                 next_heartbeat = now + self.config.heartbeat_interval_s
                 self._heartbeat()
@@ -423,9 +429,8 @@ class Agent:
                 lease, due = self._lease, self._next_renew
             if lease is not None and now >= due:
                 self._renew(lease)
-            # Wake for the next heartbeat, but at least every 50 ms to see a new lease's renewal schedule.
-            wait = self.clock.to_wall(next_heartbeat - self.clock.now())
-            self._halt.wait(min(max(wait, 0.001), 0.05))
+            # Wake for the next heartbeat, and at least every 50 ms to see a new lease's renewal schedule.
+            self._halt.wait(min(max(next_heartbeat - time.monotonic(), 0.001), 0.05))
 
     def _heartbeat(self) -> None:
         try:
@@ -447,7 +452,7 @@ class Agent:
             delay = lease.renew_every_s / 4
         with self._lock:
             if self._lease is lease:
-                self._next_renew = self.clock.now() + delay
+                self._next_renew = time.monotonic() + delay
 
     # --- small helpers -----------------------------------------------------------------------------------------
 
@@ -477,9 +482,15 @@ class Agent:
                     raise
                 self._sleep(self.config.poll_interval_s * min(2**tries, 16))
 
-    def _sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` of the agent's clock, waking at once when told to stop."""
-        self._stop.wait(self.clock.to_wall(seconds))
+    def _sleep(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        """Wait ``seconds`` (wall), waking at once when told to stop or, checked every 10 ms, when ``until()``."""
+        if until is None:
+            self._stop.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not until() and not self._stop.wait(min(0.01, max(deadline - time.monotonic(), 0))):
+            if time.monotonic() >= deadline:
+                return
 
     def _save(self) -> None:
         self.dir.save_plan(self.plan)

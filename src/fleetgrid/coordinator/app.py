@@ -146,12 +146,28 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     return BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)  # type: ignore[return-value]
 
 
-def _state_dict(state: StateReport) -> dict:
-    return state.model_dump(mode="json", exclude={"reasons"}) | {"reasons": state.reasons[:4]}
+class _StateWriter:
+    """Stores what cars report about themselves, but only when it changed or every ``refresh_s``: a thousand
+    cars long-polling must not turn into a thousand identical writes a second."""
+
+    def __init__(self, store: Store, clock: Clock, refresh_s: float = 10.0) -> None:
+        self.store, self.clock, self.refresh_s = store, clock, refresh_s
+        self._last: dict[str, tuple[tuple, float]] = {}
+
+    def report(self, vehicle_id: str, state: StateReport) -> None:
+        key = (state.drive, state.network, state.plugged_in, state.eligible, round(state.soc, 2))
+        now = self.clock.now()
+        last = self._last.get(vehicle_id)
+        if last is not None and last[0] == key and now - last[1] < self.refresh_s:
+            return
+        data = state.model_dump(mode="json", exclude={"reasons"}) | {"reasons": state.reasons[:4]}
+        self.store.report_state(vehicle_id, data, state.eligible, now)
+        self._last[vehicle_id] = (key, now)
 
 
 def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     sched, store = coord.scheduler, coord.store
+    states = _StateWriter(store, coord.clock, refresh_s=min(10.0, coord.config.online_window_s / 3))
 
     def vehicle(request: Request) -> VehicleRecord:
         return coord.auth.vehicle(request.headers.get("authorization"))
@@ -168,14 +184,14 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.post(f"{API_PREFIX}/vehicles/heartbeat", response_model=HeartbeatResponse, tags=["vehicle"])
     async def heartbeat(state: StateReport, v: VehicleRecord = Depends(vehicle)) -> HeartbeatResponse:
-        store.report_state(v.vehicle_id, _state_dict(state), state.eligible, coord.clock.now())
+        states.report(v.vehicle_id, state)
         active = [lease.lease_id for lease in store.active_leases(v.vehicle_id)]
         return HeartbeatResponse(server_time=coord.clock.now(), active_leases=active)
 
     @app.post(f"{API_PREFIX}/leases", response_model=LeaseGrant, tags=["vehicle"],
               responses={204: {"description": "no work within wait_s"}})
     async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)):
-        store.report_state(v.vehicle_id, _state_dict(req.state), req.state.eligible, coord.clock.now())
+        states.report(v.vehicle_id, req.state)
         if not req.state.eligible:
             why = ", ".join(req.state.reasons) or "no reason given"
             raise Conflict(f"vehicle reports itself ineligible ({why}); lease work only while eligible")

@@ -101,10 +101,11 @@ class Scheduler:
         job_id = "job-" + uuid.uuid4().hex[:12]
         now = self.clock.now()
         unit_list: list[UnitRecord] = []
+        shards: list[tuple[str, int]] = []
         for idx, (start, end) in enumerate(shard(items, unit_items)):
             data, fmt = encode_items(items[start:end])
-            digest = self.artifacts.put_bytes(data)
-            self.store.add_artifact(digest, len(data), f"tenant:{tenant}", now)
+            digest = self.artifacts.put_bytes(data, sync=False)
+            shards.append((digest, len(data)))
             for replica in range(req.redundancy.replicas):
                 unit_list.append(UnitRecord(
                     unit_id=f"{job_id}:{idx}:{replica}", job_id=job_id, idx=idx, replica=replica,
@@ -116,6 +117,8 @@ class Scheduler:
             spec=req.model_dump(mode="json"), items=len(items), units_total=len(unit_list) // req.redundancy.replicas,
             created_at=now,
         )
+        self.artifacts.sync()  # one flush for all shards, before the job that needs them is committed
+        self.store.add_artifacts(shards, f"tenant:{tenant}", now)
         self.store.create_job(job, unit_list)
         self._wake()
         return job
@@ -183,22 +186,27 @@ class Scheduler:
         )
 
     def _owned(self, vehicle: VehicleRecord, lease_id: str, *, active: bool = True) -> _Owned:
-        lease = self.store.get_lease(lease_id)
-        if lease is None:
+        """The lease with its unit and job, if it is this vehicle's (and, with ``active``, still open)."""
+        context = self.store.lease_context(lease_id)
+        if context is None:
             raise NotFound(f"lease {lease_id!r} does not exist")
-        if lease.vehicle_id != vehicle.vehicle_id:
+        owned = _Owned(*context)
+        if owned.lease.vehicle_id != vehicle.vehicle_id:
             raise Forbidden(f"lease {lease_id} belongs to another vehicle; a vehicle may touch only its own leases")
-        if active and lease.state == "active" and lease.deadline < self.clock.now():
+        if active:
+            self._require_active(owned)
+        return owned
+
+    def _require_active(self, owned: _Owned) -> None:
+        lease = owned.lease
+        if lease.state == "active" and lease.deadline < self.clock.now():
             self._release(lease, "expired", preempted=False)
-            lease = self.store.get_lease(lease_id)
-        if active and lease.state != "active":
-            if lease.state == "expired":
-                raise LeaseExpired(f"lease {lease_id} expired at its deadline and its unit was re-issued; "
-                                   "lease new work with POST /v1/leases")
-            raise Conflict(f"lease {lease_id} is {lease.state}, not active; lease new work with POST /v1/leases")
-        unit = self.store.get_unit(lease.unit_id)
-        job = self.store.get_job(lease.job_id)
-        return _Owned(lease, unit, job)
+            lease.state = "expired"
+        if lease.state == "expired":
+            raise LeaseExpired(f"lease {lease.lease_id} expired at its deadline and its unit was re-issued; "
+                               "lease new work with POST /v1/leases")
+        if lease.state != "active":
+            raise Conflict(f"lease {lease.lease_id} is {lease.state}, not active; lease new work with POST /v1/leases")
 
     def renew(self, vehicle: VehicleRecord, lease_id: str) -> LeaseAck:
         self._owned(vehicle, lease_id)
@@ -207,11 +215,11 @@ class Scheduler:
         return LeaseAck(lease_id=lease_id, state="active", deadline=deadline)
 
     def _vehicle_npy(self, vehicle: VehicleRecord, digest: str, what: str) -> bytes:
-        record = self.store.get_artifact(digest)
-        if record is None or f"vehicle:{vehicle.vehicle_id}" not in record.owners:
+        """The first bytes (enough for the .npy header) of an artifact this vehicle uploaded."""
+        if not self.store.owns(f"vehicle:{vehicle.vehicle_id}", digest):
             raise NotFound(f"{what} artifact {digest} was not uploaded by this vehicle; PUT it to "
                            f"/v1/artifacts/{digest} first")
-        return self.artifacts.read_bytes(digest)
+        return self.artifacts.read_head(digest, 4096)
 
     def _check_rows(self, owned: _Owned, data: bytes, rows: int, what: str) -> None:
         shape, dtype = npy_shape(data)
@@ -240,14 +248,18 @@ class Scheduler:
                 return LeaseAck(lease_id=lease_id, state="completed")  # a retried completion counts once
             raise Conflict(f"lease {lease_id} was already completed with result {owned.lease.result_digest}; "
                            "a lease completes once")
-        owned = self._owned(vehicle, lease_id)
+        self._require_active(owned)
         self._check_rows(owned, self._vehicle_npy(vehicle, req.result, "result"), owned.unit.items, "result")
         now = self.clock.now()
         entry = LedgerRecord(lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=owned.job.job_id,
                              items=owned.unit.items, compute_s=req.compute_s, cellular_bytes=req.cellular_bytes,
                              wifi_bytes=req.wifi_bytes, at=now)
-        unit = self.store.complete(lease_id, req.result, entry, now)
-        self._reconcile(owned.job, unit.idx, req.result)
+        quorum = (owned.job.spec.get("redundancy") or {}).get("quorum", 1)
+        unit, job = self.store.complete(lease_id, req.result, entry, now, accept=quorum <= 1)
+        if quorum > 1 and self._quorum(job, unit.idx, quorum, job.spec["redundancy"]):
+            job = self.store.get_job(job.job_id)
+        if job.units_done == job.units_total and job.state == JobState.RUNNING:
+            self._assemble(job)
         return LeaseAck(lease_id=lease_id, state="completed")
 
     def fail(self, vehicle: VehicleRecord, lease_id: str, req: FailRequest) -> LeaseAck:
@@ -255,7 +267,7 @@ class Scheduler:
         closed = {"handed_back", "failed"}
         if owned.lease.state in closed and (owned.lease.state == "handed_back") == req.handback:
             return LeaseAck(lease_id=lease_id, state=owned.lease.state)  # a retried fail counts once
-        owned = self._owned(vehicle, lease_id)
+        self._require_active(owned)
         checkpoint = None
         if req.checkpoint is not None and req.done_items > 0:
             if req.done_items > owned.unit.items:
@@ -294,19 +306,6 @@ class Scheduler:
         return len(expired)
 
     # --- results ------------------------------------------------------------------------------------------------
-    def _reconcile(self, job: JobRecord, idx: int, digest: str) -> None:
-        """Accept a unit once a quorum of its replicas agree; ask for one more replica if they cannot."""
-        redundancy = job.spec.get("redundancy") or {}
-        quorum = redundancy.get("quorum", 1)
-        if quorum <= 1:
-            accepted = self.store.accept_unit(job.job_id, idx, digest)
-        else:
-            accepted = self._quorum(job, idx, quorum, redundancy)
-        if accepted:
-            job = self.store.get_job(job.job_id)
-            if job.units_done == job.units_total and job.state == JobState.RUNNING:
-                self._assemble(job)
-
     def _quorum(self, job: JobRecord, idx: int, quorum: int, redundancy: dict) -> bool:
         replicas = self.store.units_of(job.job_id, idx)
         done = [u for u in replicas if u.state == "done"]

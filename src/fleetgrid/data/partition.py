@@ -27,8 +27,10 @@ def _check(labels: np.ndarray, num_vehicles: int, alpha: float, min_samples: int
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
         raise InvalidInput(f"Dirichlet alpha must be a finite number > 0 (small = more skewed), got {alpha!r}")
     if min_samples < 0 or min_samples * num_vehicles > labels.size:
-        raise InvalidInput(f"min_samples={min_samples} per vehicle x {num_vehicles} vehicles exceeds the "
-                           f"{labels.size} samples; lower min_samples or num_vehicles")
+        raise InvalidInput(
+            f"min_samples={min_samples} per vehicle x {num_vehicles} vehicles exceeds the "
+            f"{labels.size} samples; lower min_samples or num_vehicles"
+        )
     return labels
 
 
@@ -53,8 +55,10 @@ def dirichlet_partition(
         out = [np.sort(np.concatenate(parts)).astype(np.int64) for parts in shards]
         if min(len(s) for s in out) >= min_samples:
             return out
-    raise InvalidInput(f"no Dirichlet(alpha={alpha}) split of {labels.size} samples over {num_vehicles} vehicles "
-                       f"gave each >= {min_samples} samples in {max_tries} draws; raise alpha or lower num_vehicles")
+    raise InvalidInput(
+        f"no Dirichlet(alpha={alpha}) split of {labels.size} samples over {num_vehicles} vehicles "
+        f"gave each >= {min_samples} samples in {max_tries} draws; raise alpha or lower num_vehicles"
+    )
 
 
 def vehicle_shard(

@@ -97,8 +97,10 @@ def split_by_file(
     heldout = [f for f in files if held_out(f.name)]
     train = [f for f in files if not held_out(f.name)]
     if len(train) < num_vehicles:
-        raise InvalidInput(f"{len(train)} training files cannot give each of {num_vehicles} vehicles one; "
-                           "lower num_vehicles or allow more files")
+        raise InvalidInput(
+            f"{len(train)} training files cannot give each of {num_vehicles} vehicles one; "
+            "lower num_vehicles or allow more files"
+        )
     order = np.random.default_rng([seed, num_vehicles, 0x7E]).permutation(len(train))
     shards: list[list[SourceFile]] = [[] for _ in range(num_vehicles)]
     sizes = np.zeros(num_vehicles, dtype=np.int64)
@@ -115,8 +117,10 @@ class TokenWindows:
     def __init__(self, tokens: np.ndarray | torch.Tensor, block_size: int) -> None:
         self.tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
         if block_size < 1 or self.tokens.numel() <= block_size:
-            raise InvalidInput(f"a text shard of {self.tokens.numel()} tokens needs more than block_size="
-                               f"{block_size} tokens; give the car more files or shorten block_size")
+            raise InvalidInput(
+                f"a text shard of {self.tokens.numel()} tokens needs more than block_size="
+                f"{block_size} tokens; give the car more files or shorten block_size"
+            )
         self.block_size = block_size
 
     @classmethod

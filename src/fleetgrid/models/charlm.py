@@ -50,8 +50,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -62,8 +63,12 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(config.n_embd)
         self.attn = CausalSelfAttention(config)
         self.ln2 = nn.LayerNorm(config.n_embd)
-        self.mlp = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd), nn.GELU(),
-                                 nn.Linear(4 * config.n_embd, config.n_embd), nn.Dropout(config.dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(config.n_embd, 4 * config.n_embd),
+            nn.GELU(),
+            nn.Linear(4 * config.n_embd, config.n_embd),
+            nn.Dropout(config.dropout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))  # (B, T, C)
@@ -85,7 +90,7 @@ class CharLM(nn.Module):
         self.head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):  # residual projections, GPT-2 init
+            if name.endswith(("proj.weight", "mlp.2.weight")):  # residual projections, GPT-2 init
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
@@ -101,9 +106,11 @@ class CharLM(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         # idx: (B, T) int64 character ids -> (B, T, vocab_size) next-character logits
         if idx.dim() != 2 or idx.dtype != torch.long or idx.shape[1] > self.config.block_size:
-            raise InputShapeError(f"CharLM takes int64 ids of shape (B, T <= {self.config.block_size}), "
-                                  f"got {idx.dtype} {tuple(idx.shape)}")
-        B, T = idx.shape
+            raise InputShapeError(
+                f"CharLM takes int64 ids of shape (B, T <= {self.config.block_size}), "
+                f"got {idx.dtype} {tuple(idx.shape)}"
+            )
+        _, T = idx.shape
         pos = torch.arange(T, device=idx.device)  # (T,)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         for block in self.blocks:
@@ -111,8 +118,14 @@ class CharLM(nn.Module):
         return self.head(self.ln_f(x))  # (B, T, vocab_size)
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Sample ``max_new_tokens`` characters after ``idx`` (B, T); returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
             logits = self(idx[:, -self.config.block_size :])[:, -1, :] / temperature  # (B, vocab_size)

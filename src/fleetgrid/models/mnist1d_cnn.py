@@ -24,7 +24,7 @@ __all__ = ["MNIST1DCNN", "SPEC", "WEIGHTS_PATH", "CNNConfig", "load_pretrained",
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "mnist1d_cnn.safetensors"
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class CNNConfig:
     channels: int = 32
     """Feature maps in every convolution."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fleetgrid.data.mnist1d import make_mnist1d
-from fleetgrid.models.mnist1d_cnn import WEIGHTS_PATH, CNNConfig, MNIST1DCNN, save_weights
+from fleetgrid.models.mnist1d_cnn import MNIST1DCNN, WEIGHTS_PATH, CNNConfig, save_weights
 
 
 @dataclass(kw_only=True)
@@ -68,10 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="where to write the .safetensors file")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--num-samples", type=int, default=TrainConfig.num_samples, help="MNIST-1D samples to generate")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 keeps the run reproducible")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = TrainConfig(steps=args.steps)
+    config = TrainConfig(steps=args.steps, num_samples=args.num_samples)
     started = time.perf_counter()
     model, test_acc = train(config)
     save_weights(

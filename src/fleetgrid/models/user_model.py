@@ -19,7 +19,7 @@ import torch
 from fleetgrid.errors import InputShapeError, InvalidInput
 from fleetgrid.models.spec import ModelSpec, refine_spec
 
-__all__ = ["TORCH_EXPORT_SPEC", "TORCHSCRIPT_SPEC", "inspect_model_file"]
+__all__ = ["TORCHSCRIPT_SPEC", "TORCH_EXPORT_SPEC", "inspect_model_file"]
 
 Format = Literal["torchscript", "torch-export"]
 ACCEPTED = "a TorchScript file (torch.jit.save, usually .pt) or a torch.export program (torch.export.save, .pt2)"
@@ -132,8 +132,10 @@ class _UserRunner:
 
     def __call__(self, batch: np.ndarray | list[str]) -> np.ndarray:
         item_shape = self.spec.item_shape
-        if not isinstance(batch, np.ndarray) or batch.ndim < 1 or (
-            item_shape is not None and batch.shape[1:] != item_shape
+        if (
+            not isinstance(batch, np.ndarray)
+            or batch.ndim < 1
+            or (item_shape is not None and batch.shape[1:] != item_shape)
         ):
             got = f"shape {batch.shape}" if isinstance(batch, np.ndarray) else type(batch).__name__
             want = f"(B, {', '.join(map(str, item_shape))})" if item_shape is not None else "(B, ...)"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetgrid.sim.tables import pick
+from fleetgrid.sim.tables import Categorical
 
 __all__ = ["BLOCK", "DayDraws", "VehicleDraws", "block_rng", "block_sizes", "draw_day", "draw_vehicles"]
 
@@ -42,7 +42,7 @@ class DayDraws:
 
     n_trips: np.ndarray  # (n,) uniform behind the day's trip count
     plug: np.ndarray  # (n,) evening plug-in decision, or the plug window's phase in constant-rates mode
-    count: np.ndarray  # (n,) int64 trips drawn, = pick(trips_cum, n_trips)
+    count: np.ndarray  # (n,) trips drawn, = pick(trips.cum, n_trips)
     hour: np.ndarray  # (trips,) start hour of each trip
     minute: np.ndarray  # (trips,) start minute within the hour
     duration: np.ndarray  # (trips,)
@@ -62,9 +62,9 @@ def draw_vehicles(rng: np.random.Generator, n: int) -> VehicleDraws:
     return VehicleDraws(rng.random((n, len(VEHICLE_COLUMNS))))
 
 
-def draw_day(rng: np.random.Generator, n: int, trips_cum: np.ndarray) -> DayDraws:
-    """``trips_cum``: the cumulative trip-count table (:attr:`ModelTables.trips_cum`)."""
+def draw_day(rng: np.random.Generator, n: int, trips: Categorical) -> DayDraws:
+    """``trips``: the trip-count distribution (:attr:`ModelTables.trips`)."""
     u = rng.random((n, 2))
-    count = pick(trips_cum, u[:, 0])
+    count = trips(u[:, 0])
     trips = rng.random((3, int(count.sum())))  # so the cost follows the number of trips, not slots
     return DayDraws(n_trips=u[:, 0], plug=u[:, 1], count=count, hour=trips[0], minute=trips[1], duration=trips[2])

@@ -13,11 +13,12 @@ import numpy as np
 
 from fleetgrid.sim.draws import DayDraws, VehicleDraws
 from fleetgrid.sim.params import FleetConfig
-from fleetgrid.sim.tables import MINUTES, ModelTables, pick
+from fleetgrid.sim.tables import MINUTES, ModelTables
 
 __all__ = ["DayOutcome", "Fleet", "build_fleet", "charge", "draw_trips", "step_day"]
 
-NEVER = np.int64(1 << 40)  # start minute of an unused trip slot; sorts after every real trip
+NEVER = np.int32(1 << 30)  # start minute of an unused trip slot; sorts after every real trip
+MINUTE = np.int32  # trip minutes fit 32 bits; half the memory traffic of int64 on the (n, k) trip arrays
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,6 +30,7 @@ class Fleet:
     home: np.ndarray  # bool: has a home charger
     wifi: np.ndarray  # bool: home Wi-Fi reaches the parked car
     opt_in: np.ndarray  # bool: owner lets the car compute
+    cap_wh: np.ndarray  # battery capacity
     rate_wh: np.ndarray  # Wh into the battery per plugged minute
     floor_wh: np.ndarray  # compute only above this (Sentry-style 20% floor)
     limit_wh: np.ndarray  # charging stops here
@@ -50,8 +52,8 @@ def _wh(cap_wh: np.ndarray, fraction: float) -> np.ndarray:
 def build_fleet(draws: VehicleDraws, tables: ModelTables, config: FleetConfig) -> Fleet:
     """Turn per-vehicle uniforms into attributes (categorical picks and Bernoulli flags)."""
     chg = config.charging
-    hw = pick(tables.hardware_cum, draws.hardware)
-    cap = tables.battery_wh[pick(tables.battery_cum, draws.battery)]
+    hw = tables.hardware(draws.hardware)
+    cap = tables.battery_wh[tables.battery(draws.battery)]
     home = draws.home < chg.home_charging
     # Constant-rates mode has no state-of-charge floor, as the back-of-envelope has none.
     floor = chg.soc_floor if config.time_structure else 0.0
@@ -61,7 +63,8 @@ def build_fleet(draws: VehicleDraws, tables: ModelTables, config: FleetConfig) -
         home=home,
         wifi=draws.wifi < config.connectivity.wifi_reach,
         opt_in=draws.opt_in < config.owner.opt_in,
-        rate_wh=tables.charge_wh_per_min[pick(tables.charger_cum, draws.charger)],
+        cap_wh=cap,
+        rate_wh=tables.charge_wh_per_min[tables.charger(draws.charger)],
         floor_wh=_wh(cap, floor),
         limit_wh=_wh(cap, chg.charge_limit),
         plug_below_wh=_wh(cap, chg.plug_below_soc),
@@ -78,18 +81,18 @@ def draw_trips(day: DayDraws, tables: ModelTables, weekend: bool) -> tuple[np.nd
     previous one is still going starts when it ends; trips are cut at midnight and dropped if none is left."""
     n, k = len(day.count), tables.max_trips
     used = np.arange(k) < day.count[:, None]  # (n, k): a row's first count slots, row-major = draw order
-    start = np.full((n, k), NEVER, dtype=np.int64)
-    hour = pick(tables.weekend_cum if weekend else tables.weekday_cum, day.hour)
-    start[used] = hour * 60 + (day.minute * 60).astype(np.int64)
+    start = np.full((n, k), NEVER, dtype=MINUTE)
+    hour = (tables.weekend_hour if weekend else tables.weekday_hour)(day.hour)
+    start[used] = hour * 60 + (day.minute * 60).astype(MINUTE)
     start.sort(axis=1)
-    b = pick(tables.duration_cum, day.duration)
-    span = tables.duration_lo[b] + (day.duration - tables.duration_cum[b]) / tables.duration_share[b] * (
+    b = tables.duration(day.duration)
+    span = tables.duration_lo[b] + (day.duration - tables.duration.cum[b]) / tables.duration_share[b] * (
         tables.duration_width[b]
     )
-    duration = np.zeros((n, k), dtype=np.int64)
-    duration[used] = span.astype(np.int64)  # durations go to trips in time order
-    end = np.full((n, k), MINUTES, dtype=np.int64)
-    prev_end = np.zeros(n, dtype=np.int64)
+    duration = np.zeros((n, k), dtype=MINUTE)
+    duration[used] = span.astype(MINUTE)  # durations go to trips in time order
+    end = np.full((n, k), MINUTES, dtype=MINUTE)
+    prev_end = np.zeros(n, dtype=MINUTE)
     for slot in range(int(day.count.max(initial=0))):  # <= k array ops, not a per-vehicle loop
         s = np.maximum(start[:, slot], prev_end)
         start[:, slot] = s
@@ -122,9 +125,10 @@ class DayOutcome:
     valid: np.ndarray  # (n, k) bool
     morning_end: np.ndarray  # home from 0 to here (first trip's start; 1440 on a day without trips)
     evening_start: np.ndarray  # home from here to 1440 (last trip's end; 1440 on a day without trips)
+    evening_end: np.ndarray  # end of the evening session: 1440, except in constant-rates mode
     home_all_day: np.ndarray  # bool: no trips, so at home between morning_end and evening_start too
     plugged_morning: np.ndarray  # bool: plugged in over [0, morning_end)
-    plugged_evening: np.ndarray  # bool: plugged in over [evening_start, 1440)
+    plugged_evening: np.ndarray  # bool: plugged in over [evening_start, evening_end)
     low_morning: np.ndarray  # minutes of the morning session below the floor
     low_evening: np.ndarray
     soc_start: np.ndarray  # Wh at midnight
@@ -142,35 +146,37 @@ def step_day(
     start, end, valid = draw_trips(day, tables, weekend)
     has = valid[:, 0]
     rows = np.arange(len(start))
-    morning_end = np.where(has, start[:, 0], MINUTES)
+    morning_end = np.where(has, start[:, 0], MINUTES).astype(np.int64)
     last = np.maximum(valid.sum(axis=1) - 1, 0)
-    evening_start = np.where(has, end[rows, last], MINUTES)
+    evening_start = np.where(has, end[rows, last], MINUTES).astype(np.int64)
     low_m, soc_now = charge(soc, morning_end, plugged, fleet)
-    for slot in range(tables.max_trips):
+    for slot in range(int(day.count.max(initial=0))):
         ok = valid[:, slot]
-        soc_now = soc_now - np.where(ok, end[:, slot] - start[:, slot], 0) * tables.drive_wh_per_min
+        driven = np.where(ok, end[:, slot] - start[:, slot], 0).astype(np.int64)
+        soc_now = soc_now - driven * tables.drive_wh_per_min
         soc_now = np.where(ok & (soc_now < fleet.away_below_wh), fleet.away_to_wh, soc_now)
     wants = (day.plug < config.charging.plug_in_prob) | (soc_now < fleet.plug_below_wh)
     evening = has & fleet.home & wants
     low_e, soc_now = charge(soc_now, MINUTES - evening_start, evening, fleet)
     return DayOutcome(
         start=start, end=end, valid=valid, morning_end=morning_end, evening_start=evening_start,
-        home_all_day=~has, plugged_morning=plugged, plugged_evening=evening, low_morning=low_m,
+        evening_end=np.full(len(start), MINUTES, dtype=np.int64), home_all_day=~has, plugged_morning=plugged, plugged_evening=evening, low_morning=low_m,
         low_evening=low_e, soc_start=soc, soc_end=soc_now, plugged_end=np.where(has, evening, plugged),
     )  # fmt: skip
 
 
 def _constant_day(fleet: Fleet, soc: np.ndarray, day: DayDraws, tables: ModelTables) -> DayOutcome:
     """Constant-rates mode: no trips; a home charger owner is plugged in for ``plugged_minutes`` in one window
-    that wraps midnight at a random phase, so every minute of the day sees the same expected share."""
+    starting at a uniformly random minute (wrapping past midnight into the morning), so every minute of the day
+    sees the same expected share."""
     n, k = len(soc), tables.max_trips
-    length = tables.plugged_minutes
-    head = (day.plug * length).astype(np.int64)  # minutes of the window after midnight
+    offset = (day.plug * MINUTES).astype(np.int64)
+    stop = offset + tables.plugged_minutes
     zeros = np.zeros(n, dtype=np.int64)
-    never = np.full((n, k), NEVER, dtype=np.int64)
+    never = np.full((n, k), NEVER, dtype=MINUTE)
     return DayOutcome(
-        start=never, end=np.full((n, k), MINUTES, dtype=np.int64), valid=np.zeros((n, k), dtype=bool),
-        morning_end=head, evening_start=MINUTES - (length - head), home_all_day=np.ones(n, dtype=bool),
-        plugged_morning=fleet.home, plugged_evening=fleet.home, low_morning=zeros, low_evening=zeros,
-        soc_start=soc, soc_end=soc, plugged_end=fleet.home,
+        start=never, end=np.full((n, k), MINUTES, dtype=MINUTE), valid=np.zeros((n, k), dtype=bool),
+        morning_end=np.maximum(stop - MINUTES, 0), evening_start=offset, evening_end=np.minimum(stop, MINUTES),
+        home_all_day=np.ones(n, dtype=bool), plugged_morning=fleet.home, plugged_evening=fleet.home,
+        low_morning=zeros, low_evening=zeros, soc_start=soc, soc_end=soc, plugged_end=fleet.home,
     )  # fmt: skip

@@ -157,7 +157,7 @@ class ChargingParams:
     home_charging: float = 0.8
     # Chance a home charger owner plugs in after the day's last trip (est). Calibrated so the share of time
     # plugged in at home comes out near fleet-params' 0.5 (est, range 0.3-0.7).
-    plug_in_prob: float = 0.75
+    plug_in_prob: float = 0.6
     # Below this state of charge an owner always plugs in (est).
     plug_below_soc: float = 0.5
     # Constant-rates mode only: share of time plugged in at home, fleet-params 0.5 (est, range 0.3-0.7).

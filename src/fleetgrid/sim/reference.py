@@ -14,7 +14,7 @@ import numpy as np
 
 from fleetgrid.sim.draws import BLOCK, block_rng, block_sizes, draw_day, draw_vehicles
 from fleetgrid.sim.params import FleetConfig
-from fleetgrid.sim.tables import MINUTES, ModelTables, compile_tables
+from fleetgrid.sim.tables import MINUTES, Categorical, ModelTables, compile_tables
 from fleetgrid.sim.tally import STATES, Tally
 
 __all__ = ["simulate_reference"]
@@ -31,9 +31,12 @@ class _Lists:
 
     def __init__(self, t: ModelTables) -> None:
         for name, value in vars(t).items():
-            setattr(self, name, value.tolist() if isinstance(value, np.ndarray) else value)
+            if isinstance(value, Categorical):
+                setattr(self, name + "_cum", value.cum.tolist())
+            else:
+                setattr(self, name, value.tolist() if isinstance(value, np.ndarray) else value)
         self.is_weekend = t.is_weekend
-        self.trips_cum_array = t.trips_cum  # the draws need it to size the day's trip uniforms
+        self.trips = t.trips  # the draws need it to size the day's trip uniforms
 
 
 @dataclass
@@ -73,7 +76,7 @@ def _car(u: list[float], t: _Lists, config: FleetConfig) -> _Car:
 def _trips(count: int, hours: list[float], minutes: list[float], durations: list[float], t: _Lists,
            weekend: bool) -> list[tuple[int, int]]:  # fmt: skip
     """This car's ``count`` trips from its uniforms (``hours`` etc. hold exactly its drawn trips)."""
-    hour_cum = t.weekend_cum if weekend else t.weekday_cum
+    hour_cum = t.weekend_hour_cum if weekend else t.weekday_hour_cum
     starts = sorted(_pick(hour_cum, hours[i]) * 60 + int(minutes[i] * 60) for i in range(count))
     trips, prev_end = [], 0
     for i, start in enumerate(starts):
@@ -93,8 +96,8 @@ def _day(car: _Car, trips: list[tuple[int, int]], plug_u: float, t: _Lists, conf
     """Step one car through one day; returns the day's scalar sums."""
     constant = not config.time_structure
     if constant:
-        head = int(plug_u * t.plugged_minutes)
-        tail_from = MINUTES - (t.plugged_minutes - head)
+        window_start = int(plug_u * MINUTES)
+        window_stop = window_start + t.plugged_minutes
     first = trips[0][0] if trips else MINUTES
     last = trips[-1][1] if trips else MINUTES
     evening_plugged = False
@@ -116,7 +119,7 @@ def _day(car: _Car, trips: list[tuple[int, int]], plug_u: float, t: _Lists, conf
         else:
             at_home = not trips or minute < first or minute >= last
             if constant:
-                plugged = car.home and (minute < head or minute >= tail_from)
+                plugged = car.home and (window_start <= minute < window_stop or minute < window_stop - MINUTES)
             else:
                 plugged = at_home and (car.plugged if minute < first else evening_plugged)
             sums["wifi_minutes"] += int(at_home and car.wifi and car.opt_in)
@@ -148,7 +151,7 @@ def _reference_block(config: FleetConfig, t: _Lists, seed: int, block: int, n: i
                      tally: Tally) -> None:  # fmt: skip
     rng = block_rng(seed, block)
     vehicle_u = draw_vehicles(rng, n).u.tolist()
-    day_draws = [draw_day(rng, n, t.trips_cum_array) for _ in range(days)]
+    day_draws = [draw_day(rng, n, t.trips) for _ in range(days)]
     plain = [(d.n_trips.tolist(), d.plug.tolist(), d.hour.tolist(), d.minute.tolist(), d.duration.tolist())
              for d in day_draws]  # fmt: skip
     first_trip = [0] * days  # where the current car's trip uniforms start in each day's flat arrays

@@ -56,7 +56,7 @@ def iter_block_days(
     fleet = build_fleet(draw_vehicles(rng, n), tables, config)
     soc, plugged = fleet.soc0_wh, fleet.plugged0
     for day in range(days):
-        draws = draw_day(rng, n, tables.trips_cum)
+        draws = draw_day(rng, n, tables.trips)
         out = step_day(fleet, soc, plugged, draws, tables, config, tables.is_weekend(day))
         soc, plugged = out.soc_end, out.plugged_end
         yield day, fleet, out

@@ -13,7 +13,7 @@ import numpy as np
 
 from fleetgrid.sim.params import FleetConfig
 
-__all__ = ["MINUTES", "ModelTables", "compile_tables", "pick"]
+__all__ = ["MINUTES", "Categorical", "ModelTables", "compile_tables", "pick"]
 
 MINUTES = 1440
 
@@ -34,6 +34,29 @@ def pick(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, len(cum) - 2)
 
 
+class Categorical:
+    """A categorical distribution sampled by inverse CDF, exactly as :func:`pick` would but ~3x faster.
+
+    A lookup table over 2**14 equal cells of [0, 1) answers every uniform whose cell holds no bin edge; the few
+    in cells that straddle an edge fall back to a binary search. Same answers, bit for bit, as ``pick(cum, u)``.
+    """
+
+    CELLS = 1 << 14
+
+    def __init__(self, shares: tuple[float, ...] | list[float] | np.ndarray) -> None:
+        self.cum = _cumulative(shares)
+        lower = np.arange(self.CELLS) / self.CELLS
+        self._lo = pick(self.cum, lower)
+        self._straddles = self._lo != pick(self.cum, np.nextafter(lower + 1 / self.CELLS, 0.0))
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        cell = (u * self.CELLS).astype(np.intp)  # exact: CELLS is a power of two
+        index = self._lo[cell]
+        edge = np.flatnonzero(self._straddles[cell])
+        index[edge] = pick(self.cum, u[edge])
+        return index
+
+
 def _poisson_pmf(mean: float, top: int) -> np.ndarray:
     """Poisson(mean) over 0..top with the tail beyond ``top`` folded into ``top``."""
     pmf = np.array([math.exp(-mean) * mean**k / math.factorial(k) for k in range(top + 1)])
@@ -46,19 +69,19 @@ class ModelTables:
     """Cumulative tables (for :func:`pick`) and integer energy rates derived from a :class:`FleetConfig`."""
 
     max_trips: int
-    trips_cum: np.ndarray  # (max_trips + 2,)
-    weekday_cum: np.ndarray  # (25,)
-    weekend_cum: np.ndarray  # (25,)
-    duration_cum: np.ndarray  # (bins + 1,)
+    trips: Categorical  # trips a day, 0..max_trips
+    weekday_hour: Categorical  # start hour of a trip, 24 bins
+    weekend_hour: Categorical
+    duration: Categorical  # trip duration bin
     duration_lo: np.ndarray  # (bins,) lower edge, minutes
     duration_width: np.ndarray  # (bins,)
     duration_share: np.ndarray  # (bins,) normalised
-    hardware_cum: np.ndarray
+    hardware: Categorical
     hardware_w: np.ndarray
     hardware_tops: np.ndarray
-    battery_cum: np.ndarray
+    battery: Categorical
     battery_wh: np.ndarray  # int64
-    charger_cum: np.ndarray
+    charger: Categorical
     charge_wh_per_min: np.ndarray  # int64, energy into the battery per plugged minute
     drive_wh_per_min: int
     plugged_minutes: int  # constant-rates mode: minutes a day a home charger owner is plugged in
@@ -68,27 +91,40 @@ class ModelTables:
         return (self.start_weekday + day) % 7 >= 5
 
 
+_COMPILED: dict[str, ModelTables] = {}
+
+
 def compile_tables(config: FleetConfig) -> ModelTables:
-    """Pure: the same config always yields the same tables."""
+    """Pure: the same config always yields the same tables, so they are built once per distinct config (the
+    config's repr names every field; building the lookup tables costs about as much as simulating 5,000 cars)."""
+    key = repr(config)
+    if key not in _COMPILED:
+        if len(_COMPILED) > 64:
+            _COMPILED.clear()
+        _COMPILED[key] = _compile(config)
+    return _COMPILED[key]
+
+
+def _compile(config: FleetConfig) -> ModelTables:
     drv, chg = config.driving, config.charging
     classes = config.hardware.classes()
     edges = np.asarray(drv.duration_edges_min, dtype=np.float64)
     share = np.asarray(drv.duration_share, dtype=np.float64)
     return ModelTables(
         max_trips=drv.max_trips,
-        trips_cum=_cumulative(_poisson_pmf(drv.trips_per_day, drv.max_trips)),
-        weekday_cum=_cumulative(drv.weekday_start_share),
-        weekend_cum=_cumulative(drv.weekend_start_share),
-        duration_cum=_cumulative(share),
+        trips=Categorical(_poisson_pmf(drv.trips_per_day, drv.max_trips)),
+        weekday_hour=Categorical(drv.weekday_start_share),
+        weekend_hour=Categorical(drv.weekend_start_share),
+        duration=Categorical(share),
         duration_lo=edges[:-1].copy(),
         duration_width=np.diff(edges),
         duration_share=share / share.sum(),
-        hardware_cum=_cumulative([s for _, _, s in classes]),
+        hardware=Categorical([s for _, _, s in classes]),
         hardware_w=np.array([c.board_w for _, c, _ in classes], dtype=np.float64),
         hardware_tops=np.array([c.int8_tops for _, c, _ in classes], dtype=np.float64),
-        battery_cum=_cumulative(chg.battery_share),
+        battery=Categorical(chg.battery_share),
         battery_wh=np.array([round(k * 1000) for k in chg.battery_kwh], dtype=np.int64),
-        charger_cum=_cumulative(chg.charger_share),
+        charger=Categorical(chg.charger_share),
         charge_wh_per_min=np.array(
             [max(1, round(k * 1000 * chg.charging_efficiency / 60)) for k in chg.charger_kw], dtype=np.int64
         ),

@@ -86,45 +86,48 @@ def coverage(starts: np.ndarray, ends: np.ndarray, weights: np.ndarray | None = 
 def tally_day(tally: Tally, day: int, out: DayOutcome, fleet: Fleet) -> None:
     """Add one day of one block to ``tally``."""
     window = slice(day * MINUTES, (day + 1) * MINUTES)
-    n = fleet.size
     trips_out = out.valid & ~fleet.opt_in[:, None]
     driving = coverage(out.start[out.valid], out.end[out.valid])
     driving_out = coverage(out.start[trips_out], out.end[trips_out])
-
-    # Home plug-in sessions, morning then evening, as one set of (a, b, low) intervals.
-    a = np.concatenate([np.zeros(n, dtype=np.int64), out.evening_start])
-    b = np.concatenate([out.morning_end, np.full(n, MINUTES, dtype=np.int64)])
-    low = np.concatenate([out.low_morning, out.low_evening])
-    plugged = np.concatenate([out.plugged_morning, out.plugged_evening]) & (a < b)
-    opt_in, wifi = np.tile(fleet.opt_in, 2), np.tile(fleet.wifi, 2)
-    serving = plugged & opt_in & wifi
-    no_wifi = coverage(a[plugged & opt_in & ~wifi], b[plugged & opt_in & ~wifi])
-    low_soc = coverage(a[serving], (a + low)[serving])
-    ready = a + low
-    available = coverage(ready[serving], b[serving])
-    weights = np.tile(fleet.board_w, 2)[serving], np.tile(fleet.int8_tops, 2)[serving]
-
-    n_out = int((~fleet.opt_in).sum())
-    parked_in = (n - n_out) - (driving - driving_out)
+    n_out = fleet.size - int(fleet.opt_in.sum())
     states = tally.states[:, window]
     states[0] += driving
     states[1] += n_out - driving_out
-    states[2] += parked_in - (no_wifi + low_soc + available)
+    states[2] += (fleet.size - n_out) - (driving - driving_out)  # opted-in and parked; plugged taken off below
+    zero = np.zeros(fleet.size, dtype=np.int64)
+    plugged_minutes = 0
+    for a, b, low, on in ((zero, out.morning_end, out.low_morning, out.plugged_morning),
+                          (out.evening_start, out.evening_end, out.low_evening, out.plugged_evening)):  # fmt: skip
+        _add_session(tally, window, a, b, low, on, fleet)
+        plugged_minutes += int(np.maximum(b - a, 0)[on].sum())
+    tally.sums["plugged_minutes"] += plugged_minutes
+    _add_day_sums(tally, out, fleet)
+
+
+def _add_session(tally: Tally, window: slice, a: np.ndarray, b: np.ndarray, low: np.ndarray, on: np.ndarray,
+                 fleet: Fleet) -> None:  # fmt: skip
+    """One home plug-in session per car, [a, b): opted-in cars in it are no_wifi, low_soc, then available."""
+    states = tally.states[:, window]
+    plugged = on & fleet.opt_in
+    off_wifi = plugged & ~fleet.wifi
+    serving = plugged & fleet.wifi
+    no_wifi = coverage(a[off_wifi], b[off_wifi])
+    start, ready, stop = a[serving], (a + low)[serving], b[serving]
+    low_soc = coverage(start, ready)
+    available = coverage(ready, stop)
+    states[2] -= no_wifi + low_soc + available
     states[3] += no_wifi
     states[4] += low_soc
     states[5] += available
-    tally.available_w[window] += coverage(ready[serving], b[serving], weights[0])
-    tally.available_tops[window] += coverage(ready[serving], b[serving], weights[1])
-    _add_day_sums(tally, out, fleet, plugged, a, b)
+    tally.available_w[window] += coverage(ready, stop, fleet.board_w[serving])
+    tally.available_tops[window] += coverage(ready, stop, fleet.int8_tops[serving])
 
 
-def _add_day_sums(tally: Tally, out: DayOutcome, fleet: Fleet, plugged: np.ndarray, a: np.ndarray,
-                  b: np.ndarray) -> None:  # fmt: skip
+def _add_day_sums(tally: Tally, out: DayOutcome, fleet: Fleet) -> None:
     home_minutes = np.where(out.home_all_day, MINUTES, out.morning_end + (MINUTES - out.evening_start))
     reach = fleet.opt_in & fleet.wifi
     wifi_minutes = int(home_minutes[reach].sum())
     tally.sums["wifi_minutes"] += wifi_minutes
     tally.sums["cellular_minutes"] += int(fleet.opt_in.sum()) * MINUTES - wifi_minutes
-    tally.sums["plugged_minutes"] += int((b - a)[plugged].sum())
     tally.sums["driving_minutes"] += int((out.end - out.start)[out.valid].sum())
     tally.sums["trips"] += int(out.valid.sum())

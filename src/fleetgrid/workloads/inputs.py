@@ -43,8 +43,10 @@ def _read_npy(data: bytes, what: str) -> np.ndarray:
     try:
         arr = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # ValueError for pickled objects or a bad header, EOFError/OSError for truncation
-        raise InvalidInput(f"{what} ({len(data)} bytes) is not a readable .npy array ({exc}); expected "
-                           "the bytes numpy.save writes, without pickled objects") from exc
+        raise InvalidInput(
+            f"{what} ({len(data)} bytes) is not a readable .npy array ({exc}); expected "
+            "the bytes numpy.save writes, without pickled objects"
+        ) from exc
     return arr
 
 
@@ -68,14 +70,14 @@ def _read_jsonl(data: bytes) -> list[str]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InvalidInput(
-                f"JSONL line {number} is not JSON ({exc.msg}); expected a JSON string or {{\"text\": \"...\"}}"
+                f'JSONL line {number} is not JSON ({exc.msg}); expected a JSON string or {{"text": "..."}}'
             ) from None
         if isinstance(value, dict) and "text" in value:
             value = value["text"]
         if not isinstance(value, str) or not value.strip():
             raise InvalidInput(
                 f"JSONL line {number} holds {json.dumps(value)[:80]}; expected a non-empty JSON string "
-                "or {\"text\": \"<non-empty string>\"}"
+                'or {"text": "<non-empty string>"}'
             )
         items.append(value)
     return items
@@ -169,9 +171,7 @@ def assemble(parts: list[np.ndarray], expected_items: int | None = None) -> np.n
     tail = parts[0].shape[1:] if parts[0].ndim >= 1 else None
     for i, part in enumerate(parts):
         if part.ndim < 1 or part.shape[1:] != tail:
-            raise InvalidInput(
-                f"unit result {i} has shape {part.shape}; expected {_shape('n', tail)} like unit 0"
-            )
+            raise InvalidInput(f"unit result {i} has shape {part.shape}; expected {_shape('n', tail)} like unit 0")
     out = np.concatenate(parts).astype(np.float32, copy=False)
     if expected_items is not None and len(out) != expected_items:
         raise InvalidInput(f"assembled {len(out)} result rows; expected {expected_items}, one per input item")

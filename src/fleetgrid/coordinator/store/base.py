@@ -153,7 +153,15 @@ class Store(ABC):
         """Record an artifact (idempotent) and grant ``owner`` ('tenant:NAME' or 'vehicle:ID') access to it."""
 
     @abstractmethod
+    def add_artifacts(self, items: list[tuple[str, int]], owner: str, now: float) -> None:
+        """Record many (digest, size) artifacts for one owner in one transaction."""
+
+    @abstractmethod
     def get_artifact(self, digest: str) -> ArtifactRecord | None: ...
+
+    @abstractmethod
+    def owns(self, owner: str, digest: str) -> bool:
+        """True if ``owner`` uploaded (or was granted) the artifact."""
 
     @abstractmethod
     def vehicle_may_read(self, vehicle_id: str, digest: str) -> bool:
@@ -202,6 +210,10 @@ class Store(ABC):
     def get_lease(self, lease_id: str) -> LeaseRecord | None: ...
 
     @abstractmethod
+    def lease_context(self, lease_id: str) -> tuple[LeaseRecord, UnitRecord, JobRecord] | None:
+        """A lease with its unit and job, read together."""
+
+    @abstractmethod
     def active_leases(self, vehicle_id: str | None = None) -> list[LeaseRecord]: ...
 
     @abstractmethod
@@ -211,8 +223,10 @@ class Store(ABC):
     def record_progress(self, lease_id: str, done_items: int, checkpoint_digest: str | None) -> None: ...
 
     @abstractmethod
-    def complete(self, lease_id: str, result_digest: str, ledger: LedgerRecord, now: float) -> UnitRecord:
-        """Close the lease as completed, mark its unit done and write one ledger row, atomically."""
+    def complete(self, lease_id: str, result_digest: str, ledger: LedgerRecord, now: float, *,
+                 accept: bool = False) -> tuple[UnitRecord, JobRecord]:
+        """Close the lease as completed, mark its unit done and write one ledger row, atomically; with ``accept``
+        also accept the result as its logical unit's (when no quorum is needed). Returns the unit and job after."""
 
     @abstractmethod
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,

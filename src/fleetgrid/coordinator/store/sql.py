@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, create_engine, event, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, create_engine, event, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -73,6 +73,56 @@ class SQLStore(Store):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
             metadata.create_all(self.engine)
+        self._prepare_hot_statements()
+
+    def _prepare_hot_statements(self) -> None:
+        """Build the statements of the lease cycle once; building SQLAlchemy expressions per call costs more
+        than running them on SQLite."""
+        other = units.alias("other")
+        vid = bindparam("vid")
+        same_unit_by_me = exists(
+            select(leases.c.lease_id)
+            .join(other, other.c.unit_id == leases.c.unit_id)
+            .where(
+                other.c.job_id == units.c.job_id,
+                other.c.idx == units.c.idx,
+                leases.c.vehicle_id == vid,
+                leases.c.state.in_(("active", "completed")),
+            )
+        )
+        candidate = (
+            select(units)
+            .where(units.c.state == "pending", or_(units.c.replicas == 1, ~same_unit_by_me))
+            .order_by(units.c.seq)
+            .limit(1)
+        )
+        if self.engine.dialect.name == "postgresql":
+            candidate = candidate.with_for_update(skip_locked=True, of=units)
+        self._q_candidate = candidate
+        self._q_take_unit = (
+            update(units).where(units.c.unit_id == bindparam("uid"))
+            .values(state="leased", attempts=units.c.attempts + 1, vehicle_id=bindparam("vid"))
+        )
+        self._q_job_running = (
+            update(jobs).where(jobs.c.job_id == bindparam("jid"), jobs.c.state == "queued").values(state="running")
+        )
+        self._q_insert_lease = insert(leases)
+        self._q_job = select(jobs).where(jobs.c.job_id == bindparam("jid"))
+        self._q_lease = select(leases).where(leases.c.lease_id == bindparam("lid"))
+        self._q_unit = select(units).where(units.c.unit_id == bindparam("uid"))
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            self._q_add_artifact = pg_insert(artifacts).on_conflict_do_nothing()
+            self._q_add_owner = pg_insert(artifact_owners).on_conflict_do_nothing()
+        else:
+            self._q_add_artifact = insert(artifacts).prefix_with("OR IGNORE")
+            self._q_add_owner = insert(artifact_owners).prefix_with("OR IGNORE")
+        self._q_owned_by = select(artifact_owners.c.owner).where(
+            artifact_owners.c.digest == bindparam("digest"), artifact_owners.c.owner == bindparam("owner")
+        )
+        self._q_accepted = select(accepted.c.idx).where(accepted.c.job_id == bindparam("jid"),
+                                                       accepted.c.idx == bindparam("idx"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -129,14 +179,14 @@ class SQLStore(Store):
 
     # --- artifacts ----------------------------------------------------------------------------------------------
     def add_artifact(self, digest: str, size: int, owner: str, now: float) -> None:
+        self.add_artifacts([(digest, size)], owner, now)
+
+    def add_artifacts(self, items: list[tuple[str, int]], owner: str, now: float) -> None:
+        if not items:
+            return
         with self.engine.begin() as c:
-            if c.execute(select(artifacts.c.digest).where(artifacts.c.digest == digest)).first() is None:
-                c.execute(insert(artifacts).values(digest=digest, size=size, created_at=now))
-            owned = select(artifact_owners.c.owner).where(
-                artifact_owners.c.digest == digest, artifact_owners.c.owner == owner
-            )
-            if c.execute(owned).first() is None:
-                c.execute(insert(artifact_owners).values(digest=digest, owner=owner))
+            c.execute(self._q_add_artifact, [{"digest": d, "size": n, "created_at": now} for d, n in items])
+            c.execute(self._q_add_owner, [{"digest": d, "owner": owner} for d, _ in items])
 
     def get_artifact(self, digest: str) -> ArtifactRecord | None:
         with self.engine.connect() as c:
@@ -145,6 +195,20 @@ class SQLStore(Store):
                 return None
             owners = c.execute(select(artifact_owners.c.owner).where(artifact_owners.c.digest == digest)).scalars()
             return ArtifactRecord(digest=row.digest, size=row.size, created_at=row.created_at, owners=list(owners))
+
+    def owns(self, owner: str, digest: str) -> bool:
+        with self.engine.connect() as c:
+            return c.execute(self._q_owned_by, {"digest": digest, "owner": owner}).first() is not None
+
+    def lease_context(self, lease_id: str) -> tuple[LeaseRecord, UnitRecord, JobRecord] | None:
+        with self.engine.connect() as c:
+            row = c.execute(self._q_lease, {"lid": lease_id}).first()
+            if row is None:
+                return None
+            lease = _lease(row)
+            unit = _unit(c.execute(self._q_unit, {"uid": lease.unit_id}).one())
+            job = _job(c.execute(self._q_job, {"jid": lease.job_id}).one())
+        return lease, unit, job
 
     def vehicle_may_read(self, vehicle_id: str, digest: str) -> bool:
         needed = (
@@ -176,7 +240,7 @@ class SQLStore(Store):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self.engine.connect() as c:
-            row = c.execute(select(jobs).where(jobs.c.job_id == job_id)).first()
+            row = c.execute(self._q_job, {"jid": job_id}).first()
         return _job(row) if row else None
 
     def list_jobs(self, tenant: str | None = None) -> list[JobRecord]:
@@ -195,7 +259,7 @@ class SQLStore(Store):
 
     def get_unit(self, unit_id: str) -> UnitRecord | None:
         with self.engine.connect() as c:
-            row = c.execute(select(units).where(units.c.unit_id == unit_id)).first()
+            row = c.execute(self._q_unit, {"uid": unit_id}).first()
         return _unit(row) if row else None
 
     def add_units(self, unit_list: list[UnitRecord]) -> None:
@@ -204,18 +268,20 @@ class SQLStore(Store):
 
     def accept_unit(self, job_id: str, idx: int, result_digest: str) -> bool:
         with self.engine.begin() as c:
-            done = select(accepted.c.idx).where(accepted.c.job_id == job_id, accepted.c.idx == idx)
-            if c.execute(done).first() is not None:
-                return False
-            c.execute(insert(accepted).values(job_id=job_id, idx=idx, result_digest=result_digest))
-            c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=jobs.c.units_done + 1))
-            # Replicas of an accepted unit that nobody has started are no longer needed.
-            c.execute(
-                update(units)
-                .where(units.c.job_id == job_id, units.c.idx == idx, units.c.state == "pending")
-                .values(state="cancelled")
-            )
-            return True
+            return self._accept(c, job_id, idx, result_digest)
+
+    def _accept(self, c: Connection, job_id: str, idx: int, result_digest: str) -> bool:
+        if c.execute(self._q_accepted, {"jid": job_id, "idx": idx}).first() is not None:
+            return False
+        c.execute(insert(accepted).values(job_id=job_id, idx=idx, result_digest=result_digest))
+        c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=jobs.c.units_done + 1))
+        # Replicas of an accepted unit that nobody has started are no longer needed.
+        c.execute(
+            update(units)
+            .where(units.c.job_id == job_id, units.c.idx == idx, units.c.state == "pending")
+            .values(state="cancelled")
+        )
+        return True
 
     def accepted_results(self, job_id: str) -> list[tuple[int, str]]:
         query = select(accepted.c.idx, accepted.c.result_digest).where(accepted.c.job_id == job_id)
@@ -240,51 +306,24 @@ class SQLStore(Store):
             )
 
     # --- leases -------------------------------------------------------------------------------------------------
-    def _candidate(self, vehicle_id: str):
-        other = units.alias("other")
-        same_unit_by_me = exists(
-            select(leases.c.lease_id)
-            .join(other, other.c.unit_id == leases.c.unit_id)
-            .where(
-                other.c.job_id == units.c.job_id,
-                other.c.idx == units.c.idx,
-                leases.c.vehicle_id == vehicle_id,
-                leases.c.state.in_(("active", "completed")),
-            )
-        )
-        query = (
-            select(units)
-            .where(units.c.state == "pending", or_(units.c.replicas == 1, ~same_unit_by_me))
-            .order_by(units.c.seq)
-            .limit(1)
-        )
-        if self.engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=units)
-        return query
-
     def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str):
         with self.engine.begin() as c:
-            row = c.execute(self._candidate(vehicle_id)).first()
+            row = c.execute(self._q_candidate, {"vid": vehicle_id}).first()
             if row is None:
                 return None
             unit = _unit(row)
-            c.execute(
-                update(units).where(units.c.unit_id == unit.unit_id)
-                .values(state="leased", attempts=units.c.attempts + 1, vehicle_id=vehicle_id)
-            )
-            c.execute(
-                update(jobs).where(jobs.c.job_id == unit.job_id, jobs.c.state == "queued").values(state="running")
-            )
+            c.execute(self._q_take_unit, {"uid": unit.unit_id, "vid": vehicle_id})
+            c.execute(self._q_job_running, {"jid": unit.job_id})
             lease = LeaseRecord(lease_id=lease_id, unit_id=unit.unit_id, job_id=unit.job_id, vehicle_id=vehicle_id,
                                 issued_at=now, deadline=deadline)
-            c.execute(insert(leases).values(**{k: getattr(lease, k) for k in LeaseRecord.__slots__}))
-            job = _job(c.execute(select(jobs).where(jobs.c.job_id == unit.job_id)).one())
+            c.execute(self._q_insert_lease, {k: getattr(lease, k) for k in LeaseRecord.__slots__})
+            job = _job(c.execute(self._q_job, {"jid": unit.job_id}).one())
         unit.state, unit.attempts, unit.vehicle_id = "leased", unit.attempts + 1, vehicle_id
         return lease, unit, job
 
     def get_lease(self, lease_id: str) -> LeaseRecord | None:
         with self.engine.connect() as c:
-            row = c.execute(select(leases).where(leases.c.lease_id == lease_id)).first()
+            row = c.execute(self._q_lease, {"lid": lease_id}).first()
         return _lease(row) if row else None
 
     def active_leases(self, vehicle_id: str | None = None) -> list[LeaseRecord]:
@@ -312,9 +351,10 @@ class SQLStore(Store):
                 .values(checkpoint_items=done_items, checkpoint_digest=checkpoint_digest)
             )
 
-    def complete(self, lease_id: str, result_digest: str, entry: LedgerRecord, now: float) -> UnitRecord:
+    def complete(self, lease_id: str, result_digest: str, entry: LedgerRecord, now: float, *,
+                 accept: bool = False) -> tuple[UnitRecord, JobRecord]:
         with self.engine.begin() as c:
-            lease = _lease(c.execute(select(leases).where(leases.c.lease_id == lease_id)).one())
+            lease = _lease(c.execute(self._q_lease, {"lid": lease_id}).one())
             c.execute(
                 update(leases).where(leases.c.lease_id == lease_id)
                 .values(state="completed", result_digest=result_digest, closed_at=now)
@@ -324,7 +364,11 @@ class SQLStore(Store):
                 .values(state="done", result_digest=result_digest)
             )
             c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
-            return _unit(c.execute(select(units).where(units.c.unit_id == lease.unit_id)).one())
+            unit = _unit(c.execute(self._q_unit, {"uid": lease.unit_id}).one())
+            if accept:
+                self._accept(c, unit.job_id, unit.idx, result_digest)
+            job = _job(c.execute(self._q_job, {"jid": unit.job_id}).one())
+        return unit, job
 
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
                 checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> None:

@@ -29,7 +29,9 @@ PARTIAL_WORK_POLICIES = ("weighted", "drop")
 def weighted_mean(vectors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """``sum_i w_i v_i / sum_i w_i`` in float64 accumulation, returned as float32 (1-D vectors of one length)."""
     if len(vectors) == 0 or len(vectors) != len(weights):
-        raise InvalidInput(f"weighted_mean needs >= 1 vector and one weight each, got {len(vectors)} and {len(weights)}")
+        raise InvalidInput(
+            f"weighted_mean needs >= 1 vector and one weight each, got {len(vectors)} and {len(weights)}"
+        )
     total = float(sum(weights))
     if any(w < 0 or not math.isfinite(w) for w in weights) or total <= 0:
         raise InvalidInput(f"aggregation weights must be finite, >= 0 and sum to > 0, got {list(weights)}")
@@ -54,7 +56,9 @@ def client_weight(*, num_examples: int, steps_done: int, steps_planned: int, par
     if partial_work not in PARTIAL_WORK_POLICIES:
         raise InvalidInput(f"partial_work must be one of {PARTIAL_WORK_POLICIES}, got {partial_work!r}")
     if steps_planned < 1 or not 0 <= steps_done <= steps_planned:
-        raise InvalidInput(f"need 0 <= steps_done <= steps_planned, steps_planned >= 1; got {steps_done}/{steps_planned}")
+        raise InvalidInput(
+            f"need 0 <= steps_done <= steps_planned, steps_planned >= 1; got {steps_done}/{steps_planned}"
+        )
     if steps_done == steps_planned:
         return float(num_examples)
     if partial_work == "drop":

@@ -18,11 +18,11 @@ from fleetgrid.workloads.training.aggregate import PARTIAL_WORK_POLICIES
 from fleetgrid.workloads.training.compression import CompressionConfig
 
 __all__ = [
+    "OPTIMIZERS",
     "DiLoCoConfig",
     "FedAvgConfig",
     "FedBuffConfig",
     "LocalTrainingConfig",
-    "OPTIMIZERS",
     "RoundConfig",
     "StrategyConfig",
     "config_from_dict",
@@ -70,7 +70,6 @@ class LocalTrainingConfig:
             raise InvalidInput(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class RoundConfig:
     """Round mechanics: how many cars to ask, how long to wait, what counts as enough."""
@@ -94,8 +93,10 @@ class RoundConfig:
         if not (self.over_selection >= 1 and math.isfinite(self.over_selection)):
             raise InvalidInput(f"over_selection must be a finite factor >= 1, got {self.over_selection!r}")
         if not isinstance(self.min_reports, int) or not 1 <= self.min_reports <= self.clients_per_round:
-            raise InvalidInput(f"min_reports must be an integer in [1, clients_per_round={self.clients_per_round}], "
-                               f"got {self.min_reports!r}")
+            raise InvalidInput(
+                f"min_reports must be an integer in [1, clients_per_round={self.clients_per_round}], "
+                f"got {self.min_reports!r}"
+            )
         if not self.deadline_s > 0:
             raise InvalidInput(f"deadline_s must be > 0 seconds, got {self.deadline_s!r}")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
@@ -122,8 +123,10 @@ class StrategyConfig:
 
     def __post_init__(self) -> None:
         if self.downlink.topk_fraction is not None:
-            raise InvalidInput("downlink compression accepts bits in {4, 8, None} only; got topk_fraction="
-                               f"{self.downlink.topk_fraction} (use top-k on the uplink)")
+            raise InvalidInput(
+                "downlink compression accepts bits in {4, 8, None} only; got topk_fraction="
+                f"{self.downlink.topk_fraction} (use top-k on the uplink)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,8 +172,9 @@ class FedBuffConfig(FedAvgConfig):
         if not isinstance(self.buffer_size, int) or self.buffer_size < 1:
             raise InvalidInput(f"buffer_size K must be an integer >= 1, got {self.buffer_size!r}")
         if not isinstance(self.concurrency, int) or self.concurrency < self.buffer_size:
-            raise InvalidInput(f"concurrency must be an integer >= buffer_size={self.buffer_size}, "
-                               f"got {self.concurrency!r}")
+            raise InvalidInput(
+                f"concurrency must be an integer >= buffer_size={self.buffer_size}, got {self.concurrency!r}"
+            )
         if not isinstance(self.max_staleness, int) or self.max_staleness < 0:
             raise InvalidInput(f"max_staleness must be an integer >= 0, got {self.max_staleness!r}")
         if not self.staleness_exponent >= 0:

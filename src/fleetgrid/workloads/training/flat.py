@@ -40,12 +40,18 @@ class FlatLayout:
 
     def flatten(self, model: nn.Module) -> torch.Tensor:
         sd = model.state_dict()
-        return torch.cat([sd[k].detach().reshape(-1).to(torch.float32) for k in self.names]) if self.names else torch.zeros(0)
+        return (
+            torch.cat([sd[k].detach().reshape(-1).to(torch.float32) for k in self.names])
+            if self.names
+            else torch.zeros(0)
+        )
 
     def load(self, model: nn.Module, vector: torch.Tensor) -> None:
         """Copy ``vector`` into the model's floating-point state, in place."""
         if vector.dtype != torch.float32 or vector.shape != (self.numel,):
-            raise InvalidInput(f"model state must be float32 of shape ({self.numel},), got {vector.dtype} {tuple(vector.shape)}")
+            raise InvalidInput(
+                f"model state must be float32 of shape ({self.numel},), got {vector.dtype} {tuple(vector.shape)}"
+            )
         sd = model.state_dict()
         offset = 0
         with torch.no_grad():

@@ -31,6 +31,7 @@ __all__ = [
     "train_locally",
 ]
 
+
 class LocalDataset(Protocol):
     """A car's private examples; all local training needs is its size and random mini-batches."""
 
@@ -46,8 +47,10 @@ class ArrayDataset:
         self.x = torch.as_tensor(x, dtype=torch.float32)
         self.y = torch.as_tensor(y, dtype=torch.long)
         if len(self.x) != len(self.y) or len(self.x) == 0:
-            raise InvalidInput(f"a local dataset needs >= 1 example and as many targets as inputs, "
-                               f"got {len(self.x)} inputs and {len(self.y)} targets")
+            raise InvalidInput(
+                f"a local dataset needs >= 1 example and as many targets as inputs, "
+                f"got {len(self.x)} inputs and {len(self.y)} targets"
+            )
 
     def __len__(self) -> int:
         return len(self.x)
@@ -77,10 +80,8 @@ class LocalResult:
 
 def _make_optimizer(model: nn.Module, config: LocalTrainingConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                 betas=(0.9, 0.95))
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def train_locally(
@@ -145,7 +146,11 @@ def train_locally(
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int = 512,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
 ) -> dict[str, float]:
     """Held-out ``accuracy`` (argmax over the last axis) and mean ``loss`` of ``model`` on ``(x, y)``."""

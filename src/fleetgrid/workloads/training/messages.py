@@ -81,13 +81,17 @@ def apply_download(held: torch.Tensor | None, download: ModelDownload) -> torch.
         params = torch.from_numpy(decode(download.full).reshape(-1).copy())
     else:
         if held is None:
-            raise InvalidInput(f"download of version {download.version} is a delta from version "
-                               f"{download.from_version}, but the car holds no model; ask for a full snapshot")
+            raise InvalidInput(
+                f"download of version {download.version} is a delta from version "
+                f"{download.from_version}, but the car holds no model; ask for a full snapshot"
+            )
         params = held.clone()
         for blob in download.deltas:
             params = params + torch.from_numpy(np.asarray(decode(blob)).reshape(-1))
     got = params_digest(params)
     if got != download.digest:
-        raise HashMismatch(f"model version {download.version} hashes to {got[:12]}..., expected "
-                           f"{download.digest[:12]}...; re-download the full snapshot")
+        raise HashMismatch(
+            f"model version {download.version} hashes to {got[:12]}..., expected "
+            f"{download.digest[:12]}...; re-download the full snapshot"
+        )
     return params

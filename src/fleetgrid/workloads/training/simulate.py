@@ -77,10 +77,19 @@ class _Job:
 
 class SimulatedFleet:
     """``datasets[i]`` is the private data of car ``f"car-{i}"``; ``model`` is a scratch module every car's local
-    training runs in (one process, one car at a time)."""
+    training runs in (one process, one car at a time). ``initial_params``, if given, is version 0 as each car
+    builds it locally from the job's model seed (``tasks.build_model``), so no car downloads it; a wrong one is
+    caught by the digest check on the car's first delta."""
 
-    def __init__(self, model: nn.Module, datasets: Sequence[LocalDataset], config: SimulationConfig | None = None,
-                 *, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        datasets: Sequence[LocalDataset],
+        config: SimulationConfig | None = None,
+        *,
+        initial_params: torch.Tensor | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
+    ) -> None:
         self.config = config = config or SimulationConfig()
         if not datasets:
             raise InvalidInput("a simulated fleet needs >= 1 car (one dataset per car), got none")
@@ -90,10 +99,17 @@ class SimulatedFleet:
         self.clock = ManualClock()
         self._rng = random.Random(config.seed)
         self.cars = {
-            f"car-{i}": _Car(f"car-{i}", ds, config.steps_per_s * math.exp(self._rng.gauss(0, config.speed_spread)),
-                             ErrorFeedback(self.numel))
+            f"car-{i}": _Car(
+                f"car-{i}",
+                ds,
+                config.steps_per_s * math.exp(self._rng.gauss(0, config.speed_spread)),
+                ErrorFeedback(self.numel),
+            )
             for i, ds in enumerate(datasets)
         }
+        if initial_params is not None:
+            for car in self.cars.values():
+                car.held_version, car.held_params = 0, initial_params.detach().clone()
         self._jobs: dict[str, _Job] = {}
         self._events: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -122,8 +138,11 @@ class SimulatedFleet:
             car.bytes_down += download.nbytes
             u = self._rng.random()
             vanishes = u < cfg.dropout_prob
-            stop_after = self._rng.randrange(ins.local.steps) if not vanishes and u < cfg.dropout_prob + \
-                cfg.preempt_prob else None
+            stop_after = (
+                self._rng.randrange(ins.local.steps)
+                if not vanishes and u < cfg.dropout_prob + cfg.preempt_prob
+                else None
+            )
             steps = ins.local.steps if stop_after is None else stop_after
             upload = encoded_nbytes(self.numel, ins.local.compression) if steps else 0
             duration = download.nbytes / cfg.downlink_bytes_per_s + steps / car.speed + upload / cfg.uplink_bytes_per_s
@@ -158,8 +177,16 @@ class SimulatedFleet:
 
     def _train(self, car: _Car, job: _Job) -> ClientUpdate | None:
         stop = None if job.stop_after is None else (lambda steps, n=job.stop_after: steps >= n)
-        result = train_locally(self.model, job.params, car.dataset, job.instructions, client_id=car.client_id,
-                               should_stop=stop, error_feedback=car.feedback, loss_fn=self.loss_fn)
+        result = train_locally(
+            self.model,
+            job.params,
+            car.dataset,
+            job.instructions,
+            client_id=car.client_id,
+            should_stop=stop,
+            error_feedback=car.feedback,
+            loss_fn=self.loss_fn,
+        )
         self.counts["preempted"] += result.preempted
         if result.update is None:
             return None
@@ -170,9 +197,12 @@ class SimulatedFleet:
 
     def stats(self) -> dict[str, float]:
         """Fleet totals: bytes each way, steps reported, and what happened to dispatched work."""
-        return {"bytes_up": sum(c.bytes_up for c in self.cars.values()),
-                "bytes_down": sum(c.bytes_down for c in self.cars.values()),
-                "sim_time_s": self.now(), **self.counts}
+        return {
+            "bytes_up": sum(c.bytes_up for c in self.cars.values()),
+            "bytes_down": sum(c.bytes_down for c in self.cars.values()),
+            "sim_time_s": self.now(),
+            **self.counts,
+        }
 
     def bytes_per_car(self) -> dict[str, tuple[int, int]]:
         """(bytes_up, bytes_down) of each car."""

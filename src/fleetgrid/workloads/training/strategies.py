@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -103,9 +102,15 @@ class Strategy(ABC):
 
     def __init__(self, initial_params: torch.Tensor, config: StrategyConfig) -> None:
         if not isinstance(config, self.config_class):
-            raise InvalidInput(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        if not isinstance(initial_params, torch.Tensor) or initial_params.dtype != torch.float32 \
-                or initial_params.dim() != 1 or not torch.isfinite(initial_params).all():
+            raise InvalidInput(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        if (
+            not isinstance(initial_params, torch.Tensor)
+            or initial_params.dtype != torch.float32
+            or initial_params.dim() != 1
+            or not torch.isfinite(initial_params).all()
+        ):
             raise InvalidInput("initial params must be a finite 1-D float32 tensor (FlatLayout.flatten of the model)")
         self.config = config
         self.params = initial_params.detach().clone()
@@ -135,8 +140,12 @@ class Strategy(ABC):
 
     def client_weight(self, update: ClientUpdate, staleness: int) -> float:
         """A report's aggregation weight. Default: examples, times the share of planned steps (or 0 if dropped)."""
-        return client_weight(num_examples=update.num_examples, steps_done=update.steps_done,
-                             steps_planned=update.steps_planned, partial_work=self.config.rounds.partial_work)
+        return client_weight(
+            num_examples=update.num_examples,
+            steps_done=update.steps_done,
+            steps_planned=update.steps_planned,
+            partial_work=self.config.rounds.partial_work,
+        )
 
     @abstractmethod
     def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
@@ -153,26 +162,38 @@ class Strategy(ABC):
     # ------------------------------------------------------------------------------------- work and reports
 
     def instructions(self, client_id: str) -> TrainInstructions:
-        return TrainInstructions(round=self.round, base_version=self.version, model_digest=self._digest,
-                                 local=self.config.local, seed=_stable_seed(self.config.seed, self.round, client_id))
+        return TrainInstructions(
+            round=self.round,
+            base_version=self.version,
+            model_digest=self._digest,
+            local=self.config.local,
+            seed=_stable_seed(self.config.seed, self.round, client_id),
+        )
 
     def accept(self, update: ClientUpdate) -> AcceptedUpdate:
         """Validate a report without touching the global. Raises Conflict for a closed round or a too-stale
         base, InvalidInput for anything malformed (wrong shape, dtype, non-finite values, impossible counts)."""
         staleness = self.version - update.base_version
         if self.closes_rounds and (update.round != self.round or staleness != 0):
-            raise Conflict(f"update from {update.client_id!r} is for round {update.round} (version "
-                           f"{update.base_version}); only round {self.round} (version {self.version}) is open")
+            raise Conflict(
+                f"update from {update.client_id!r} is for round {update.round} (version "
+                f"{update.base_version}); only round {self.round} (version {self.version}) is open"
+            )
         if not 0 <= staleness <= self.max_staleness:
-            raise Conflict(f"update from {update.client_id!r} trained on version {update.base_version}, "
-                           f"{staleness} behind version {self.version}; at most {self.max_staleness} is accepted")
+            raise Conflict(
+                f"update from {update.client_id!r} trained on version {update.base_version}, "
+                f"{staleness} behind version {self.version}; at most {self.max_staleness} is accepted"
+            )
         if update.num_examples < 1 or update.examples_seen < 0:
-            raise InvalidInput(f"update from {update.client_id!r} reports num_examples={update.num_examples}, "
-                               f"examples_seen={update.examples_seen}; need >= 1 and >= 0")
+            raise InvalidInput(
+                f"update from {update.client_id!r} reports num_examples={update.num_examples}, "
+                f"examples_seen={update.examples_seen}; need >= 1 and >= 0"
+            )
         delta = decode(update.payload)  # raises InvalidInput on a malformed or non-finite payload
         if delta.shape != (self.numel,):
-            raise InvalidInput(f"update from {update.client_id!r} has shape {delta.shape}; the model needs "
-                               f"({self.numel},)")
+            raise InvalidInput(
+                f"update from {update.client_id!r} has shape {delta.shape}; the model needs ({self.numel},)"
+            )
         weight = self.client_weight(update, staleness)
         return AcceptedUpdate(update, torch.from_numpy(np.array(delta, dtype=np.float32)), weight, staleness)
 
@@ -189,9 +210,12 @@ class Strategy(ABC):
         pseudo_grad = weighted_mean([a.delta for a in usable], [a.weight for a in usable])
         target = self.server_step(pseudo_grad)
         self._publish(target)
-        return {"reports": len(accepted), "used": len(usable),
-                "mean_staleness": sum(a.staleness for a in usable) / len(usable),
-                "pseudo_grad_norm": float(pseudo_grad.norm())}
+        return {
+            "reports": len(accepted),
+            "used": len(usable),
+            "mean_staleness": sum(a.staleness for a in usable) / len(usable),
+            "pseudo_grad_norm": float(pseudo_grad.norm()),
+        }
 
     def _publish(self, target: torch.Tensor) -> None:
         """Make ``target`` (as exactly as the downlink codec carries it) the next version."""
@@ -206,19 +230,30 @@ class Strategy(ABC):
         """What a car holding ``held_version`` must fetch for the current version: nothing, deltas or a snapshot."""
         if held_version == self.version:
             return ModelDownload(from_version=held_version, version=self.version, digest=self._digest, full=None)
-        if held_version is not None and 0 <= held_version < self.version and all(
-                v in self._deltas for v in range(held_version + 1, self.version + 1)):
+        if (
+            held_version is not None
+            and 0 <= held_version < self.version
+            and all(v in self._deltas for v in range(held_version + 1, self.version + 1))
+        ):
             deltas = tuple(self._deltas[v] for v in range(held_version + 1, self.version + 1))
             if sum(map(len, deltas)) < 4 * self.numel:
-                return ModelDownload(from_version=held_version, version=self.version, digest=self._digest,
-                                     full=None, deltas=deltas)
-        return ModelDownload(from_version=None, version=self.version, digest=self._digest,
-                             full=encode(self.params, CompressionConfig()))
+                return ModelDownload(
+                    from_version=held_version, version=self.version, digest=self._digest, full=None, deltas=deltas
+                )
+        return ModelDownload(
+            from_version=None, version=self.version, digest=self._digest, full=encode(self.params, CompressionConfig())
+        )
 
     # -------------------------------------------------------------------------------------------- the loop
 
-    def run(self, fleet: Fleet, num_versions: int, *, evaluate_fn: EvaluateFn | None = None,
-            on_version: Callable[[Strategy], None] | None = None) -> list[dict[str, Any]]:
+    def run(
+        self,
+        fleet: Fleet,
+        num_versions: int,
+        *,
+        evaluate_fn: EvaluateFn | None = None,
+        on_version: Callable[[Strategy], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Drive rounds until the global reaches ``num_versions``; after each, evaluate and call ``on_version``
         (the place to checkpoint). A round that ends with fewer than ``min_reports`` usable reports is
         abandoned, the global untouched, and retried up to ``max_retries`` times before Conflict is raised."""
@@ -248,10 +283,19 @@ class Strategy(ABC):
                     summary = self.aggregate(accepted)
                     break
             else:
-                raise Conflict(f"version {self.version + 1} abandoned {rc.max_retries + 1} times: fewer than "
-                               f"min_reports={rc.min_reports} usable reports by each deadline")
-            record = {"version": self.version, "round": self.round, "attempts": attempt + 1, "rejected": rejected,
-                      "time": fleet.now(), **summary, **self.evaluate(evaluate_fn)}
+                raise Conflict(
+                    f"version {self.version + 1} abandoned {rc.max_retries + 1} times: fewer than "
+                    f"min_reports={rc.min_reports} usable reports by each deadline"
+                )
+            record = {
+                "version": self.version,
+                "round": self.round,
+                "attempts": attempt + 1,
+                "rejected": rejected,
+                "time": fleet.now(),
+                **summary,
+                **self.evaluate(evaluate_fn),
+            }
             self.history.append(record)
             if on_version is not None:
                 on_version(self)
@@ -269,10 +313,17 @@ class Strategy(ABC):
         config and metric history, as one safetensors blob (metadata holds the JSON)."""
         tensors = {"params": self.params.contiguous(), "downlink_residual": torch.from_numpy(self._downlink.residual)}
         tensors |= {f"server.{k}": v.contiguous() for k, v in self.server_state.items()}
-        meta = {"strategy": self.name, "version": str(self.version), "round": str(self.round),
-                "config": json.dumps(to_dict(self.config)), "history": json.dumps(self.history),
-                "rng": json.dumps(_rng_state_to_json(self._rng.getstate()))}
-        return st_save(tensors, metadata=meta)
+        meta = {
+            "strategy": self.name,
+            "version": self.version,
+            "round": self.round,
+            "config": to_dict(self.config),
+            "history": self.history,
+            "rng": _rng_state_to_json(self._rng.getstate()),
+        }
+        # One metadata key holding sorted JSON: safetensors orders several keys arbitrarily, and a checkpoint
+        # should hash the same for the same state (artifacts are deduplicated by hash).
+        return st_save(tensors, metadata={"fleetgrid": json.dumps(meta, sort_keys=True)})
 
 
 def _stable_seed(*parts: object) -> int:
@@ -303,7 +354,8 @@ class DiLoCo(Strategy):
     def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
         buf = self.server_state.get("momentum", torch.zeros_like(self.params))
         target, self.server_state["momentum"] = nesterov_step(
-            self.params, pseudo_grad, buf, self.config.outer_lr, self.config.outer_momentum)
+            self.params, pseudo_grad, buf, self.config.outer_lr, self.config.outer_momentum
+        )
         return target
 
 
@@ -333,8 +385,9 @@ class FedBuff(FedAvg):
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, DiLoCo, FedBuff)}
 
 
-def make_strategy(name: str, initial_params: torch.Tensor, settings: StrategyConfig | Mapping[str, Any] | None = None
-                  ) -> Strategy:
+def make_strategy(
+    name: str, initial_params: torch.Tensor, settings: StrategyConfig | Mapping[str, Any] | None = None
+) -> Strategy:
     """A strategy by name, with settings as a config object or its JSON dict (validated either way)."""
     cls = STRATEGIES.get(name)
     if cls is None:
@@ -351,17 +404,19 @@ def strategy_from_state_bytes(blob: bytes) -> Strategy:
     try:
         tensors = st_load(blob)
         header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 header length, then the JSON header
-        meta = json.loads(blob[8 : 8 + header_len])["__metadata__"]
+        meta = json.loads(json.loads(blob[8 : 8 + header_len])["__metadata__"]["fleetgrid"])
         name = meta["strategy"]
     except Exception as exc:  # safetensors raises its own (Rust) error types; translate all at this boundary
-        raise InvalidInput(f"not a fleetgrid strategy checkpoint ({exc}); expected Strategy.state_bytes output") from exc
-    strategy = make_strategy(name, tensors["params"], json.loads(meta["config"]))
+        raise InvalidInput(
+            f"not a fleetgrid strategy checkpoint ({exc}); expected Strategy.state_bytes output"
+        ) from exc
+    strategy = make_strategy(name, tensors["params"], meta["config"])
     strategy.version = int(meta["version"])
     strategy.round = int(meta["round"])
-    strategy.history = json.loads(meta["history"])
+    strategy.history = meta["history"]
     strategy._downlink.residual = tensors["downlink_residual"].numpy().copy()
     strategy.server_state = {k.removeprefix("server."): v for k, v in tensors.items() if k.startswith("server.")}
     strategy._digest = params_digest(strategy.params)
-    rng = json.loads(meta["rng"])
+    rng = meta["rng"]
     strategy._rng.setstate((rng[0], tuple(rng[1]), rng[2]))
     return strategy

@@ -1,0 +1,229 @@
+"""Federated training on a simulated fleet vs centralized training, on MNIST-1D, all in this process.
+
+Every configuration sees the same non-IID split (Dirichlet over labels), the same initial weights and the same
+fleet (speeds, preemption draws: half of the dispatched cars are preempted at a random step and hand back partial
+work). Prints a table and, with --json, a last line of JSON.
+
+    python bench/training_local.py --json
+
+``sync_dp_bytes`` is what synchronous data-parallel training would move for the same optimizer steps: every
+worker sends and receives its full float32 gradient every step (a ring all-reduce moves ~2x the model per worker),
+so ``sync_dp_bytes = 2 x params x 4 bytes x (sum over reports of local steps done)``. ``reduction`` is
+``sync_dp_bytes / (bytes_up + bytes_down)``, with every byte the fleet moved counted: first full-model downloads,
+downloads to cars that were then revoked or preempted, partial uploads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
+
+import torch
+
+from fleetgrid.workloads.training.compression import CompressionConfig
+from fleetgrid.workloads.training.config import (
+    DiLoCoConfig,
+    FedAvgConfig,
+    LocalTrainingConfig,
+    RoundConfig,
+    StrategyConfig,
+)
+from fleetgrid.workloads.training.flat import FlatLayout
+from fleetgrid.workloads.training.local import ArrayDataset, evaluate_model, make_evaluator
+from fleetgrid.workloads.training.simulate import SimulatedFleet, SimulationConfig
+from fleetgrid.workloads.training.strategies import make_strategy
+from fleetgrid.workloads.training.tasks import DataSpec, build_eval_set, build_local_dataset, build_model
+
+
+@dataclass(frozen=True)
+class FleetRun:
+    label: str
+    strategy: str
+    config: StrategyConfig
+    rounds: int
+
+
+def centralized(spec: DataSpec, steps: int, seed: int) -> dict:
+    """The limit: one machine, all the training data, AdamW with a cosine schedule."""
+    from fleetgrid.workloads.training.tasks import _mnist1d
+
+    data = _mnist1d(spec.seed, spec.num_samples)
+    train = ArrayDataset(data["x"], data["y"])
+    model = build_model("mnist1d-cnn", seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        x, y = train.sample_batch(gen, 64)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    x_test, y_test = build_eval_set(spec)
+    return {
+        "label": "centralized",
+        **evaluate_model(model, x_test, y_test),
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "steps": steps,
+    }
+
+
+def federated(run: FleetRun, spec: DataSpec, sim: SimulationConfig, seed: int) -> dict:
+    datasets = [build_local_dataset(spec, i) for i in range(spec.num_vehicles)]
+    x_test, y_test = build_eval_set(spec)
+    model = build_model("mnist1d-cnn", seed=seed)
+    params = FlatLayout.of(model).flatten(model)
+    strategy = make_strategy(run.strategy, params, run.config)
+    fleet = SimulatedFleet(model, datasets, sim, initial_params=params)  # cars build version 0 from the seed
+    history = strategy.run(fleet, run.rounds, evaluate_fn=make_evaluator(build_model("mnist1d-cnn"), x_test, y_test))
+    stats = fleet.stats()
+    numel = params.numel()
+    sync_dp = 2 * numel * 4 * stats["steps"]
+    moved = stats["bytes_up"] + stats["bytes_down"]
+    return {
+        "label": run.label,
+        "accuracy": history[-1]["accuracy"],
+        "loss": history[-1]["loss"],
+        "best_accuracy": max(h["accuracy"] for h in history),
+        "bytes_up": stats["bytes_up"],
+        "bytes_down": stats["bytes_down"],
+        "sync_dp_bytes": sync_dp,
+        "reduction": sync_dp / moved,
+        "steps": stats["steps"],
+        "rounds": run.rounds,
+        "dispatched": stats["dispatched"],
+        "preempted": stats["preempted"],
+        "revoked": stats["revoked"],
+        "params": numel,
+        "accuracy_curve": [round(h["accuracy"], 4) for h in history],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print a last line of JSON")
+    ap.add_argument("--vehicles", type=int, default=20)
+    ap.add_argument("--clients-per-round", type=int, default=10)
+    ap.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration of the label split")
+    ap.add_argument("--rounds", type=int, default=30, help="outer rounds (global versions) per fleet run")
+    ap.add_argument("--local-steps", type=int, default=100, help="H, DiLoCo's inner steps per round")
+    ap.add_argument("--fedavg-steps", type=int, default=25, help="FedAvg's local SGD steps per round")
+    ap.add_argument(
+        "--fedavg-rounds",
+        type=int,
+        default=None,
+        help="FedAvg rounds (default: as many local steps in total as DiLoCo)",
+    )
+    ap.add_argument("--preempt", type=float, default=0.5, help="share of dispatched cars preempted mid-round")
+    ap.add_argument("--central-steps", type=int, default=4000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default=None, help="comma-separated labels to run (default: all)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    spec = DataSpec(dataset="mnist1d", num_vehicles=args.vehicles, alpha=args.alpha, seed=args.seed)
+    sim = SimulationConfig(preempt_prob=args.preempt, steps_per_s=5.0, speed_spread=0.5, seed=args.seed)
+    rounds = RoundConfig(
+        clients_per_round=args.clients_per_round,
+        over_selection=1.3,
+        min_reports=2,
+        deadline_s=3 * args.local_steps / 5.0,
+        partial_work="weighted",
+    )
+
+    def diloco(bits: int) -> DiLoCoConfig:
+        return DiLoCoConfig(
+            local=LocalTrainingConfig(
+                optimizer="adamw",
+                lr=3e-3,
+                steps=args.local_steps,
+                batch_size=32,
+                compression=CompressionConfig(bits=bits),
+            ),
+            rounds=rounds,
+            downlink=CompressionConfig(bits=bits),
+            outer_lr=0.7,
+            outer_momentum=0.9,
+            seed=args.seed,
+        )
+
+    fedavg_rounds = args.fedavg_rounds or args.rounds * args.local_steps // args.fedavg_steps
+    fedavg = FedAvgConfig(
+        local=LocalTrainingConfig(optimizer="sgd", lr=0.05, momentum=0.9, steps=args.fedavg_steps, batch_size=32),
+        rounds=RoundConfig(
+            clients_per_round=args.clients_per_round,
+            over_selection=1.3,
+            min_reports=2,
+            deadline_s=3 * args.fedavg_steps / 5.0,
+        ),
+        seed=args.seed,
+    )
+    runs = [
+        FleetRun("fedavg_fp32", "fedavg", fedavg, fedavg_rounds),
+        FleetRun("diloco_int8", "diloco", diloco(8), args.rounds),
+        FleetRun("diloco_int4", "diloco", diloco(4), args.rounds),
+    ]
+    only = set(args.only.split(",")) if args.only else None
+
+    results = []
+    t0 = time.perf_counter()
+    if only is None or "centralized" in only:
+        results.append(centralized(spec, args.central_steps, args.seed) | {"seconds": time.perf_counter() - t0})
+    for run in runs:
+        if only is not None and run.label not in only:
+            continue
+        t = time.perf_counter()
+        results.append(federated(run, spec, sim, args.seed) | {"seconds": time.perf_counter() - t})
+        print(f"  {run.label}: {results[-1]['accuracy']:.4f} in {results[-1]['seconds']:.0f}s", file=sys.stderr)
+
+    central = next((r["accuracy"] for r in results if r["label"] == "centralized"), None)
+    fed = [r for r in results if r["label"] != "centralized"]
+    print(
+        f"MNIST-1D CNN ({fed[0]['params'] if fed else '?'} params), {args.vehicles} cars, Dirichlet alpha "
+        f"{args.alpha}, {args.clients_per_round} reports/round (x1.3 over-selected), {args.preempt:.0%} preempted"
+    )
+    print(
+        f"{'config':<14}{'acc':>8}{'best':>8}{'rounds':>8}{'steps':>9}{'bytes_up':>12}{'bytes_down':>12}"
+        f"{'sync_dp_bytes':>16}{'reduction':>11}"
+    )
+    for r in results:
+        print(
+            f"{r['label']:<14}{r['accuracy']:>8.4f}{r.get('best_accuracy', r['accuracy']):>8.4f}"
+            f"{r.get('rounds', '-'):>8}{r['steps']:>9}{r['bytes_up']:>12,}{r['bytes_down']:>12,}"
+            f"{r.get('sync_dp_bytes', 0):>16,}{r.get('reduction', 0):>10.0f}x"
+        )
+    summary = {"centralized_accuracy": central, "sync_dp_formula": "2 * params * 4 bytes * sum(local steps done)"}
+    if fed and central is not None:
+        best = max(fed, key=lambda r: r["accuracy"])
+        flower_like = next((r for r in fed if r["label"] == "fedavg_fp32"), None)
+        summary |= {
+            "best_fleet": best["label"],
+            "gap_points": round(100 * (central - best["accuracy"]), 2),
+            "best_reduction_vs_sync_dp": round(best["reduction"], 1),
+        }
+        if flower_like is not None:
+            summary["bytes_vs_fedavg_fp32"] = round(
+                (flower_like["bytes_up"] + flower_like["bytes_down"]) / (best["bytes_up"] + best["bytes_down"]), 2
+            )
+        print(
+            f"best fleet config {best['label']}: {summary['gap_points']:+.2f} points below centralized, "
+            f"{best['reduction']:.0f}x fewer bytes than sync DP, "
+            f"{summary.get('bytes_vs_fedavg_fp32', float('nan'))}x fewer than FedAvg fp32"
+        )
+    if args.json:
+        print(json.dumps({"benchmark": "training_local", "args": vars(args), "results": results, **summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""``python -m fleetgrid`` is the ``fleetgrid`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""A whole fleet on one machine: a coordinator process and N agent processes, for the demo, benchmarks and tests.
+
+Everything runs as real processes talking HTTP on 127.0.0.1, exactly as in a deployment; only the vehicles' buses
+are simulated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .coordinator.config import Credentials
+
+__all__ = ["AgentProcess", "CoordinatorProcess", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child_env(threads: int | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+@dataclass
+class CoordinatorProcess:
+    """``fleetgrid serve`` in a child process. ``extra_args`` are further ``serve`` options."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    db: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "coordinator.log"
+
+    def start(self, timeout_s: float = 60.0) -> CoordinatorProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "fleetgrid", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
+                *self.extra_args]
+        if self.db:
+            args += ["--db", self.db]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
+        wait_healthy(self.url, timeout_s, self.proc, self.log_path)
+        return self
+
+    def credentials(self) -> Credentials:
+        return Credentials.load(self.data_dir / "credentials.json")
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash."""
+        _signal(self.proc, signal.SIGKILL)
+
+    def stop(self) -> None:
+        _signal(self.proc, signal.SIGTERM)
+
+
+@dataclass
+class AgentProcess:
+    """``fleetgrid agent`` in a child process, on a simulated vehicle bus."""
+
+    coordinator: str
+    state_dir: Path
+    enroll_token: str
+    name: str
+    bus: str = "manual"
+    hardware: str = "ai4"
+    threads: int = 1
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> AgentProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "fleetgrid", "agent", "--coordinator", self.coordinator,
+                "--state-dir", str(self.state_dir), "--enroll-token", self.enroll_token, "--name", self.name,
+                "--bus", self.bus, "--hardware", self.hardware, "--threads", str(self.threads), *self.extra_args]
+        with open(self.state_dir / "agent.log", "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_child_env(self.threads))
+        return self
+
+    def stats(self) -> dict:
+        path = self.state_dir / "stats.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        _signal(self.proc, signal.SIGKILL)
+
+    def stop(self) -> None:
+        _signal(self.proc, signal.SIGTERM)
+
+
+def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None,
+                 verify: bool | str = False) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"coordinator exited with code {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1.0, verify=verify).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"coordinator at {url} did not answer /healthz within {timeout_s:.0f} s")
+
+
+def _signal(proc: subprocess.Popen | None, sig: int, wait_s: float = 15.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -1,0 +1,54 @@
+import numpy as np
+import torch
+
+from fleetgrid.workloads.training.compression import CompressionConfig, ErrorFeedback, decode
+from fleetgrid.workloads.training.config import LocalTrainingConfig
+from fleetgrid.workloads.training.flat import FlatLayout
+from fleetgrid.workloads.training.local import ArrayDataset, train_locally
+from fleetgrid.workloads.training.messages import TrainInstructions
+
+
+def setup(steps=10, bits=8):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = torch.randn(64, 4)
+    ds = ArrayDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
+    ins = TrainInstructions(
+        round=3,
+        base_version=2,
+        model_digest="d",
+        seed=7,
+        local=LocalTrainingConfig(
+            optimizer="adamw", lr=1e-2, steps=steps, batch_size=8, compression=CompressionConfig(bits=bits)
+        ),
+    )
+    return model, FlatLayout.of(model).flatten(model), ds, ins
+
+
+def test_full_run_reports_counts_and_a_decodable_delta():
+    model, g, ds, ins = setup()
+    r = train_locally(model, g, ds, ins, client_id="car-1")
+    u = r.update
+    assert (r.steps_done, r.examples_seen, r.preempted) == (10, 80, False)
+    assert (u.round, u.base_version, u.num_examples, u.steps_planned) == (3, 2, 64, 10)
+    delta = decode(u.payload)
+    assert delta.shape == g.shape and r.bytes_up == len(u.payload)
+    local = FlatLayout.of(model).flatten(model)
+    assert np.abs(delta - (g - local).numpy()).max() <= np.abs((g - local).numpy()).max() / 254 + 1e-6
+
+
+def test_preemption_after_any_step_reports_partial_work():
+    model, g, ds, ins = setup()
+    r = train_locally(model, g, ds, ins, client_id="car-1", should_stop=lambda steps: steps >= 3)
+    assert (r.steps_done, r.examples_seen, r.preempted, r.update.steps_done) == (3, 24, True, 3)
+    r0 = train_locally(model, g, ds, ins, client_id="car-1", should_stop=lambda steps: True)
+    assert r0.update is None and r0.preempted and r0.steps_done == 0
+
+
+def test_same_lease_is_reproducible_and_error_feedback_is_carried():
+    model, g, ds, ins = setup(bits=4)
+    a = train_locally(model, g, ds, ins, client_id="c").update.payload
+    assert train_locally(model, g, ds, ins, client_id="c").update.payload == a
+    ef = ErrorFeedback(g.numel())
+    train_locally(model, g, ds, ins, client_id="c", error_feedback=ef)
+    assert np.abs(ef.residual).sum() > 0

@@ -1,0 +1,158 @@
+import numpy as np
+import pytest
+import torch
+
+from fleetgrid.errors import Conflict, HashMismatch, InvalidInput
+from fleetgrid.workloads.training.compression import CompressionConfig, encode
+from fleetgrid.workloads.training.config import (
+    DiLoCoConfig,
+    FedAvgConfig,
+    FedBuffConfig,
+    LocalTrainingConfig,
+    RoundConfig,
+)
+from fleetgrid.workloads.training.messages import ClientUpdate, apply_download
+from fleetgrid.workloads.training.strategies import (
+    DiLoCo,
+    FedAvg,
+    FedBuff,
+    make_strategy,
+    strategy_from_state_bytes,
+)
+
+t = lambda *v: torch.tensor(v, dtype=torch.float32)
+
+
+def update(strategy, delta, *, examples=1, steps=10, planned=10, base=None, round_=None, client="c", payload=None):
+    return ClientUpdate(
+        client_id=client,
+        round=strategy.round if round_ is None else round_,
+        base_version=strategy.version if base is None else base,
+        payload=payload if payload is not None else encode(np.asarray(delta, dtype=np.float32), CompressionConfig()),
+        num_examples=examples,
+        steps_done=steps,
+        steps_planned=planned,
+        examples_seen=steps * 4,
+    )
+
+
+def fold(strategy, *updates):
+    return strategy.aggregate([strategy.accept(u) for u in updates])
+
+
+def test_fedavg_weighted_by_examples():
+    s = FedAvg(t(10, 10, 10, 10), FedAvgConfig())
+    fold(s, update(s, [1, 2, 3, 4], examples=1), update(s, [3, 2, 1, 0], examples=3))
+    # mean delta = (1*[1,2,3,4] + 3*[3,2,1,0]) / 4 = [2.5, 2, 1.5, 1]; new = old - mean
+    assert torch.equal(s.params, t(7.5, 8, 8.5, 9)) and s.version == 1
+
+
+def test_partial_work_weighted_by_steps_or_dropped():
+    s = FedAvg(t(0, 0), FedAvgConfig(rounds=RoundConfig(partial_work="weighted")))
+    fold(s, update(s, [4, 0], examples=10), update(s, [0, 4], examples=10, steps=5))
+    assert torch.allclose(s.params, -t(4 * 10 / 15, 4 * 5 / 15))  # weights 10 and 10 * 5/10
+    d = FedAvg(t(0, 0), FedAvgConfig(rounds=RoundConfig(partial_work="drop")))
+    fold(d, update(d, [4, 0], examples=10), update(d, [0, 4], examples=10, steps=5))
+    assert torch.equal(d.params, t(-4, 0))
+    before = d.state_bytes()
+    with pytest.raises(InvalidInput, match="no usable update"):
+        fold(d, update(d, [0, 4], steps=5))
+    assert d.state_bytes() == before
+
+
+def test_diloco_outer_nesterov_two_rounds():
+    s = DiLoCo(t(1, 1), DiLoCoConfig(outer_lr=0.5, outer_momentum=0.9))
+    fold(s, update(s, [1, 0]))
+    # buf = [1, 0]; p = [1, 1] - 0.5 * ([1, 0] + 0.9 * [1, 0]) = [0.05, 1]
+    assert torch.allclose(s.params, t(0.05, 1))
+    fold(s, update(s, [0, 2]))
+    # buf = 0.9 * [1, 0] + [0, 2] = [0.9, 2]; p = [0.05, 1] - 0.5 * ([0, 2] + 0.9 * [0.9, 2]) = [-0.355, -0.9]
+    assert torch.allclose(s.server_state["momentum"], t(0.9, 2))
+    assert torch.allclose(s.params, t(-0.355, -0.9))
+
+
+def test_fedbuff_down_weights_stale_updates():
+    s = FedBuff(t(0.0), FedBuffConfig(buffer_size=2, concurrency=4, staleness_exponent=0.5))
+    for _ in range(3):
+        fold(s, update(s, [0.0]))
+    assert s.version == 3
+    fold(s, update(s, [4.0]), update(s, [0.0], base=0))  # weights 1 and 1/sqrt(1 + 3) = 0.5
+    assert torch.allclose(s.params, t(-4 / 1.5))
+    with pytest.raises(Conflict, match="at most 8"):
+        s.accept(update(s, [0.0], base=-6))  # 10 versions behind
+
+
+def test_invalid_updates_are_rejected_and_global_untouched():
+    s = DiLoCo(t(1, 2, 3), DiLoCoConfig())
+    fold(s, update(s, [0.1, 0.1, 0.1]))
+    before = s.state_bytes()
+    good = encode(np.zeros(3, dtype=np.float32), CompressionConfig())
+    nan_payload = good[:-4] + np.float32(np.nan).tobytes()
+    wrong_dtype = good[:5] + bytes([3]) + good[6:]
+    bad = [
+        (InvalidInput, update(s, [1, 2])),  # wrong shape
+        (InvalidInput, update(s, None, payload=encode(np.ones((3, 1), np.float32), CompressionConfig()))),
+        (InvalidInput, update(s, None, payload=nan_payload)),
+        (InvalidInput, update(s, None, payload=wrong_dtype)),
+        (InvalidInput, update(s, None, payload=b"garbage")),
+        (InvalidInput, update(s, [1, 2, 3], examples=0)),
+        (InvalidInput, update(s, [1, 2, 3], steps=11)),
+        (Conflict, update(s, [1, 2, 3], round_=s.round - 1)),  # a closed round
+        (Conflict, update(s, [1, 2, 3], base=s.version - 1)),
+    ]
+    for exc, u in bad:
+        with pytest.raises(exc):
+            s.accept(u)
+    assert s.state_bytes() == before
+
+
+def test_checkpoint_round_trip_resumes_identically():
+    cfg = DiLoCoConfig(
+        local=LocalTrainingConfig(optimizer="adamw", lr=1e-3, steps=7), downlink=CompressionConfig(bits=8)
+    )
+    s = DiLoCo(t(1, 2, 3, 4), cfg)
+    fold(s, update(s, [0.1, -0.2, 0.3, 0.0]))
+    fold(s, update(s, [0.2, 0.2, -0.1, 0.5]))
+    r = strategy_from_state_bytes(s.state_bytes())
+    assert isinstance(r, DiLoCo) and r.config == cfg and (r.version, r.round) == (s.version, s.round)
+    assert torch.equal(r.params, s.params) and torch.equal(r.server_state["momentum"], s.server_state["momentum"])
+    assert r.digest == s.digest
+    fold(s, update(s, [1, 1, 1, 1]))
+    fold(r, update(r, [1, 1, 1, 1]))
+    assert torch.equal(r.params, s.params)
+    with pytest.raises(InvalidInput, match="checkpoint"):
+        strategy_from_state_bytes(b"not a checkpoint")
+
+
+def test_downloads_full_delta_and_dedup():
+    s = FedAvg(torch.linspace(-1, 1, 500), FedAvgConfig(downlink=CompressionConfig(bits=8, chunk_size=64)))
+    held = apply_download(None, s.download(None))
+    v0 = held.clone()
+    assert torch.equal(held, s.params)
+    for k in range(3):
+        fold(s, update(s, np.full(500, 0.01 * (k + 1), dtype=np.float32)))
+    d = s.download(0)
+    assert d.full is None and len(d.deltas) == 3 and d.nbytes < 4 * 500
+    assert torch.equal(apply_download(v0, d), s.params)  # bitwise: the car ends exactly on the global
+    assert s.download(s.version).nbytes == 0  # already current: nothing moves
+    with pytest.raises(HashMismatch):
+        apply_download(v0 + 1, d)
+
+
+def test_make_strategy_by_name_and_settings_validation():
+    s = make_strategy("diloco", t(0, 0), {"outer_lr": 0.5, "local": {"steps": 3, "optimizer": "adamw", "lr": 1e-3}})
+    assert isinstance(s, DiLoCo) and s.config.local.steps == 3
+    for name, settings, match in [
+        ("fedprox", None, "unknown strategy"),
+        ("diloco", {"local": {"steps": 0}}, "H"),
+        ("diloco", {"outer_lr": 0}, "outer_lr"),
+        ("fedavg", {"local": {"compression": {"bits": 3}}}, "bits"),
+        ("fedavg", {"local": {"lr": -1}}, "lr"),
+        ("fedavg", {"rounds": {"min_reports": 20, "clients_per_round": 10}}, "min_reports"),
+        ("fedbuff", {"buffer_size": 4, "concurrency": 2}, "concurrency"),
+        ("fedavg", {"warp": 9}, "unknown"),
+    ]:
+        with pytest.raises(InvalidInput, match=match):
+            make_strategy(name, t(0, 0), settings)
+    with pytest.raises(InvalidInput):
+        FedAvg(t(0, float("nan")), FedAvgConfig())
