@@ -38,9 +38,14 @@ def _time_one(vehicles: int, days: int, repeats: int, ray: bool) -> dict:
         simulate_fleet(FleetConfig(), vehicles, days, seed=repeat, ray=ray)
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
-    return {"vehicles": vehicles, "days": days, "seconds": seconds, "median_s": median,
-            "vehicle_days_per_s": vehicles * days / median,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    return {
+        "vehicles": vehicles,
+        "days": days,
+        "seconds": seconds,
+        "median_s": median,
+        "vehicle_days_per_s": vehicles * days / median,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _reference(vehicles: int, repeats: int) -> dict:
@@ -57,9 +62,13 @@ def _reference(vehicles: int, repeats: int) -> dict:
     start = time.perf_counter()
     slow_tally = simulate_reference(config, vehicles, 1, seed=0)
     slow = time.perf_counter() - start
-    return {"vehicles": vehicles, "vectorised_s": statistics.median(fast), "reference_s": slow,
-            "speedup_vs_reference": slow / statistics.median(fast),
-            "identical_states": bool(np.array_equal(tally.states, slow_tally.states))}  # fmt: skip
+    return {
+        "vehicles": vehicles,
+        "vectorised_s": statistics.median(fast),
+        "reference_s": slow,
+        "speedup_vs_reference": slow / statistics.median(fast),
+        "identical_states": bool(np.array_equal(tally.states, slow_tally.states)),
+    }
 
 
 def _child(args: list[str]) -> dict:
@@ -72,7 +81,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
     parser.add_argument("--repeats", type=int, default=3, help="runs per size; medians are reported")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--ray", action="store_true", help="also time each size sharded across Ray workers")
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="also time each size sharded across Ray workers",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/simulator.json"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--one-ray", action="store_true", help=argparse.SUPPRESS)
@@ -82,20 +95,25 @@ def main() -> None:
         print(json.dumps(_time_one(args.one, 1, args.repeats, args.one_ray)))
         return
     if args.reference:
-        print(json.dumps(_reference(REFERENCE_VEHICLES, max(args.repeats, 5))))
+        print(json.dumps(_reference(REFERENCE_VEHICLES, max(args.repeats, 21))))
         return
 
     runs = [_child(["--one", str(n), "--repeats", str(args.repeats)]) for n in args.sizes]
-    ray_runs = [_child(["--one", str(n), "--repeats", str(args.repeats), "--one-ray"]) for n in args.sizes] \
-        if args.ray else []  # fmt: skip
-    ref = _child(["--reference", "--repeats", str(args.repeats)])
+    ref = _child(["--reference", "--repeats", str(args.repeats)])  # before Ray, whose teardown takes CPU
+    ray_runs = (
+        [_child(["--one", str(n), "--repeats", str(args.repeats), "--one-ray"]) for n in args.sizes] if args.ray else []
+    )
     print(f"{'mode':<8}{'vehicles':>12}{'median s':>10}{'vehicle-days/s':>16}{'peak RSS MiB':>14}")
     for mode, rows in (("local", runs), ("ray", ray_runs)):
         for r in rows:
-            print(f"{mode:<8}{r['vehicles']:>12,}{r['median_s']:>10.2f}{r['vehicle_days_per_s']:>16,.0f}"
-                  f"{r['peak_rss_mib']:>14,.0f}")  # fmt: skip
-    print(f"reference on {ref['vehicles']:,} vehicles: {ref['reference_s']:.2f} s vs {ref['vectorised_s']:.4f} s "
-          f"-> speedup {ref['speedup_vs_reference']:,.0f}x (identical states: {ref['identical_states']})")
+            print(
+                f"{mode:<8}{r['vehicles']:>12,}{r['median_s']:>10.2f}{r['vehicle_days_per_s']:>16,.0f}"
+                f"{r['peak_rss_mib']:>14,.0f}"
+            )
+    print(
+        f"reference on {ref['vehicles']:,} vehicles: {ref['reference_s']:.2f} s vs {ref['vectorised_s']:.4f} s "
+        f"-> speedup {ref['speedup_vs_reference']:,.0f}x (identical states: {ref['identical_states']})"
+    )
     result = {
         "benchmark": "simulator",
         "cpus": os.cpu_count(),

@@ -25,7 +25,7 @@ def test_embeddings_are_normalised_and_carry_meaning(minilm_runner):
 
 @pytest.mark.minilm
 def test_batch_split_and_resume(minilm_runner):
-    texts = [t[:120] for t in stdlib_docstrings(limit=48)]  # short texts keep this test to a second or two
+    texts = stdlib_docstrings(limit=48, max_chars=120)  # short texts keep this test to a second or two
     whole = run_items(minilm_runner, texts, batch_size=16)
     # Padding depends on the batch, so other splits agree within float tolerance only...
     np.testing.assert_allclose(run_items(minilm_runner, texts, batch_size=48), whole, atol=1e-5)
@@ -65,3 +65,6 @@ def test_stdlib_docstrings_are_a_stable_deduplicated_corpus():
     assert stdlib_docstrings(limit=50, min_chars=40) == texts[:50]
     with pytest.raises(InvalidInput, match="corpus limit 0"):
         stdlib_docstrings(limit=0)
+    cut = stdlib_docstrings(limit=300, min_chars=40, max_chars=80)
+    assert all(40 <= len(t) <= 80 for t in cut) and len(set(cut)) == 300
+    assert all(full.startswith(short) for short, full in zip(cut[:5], texts[:5]))

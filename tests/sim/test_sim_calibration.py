@@ -24,8 +24,13 @@ def test_constant_rates_reproduce_back_of_envelope() -> None:
 
 
 def test_constant_rates_follow_every_knob() -> None:
-    knobs = {"charging": {"home_charging": 0.7, "plugged_share": 0.3}, "connectivity": {"wifi_reach": 0.6},
-             "owner": {"opt_in": 0.2}, "operation": {"thermal_derate": 0.85}, "time_structure": False}  # fmt: skip
+    knobs = {
+        "charging": {"home_charging": 0.7, "plugged_share": 0.3},
+        "connectivity": {"wifi_reach": 0.6},
+        "owner": {"opt_in": 0.2},
+        "operation": {"thermal_derate": 0.85},
+        "time_structure": False,
+    }
     config = apply_overrides(FleetConfig(), knobs)
     s = summarise(simulate_fleet(config, 1_000_000, 1, seed=1), config)
     assert s["available_fraction_mean"] == pytest.approx(0.7 * 0.3 * 0.6 * 0.2 * 0.85, rel=0.03)

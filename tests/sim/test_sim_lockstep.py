@@ -16,9 +16,17 @@ WEEKEND = {"driving": {"start_weekday": 4}}
 # Small batteries, slow chargers and a high floor: low-SOC sessions and away top-ups happen often.
 STRESSED = {
     "driving": {"start_weekday": 4, "trips_per_day": 4.0},
-    "charging": {"soc_floor": 0.55, "plug_below_soc": 0.3, "charger_kw": [1.4], "charger_share": [1.0],
-                 "battery_kwh": [20.0], "battery_share": [1.0], "away_below_soc": 0.3, "away_to_soc": 0.45},
-}  # fmt: skip
+    "charging": {
+        "soc_floor": 0.55,
+        "plug_below_soc": 0.3,
+        "charger_kw": [1.4],
+        "charger_share": [1.0],
+        "battery_kwh": [20.0],
+        "battery_share": [1.0],
+        "away_below_soc": 0.3,
+        "away_to_soc": 0.45,
+    },
+}
 
 
 def _compare(config: FleetConfig, vehicles: int, days: int, seed: int) -> np.ndarray:
@@ -26,8 +34,9 @@ def _compare(config: FleetConfig, vehicles: int, days: int, seed: int) -> np.nda
     slow = simulate_reference(config, vehicles, days, seed)
     for i, state in enumerate(STATES):
         diff = np.flatnonzero(fast.states[i] != slow.states[i])
-        assert diff.size == 0, f"{state} differs first at minute {diff[:1]}: {fast.states[i][diff[:3]]} vs " \
-            f"{slow.states[i][diff[:3]]}"
+        assert diff.size == 0, (
+            f"{state} differs first at minute {diff[:1]}: {fast.states[i][diff[:3]]} vs {slow.states[i][diff[:3]]}"
+        )
     np.testing.assert_allclose(fast.available_w, slow.available_w, rtol=1e-12, atol=1e-6)
     np.testing.assert_allclose(fast.available_tops, slow.available_tops, rtol=1e-12, atol=1e-6)
     assert fast.sums == slow.sums
@@ -49,5 +58,8 @@ def test_lockstep_stressed_state_of_charge() -> None:
 
 @pytest.mark.parametrize("plugged_share", [0.5, 1.0])
 def test_lockstep_constant_rates(plugged_share: float) -> None:
-    config = apply_overrides(FleetConfig(), {"time_structure": False, "charging": {"plugged_share": plugged_share}})
+    config = apply_overrides(
+        FleetConfig(),
+        {"time_structure": False, "charging": {"plugged_share": plugged_share}},
+    )
     _compare(config, 300, 2, seed=3)

@@ -32,8 +32,11 @@ def _fleet(**arrays: np.ndarray) -> Fleet:
 
 
 def test_charge_floor_and_limit() -> None:
-    fleet = _fleet(floor_wh=np.array([1000, 1000, 1000, 1000]), limit_wh=np.array([5000, 5000, 5000, 5000]),
-                   rate_wh=np.array([100, 100, 100, 100]))  # fmt: skip
+    fleet = _fleet(
+        floor_wh=np.array([1000, 1000, 1000, 1000]),
+        limit_wh=np.array([5000, 5000, 5000, 5000]),
+        rate_wh=np.array([100, 100, 100, 100]),
+    )
     soc = np.array([850, 850, 6000, 850])
     minutes = np.array([60, 1, 60, 60])
     on = np.array([True, True, True, False])
@@ -59,10 +62,21 @@ def test_trips_are_sorted_disjoint_and_within_the_day() -> None:
 def test_categorical_matches_binary_search_even_on_edges() -> None:
     shares = [0.0, 0.1, 0.0, 0.3, 1e-6, 0.6 - 1e-6, 0.0]
     cat = Categorical(shares)
-    u = np.concatenate([np.random.default_rng(0).random(200_000), cat.cum[:-1], np.nextafter(cat.cum[1:-1], 0)])
+    u = np.concatenate(
+        [
+            np.random.default_rng(0).random(200_000),
+            cat.cum[:-1],
+            np.nextafter(cat.cum[1:-1], 0),
+        ]
+    )
     u = u[(u >= 0) & (u < 1)]
     assert (cat(u) == pick(cat.cum, u)).all()
-    assert set(np.unique(cat(u)).tolist()) <= {1, 3, 4, 5}  # zero-share bins are never drawn
+    assert set(np.unique(cat(u)).tolist()) <= {
+        1,
+        3,
+        4,
+        5,
+    }  # zero-share bins are never drawn
 
 
 def test_thermal_derate_averages_to_the_knob() -> None:

@@ -8,7 +8,13 @@ import pytest
 
 from fleetgrid.errors import InvalidInput
 from fleetgrid.sim.params import FleetConfig
-from fleetgrid.sim.scenarios import SCENARIOS, apply_overrides, hardware_mix, load_scenario, parse_assignments
+from fleetgrid.sim.scenarios import (
+    SCENARIOS,
+    apply_overrides,
+    hardware_mix,
+    load_scenario,
+    parse_assignments,
+)
 
 
 def test_named_scenarios_apply_their_ranges() -> None:
@@ -20,9 +26,11 @@ def test_named_scenarios_apply_their_ranges() -> None:
 
 def test_toml_file_with_base_and_nested_sections(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
-    path.write_text('base = "pessimistic"\ntime_structure = false\n[owner]\nopt_in = 0.35\n'
-                    '[hardware]\nmix = { ai4 = 1 }\n[hardware.ai4]\nboard_w = 120\n'
-                    '[driving]\nduration_share = [1, 1, 1, 1, 1, 1, 1, 1, 1]\n')  # fmt: skip
+    path.write_text(
+        'base = "pessimistic"\ntime_structure = false\n[owner]\nopt_in = 0.35\n'
+        "[hardware]\nmix = { ai4 = 1 }\n[hardware.ai4]\nboard_w = 120\n"
+        "[driving]\nduration_share = [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+    )
     config = load_scenario(path)
     assert config.owner.opt_in == 0.35
     assert config.charging.home_charging == 0.7  # from the pessimistic base
@@ -40,11 +48,17 @@ def test_toml_file_with_base_and_nested_sections(tmp_path: Path) -> None:
         ({"owner": {"opt_in": "lots"}}, ["owner.opt_in", "a number"]),
         ({"owner": 0.5}, ["owner", "section"]),
         ({"driving": {"max_trips": 2.5}}, ["driving.max_trips", "int"]),
-        ({"driving": {"weekday_start_share": [1, 2]}}, ["driving.weekday_start_share", "24"]),
+        (
+            {"driving": {"weekday_start_share": [1, 2]}},
+            ["driving.weekday_start_share", "24"],
+        ),
         ({"hardware": {"mix": {"hw9": 1}}}, ["hw9", "future_1kw"]),
         ({"hardware": {"ai4": {"board_w": 0}}}, ["hardware.ai4.board_w", "> 0"]),
         ({"time_structure": "no"}, ["time_structure", "true or false"]),
-        ({"operation": {"thermal_derate": 0.99, "thermal_swing": 0.05}}, ["thermal_swing", "<= 1"]),
+        (
+            {"operation": {"thermal_derate": 0.99, "thermal_swing": 0.05}},
+            ["thermal_swing", "<= 1"],
+        ),
     ],
 )
 def test_bad_overrides_name_the_key_and_what_is_accepted(overrides: dict, words: list[str]) -> None:
@@ -56,7 +70,11 @@ def test_bad_overrides_name_the_key_and_what_is_accepted(overrides: dict, words:
 
 def test_assignments_parse_toml_literals() -> None:
     got = parse_assignments(["owner.opt_in=0.3", "hardware.mix={ai4=1}", "time_structure=false"])
-    assert got == {"owner": {"opt_in": 0.3}, "hardware": {"mix": {"ai4": 1}}, "time_structure": False}
+    assert got == {
+        "owner": {"opt_in": 0.3},
+        "hardware": {"mix": {"ai4": 1}},
+        "time_structure": False,
+    }
     with pytest.raises(InvalidInput, match="KEY=VALUE"):
         parse_assignments(["owner.opt_in"])
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..clock import Clock, WallClock
 from ..errors import Conflict, Forbidden, InvalidInput, LeaseExpired, NotFound
-from ..models.registry import get_model_spec, inspect_model_file, load_runner
+from ..models.registry import get_model_spec, inspect_model_file, load_runner, refine_spec
 from ..protocol import (
     ArtifactRef,
     CheckpointRef,
@@ -90,7 +90,7 @@ class Scheduler:
             if req.model_file is None:
                 raise InvalidInput(f"model {spec.name!r} runs a file you upload; set model_file to its sha256")
             model_file = self._tenant_artifact(tenant, req.model_file, "model_file")
-            inspect_model_file(model_file)
+            spec = refine_spec(spec, inspect_model_file(model_file))  # exported files declare their shapes
         elif req.model_file is not None:
             raise InvalidInput(f"model {spec.name!r} is built in and takes no model_file; "
                                "use model 'torchscript' or 'torch-export' for your own file")

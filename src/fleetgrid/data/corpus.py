@@ -44,11 +44,17 @@ def _docstrings(tree: ast.AST) -> Iterator[str]:
             yield from _docstrings(child)
 
 
-def stdlib_docstrings(limit: int | None = None, min_chars: int = 20) -> list[str]:
+def stdlib_docstrings(limit: int | None = None, min_chars: int = 20, max_chars: int | None = None) -> list[str]:
     """Up to ``limit`` distinct docstrings of at least ``min_chars`` characters, whitespace collapsed to single
-    spaces (one line each, ready for JSON Lines). The order is fixed for a given Python version."""
+    spaces (one line each, ready for JSON Lines). The order is fixed for a given Python version.
+
+    ``max_chars`` cuts each docstring at the last word boundary before that many characters: a text model's
+    cost grows with the longest text in a batch (MiniLM reads up to 256 tokens, roughly 1,000 characters).
+    """
     if limit is not None and limit < 1:
         raise InvalidInput(f"corpus limit {limit}; expected a positive integer or None for all docstrings")
+    if max_chars is not None and max_chars < min_chars:
+        raise InvalidInput(f"corpus max_chars {max_chars} is below min_chars {min_chars}; expected max >= min")
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     seen: dict[str, None] = {}  # insertion-ordered set
     for path in _source_files(stdlib):
@@ -58,6 +64,8 @@ def stdlib_docstrings(limit: int | None = None, min_chars: int = 20) -> list[str
             continue  # e.g. a file written for another Python version; the corpus does not need every file
         for doc in _docstrings(tree):
             text = " ".join(doc.split())
+            if max_chars is not None and len(text) > max_chars:
+                text = text[: max_chars + 1].rsplit(" ", 1)[0][:max_chars]
             if len(text) >= min_chars and text not in seen:
                 seen[text] = None
                 if limit is not None and len(seen) >= limit:

@@ -14,12 +14,29 @@ import numpy as np
 
 from fleetgrid.sim.tables import Categorical
 
-__all__ = ["BLOCK", "DayDraws", "VehicleDraws", "block_rng", "block_sizes", "draw_day", "draw_vehicles"]
+__all__ = [
+    "BLOCK",
+    "DayDraws",
+    "VehicleDraws",
+    "block_rng",
+    "block_sizes",
+    "draw_day",
+    "draw_vehicles",
+]
 
 BLOCK = 65_536
 
 # Column order of the per-vehicle draw matrix.
-VEHICLE_COLUMNS = ("hardware", "home", "wifi", "opt_in", "battery", "charger", "soc0", "plugged0")
+VEHICLE_COLUMNS = (
+    "hardware",
+    "home",
+    "wifi",
+    "opt_in",
+    "battery",
+    "charger",
+    "soc0",
+    "plugged0",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,4 +84,11 @@ def draw_day(rng: np.random.Generator, n: int, trips: Categorical) -> DayDraws:
     u = rng.random((n, 2))
     count = trips(u[:, 0])
     trips = rng.random((3, int(count.sum())))  # so the cost follows the number of trips, not slots
-    return DayDraws(n_trips=u[:, 0], plug=u[:, 1], count=count, hour=trips[0], minute=trips[1], duration=trips[2])
+    return DayDraws(
+        n_trips=u[:, 0],
+        plug=u[:, 1],
+        count=count,
+        hour=trips[0],
+        minute=trips[1],
+        duration=trips[2],
+    )

@@ -86,24 +86,30 @@ def draw_trips(day: DayDraws, tables: ModelTables, weekend: bool) -> tuple[np.nd
     start[used] = hour * 60 + (day.minute * 60).astype(MINUTE)
     start.sort(axis=1)
     b = tables.duration(day.duration)
-    span = tables.duration_lo[b] + (day.duration - tables.duration.cum[b]) / tables.duration_share[b] * (
-        tables.duration_width[b]
-    )
+    span = tables.duration_intercept[b] + day.duration * tables.duration_slope[b]
     duration = np.zeros((n, k), dtype=MINUTE)
-    duration[used] = span.astype(MINUTE)  # durations go to trips in time order
-    end = np.full((n, k), MINUTES, dtype=MINUTE)
-    prev_end = np.zeros(n, dtype=MINUTE)
-    for slot in range(int(day.count.max(initial=0))):  # <= k array ops, not a per-vehicle loop
+    duration[used] = np.maximum(span.astype(MINUTE), 1)  # in time order; >= 1 whatever the rounding
+    end = np.minimum(start + duration, MINUTES)
+    # Few cars have a trip starting before the previous one ends; only they need the slot-by-slot pass.
+    clash = np.flatnonzero((start[:, 1:] < end[:, :-1]).any(axis=1))
+    if clash.size:
+        start[clash], end[clash] = _push_overlaps(start[clash], duration[clash])
+    return start, end, start < MINUTES
+
+
+def _push_overlaps(start: np.ndarray, duration: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start each trip no earlier than the previous one ends, slot by slot; shapes (rows, k)."""
+    end = np.empty_like(start)
+    prev_end = np.zeros(len(start), dtype=start.dtype)
+    for slot in range(start.shape[1]):  # k array ops, not a per-vehicle loop
         s = np.maximum(start[:, slot], prev_end)
         start[:, slot] = s
         end[:, slot] = np.minimum(s + duration[:, slot], MINUTES)
         prev_end = end[:, slot]
-    return start, end, start < MINUTES
+    return start, end
 
 
-def charge(
-    soc: np.ndarray, minutes: np.ndarray, on: np.ndarray, fleet: Fleet
-) -> tuple[np.ndarray, np.ndarray]:
+def charge(soc: np.ndarray, minutes: np.ndarray, on: np.ndarray, fleet: Fleet) -> tuple[np.ndarray, np.ndarray]:
     """A plug-in session of ``minutes``: (minutes spent below the floor, state of charge after).
 
     The car computes only once it is above its floor, so the first ``ceil((floor - soc) / rate)`` minutes are
@@ -137,9 +143,14 @@ class DayOutcome:
 
 
 def step_day(
-    fleet: Fleet, soc: np.ndarray, plugged: np.ndarray, day: DayDraws, tables: ModelTables, config: FleetConfig,
+    fleet: Fleet,
+    soc: np.ndarray,
+    plugged: np.ndarray,
+    day: DayDraws,
+    tables: ModelTables,
+    config: FleetConfig,
     weekend: bool,
-) -> DayOutcome:  # fmt: skip
+) -> DayOutcome:
     """Advance every car of a block by one day, starting from (state of charge, plugged in) at midnight."""
     if not config.time_structure:
         return _constant_day(fleet, soc, day, tables)
@@ -150,19 +161,42 @@ def step_day(
     last = np.maximum(valid.sum(axis=1) - 1, 0)
     evening_start = np.where(has, end[rows, last], MINUTES).astype(np.int64)
     low_m, soc_now = charge(soc, morning_end, plugged, fleet)
-    for slot in range(int(day.count.max(initial=0))):
-        ok = valid[:, slot]
-        driven = np.where(ok, end[:, slot] - start[:, slot], 0).astype(np.int64)
-        soc_now = soc_now - driven * tables.drive_wh_per_min
-        soc_now = np.where(ok & (soc_now < fleet.away_below_wh), fleet.away_to_wh, soc_now)
+    soc_now = _drive(soc_now, np.maximum(end - start, 0), valid, fleet, tables)  # unused slots: end <= start
     wants = (day.plug < config.charging.plug_in_prob) | (soc_now < fleet.plug_below_wh)
     evening = has & fleet.home & wants
     low_e, soc_now = charge(soc_now, MINUTES - evening_start, evening, fleet)
     return DayOutcome(
-        start=start, end=end, valid=valid, morning_end=morning_end, evening_start=evening_start,
-        evening_end=np.full(len(start), MINUTES, dtype=np.int64), home_all_day=~has, plugged_morning=plugged, plugged_evening=evening, low_morning=low_m,
-        low_evening=low_e, soc_start=soc, soc_end=soc_now, plugged_end=np.where(has, evening, plugged),
-    )  # fmt: skip
+        start=start,
+        end=end,
+        valid=valid,
+        morning_end=morning_end,
+        evening_start=evening_start,
+        evening_end=np.full(len(start), MINUTES, dtype=np.int64),
+        home_all_day=~has,
+        plugged_morning=plugged,
+        plugged_evening=evening,
+        low_morning=low_m,
+        low_evening=low_e,
+        soc_start=soc,
+        soc_end=soc_now,
+        plugged_end=np.where(has, evening, plugged),
+    )
+
+
+def _drive(soc: np.ndarray, driven: np.ndarray, valid: np.ndarray, fleet: Fleet, tables: ModelTables) -> np.ndarray:
+    """State of charge after the day's trips (``driven``: minutes per trip, (n, k), 0 where unused). After any
+    trip that leaves a car below ``away_below_wh`` it tops up to ``away_to_wh``. Charge only falls while
+    driving, so a car that ends the day above the threshold never dipped: only the others need the trip-by-trip
+    pass."""
+    after = soc - driven.sum(axis=1, dtype=np.int64) * tables.drive_wh_per_min
+    dips = np.flatnonzero(after < fleet.away_below_wh)
+    if dips.size:
+        level, below, to = soc[dips], fleet.away_below_wh[dips], fleet.away_to_wh[dips]
+        for slot in range(driven.shape[1]):
+            level = level - driven[dips, slot].astype(np.int64) * tables.drive_wh_per_min
+            level = np.where(valid[dips, slot] & (level < below), to, level)
+        after[dips] = level
+    return after
 
 
 def _constant_day(fleet: Fleet, soc: np.ndarray, day: DayDraws, tables: ModelTables) -> DayOutcome:
@@ -175,8 +209,18 @@ def _constant_day(fleet: Fleet, soc: np.ndarray, day: DayDraws, tables: ModelTab
     zeros = np.zeros(n, dtype=np.int64)
     never = np.full((n, k), NEVER, dtype=MINUTE)
     return DayOutcome(
-        start=never, end=np.full((n, k), MINUTES, dtype=MINUTE), valid=np.zeros((n, k), dtype=bool),
-        morning_end=np.maximum(stop - MINUTES, 0), evening_start=offset, evening_end=np.minimum(stop, MINUTES),
-        home_all_day=np.ones(n, dtype=bool), plugged_morning=fleet.home, plugged_evening=fleet.home,
-        low_morning=zeros, low_evening=zeros, soc_start=soc, soc_end=soc, plugged_end=fleet.home,
-    )  # fmt: skip
+        start=never,
+        end=np.full((n, k), MINUTES, dtype=MINUTE),
+        valid=np.zeros((n, k), dtype=bool),
+        morning_end=np.maximum(stop - MINUTES, 0),
+        evening_start=offset,
+        evening_end=np.minimum(stop, MINUTES),
+        home_all_day=np.ones(n, dtype=bool),
+        plugged_morning=fleet.home,
+        plugged_evening=fleet.home,
+        low_morning=zeros,
+        low_evening=zeros,
+        soc_start=soc,
+        soc_end=soc,
+        plugged_end=fleet.home,
+    )

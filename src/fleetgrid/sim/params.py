@@ -7,6 +7,7 @@ measured. Every field is overridable from a scenario TOML file or ``--set sectio
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field, fields
 
@@ -93,13 +94,57 @@ class HardwareParams:
 # peak 5-6 pm 8.6%, 7 am 7.7%, midnight-5 am 1.3% in total; Saturday peak at noon 8.6%. Hours between the
 # anchors are interpolated (est); Sunday reuses Saturday (est). Shares are normalised before use.
 WEEKDAY_START_SHARE = (
-    0.4, 0.25, 0.2, 0.2, 0.25, 1.2, 3.8, 7.7, 6.0, 4.9, 5.1, 5.7,
-    6.6, 6.3, 6.7, 7.0, 7.6, 8.6, 6.2, 5.2, 4.0, 3.2, 1.9, 1.0,
-)  # fmt: skip
+    0.4,
+    0.25,
+    0.2,
+    0.2,
+    0.25,
+    1.2,
+    3.8,
+    7.7,
+    6.0,
+    4.9,
+    5.1,
+    5.7,
+    6.6,
+    6.3,
+    6.7,
+    7.0,
+    7.6,
+    8.6,
+    6.2,
+    5.2,
+    4.0,
+    3.2,
+    1.9,
+    1.0,
+)
 WEEKEND_START_SHARE = (
-    0.9, 0.6, 0.4, 0.3, 0.3, 0.6, 1.3, 2.5, 4.3, 6.0, 7.6, 8.3,
-    8.6, 8.3, 7.9, 7.6, 7.3, 6.9, 5.8, 4.7, 3.7, 2.8, 2.0, 1.3,
-)  # fmt: skip
+    0.9,
+    0.6,
+    0.4,
+    0.3,
+    0.3,
+    0.6,
+    1.3,
+    2.5,
+    4.3,
+    6.0,
+    7.6,
+    8.3,
+    8.6,
+    8.3,
+    7.9,
+    7.6,
+    7.3,
+    6.9,
+    5.8,
+    4.7,
+    3.7,
+    2.8,
+    2.0,
+    1.3,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,7 +160,17 @@ class DrivingParams:
     # Trip duration bins in minutes, uniform within a bin. Shape est; mean ~25 min = AAA 2023's 60.7 min of
     # driving a day over 2.43 trips.
     duration_edges_min: tuple[float, ...] = (1, 5, 10, 15, 20, 30, 45, 60, 90, 165)
-    duration_share: tuple[float, ...] = (0.10, 0.18, 0.17, 0.13, 0.16, 0.12, 0.06, 0.05, 0.03)
+    duration_share: tuple[float, ...] = (
+        0.10,
+        0.18,
+        0.17,
+        0.13,
+        0.16,
+        0.12,
+        0.06,
+        0.05,
+        0.03,
+    )
     # Energy per driving minute: AAA 2023 29.1 mi in 60.7 min, at 0.28 kWh/mi (Model Y, insidefuturemobility).
     miles_per_day: float = 29.1
     minutes_per_day: float = 60.7
@@ -130,7 +185,7 @@ class DrivingParams:
         _shares("driving.weekday_start_share", self.weekday_start_share, 24)
         _shares("driving.weekend_start_share", self.weekend_start_share, 24)
         edges = self.duration_edges_min
-        if len(edges) != len(self.duration_share) + 1 or any(b <= a for a, b in zip(edges, edges[1:])):
+        if len(edges) != len(self.duration_share) + 1 or any(b <= a for a, b in itertools.pairwise(edges)):
             raise InvalidInput(
                 f"driving.duration_edges_min = {list(edges)!r}; accepted: increasing edges, one more than "
                 f"driving.duration_share ({len(self.duration_share)} shares)"
@@ -179,8 +234,16 @@ class ChargingParams:
     away_to_soc: float = 0.6
 
     def __post_init__(self) -> None:
-        for name in ("home_charging", "plug_in_prob", "plug_below_soc", "plugged_share", "charge_limit",
-                     "soc_floor", "away_below_soc", "away_to_soc"):  # fmt: skip
+        for name in (
+            "home_charging",
+            "plug_in_prob",
+            "plug_below_soc",
+            "plugged_share",
+            "charge_limit",
+            "soc_floor",
+            "away_below_soc",
+            "away_to_soc",
+        ):
             _fraction(f"charging.{name}", getattr(self, name))
         _positive("charging.charging_efficiency", self.charging_efficiency)
         _fraction("charging.charging_efficiency", self.charging_efficiency)
@@ -239,7 +302,10 @@ class OperationParams:
         _fraction("operation.utilisation", self.utilisation)
         _fraction("operation.thermal_derate", self.thermal_derate)
         _fraction("operation.thermal_swing", self.thermal_swing)
-        low, high = self.thermal_derate - self.thermal_swing, self.thermal_derate + self.thermal_swing
+        low, high = (
+            self.thermal_derate - self.thermal_swing,
+            self.thermal_derate + self.thermal_swing,
+        )
         if not (low >= 0.0 and high <= 1.0):
             raise InvalidInput(
                 f"operation.thermal_derate +/- thermal_swing = {self.thermal_derate} +/- {self.thermal_swing} "
@@ -261,7 +327,11 @@ class EconomicsParams:
 
     def __post_init__(self) -> None:
         _positive("economics.electricity_usd_kwh", self.electricity_usd_kwh, allow_zero=True)
-        _positive("economics.datacenter_usd_per_gw", self.datacenter_usd_per_gw, allow_zero=True)
+        _positive(
+            "economics.datacenter_usd_per_gw",
+            self.datacenter_usd_per_gw,
+            allow_zero=True,
+        )
         _positive("economics.h100_int8_tops", self.h100_int8_tops)
 
 

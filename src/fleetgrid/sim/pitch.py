@@ -18,58 +18,77 @@ from fleetgrid.sim.summary import summarise
 __all__ = ["PITCH_CLASSES", "PITCH_FLEET", "pitch_markdown", "pitch_rows"]
 
 PITCH_FLEET = 100_000_000
-PITCH_CLASSES = (("future_1kw", "1 kW (future chip, Musk's figure)"), ("ai4", "~100 W (AI4, today)"))
+PITCH_CLASSES = (
+    ("future_1kw", "1 kW (future chip, Musk's figure)"),
+    ("ai4", "~100 W (AI4, today)"),
+)
 
 
 def pitch_rows(
-    fleet: int = PITCH_FLEET, sample: int = 200_000, days: int = 7, seed: int = 0, *, ray: bool = False,
+    fleet: int = PITCH_FLEET,
+    sample: int = 200_000,
+    days: int = 7,
+    seed: int = 0,
+    *,
+    ray: bool = False,
     base: FleetConfig | None = None,
-) -> list[dict[str, object]]:  # fmt: skip
+) -> list[dict[str, object]]:
     """One row per computer class: central figures with the pessimistic-optimistic range."""
     rows = []
     for hardware, label in PITCH_CLASSES:
         by_scenario = {}
         for name, overrides in SCENARIOS.items():
             config = apply_overrides(base or FleetConfig(), overrides)
-            config = replace(config, hardware=replace(config.hardware, mix=dict(HARDWARE_PRESETS[hardware])))
+            config = replace(
+                config,
+                hardware=replace(config.hardware, mix=dict(HARDWARE_PRESETS[hardware])),
+            )
             simulated = fleet if ray else min(sample, fleet)
             tally = simulate_fleet(config, simulated, days, seed, ray=ray)
             by_scenario[name] = summarise(tally, config, represented=fleet)
         central = by_scenario["central"]
-        rows.append({
-            "computer": label,
-            "hardware": hardware,
-            "vehicles": fleet,
-            "simulated_vehicles": central["simulated_vehicles"],
-            "days": days,
-            "nameplate_gw": central["nameplate_gw"],
-            **{f"{k}_{s}": by_scenario[s][k] for k in ("available_gw_mean", "delivered_gw_mean")
-               for s in SCENARIOS},  # fmt: skip
-            "delivered_pflops_central": central["delivered_pflops_mean"],
-            "grid_gw_central": central["grid_mwh_per_day"] / 24 / 1e3,
-            "awake_gw_central": central["awake_mwh_per_day"] / 24 / 1e3,
-            "owner_cost_usd_month_central": central["owner_cost_usd_month"],
-            "datacenter_usd_central": central["datacenter_equivalent_usd"],
-            "h100_equivalents_central": central["h100_equivalents"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "computer": label,
+                "hardware": hardware,
+                "vehicles": fleet,
+                "simulated_vehicles": central["simulated_vehicles"],
+                "days": days,
+                "nameplate_gw": central["nameplate_gw"],
+                **{
+                    f"{k}_{s}": by_scenario[s][k] for k in ("available_gw_mean", "delivered_gw_mean") for s in SCENARIOS
+                },
+                "available_gw_min_central": central["available_gw_min"],
+                "available_gw_max_central": central["available_gw_max"],
+                "delivered_pflops_central": central["delivered_pflops_mean"],
+                "grid_gw_central": central["grid_mwh_per_day"] / 24 / 1e3,
+                "awake_gw_central": central["awake_mwh_per_day"] / 24 / 1e3,
+                "owner_cost_usd_month_central": central["owner_cost_usd_month"],
+                "datacenter_usd_central": central["datacenter_equivalent_usd"],
+                "h100_equivalents_central": central["h100_equivalents"],
+            }
+        )
     return rows
 
 
 def pitch_markdown(rows: list[dict[str, object]]) -> str:
     """The pitch table as Markdown, ready for the README."""
     lines = [
-        "| computer per car | nameplate | available, central (pessimistic-optimistic) | delivered, central "
-        "(pessimistic-optimistic) | delivered INT8 | grid draw (of which awake overhead) | owner's electricity "
-        "| data center of the delivered GW |",
-        "|---|---|---|---|---|---|---|---|",
+        (
+            "| computer per car | nameplate | available, central (pessimistic-optimistic) | available over the day, "
+            "central (lowest-highest minute) | delivered, central (pessimistic-optimistic) | delivered INT8 | grid draw "
+            "(of which awake overhead) | owner's electricity | data center of the delivered GW |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['computer']} | {r['nameplate_gw']:.0f} GW | {r['available_gw_mean_central']:.1f} GW "
             f"({r['available_gw_mean_pessimistic']:.1f}-{r['available_gw_mean_optimistic']:.1f}) "
+            f"| {r['available_gw_min_central']:.1f}-{r['available_gw_max_central']:.1f} GW "
             f"| {r['delivered_gw_mean_central']:.1f} GW "
             f"({r['delivered_gw_mean_pessimistic']:.1f}-{r['delivered_gw_mean_optimistic']:.1f}) "
-            f"| {r['delivered_pflops_central'] / 1e3:,.0f} EFLOP/s "
+            f"| {r['delivered_pflops_central'] / 1e3:,.0f} EOP/s "
             f"(~{r['h100_equivalents_central'] / 1e6:.1f} M H100s) "
             f"| {r['grid_gw_central']:.1f} GW ({r['awake_gw_central']:.1f} GW) "
             f"| ${r['owner_cost_usd_month_central']:.2f}/month "

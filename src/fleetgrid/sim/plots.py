@@ -12,7 +12,7 @@ from fleetgrid.sim.sensitivity import Swing
 __all__ = ["plot_availability", "plot_tornado"]
 
 
-def _pyplot():  # noqa: ANN202
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,11 +28,20 @@ def plot_availability(by_scenario: dict[str, list[float]], nameplate_gw: float, 
     hours = [h + 0.5 for h in range(24)]
     for name, gw in by_scenario.items():
         ax.plot(hours, gw, marker="o", markersize=3, label=name)
-    ax.axhline(nameplate_gw, linestyle="--", color="grey", label=f"nameplate {nameplate_gw:,.1f} GW")
-    ax.set(xlabel="hour of day (local time)", ylabel="available accelerator power, GW", xlim=(0, 24),
-           title="Fleet compute available over the day")  # fmt: skip
+    ax.axhline(
+        nameplate_gw,
+        linestyle="--",
+        color="grey",
+        label=f"nameplate {nameplate_gw:,.3g} GW",
+    )
+    ax.set(
+        xlabel="hour of day (local time)",
+        ylabel="available accelerator power, GW",
+        xlim=(0, 24),
+        ylim=(0, nameplate_gw * 1.05),
+        title="Fleet compute available over the day, against nameplate",
+    )
     ax.set_xticks(range(0, 25, 3))
-    ax.set_yscale("symlog", linthresh=max(nameplate_gw / 1000, 1e-9))
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path = Path(path)
@@ -47,11 +56,25 @@ def plot_tornado(base: float, swings: list[Swing], metric: str, path: str | Path
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(swings) + 1.5))
     for row, swing in enumerate(reversed(swings)):
         lo, hi = sorted((swing.at_low, swing.at_high))
-        ax.barh(row, hi - lo, left=lo, color="tab:blue" if swing.at_high >= swing.at_low else "tab:orange")
-        ax.text(hi, row, f"  {swing.low_value:g} .. {swing.high_value:g}", va="center", fontsize=8)
+        ax.barh(
+            row,
+            hi - lo,
+            left=lo,
+            color="tab:blue" if swing.at_high >= swing.at_low else "tab:orange",
+        )
+        ax.text(
+            hi,
+            row,
+            f"  {swing.low_value:g} .. {swing.high_value:g}",
+            va="center",
+            fontsize=8,
+        )
     ax.set_yticks(range(len(swings)), [s.key for s in reversed(swings)], fontsize=8)
     ax.axvline(base, color="black", linewidth=1)
-    ax.set(xlabel=metric.replace("_", " "), title="Which knob moves the answer most (one at a time)")
+    ax.set(
+        xlabel=metric.replace("_", " "),
+        title="Which knob moves the answer most (one at a time)",
+    )
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

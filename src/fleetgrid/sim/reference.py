@@ -34,7 +34,11 @@ class _Lists:
             if isinstance(value, Categorical):
                 setattr(self, name + "_cum", value.cum.tolist())
             else:
-                setattr(self, name, value.tolist() if isinstance(value, np.ndarray) else value)
+                setattr(
+                    self,
+                    name,
+                    value.tolist() if isinstance(value, np.ndarray) else value,
+                )
         self.is_weekend = t.is_weekend
         self.trips = t.trips  # the draws need it to size the day's trip uniforms
 
@@ -64,17 +68,30 @@ def _car(u: list[float], t: _Lists, config: FleetConfig) -> _Car:
     has_home = home < chg.home_charging
     floor = chg.soc_floor if config.time_structure else 0.0
     return _Car(
-        board_w=t.hardware_w[hw], tops=t.hardware_tops[hw], home=has_home,
-        wifi=wifi < config.connectivity.wifi_reach, opt_in=opt_in < config.owner.opt_in,
+        board_w=t.hardware_w[hw],
+        tops=t.hardware_tops[hw],
+        home=has_home,
+        wifi=wifi < config.connectivity.wifi_reach,
+        opt_in=opt_in < config.owner.opt_in,
         rate=t.charge_wh_per_min[_pick(t.charger_cum, charger)],
-        floor=int(cap * floor), limit=int(cap * chg.charge_limit), plug_below=int(cap * chg.plug_below_soc),
-        away_below=int(cap * chg.away_below_soc), away_to=int(cap * chg.away_to_soc),
-        soc=int(cap * (chg.charge_limit * (0.5 + 0.5 * soc0))), plugged=has_home and plugged0 < chg.plug_in_prob,
-    )  # fmt: skip
+        floor=int(cap * floor),
+        limit=int(cap * chg.charge_limit),
+        plug_below=int(cap * chg.plug_below_soc),
+        away_below=int(cap * chg.away_below_soc),
+        away_to=int(cap * chg.away_to_soc),
+        soc=int(cap * (chg.charge_limit * (0.5 + 0.5 * soc0))),
+        plugged=has_home and plugged0 < chg.plug_in_prob,
+    )
 
 
-def _trips(count: int, hours: list[float], minutes: list[float], durations: list[float], t: _Lists,
-           weekend: bool) -> list[tuple[int, int]]:  # fmt: skip
+def _trips(
+    count: int,
+    hours: list[float],
+    minutes: list[float],
+    durations: list[float],
+    t: _Lists,
+    weekend: bool,
+) -> list[tuple[int, int]]:
     """This car's ``count`` trips from its uniforms (``hours`` etc. hold exactly its drawn trips)."""
     hour_cum = t.weekend_hour_cum if weekend else t.weekday_hour_cum
     starts = sorted(_pick(hour_cum, hours[i]) * 60 + int(minutes[i] * 60) for i in range(count))
@@ -82,17 +99,26 @@ def _trips(count: int, hours: list[float], minutes: list[float], durations: list
     for i, start in enumerate(starts):
         u = durations[i]
         b = _pick(t.duration_cum, u)
-        span = t.duration_lo[b] + (u - t.duration_cum[b]) / t.duration_share[b] * t.duration_width[b]
+        span = t.duration_intercept[b] + u * t.duration_slope[b]
         start = max(start, prev_end)
         if start >= MINUTES:
             break
-        prev_end = min(start + int(span), MINUTES)
+        prev_end = min(start + max(1, int(span)), MINUTES)
         trips.append((start, prev_end))
     return trips
 
 
-def _day(car: _Car, trips: list[tuple[int, int]], plug_u: float, t: _Lists, config: FleetConfig,
-         out: list[list[int]], avail_w: list[float], avail_tops: list[float], offset: int) -> dict[str, int]:  # fmt: skip
+def _day(
+    car: _Car,
+    trips: list[tuple[int, int]],
+    plug_u: float,
+    t: _Lists,
+    config: FleetConfig,
+    out: list[list[int]],
+    avail_w: list[float],
+    avail_tops: list[float],
+    offset: int,
+) -> dict[str, int]:
     """Step one car through one day; returns the day's scalar sums."""
     constant = not config.time_structure
     if constant:
@@ -147,13 +173,28 @@ def _day(car: _Car, trips: list[tuple[int, int]], plug_u: float, t: _Lists, conf
     return sums
 
 
-def _reference_block(config: FleetConfig, t: _Lists, seed: int, block: int, n: int, days: int,
-                     tally: Tally) -> None:  # fmt: skip
+def _reference_block(
+    config: FleetConfig,
+    t: _Lists,
+    seed: int,
+    block: int,
+    n: int,
+    days: int,
+    tally: Tally,
+) -> None:
     rng = block_rng(seed, block)
     vehicle_u = draw_vehicles(rng, n).u.tolist()
     day_draws = [draw_day(rng, n, t.trips) for _ in range(days)]
-    plain = [(d.n_trips.tolist(), d.plug.tolist(), d.hour.tolist(), d.minute.tolist(), d.duration.tolist())
-             for d in day_draws]  # fmt: skip
+    plain = [
+        (
+            d.n_trips.tolist(),
+            d.plug.tolist(),
+            d.hour.tolist(),
+            d.minute.tolist(),
+            d.duration.tolist(),
+        )
+        for d in day_draws
+    ]
     first_trip = [0] * days  # where the current car's trip uniforms start in each day's flat arrays
     out = [[0] * (days * MINUTES) for _ in STATES]
     avail_w, avail_tops = [0.0] * (days * MINUTES), [0.0] * (days * MINUTES)
@@ -168,8 +209,17 @@ def _reference_block(config: FleetConfig, t: _Lists, seed: int, block: int, n: i
             count = _pick(t.trips_cum, n_u[i])
             mine = slice(first_trip[d], first_trip[d] + count)
             first_trip[d] += count
-            trips = [] if not config.time_structure else _trips(
-                count, hours[mine], minutes[mine], durations[mine], t, t.is_weekend(d)
+            trips = (
+                []
+                if not config.time_structure
+                else _trips(
+                    count,
+                    hours[mine],
+                    minutes[mine],
+                    durations[mine],
+                    t,
+                    t.is_weekend(d),
+                )
             )
             sums = _day(car, trips, plug_u[i], t, config, out, avail_w, avail_tops, d * MINUTES)
             tally.sums["trips"] += len(trips)

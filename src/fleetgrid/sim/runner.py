@@ -63,9 +63,13 @@ def iter_block_days(
 
 
 def simulate_blocks(
-    config: FleetConfig, vehicles: int, days: int, seed: int, blocks: list[int],
+    config: FleetConfig,
+    vehicles: int,
+    days: int,
+    seed: int,
+    blocks: list[int],
     progress: Callable[[int, int], None] | None = None,
-) -> Tally:  # fmt: skip
+) -> Tally:
     """Tally the given blocks of a ``vehicles``-car fleet (a Ray shard, or the whole fleet in one process)."""
     tables = compile_tables(config)
     tally = Tally(days=days)
@@ -81,9 +85,14 @@ def simulate_blocks(
 
 
 def simulate_fleet(
-    config: FleetConfig, vehicles: int, days: int, seed: int = 0, *, ray: bool = False,
+    config: FleetConfig,
+    vehicles: int,
+    days: int,
+    seed: int = 0,
+    *,
+    ray: bool = False,
     progress: Callable[[int, int], None] | None = None,
-) -> Tally:  # fmt: skip
+) -> Tally:
     """Simulate ``vehicles`` cars for ``days`` days. The result depends only on (config, vehicles, days, seed)."""
     check_run(vehicles, days, seed, ray=ray)
     blocks = [index for index, _ in block_sizes(vehicles)]

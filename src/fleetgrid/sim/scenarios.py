@@ -107,7 +107,11 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
             return {str(k): float(v) for k, v in value.items()}
     except (TypeError, ValueError):
         pass
-    shape = {"tuple": "a list of numbers", "dict": "a table of name = number", "float": "a number"}
+    shape = {
+        "tuple": "a list of numbers",
+        "dict": "a table of name = number",
+        "float": "a number",
+    }
     raise InvalidInput(f"{key} = {value!r} has the wrong type; accepted: {shape.get(want, want)}")
 
 

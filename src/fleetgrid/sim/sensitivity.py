@@ -35,16 +35,26 @@ def _nested(dotted: str, value: float) -> dict[str, Any]:
 
 
 def tornado(
-    base: FleetConfig, vehicles: int = 20_000, days: int = 7, seed: int = 0, metric: str = "delivered_gw_mean",
+    base: FleetConfig,
+    vehicles: int = 20_000,
+    days: int = 7,
+    seed: int = 0,
+    metric: str = "delivered_gw_mean",
     represented: int | None = None,
-) -> tuple[float, list[Swing]]:  # fmt: skip
+) -> tuple[float, list[Swing]]:
     """(metric at base, swings sorted widest first). Same seed throughout, so differences are the knob's alone."""
+
     def run(config: FleetConfig) -> float:
         return float(summarise(simulate_fleet(config, vehicles, days, seed), config, represented)[metric])
 
     swings = [
-        Swing(key, low, high, run(apply_overrides(base, _nested(key, low))),
-              run(apply_overrides(base, _nested(key, high))))
+        Swing(
+            key,
+            low,
+            high,
+            run(apply_overrides(base, _nested(key, low))),
+            run(apply_overrides(base, _nested(key, high))),
+        )
         for key, (low, high) in RANGES.items()
-    ]  # fmt: skip
+    ]
     return run(base), sorted(swings, key=lambda s: s.span, reverse=True)

@@ -74,8 +74,9 @@ def summarise(tally: Tally, config: FleetConfig, represented: int | None = None)
     compute_mwh_day = float(s.delivered_gw.sum()) * 1e3 / 60 / days
     opted_in = tally.sums["opted_in"] * scale
     cost_month = grid_mwh_day * 1e3 * eco.electricity_usd_kwh * DAYS_PER_MONTH / max(opted_in, 1)
-    bytes_per_min = {k: mbps * 1e6 / 8 * 60 for k, mbps in (("wifi", con.wifi_up_mbps),
-                                                            ("cellular", con.cellular_up_mbps))}  # fmt: skip
+    bytes_per_min = {
+        k: mbps * 1e6 / 8 * 60 for k, mbps in (("wifi", con.wifi_up_mbps), ("cellular", con.cellular_up_mbps))
+    }
     delivered_gw_mean = float(s.delivered_gw.mean())
     by_hour = s.available_gw.reshape(days, 24, 60).mean(axis=(0, 2))
     return {
@@ -102,8 +103,7 @@ def summarise(tally: Tally, config: FleetConfig, represented: int | None = None)
         "owner_payout_usd_month": config.owner.payout_usd_month,
         "owner_net_usd_month": config.owner.payout_usd_month - cost_month,
         "wifi_upload_tb_per_day": tally.sums["wifi_minutes"] * scale * bytes_per_min["wifi"] / 1e12 / days,
-        "cellular_upload_tb_per_day": tally.sums["cellular_minutes"] * scale * bytes_per_min["cellular"] / 1e12
-        / days,
+        "cellular_upload_tb_per_day": tally.sums["cellular_minutes"] * scale * bytes_per_min["cellular"] / 1e12 / days,
         "datacenter_equivalent_usd": delivered_gw_mean * eco.datacenter_usd_per_gw,
         "h100_equivalents": float(s.delivered_pflops.mean()) * 1e3 / eco.h100_int8_tops,
         "plugged_share_home": tally.sums["plugged_minutes"] / max(tally.sums["home_charging"] * MINUTES * days, 1),

@@ -73,9 +73,9 @@ class ModelTables:
     weekday_hour: Categorical  # start hour of a trip, 24 bins
     weekend_hour: Categorical
     duration: Categorical  # trip duration bin
-    duration_lo: np.ndarray  # (bins,) lower edge, minutes
-    duration_width: np.ndarray  # (bins,)
-    duration_share: np.ndarray  # (bins,) normalised
+    # Uniform within a bin: minutes = intercept[b] + u * slope[b], the bin's inverse CDF as one line.
+    duration_intercept: np.ndarray  # (bins,)
+    duration_slope: np.ndarray  # (bins,) bin width / bin share, minutes per unit of u
     hardware: Categorical
     hardware_w: np.ndarray
     hardware_tops: np.ndarray
@@ -109,16 +109,18 @@ def _compile(config: FleetConfig) -> ModelTables:
     drv, chg = config.driving, config.charging
     classes = config.hardware.classes()
     edges = np.asarray(drv.duration_edges_min, dtype=np.float64)
+    duration = Categorical(drv.duration_share)
     share = np.asarray(drv.duration_share, dtype=np.float64)
+    with np.errstate(divide="ignore"):  # a zero-share bin is never drawn; its slope is never read
+        slope = np.where(share > 0, np.diff(edges) / (share / share.sum()), 0.0)
     return ModelTables(
         max_trips=drv.max_trips,
         trips=Categorical(_poisson_pmf(drv.trips_per_day, drv.max_trips)),
         weekday_hour=Categorical(drv.weekday_start_share),
         weekend_hour=Categorical(drv.weekend_start_share),
-        duration=Categorical(share),
-        duration_lo=edges[:-1].copy(),
-        duration_width=np.diff(edges),
-        duration_share=share / share.sum(),
+        duration=duration,
+        duration_intercept=edges[:-1] - duration.cum[:-1] * slope,
+        duration_slope=slope,
         hardware=Categorical([s for _, _, s in classes]),
         hardware_w=np.array([c.board_w for _, c, _ in classes], dtype=np.float64),
         hardware_tops=np.array([c.int8_tops for _, c, _ in classes], dtype=np.float64),
@@ -126,7 +128,8 @@ def _compile(config: FleetConfig) -> ModelTables:
         battery_wh=np.array([round(k * 1000) for k in chg.battery_kwh], dtype=np.int64),
         charger=Categorical(chg.charger_share),
         charge_wh_per_min=np.array(
-            [max(1, round(k * 1000 * chg.charging_efficiency / 60)) for k in chg.charger_kw], dtype=np.int64
+            [max(1, round(k * 1000 * chg.charging_efficiency / 60)) for k in chg.charger_kw],
+            dtype=np.int64,
         ),
         drive_wh_per_min=round(drv.kwh_per_minute * 1000),
         plugged_minutes=round(chg.plugged_share * MINUTES),

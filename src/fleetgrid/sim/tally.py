@@ -96,16 +96,25 @@ def tally_day(tally: Tally, day: int, out: DayOutcome, fleet: Fleet) -> None:
     states[2] += (fleet.size - n_out) - (driving - driving_out)  # opted-in and parked; plugged taken off below
     zero = np.zeros(fleet.size, dtype=np.int64)
     plugged_minutes = 0
-    for a, b, low, on in ((zero, out.morning_end, out.low_morning, out.plugged_morning),
-                          (out.evening_start, out.evening_end, out.low_evening, out.plugged_evening)):  # fmt: skip
+    for a, b, low, on in (
+        (zero, out.morning_end, out.low_morning, out.plugged_morning),
+        (out.evening_start, out.evening_end, out.low_evening, out.plugged_evening),
+    ):
         _add_session(tally, window, a, b, low, on, fleet)
         plugged_minutes += int(np.maximum(b - a, 0)[on].sum())
     tally.sums["plugged_minutes"] += plugged_minutes
     _add_day_sums(tally, out, fleet)
 
 
-def _add_session(tally: Tally, window: slice, a: np.ndarray, b: np.ndarray, low: np.ndarray, on: np.ndarray,
-                 fleet: Fleet) -> None:  # fmt: skip
+def _add_session(
+    tally: Tally,
+    window: slice,
+    a: np.ndarray,
+    b: np.ndarray,
+    low: np.ndarray,
+    on: np.ndarray,
+    fleet: Fleet,
+) -> None:
     """One home plug-in session per car, [a, b): opted-in cars in it are no_wifi, low_soc, then available."""
     states = tally.states[:, window]
     plugged = on & fleet.opt_in

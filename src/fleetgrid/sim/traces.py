@@ -72,9 +72,15 @@ def export_traces(path: str | Path, config: FleetConfig, vehicles: int, days: in
             f"--export-traces with {vehicles:,} vehicles; accepted: at most {MAX_TRACE_VEHICLES:,} (about 200 bytes "
             "per vehicle-day of JSON); export a sample, since the traces are for replaying, not for fleet totals"
         )
+    check_run(vehicles, days, seed)
     written = 0
-    with open(path, "w", encoding="utf-8") as fh:
-        for trace in iter_traces(config, vehicles, days, seed):
-            fh.write(json.dumps(trace.to_json(), separators=(",", ":")) + "\n")
-            written += 1
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            for trace in iter_traces(config, vehicles, days, seed):
+                fh.write(json.dumps(trace.to_json(), separators=(",", ":")) + "\n")
+                written += 1
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot write traces to {str(path)!r}: {exc.strerror}; accepted: a writable file path"
+        ) from exc
     return written
