@@ -67,6 +67,20 @@ def summax_factory(
     return SumMaxRunner(delay_s)
 
 
+def slow_registry_factory(name: str, model_file: Path | None = None, threads: int | None = None, delay_s: float = 0.0):
+    """The real registry's runner for ``name``, slowed by ``delay_s`` a batch so a test can preempt it mid-unit."""
+    from fleetgrid.models.registry import load_runner
+
+    runner = load_runner(name, model_file=model_file, threads=threads)
+
+    def slow(batch):
+        time.sleep(delay_s)
+        return runner(batch)
+
+    slow.spec = runner.spec
+    return slow
+
+
 def expected(items: np.ndarray) -> np.ndarray:
     return SumMaxRunner(0.0)(items)
 
@@ -86,7 +100,7 @@ class FakeCoordinator:
     """The coordinator's vehicle API in memory, shaped like :class:`CoordinatorClient` (the agent's only view).
 
     ``units`` are handed out in order, one lease at a time; a handback puts the unit back at the front with its
-    checkpoint, as the real coordinator reissues it.
+    checkpoint, as the real coordinator reissues it; a plain failure drops the unit.
     """
 
     artifacts: dict[str, bytes] = field(default_factory=dict)
@@ -171,9 +185,10 @@ class FakeCoordinator:
         self.calls.append(("fail", request))
         with self._lock:
             unit = self.leases.pop(lease_id)
-            if request.handback and request.checkpoint is not None:
-                unit["checkpoint"] = CheckpointRef(done_items=request.done_items, digest=request.checkpoint)
-            self.units.insert(0, unit)
+            if request.handback:
+                if request.checkpoint is not None:
+                    unit["checkpoint"] = CheckpointRef(done_items=request.done_items, digest=request.checkpoint)
+                self.units.insert(0, unit)
         return LeaseAck(lease_id=lease_id, state="handed_back" if request.handback else "failed")
 
     def upload(self, data: bytes) -> str:

@@ -26,6 +26,8 @@ from fleetgrid.vehicle.bus import ManualVehicleBus
 from fleetgrid.vehicle.policy import OwnerPolicy
 from fleetgrid.vehicle.state import DriveState, Network, VehicleState
 
+pytestmark = pytest.mark.timeout(60)
+
 T0 = 1_700_000_000.0  # a Tuesday, 22:13 UTC: inside the default all-day hours
 
 
@@ -48,12 +50,14 @@ def make_bus(clock: ManualClock, **state) -> ManualVehicleBus:
 
 
 def make_agent(tmp_path, bus, clock, fake, *, delay_s=0.0, policy=None, **overrides) -> Agent:
+    settings = {"heartbeat_interval_s": 0.05, "poll_interval_s": 0.02, "lease_wait_s": 0.0, "progress_interval_s": 0.05}
     config = AgentConfig(
         coordinator="http://coordinator.test", state_dir=tmp_path / "car", enrollment_token="good-token",
-        policy=policy or OwnerPolicy(), heartbeat_interval_s=0.05, poll_interval_s=0.02, lease_wait_s=0.0,
-        progress_interval_s=0.05, **overrides,
+        policy=policy or OwnerPolicy(), **(settings | overrides),
     )
-    worker = WorkerProcess(runner_factory=functools.partial(summax_factory, delay_s=delay_s))
+    # forkserver: one torch import for the whole module instead of one per worker (the default, spawn, is
+    # exercised by the worker and integration tests).
+    worker = WorkerProcess(runner_factory=functools.partial(summax_factory, delay_s=delay_s), start_method="forkserver")
     return Agent(config, bus, clock, client=fake, worker=worker)
 
 
@@ -65,7 +69,8 @@ def running(agent: Agent) -> Iterator[dict[str, AgentStats]]:
     thread.start()
     try:
         yield out
-        thread.join(60)  # a run with max_units ends by itself
+        if agent.config.max_units is not None:
+            thread.join(60)  # the run ends by itself once its units are done
     finally:
         stop.set()
         thread.join(30)
@@ -146,7 +151,7 @@ def test_preemption_stops_the_worker_hands_back_the_checkpoint_and_the_unit_resu
     assert len(grants) == 2 and isinstance(grants[1], LeaseGrant)
     assert grants[1].checkpoint is not None and grants[1].checkpoint.done_items == handback.done_items
     np.testing.assert_array_equal(fake.results[0], expected(x))
-    assert stats.preemptions == 1 and stats.units_done == 1
+    assert stats.preemptions == 1 and stats.units_done == 1 and stats.items_resumed == handback.done_items
     (latency,) = stats.preemption_latencies_ms
     print(f"preemption latency (bus read to worker gone): {latency:.1f} ms")
     assert 0 < latency < 1000
@@ -210,3 +215,18 @@ def test_a_unit_the_worker_rejects_is_failed_not_handed_back(tmp_path, clock):
     (fail,) = fake.calls_named("fail")
     assert fail.handback is False and "holds 5 items; the lease says 9" in fail.reason
     assert stats.unit_failures == 1 and stats.units_done == 1 and stats.preemptions == 0
+
+
+def test_a_lease_the_coordinator_dropped_stops_the_worker_without_a_handback(tmp_path, clock):
+    fake = FakeCoordinator(renew_every_s=0.05)
+    fake.add_unit(items(40), batch_size=2)
+    agent = make_agent(tmp_path, make_bus(clock), clock, fake, delay_s=0.05)
+    checkpoint = tmp_path / "car" / "work" / "lease-0" / "checkpoint.npy"
+    with running(agent) as out:
+        wait_for(checkpoint.exists, what="a first checkpoint")
+        fake.leases.clear()  # the coordinator expired and reissued it: renew now answers 404
+        wait_for(lambda: agent.stats.leases_lost == 1, what="the lost lease")
+        wait_for(lambda: agent.worker.pid is None, what="the worker gone")
+    stats = out["stats"]
+    assert fake.calls_named("fail") == [] and fake.calls_named("complete") == []
+    assert stats.preemptions == 0 and stats.preemption_latencies_ms == [] and stats.units_done == 0

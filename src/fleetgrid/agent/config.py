@@ -39,7 +39,7 @@ class AgentConfig:
     poll_interval_s: float = 1.0
     """Pause after an empty answer that did not hold the long-poll, and the base of the back-off after a network
     error (doubling up to 16 times this)."""
-    lease_wait_s: float = 20.0
+    lease_wait_s: float = 10.0
     """Long-poll: how long the coordinator may hold a lease request open (wall seconds on the server, <= 60)."""
     progress_interval_s: float = 10.0
     """Seconds between progress reports, each with a checkpoint uploaded if the data plan allows it."""

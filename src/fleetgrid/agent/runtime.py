@@ -199,6 +199,9 @@ class Agent:
             self.worker.stop()
             raise  # the coordinator will reissue the unit when the lease expires
         except errors.FleetgridError as exc:
+            if self._stop.is_set():  # e.g. a SIGTERM to the whole process group killed the worker first
+                self._hand_back(grant, task, traffic, str(exc))
+                return
             self.stats.unit_failures += 1
             log.warning("lease %s failed: %s", grant.lease_id, exc)
             self._report_failure(grant, FailRequest(reason=str(exc)[:1000], **_bytes(traffic)))
@@ -283,11 +286,13 @@ class Agent:
     def _deliver(self, grant: LeaseGrant, result: Path, compute_s: float, traffic: _Traffic) -> None:
         data = result.read_bytes()
         self._wait_for_link(len(data), preemptible=False)  # the unit is done: a trip does not stop an upload
-        digest = self._upload(data, traffic)
+        # A computed result is worth waiting for: retry through network outages until the lease is gone or we stop.
+        digest = self._upload(data, traffic, until_stopped=True)
         request = CompleteRequest(result=digest, compute_s=compute_s, **_bytes(traffic))
-        self._retrying(lambda: self.client.complete(grant.lease_id, request))  # idempotent, so retrying is safe
+        self._retrying(lambda: self.client.complete(grant.lease_id, request), until_stopped=True)  # idempotent
         self.stats.units_done += 1
         self.stats.items_done += grant.items
+        self.stats.items_resumed += grant.checkpoint.done_items if grant.checkpoint else 0
         self.stats.compute_s += compute_s
         log.info("lease %s complete: %d items in %.2f s", grant.lease_id, grant.items, compute_s)
 
@@ -359,12 +364,12 @@ class Agent:
                     raise
                 self._sleep(self.config.poll_interval_s)
 
-    def _upload(self, data: bytes, traffic: _Traffic, attempts: int = _ATTEMPTS) -> str:
+    def _upload(self, data: bytes, traffic: _Traffic, *, attempts: int = _ATTEMPTS, until_stopped: bool = False) -> str:
         def once() -> str:
             self._charge(len(data), traffic)  # charged per attempt: a broken upload spent its bytes too
             return self.client.upload(data)
 
-        return self._retrying(once, attempts=attempts)
+        return self._retrying(once, attempts=attempts, until_stopped=until_stopped)
 
     def _charge(self, nbytes: int, traffic: _Traffic) -> Network:
         state = self.monitor.reading().state
@@ -394,7 +399,10 @@ class Agent:
                 self._check_preempted()
             elif self._stop.is_set() or self._lease_lost.is_set():
                 raise errors.Preempted("the agent stopped while a result waited for a link to upload it")
-            self._sleep(self.config.poll_interval_s, until=lambda: allowed() or not self.monitor.reading().eligible)
+            self._sleep(
+                self.config.poll_interval_s,
+                until=lambda: allowed() or (preemptible and not self.monitor.reading().eligible),
+            )
 
     # --- preemption, heartbeat, renewal ------------------------------------------------------------------------
 

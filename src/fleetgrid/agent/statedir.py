@@ -28,6 +28,8 @@ class AgentStats:
     leases: int = 0
     units_done: int = 0
     items_done: int = 0
+    items_resumed: int = 0
+    """Items of completed units that a checkpoint spared computing again (theirs or another car's)."""
     unit_failures: int = 0
     """Units failed for the unit's own sake (a bad shard, an unknown model), not preemptions."""
     leases_lost: int = 0

@@ -50,8 +50,6 @@ _BY_CODE = {cls.code: cls for cls in _WIRE_ERRORS}
 # Only branch roots stand for a status, so an unknown code under 409 is a Conflict, not a LeaseExpired.
 _BY_STATUS = {cls.status: cls for cls in _WIRE_ERRORS if cls.__bases__ == (errors.FleetgridError,)}
 
-_CHUNK = 64 * 1024
-
 
 def error_from_response(response: httpx.Response) -> errors.FleetgridError:
     """The errors.py exception a non-2xx answer stands for: by ``ErrorBody.error`` code, else by status.
@@ -204,7 +202,8 @@ class CoordinatorClient:
                     raise error_from_response(response)
                 mode = "ab" if response.status_code == 206 else "wb"  # a 200 ignored the range: start over
                 with open(part, mode) as fh:
-                    for chunk in response.iter_bytes(_CHUNK):
+                    # No re-chunking: a buffered partial chunk would be lost, uncounted, if the link dropped.
+                    for chunk in response.iter_bytes():
                         fh.write(chunk)
                         moved += len(chunk)
                         if on_bytes is not None:
