@@ -115,8 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vehicles", type=int, default=20)
     ap.add_argument("--clients-per-round", type=int, default=10)
     ap.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration of the label split")
-    ap.add_argument("--rounds", type=int, default=30, help="outer rounds (global versions) per fleet run")
-    ap.add_argument("--local-steps", type=int, default=100, help="H, DiLoCo's inner steps per round")
+    ap.add_argument("--rounds", type=int, default=60, help="outer rounds (global versions) per fleet run")
+    ap.add_argument("--local-steps", type=int, default=150, help="H, DiLoCo's inner steps per round")
+    ap.add_argument(
+        "--inner-optimizer",
+        choices=["sgd", "adamw"],
+        default="sgd",
+        help="DiLoCo's inner optimizer: sgd (momentum 0.9, lr 0.02) or adamw (lr 3e-3, as in the DiLoCo paper)",
+    )
     ap.add_argument("--fedavg-steps", type=int, default=25, help="FedAvg's local SGD steps per round")
     ap.add_argument(
         "--fedavg-rounds",
@@ -144,14 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     def diloco(bits: int) -> DiLoCoConfig:
         return DiLoCoConfig(
             local=LocalTrainingConfig(
-                optimizer="adamw",
-                lr=3e-3,
+                optimizer=args.inner_optimizer,
+                lr=0.02 if args.inner_optimizer == "sgd" else 3e-3,
+                momentum=0.9 if args.inner_optimizer == "sgd" else 0.0,
                 steps=args.local_steps,
                 batch_size=32,
                 compression=CompressionConfig(bits=bits),
             ),
             rounds=rounds,
             downlink=CompressionConfig(bits=bits),
+            lr_decay_versions=args.rounds,
             outer_lr=0.7,
             outer_momentum=0.9,
             seed=args.seed,
@@ -167,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             deadline_s=3 * args.fedavg_steps / 5.0,
         ),
         seed=args.seed,
+        lr_decay_versions=fedavg_rounds,
     )
     runs = [
         FleetRun("fedavg_fp32", "fedavg", fedavg, fedavg_rounds),
@@ -190,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     fed = [r for r in results if r["label"] != "centralized"]
     print(
         f"MNIST-1D CNN ({fed[0]['params'] if fed else '?'} params), {args.vehicles} cars, Dirichlet alpha "
-        f"{args.alpha}, {args.clients_per_round} reports/round (x1.3 over-selected), {args.preempt:.0%} preempted"
+        f"{args.alpha}, {args.clients_per_round} reports/round (x1.3 over-selected), {args.preempt:.0%} preempted; "
+        f"DiLoCo H={args.local_steps} inner {args.inner_optimizer}, outer Nesterov lr 0.7 mu 0.9"
     )
     print(
         f"{'config':<14}{'acc':>8}{'best':>8}{'rounds':>8}{'steps':>9}{'bytes_up':>12}{'bytes_down':>12}"
@@ -204,22 +214,25 @@ def main(argv: list[str] | None = None) -> int:
         )
     summary = {"centralized_accuracy": central, "sync_dp_formula": "2 * params * 4 bytes * sum(local steps done)"}
     if fed and central is not None:
-        best = max(fed, key=lambda r: r["accuracy"])
         flower_like = next((r for r in fed if r["label"] == "fedavg_fp32"), None)
-        summary |= {
-            "best_fleet": best["label"],
-            "gap_points": round(100 * (central - best["accuracy"]), 2),
-            "best_reduction_vs_sync_dp": round(best["reduction"], 1),
-        }
-        if flower_like is not None:
-            summary["bytes_vs_fedavg_fp32"] = round(
-                (flower_like["bytes_up"] + flower_like["bytes_down"]) / (best["bytes_up"] + best["bytes_down"]), 2
+        for r in fed:
+            r["points_vs_centralized"] = round(100 * (r["accuracy"] - central), 2)
+            if flower_like is not None:
+                r["bytes_vs_fedavg_fp32"] = round(
+                    (flower_like["bytes_up"] + flower_like["bytes_down"]) / (r["bytes_up"] + r["bytes_down"]), 2
+                )
+            print(
+                f"{r['label']}: {r['points_vs_centralized']:+.2f} points vs centralized, {r['reduction']:.0f}x fewer "
+                f"bytes than sync DP, {r.get('bytes_vs_fedavg_fp32', float('nan'))}x fewer than FedAvg fp32"
             )
-        print(
-            f"best fleet config {best['label']}: {summary['gap_points']:+.2f} points below centralized, "
-            f"{best['reduction']:.0f}x fewer bytes than sync DP, "
-            f"{summary.get('bytes_vs_fedavg_fp32', float('nan'))}x fewer than FedAvg fp32"
-        )
+        # The targets: within 1.5 points of centralized while moving >= 500x fewer bytes than sync DP.
+        meeting = [r for r in fed if r["reduction"] >= 500]
+        best = max(meeting or fed, key=lambda r: r["accuracy"])
+        summary |= {
+            "best_fleet_at_500x": best["label"] if meeting else None,
+            "best_fleet_at_500x_points_vs_centralized": best["points_vs_centralized"] if meeting else None,
+            "targets_met": bool(meeting) and best["points_vs_centralized"] >= -1.5,
+        }
     if args.json:
         print(json.dumps({"benchmark": "training_local", "args": vars(args), "results": results, **summary}))
     return 0

@@ -96,7 +96,9 @@ class AgentProcess:
                 "--state-dir", str(self.state_dir), "--enroll-token", self.enroll_token, "--name", self.name,
                 "--bus", self.bus, "--hardware", self.hardware, "--threads", str(self.threads), *self.extra_args]
         with open(self.state_dir / "agent.log", "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_child_env(self.threads))
+            # Its own process group: a crash (kill) takes the agent's worker process with it, as in a real car.
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_child_env(self.threads),
+                                         start_new_session=True)
         return self
 
     def stats(self) -> dict:
@@ -107,7 +109,10 @@ class AgentProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        _signal(self.proc, signal.SIGKILL)
+        """SIGKILL the agent and its worker at once, as when the car's computer loses power."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
 
     def stop(self) -> None:
         _signal(self.proc, signal.SIGTERM)

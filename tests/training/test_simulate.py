@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fleetgrid.errors import Conflict
+from fleetgrid.errors import Conflict, HashMismatch
 from fleetgrid.workloads.training.compression import CompressionConfig
 from fleetgrid.workloads.training.config import (
     DiLoCoConfig,
@@ -85,3 +85,16 @@ def test_rounds_without_enough_reports_are_abandoned_and_global_untouched(task):
         s.run(fleet, 1)
     assert s.version == 0 and torch.equal(s.params, p0) and s.round == 3
     assert fleet.stats()["dispatched"] == 3 * 6  # each attempt over-selects ceil(4 * 1.5) cars
+
+
+def test_cars_that_build_version_zero_locally_download_only_deltas(task):
+    datasets, _, model, p0 = task
+    cfg = diloco_config()
+    fleet = SimulatedFleet(model, datasets, SimulationConfig(seed=3), initial_params=p0)
+    DiLoCo(p0, cfg).run(fleet, 2)
+    stats = fleet.stats()
+    # int8 deltas only: about a quarter of a float32 model per dispatch, never a full snapshot
+    assert 0 < stats["bytes_down"] < stats["dispatched"] * p0.numel() * 1.1
+    wrong = SimulatedFleet(model, datasets, SimulationConfig(seed=3), initial_params=p0 + 1e-3)
+    with pytest.raises(HashMismatch):
+        DiLoCo(p0, cfg).run(wrong, 2)

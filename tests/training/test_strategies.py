@@ -156,3 +156,16 @@ def test_make_strategy_by_name_and_settings_validation():
             make_strategy(name, t(0, 0), settings)
     with pytest.raises(InvalidInput):
         FedAvg(t(0, float("nan")), FedAvgConfig())
+
+
+def test_inner_lr_cosine_schedule_reaches_the_cars():
+    s = DiLoCo(t(0.0), DiLoCoConfig(local=LocalTrainingConfig(optimizer="adamw", lr=1e-2), lr_decay_versions=4))
+    assert s.instructions("car-0").local.lr == pytest.approx(1e-2)
+    for _ in range(2):
+        fold(s, update(s, [0.0]))
+    assert s.instructions("car-0").local.lr == pytest.approx(1e-2 * 0.55)  # halfway: 0.1 + 0.9 * 0.5
+    for _ in range(4):
+        fold(s, update(s, [0.0]))
+    assert s.instructions("car-0").local.lr == pytest.approx(1e-3)  # floor: a tenth, after the decay
+    with pytest.raises(InvalidInput, match="lr_decay_versions"):
+        DiLoCoConfig(lr_decay_versions=0)

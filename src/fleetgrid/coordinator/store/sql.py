@@ -121,6 +121,9 @@ class SQLStore(Store):
         self._q_owned_by = select(artifact_owners.c.owner).where(
             artifact_owners.c.digest == bindparam("digest"), artifact_owners.c.owner == bindparam("owner")
         )
+        self._q_replicas = select(units.c.unit_id, units.c.state).where(
+            units.c.job_id == bindparam("jid"), units.c.idx == bindparam("idx")
+        )
         self._q_accepted = select(accepted.c.idx).where(accepted.c.job_id == bindparam("jid"),
                                                        accepted.c.idx == bindparam("idx"))
 
@@ -275,12 +278,12 @@ class SQLStore(Store):
             return False
         c.execute(insert(accepted).values(job_id=job_id, idx=idx, result_digest=result_digest))
         c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=jobs.c.units_done + 1))
-        # Replicas of an accepted unit that nobody has started are no longer needed.
-        c.execute(
-            update(units)
-            .where(units.c.job_id == job_id, units.c.idx == idx, units.c.state == "pending")
-            .values(state="cancelled")
-        )
+        # Replicas of an accepted unit that nobody has started are no longer needed. Select them by (job, idx)
+        # first: given the state too, SQLite would walk the (state, seq) index over every pending unit.
+        replicas = c.execute(self._q_replicas, {"jid": job_id, "idx": idx}).all()
+        idle = [r.unit_id for r in replicas if r.state == "pending"]
+        if idle:
+            c.execute(update(units).where(units.c.unit_id.in_(idle)).values(state="cancelled"))
         return True
 
     def accepted_results(self, job_id: str) -> list[tuple[int, str]]:

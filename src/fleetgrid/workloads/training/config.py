@@ -26,6 +26,7 @@ __all__ = [
     "RoundConfig",
     "StrategyConfig",
     "config_from_dict",
+    "local_config_at",
     "to_dict",
 ]
 
@@ -120,8 +121,15 @@ class StrategyConfig:
     a sparse downlink would need the coordinator's residual to ever reach the cars)."""
     seed: int = 0
     """Seeds cohort selection and each car's batch order."""
+    lr_decay_versions: int | None = None
+    """Cosine-decay the cars' lr from ``local.lr`` to a tenth of it over this many global versions (DiLoCo
+    decays its inner lr the same way); None keeps it constant."""
 
     def __post_init__(self) -> None:
+        if self.lr_decay_versions is not None and (
+            not isinstance(self.lr_decay_versions, int) or self.lr_decay_versions < 1
+        ):
+            raise InvalidInput(f"lr_decay_versions must be an integer >= 1 or None, got {self.lr_decay_versions!r}")
         if self.downlink.topk_fraction is not None:
             raise InvalidInput(
                 "downlink compression accepts bits in {4, 8, None} only; got topk_fraction="
@@ -179,6 +187,15 @@ class FedBuffConfig(FedAvgConfig):
             raise InvalidInput(f"max_staleness must be an integer >= 0, got {self.max_staleness!r}")
         if not self.staleness_exponent >= 0:
             raise InvalidInput(f"staleness_exponent must be >= 0, got {self.staleness_exponent!r}")
+
+
+def local_config_at(config: StrategyConfig, version: int) -> LocalTrainingConfig:
+    """The cars' settings for work starting from global ``version`` (the inner lr schedule applied)."""
+    if config.lr_decay_versions is None:
+        return config.local
+    frac = min(version / config.lr_decay_versions, 1.0)
+    scale = 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return dataclasses.replace(config.local, lr=config.local.lr * scale)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

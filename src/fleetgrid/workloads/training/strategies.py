@@ -37,6 +37,7 @@ from fleetgrid.workloads.training.config import (
     FedBuffConfig,
     StrategyConfig,
     config_from_dict,
+    local_config_at,
     to_dict,
 )
 from fleetgrid.workloads.training.messages import ClientUpdate, ModelDownload, TrainInstructions, params_digest
@@ -166,7 +167,7 @@ class Strategy(ABC):
             round=self.round,
             base_version=self.version,
             model_digest=self._digest,
-            local=self.config.local,
+            local=local_config_at(self.config, self.version),
             seed=_stable_seed(self.config.seed, self.round, client_id),
         )
 
