@@ -9,7 +9,9 @@ import pytest
 
 from fleetgrid.workloads.inference import run_local
 
-from .conftest import slow_model_file, wait_for
+from fleetgrid.testing import slow_model_file
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
