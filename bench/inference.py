@@ -10,8 +10,11 @@ Figures, not a timed test. Three measurements, each in this one run:
   Runs alternate (local, fleet) and the ratio is of the medians.
 - preempt_p50_ms / preempt_p99_ms: the real agent (in this process, on a manual vehicle bus) with its worker
   process mid-unit; the car starts a trip and the time from the agent seeing it to the worker being gone is kept.
-- lease_cycles_per_s / lease_p99_ms: 1,000 lightweight async vehicles speaking the real protocol (lease, upload
-  result, complete) against one coordinator on SQLite.
+- lease_cycles_per_s / lease_p99_ms: 1,000 lightweight async vehicles speaking the real protocol (lease, then
+  complete with the result inline and the next lease asked for in the same call) against one coordinator on
+  SQLite. lease_cycles_per_s is at saturation (no compute time between calls); lease_p99_ms is with each car
+  computing its unit for a while, offering ~80% of the measured capacity (at saturation, latency is just
+  cars / throughput by Little's law, also reported).
 """
 
 from __future__ import annotations
@@ -118,16 +121,26 @@ def _until(predicate, timeout_s: float) -> None:
         time.sleep(0.005)
 
 
-def lease_throughput(root: Path, vehicles: int, seconds: float) -> dict:
-    coordinator = CoordinatorProcess(root / "coordinator-l").start()
+def lease_throughput(root: Path, vehicles: int, seconds: float, think_s: float, name: str) -> dict:
+    coordinator = CoordinatorProcess(root / f"coordinator-{name}").start()
     creds = coordinator.credentials()
     try:
         with FleetgridClient(coordinator.url, creds.tenants["default"]) as client:
             units = int(seconds * 1500) + 2 * vehicles  # more than the run can consume
             client.submit("mnist1d-cnn", np.zeros((units, 40), np.float32), unit_items=1)
-        return asyncio.run(run_load(coordinator.url, creds.enroll, vehicles, seconds))
+        return asyncio.run(run_load(coordinator.url, creds.enroll, vehicles, seconds, think_s=think_s))
     finally:
         coordinator.stop()
+
+
+def lease_runs(root: Path, vehicles: int, seconds: float) -> dict:
+    """At saturation (cars complete and ask again at once): the coordinator's capacity. Then paced (each car
+    computes its unit for a while, offering ~80% of that capacity): lease latency under a load it can carry.
+    With 1,000 cars looping back to back, Little's law makes latency = cars / throughput, whatever the server."""
+    saturated = lease_throughput(root, vehicles, seconds, 0.0, "saturated")
+    think = vehicles / (0.8 * saturated["lease_cycles_per_s"])
+    paced = lease_throughput(root, vehicles, seconds, think, "paced")
+    return {"saturated": saturated, "paced": paced}
 
 
 def main() -> None:
@@ -149,13 +162,15 @@ def main() -> None:
     if "preempt" not in args.skip:
         results["preemption"] = preemption_latency(root, args.preemptions)
     if "lease" not in args.skip:
-        results["lease"] = lease_throughput(root, args.vehicles, args.seconds)
+        results["lease"] = lease_runs(root, args.vehicles, args.seconds)
     summary = {
         "fleet_over_local": results.get("fleet_vs_local", {}).get("fleet_over_local"),
         "preempt_p50_ms": results.get("preemption", {}).get("preempt_p50_ms"),
         "preempt_p99_ms": results.get("preemption", {}).get("preempt_p99_ms"),
-        "lease_cycles_per_s": results.get("lease", {}).get("lease_cycles_per_s"),
-        "lease_p99_ms": results.get("lease", {}).get("lease_p99_ms"),
+        "lease_cycles_per_s": results.get("lease", {}).get("saturated", {}).get("lease_cycles_per_s"),
+        "lease_p99_ms": results.get("lease", {}).get("paced", {}).get("lease_p99_ms"),
+        "lease_p99_ms_saturated": results.get("lease", {}).get("saturated", {}).get("lease_p99_ms"),
+        "lease_cycles_per_s_paced": results.get("lease", {}).get("paced", {}).get("lease_cycles_per_s"),
         **results,
     }
     targets = [("fleet_over_local", ">=", 0.90), ("preempt_p99_ms", "<", 100), ("lease_cycles_per_s", ">=", 500),

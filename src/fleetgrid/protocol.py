@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "API_PREFIX",
+    "MAX_INLINE_RESULT_BYTES",
     "ArtifactInfo",
     "ArtifactRef",
     "CheckpointRef",
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 API_PREFIX = "/v1"
+MAX_INLINE_RESULT_BYTES = 256 * 1024
+"""Results up to this size may travel inside ``CompleteRequest.inline`` instead of a separate upload."""
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the content, 64 lowercase hex digits")]
@@ -145,6 +148,7 @@ class LeaseAck(_Wire):
     lease_id: str
     state: str
     deadline: float | None = None
+    next_lease: LeaseGrant | None = Field(default=None, description="the next unit, when the request asked for one")
 
 
 class ProgressReport(_Wire):
@@ -153,7 +157,15 @@ class ProgressReport(_Wire):
 
 
 class CompleteRequest(_Wire):
-    result: Digest = Field(description="the unit's result (.npy), uploaded as an artifact first")
+    """Report a unit done. A small result can ride along (``inline``) and the car can ask for its next unit in the
+    same call (``next``): one round trip per unit instead of three, which matters on a cellular link."""
+
+    result: Digest = Field(description="sha256 of the unit's result (.npy): uploaded first, or sent in `inline`")
+    inline: str | None = Field(
+        default=None, max_length=(MAX_INLINE_RESULT_BYTES + 2) // 3 * 4,
+        description=f"the result's bytes, base64, when at most {MAX_INLINE_RESULT_BYTES} bytes",
+    )
+    next: LeaseRequest | None = Field(default=None, description="also lease the next unit, as POST /v1/leases would")
     compute_s: float = Field(default=0.0, ge=0.0)
     cellular_bytes: int = Field(default=0, ge=0)
     wifi_bytes: int = Field(default=0, ge=0)

@@ -7,6 +7,7 @@ from the parent, so everything here is module-level.
 from __future__ import annotations
 
 import hashlib
+import base64
 import io
 import os
 import threading
@@ -176,10 +177,13 @@ class FakeCoordinator:
 
     def complete(self, lease_id: str, request: CompleteRequest) -> LeaseAck:
         self.calls.append(("complete", request))
+        if request.inline is not None:
+            assert self.put(base64.b64decode(request.inline)) == request.result
         with self._lock:
             unit = self.leases.pop(lease_id)
             self.results[unit["index"]] = np.load(io.BytesIO(self.artifacts[request.result]))
-        return LeaseAck(lease_id=lease_id, state="done")
+        follow_on = self.request_lease(request.next) if request.next is not None else None
+        return LeaseAck(lease_id=lease_id, state="done", next_lease=follow_on)
 
     def fail(self, lease_id: str, request: FailRequest) -> LeaseAck:
         self.calls.append(("fail", request))

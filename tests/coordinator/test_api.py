@@ -289,3 +289,30 @@ def test_tls_with_a_self_signed_certificate(tmp_path):
             httpx.get(proc.url + "/healthz", verify=True)  # not trusted without the certificate
     finally:
         proc.stop()
+
+
+def test_inline_result_and_next_lease_in_one_call(api):
+    import base64
+
+    job = api.submit(X[:30] * 2.0, unit_items=10)
+    cred = api.enroll("one-trip")
+    grant = api.lease(cred)
+    seen = []
+    while grant is not None:
+        seen.append(grant["unit_index"])
+        from fleetgrid.models.registry import load_runner
+        from fleetgrid.workloads.inputs import decode_items
+
+        items = decode_items(api.call("GET", f"/artifacts/{grant['input']['digest']}", cred).content, "npy")
+        data = npy(load_runner("mnist1d-cnn", threads=1)(items).astype(np.float32))
+        path = f"/leases/{grant['lease_id']}/complete"
+        bad = api.call("POST", path, cred, json={"result": sha(data), "inline": "not base64!"})
+        assert bad.status_code == 400 and "base64" in bad.json()["message"]
+        wrong = api.call("POST", path, cred, json={"result": sha(data + b"x"), "inline": base64.b64encode(data).decode()})
+        assert wrong.status_code == 400 and wrong.json()["error"] == "hash_mismatch"
+        r = api.call("POST", path, cred, json={"result": sha(data), "inline": base64.b64encode(data).decode(),
+                                               "next": {"state": PARKED}})
+        assert r.status_code == 200, r.text
+        grant = r.json()["next_lease"]
+    assert seen == [0, 1, 2]
+    assert api.call("GET", f"/jobs/{job['job_id']}", TENANT).json()["state"] == "done"

@@ -71,8 +71,11 @@ def test_units_are_leased_in_order_once(store):
     got = [store.acquire("v-1", 10.0, 70.0, f"l{i}") for i in range(4)]
     assert [g[1].idx for g in got[:3]] == [0, 1, 2]
     assert got[3] is None
-    lease, unit, job = got[0]
-    assert (lease.vehicle_id, lease.deadline, unit.state, unit.attempts, job.state) == ("v-1", 70.0, "leased", 1, "running")
+    lease, unit = got[0]
+    assert (lease.vehicle_id, lease.deadline, unit.state, unit.attempts) == ("v-1", 70.0, "leased", 1)
+    assert store.get_job("job-1").state == "queued"
+    store.start_job("job-1")
+    assert store.get_job("job-1").state == "running"
     assert store.counts()["leases_in_flight"] == 3
 
 
@@ -90,8 +93,11 @@ def test_complete_writes_ledger_and_release_requeues_with_checkpoint(store):
     _job(store, n_units=2)
     l0 = store.acquire("v-1", 1.0, 2.0, "l0")[0]
     l1 = store.acquire("v-1", 1.0, 2.0, "l1")[0]
-    unit, job = store.complete(l0.lease_id, D2, _ledger("l0"), 3.0, accept=True)
+    l0, u0, _ = store.lease_context(l0.lease_id)
+    job = store.complete(l0, u0, D2, _ledger("l0"), 3.0, accept=True, artifact=(10, "vehicle:v-1"))
+    unit = store.get_unit(u0.unit_id)
     assert (unit.state, unit.result_digest, job.units_done) == ("done", D2, 1)
+    assert store.owns("vehicle:v-1", D2)
     assert store.accepted_results("job-1") == [(0, D2)]
     lease, unit_ctx, job_ctx = store.lease_context("l0")
     assert (lease.state, unit_ctx.unit_id, job_ctx.job_id) == ("completed", l0.unit_id, "job-1")
@@ -160,6 +166,7 @@ def test_state_survives_reopening(store_url):
     _vehicle(first)
     _job(first)
     first.acquire("v-1", 1.0, 2.0, "l0")
+    first.start_job("job-1")
     first.close()
     second = open_store(store_url)
     assert second.get_lease("l0").state == "active"

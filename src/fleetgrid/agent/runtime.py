@@ -12,6 +12,8 @@ stamps state reports and decides the data plan's month, so a demo can play a day
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import logging
 import signal
@@ -32,9 +34,11 @@ from fleetgrid.agent.transport import CoordinatorClient
 from fleetgrid.agent.worker import UnitTask, WorkerProcess
 from fleetgrid.clock import Clock
 from fleetgrid.protocol import (
+    MAX_INLINE_RESULT_BYTES,
     CompleteRequest,
     EnrollRequest,
     FailRequest,
+    LeaseAck,
     LeaseGrant,
     LeaseRequest,
     ProgressReport,
@@ -89,6 +93,7 @@ class Agent:
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self._lease: LeaseGrant | None = None
+        self._next_grant: LeaseGrant | None = None  # granted along with the last completion
         self._next_renew = 0.0
         self._lease_lost = threading.Event()
         self._computing_since: float | None = None  # perf_counter when the worker began the current unit
@@ -124,6 +129,7 @@ class Agent:
                     log.warning("coordinator unreachable (%s); retrying", exc)
                     self._sleep(self.config.poll_interval_s * min(2**failures, 16))
         finally:
+            self._return_unstarted()
             self._halt.set()
             if pacemaker.is_alive():
                 pacemaker.join()
@@ -155,6 +161,10 @@ class Agent:
         self.vehicle_id = enrollment.vehicle_id
 
     def _step(self) -> None:
+        if self._next_grant is not None:  # the coordinator granted it with the last completion
+            grant, self._next_grant = self._next_grant, None
+            self._work(grant)
+            return
         reading = self.monitor.reading()
         if not reading.eligible:
             self._sleep(self.config.poll_interval_s, until=lambda: self.monitor.reading().eligible)
@@ -286,15 +296,39 @@ class Agent:
     def _deliver(self, grant: LeaseGrant, result: Path, compute_s: float, traffic: _Traffic) -> None:
         data = result.read_bytes()
         self._wait_for_link(len(data), preemptible=False)  # the unit is done: a trip does not stop an upload
-        # A computed result is worth waiting for: retry through network outages until the lease is gone or we stop.
-        digest = self._upload(data, traffic, until_stopped=True)
-        request = CompleteRequest(result=digest, compute_s=compute_s, **_bytes(traffic))
-        self._retrying(lambda: self.client.complete(grant.lease_id, request), until_stopped=True)  # idempotent
+        # A small result rides inside the completion and the next unit is asked for in the same call: one round
+        # trip per unit. A computed result is worth waiting for: retry through outages until the lease is gone.
+        inline = base64.b64encode(data).decode() if len(data) <= MAX_INLINE_RESULT_BYTES else None
+        digest = hashlib.sha256(data).hexdigest() if inline else self._upload(data, traffic, until_stopped=True)
+        follow_on = self._follow_on_request()
+
+        def once() -> LeaseAck:
+            if inline is not None:
+                self._charge(len(inline), traffic)
+            request = CompleteRequest(result=digest, inline=inline, next=follow_on, compute_s=compute_s,
+                                      **_bytes(traffic))
+            return self.client.complete(grant.lease_id, request)
+
+        self._next_grant = self._retrying(once, until_stopped=True).next_lease  # idempotent
         self.stats.units_done += 1
         self.stats.items_done += grant.items
         self.stats.items_resumed += grant.checkpoint.done_items if grant.checkpoint else 0
         self.stats.compute_s += compute_s
         log.info("lease %s complete: %d items in %.2f s", grant.lease_id, grant.items, compute_s)
+
+    def _follow_on_request(self) -> LeaseRequest | None:
+        """The lease request to send with a completion, if this car should take another unit right away."""
+        reading = self.monitor.reading()
+        last = self.config.max_units is not None and self.stats.units_done + 1 >= self.config.max_units
+        if self._stop.is_set() or last or not reading.eligible:
+            return None
+        return LeaseRequest(state=self._report(reading), wait_s=0.0, cached_models=self.dir.cached_models()[-64:])
+
+    def _return_unstarted(self) -> None:
+        """Hand back a unit granted with the last completion that this run will not start."""
+        grant, self._next_grant = self._next_grant, None
+        if grant is not None:
+            self._report_failure(grant, FailRequest(reason="agent stopping", handback=True))
 
     def _hand_back(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic, why: str) -> None:
         reading = self.monitor.reading()

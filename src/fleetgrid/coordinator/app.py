@@ -7,6 +7,8 @@ validation errors become readable 422s that name the field. No route answers 500
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import uuid
@@ -18,10 +20,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..clock import Clock, WallClock
-from ..errors import Conflict, FleetgridError, NotFound
+from ..errors import Conflict, FleetgridError, InvalidInput, NotFound
 from ..models.registry import list_models
 from ..protocol import (
     API_PREFIX,
+    MAX_INLINE_RESULT_BYTES,
     ArtifactInfo,
     CompleteRequest,
     EnrollRequest,
@@ -100,6 +103,17 @@ def _accepted_fields(request: Request) -> list[str]:
     body = getattr(route, "body_field", None)
     model = getattr(getattr(body, "field_info", None), "annotation", None)
     return sorted(getattr(model, "model_fields", {}) or [])
+
+
+def decode_inline(text: str) -> bytes:
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"inline result is not valid base64 ({exc}); send base64 of the .npy bytes") from exc
+    if len(data) > MAX_INLINE_RESULT_BYTES:
+        raise InvalidInput(f"inline result is {len(data)} bytes; inline results are at most "
+                           f"{MAX_INLINE_RESULT_BYTES} bytes, upload larger ones with PUT /v1/artifacts/{{sha256}}")
+    return data
 
 
 def _install_errors(app: FastAPI) -> None:
@@ -188,13 +202,8 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         active = [lease.lease_id for lease in store.active_leases(v.vehicle_id)]
         return HeartbeatResponse(server_time=coord.clock.now(), active_leases=active)
 
-    @app.post(f"{API_PREFIX}/leases", response_model=LeaseGrant, tags=["vehicle"],
-              responses={204: {"description": "no work within wait_s"}})
-    async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)):
-        states.report(v.vehicle_id, req.state)
-        if not req.state.eligible:
-            why = ", ".join(req.state.reasons) or "no reason given"
-            raise Conflict(f"vehicle reports itself ineligible ({why}); lease work only while eligible")
+    async def lease_or_wait(v: VehicleRecord, req: LeaseRequest, request: Request) -> LeaseGrant | None:
+        """Lease a unit, waiting up to ``req.wait_s`` (long-poll) for one to become available."""
         loop = asyncio.get_running_loop()
         until = loop.time() + min(req.wait_s, coord.config.max_long_poll_s)
         while True:
@@ -204,9 +213,19 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
                 return grant
             remaining = until - loop.time()
             if remaining <= 0 or await request.is_disconnected():
-                return Response(status_code=204)
+                return None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), min(remaining, 1.0))
+
+    @app.post(f"{API_PREFIX}/leases", response_model=LeaseGrant, tags=["vehicle"],
+              responses={204: {"description": "no work within wait_s"}})
+    async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)):
+        states.report(v.vehicle_id, req.state)
+        if not req.state.eligible:
+            why = ", ".join(req.state.reasons) or "no reason given"
+            raise Conflict(f"vehicle reports itself ineligible ({why}); lease work only while eligible")
+        grant = await lease_or_wait(v, req, request)
+        return grant if grant is not None else Response(status_code=204)
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/renew", response_model=LeaseAck, tags=["vehicle"])
     async def renew(lease_id: str, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
@@ -217,8 +236,19 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         return sched.progress(v, lease_id, req)
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"])
-    async def complete(lease_id: str, req: CompleteRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
-        return sched.complete(v, lease_id, req)
+    async def complete(lease_id: str, req: CompleteRequest, request: Request,
+                       v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        data = None
+        if req.inline is not None:
+            data = decode_inline(req.inline)
+            # Written and fsynced off the event loop, as an upload is; a wrong digest is refused like one.
+            await asyncio.to_thread(coord.artifacts.put_bytes, data, req.result)
+        ack = sched.complete(v, lease_id, req, inline=data)
+        if req.next is not None:
+            states.report(v.vehicle_id, req.next.state)
+            if req.next.state.eligible:
+                ack = ack.model_copy(update={"next_lease": await lease_or_wait(v, req.next, request)})
+        return ack
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/fail", response_model=LeaseAck, tags=["vehicle"])
     async def fail(lease_id: str, req: FailRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:

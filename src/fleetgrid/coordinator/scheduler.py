@@ -69,6 +69,7 @@ class Scheduler:
         self.config = config
         self.clock = clock or WallClock()
         self.work_available = asyncio.Event()
+        self._specs: dict[str, JobRecord] = {}
 
     def _wake(self) -> None:
         """Wake long-polling cars: there may be work. Each waiter re-checks, so a spurious wake is harmless."""
@@ -169,7 +170,11 @@ class Scheduler:
         got = self.store.acquire(vehicle.vehicle_id, now, now + self.config.lease_ttl_s, "lease-" + uuid.uuid4().hex)
         if got is None:
             return None
-        lease, unit, job = got
+        lease, unit = got
+        job = self._job_spec(unit.job_id)
+        if job.state == JobState.QUEUED:
+            self.store.start_job(job.job_id)
+            job.state = JobState.RUNNING
         spec = get_model_spec(job.model)
         file_digest = job.spec.get("model_file")
         model_file = ArtifactRef(digest=file_digest, size=self.artifacts.size(file_digest)) if file_digest else None
@@ -184,6 +189,13 @@ class Scheduler:
             items=unit.items, batch_size=job.spec.get("batch_size") or spec.default_batch_size,
             checkpoint=checkpoint, deadline=lease.deadline, renew_every_s=self.config.lease_ttl_s / 3,
         )
+
+    def _job_spec(self, job_id: str) -> JobRecord:
+        """A job's immutable part (model, spec), cached: every lease needs it. Its counters here are stale."""
+        job = self._specs.get(job_id)
+        if job is None:
+            job = self._specs[job_id] = self.store.get_job(job_id)
+        return job
 
     def _owned(self, vehicle: VehicleRecord, lease_id: str, *, active: bool = True) -> _Owned:
         """The lease with its unit and job, if it is this vehicle's (and, with ``active``, still open)."""
@@ -241,7 +253,9 @@ class Scheduler:
         self.store.renew(lease_id, deadline)
         return LeaseAck(lease_id=lease_id, state="active", deadline=deadline)
 
-    def complete(self, vehicle: VehicleRecord, lease_id: str, req: CompleteRequest) -> LeaseAck:
+    def complete(self, vehicle: VehicleRecord, lease_id: str, req: CompleteRequest,
+                 inline: bytes | None = None) -> LeaseAck:
+        """Accept a unit's result. ``inline``: the result's bytes, already stored under ``req.result``."""
         owned = self._owned(vehicle, lease_id, active=False)
         if owned.lease.state == "completed":
             if owned.lease.result_digest == req.result:
@@ -249,13 +263,16 @@ class Scheduler:
             raise Conflict(f"lease {lease_id} was already completed with result {owned.lease.result_digest}; "
                            "a lease completes once")
         self._require_active(owned)
-        self._check_rows(owned, self._vehicle_npy(vehicle, req.result, "result"), owned.unit.items, "result")
+        head = inline[:4096] if inline is not None else self._vehicle_npy(vehicle, req.result, "result")
+        self._check_rows(owned, head, owned.unit.items, "result")
         now = self.clock.now()
         entry = LedgerRecord(lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=owned.job.job_id,
                              items=owned.unit.items, compute_s=req.compute_s, cellular_bytes=req.cellular_bytes,
                              wifi_bytes=req.wifi_bytes, at=now)
         quorum = (owned.job.spec.get("redundancy") or {}).get("quorum", 1)
-        unit, job = self.store.complete(lease_id, req.result, entry, now, accept=quorum <= 1)
+        artifact = (len(inline), f"vehicle:{vehicle.vehicle_id}") if inline is not None else None
+        unit = owned.unit
+        job = self.store.complete(owned.lease, unit, req.result, entry, now, accept=quorum <= 1, artifact=artifact)
         if quorum > 1 and self._quorum(job, unit.idx, quorum, job.spec["redundancy"]):
             job = self.store.get_job(job.job_id)
         if job.units_done == job.units_total and job.state == JobState.RUNNING:

@@ -203,8 +203,12 @@ class Store(ABC):
 
     # --- leases -------------------------------------------------------------------------------------------------
     @abstractmethod
-    def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str) -> tuple[LeaseRecord, UnitRecord, JobRecord] | None:
+    def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str) -> tuple[LeaseRecord, UnitRecord] | None:
         """Lease the oldest pending unit of a live job to the vehicle (never two replicas of one unit to one car)."""
+
+    @abstractmethod
+    def start_job(self, job_id: str) -> None:
+        """Mark a queued job running (its first lease was issued); no change in any other state."""
 
     @abstractmethod
     def get_lease(self, lease_id: str) -> LeaseRecord | None: ...
@@ -223,10 +227,11 @@ class Store(ABC):
     def record_progress(self, lease_id: str, done_items: int, checkpoint_digest: str | None) -> None: ...
 
     @abstractmethod
-    def complete(self, lease_id: str, result_digest: str, ledger: LedgerRecord, now: float, *,
-                 accept: bool = False) -> tuple[UnitRecord, JobRecord]:
+    def complete(self, lease: LeaseRecord, unit: UnitRecord, result_digest: str, ledger: LedgerRecord, now: float,
+                 *, accept: bool = False, artifact: tuple[int, str] | None = None) -> JobRecord:
         """Close the lease as completed, mark its unit done and write one ledger row, atomically; with ``accept``
-        also accept the result as its logical unit's (when no quorum is needed). Returns the unit and job after."""
+        also accept the result as its logical unit's (when no quorum is needed); with ``artifact`` (size, owner)
+        also record the result artifact (sent inline). Updates ``lease`` and ``unit`` and returns the job after."""
 
     @abstractmethod
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,

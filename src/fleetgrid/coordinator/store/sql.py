@@ -115,11 +115,25 @@ class SQLStore(Store):
 
             self._q_add_artifact = pg_insert(artifacts).on_conflict_do_nothing()
             self._q_add_owner = pg_insert(artifact_owners).on_conflict_do_nothing()
+            self._q_accept = pg_insert(accepted).on_conflict_do_nothing().returning(accepted.c.idx)
         else:
             self._q_add_artifact = insert(artifacts).prefix_with("OR IGNORE")
             self._q_add_owner = insert(artifact_owners).prefix_with("OR IGNORE")
+            self._q_accept = insert(accepted).prefix_with("OR IGNORE").returning(accepted.c.idx)
         self._q_owned_by = select(artifact_owners.c.owner).where(
             artifact_owners.c.digest == bindparam("digest"), artifact_owners.c.owner == bindparam("owner")
+        )
+        self._q_lease_context = (
+            select(*(col.label("l_" + col.name) for col in leases.c),
+                   *(col.label("u_" + col.name) for col in units.c),
+                   *(col.label("j_" + col.name) for col in jobs.c))
+            .join(units, units.c.unit_id == leases.c.unit_id)
+            .join(jobs, jobs.c.job_id == leases.c.job_id)
+            .where(leases.c.lease_id == bindparam("lid"))
+        )
+        self._q_done = (
+            update(jobs).where(jobs.c.job_id == bindparam("jid")).values(units_done=jobs.c.units_done + 1)
+            .returning(*jobs.c)
         )
         self._q_replicas = select(units.c.unit_id, units.c.state).where(
             units.c.job_id == bindparam("jid"), units.c.idx == bindparam("idx")
@@ -205,13 +219,14 @@ class SQLStore(Store):
 
     def lease_context(self, lease_id: str) -> tuple[LeaseRecord, UnitRecord, JobRecord] | None:
         with self.engine.connect() as c:
-            row = c.execute(self._q_lease, {"lid": lease_id}).first()
-            if row is None:
-                return None
-            lease = _lease(row)
-            unit = _unit(c.execute(self._q_unit, {"uid": lease.unit_id}).one())
-            job = _job(c.execute(self._q_job, {"jid": lease.job_id}).one())
-        return lease, unit, job
+            row = c.execute(self._q_lease_context, {"lid": lease_id}).first()
+        if row is None:
+            return None
+        m = row._mapping
+        parts = [{k[2:]: v for k, v in m.items() if k.startswith(p)} for p in ("l_", "u_", "j_")]
+        return (LeaseRecord(**{k: parts[0][k] for k in LeaseRecord.__slots__}),
+                UnitRecord(**{k: parts[1][k] for k in UnitRecord.__slots__}),
+                JobRecord(**{k: parts[2][k] for k in JobRecord.__slots__}))
 
     def vehicle_may_read(self, vehicle_id: str, digest: str) -> bool:
         needed = (
@@ -271,20 +286,23 @@ class SQLStore(Store):
 
     def accept_unit(self, job_id: str, idx: int, result_digest: str) -> bool:
         with self.engine.begin() as c:
-            return self._accept(c, job_id, idx, result_digest)
+            return self._accept(c, job_id, idx, result_digest, replicated=True) is not None
 
-    def _accept(self, c: Connection, job_id: str, idx: int, result_digest: str) -> bool:
-        if c.execute(self._q_accepted, {"jid": job_id, "idx": idx}).first() is not None:
-            return False
-        c.execute(insert(accepted).values(job_id=job_id, idx=idx, result_digest=result_digest))
-        c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=jobs.c.units_done + 1))
-        # Replicas of an accepted unit that nobody has started are no longer needed. Select them by (job, idx)
-        # first: given the state too, SQLite would walk the (state, seq) index over every pending unit.
-        replicas = c.execute(self._q_replicas, {"jid": job_id, "idx": idx}).all()
-        idle = [r.unit_id for r in replicas if r.state == "pending"]
-        if idle:
-            c.execute(update(units).where(units.c.unit_id.in_(idle)).values(state="cancelled"))
-        return True
+    def _accept(self, c: Connection, job_id: str, idx: int, result_digest: str, *,
+                replicated: bool) -> JobRecord | None:
+        """Accept a unit's result; the job after it, or None if the unit was accepted before."""
+        added = c.execute(self._q_accept, {"job_id": job_id, "idx": idx, "result_digest": result_digest}).first()
+        if added is None:  # accepted before: the insert was ignored
+            return None
+        job = _job(c.execute(self._q_done, {"jid": job_id}).one())
+        if replicated:
+            # Replicas of an accepted unit that nobody has started are no longer needed. Select them by (job, idx)
+            # first: given the state too, SQLite would walk the (state, seq) index over every pending unit.
+            replicas = c.execute(self._q_replicas, {"jid": job_id, "idx": idx}).all()
+            idle = [r.unit_id for r in replicas if r.state == "pending"]
+            if idle:
+                c.execute(update(units).where(units.c.unit_id.in_(idle)).values(state="cancelled"))
+        return job
 
     def accepted_results(self, job_id: str) -> list[tuple[int, str]]:
         query = select(accepted.c.idx, accepted.c.result_digest).where(accepted.c.job_id == job_id)
@@ -316,13 +334,15 @@ class SQLStore(Store):
                 return None
             unit = _unit(row)
             c.execute(self._q_take_unit, {"uid": unit.unit_id, "vid": vehicle_id})
-            c.execute(self._q_job_running, {"jid": unit.job_id})
             lease = LeaseRecord(lease_id=lease_id, unit_id=unit.unit_id, job_id=unit.job_id, vehicle_id=vehicle_id,
                                 issued_at=now, deadline=deadline)
             c.execute(self._q_insert_lease, {k: getattr(lease, k) for k in LeaseRecord.__slots__})
-            job = _job(c.execute(self._q_job, {"jid": unit.job_id}).one())
         unit.state, unit.attempts, unit.vehicle_id = "leased", unit.attempts + 1, vehicle_id
-        return lease, unit, job
+        return lease, unit
+
+    def start_job(self, job_id: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(self._q_job_running, {"jid": job_id})
 
     def get_lease(self, lease_id: str) -> LeaseRecord | None:
         with self.engine.connect() as c:
@@ -354,24 +374,28 @@ class SQLStore(Store):
                 .values(checkpoint_items=done_items, checkpoint_digest=checkpoint_digest)
             )
 
-    def complete(self, lease_id: str, result_digest: str, entry: LedgerRecord, now: float, *,
-                 accept: bool = False) -> tuple[UnitRecord, JobRecord]:
+    def complete(self, lease: LeaseRecord, unit: UnitRecord, result_digest: str, entry: LedgerRecord, now: float,
+                 *, accept: bool = False, artifact: tuple[int, str] | None = None) -> JobRecord:
         with self.engine.begin() as c:
-            lease = _lease(c.execute(self._q_lease, {"lid": lease_id}).one())
+            if artifact is not None:
+                size, owner = artifact
+                c.execute(self._q_add_artifact, [{"digest": result_digest, "size": size, "created_at": now}])
+                c.execute(self._q_add_owner, [{"digest": result_digest, "owner": owner}])
             c.execute(
-                update(leases).where(leases.c.lease_id == lease_id)
+                update(leases).where(leases.c.lease_id == lease.lease_id)
                 .values(state="completed", result_digest=result_digest, closed_at=now)
             )
             c.execute(
-                update(units).where(units.c.unit_id == lease.unit_id)
+                update(units).where(units.c.unit_id == unit.unit_id)
                 .values(state="done", result_digest=result_digest)
             )
             c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
-            unit = _unit(c.execute(self._q_unit, {"uid": lease.unit_id}).one())
-            if accept:
-                self._accept(c, unit.job_id, unit.idx, result_digest)
-            job = _job(c.execute(self._q_job, {"jid": unit.job_id}).one())
-        return unit, job
+            job = self._accept(c, unit.job_id, unit.idx, result_digest, replicated=unit.replicas > 1) if accept else None
+            if job is None:
+                job = _job(c.execute(self._q_job, {"jid": unit.job_id}).one())
+        lease.state, lease.result_digest, lease.closed_at = "completed", result_digest, now
+        unit.state, unit.result_digest = "done", result_digest
+        return job
 
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
                 checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> None:
