@@ -103,7 +103,9 @@ def preemption_latency(root: Path, count: int) -> dict:
                 _until(lambda: any(p.name == "checkpoint.npy" for p in work.rglob("*")), 120)
                 bus.set(drive=DriveState.DRIVING)
                 _until(lambda: agent.stats.preemptions > i, 60)
+                _until(lambda: not any(p.name == "checkpoint.npy" for p in work.rglob("*")), 60)
                 bus.set(drive=DriveState.PARKED)
+                print(f"preemption {i + 1}/{count}: {agent.stats.preemption_latencies_ms[-1]:.1f} ms", flush=True)
     finally:
         stop.set()
         thread.join(30)

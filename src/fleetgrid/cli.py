@@ -228,29 +228,18 @@ def corpus(out: Annotated[Path, typer.Option(help="JSON Lines file to write")] =
     console.print(f"wrote {len(texts)} texts to {out}")
 
 
-def _register_optional() -> None:
-    """Commands whose modules live in their own packages."""
-    try:
-        from .agent.cli import agent_command
-    except ImportError:  # pragma: no cover - the agent package is part of fleetgrid; this guards partial installs
-        pass
-    else:
-        app.command("agent", help="Run the vehicle agent: take work only while the car is free.")(agent_command)
-    try:
-        from .sim.cli import simulate
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        app.command("simulate", help="Simulate what a fleet of parked cars delivers, hour by hour.")(simulate)
-    try:
-        from .demo import demo_command
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        app.command("demo", help="The main job: coordinator + N cars + a MiniLM embedding job, end to end.")(demo_command)
+def _register_subcommands() -> None:
+    """Commands whose code lives in their own packages (each imports its heavy parts only when run)."""
+    from .agent.cli import agent_command
+    from .demo import demo_command
+    from .sim.cli import simulate
+
+    app.command("agent", help="Run the vehicle agent: take work only while the car is free.")(agent_command)
+    app.command("simulate", help="Simulate what a fleet of parked cars delivers, hour by hour.")(simulate)
+    app.command("demo", help="The main job: coordinator + N cars + a MiniLM embedding job, end to end.")(demo_command)
 
 
-_register_optional()
+_register_subcommands()
 
 
 def main() -> None:

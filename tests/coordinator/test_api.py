@@ -316,3 +316,28 @@ def test_inline_result_and_next_lease_in_one_call(api):
         grant = r.json()["next_lease"]
     assert seen == [0, 1, 2]
     assert api.call("GET", f"/jobs/{job['job_id']}", TENANT).json()["state"] == "done"
+
+
+def test_redundant_units_need_a_quorum_and_a_disagreement_adds_a_replica(api):
+    x = X[:20] * 3.0
+    job = api.submit(x, unit_items=20, redundancy={"replicas": 2, "quorum": 2})
+    honest, liar, tiebreak = api.enroll("honest"), api.enroll("liar"), api.enroll("tiebreak")
+    first = api.lease(honest)
+    r = api.call("POST", "/leases", honest, json={"state": PARKED})
+    assert r.status_code == 204  # never two replicas of one unit to the same car
+    second = api.lease(liar)
+    assert (first["replica"], second["replica"]) == (0, 1)
+    good = api.compute_and_upload(first, honest)
+    api.call("POST", f"/leases/{first['lease_id']}/complete", honest, json={"result": good})
+    assert api.call("GET", f"/jobs/{job['job_id']}", TENANT).json()["units_done"] == 0  # one vote is not a quorum
+    wrong = api.upload(npy(np.zeros((20, 10), np.float32)), liar)
+    api.call("POST", f"/leases/{second['lease_id']}/complete", liar, json={"result": wrong})
+    assert api.call("GET", f"/jobs/{job['job_id']}", TENANT).json()["state"] == "running"
+    third = api.lease(tiebreak)  # the disagreement asked for one more replica
+    assert third["replica"] == 2
+    api.call("POST", f"/leases/{third['lease_id']}/complete", tiebreak,
+             json={"result": api.compute_and_upload(third, tiebreak)})
+    status = api.call("GET", f"/jobs/{job['job_id']}", TENANT).json()
+    assert status["state"] == "done" and status["units_done"] == 1
+    result = np.load(io.BytesIO(api.call("GET", f"/jobs/{job['job_id']}/result", TENANT).content))
+    assert np.abs(result).sum() > 0  # the honest answer won

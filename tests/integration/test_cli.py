@@ -1,0 +1,51 @@
+"""The README's commands, run as a user types them, against real coordinator and agent processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fleetgrid.workloads.inference import run_local
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def fleetgrid(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "fleetgrid", *args], capture_output=True, text=True, timeout=240)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_quickstart_submit_status_result_fleet(fleet, tmp_path):
+    coordinator = fleet.start_coordinator()
+    fleet.start_agent("car-1")
+    x = np.random.default_rng(1).normal(size=(300, 40)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    where = ["--coordinator", coordinator.url, "--data-dir", str(coordinator.data_dir)]
+    out = fleetgrid("submit", "infer", "--model", "mnist1d-cnn", "--inputs", str(tmp_path / "x.npy"),
+                    "--unit-items", "100", "--wait", "--out", str(tmp_path / "r.npy"), *where)
+    assert "submitted job-" in out.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), run_local("mnist1d-cnn", x, threads=1), atol=1e-5)
+    jobs = json.loads(fleetgrid("status", "--json", *where).stdout)
+    assert [j["state"] for j in jobs] == ["done"] and jobs[0]["units_total"] == 3
+    overview = json.loads(fleetgrid("fleet", "--json", *where).stdout)
+    assert overview["vehicles"] == 1 and overview["jobs"] == {"done": 1}
+    bad = fleetgrid("submit", "infer", "--model", "nope", "--inputs", str(tmp_path / "x.npy"), *where, check=False)
+    assert bad.returncode == 2 and "registered models" in bad.stderr
+    missing = fleetgrid("status", "job-missing", *where, check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_demo_json_summary(tmp_path):
+    proc = fleetgrid("demo", "--cars", "2", "--items", "96", "--json", "--keep", str(tmp_path / "demo"))
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("items", "items_per_s", "matches_local", "preemptions", "reissued_units", "cellular_bytes",
+                "wifi_bytes"):
+        assert key in summary, key
+    assert summary["items"] == 96 and summary["matches_local"] is True
+    assert summary["cellular_bytes"] + summary["wifi_bytes"] > 0
