@@ -33,13 +33,14 @@ _DAY_START = 5 * 86400 + 6.5 * 3600
 @dataclass(kw_only=True)
 class DemoConfig:
     cars: int = 8
-    items: int = 2000
+    items: int = 1200
     """Docstrings to embed."""
     max_chars: int = 200
     """Each docstring is cut to this many characters."""
     model: str = "minilm-l6-v2"
-    speed: float = 1440.0
-    """Simulated seconds per wall second: 1440 plays a day in a minute."""
+    speed: float = 720.0
+    """Simulated seconds per wall second: 720 plays a day in two minutes (1440: a day a minute). Every trip
+    stops a car's worker, and a restarted worker reloads the model: on 2 cores, faster days mostly reload."""
     unit_items: int = 128
     """Items per work unit: two MiniLM batches, so every car gets work and a trip costs little."""
     threads: int = 1
@@ -169,8 +170,8 @@ def _print(summary: dict[str, Any], console: Console) -> None:
 
 def demo_command(
     cars: Annotated[int, typer.Option(help="Agent processes (simulated cars)")] = 8,
-    items: Annotated[int, typer.Option(help="Docstrings to embed")] = 2000,
-    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second (1440: a day a minute)")] = 1440.0,
+    items: Annotated[int, typer.Option(help="Docstrings to embed")] = 1200,
+    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second (720: a day in two minutes)")] = 720.0,
     threads: Annotated[int, typer.Option(help="Torch threads per car")] = 1,
     seed: int = 0,
     keep: Annotated[Optional[Path], typer.Option(help="Keep coordinator data and car state in this directory")] = None,
