@@ -1,7 +1,7 @@
 """The main job, ``fleetgrid demo``: a coordinator, N cars through an accelerated day, a real embedding job.
 
 Starts the coordinator on embedded defaults (SQLite, local artifacts) and N agent processes whose simulated cars
-drive, park and charge on a shared clock that plays a day in a minute; submits all-MiniLM-L6-v2 embeddings of a
+drive, park and charge, replaying days drawn by the fleet simulator, on a shared accelerated clock; submits all-MiniLM-L6-v2 embeddings of a
 real corpus (the Python standard library's docstrings); shows live progress; checks the assembled result against a
 plain local run of the same model on the same inputs; prints a summary (``--json``: one JSON object, last line).
 """
@@ -70,6 +70,17 @@ def _inputs(config: DemoConfig) -> list[str]:
     return texts
 
 
+def _calibrated_buses(path: Path, cars: int, seed: int) -> list[str]:
+    """One day per car from the fleet simulator's central scenario (sourced trip, plug-in and Wi-Fi behaviour),
+    replayed by each car's simulated vehicle bus."""
+    from .sim import load_scenario
+    from .sim.traces import export_traces
+    from .vehicle.schedule import load_traces
+
+    export_traces(path, load_scenario("central"), vehicles=cars, days=1, seed=seed)
+    return [f"trace:{path}#{trace.vehicle_id}" for trace in load_traces(path)]
+
+
 def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
     from .client import FleetgridClient
     from .localfleet import AgentProcess, CoordinatorProcess
@@ -81,11 +92,11 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
     creds = coordinator.credentials()
     clock_args = ["--clock-speed", str(config.speed), "--clock-start", str(_DAY_START),
                   "--clock-origin", str(time.time() + 2.0)]
+    buses = _calibrated_buses(root / "traces.jsonl", config.cars, config.seed)
     agents = [
-        AgentProcess(coordinator.url, root / f"car-{i}", creds.enroll, name=f"car-{i}",
-                     bus=f"synthetic:{config.seed * 1000 + i}", hardware=("ai4", "hw3")[i % 4 == 3],
-                     threads=config.threads, extra_args=clock_args).start()
-        for i in range(config.cars)
+        AgentProcess(coordinator.url, root / f"car-{i}", creds.enroll, name=f"car-{i}", bus=bus,
+                     hardware=("ai4", "hw3")[i % 4 == 3], threads=config.threads, extra_args=clock_args).start()
+        for i, bus in enumerate(buses)
     ]
     try:
         console.print(f"coordinator {coordinator.url}  cars {config.cars}  corpus {len(texts)} docstrings  "
