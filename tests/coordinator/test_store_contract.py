@@ -77,6 +77,7 @@ def test_units_are_leased_in_order_once(store):
     store.start_job("job-1")
     assert store.get_job("job-1").state == "running"
     assert store.counts()["leases_in_flight"] == 3
+    assert (store.count_units("job-1", "leased"), store.count_units("job-1", "pending")) == (3, 0)
 
 
 def test_one_car_never_gets_two_replicas_of_a_unit(store):

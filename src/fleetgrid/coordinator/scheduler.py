@@ -143,7 +143,7 @@ class Scheduler:
         return job
 
     def status(self, job: JobRecord) -> JobStatus:
-        in_flight = sum(u.state == "leased" for u in self.store.units_of(job.job_id)) if job.state == "running" else 0
+        in_flight = self.store.count_units(job.job_id, "leased") if job.state == JobState.RUNNING else 0
         return JobStatus(
             job_id=job.job_id, name=job.name, kind=job.kind, model=job.model, state=JobState(job.state),
             items=job.items, units_total=job.units_total, units_done=job.units_done, units_in_flight=in_flight,

@@ -182,6 +182,10 @@ class Store(ABC):
     def units_of(self, job_id: str, idx: int | None = None) -> list[UnitRecord]: ...
 
     @abstractmethod
+    def count_units(self, job_id: str, state: str) -> int:
+        """How many of a job's units (replicas counted) are in ``state``."""
+
+    @abstractmethod
     def get_unit(self, unit_id: str) -> UnitRecord | None: ...
 
     @abstractmethod

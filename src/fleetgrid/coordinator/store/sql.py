@@ -275,6 +275,11 @@ class SQLStore(Store):
         with self.engine.connect() as c:
             return [_unit(r) for r in c.execute(query)]
 
+    def count_units(self, job_id: str, state: str) -> int:
+        query = select(func.count()).select_from(units).where(units.c.job_id == job_id, units.c.state == state)
+        with self.engine.connect() as c:
+            return int(c.execute(query).scalar() or 0)
+
     def get_unit(self, unit_id: str) -> UnitRecord | None:
         with self.engine.connect() as c:
             row = c.execute(self._q_unit, {"uid": unit_id}).first()
