@@ -102,7 +102,7 @@ def preemption_latency(root: Path, count: int) -> dict:
             for i in range(count):
                 _until(lambda: any(p.name == "checkpoint.npy" for p in work.rglob("*")), 120)
                 bus.set(drive=DriveState.DRIVING)
-                _until(lambda: agent.stats.preemptions > i, 60)
+                _until(lambda done=i: agent.stats.preemptions > done, 60)
                 _until(lambda: not any(p.name == "checkpoint.npy" for p in work.rglob("*")), 60)
                 bus.set(drive=DriveState.PARKED)
                 print(f"preemption {i + 1}/{count}: {agent.stats.preemption_latencies_ms[-1]:.1f} ms", flush=True)

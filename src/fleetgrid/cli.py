@@ -39,6 +39,13 @@ def _fail(exc: FleetgridError) -> None:
     raise typer.Exit(2 if 400 <= exc.status < 500 else 1)
 
 
+def _name_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise InvalidInput(f"--tenant {text!r}: expected NAME=TOKEN, e.g. --tenant acme=fgt_secret")
+    return name, value
+
+
 def _client(url: str, token: str | None, data_dir: Path, ca: Path | None, *, operator: bool = False):
     from .client import FleetgridClient
     from .coordinator.config import Credentials
@@ -62,14 +69,24 @@ def serve(
     tls_cert: Annotated[Optional[Path], typer.Option(help="PEM certificate: serve HTTPS")] = None,
     tls_key: Annotated[Optional[Path], typer.Option(help="PEM private key of --tls-cert")] = None,
     lease_ttl: Annotated[float, typer.Option(help="Seconds a lease lives without renewal")] = 60.0,
-    enroll_token: Annotated[Optional[str], typer.Option(envvar="FLEETGRID_ENROLL_TOKEN")] = None,
+    max_artifact_bytes: Annotated[int, typer.Option(help="Largest artifact upload, in bytes")] = 2 << 30,
+    enroll_token: Annotated[Optional[str], typer.Option(envvar="FLEETGRID_ENROLL_TOKEN",
+                                                        help="Fix the fleet enrollment token")] = None,
+    operator_token: Annotated[Optional[str], typer.Option(envvar="FLEETGRID_OPERATOR_TOKEN",
+                                                          help="Fix the operator token")] = None,
+    tenant: Annotated[Optional[list[str]], typer.Option(help="NAME=TOKEN: a tenant with a fixed token (repeatable)")] = None,
 ) -> None:
-    """Run the coordinator (embedded SQLite and local artifacts by default)."""
+    """Run the coordinator (embedded SQLite and local artifacts by default).
+
+    Tokens not fixed by options are generated at first start and written to DATA_DIR/credentials.json."""
     from .coordinator.config import CoordinatorConfig
     from .coordinator.server import serve as run_server
 
     try:
-        config = CoordinatorConfig(data_dir=data_dir, database_url=db, lease_ttl_s=lease_ttl, enroll_token=enroll_token)
+        tenants = dict(_name_value(t) for t in tenant or [])
+        config = CoordinatorConfig(data_dir=data_dir, database_url=db, lease_ttl_s=lease_ttl,
+                                   max_artifact_bytes=max_artifact_bytes, enroll_token=enroll_token,
+                                   operator_token=operator_token, tenant_tokens=tenants)
         scheme = "https" if tls_cert else "http"
         err.print(f"fleetgrid coordinator on {scheme}://{host}:{port}  (docs: /docs)  "
                   f"credentials: {config.credentials_path}", highlight=False)

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from .agent.transport import error_from_response
 from .errors import InvalidInput, TransportError
 from .protocol import API_PREFIX, FleetOverview, JobStatus, JobSubmit, LedgerEntry, VehicleSummary
+from .wire_errors import error_from_response
 
 __all__ = ["FleetgridClient", "encode_inputs"]
 

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import FleetgridError
+from .errors import FleetgridError, InvalidInput
 
 __all__ = ["DemoConfig", "demo_command", "run_demo"]
 
@@ -52,11 +52,11 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.cars <= 64:
-            raise typer.BadParameter(f"--cars {self.cars}: give 1 to 64 cars on one machine")
+            raise InvalidInput(f"--cars {self.cars}: give 1 to 64 cars on one machine")
         if self.items < 1:
-            raise typer.BadParameter(f"--items {self.items}: give at least 1 item")
+            raise InvalidInput(f"--items {self.items}: give at least 1 item")
         if self.speed <= 0:
-            raise typer.BadParameter(f"--speed {self.speed}: must be > 0 simulated seconds per wall second")
+            raise InvalidInput(f"--speed {self.speed}: must be > 0 simulated seconds per wall second")
 
 
 def _inputs(config: DemoConfig) -> list[str]:
@@ -195,7 +195,7 @@ def demo_command(
                            console)
     except FleetgridError as exc:
         console.print(f"[red]demo failed:[/red] {exc.message}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2 if isinstance(exc, InvalidInput) else 1) from None
     _print(summary, console)
     if as_json:
         print(json.dumps(summary, default=float))

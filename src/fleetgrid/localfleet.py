@@ -44,11 +44,13 @@ class CoordinatorProcess:
     port: int = field(default_factory=free_port)
     db: str | None = None
     extra_args: list[str] = field(default_factory=list)
+    tls: tuple[Path, Path] | None = None
+    """(certificate, key) PEM files: serve HTTPS."""
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -60,10 +62,15 @@ class CoordinatorProcess:
                 *self.extra_args]
         if self.db:
             args += ["--db", self.db]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
         wait_healthy(self.url, timeout_s, self.proc, self.log_path)
         return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def credentials(self) -> Credentials:
         return Credentials.load(self.data_dir / "credentials.json")

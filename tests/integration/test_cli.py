@@ -49,3 +49,8 @@ def test_demo_json_summary(tmp_path):
         assert key in summary, key
     assert summary["items"] == 96 and summary["matches_local"] is True
     assert summary["cellular_bytes"] + summary["wifi_bytes"] > 0
+
+
+def test_demo_refuses_bad_settings_with_exit_code_2():
+    proc = fleetgrid("demo", "--cars", "0", check=False)
+    assert proc.returncode == 2 and "1 to 64 cars" in proc.stdout + proc.stderr

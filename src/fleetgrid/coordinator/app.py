@@ -131,7 +131,8 @@ def _install_errors(app: FastAPI) -> None:
 
 
 def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = None,
-               coordinator: Coordinator | None = None) -> FastAPI:
+               coordinator: Coordinator | None = None) -> BodyLimit:
+    """The coordinator as an ASGI app: the FastAPI routes (``.app``) behind the request-body limit."""
     coord = coordinator or Coordinator(config or CoordinatorConfig(), clock)
 
     @contextlib.asynccontextmanager
@@ -157,7 +158,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)  # type: ignore[return-value]
+    return BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
 
 
 class _StateWriter:
