@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -134,6 +134,94 @@ def submit_infer(
         _fail(exc)
 
 
+def _setting(text: str) -> tuple[list[str], Any]:
+    """``local.steps=50`` -> (["local", "steps"], 50): the value is read as JSON, else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise InvalidInput(f"--set {text!r}: expected KEY=VALUE, e.g. --set local.steps=50 or --set rounds.deadline_s=120")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.split("."), value
+
+
+def _nested(pairs: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in pairs:
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InvalidInput(f"--set {'.'.join(path)}: {part} was already given a value")
+        node[path[-1]] = value
+    return out
+
+
+@submit_app.command("train")
+def submit_train(
+    model: Annotated[str, typer.Option(help="Trainable model: 'mnist1d-cnn' or 'charlm'")] = "mnist1d-cnn",
+    strategy: Annotated[str, typer.Option(help="fedavg, diloco or fedbuff")] = "fedavg",
+    rounds: Annotated[int, typer.Option(help="Global versions to train for")] = 10,
+    dataset: Annotated[Optional[str], typer.Option(help="mnist1d or stdlib_text (default: the model's)")] = None,
+    shards: Annotated[int, typer.Option(help="Shards the data is split into (one per car)")] = 8,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration of the label split (mnist1d)")] = 0.5,
+    steps: Annotated[Optional[int], typer.Option(help="H: local steps per round on each car")] = None,
+    bits: Annotated[Optional[int], typer.Option(help="Quantize updates and model deltas to 4 or 8 bits")] = None,
+    clients: Annotated[Optional[int], typer.Option(help="Reports wanted per round")] = None,
+    target_accuracy: Annotated[Optional[float], typer.Option(help="Stop once held-out accuracy reaches this")] = None,
+    setting: Annotated[Optional[list[str]], typer.Option("--set", help="Strategy setting KEY=VALUE, dotted for "
+                                                         "nested ones, e.g. local.lr=0.02 (repeatable)")] = None,
+    name: str = "",
+    wait: Annotated[bool, typer.Option(help="Follow the job, then save the trained model")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Where --wait saves the model (.safetensors)")] = None,
+    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
+) -> None:
+    """Submit a federated training job: each car trains on data it derives itself; only compressed updates travel."""
+    try:
+        pairs = [_setting(t) for t in setting or []]
+        if steps is not None:
+            pairs.append((["local", "steps"], steps))
+        if bits is not None:
+            pairs += [(["local", "compression", "bits"], bits), (["downlink", "bits"], bits)]
+        if clients is not None:
+            pairs.append((["rounds", "clients_per_round"], clients))
+        data = {"dataset": dataset or ("stdlib_text" if model == "charlm" else "mnist1d"),
+                "num_vehicles": shards, "alpha": alpha}
+        target = {"accuracy": target_accuracy} if target_accuracy is not None else None
+        with _client(url, token, data_dir, ca) as client:
+            status = client.submit_train(model, data=data, strategy=strategy, settings=_nested(pairs),
+                                         rounds=rounds, target_metric=target, name=name)
+            console.print(f"submitted {status.job_id}: {strategy} on {model}, {rounds} rounds over {shards} shards")
+            if wait:
+                final = _watch_training(client, status.job_id)
+                if final.state != "done":
+                    err.print(f"job {final.state}: {final.error}")
+                    raise typer.Exit(1)
+                path = out or Path(f"{status.job_id}.safetensors")
+                path.write_bytes(client.result_bytes(status.job_id))
+                console.print(f"model saved to {path}")
+    except FleetgridError as exc:
+        _fail(exc)
+
+
+def _watch_training(client, job_id: str):
+    """Print each new global version's held-out metrics as it lands."""
+    shown = 0
+
+    def update(s) -> None:
+        nonlocal shown
+        rows = s.training.history if s.training else []
+        for row in rows[shown:]:
+            acc, loss = row.get("accuracy"), row.get("loss")
+            console.print(f"version {row.get('version')}: accuracy {acc if acc is None else f'{acc:.3f}'}  "
+                          f"loss {loss if loss is None else f'{loss:.3f}'}  "
+                          f"reports {row.get('used', '-')}  up {s.training.bytes_up:,} B  down {s.training.bytes_down:,} B")
+        shown = len(rows)
+
+    return client.wait(job_id, on_update=update, poll_s=1.0)
+
+
 def _watch(client, job_id: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -177,7 +265,7 @@ def status(
 @app.command()
 def result(
     job_id: str,
-    out: Annotated[Path, typer.Option(help="Where to save the .npy result")] = Path("result.npy"),
+    out: Annotated[Path, typer.Option(help="Where to save the result (.npy; .safetensors for training)")] = Path("result.npy"),
     url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
 ) -> None:
     """Save a finished job's result."""

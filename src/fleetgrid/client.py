@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 
 from .errors import InvalidInput, TransportError
-from .protocol import API_PREFIX, FleetOverview, JobStatus, JobSubmit, LedgerEntry, VehicleSummary
+from .protocol import API_PREFIX, FleetOverview, JobStatus, JobSubmit, LedgerEntry, TrainSubmit, VehicleSummary
 from .wire_errors import error_from_response
 
 __all__ = ["FleetgridClient", "encode_inputs"]
@@ -86,6 +86,14 @@ class FleetgridClient:
             body["model_file"] = self.upload(raw)
         JobSubmit.model_validate(body)  # fail here, with pydantic's message, before a round trip
         return JobStatus.model_validate(self._call("POST", "/jobs", json=body).json())
+
+    def submit_train(self, model: str, *, data: dict[str, Any] | None = None, strategy: str = "fedavg",
+                     settings: dict[str, Any] | None = None, rounds: int = 10, **options: Any) -> JobStatus:
+        """Start a federated training job; ``options`` are further TrainSubmit fields (name, target_metric, ...)."""
+        body = {"model": model, "data": data or {}, "strategy": strategy, "settings": settings or {},
+                "rounds": rounds, **options}
+        TrainSubmit.model_validate(body)
+        return JobStatus.model_validate(self._call("POST", "/train/jobs", json=body).json())
 
     def job(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(self._call("GET", f"/jobs/{job_id}").json())

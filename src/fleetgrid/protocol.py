@@ -7,6 +7,7 @@ Times on the wire are seconds since the epoch on the coordinator's clock.
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -26,6 +27,7 @@ __all__ = [
     "ErrorBody",
     "FailRequest",
     "FleetOverview",
+    "Grant",
     "HeartbeatResponse",
     "JobState",
     "JobStatus",
@@ -40,8 +42,14 @@ __all__ = [
     "StateReport",
     "TenantCreate",
     "TenantCreated",
+    "TrainGrant",
+    "TrainSubmit",
+    "TrainingProgress",
+    "UpdateReport",
     "VehicleSummary",
     "is_digest",
+    "pack_frame",
+    "unpack_frame",
 ]
 
 API_PREFIX = "/v1"
@@ -144,11 +152,52 @@ class LeaseGrant(_Wire):
     renew_every_s: float
 
 
+class TrainGrant(_Wire):
+    """One car's share of one training round: train the global ``base_version`` for ``local['steps']`` steps on the
+    shard it builds itself from ``data`` and ``shard``, then report the compressed delta (never the data)."""
+
+    kind: Literal["train"] = "train"
+    lease_id: str
+    job_id: str
+    round: int = Field(description="the round attempt; the update must quote it back")
+    base_version: int = Field(ge=0, description="global version to train from")
+    model_digest: Digest = Field(description="params_digest of that version; a car holding it downloads nothing")
+    model: str = Field(description="built-in trainable model, e.g. 'mnist1d-cnn' or 'charlm'")
+    local: dict = Field(description="LocalTrainingConfig as JSON: optimizer, lr, steps (H), batch size, compression")
+    seed: int = Field(description="seeds the car's batch order")
+    data: dict = Field(description="DataSpec as JSON; the car derives its private shard from it")
+    shard: int = Field(ge=0, description="which shard of the data spec is this car's")
+    deadline: float
+    renew_every_s: float
+
+
+Grant = Annotated[LeaseGrant | TrainGrant, Field(discriminator="kind")]
+"""What POST /v1/leases answers: an inference unit or a share of a training round."""
+
+
 class LeaseAck(_Wire):
     lease_id: str
     state: str
     deadline: float | None = None
-    next_lease: LeaseGrant | None = Field(default=None, description="the next unit, when the request asked for one")
+    next_lease: Grant | None = Field(default=None, description="the next unit, when the request asked for one")
+
+
+class UpdateReport(_Wire):
+    """The JSON header of a training update (``POST /v1/train/leases/{id}/update``); the encoded delta follows it
+    in the same frame (see :func:`pack_frame`)."""
+
+    round: int
+    base_version: int = Field(ge=0)
+    num_examples: int = Field(ge=1, description="size of the car's local dataset (FedAvg's weight)")
+    steps_done: int = Field(ge=0)
+    steps_planned: int = Field(ge=1)
+    examples_seen: int = Field(ge=0)
+    train_loss: float | None = None
+    preempted: bool = Field(default=False, description="True for a partial update sent when the car was preempted")
+    compute_s: float = Field(default=0.0, ge=0.0)
+    cellular_bytes: int = Field(default=0, ge=0, description="bytes this lease moved over cellular, this one included")
+    wifi_bytes: int = Field(default=0, ge=0)
+    next: LeaseRequest | None = Field(default=None, description="also lease the next work, as POST /v1/leases would")
 
 
 class ProgressReport(_Wire):
@@ -212,6 +261,35 @@ class JobSubmit(_Wire):
         return value
 
 
+class TrainSubmit(_Wire):
+    """A federated training job: which model, how each car derives its data, which strategy, and when to stop."""
+
+    kind: Literal["train"] = "train"
+    name: str = Field(default="", max_length=200)
+    model: str = Field(description="built-in trainable model: 'mnist1d-cnn' or 'charlm'")
+    data: dict = Field(default_factory=dict, description="DataSpec: dataset, num_vehicles (shards), alpha, seed, ...")
+    strategy: str = Field(default="fedavg", description="'fedavg', 'diloco' or 'fedbuff'")
+    settings: dict = Field(default_factory=dict, description="the strategy's config as JSON (nested: local, rounds)")
+    rounds: int = Field(default=10, ge=1, le=100_000, description="stop after this many global versions")
+    target_metric: dict[str, float] | None = Field(
+        default=None, description="stop early once every named held-out metric reaches its value, e.g. accuracy")
+    init_seed: int = Field(default=0, description="seeds the initial weights")
+    eval_max: int = Field(default=2048, ge=1, le=100_000, description="held-out examples scored after each round")
+
+
+class TrainingProgress(_Wire):
+    version: int
+    target_versions: int
+    round: int
+    strategy: str
+    bytes_up: int
+    bytes_down: int
+    reports: int
+    rejected: int
+    checkpoint: Digest | None
+    history: list[dict]
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -236,6 +314,39 @@ class JobStatus(_Wire):
     finished_at: float | None
     result: Digest | None
     error: str | None
+    training: TrainingProgress | None = None
+
+
+def pack_frame(header: BaseModel | dict, blobs: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
+    """A JSON header and raw binary blobs in one body, no base64: u32 LE header length, the header (with
+    ``blob_sizes`` added), then the blobs back to back. Used for training updates and model downloads."""
+    head = header.model_dump(mode="json") if isinstance(header, BaseModel) else dict(header)
+    head["blob_sizes"] = [len(b) for b in blobs]
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    return len(raw).to_bytes(4, "little") + raw + b"".join(blobs)
+
+
+def unpack_frame(data: bytes) -> tuple[dict, list[bytes]]:
+    """The inverse of :func:`pack_frame`; ValueError naming the problem on a malformed frame."""
+    if len(data) < 4:
+        raise ValueError(f"frame of {len(data)} bytes is too short; expected a u32 header length first")
+    n = int.from_bytes(data[:4], "little")
+    if n > len(data) - 4:
+        raise ValueError(f"frame header claims {n} bytes but only {len(data) - 4} follow")
+    try:
+        head = json.loads(data[4 : 4 + n])
+    except ValueError as exc:
+        raise ValueError(f"frame header is not JSON ({exc})") from exc
+    sizes = head.pop("blob_sizes", None) if isinstance(head, dict) else None
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
+        raise ValueError("frame header must be a JSON object with blob_sizes: a list of byte counts")
+    if 4 + n + sum(sizes) != len(data):
+        raise ValueError(f"frame blobs total {sum(sizes)} bytes but {len(data) - 4 - n} follow the header")
+    blobs, at = [], 4 + n
+    for size in sizes:
+        blobs.append(data[at : at + size])
+        at += size
+    return head, blobs
 
 
 class TenantCreate(_Wire):

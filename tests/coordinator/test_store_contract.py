@@ -173,3 +173,20 @@ def test_state_survives_reopening(store_url):
     assert second.get_lease("l0").state == "active"
     assert second.get_job("job-1").state == "running"
     second.close()
+
+
+def test_training_checkpoints_and_ledger_rows_without_units(store):
+    """A training job has no units: its progress is a checkpoint pointer, its metering rows name in-memory leases."""
+    _vehicle(store)
+    job = _job(store, "job-t", n_units=0)
+    assert store.get_job("job-t").checkpoint_digest is None
+    store.save_checkpoint(job.job_id, 3, D2)
+    got = store.get_job("job-t")
+    assert (got.units_done, got.checkpoint_digest, got.state) == (3, D2, "queued")
+    store.save_checkpoint(job.job_id, 4, D3)
+    assert (store.get_job("job-t").units_done, store.get_job("job-t").checkpoint_digest) == (4, D3)
+    store.record_ledger(_ledger("tl-1", items=64))
+    store.record_ledger(_ledger("tl-1", items=64))  # a retried report is metered once
+    store.record_ledger(_ledger("tl-2", items=32))
+    (row,) = store.ledger_totals()
+    assert (row["vehicle_id"], row["units"], row["items"], row["wifi_bytes"]) == ("v-1", 2, 96, 2000)

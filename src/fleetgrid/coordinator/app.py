@@ -14,8 +14,9 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,6 +25,7 @@ from ..errors import Conflict, FleetgridError, InvalidInput, NotFound
 from ..models.registry import list_models
 from ..protocol import (
     API_PREFIX,
+    Grant,
     MAX_INLINE_RESULT_BYTES,
     ArtifactInfo,
     CompleteRequest,
@@ -35,14 +37,17 @@ from ..protocol import (
     JobStatus,
     JobSubmit,
     LeaseAck,
-    LeaseGrant,
     LeaseRequest,
     LedgerEntry,
     ProgressReport,
     StateReport,
     TenantCreate,
     TenantCreated,
+    TrainSubmit,
+    UpdateReport,
     VehicleSummary,
+    pack_frame,
+    unpack_frame,
 )
 from ..vehicle.hardware import get_profile
 from .artifacts import ArtifactStore, parse_range
@@ -51,7 +56,8 @@ from .bootstrap import bootstrap_credentials
 from .config import CoordinatorConfig
 from .limits import BodyLimit
 from .scheduler import Scheduler
-from .store import Store, VehicleRecord, open_store
+from .store import JobRecord, Store, VehicleRecord, open_store
+from .training import TrainingService
 
 __all__ = ["Coordinator", "create_app"]
 
@@ -69,6 +75,7 @@ class Coordinator:
         self.artifacts = ArtifactStore(config.artifacts_path)
         self.auth = Authenticator(self.store)
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock)
+        self.training = TrainingService(self.store, self.artifacts, config, self.clock)
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
 
     async def sweep_forever(self) -> None:
@@ -76,8 +83,13 @@ class Coordinator:
             await asyncio.sleep(self.config.sweep_interval_s)
             try:
                 self.scheduler.expire_due()
+                self.training.expire_due()
             except Exception:  # keep sweeping; a transient database error must not stop re-issue for good
                 log.exception("lease sweep failed")
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e.get('loc', ()))) or 'header'}: {e.get('msg')}" for e in exc.errors()[:8])
 
 
 def _error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -137,10 +149,14 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        coord.training.notify = lambda: loop.call_soon_threadsafe(coord.scheduler._wake)
+        coord.training.resume_all()
         sweeper = asyncio.create_task(coord.sweep_forever())
         try:
             yield
         finally:
+            await asyncio.to_thread(coord.training.shutdown)
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -152,6 +168,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     _vehicle_routes(app, coord)
     _artifact_routes(app, coord)
     _tenant_routes(app, coord)
+    _training_routes(app, coord)
     _operator_routes(app, coord)
 
     @app.get("/healthz", include_in_schema=False)
@@ -201,15 +218,17 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     async def heartbeat(state: StateReport, v: VehicleRecord = Depends(vehicle)) -> HeartbeatResponse:
         states.report(v.vehicle_id, state)
         active = [lease.lease_id for lease in store.active_leases(v.vehicle_id)]
+        active += coord.training.active_leases(v.vehicle_id)
         return HeartbeatResponse(server_time=coord.clock.now(), active_leases=active)
 
-    async def lease_or_wait(v: VehicleRecord, req: LeaseRequest, request: Request) -> LeaseGrant | None:
-        """Lease a unit, waiting up to ``req.wait_s`` (long-poll) for one to become available."""
+    async def lease_or_wait(v: VehicleRecord, req: LeaseRequest, request: Request) -> Grant | None:
+        """Lease work (a training round's share first, else an inference unit), waiting up to ``req.wait_s``
+        (long-poll) for some to become available."""
         loop = asyncio.get_running_loop()
         until = loop.time() + min(req.wait_s, coord.config.max_long_poll_s)
         while True:
             wake = sched.work_available
-            grant = sched.lease(v)
+            grant = coord.training.lease(v) or sched.lease(v)
             if grant is not None:
                 return grant
             remaining = until - loop.time()
@@ -218,7 +237,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), min(remaining, 1.0))
 
-    @app.post(f"{API_PREFIX}/leases", response_model=LeaseGrant, tags=["vehicle"],
+    @app.post(f"{API_PREFIX}/leases", response_model=Grant, tags=["vehicle"],
               responses={204: {"description": "no work within wait_s"}})
     async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)):
         states.report(v.vehicle_id, req.state)
@@ -230,15 +249,24 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/renew", response_model=LeaseAck, tags=["vehicle"])
     async def renew(lease_id: str, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        if coord.training.owns(lease_id):
+            return coord.training.renew(v, lease_id)
         return sched.renew(v, lease_id)
+
+    def not_training(lease_id: str) -> None:
+        if coord.training.owns(lease_id):
+            raise Conflict(f"lease {lease_id} is a training lease; it reports with POST "
+                           f"{API_PREFIX}/train/leases/{lease_id}/update (or /fail to hand it back)")
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/progress", response_model=LeaseAck, tags=["vehicle"])
     async def progress(lease_id: str, req: ProgressReport, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        not_training(lease_id)
         return sched.progress(v, lease_id, req)
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"])
     async def complete(lease_id: str, req: CompleteRequest, request: Request,
                        v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        not_training(lease_id)
         data = None
         if req.inline is not None:
             data = decode_inline(req.inline)
@@ -253,7 +281,42 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/fail", response_model=LeaseAck, tags=["vehicle"])
     async def fail(lease_id: str, req: FailRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        if coord.training.owns(lease_id):
+            return coord.training.fail(v, lease_id, req)
         return sched.fail(v, lease_id, req)
+
+    @app.get(f"{API_PREFIX}/train/{{job_id}}/model", tags=["vehicle"], response_class=Response)
+    async def train_model(job_id: str, have: int | None = Query(default=None, ge=0),
+                          v: VehicleRecord = Depends(vehicle)) -> Response:
+        """The global model of a training job the car holds a lease of: a frame (see ``protocol.pack_frame``)
+        whose header says from_version, version, digest and full; its blobs are one encoded snapshot (full) or
+        the encoded deltas from version ``have`` (none when the car is current)."""
+        header, blobs = coord.training.model(v, job_id, have)
+        body = pack_frame(header, blobs)
+        coord.training.count_down(job_id, len(body))
+        return Response(body, media_type="application/octet-stream")
+
+    @app.post(f"{API_PREFIX}/train/leases/{{lease_id}}/update", response_model=LeaseAck, tags=["vehicle"])
+    async def train_update(lease_id: str, request: Request, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        """A training update: a frame whose header is an ``UpdateReport`` and whose one blob is the encoded
+        delta. 400 if malformed (the global is never touched), 409 if its round is already closed."""
+        body = await request.body()
+        try:
+            header, blobs = unpack_frame(body)
+        except ValueError as exc:
+            raise InvalidInput(f"update body is not a frame ({exc}); send pack_frame(UpdateReport, [payload])") from exc
+        if len(blobs) != 1:
+            raise InvalidInput(f"update frame carries {len(blobs)} blobs; exactly one (the encoded delta) is expected")
+        try:
+            report = UpdateReport.model_validate(header)
+        except ValidationError as exc:
+            raise InvalidInput(f"update header is not an UpdateReport: {_pydantic_message(exc)}") from exc
+        ack = coord.training.update(v, lease_id, report, blobs[0], len(body))
+        if report.next is not None:
+            states.report(v.vehicle_id, report.next.state)
+            if report.next.state.eligible:
+                ack = ack.model_copy(update={"next_lease": await lease_or_wait(v, report.next, request)})
+        return ack
 
 
 def _artifact_routes(app: FastAPI, coord: Coordinator) -> None:
@@ -322,23 +385,44 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
     async def submit(req: JobSubmit, t: str = Depends(tenant)) -> JobStatus:
         return sched.status(sched.submit(t, req))
 
+    def status(job: JobRecord) -> JobStatus:
+        out = sched.status(job)
+        if job.kind == "train":
+            out = out.model_copy(update={"training": coord.training.progress(job)})
+        return out
+
     @app.get(f"{API_PREFIX}/jobs", response_model=list[JobStatus], tags=["tenant"])
     async def jobs(t: str = Depends(tenant)) -> list[JobStatus]:
-        return [sched.status(j) for j in coord.store.list_jobs(t)]
+        return [status(j) for j in coord.store.list_jobs(t)]
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobStatus, tags=["tenant"])
     async def job(job_id: str, t: str = Depends(tenant)) -> JobStatus:
-        return sched.status(sched.job_for(t, job_id))
+        return status(sched.job_for(t, job_id))
 
     @app.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobStatus, tags=["tenant"])
     async def cancel(job_id: str, t: str = Depends(tenant)) -> JobStatus:
-        return sched.status(sched.cancel(t, job_id))
+        job = sched.cancel(t, job_id)
+        coord.training.cancel(job_id)
+        return status(job)
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/result", tags=["tenant"], response_class=Response)
     async def result(job_id: str, t: str = Depends(tenant)) -> Response:
         data = sched.result(t, job_id)
+        suffix = "safetensors" if sched.job_for(t, job_id).kind == "train" else "npy"
         return Response(data, media_type="application/octet-stream",
-                        headers={"content-disposition": f'attachment; filename="{job_id}.npy"'})
+                        headers={"content-disposition": f'attachment; filename="{job_id}.{suffix}"'})
+
+
+def _training_routes(app: FastAPI, coord: Coordinator) -> None:
+    def tenant(request: Request) -> str:
+        return coord.auth.tenant(request.headers.get("authorization"))
+
+    @app.post(f"{API_PREFIX}/train/jobs", status_code=201, response_model=JobStatus, tags=["tenant"])
+    async def submit_train(req: TrainSubmit, t: str = Depends(tenant)) -> JobStatus:
+        """Start a federated training job; follow it with GET /v1/jobs/{id} (its ``training`` field holds the
+        held-out metrics of every global version) and fetch the final model (safetensors) from /result."""
+        job = await asyncio.to_thread(coord.training.submit, t, req)  # builds the eval set: keep it off the loop
+        return coord.scheduler.status(job).model_copy(update={"training": coord.training.progress(job)})
 
 
 def _operator_routes(app: FastAPI, coord: Coordinator) -> None:

@@ -53,6 +53,8 @@ class JobRecord:
     finished_at: float | None = None
     result_digest: str | None = None
     error: str | None = None
+    checkpoint_digest: str | None = None
+    """Training jobs: the strategy checkpoint of global version ``units_done``."""
 
 
 @dataclass(slots=True)
@@ -205,6 +207,10 @@ class Store(ABC):
                    error: str | None = None) -> None:
         """Close a job; its pending and leased units are cancelled, and so are their active leases."""
 
+    @abstractmethod
+    def save_checkpoint(self, job_id: str, version: int, digest: str) -> None:
+        """A training job reached global ``version``, checkpointed as artifact ``digest`` (stored beforehand)."""
+
     # --- leases -------------------------------------------------------------------------------------------------
     @abstractmethod
     def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str) -> tuple[LeaseRecord, UnitRecord] | None:
@@ -244,6 +250,10 @@ class Store(ABC):
 
     @abstractmethod
     def expired_leases(self, now: float) -> list[LeaseRecord]: ...
+
+    @abstractmethod
+    def record_ledger(self, entry: LedgerRecord) -> None:
+        """One metering row for work done outside the unit tables (a training lease); idempotent per lease."""
 
     # --- metering and overview ----------------------------------------------------------------------------------
     @abstractmethod

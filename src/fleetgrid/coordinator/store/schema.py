@@ -82,6 +82,7 @@ jobs = Table(
     Column("preemptions", Integer, nullable=False, default=0),
     Column("finished_at", Float),
     Column("result_digest", String(64)),
+    Column("checkpoint_digest", String(64)),
     Column("error", Text),
     Index("ix_jobs_tenant", "tenant"),
 )
@@ -137,7 +138,9 @@ leases = Table(
 ledger = Table(
     "ledger",
     metadata,
-    Column("lease_id", String(64), ForeignKey("leases.lease_id"), primary_key=True),
+    # Inference leases live in ``leases``; training leases only in the coordinator's memory (a round cut by a
+    # restart is re-run), so a ledger row names its lease without a foreign key.
+    Column("lease_id", String(64), primary_key=True),
     Column("vehicle_id", String(64), nullable=False),
     Column("job_id", String(64), nullable=False),
     Column("items", Integer, nullable=False),

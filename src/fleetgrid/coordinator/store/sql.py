@@ -45,6 +45,7 @@ def _job(row: Row) -> JobRecord:
         items=m["items"], units_total=m["units_total"], created_at=m["created_at"], state=m["state"],
         units_done=m["units_done"], reissued_units=m["reissued_units"], preemptions=m["preemptions"],
         finished_at=m["finished_at"], result_digest=m["result_digest"], error=m["error"],
+        checkpoint_digest=m["checkpoint_digest"],
     )
 
 
@@ -331,6 +332,10 @@ class SQLStore(Store):
                 .values(state="cancelled", closed_at=now)
             )
 
+    def save_checkpoint(self, job_id: str, version: int, digest: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=version, checkpoint_digest=digest))
+
     # --- leases -------------------------------------------------------------------------------------------------
     def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str):
         with self.engine.begin() as c:
@@ -427,6 +432,11 @@ class SQLStore(Store):
             return [_lease(r) for r in c.execute(query)]
 
     # --- metering and overview ----------------------------------------------------------------------------------
+    def record_ledger(self, entry: LedgerRecord) -> None:
+        with self.engine.begin() as c:
+            if c.execute(select(ledger.c.lease_id).where(ledger.c.lease_id == entry.lease_id)).first() is None:
+                c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
+
     def ledger_totals(self) -> list[dict[str, Any]]:
         query = (
             select(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,9 @@ class Strategy(ABC):
         self._deltas: dict[int, bytes] = {}  # version v -> encoded delta from v - 1
         self._digest = params_digest(self.params)
         self._rng = random.Random(config.seed)
+        self.lock = threading.RLock()
+        """Held while the round loop changes the global; a transport validating reports or serving downloads
+        from other threads takes it too."""
 
     @property
     def numel(self) -> int:
@@ -135,9 +139,10 @@ class Strategy(ABC):
     # ------------------------------------------------------------------------------------------------- hooks
 
     def configure_round(self, idle_clients: Sequence[str], busy: int) -> list[str]:
-        """Which idle cars get work now. Default: a random over-selected cohort from the idle cars."""
-        k = min(self.config.rounds.cohort_size, len(idle_clients))
-        return self._rng.sample(list(idle_clients), k)
+        """Which idle cars get work now. Default: random idle cars, up to the over-selected cohort size less the
+        cars already working on (or done with) this round."""
+        k = min(self.config.rounds.cohort_size - busy, len(idle_clients))
+        return self._rng.sample(list(idle_clients), k) if k > 0 else []
 
     def client_weight(self, update: ClientUpdate, staleness: int) -> float:
         """A report's aggregation weight. Default: examples, times the share of planned steps (or 0 if dropped)."""
@@ -263,13 +268,21 @@ class Strategy(ABC):
         rc = self.config.rounds
         while self.version < num_versions:
             for attempt in range(rc.max_retries + 1):
-                self.round += 1
+                with self.lock:
+                    self.round += 1
                 self._dispatch(fleet)
                 deadline = fleet.now() + rc.deadline_s
                 accepted: list[AcceptedUpdate] = []
                 rejected = 0
+                poll_s = getattr(fleet, "poll_s", None)
                 while not self.round_complete(accepted):
-                    update = fleet.next_update(deadline)
+                    if poll_s is None:
+                        update = fleet.next_update(deadline)
+                    else:  # a live fleet: cars turn up mid-round, so top the cohort up between short waits
+                        update = fleet.next_update(min(deadline, fleet.now() + poll_s))
+                        if update is None and fleet.now() < deadline:
+                            self._dispatch(fleet, reported=len(accepted) + rejected)
+                            continue
                     if update is None:
                         break
                     try:
@@ -278,10 +291,13 @@ class Strategy(ABC):
                         rejected += 1
                     if not self.closes_rounds:  # asynchronous: a car that reported gets new work at once
                         self._dispatch(fleet)
+                    elif poll_s is not None:
+                        self._dispatch(fleet, reported=len(accepted) + rejected)
                 if self.closes_rounds:
                     fleet.cancel_outstanding()
                 if sum(a.weight > 0 for a in accepted) >= rc.min_reports:
-                    summary = self.aggregate(accepted)
+                    with self.lock:
+                        summary = self.aggregate(accepted)
                     break
             else:
                 raise Conflict(
@@ -297,13 +313,16 @@ class Strategy(ABC):
                 **summary,
                 **self.evaluate(evaluate_fn),
             }
-            self.history.append(record)
+            with self.lock:
+                self.history.append(record)
             if on_version is not None:
                 on_version(self)
         return self.history
 
-    def _dispatch(self, fleet: Fleet) -> None:
-        chosen = self.configure_round(fleet.idle_clients(), fleet.busy_count())
+    def _dispatch(self, fleet: Fleet, *, reported: int = 0) -> None:
+        """Offer work to the cars ``configure_round`` picks; ``reported`` cars of this round already count as
+        busy, so a top-up never asks more cars than the cohort."""
+        chosen = self.configure_round(fleet.idle_clients(), fleet.busy_count() + reported)
         if chosen:
             fleet.dispatch({c: self.instructions(c) for c in chosen}, self)
 

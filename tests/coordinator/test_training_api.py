@@ -1,0 +1,282 @@
+"""Training jobs through a real coordinator process, with cars scripted over raw HTTP: the round mechanics, the
+wire formats, and every way a tenant or a car can get it wrong (4xx, and the global never touched)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as st_load
+
+from fleetgrid.protocol import pack_frame, unpack_frame
+from fleetgrid.workloads.training import (
+    CompressionConfig,
+    DataSpec,
+    ErrorFeedback,
+    FlatLayout,
+    LocalTrainingConfig,
+    ModelDownload,
+    TrainInstructions,
+    apply_download,
+    build_local_dataset,
+    build_model,
+    encode,
+    train_locally,
+)
+from harness import ENROLL, TENANT, start_coordinator
+
+torch.set_num_threads(1)
+
+PARKED = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}
+DATA = {"dataset": "mnist1d", "num_vehicles": 4, "alpha": 1.0, "num_samples": 600}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = start_coordinator(tmp_path_factory.mktemp("coord"), lease_ttl_s=30.0)
+    yield proc
+    proc.stop()
+    assert "Traceback" not in proc.log(), proc.log()[-3000:]
+
+
+@pytest.fixture
+def api(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url + "/v1", timeout=30) as http:
+        yield http
+
+
+def auth(token: str) -> dict:
+    return {"authorization": f"Bearer {token}"}
+
+
+def submit(api, **overrides) -> dict:
+    body = {"model": "mnist1d-cnn", "data": DATA, "strategy": "fedavg", "rounds": 2,
+            "settings": {"local": {"steps": 4, "batch_size": 16},
+                         "rounds": {"clients_per_round": 1, "over_selection": 1.0, "deadline_s": 60}}}
+    body.update(overrides)
+    return api.post("/train/jobs", json=body, headers=auth(TENANT))
+
+
+def enroll(api, name: str) -> str:
+    r = api.post("/vehicles/enroll", json={"enrollment_token": ENROLL, "name": name, "hardware": "ai4"})
+    assert r.status_code == 201, r.text
+    return r.json()["credential"]
+
+
+def lease(api, cred: str, job_id: str, wait_s: float = 10.0) -> dict:
+    """Ask until this job's share of a round arrives (other tests' jobs may hand out other work)."""
+    until = time.monotonic() + 30
+    while time.monotonic() < until:
+        r = api.post("/leases", json={"state": PARKED, "wait_s": wait_s}, headers=auth(cred))
+        assert r.status_code in (200, 204), r.text
+        if r.status_code == 200 and r.json()["kind"] == "train" and r.json()["job_id"] == job_id:
+            return r.json()
+        if r.status_code == 200:  # someone else's work: give it back
+            api.post(f"/leases/{r.json()['lease_id']}/fail", json={"reason": "not this test", "handback": True},
+                     headers=auth(cred))
+    raise AssertionError(f"no training lease of {job_id} within 30 s")
+
+
+def status(api, job_id: str) -> dict:
+    r = api.get(f"/jobs/{job_id}", headers=auth(TENANT))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_version(api, job_id: str, version: int, timeout_s: float = 30.0) -> dict:
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until:
+        s = status(api, job_id)
+        if s["units_done"] >= version:  # checkpointed: durable
+            return s
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not reach version {version}: {s}")
+
+
+def model_of(api, cred: str, job_id: str, have: int | None = None) -> tuple[dict, list[bytes]]:
+    r = api.get(f"/train/{job_id}/model", params={} if have is None else {"have": have}, headers=auth(cred))
+    assert r.status_code == 200, r.text
+    return unpack_frame(r.content)
+
+
+def train(grant: dict, params: torch.Tensor, cred_name: str = "car") -> tuple[dict, bytes]:
+    """What a car does: build its own shard, train, compress the delta; returns (UpdateReport, payload)."""
+    local = LocalTrainingConfig(**{k: v for k, v in grant["local"].items() if k != "compression"},
+                                compression=CompressionConfig(**grant["local"]["compression"]))
+    ins = TrainInstructions(round=grant["round"], base_version=grant["base_version"],
+                            model_digest=grant["model_digest"], local=local, seed=grant["seed"])
+    dataset = build_local_dataset(DataSpec(**grant["data"]), grant["shard"])
+    result = train_locally(build_model(grant["model"]), params, dataset, ins, client_id=cred_name,
+                           error_feedback=ErrorFeedback(params.numel()))
+    u = result.update
+    report = {"round": u.round, "base_version": u.base_version, "num_examples": u.num_examples,
+              "steps_done": u.steps_done, "steps_planned": u.steps_planned, "examples_seen": u.examples_seen,
+              "train_loss": u.train_loss}
+    return report, u.payload
+
+
+def post_update(api, cred: str, lease_id: str, report: dict, payload: bytes):
+    return api.post(f"/train/leases/{lease_id}/update", content=pack_frame(report, [payload]),
+                    headers=auth(cred) | {"content-type": "application/octet-stream"})
+
+
+def global_params(api, cred: str, job_id: str) -> torch.Tensor:
+    header, blobs = model_of(api, cred, job_id)
+    return apply_download(None, ModelDownload(from_version=None, version=header["version"],
+                                              digest=header["digest"], full=blobs[0]))
+
+
+# --- submission ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"strategy": "fedsgd"}, "unknown strategy 'fedsgd'"),
+    ({"model": "resnet50"}, "unknown training model 'resnet50'"),
+    ({"settings": {"local": {"steps": 0}}}, "local steps H must be an integer >= 1"),
+    ({"data": {**DATA, "alpha": 0}}, "Dirichlet alpha must be > 0"),
+    ({"data": {**DATA, "alpha": -1.5}}, "Dirichlet alpha must be > 0"),
+    ({"settings": {"local": {"compression": {"bits": 3}}}}, "bits"),
+    ({"settings": {"downlink": {"bits": 2}}}, "bits"),
+    ({"data": {"dataset": "imagenet"}}, "unknown dataset 'imagenet'"),
+    ({"data": {**DATA, "shards": 4}}, "unknown data setting(s) ['shards']"),
+    ({"data": {"dataset": "stdlib_text", "max_files": 1}}, "lower num_vehicles or allow more files"),
+    ({"model": "charlm", "data": DATA}, "CharLM takes int64 ids"),
+    ({"settings": {"rounds": {"min_reports": 5, "clients_per_round": 2}}}, "min_reports"),
+    ({"target_metric": {"f1": 0.9}}, "unknown target metric"),
+    ({"settings": {"local": {"optimizer": "lbfgs"}}}, "local optimizer must be one of"),
+])
+def test_impossible_training_jobs_are_refused_with_400(api, overrides, needle):
+    r = submit(api, **overrides)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["message"], r.json()
+
+
+def test_bad_submission_fields_are_422_naming_the_field(api):
+    r = submit(api, rounds=0)
+    assert r.status_code == 422 and "rounds" in r.json()["message"]
+    r = submit(api, epochs=3)
+    assert r.status_code == 422 and "epochs" in r.json()["message"]
+
+
+# --- one job, end to end, with scripted cars -------------------------------------------------------------------
+
+def test_rounds_updates_checkpoints_and_the_final_model(api):
+    r = submit(api, rounds=2, settings={"local": {"steps": 4, "batch_size": 16}, "downlink": {"bits": 8},
+                                        "rounds": {"clients_per_round": 1, "over_selection": 2.0, "deadline_s": 60}})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    assert r.json()["kind"] == "train" and r.json()["training"]["target_versions"] == 2
+    cars = [enroll(api, f"car{i}") for i in range(2)]
+
+    # Round 1: over-selection offers both cars a share; the first report closes the round.
+    grants = [lease(api, c, job_id) for c in cars]
+    assert {g["round"] for g in grants} == {1} and all(g["base_version"] == 0 for g in grants)
+    params0 = global_params(api, cars[0], job_id)
+    report, payload = train(grants[0], params0)
+    ok = post_update(api, cars[0], grants[0]["lease_id"], report, payload)
+    assert ok.status_code == 200 and ok.json()["state"] == "completed", ok.text
+    s = wait_version(api, job_id, 1)
+    assert s["training"]["history"][-1]["used"] == 1 and 0 <= s["training"]["history"][-1]["accuracy"] <= 1
+    assert s["training"]["checkpoint"] is not None and s["units_done"] == 1
+
+    # The straggler's update is for a closed round: 409, and the global does not move.
+    late_report, late_payload = train(grants[1], params0)
+    late = post_update(api, cars[1], grants[1]["lease_id"], late_report, late_payload)
+    assert late.status_code == 409 and "closed" in late.json()["message"], late.text
+    assert status(api, job_id)["training"]["version"] == 1
+
+    # Round 2: a car holding version 0 downloads only the (int8) delta, and it lands on the digest.
+    grant = lease(api, cars[0], job_id)
+    assert grant["base_version"] == 1
+    header, blobs = model_of(api, cars[0], job_id, have=0)
+    assert header["full"] is False and len(blobs) == 1
+    params1 = apply_download(params0, ModelDownload(from_version=0, version=1, digest=header["digest"], full=None,
+                                                    deltas=tuple(blobs)))
+    assert header["digest"] == grant["model_digest"]
+    current, _ = model_of(api, cars[0], job_id, have=1)
+    assert current["version"] == 1 and current["full"] is False  # already current: nothing to fetch
+    before = status(api, job_id)["training"]
+
+    # Malformed updates: 400 each, the lease stays usable, the global and its checkpoint untouched.
+    report, payload = train(grant, params1)
+    numel = params1.numel()
+    wrong_shape = encode(np.zeros(numel - 1, dtype=np.float32), CompressionConfig())
+    wrong_dtype = bytearray(payload)
+    wrong_dtype[5] = 7  # the header's dtype code: only 0 (float32) exists
+    nan = encode(np.zeros(numel, dtype=np.float32), CompressionConfig())[:-4] + np.float32(np.nan).tobytes()
+    bad_cases = [
+        (report, wrong_shape, "shape"),
+        (report, bytes(wrong_dtype), "dtype"),
+        (report, nan, "NaN"),
+        (report, b"not an update, just some text", "magic"),
+        ({**report, "round": report["round"] + 7}, payload, "round"),
+        ({**report, "steps_done": 99}, payload, "steps"),
+        ({**report, "num_examples": 0}, payload, "num_examples"),
+    ]
+    for bad_report, bad_payload, needle in bad_cases:
+        r = post_update(api, cars[0], grant["lease_id"], bad_report, bad_payload)
+        assert r.status_code == 400, (needle, r.text)
+        assert needle in r.json()["message"], (needle, r.json())
+    garbage = api.post(f"/train/leases/{grant['lease_id']}/update", content=b"\x05\x00",
+                       headers=auth(cars[0]) | {"content-type": "application/octet-stream"})
+    assert garbage.status_code == 400 and "frame" in garbage.json()["message"]
+    after = status(api, job_id)["training"]
+    assert (after["version"], after["checkpoint"]) == (before["version"], before["checkpoint"])
+    assert after["rejected"] >= before["rejected"] + 3
+
+    # Another car may not report on this lease; the right car's good update finishes the job.
+    assert post_update(api, cars[1], grant["lease_id"], report, payload).status_code == 403
+    assert post_update(api, cars[0], grant["lease_id"], report, payload).status_code == 200
+    again = post_update(api, cars[0], grant["lease_id"], report, payload)
+    assert again.status_code == 200 and again.json()["state"] == "completed"  # a retried report counts once
+    until = time.monotonic() + 30
+    while (s := status(api, job_id))["state"] != "done" and time.monotonic() < until:
+        time.sleep(0.1)
+    assert s["state"] == "done", s
+    assert [h["version"] for h in s["training"]["history"]] == [0, 1, 2]
+    assert s["training"]["bytes_up"] > 0 and s["training"]["bytes_down"] > 0
+
+    # The final model: safetensors that load into the model, with the metrics history in its metadata.
+    blob = api.get(f"/jobs/{job_id}/result", headers=auth(TENANT))
+    assert blob.status_code == 200 and "safetensors" in blob.headers["content-disposition"]
+    model = build_model("mnist1d-cnn")
+    model.load_state_dict(st_load(blob.content))
+    meta = json.loads(json.loads(blob.content[8 : 8 + int.from_bytes(blob.content[:8], "little")])
+                      ["__metadata__"]["fleetgrid"])
+    assert meta["version"] == 2 and len(meta["history"]) == 3 and meta["strategy"] == "fedavg"
+    # The final global's weights are what the downloads carried, plus the last aggregate.
+    assert FlatLayout.of(model).flatten(model).shape == params1.shape
+
+    # Training leases are metered per car like inference units.
+    ledger = api.get("/ledger", headers={"authorization": "Bearer fgo_test-operator-token"}).json()
+    assert any(row["units"] >= 1 for row in ledger)
+
+
+def test_models_are_served_only_to_cars_training_them(api):
+    r = submit(api)
+    job_id = r.json()["job_id"]
+    stranger = enroll(api, "stranger")
+    assert api.get(f"/train/{job_id}/model", headers=auth(stranger)).status_code == 404
+    assert api.get(f"/train/{job_id}/model", headers=auth(TENANT)).status_code == 401
+    api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))
+
+
+def test_training_lease_routes_refuse_inference_reports(api):
+    r = submit(api)
+    job_id = r.json()["job_id"]
+    car = enroll(api, "mixed")
+    grant = lease(api, car, job_id)
+    r = api.post(f"/leases/{grant['lease_id']}/complete", json={"result": "0" * 64}, headers=auth(car))
+    assert r.status_code == 409 and "/update" in r.json()["message"]
+    assert api.post(f"/leases/{grant['lease_id']}/renew", headers=auth(car)).status_code == 200
+    hb = api.post("/vehicles/heartbeat", json=PARKED, headers=auth(car)).json()
+    assert grant["lease_id"] in hb["active_leases"]
+    r = api.post(f"/leases/{grant['lease_id']}/fail", json={"reason": "preempted", "handback": True},
+                 headers=auth(car))
+    assert r.status_code == 200 and r.json()["state"] == "handed_back"
+    cancelled = api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT)).json()
+    assert cancelled["state"] == "cancelled"
