@@ -1,9 +1,12 @@
-"""The main job, ``fleetgrid demo``: a coordinator, N cars through an accelerated day, a real embedding job.
+"""The main job, ``fleetgrid demo``: a coordinator, N cars through an accelerated day, a real embedding job and a
+federated training job.
 
 Starts the coordinator on embedded defaults (SQLite, local artifacts) and N agent processes whose simulated cars
-drive, park and charge, replaying days drawn by the fleet simulator, on a shared accelerated clock; submits all-MiniLM-L6-v2 embeddings of a
-real corpus (the Python standard library's docstrings); shows live progress; checks the assembled result against a
-plain local run of the same model on the same inputs; prints a summary (``--json``: one JSON object, last line).
+drive, park and charge, replaying days drawn by the fleet simulator, on a shared accelerated clock. Submits
+all-MiniLM-L6-v2 embeddings of a real corpus (the Python standard library's docstrings) and, alongside it, a
+DiLoCo training job of the MNIST-1D CNN in which every car trains on its own non-IID shard and sends only int8
+updates. Shows live progress and the held-out accuracy of every new global version; checks the embeddings
+against a plain local run; prints a summary (``--json``: one JSON object, last line).
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ class DemoConfig:
     threads: int = 1
     """Torch threads per car's worker process (and for the local reference run)."""
     seed: int = 0
+    train_rounds: int = 12
+    """Global versions of the training job (0: no training job)."""
+    train_steps: int = 100
+    """H: local steps per car per round."""
+    train_bits: int = 8
+    """Updates and model deltas travel quantized to this many bits (4 or 8)."""
     timeout_s: float = 900.0
     keep: Path | None = None
     """Keep the coordinator's data and agents' state here instead of a temporary directory."""
@@ -57,6 +66,8 @@ class DemoConfig:
             raise InvalidInput(f"--items {self.items}: give at least 1 item")
         if self.speed <= 0:
             raise InvalidInput(f"--speed {self.speed}: must be > 0 simulated seconds per wall second")
+        if self.train_rounds < 0:
+            raise InvalidInput(f"--train-rounds {self.train_rounds}: give 0 (no training job) or more")
 
 
 def _inputs(config: DemoConfig) -> list[str]:
@@ -104,10 +115,12 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
         with FleetgridClient(coordinator.url, creds.tenants["default"]) as client:
             started = time.monotonic()
             job = client.submit(config.model, texts, unit_items=config.unit_items, name="demo: stdlib docstrings")
-            final = _watch(client, job.job_id, config, console)
+            train = _submit_training(client, config) if config.train_rounds else None
+            final, trained = _watch(client, job.job_id, train, config, console)
             wall = time.monotonic() - started
-            if final.state != "done":
-                raise FleetgridError(f"job {final.job_id} ended {final.state}: {final.error}")
+            for status in (final, trained):
+                if status is not None and status.state != "done":
+                    raise FleetgridError(f"job {status.job_id} ended {status.state}: {status.error}")
             fleet_result = client.result(job.job_id)
         console.print("computing the same embeddings locally to check the fleet's result ...")
         local = run_local(config.model, texts, threads=os.cpu_count())
@@ -115,25 +128,73 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
         for agent in agents:
             agent.stop()
         coordinator.stop()
-    summary = _summary(config, final, wall, fleet_result, local, agents)
+    summary = _summary(config, final, wall, fleet_result, local, agents) | _train_summary(trained)
     if config.keep is None:
         shutil.rmtree(root, ignore_errors=True)
     return summary
 
 
-def _watch(client, job_id: str, config: DemoConfig, console: Console):
+def _submit_training(client, config: DemoConfig):
+    """DiLoCo on the MNIST-1D CNN: one non-IID shard per car (Dirichlet alpha 1), compressed both ways."""
+    bits = config.train_bits
+    settings = {
+        "local": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "steps": config.train_steps, "batch_size": 32,
+                  "compression": {"bits": bits}},
+        "downlink": {"bits": bits},
+        "rounds": {"clients_per_round": max(2, config.cars // 2), "over_selection": 1.3, "min_reports": 1,
+                   "deadline_s": 30.0, "max_retries": 20},
+        "outer_lr": 0.7, "outer_momentum": 0.9, "lr_decay_versions": config.train_rounds, "seed": config.seed,
+    }
+    data = {"dataset": "mnist1d", "num_vehicles": config.cars, "alpha": 1.0, "seed": config.seed}
+    return client.submit_train("mnist1d-cnn", data=data, strategy="diloco", settings=settings,
+                               rounds=config.train_rounds, name="demo: federated MNIST-1D")
+
+
+def _watch(client, job_id: str, train, config: DemoConfig, console: Console):
+    """Follow the embedding job (a progress bar) and the training job (a line per new global version) until both
+    end; returns their final statuses."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("units"),
-                  TimeElapsedColumn(), console=console, transient=not console.is_terminal) as progress:
-        task = progress.add_task("embedding", total=None)
-
-        def update(status) -> None:
-            progress.update(task, total=status.units_total, completed=status.units_done,
-                            description=f"embedding  in flight {status.units_in_flight}  "
+    terminal = ("done", "failed", "cancelled")
+    until = time.monotonic() + config.timeout_s
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=not console.is_terminal) as progress:
+        embed_task = progress.add_task("embedding", total=None)
+        train_task = progress.add_task("training", total=config.train_rounds) if train is not None else None
+        shown = 0
+        while True:
+            status = client.job(job_id)
+            progress.update(embed_task, total=status.units_total, completed=status.units_done,
+                            description=f"embedding units  in flight {status.units_in_flight}  "
                                         f"preempted {status.preemptions}  re-issued {status.reissued_units}")
+            trained = client.job(train.job_id) if train is not None else None
+            if trained is not None and trained.training is not None:
+                t = trained.training
+                for row in t.history[shown:]:
+                    progress.console.print(
+                        f"  training version {row['version']:>2}: held-out accuracy {row['accuracy']:.3f}"
+                        + (f"  ({row.get('used')} cars, {row.get('steps')} steps)" if row["version"] else ""))
+                shown = len(t.history)
+                progress.update(train_task, completed=t.version,
+                                description=f"training versions  up {t.bytes_up:,} B  down {t.bytes_down:,} B")
+            if status.state in terminal and (trained is None or trained.state in terminal):
+                return status, trained
+            if time.monotonic() > until:
+                raise FleetgridError(f"demo jobs still running after {config.timeout_s:.0f} s")
+            time.sleep(0.5)
 
-        return client.wait(job_id, timeout_s=config.timeout_s, on_update=update)
+
+def _train_summary(trained) -> dict[str, Any]:
+    if trained is None or trained.training is None:
+        return {}
+    t = trained.training
+    return {
+        "train_accuracy": round(t.history[-1]["accuracy"], 4),
+        "train_rounds": t.version,
+        "train_bytes_up": t.bytes_up,
+        "train_bytes_down": t.bytes_down,
+        "train_accuracy_curve": [round(h["accuracy"], 4) for h in t.history],
+    }
 
 
 def _summary(config: DemoConfig, job, wall: float, fleet: np.ndarray, local: np.ndarray, agents) -> dict[str, Any]:
@@ -177,6 +238,12 @@ def _print(summary: dict[str, Any], console: Console) -> None:
         f"cellular {summary['cellular_bytes']:,} B  Wi-Fi {summary['wifi_bytes']:,} B  "
         f"matches local run: {ok} (max |diff| {summary['max_abs_diff']})"
     )
+    if "train_accuracy" in summary:
+        console.print(
+            f"training: {summary['train_rounds']} versions, held-out accuracy [bold]{summary['train_accuracy']:.3f}"
+            f"[/bold]; updates up {summary['train_bytes_up']:,} B, models down {summary['train_bytes_down']:,} B "
+            "(no training sample left any car)"
+        )
 
 
 def demo_command(
@@ -185,14 +252,15 @@ def demo_command(
     speed: Annotated[float, typer.Option(help="Simulated seconds per wall second (720: a day in two minutes)")] = 720.0,
     threads: Annotated[int, typer.Option(help="Torch threads per car")] = 1,
     seed: int = 0,
+    train_rounds: Annotated[int, typer.Option(help="Global versions of the federated training job (0: none)")] = 12,
     keep: Annotated[Optional[Path], typer.Option(help="Keep coordinator data and car state in this directory")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object, last line")] = False,
 ) -> None:
     """Run the main job end to end on this machine."""
     console = Console(stderr=as_json)
     try:
-        summary = run_demo(DemoConfig(cars=cars, items=items, speed=speed, threads=threads, seed=seed, keep=keep),
-                           console)
+        summary = run_demo(DemoConfig(cars=cars, items=items, speed=speed, threads=threads, seed=seed,
+                                      train_rounds=train_rounds, keep=keep), console)
     except FleetgridError as exc:
         console.print(f"[red]demo failed:[/red] {exc.message}")
         raise typer.Exit(2 if isinstance(exc, InvalidInput) else 1) from None

@@ -22,10 +22,12 @@ class Fleet:
         self.coordinator = CoordinatorProcess(self.root / "coordinator", **kwargs).start()
         return self.coordinator
 
-    def start_agent(self, name: str, bus: str = "manual", extra_args: list[str] | None = None) -> AgentProcess:
+    def start_agent(self, name: str, bus: str = "manual", extra_args: list[str] | None = None,
+                    url: str | None = None) -> AgentProcess:
+        """An agent process; ``url`` lets it dial something in between (a proxy) instead of the coordinator."""
         creds = self.coordinator.credentials()
         args = ["--heartbeat", "1", "--lease-wait", "1", "--progress-interval", "0.5", *(extra_args or [])]
-        agent = AgentProcess(self.coordinator.url, self.root / name, creds.enroll, name=name, bus=bus,
+        agent = AgentProcess(url or self.coordinator.url, self.root / name, creds.enroll, name=name, bus=bus,
                              extra_args=args).start()
         self.agents.append(agent)
         return agent

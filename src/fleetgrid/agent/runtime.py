@@ -4,7 +4,8 @@ the instant it is not.
 Three threads share one :class:`Agent`. The main thread leases a unit, fetches its files (charging every byte to
 the data plan), runs it in the worker process and delivers the result. The monitor reads the vehicle bus every
 few milliseconds and kills the worker the moment the car turns ineligible; the main thread then hands the lease
-back with the last checkpoint. The pacemaker heartbeats and renews the lease before its deadline.
+back with the last checkpoint. The pacemaker heartbeats and renews the lease before its deadline. A training lease
+takes the same path through :mod:`fleetgrid.agent.training`.
 
 Calls to the coordinator are paced in wall seconds (its clock is the wall); the injected clock is the car's: it
 stamps state reports and decides the data plan's month, so a demo can play a day of driving in a minute.
@@ -30,19 +31,22 @@ from fleetgrid import errors
 from fleetgrid.agent.config import AgentConfig
 from fleetgrid.agent.monitor import EligibilityMonitor, Reading
 from fleetgrid.agent.statedir import AgentStats, Enrollment, StateDir
+from fleetgrid.agent.training import TrainLease
 from fleetgrid.agent.transport import CoordinatorClient
-from fleetgrid.agent.worker import UnitTask, WorkerProcess
+from fleetgrid.agent.worker import TrainTask, UnitTask, WorkerProcess
 from fleetgrid.clock import Clock
 from fleetgrid.protocol import (
     MAX_INLINE_RESULT_BYTES,
     CompleteRequest,
     EnrollRequest,
     FailRequest,
+    Grant,
     LeaseAck,
     LeaseGrant,
     LeaseRequest,
     ProgressReport,
     StateReport,
+    TrainGrant,
 )
 from fleetgrid.vehicle.bus import VehicleBus
 from fleetgrid.vehicle.state import Network
@@ -92,8 +96,8 @@ class Agent:
         self._stop = threading.Event()
         self._halt = threading.Event()
         self._lock = threading.Lock()
-        self._lease: LeaseGrant | None = None
-        self._next_grant: LeaseGrant | None = None  # granted along with the last completion
+        self._lease: Grant | None = None
+        self._next_grant: Grant | None = None  # granted along with the last completion or update
         self._next_renew = 0.0
         self._lease_lost = threading.Event()
         self._computing_since: float | None = None  # perf_counter when the worker began the current unit
@@ -102,7 +106,8 @@ class Agent:
     # --- the main loop -----------------------------------------------------------------------------------------
 
     def run(self, stop_event: threading.Event | None = None) -> AgentStats:
-        """Work until ``stop_event`` is set (or ``config.max_units`` are done); returns this run's stats.
+        """Work until ``stop_event`` is set (or ``config.max_units`` units or training updates are done); returns
+        this run's stats.
 
         Raises :class:`AuthError` when the credential is refused: a revoked car must not keep retrying.
         """
@@ -139,7 +144,11 @@ class Agent:
         return self.stats
 
     def _enough(self) -> bool:
-        return self.config.max_units is not None and self.stats.units_done >= self.config.max_units
+        return self.config.max_units is not None and self._work_done() >= self.config.max_units
+
+    def _work_done(self) -> int:
+        """Units completed and finished training updates accepted: what ``config.max_units`` counts."""
+        return self.stats.units_done + self.stats.train_updates
 
     def _enroll(self) -> None:
         enrollment = self.dir.load_enrollment()
@@ -183,24 +192,26 @@ class Agent:
 
     # --- one unit ----------------------------------------------------------------------------------------------
 
-    def _work(self, grant: LeaseGrant) -> None:
+    def _work(self, grant: Grant) -> None:
+        """Run one lease, an inference unit or a share of a training round, and report it however it ends."""
         self.stats.leases += 1
-        log.info("lease %s: job %s unit %d, %d items", grant.lease_id, grant.job_id, grant.unit_index, grant.items)
         traffic = _Traffic()
-        task = self._task(grant, self.dir.unit_dir(grant.lease_id))
+        unit = self.dir.unit_dir(grant.lease_id)
+        if isinstance(grant, TrainGrant):
+            lease = TrainLease(self, grant, unit, traffic)
+            run, hand_back = lease.run, lease.hand_back
+        else:
+            run, hand_back = self._unit(grant, unit, traffic)
         with self._lock:
             self._lease, self._next_renew = grant, time.monotonic() + grant.renew_every_s
             self._lease_lost.clear()
         try:
-            self._prepare(grant, task, traffic)
-            started = time.perf_counter()
-            self._compute(task, grant, traffic)
-            self._deliver(grant, task.result_path, time.perf_counter() - started, traffic)
+            run()
         except errors.Preempted as exc:
             if self._lease_lost.is_set():
                 self.stats.leases_lost += 1
             else:
-                self._hand_back(grant, task, traffic, str(exc))
+                hand_back(str(exc))
         except _LEASE_GONE as exc:
             self.worker.stop()
             self.stats.leases_lost += 1
@@ -210,7 +221,7 @@ class Agent:
             raise  # the coordinator will reissue the unit when the lease expires
         except errors.FleetgridError as exc:
             if self._stop.is_set():  # e.g. a SIGTERM to the whole process group killed the worker first
-                self._hand_back(grant, task, traffic, str(exc))
+                hand_back(str(exc))
                 return
             self.stats.unit_failures += 1
             log.warning("lease %s failed: %s", grant.lease_id, exc)
@@ -220,6 +231,21 @@ class Agent:
                 self._lease = None
             self.dir.discard_unit(grant.lease_id)
             self._save()
+
+    def _unit(
+        self, grant: LeaseGrant, unit: Path, traffic: _Traffic
+    ) -> tuple[Callable[[], None], Callable[[str], None]]:
+        """How to run an inference unit, and how to hand it back (with its checkpoint) if it cannot finish."""
+        log.info("lease %s: job %s unit %d, %d items", grant.lease_id, grant.job_id, grant.unit_index, grant.items)
+        task = self._task(grant, unit)
+
+        def run() -> None:
+            self._prepare(grant, task, traffic)
+            started = time.perf_counter()
+            self._compute(task, self._progress_reporter(grant, task, traffic))
+            self._deliver(grant, task.result_path, time.perf_counter() - started, traffic)
+
+        return run, lambda why: self._hand_back(grant, task, traffic, why)
 
     def _task(self, grant: LeaseGrant, unit: Path) -> UnitTask:
         model_file = grant.model.file
@@ -251,18 +277,11 @@ class Agent:
             size = self._retrying(lambda: self.client.artifact_size(grant.checkpoint.digest))
             self._fetch(grant.checkpoint.digest, size, task.resume_path, traffic)
 
-    def _compute(self, task: UnitTask, grant: LeaseGrant, traffic: _Traffic) -> None:
+    def _compute(self, task: UnitTask | TrainTask, on_progress: Callable[[int], None] | None = None) -> None:
+        """Run ``task`` in the worker, which the monitor kills (raising Preempted here) once the car must stop."""
         self._check_preempted()
         with self._lock:
             self._computing_since, self._kill = time.perf_counter(), None
-        next_report = time.monotonic() + self.config.progress_interval_s
-
-        def on_progress(done: int) -> None:
-            nonlocal next_report
-            if time.monotonic() >= next_report:
-                next_report = time.monotonic() + self.config.progress_interval_s
-                self._report_progress(grant, task, traffic)
-
         try:
             self.worker.run(task, on_progress)
         except errors.Preempted:
@@ -271,6 +290,18 @@ class Agent:
         finally:
             with self._lock:
                 self._computing_since = None
+
+    def _progress_reporter(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> Callable[[int], None]:
+        """An ``on_progress`` that reports the unit's checkpoint every ``progress_interval_s``."""
+        next_report = time.monotonic() + self.config.progress_interval_s
+
+        def on_progress(done: int) -> None:
+            nonlocal next_report
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + self.config.progress_interval_s
+                self._report_progress(grant, task, traffic)
+
+        return on_progress
 
     def _record_latency(self) -> None:
         """Preemption latency: the first ineligible bus read (or the unit's start, if later) to the worker gone.
@@ -319,7 +350,7 @@ class Agent:
     def _follow_on_request(self) -> LeaseRequest | None:
         """The lease request to send with a completion, if this car should take another unit right away."""
         reading = self.monitor.reading()
-        last = self.config.max_units is not None and self.stats.units_done + 1 >= self.config.max_units
+        last = self.config.max_units is not None and self._work_done() + 1 >= self.config.max_units
         if self._stop.is_set() or last or not reading.eligible:
             return None
         return LeaseRequest(state=self._report(reading), wait_s=0.0, cached_models=self.dir.cached_models()[-64:])
@@ -342,7 +373,7 @@ class Agent:
         request = FailRequest(reason=reason[:1000], handback=True, done_items=done, checkpoint=digest, **_bytes(traffic))
         self._report_failure(grant, request)
 
-    def _report_failure(self, grant: LeaseGrant, request: FailRequest) -> None:
+    def _report_failure(self, grant: Grant, request: FailRequest) -> None:
         try:
             self.client.fail(grant.lease_id, request)
         except (errors.TransportError, *_LEASE_GONE) as exc:
@@ -373,23 +404,30 @@ class Agent:
 
     def _fetch(self, digest: str, size: int, dest: Path, traffic: _Traffic) -> None:
         """Download an artifact, waiting for a link the data plan allows and resuming after any interruption."""
+        if dest.exists():
+            return
         part = dest.with_name(dest.name + ".part")
+
+        def remaining() -> int:
+            return max(size - (part.stat().st_size if part.exists() else 0), 0)
+
+        self._receive(lambda on_bytes: self.client.download(digest, dest, on_bytes=on_bytes), remaining, traffic)
+
+    def _receive(
+        self, get: Callable[[Callable[[int], None]], _T], remaining: Callable[[], int], traffic: _Traffic
+    ) -> _T:
+        """``get(on_bytes)``: a download that reports every chunk to ``on_bytes`` as it arrives.
+
+        It starts once the data plan allows ``remaining()`` bytes on the link and starts again when the link turns
+        to one that may not carry the rest, or after a network error (``_ATTEMPTS`` in all); every byte is charged
+        as it arrives, and Preempted raised the moment the car must stop.
+        """
         attempts = 0
-        while not dest.exists():
-            have = part.stat().st_size if part.exists() else 0
-            self._wait_for_link(max(size - have, 0), preemptible=True)
-            moved = have
-
-            def charge(n: int) -> None:
-                nonlocal moved
-                moved += n
-                link = self._charge(n, traffic)
-                self._check_preempted()
-                if link is Network.CELLULAR and not self.plan.allows(max(size - moved, 0), link):
-                    raise _WaitForLink()
-
+        while True:
+            left = remaining()
+            self._wait_for_link(left, preemptible=True)
             try:
-                self.client.download(digest, dest, on_bytes=charge)
+                return get(self._metered(left, traffic))
             except _WaitForLink:
                 continue
             except errors.TransportError:
@@ -397,6 +435,21 @@ class Agent:
                 if attempts >= _ATTEMPTS:
                     raise
                 self._sleep(self.config.poll_interval_s)
+
+    def _metered(self, left: int, traffic: _Traffic) -> Callable[[int], None]:
+        """An ``on_bytes`` for a transfer of ``left`` bytes: charges each chunk, raises Preempted when the car must
+        stop and _WaitForLink when the link turns to cellular that may not carry the rest."""
+        moved = 0
+
+        def charge(n: int) -> None:
+            nonlocal moved
+            moved += n
+            link = self._charge(n, traffic)
+            self._check_preempted()
+            if link is Network.CELLULAR and not self.plan.allows(max(left - moved, 0), link):
+                raise _WaitForLink()
+
+        return charge
 
     def _upload(self, data: bytes, traffic: _Traffic, *, attempts: int = _ATTEMPTS, until_stopped: bool = False) -> str:
         def once() -> str:
@@ -480,7 +533,7 @@ class Agent:
         except errors.FleetgridError as exc:
             log.info("heartbeat failed: %s", exc)
 
-    def _renew(self, lease: LeaseGrant) -> None:
+    def _renew(self, lease: Grant) -> None:
         try:
             self.client.renew(lease.lease_id)
             delay = lease.renew_every_s

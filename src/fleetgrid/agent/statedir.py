@@ -1,4 +1,4 @@
-"""What the agent keeps on the car's disk: its credential, data-plan counts, stats, model cache and work files.
+"""What the agent keeps on the car's disk: its credential, data-plan counts, stats, model caches and work files.
 
 Secrets and counts are written owner-only (0600) by atomic rename, so a power cut never leaves half a file.
 """
@@ -26,6 +26,7 @@ class AgentStats:
     """What one agent run has done; ``to_json`` adds latency percentiles."""
 
     leases: int = 0
+    """Leases taken, inference and training."""
     units_done: int = 0
     items_done: int = 0
     items_resumed: int = 0
@@ -44,8 +45,22 @@ class AgentStats:
     wifi_waits: int = 0
     """Transfers that waited because cellular was not allowed or would pass the monthly cap."""
     model_downloads: int = 0
+    """Model files fetched for inference, and global versions fetched for training."""
     model_cache_hits: int = 0
+    """Leases whose model was already on disk: by file digest, or by global version digest for training."""
     transport_errors: int = 0
+    train_leases: int = 0
+    """Shares of training rounds taken (counted in ``leases`` too)."""
+    train_updates: int = 0
+    """Finished updates the coordinator accepted."""
+    train_partial_updates: int = 0
+    """Updates of preempted training the coordinator accepted."""
+    updates_refused: int = 0
+    """Updates refused because their round had closed (409): no fault of the car."""
+    train_bytes_up: int = 0
+    """Bytes of update bodies sent, every attempt (the only training uploads: the car's data never leaves it)."""
+    train_bytes_down: int = 0
+    """Bytes of global-model downloads."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -73,15 +88,17 @@ class Enrollment:
 
 
 class StateDir:
-    """The agent's directory: ``enrollment.json``, ``dataplan.json``, ``stats.json``, ``models/``, ``work/``."""
+    """The agent's directory: ``enrollment.json``, ``dataplan.json``, ``stats.json``, ``models/``, ``work/`` and
+    ``train/`` (per training job, the last global version the car holds and its uplink residual)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.models = self.root / "models"
         self.work = self.root / "work"
-        self.models.mkdir(exist_ok=True)
-        self.work.mkdir(exist_ok=True)
+        self.train = self.root / "train"
+        for path in (self.models, self.work, self.train):
+            path.mkdir(exist_ok=True)
 
     def load_enrollment(self) -> Enrollment | None:
         data = self._read("enrollment.json")
@@ -118,11 +135,17 @@ class StateDir:
         path.mkdir(exist_ok=True)
         return path
 
+    def train_dir(self, job_id: str) -> Path:
+        """The directory that outlives a training job's leases: the global it holds and its uplink residual."""
+        path = self.train / _safe_name(job_id)
+        path.mkdir(exist_ok=True)
+        return path
+
     def discard_unit(self, lease_id: str) -> None:
         shutil.rmtree(self._unit_path(lease_id), ignore_errors=True)
 
     def _unit_path(self, lease_id: str) -> Path:
-        return self.work / "".join(c if c.isalnum() or c in "-_" else "_" for c in lease_id)
+        return self.work / _safe_name(lease_id)
 
     def _read(self, name: str) -> dict[str, Any] | None:
         path = self.root / name
@@ -141,3 +164,8 @@ class StateDir:
             json.dump(data, fh, indent=1)
         os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a tmp file left by an earlier crash
         os.replace(tmp, path)
+
+
+def _safe_name(name: str) -> str:
+    """``name`` as one path component: an id from the coordinator never reaches outside the state directory."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

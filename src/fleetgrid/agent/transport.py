@@ -3,7 +3,7 @@
 Every non-2xx answer becomes the :mod:`fleetgrid.errors` class its ``ErrorBody.error`` code (or, failing that, its
 status) names; every network failure and every body that does not parse becomes :class:`TransportError`. No httpx
 or pydantic exception leaves this module. Artifact downloads resume from a partial file with ``Range`` and report
-every byte that crossed the link, so the caller can charge the data plan for it.
+every byte that crossed the link, so the caller can charge the data plan for it; so does a training model download.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 import pydantic
@@ -25,22 +25,27 @@ from fleetgrid.protocol import (
     EnrollRequest,
     EnrollResponse,
     FailRequest,
+    Grant,
     HeartbeatResponse,
     LeaseAck,
-    LeaseGrant,
     LeaseRequest,
     ProgressReport,
     StateReport,
+    UpdateReport,
     is_digest,
+    pack_frame,
+    unpack_frame,
 )
 from fleetgrid.wire_errors import error_from_response
 
 __all__ = ["CoordinatorClient", "error_from_response"]
 
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
+_T = TypeVar("_T")
+_GRANT: pydantic.TypeAdapter[Grant] = pydantic.TypeAdapter(Grant)
 
 class CoordinatorClient:
-    """A synchronous client for the vehicle API (``/v1/vehicles``, ``/v1/leases``, ``/v1/artifacts``).
+    """A synchronous client for the vehicle API (``/v1/vehicles``, ``/v1/leases``, ``/v1/artifacts``, ``/v1/train``).
 
     ``verify`` is True (system CAs), False (no TLS check: tests only) or the path of a CA bundle. ``timeout_s`` bounds
     each request; a lease long-poll is given ``wait_s`` on top. ``transport`` replaces the network (tests pass an
@@ -87,13 +92,14 @@ class CoordinatorClient:
 
     # --- leases ------------------------------------------------------------------------------------------------
 
-    def request_lease(self, request: LeaseRequest) -> LeaseGrant | None:
-        """Ask for a unit of work; None when the coordinator had none within ``request.wait_s`` (204)."""
+    def request_lease(self, request: LeaseRequest) -> Grant | None:
+        """Ask for work: an inference unit or a share of a training round; None when the coordinator had none
+        within ``request.wait_s`` (204)."""
         timeout = httpx.Timeout(self._timeout.read + request.wait_s, connect=self._timeout.connect)
         response = self._send("POST", "/leases", json=request, timeout=timeout)
         if response.status_code == 204:
             return None
-        return self._parse(response, LeaseGrant)
+        return self._validate(response, _GRANT.validate_json, "Grant")
 
     def renew(self, lease_id: str) -> LeaseAck:
         return self._parse(self._send("POST", f"/leases/{lease_id}/renew"), LeaseAck)
@@ -107,6 +113,51 @@ class CoordinatorClient:
 
     def fail(self, lease_id: str, request: FailRequest) -> LeaseAck:
         return self._parse(self._send("POST", f"/leases/{lease_id}/fail", json=request), LeaseAck)
+
+    # --- training ----------------------------------------------------------------------------------------------
+
+    def train_model(
+        self, job_id: str, have: int | None, *, on_bytes: Callable[[int], None] | None = None
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """The global model of training job ``job_id`` for a car holding version ``have`` (None: none).
+
+        Answers the frame's header (``from_version``, ``version``, ``digest``, ``full``) and blobs: the full
+        snapshot, or the encoded deltas from ``have`` in order (none when already current), as
+        ``training.ModelDownload`` holds them. ``on_bytes(n)`` is called for every body chunk as it arrives and
+        may raise to abandon the transfer.
+        """
+        path = f"/train/{job_id}/model"
+        body = bytearray()
+        try:
+            params = {"have": have} if have is not None else None
+            with self._http.stream("GET", path, params=params, headers=self._auth_headers()) as response:
+                if not response.is_success:
+                    response.read()
+                    raise error_from_response(response)
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+        except httpx.HTTPError as exc:
+            raise errors.TransportError(
+                f"GET {self.base_url}{API_PREFIX}{path} broke after {len(body)} bytes ({type(exc).__name__}: {exc})"
+            ) from exc
+        try:
+            return unpack_frame(bytes(body))
+        except ValueError as exc:
+            raise errors.TransportError(f"GET {path} answered a body that is not a frame: {exc}") from exc
+
+    def train_update(self, lease_id: str, report: UpdateReport, payload: bytes) -> LeaseAck:
+        """Send a training lease's update: ``report`` and the encoded delta ``payload`` in one frame.
+
+        The body is ``len(pack_frame(report, [payload]))`` bytes. A :class:`Conflict` means the round closed
+        before the update arrived: it was refused, through no fault of the car.
+        """
+        response = self._send(
+            "POST", f"/train/leases/{lease_id}/update", content=pack_frame(report, [payload]),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return self._parse(response, LeaseAck)
 
     # --- artifacts ---------------------------------------------------------------------------------------------
 
@@ -219,14 +270,18 @@ class CoordinatorClient:
 
     @staticmethod
     def _parse(response: httpx.Response, model: type[_Model]) -> _Model:
+        return CoordinatorClient._validate(response, model.model_validate_json, model.__name__)
+
+    @staticmethod
+    def _validate(response: httpx.Response, validate: Callable[[bytes], _T], name: str) -> _T:
+        """``validate(body)``, its pydantic error turned into a TransportError naming the model ``name``."""
         try:
-            return model.model_validate_json(response.content)
+            return validate(response.content)
         except pydantic.ValidationError as exc:
             raise errors.TransportError(
                 f"{response.request.method} {response.request.url.path} answered {response.status_code} with a "
-                f"body that is not a {model.__name__}: {exc.errors()[0]['msg']}"
+                f"body that is not a {name}: {exc.errors()[0]['msg']}"
             ) from exc
-
 
 def _checked(digest: str) -> str:
     if not is_digest(digest):

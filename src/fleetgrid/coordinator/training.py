@@ -168,10 +168,11 @@ class TrainingService:
         self.runs: dict[str, _Run] = {}
         self.notify: Callable[[], None] = lambda: None
         """Wakes long-polling cars; the app sets it to a thread-safe call into its event loop."""
-        self.available_window_s = 2 * config.max_long_poll_s
-        """A car that asked for work this recently counts as available for a round (it may be busy with an
-        inference unit: the offer waits for its next ask)."""
-        self.offer_ttl_s = max(config.lease_ttl_s, 2 * config.max_long_poll_s)
+        self.available_window_s = 5.0
+        """A car that asked for work this recently counts as available for a round: it is long-polling, or it just
+        took an inference unit (then the offer waits for its next ask). A car gone quiet drops out quickly."""
+        self.offer_ttl_s = 15.0
+        """An offer not taken up by then is withdrawn, so the round loop offers that share to another car."""
         self._asked: dict[str, float] = {}
         self._leases: dict[str, _Run] = {}
         self._shards: dict[str, int] = {}
@@ -346,15 +347,17 @@ class TrainingService:
             return LeaseAck(lease_id=lease_id, state="active", deadline=lease.deadline)
 
     def model(self, vehicle: VehicleRecord, job_id: str, have: int | None) -> tuple[dict[str, Any], list[bytes]]:
-        """The global model for a car holding a lease of the job: nothing, deltas from ``have``, or a snapshot."""
+        """The global version a car's open lease of the job trains from: nothing if it holds it already, deltas
+        from ``have``, or a snapshot."""
         run = self.runs.get(job_id)
         with self.lock:
-            if run is None or not any(lease.vehicle_id == vehicle.vehicle_id and lease.state == "active"
-                                      for lease in run.leases.values()):
+            held = [lease for lease in (run.leases.values() if run is not None else ())
+                    if lease.vehicle_id == vehicle.vehicle_id and lease.state == "active"]
+            if not held:
                 raise NotFound(f"vehicle {vehicle.vehicle_id} holds no open training lease of job {job_id!r}; "
                                "models are served only to cars training them")
         with run.strategy.lock:
-            download = run.strategy.download(have)
+            download = run.strategy.download(have, version=held[-1].instructions.base_version)
         header = {"from_version": download.from_version, "version": download.version, "digest": download.digest,
                   "full": download.full is not None}
         blobs = [download.full] if download.full is not None else list(download.deltas)

@@ -94,12 +94,15 @@ def train_locally(
     should_stop: Callable[[int], bool] | None = None,
     error_feedback: ErrorFeedback | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> LocalResult:
     """Train ``model`` from ``global_params`` for up to ``instructions.local.steps`` steps on ``dataset``.
 
     ``should_stop(steps_done)`` is asked before every step; returning True ends training there (preemption) and
     the partial delta is still reported. ``error_feedback``, if given, is the car's uplink residual and is
-    updated in place. ``model`` is overwritten with the local weights.
+    updated in place. ``model`` is overwritten with the local weights. ``on_step(steps, examples, loss_sum)``
+    follows every step, with ``model`` holding the weights so far: the car's worker checkpoints from it, so a
+    SIGKILL loses at most the steps since the last checkpoint.
     """
     config = instructions.local
     layout = FlatLayout.of(model)
@@ -124,6 +127,8 @@ def train_locally(
         steps += 1
         examples += len(x)
         loss_sum += loss.item()
+        if on_step is not None:
+            on_step(steps, examples, loss_sum)
     if steps == 0:
         return LocalResult(None, 0, 0, preempted, float("nan"), 0)
     delta = (global_params - layout.flatten(model)).numpy()  # (P,) pseudo-gradient: global - local

@@ -122,6 +122,7 @@ class Strategy(ABC):
         self.history: list[dict[str, Any]] = []
         self._downlink = ErrorFeedback(self.numel)
         self._deltas: dict[int, bytes] = {}  # version v -> encoded delta from v - 1
+        self._snapshots: dict[int, tuple[torch.Tensor, str]] = {}  # recent versions v -> (params, digest)
         self._digest = params_digest(self.params)
         self._rng = random.Random(config.seed)
         self.lock = threading.RLock()
@@ -219,6 +220,7 @@ class Strategy(ABC):
         return {
             "reports": len(accepted),
             "used": len(usable),
+            "steps": sum(a.update.steps_done for a in usable),
             "mean_staleness": sum(a.staleness for a in usable) / len(usable),
             "pseudo_grad_norm": float(pseudo_grad.norm()),
         }
@@ -226,29 +228,39 @@ class Strategy(ABC):
     def _publish(self, target: torch.Tensor) -> None:
         """Make ``target`` (as exactly as the downlink codec carries it) the next version."""
         blob, sent = self._downlink.compress(target - self.params, self.config.downlink)
+        if not self.closes_rounds:  # cars of an asynchronous strategy may still be sent the version they were given
+            self._snapshots[self.version] = (self.params, self._digest)
+            self._snapshots.pop(self.version - self.max_staleness - 1, None)
         self.params = self.params + torch.from_numpy(sent.reshape(-1))
         self.version += 1
         self._digest = params_digest(self.params)
         self._deltas[self.version] = blob
         self._deltas.pop(self.version - self.keep_versions, None)
 
-    def download(self, held_version: int | None) -> ModelDownload:
-        """What a car holding ``held_version`` must fetch for the current version: nothing, deltas or a snapshot."""
-        if held_version == self.version:
-            return ModelDownload(from_version=held_version, version=self.version, digest=self._digest, full=None)
+    def download(self, held_version: int | None, version: int | None = None) -> ModelDownload:
+        """What a car holding ``held_version`` must fetch for ``version`` (default: the current one): nothing,
+        deltas or a snapshot. An asynchronous strategy also serves the few versions its cars may still train on;
+        an older one raises Conflict."""
+        target = self.version if version is None else version
+        if target == self.version:
+            params, digest = self.params, self._digest
+        elif target in self._snapshots:
+            params, digest = self._snapshots[target]
+        else:
+            raise Conflict(f"global version {target} is no longer served (current: {self.version}); lease new work")
+        if held_version == target:
+            return ModelDownload(from_version=held_version, version=target, digest=digest, full=None)
         if (
             held_version is not None
-            and 0 <= held_version < self.version
-            and all(v in self._deltas for v in range(held_version + 1, self.version + 1))
+            and 0 <= held_version < target
+            and all(v in self._deltas for v in range(held_version + 1, target + 1))
         ):
-            deltas = tuple(self._deltas[v] for v in range(held_version + 1, self.version + 1))
+            deltas = tuple(self._deltas[v] for v in range(held_version + 1, target + 1))
             if sum(map(len, deltas)) < 4 * self.numel:
-                return ModelDownload(
-                    from_version=held_version, version=self.version, digest=self._digest, full=None, deltas=deltas
-                )
-        return ModelDownload(
-            from_version=None, version=self.version, digest=self._digest, full=encode(self.params, CompressionConfig())
-        )
+                return ModelDownload(from_version=held_version, version=target, digest=digest, full=None,
+                                     deltas=deltas)
+        return ModelDownload(from_version=None, version=target, digest=digest,
+                             full=encode(params, CompressionConfig()))
 
     # -------------------------------------------------------------------------------------------- the loop
 

@@ -1,0 +1,371 @@
+"""The agent's training path: the worker's TrainTask, the /v1/train client calls, and whole training leases
+against an in-memory coordinator with a real worker process training MNIST-1D."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from agent_fakes import FakeCoordinator
+from test_agent_runtime import make_bus, running, wait_for
+
+from fleetgrid import errors
+from fleetgrid.agent.config import AgentConfig
+from fleetgrid.agent.runtime import Agent
+from fleetgrid.agent.transport import CoordinatorClient
+from fleetgrid.agent.worker import TrainTask, WorkerProcess, load_train_state
+from fleetgrid.clock import ManualClock
+from fleetgrid.protocol import (
+    FailRequest,
+    LeaseAck,
+    LeaseRequest,
+    StateReport,
+    TrainGrant,
+    UpdateReport,
+    pack_frame,
+    unpack_frame,
+)
+from fleetgrid.vehicle.state import DriveState, Network
+from fleetgrid.workloads.training import (
+    CompressionConfig,
+    FlatLayout,
+    build_model,
+    decode,
+    encode,
+    params_digest,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+T0 = 1_700_000_000.0
+MODEL = "mnist1d-cnn"
+DATA = {"dataset": "mnist1d", "num_vehicles": 2, "num_samples": 500, "seed": 0}
+STATE = StateReport(drive="parked", soc=0.8, network="wifi", plugged_in=True, eligible=True)
+
+
+def initial_params() -> torch.Tensor:
+    model = build_model(MODEL, seed=0)
+    return FlatLayout.of(model).flatten(model)  # (P,)
+
+
+def local(steps: int, **extra) -> dict:
+    return {"steps": steps, "batch_size": 16, "lr": 0.05} | extra
+
+
+# --- the worker ------------------------------------------------------------------------------------------------
+
+
+def train_task(tmp: Path, global_params: torch.Tensor, *, steps: int, shard: int = 0) -> TrainTask:
+    tmp.mkdir(parents=True, exist_ok=True)
+    np.save(tmp / "global.npy", global_params.numpy())
+    return TrainTask(
+        model_name=MODEL, global_path=tmp / "global.npy", model_digest=params_digest(global_params), data=DATA,
+        shard=shard, local=local(steps), seed=3, round=0, base_version=0, checkpoint_path=tmp / "checkpoint.npz",
+        result_path=tmp / "result.npz",
+    )
+
+
+def test_a_train_task_trains_in_the_worker_and_a_bad_data_spec_is_refused(tmp_path):
+    g = initial_params()
+    worker = WorkerProcess(threads=1)
+    seen: list[int] = []
+    try:
+        worker.run(train_task(tmp_path / "a", g, steps=20), seen.append)
+        with pytest.raises(errors.InvalidInput, match=r"vehicle_index must be in \[0, 2\)"):
+            worker.run(train_task(tmp_path / "b", g, steps=20, shard=7))
+        worker.run(train_task(tmp_path / "c", g, steps=3))  # the child keeps serving after a refused task
+    finally:
+        worker.close()
+    result = load_train_state(tmp_path / "a" / "result.npz")
+    assert result is not None and result.steps_done == 20 and result.examples_seen == 20 * 16
+    assert seen and seen[-1] <= 20 and seen == sorted(seen)
+    assert result.params.shape == g.shape and np.isfinite(result.params).all()
+    assert not np.array_equal(result.params, g.numpy()) and 0 < result.loss_sum / 20 < 10
+    assert 0 < result.num_examples < 400
+    assert load_train_state(tmp_path / "c" / "result.npz").steps_done == 3
+
+
+def test_a_sigkilled_train_task_leaves_a_whole_checkpoint(tmp_path):
+    g = initial_params()
+    task = train_task(tmp_path, g, steps=5000)
+    worker = WorkerProcess(threads=1)
+    seen: list[int] = []
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(task, seen.append)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: len(seen) >= 3, what="three checkpoints")
+        assert worker.stop()
+        thread.join(10)
+    finally:
+        worker.close()
+    assert isinstance(outcome[0], errors.Preempted)
+    state = load_train_state(task.checkpoint_path)
+    assert state is not None and seen[-1] <= state.steps_done < 5000
+    assert np.isfinite(state.params).all() and not np.array_equal(state.params, g.numpy())
+    assert not task.result_path.exists()
+
+
+# --- the client ------------------------------------------------------------------------------------------------
+
+
+def grant(lease_id: str = "t-1", *, round: int = 0, base_version: int = 0, digest: str = "0" * 64, steps: int = 5,
+          data: dict | None = None, shard: int = 0, renew_every_s: float = 5.0, **local_extra) -> TrainGrant:
+    return TrainGrant(
+        lease_id=lease_id, job_id="job-t", round=round, base_version=base_version, model_digest=digest, model=MODEL,
+        local=local(steps, **local_extra), seed=11, data=data or DATA, shard=shard, deadline=time.time() + 60,
+        renew_every_s=renew_every_s,
+    )
+
+
+def test_the_client_speaks_the_training_routes():
+    seen: list[httpx.Request] = []
+    offered = grant()
+    frame = pack_frame({"from_version": 2, "version": 3, "digest": "d" * 64, "full": False}, [b"a" * 5000, b"b"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/v1/leases":
+            return httpx.Response(200, content=offered.model_dump_json())
+        if request.url.path == "/v1/train/job-t/model":
+            return httpx.Response(200, content=frame, headers={"Content-Type": "application/octet-stream"})
+        if request.url.path == "/v1/train/leases/t-1/update":
+            return httpx.Response(200, json={"lease_id": "t-1", "state": "completed", "next_lease": json.loads(
+                offered.model_copy(update={"lease_id": "t-2"}).model_dump_json())})
+        return httpx.Response(409, json={"error": "conflict", "message": "round 0 is closed"})
+
+    chunks: list[int] = []
+    report = UpdateReport(round=0, base_version=3, num_examples=10, steps_done=2, steps_planned=5, examples_seen=32)
+    with CoordinatorClient("http://c.test", "cred-1", transport=httpx.MockTransport(handler)) as client:
+        assert client.request_lease(LeaseRequest(state=STATE)) == offered
+        head, blobs = client.train_model("job-t", 2, on_bytes=chunks.append)
+        ack = client.train_update("t-1", report, b"payload")
+        client.train_model("job-t", None)
+        with pytest.raises(errors.Conflict, match="round 0 is closed"):
+            client.train_update("t-9", report, b"payload")
+    assert head == {"from_version": 2, "version": 3, "digest": "d" * 64, "full": False}
+    assert blobs == [b"a" * 5000, b"b"] and sum(chunks) == len(frame)
+    assert isinstance(ack, LeaseAck) and isinstance(ack.next_lease, TrainGrant) and ack.next_lease.lease_id == "t-2"
+    _, model, update, model_again, _ = seen
+    assert model.url.params["have"] == "2" and "have" not in model_again.url.params
+    assert model.headers["authorization"] == "Bearer cred-1"
+    assert update.headers["content-type"] == "application/octet-stream"
+    sent, (payload,) = unpack_frame(update.content)
+    assert UpdateReport.model_validate(sent) == report and payload == b"payload"
+
+
+def test_a_model_body_that_is_not_a_frame_is_a_transport_error():
+    answer = httpx.Response(200, content=b"\xff\xff\xff\xff{}")
+    client = CoordinatorClient("http://c.test", "cred-1", transport=httpx.MockTransport(lambda r: answer))
+    with client, pytest.raises(errors.TransportError, match="not a frame"):
+        client.train_model("job-t", None)
+
+
+# --- whole leases against an in-memory coordinator -------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    base_version: int
+    steps: int = 5
+    refuse: bool = False  # answer the update 409: the round closed first
+    data: dict = field(default_factory=lambda: DATA)
+
+
+@dataclass
+class FakeTrainingCoordinator(FakeCoordinator):
+    """:class:`FakeCoordinator` plus the training routes: hands out ``rounds`` in order, serves each global version
+    whole or as float32 deltas from the car's version, and records what the car sent."""
+
+    rounds: list[Round] = field(default_factory=list)
+    versions: list[torch.Tensor] = field(default_factory=list)
+    train_leases: dict[str, Round] = field(default_factory=dict)
+    model_downloads: list[tuple[int | None, bool, int]] = field(default_factory=list)  # (have, full, bytes)
+    updates: list[tuple[UpdateReport, bytes, int]] = field(default_factory=list)  # (report, payload, body bytes)
+    renew_every_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        # Each version is the last plus a decoded delta, computed as the car applies it, so digests match exactly.
+        self.versions = [initial_params()]
+        for seed in range(3):
+            step = torch.from_numpy(np.random.default_rng(seed).normal(0, 1e-3, self.versions[0].shape).astype("f4"))
+            self.versions.append(self.versions[-1] + torch.from_numpy(decode(self._delta(step))))
+
+    @staticmethod
+    def _delta(step: torch.Tensor) -> bytes:
+        return encode(step.numpy(), CompressionConfig())
+
+    def request_lease(self, request: LeaseRequest) -> TrainGrant | None:
+        self._auth()
+        with self._lock:
+            self.lease_requests.append(request)
+            if not self.rounds or self.train_leases:
+                return None
+            spec = self.rounds.pop(0)
+            lease_id = f"lease-{len(self.calls_named('grant'))}"
+            self.train_leases[lease_id] = spec
+            offered = grant(
+                lease_id, round=len(self.calls_named("grant")), base_version=spec.base_version,
+                digest=params_digest(self.versions[spec.base_version]), steps=spec.steps, data=spec.data,
+                renew_every_s=self.renew_every_s, compression={"bits": 8},
+            )
+            self.calls.append(("grant", offered))
+            return offered
+
+    def train_model(self, job_id: str, have: int | None, *, on_bytes=None) -> tuple[dict, list[bytes]]:
+        self._auth()
+        (spec,) = self.train_leases.values()
+        version = spec.base_version
+        if have is None:
+            head = {"from_version": None, "version": version, "full": True}
+            blobs = [encode(self.versions[version].numpy(), CompressionConfig())]
+        else:
+            head = {"from_version": have, "version": version, "full": False}
+            blobs = [self._delta(self.versions[v + 1] - self.versions[v]) for v in range(have, version)]
+        frame = pack_frame(head | {"digest": params_digest(self.versions[version])}, blobs)
+        for i in range(0, len(frame), 4096):
+            if on_bytes is not None:
+                on_bytes(len(frame[i : i + 4096]))
+        self.model_downloads.append((have, have is None, len(frame)))
+        return unpack_frame(frame)
+
+    def train_update(self, lease_id: str, report: UpdateReport, payload: bytes) -> LeaseAck:
+        self._auth()
+        self.updates.append((report, payload, len(pack_frame(report, [payload]))))
+        with self._lock:
+            spec = self.train_leases.pop(lease_id)
+        if spec.refuse:
+            raise errors.Conflict(f"round {report.round} is closed; the update was not used")
+        follow_on = self.request_lease(report.next) if report.next is not None else None
+        return LeaseAck(lease_id=lease_id, state="completed", next_lease=follow_on)
+
+    def renew(self, lease_id: str) -> LeaseAck:
+        if lease_id in self.train_leases:
+            self.calls.append(("renew", lease_id))
+            return LeaseAck(lease_id=lease_id, state="active", deadline=time.time() + 60)
+        return super().renew(lease_id)
+
+    def fail(self, lease_id: str, request: FailRequest) -> LeaseAck:
+        self.calls.append(("fail", request))
+        with self._lock:
+            self.train_leases.pop(lease_id)
+        return LeaseAck(lease_id=lease_id, state="handed_back" if request.handback else "failed")
+
+    def upload(self, data: bytes) -> str:
+        raise AssertionError("a training car uploaded an artifact: only update frames may leave it")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture(scope="module")
+def worker():
+    # One forkserver worker for the module: the server imports torch once, and each preempted worker restarts fast.
+    process = WorkerProcess(threads=1, start_method="forkserver")
+    yield process
+    process.close()
+
+
+def training_agent(tmp_path, bus, clock, fake, worker, **overrides) -> Agent:
+    settings = {"heartbeat_interval_s": 0.05, "poll_interval_s": 0.02, "lease_wait_s": 0.0}
+    config = AgentConfig(
+        coordinator="http://coordinator.test", state_dir=tmp_path / "car", enrollment_token="good-token",
+        **(settings | overrides),
+    )
+    return Agent(config, bus, clock, client=fake, worker=worker)
+
+
+def test_a_car_downloads_a_global_once_then_dedups_by_digest_and_takes_deltas(tmp_path, clock, worker):
+    fake = FakeTrainingCoordinator(rounds=[Round(0), Round(0), Round(2)])
+    agent = training_agent(tmp_path, make_bus(clock), clock, fake, worker, max_units=3)
+    stats = agent.run(threading.Event())
+    assert stats.train_leases == stats.leases == 3 and stats.train_updates == 3 and stats.unit_failures == 0
+    # Version 0 whole; version 0 again from the car's own copy (same digest); version 2 as two deltas from 0.
+    assert [(have, full) for have, full, _ in fake.model_downloads] == [(None, True), (0, False)]
+    assert stats.model_downloads == 2 and stats.model_cache_hits == 1
+    held = json.loads((tmp_path / "car" / "train" / "job-t" / "global.json").read_text())
+    assert held == {"version": 2, "digest": params_digest(fake.versions[2])}
+    numel = fake.versions[0].numel()
+    for (report, payload, _), offered in zip(fake.updates, fake.calls_named("grant"), strict=True):
+        assert decode(payload).shape == (numel,) and np.isfinite(decode(payload)).all()
+        assert (report.round, report.base_version) == (offered.round, offered.base_version)
+        assert report.steps_done == report.steps_planned == 5 and not report.preempted
+        assert report.examples_seen == 80 and report.num_examples > 0 and report.compute_s > 0
+    # Only the first round was asked for on its own; the others came back with the previous update.
+    assert len(fake.lease_requests) == 3 and [r.next is not None for r, _, _ in fake.updates] == [True, True, False]
+    # Every byte down and up was charged, to the plan and to its lease's report.
+    down = sum(n for _, _, n in fake.model_downloads)
+    up = sum(n for _, _, n in fake.updates)
+    assert stats.train_bytes_down == down and abs(stats.train_bytes_up - up) <= 3 * 4
+    assert stats.wifi_bytes == agent.plan.to_json()["wifi_bytes_total"] == stats.train_bytes_down + stats.train_bytes_up
+    first, _, first_body = fake.updates[0]
+    assert abs(first.wifi_bytes - (fake.model_downloads[0][2] + first_body)) <= 4 and first.cellular_bytes == 0
+    residual = np.load(tmp_path / "car" / "train" / "job-t" / "residual.npy")
+    assert residual.shape == (numel,) and np.abs(residual).max() > 0, "8-bit updates leave a residual to carry"
+    assert fake.calls_named("fail") == [] and fake.artifacts == {}
+
+
+def test_preemption_mid_training_sends_a_partial_update(tmp_path, clock, worker):
+    fake = FakeTrainingCoordinator(rounds=[Round(0, steps=5000)])
+    bus = make_bus(clock)
+    agent = training_agent(tmp_path, bus, clock, fake, worker)
+    checkpoint = tmp_path / "car" / "work" / "lease-0" / "checkpoint.npz"
+    with running(agent) as out:
+        wait_for(checkpoint.exists, what="a first training checkpoint")
+        bus.set(drive=DriveState.DRIVING)
+        wait_for(lambda: fake.updates, what="the partial update")
+        assert agent.worker.pid is None, "the worker process is gone"
+    stats = out["stats"]
+    ((report, payload, _),) = fake.updates
+    assert report.preempted and 0 < report.steps_done < report.steps_planned == 5000
+    assert report.next is None and decode(payload).shape == (fake.versions[0].numel(),)
+    assert stats.preemptions == 1 and stats.train_partial_updates == 1 and stats.train_updates == 0
+    assert len(stats.preemption_latencies_ms) == 1 and fake.calls_named("fail") == []
+
+
+def test_a_preempted_car_that_may_not_send_hands_the_lease_back(tmp_path, clock, worker):
+    fake = FakeTrainingCoordinator(rounds=[Round(0, steps=5000)])
+    bus = make_bus(clock)
+    agent = training_agent(tmp_path, bus, clock, fake, worker)
+    checkpoint = tmp_path / "car" / "work" / "lease-0" / "checkpoint.npz"
+    with running(agent) as out:
+        wait_for(checkpoint.exists, what="a first training checkpoint")
+        bus.set(drive=DriveState.DRIVING, network=Network.OFFLINE)
+        wait_for(lambda: fake.calls_named("fail"), what="the handback")
+    (handback,) = fake.calls_named("fail")
+    assert handback.handback and handback.reason == "preempted: driving; offline" and handback.wifi_bytes > 0
+    assert fake.updates == [] and out["stats"].preemptions == 1
+
+
+def test_a_refused_update_is_counted_and_the_agent_moves_on(tmp_path, clock, worker):
+    fake = FakeTrainingCoordinator(rounds=[Round(0, refuse=True), Round(1)])
+    agent = training_agent(tmp_path, make_bus(clock), clock, fake, worker, max_units=1)
+    stats = agent.run(threading.Event())
+    assert stats.updates_refused == 1 and stats.train_updates == 1 and len(fake.updates) == 2
+    assert fake.calls_named("fail") == [] and stats.unit_failures == 0
+
+
+def test_a_data_spec_the_car_cannot_build_fails_the_lease(tmp_path, clock, worker):
+    fake = FakeTrainingCoordinator(rounds=[Round(0, data=DATA | {"dataset": "mnist3d"})])
+    agent = training_agent(tmp_path, make_bus(clock), clock, fake, worker)
+    with running(agent) as out:
+        wait_for(lambda: fake.calls_named("fail"), what="the failed lease")
+    (failed,) = fake.calls_named("fail")
+    assert not failed.handback and "unknown dataset 'mnist3d'" in failed.reason
+    assert out["stats"].unit_failures == 1 and fake.updates == []
