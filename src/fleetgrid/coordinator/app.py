@@ -475,6 +475,7 @@ def _operator_routes(app: FastAPI, coord: Coordinator) -> None:
             raise NotFound(f"vehicle {vehicle_id!r} does not exist; GET /v1/vehicles lists them")
         coord.auth.forget_vehicle(vehicle_id)
         coord.scheduler.release_vehicle(vehicle_id)
+        coord.training.release_vehicle(vehicle_id)
         return {"vehicle_id": vehicle_id, "revoked": True}
 
     @app.get(f"{API_PREFIX}/ledger", response_model=list[LedgerEntry], tags=["operator"],
