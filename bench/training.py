@@ -37,36 +37,18 @@ from rss import TreeRssSampler
 from fleetgrid.client import FleetgridClient
 from fleetgrid.localfleet import AgentProcess, CoordinatorProcess
 from fleetgrid.vehicle.schedule import DaySchedule, VehicleTrace, save_traces
-from fleetgrid.workloads.training import DataSpec, FlatLayout, build_eval_set, build_model, evaluate_model
-from fleetgrid.workloads.training.local import ArrayDataset
+from fleetgrid.workloads.training import DataSpec, FlatLayout, build_model
 
 OUT = Path(__file__).parent / "results" / "training.json"
 SPEED = 60.0  # simulated seconds per wall second: a one-minute trip stops a car for a wall second
 
 
-def centralized(data: dict, steps: int, batch: int, seed: int) -> dict:
-    """The limit: one process, all the training data, AdamW with a cosine schedule."""
-    from fleetgrid.workloads.training.tasks import _mnist1d
+def centralized(data: dict, steps: int, seed: int) -> dict:
+    """The limit: one process, all the training data, AdamW with a cosine schedule (batch 64)."""
+    from training_local import centralized as train_centrally
 
-    spec = DataSpec(**data)
     started = time.perf_counter()
-    raw = _mnist1d(spec.seed, spec.num_samples)
-    train = ArrayDataset(raw["x"], raw["y"])
-    model = build_model("mnist1d-cnn", seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        x, y = train.sample_batch(gen, batch)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    x_test, y_test = build_eval_set(spec)
-    return {"label": "centralized", **evaluate_model(model, x_test, y_test), "bytes_up": 0, "bytes_down": 0,
-            "steps": steps, "wall_s": round(time.perf_counter() - started, 1)}
+    return train_centrally(DataSpec(**data), steps, seed) | {"wall_s": round(time.perf_counter() - started, 1)}
 
 
 def trip_traces(path: Path, cars: int, preempted: int, mean_gap_min: float, trip_min: int, seed: int) -> list[str]:
@@ -220,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             ("fleetgrid_diloco_int4", "diloco", diloco(4), args.rounds)]
     results = []
     if wanted("centralized"):
-        results.append(centralized(data, args.central_steps, 64, args.seed))
+        results.append(centralized(data, args.central_steps, args.seed))
         print(f"  centralized: {results[-1]['accuracy']:.4f}", file=sys.stderr)
     if any(wanted(label) for label, *_ in runs):
         root = Path(tempfile.mkdtemp(prefix="fleetgrid-bench-training-"))
