@@ -4,8 +4,9 @@ the instant it is not.
 Three threads share one :class:`Agent`. The main thread leases a unit, fetches its files (charging every byte to
 the data plan), runs it in the worker process and delivers the result. The monitor reads the vehicle bus every
 few milliseconds and kills the worker the moment the car turns ineligible; the main thread then hands the lease
-back with the last checkpoint. The pacemaker heartbeats and renews the lease before its deadline. A training lease
-takes the same path through :mod:`fleetgrid.agent.training`.
+back with the last checkpoint. The pacemaker heartbeats and renews the lease before its deadline. What one lease
+does is in :mod:`fleetgrid.agent.inference` (a unit) and :mod:`fleetgrid.agent.training` (a share of a round);
+this module holds the loop, the link helpers both use, preemption and renewal.
 
 Calls to the coordinator are paced in wall seconds (its clock is the wall); the injected clock is the car's: it
 stamps state reports and decides the data plan's month, so a demo can play a day of driving in a minute.
@@ -13,9 +14,6 @@ stamps state reports and decides the data plan's month, so a demo can play a day
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import logging
 import signal
 import threading
@@ -25,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
-
 from fleetgrid import errors
 from fleetgrid.agent.config import AgentConfig
+from fleetgrid.agent.inference import UnitLease
 from fleetgrid.agent.monitor import EligibilityMonitor, Reading
 from fleetgrid.agent.statedir import AgentStats, Enrollment, StateDir
 from fleetgrid.agent.training import TrainLease
@@ -36,15 +33,10 @@ from fleetgrid.agent.transport import CoordinatorClient
 from fleetgrid.agent.worker import TrainTask, UnitTask, WorkerProcess
 from fleetgrid.clock import Clock
 from fleetgrid.protocol import (
-    MAX_INLINE_RESULT_BYTES,
-    CompleteRequest,
     EnrollRequest,
     FailRequest,
     Grant,
-    LeaseAck,
-    LeaseGrant,
     LeaseRequest,
-    ProgressReport,
     StateReport,
     TrainGrant,
 )
@@ -197,11 +189,9 @@ class Agent:
         self.stats.leases += 1
         traffic = _Traffic()
         unit = self.dir.unit_dir(grant.lease_id)
-        if isinstance(grant, TrainGrant):
-            lease = TrainLease(self, grant, unit, traffic)
-            run, hand_back = lease.run, lease.hand_back
-        else:
-            run, hand_back = self._unit(grant, unit, traffic)
+        kind = TrainLease if isinstance(grant, TrainGrant) else UnitLease
+        lease = kind(self, grant, unit, traffic)
+        run, hand_back = lease.run, lease.hand_back
         with self._lock:
             self._lease, self._next_renew = grant, time.monotonic() + grant.renew_every_s
             self._lease_lost.clear()
@@ -232,51 +222,6 @@ class Agent:
             self.dir.discard_unit(grant.lease_id)
             self._save()
 
-    def _unit(
-        self, grant: LeaseGrant, unit: Path, traffic: _Traffic
-    ) -> tuple[Callable[[], None], Callable[[str], None]]:
-        """How to run an inference unit, and how to hand it back (with its checkpoint) if it cannot finish."""
-        log.info("lease %s: job %s unit %d, %d items", grant.lease_id, grant.job_id, grant.unit_index, grant.items)
-        task = self._task(grant, unit)
-
-        def run() -> None:
-            self._prepare(grant, task, traffic)
-            started = time.perf_counter()
-            self._compute(task, self._progress_reporter(grant, task, traffic))
-            self._deliver(grant, task.result_path, time.perf_counter() - started, traffic)
-
-        return run, lambda why: self._hand_back(grant, task, traffic, why)
-
-    def _task(self, grant: LeaseGrant, unit: Path) -> UnitTask:
-        model_file = grant.model.file
-        return UnitTask(
-            model_name=grant.model.name,
-            model_file=self.dir.model_path(model_file.digest) if model_file else None,
-            model_digest=model_file.digest if model_file else None,
-            items_path=unit / "input",
-            items_format=grant.input.format or "npy",
-            items=grant.items,
-            batch_size=grant.batch_size,
-            checkpoint_path=unit / "checkpoint.npy",
-            result_path=unit / "result.npy",
-            start=grant.checkpoint.done_items if grant.checkpoint else 0,
-            resume_path=unit / "resume.npy" if grant.checkpoint else None,
-        )
-
-    def _prepare(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> None:
-        """Fetch the model (unless cached by digest), the input shard and the checkpoint to resume from."""
-        self._check_preempted()  # the car may have turned ineligible during the long-poll
-        if grant.model.file is not None and task.model_file is not None:
-            if task.model_file.exists():
-                self.stats.model_cache_hits += 1
-            else:
-                self._fetch(grant.model.file.digest, grant.model.file.size, task.model_file, traffic)
-                self.stats.model_downloads += 1
-        self._fetch(grant.input.digest, grant.input.size, task.items_path, traffic)
-        if grant.checkpoint is not None and task.resume_path is not None:
-            size = self._retrying(lambda: self.client.artifact_size(grant.checkpoint.digest))
-            self._fetch(grant.checkpoint.digest, size, task.resume_path, traffic)
-
     def _compute(self, task: UnitTask | TrainTask, on_progress: Callable[[int], None] | None = None) -> None:
         """Run ``task`` in the worker, which the monitor kills (raising Preempted here) once the car must stop."""
         self._check_preempted()
@@ -291,18 +236,6 @@ class Agent:
             with self._lock:
                 self._computing_since = None
 
-    def _progress_reporter(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> Callable[[int], None]:
-        """An ``on_progress`` that reports the unit's checkpoint every ``progress_interval_s``."""
-        next_report = time.monotonic() + self.config.progress_interval_s
-
-        def on_progress(done: int) -> None:
-            nonlocal next_report
-            if time.monotonic() >= next_report:
-                next_report = time.monotonic() + self.config.progress_interval_s
-                self._report_progress(grant, task, traffic)
-
-        return on_progress
-
     def _record_latency(self) -> None:
         """Preemption latency: the first ineligible bus read (or the unit's start, if later) to the worker gone.
 
@@ -315,37 +248,6 @@ class Agent:
             return  # stopped for shutdown or a lost lease: not a preemption
         gone, since = kill
         self.stats.preemption_latencies_ms.append((gone - max(since, started)) * 1000.0)
-
-    def _report_progress(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> None:
-        done, digest = self._upload_checkpoint(grant, task, traffic)
-        try:
-            self.client.progress(grant.lease_id, ProgressReport(done_items=done, checkpoint=digest))
-        except errors.TransportError as exc:
-            self.stats.transport_errors += 1
-            log.info("progress report for lease %s lost (%s); the next one will carry it", grant.lease_id, exc)
-
-    def _deliver(self, grant: LeaseGrant, result: Path, compute_s: float, traffic: _Traffic) -> None:
-        data = result.read_bytes()
-        self._wait_for_link(len(data), preemptible=False)  # the unit is done: a trip does not stop an upload
-        # A small result rides inside the completion and the next unit is asked for in the same call: one round
-        # trip per unit. A computed result is worth waiting for: retry through outages until the lease is gone.
-        inline = base64.b64encode(data).decode() if len(data) <= MAX_INLINE_RESULT_BYTES else None
-        digest = hashlib.sha256(data).hexdigest() if inline else self._upload(data, traffic, until_stopped=True)
-        follow_on = self._follow_on_request()
-
-        def once() -> LeaseAck:
-            if inline is not None:
-                self._charge(len(inline), traffic)
-            request = CompleteRequest(result=digest, inline=inline, next=follow_on, compute_s=compute_s,
-                                      **_bytes(traffic))
-            return self.client.complete(grant.lease_id, request)
-
-        self._next_grant = self._retrying(once, until_stopped=True).next_lease  # idempotent
-        self.stats.units_done += 1
-        self.stats.items_done += grant.items
-        self.stats.items_resumed += grant.checkpoint.done_items if grant.checkpoint else 0
-        self.stats.compute_s += compute_s
-        log.info("lease %s complete: %d items in %.2f s", grant.lease_id, grant.items, compute_s)
 
     def _follow_on_request(self) -> LeaseRequest | None:
         """The lease request to send with a completion, if this car should take another unit right away."""
@@ -361,44 +263,11 @@ class Agent:
         if grant is not None:
             self._report_failure(grant, FailRequest(reason="agent stopping", handback=True))
 
-    def _hand_back(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic, why: str) -> None:
-        reading = self.monitor.reading()
-        if reading.eligible:
-            reason = f"handback: the agent is stopping ({why})"
-        else:
-            self.stats.preemptions += 1
-            reason = "preempted: " + "; ".join(reading.eligibility.reasons)
-        done, digest = self._upload_checkpoint(grant, task, traffic)
-        log.info("lease %s handed back at %d of %d items: %s", grant.lease_id, done, grant.items, reason)
-        request = FailRequest(reason=reason[:1000], handback=True, done_items=done, checkpoint=digest, **_bytes(traffic))
-        self._report_failure(grant, request)
-
     def _report_failure(self, grant: Grant, request: FailRequest) -> None:
         try:
             self.client.fail(grant.lease_id, request)
         except (errors.TransportError, *_LEASE_GONE) as exc:
             log.warning("could not report lease %s back (%s); it will expire on its own", grant.lease_id, exc)
-
-    def _upload_checkpoint(self, grant: LeaseGrant, task: UnitTask, traffic: _Traffic) -> tuple[int, str | None]:
-        """Upload the worker's checkpoint if the link allows it now; else fall back to the one the lease came with.
-
-        Returns ``(done_items, digest)`` of whichever checkpoint the coordinator can have: the rows in the file
-        uploaded, not the last progress message, since the worker may have written more batches since.
-        """
-        fallback = (grant.checkpoint.done_items, grant.checkpoint.digest) if grant.checkpoint else (0, None)
-        try:
-            data = task.checkpoint_path.read_bytes()
-        except FileNotFoundError:
-            return fallback
-        rows = int(np.load(io.BytesIO(data), allow_pickle=False).shape[0])
-        state = self.monitor.reading().state
-        link = state.network if state is not None else Network.OFFLINE
-        if rows <= fallback[0] or not self.plan.allows(len(data), link):
-            return fallback
-        try:
-            return rows, self._upload(data, traffic, attempts=1)
-        except errors.TransportError:
-            return fallback
 
     # --- bytes over the link -----------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from ..workloads.training import (
     strategy_from_state_bytes,
     to_dict,
 )
+from ..workloads.training.strategies import read_metadata
 from ..workloads.training.tasks import MODELS
 from .artifacts import ArtifactStore
 from .config import CoordinatorConfig
@@ -277,9 +278,7 @@ class TrainingService:
         digest = job.result_digest if job.state == JobState.DONE else job.checkpoint_digest
         if not digest or not self.artifacts.exists(digest):
             return {}
-        blob = self.artifacts.read_bytes(digest)
-        header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
-        return json.loads(header.get("__metadata__", {}).get("fleetgrid", "{}"))
+        return read_metadata(self.artifacts.read_bytes(digest))
 
     # --- vehicles -----------------------------------------------------------------------------------------------
     def lease(self, vehicle: VehicleRecord) -> TrainGrant | None:
@@ -514,7 +513,7 @@ class TrainingService:
         """Store the strategy's full state as an artifact and point the job at it; then check the target."""
         strategy = run.strategy
         with strategy.lock:
-            blob = _with_meta(strategy.state_bytes(), self._counters(run))
+            blob = strategy.state_bytes(extra=self._counters(run))
             version = strategy.version
             latest = strategy.history[-1] if strategy.history else {}
         digest = self.artifacts.put_bytes(blob)
@@ -551,16 +550,6 @@ def final_model_bytes(model_name: str, strategy: Strategy, counters: Mapping[str
                 "round": strategy.round, "history": _jsonable(strategy.history), **(counters or {})}
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     return st_save(tensors, metadata={"fleetgrid": json.dumps(meta, sort_keys=True)})
-
-
-def _with_meta(blob: bytes, extra: Mapping[str, Any]) -> bytes:
-    """A strategy checkpoint with the job's byte counters added to its metadata (so they survive a restart)."""
-    from safetensors.torch import load as st_load
-
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n])
-    meta = json.loads(header["__metadata__"]["fleetgrid"]) | dict(extra)
-    return st_save(st_load(blob), metadata={"fleetgrid": json.dumps(meta, sort_keys=True)})
 
 
 def _data_spec(data: Any) -> DataSpec:

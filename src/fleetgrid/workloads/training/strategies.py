@@ -52,6 +52,7 @@ __all__ = [
     "Fleet",
     "Strategy",
     "make_strategy",
+    "read_metadata",
     "strategy_from_state_bytes",
 ]
 
@@ -340,7 +341,7 @@ class Strategy(ABC):
 
     # ------------------------------------------------------------------------------------------- checkpoint
 
-    def state_bytes(self) -> bytes:
+    def state_bytes(self, extra: Mapping[str, Any] | None = None) -> bytes:
         """Everything needed to resume: global params, server optimizer state, downlink residual, counters,
         config and metric history, as one safetensors blob (metadata holds the JSON)."""
         tensors = {"params": self.params.contiguous(), "downlink_residual": torch.from_numpy(self._downlink.residual)}
@@ -352,6 +353,7 @@ class Strategy(ABC):
             "config": to_dict(self.config),
             "history": self.history,
             "rng": _rng_state_to_json(self._rng.getstate()),
+            **(extra or {}),
         }
         # One metadata key holding sorted JSON: safetensors orders several keys arbitrarily, and a checkpoint
         # should hash the same for the same state (artifacts are deduplicated by hash).
@@ -431,12 +433,18 @@ def make_strategy(
     return cls(initial_params, settings)
 
 
+def read_metadata(blob: bytes) -> dict[str, Any]:
+    """The JSON fleetgrid stores in a safetensors file's metadata (a checkpoint's or a final model's), read from
+    the header alone; KeyError / ValueError if there is none."""
+    header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 header length, then the JSON header
+    return json.loads(json.loads(blob[8 : 8 + header_len])["__metadata__"]["fleetgrid"])
+
+
 def strategy_from_state_bytes(blob: bytes) -> Strategy:
     """Resume a strategy from ``Strategy.state_bytes`` output (e.g. after the coordinator was SIGKILLed)."""
     try:
         tensors = st_load(blob)
-        header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 header length, then the JSON header
-        meta = json.loads(json.loads(blob[8 : 8 + header_len])["__metadata__"]["fleetgrid"])
+        meta = read_metadata(blob)
         name = meta["strategy"]
     except Exception as exc:  # safetensors raises its own (Rust) error types; translate all at this boundary
         raise InvalidInput(
