@@ -12,7 +12,8 @@ import pytest
 from agent_fakes import expected, npy, summax_factory
 
 from fleetgrid import errors
-from fleetgrid.agent.worker import UnitTask, WorkerProcess
+from fleetgrid.agent.worker import WorkerProcess
+from fleetgrid.workloads.batch_inference.task import UnitTask
 
 
 def _task(tmp: Path, items: np.ndarray, *, batch: int = 4, start: int = 0, resume: np.ndarray | None = None,

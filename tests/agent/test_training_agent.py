@@ -20,7 +20,8 @@ from fleetgrid import errors
 from fleetgrid.agent.config import AgentConfig
 from fleetgrid.agent.runtime import Agent
 from fleetgrid.agent.transport import CoordinatorClient
-from fleetgrid.agent.worker import TrainTask, WorkerProcess, load_train_state
+from fleetgrid.agent.worker import WorkerProcess
+from fleetgrid.workloads.federated.task import TrainTask, load_train_state
 from fleetgrid.clock import ManualClock
 from fleetgrid.protocol import (
     FailRequest,

@@ -9,6 +9,6 @@ from fleetgrid.agent.config import AgentConfig
 from fleetgrid.agent.runtime import Agent, run_agent
 from fleetgrid.agent.statedir import AgentStats
 from fleetgrid.agent.transport import CoordinatorClient
-from fleetgrid.agent.worker import UnitTask, WorkerProcess
+from fleetgrid.agent.worker import WorkerProcess
 
-__all__ = ["Agent", "AgentConfig", "AgentStats", "CoordinatorClient", "UnitTask", "WorkerProcess", "run_agent"]
+__all__ = ["Agent", "AgentConfig", "AgentStats", "CoordinatorClient", "WorkerProcess", "run_agent"]

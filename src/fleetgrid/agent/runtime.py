@@ -1,12 +1,12 @@
 """The vehicle agent: takes work from the coordinator only while the car is eligible, and gives the computer back
 the instant it is not.
 
-Three threads share one :class:`Agent`. The main thread leases a unit, fetches its files (charging every byte to
-the data plan), runs it in the worker process and delivers the result. The monitor reads the vehicle bus every
-few milliseconds and kills the worker the moment the car turns ineligible; the main thread then hands the lease
-back with the last checkpoint. The pacemaker heartbeats and renews the lease before its deadline. What one lease
-does is in :mod:`fleetgrid.agent.inference` (a unit) and :mod:`fleetgrid.agent.training` (a share of a round);
-this module holds the loop, the link helpers both use, preemption and renewal.
+Three threads share one :class:`Agent`. The main thread leases work and runs each lease with its workload's
+handler (found in :mod:`fleetgrid.workloads.base`'s registry by the grant's ``kind``; this module knows no
+workload), which fetches files through the :class:`~fleetgrid.agent.link.CarLink` (charging every byte to the data
+plan) and computes in the worker process. The monitor reads the vehicle bus every few milliseconds and kills the
+worker the moment the car turns ineligible (:mod:`fleetgrid.agent.preemption`); the handler then hands the lease
+back with what it has. The pacemaker heartbeats and renews the lease before its deadline.
 
 Calls to the coordinator are paced in wall seconds (its clock is the wall); the injected clock is the car's: it
 stamps state reports and decides the data plan's month, so a demo can play a day of driving in a minute.
@@ -18,19 +18,15 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 
 from fleetgrid import errors
 from fleetgrid.agent.config import AgentConfig
-from fleetgrid.agent.inference import UnitLease
+from fleetgrid.agent.link import CarLink, Link
 from fleetgrid.agent.monitor import EligibilityMonitor, Reading
+from fleetgrid.agent.preemption import Preemption
 from fleetgrid.agent.statedir import AgentStats, Enrollment, StateDir
-from fleetgrid.agent.training import TrainLease
 from fleetgrid.agent.transport import CoordinatorClient
-from fleetgrid.agent.worker import TrainTask, UnitTask, WorkerProcess
+from fleetgrid.agent.worker import WorkerProcess
 from fleetgrid.clock import Clock
 from fleetgrid.protocol import (
     EnrollRequest,
@@ -38,30 +34,15 @@ from fleetgrid.protocol import (
     Grant,
     LeaseRequest,
     StateReport,
-    TrainGrant,
 )
 from fleetgrid.vehicle.bus import VehicleBus
-from fleetgrid.vehicle.state import Network
+from fleetgrid.workloads.base import car_handler
 
 __all__ = ["Agent", "run_agent"]
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 _LEASE_GONE = (errors.LeaseExpired, errors.Conflict, errors.NotFound)
-_ATTEMPTS = 4  # tries of one call or transfer before a network error goes up to the main loop's back-off
-
-
-class _WaitForLink(Exception):
-    """Mid-transfer, the link changed to one the data plan does not allow for the remaining bytes."""
-
-
-@dataclass
-class _Traffic:
-    """Bytes one lease moved, per link, for its complete or fail report."""
-
-    cellular: int = 0
-    wifi: int = 0
 
 
 class Agent:
@@ -84,26 +65,23 @@ class Agent:
         self.client = client or CoordinatorClient(config.coordinator, verify=config.verify, timeout_s=config.timeout_s)
         self.worker = worker or WorkerProcess(threads=config.threads)
         self.monitor = EligibilityMonitor(bus, config.policy, config.monitor_interval_s, self._on_reading)
+        self.link = Link(config, self.client, self.plan, self.monitor, self.stats)
+        self.preemption = Preemption(self.worker, self.stats, self.link)
         self.vehicle_id: str | None = None
-        self._stop = threading.Event()
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self._lease: Grant | None = None
         self._next_grant: Grant | None = None  # granted along with the last completion or update
         self._next_renew = 0.0
-        self._lease_lost = threading.Event()
-        self._computing_since: float | None = None  # perf_counter when the worker began the current unit
-        self._kill: tuple[float, float | None] | None = None  # (perf_counter gone, ineligible_since) of the last stop
 
     # --- the main loop -----------------------------------------------------------------------------------------
 
     def run(self, stop_event: threading.Event | None = None) -> AgentStats:
-        """Work until ``stop_event`` is set (or ``config.max_units`` units or training updates are done); returns
-        this run's stats.
+        """Work until ``stop_event`` is set (or ``config.max_units`` leases are done); returns this run's stats.
 
         Raises :class:`AuthError` when the credential is refused: a revoked car must not keep retrying.
         """
-        self._stop = stop_event or threading.Event()
+        self.link.stop = stop = stop_event or threading.Event()
         self._halt.clear()
         self.monitor.start()
         pacemaker = threading.Thread(target=self._pacemaker, name="fleetgrid-pacemaker", daemon=True)
@@ -111,12 +89,12 @@ class Agent:
             try:
                 self._enroll()
             except errors.TransportError:
-                if self._stop.is_set():
+                if stop.is_set():
                     return self.stats
                 raise
             pacemaker.start()
             failures = 0
-            while not self._stop.is_set() and not self._enough():
+            while not stop.is_set() and not self._enough():
                 try:
                     self._step()
                     failures = 0
@@ -124,7 +102,7 @@ class Agent:
                     failures += 1
                     self.stats.transport_errors += 1
                     log.warning("coordinator unreachable (%s); retrying", exc)
-                    self._sleep(self.config.poll_interval_s * min(2**failures, 16))
+                    self.link.sleep(self.config.poll_interval_s * min(2**failures, 16))
         finally:
             self._return_unstarted()
             self._halt.set()
@@ -136,11 +114,7 @@ class Agent:
         return self.stats
 
     def _enough(self) -> bool:
-        return self.config.max_units is not None and self._work_done() >= self.config.max_units
-
-    def _work_done(self) -> int:
-        """Units completed and finished training updates accepted: what ``config.max_units`` counts."""
-        return self.stats.units_done + self.stats.train_updates
+        return self.config.max_units is not None and self.stats.leases_done >= self.config.max_units
 
     def _enroll(self) -> None:
         enrollment = self.dir.load_enrollment()
@@ -152,7 +126,7 @@ class Agent:
             request = EnrollRequest(
                 enrollment_token=self.config.enrollment_token, name=self.config.name, hardware=self.config.hardware
             )
-            response = self._retrying(lambda: self.client.enroll(request), until_stopped=True)
+            response = self.link.retrying(lambda: self.client.enroll(request), until_stopped=True)
             enrollment = Enrollment(response.vehicle_id, response.credential, self.config.coordinator)
             self.dir.save_enrollment(enrollment)
             log.info("enrolled as vehicle %s", enrollment.vehicle_id)
@@ -168,7 +142,7 @@ class Agent:
             return
         reading = self.monitor.reading()
         if not reading.eligible:
-            self._sleep(self.config.poll_interval_s, until=lambda: self.monitor.reading().eligible)
+            self.link.sleep(self.config.poll_interval_s, until=lambda: self.monitor.reading().eligible)
             return
         request = LeaseRequest(
             state=self._report(reading), wait_s=self.config.lease_wait_s, cached_models=self.dir.cached_models()[-64:]
@@ -180,28 +154,29 @@ class Agent:
             return
         held = self.config.lease_wait_s > 0 and time.monotonic() - asked >= self.config.lease_wait_s / 2
         if not held:  # the coordinator answered "no work" at once: pause rather than hammer it
-            self._sleep(self.config.poll_interval_s)
+            self.link.sleep(self.config.poll_interval_s)
 
-    # --- one unit ----------------------------------------------------------------------------------------------
+    # --- one lease ---------------------------------------------------------------------------------------------
 
     def _work(self, grant: Grant) -> None:
-        """Run one lease, an inference unit or a share of a training round, and report it however it ends."""
+        """Run one lease with its workload's handler, and report it however it ends. The agent knows no workload:
+        the registry finds the handler by the grant's ``kind``."""
         self.stats.leases += 1
-        traffic = _Traffic()
-        unit = self.dir.unit_dir(grant.lease_id)
-        kind = TrainLease if isinstance(grant, TrainGrant) else UnitLease
-        lease = kind(self, grant, unit, traffic)
-        run, hand_back = lease.run, lease.hand_back
+        car = CarLink(self.link, grant, state_dir=self.dir, compute=self.preemption.compute,
+                      follow_on=self._follow_on_request, grant_next=self._set_next_grant)
+        handler = car_handler(grant.kind)(grant, car, self.dir.unit_dir(grant.lease_id))
         with self._lock:
             self._lease, self._next_renew = grant, time.monotonic() + grant.renew_every_s
-            self._lease_lost.clear()
+            self.link.lease_lost.clear()
         try:
-            run()
+            handler.run()
+            if handler.counts_as_done():
+                self.stats.leases_done += 1
         except errors.Preempted as exc:
-            if self._lease_lost.is_set():
+            if self.link.lease_lost.is_set():
                 self.stats.leases_lost += 1
             else:
-                hand_back(str(exc))
+                handler.hand_back(str(exc))
         except _LEASE_GONE as exc:
             self.worker.stop()
             self.stats.leases_lost += 1
@@ -210,177 +185,43 @@ class Agent:
             self.worker.stop()
             raise  # the coordinator will reissue the unit when the lease expires
         except errors.FleetgridError as exc:
-            if self._stop.is_set():  # e.g. a SIGTERM to the whole process group killed the worker first
-                hand_back(str(exc))
+            if self.link.stop.is_set():  # e.g. a SIGTERM to the whole process group killed the worker first
+                handler.hand_back(str(exc))
                 return
             self.stats.unit_failures += 1
             log.warning("lease %s failed: %s", grant.lease_id, exc)
-            self._report_failure(grant, FailRequest(reason=str(exc)[:1000], **_bytes(traffic)))
+            car.report_failure(FailRequest(reason=str(exc)[:1000], **car.traffic.as_report()))
         finally:
             with self._lock:
                 self._lease = None
             self.dir.discard_unit(grant.lease_id)
             self._save()
 
-    def _compute(self, task: UnitTask | TrainTask, on_progress: Callable[[int], None] | None = None) -> None:
-        """Run ``task`` in the worker, which the monitor kills (raising Preempted here) once the car must stop."""
-        self._check_preempted()
-        with self._lock:
-            self._computing_since, self._kill = time.perf_counter(), None
-        try:
-            self.worker.run(task, on_progress)
-        except errors.Preempted:
-            self._record_latency()
-            raise
-        finally:
-            with self._lock:
-                self._computing_since = None
-
-    def _record_latency(self) -> None:
-        """Preemption latency: the first ineligible bus read (or the unit's start, if later) to the worker gone.
-
-        Taken from the monitor's last kill, which is the one that ended this unit's process, so a kill that raced
-        the process start is neither counted twice nor counted short.
-        """
-        with self._lock:
-            kill, started = self._kill, self._computing_since
-        if kill is None or kill[1] is None or started is None:
-            return  # stopped for shutdown or a lost lease: not a preemption
-        gone, since = kill
-        self.stats.preemption_latencies_ms.append((gone - max(since, started)) * 1000.0)
+    def _set_next_grant(self, grant: Grant | None) -> None:
+        self._next_grant = grant
 
     def _follow_on_request(self) -> LeaseRequest | None:
-        """The lease request to send with a completion, if this car should take another unit right away."""
+        """The lease request to send with a completion, if this car should take another lease right away."""
         reading = self.monitor.reading()
-        last = self.config.max_units is not None and self._work_done() + 1 >= self.config.max_units
-        if self._stop.is_set() or last or not reading.eligible:
+        last = self.config.max_units is not None and self.stats.leases_done + 1 >= self.config.max_units
+        if self.link.stop.is_set() or last or not reading.eligible:
             return None
         return LeaseRequest(state=self._report(reading), wait_s=0.0, cached_models=self.dir.cached_models()[-64:])
 
     def _return_unstarted(self) -> None:
-        """Hand back a unit granted with the last completion that this run will not start."""
+        """Hand back a lease granted with the last completion that this run will not start."""
         grant, self._next_grant = self._next_grant, None
-        if grant is not None:
-            self._report_failure(grant, FailRequest(reason="agent stopping", handback=True))
-
-    def _report_failure(self, grant: Grant, request: FailRequest) -> None:
+        if grant is None:
+            return
         try:
-            self.client.fail(grant.lease_id, request)
+            self.client.fail(grant.lease_id, FailRequest(reason="agent stopping", handback=True))
         except (errors.TransportError, *_LEASE_GONE) as exc:
             log.warning("could not report lease %s back (%s); it will expire on its own", grant.lease_id, exc)
 
-    # --- bytes over the link -----------------------------------------------------------------------------------
-
-    def _fetch(self, digest: str, size: int, dest: Path, traffic: _Traffic) -> None:
-        """Download an artifact, waiting for a link the data plan allows and resuming after any interruption."""
-        if dest.exists():
-            return
-        part = dest.with_name(dest.name + ".part")
-
-        def remaining() -> int:
-            return max(size - (part.stat().st_size if part.exists() else 0), 0)
-
-        self._receive(lambda on_bytes: self.client.download(digest, dest, on_bytes=on_bytes), remaining, traffic)
-
-    def _receive(
-        self, get: Callable[[Callable[[int], None]], _T], remaining: Callable[[], int], traffic: _Traffic
-    ) -> _T:
-        """``get(on_bytes)``: a download that reports every chunk to ``on_bytes`` as it arrives.
-
-        It starts once the data plan allows ``remaining()`` bytes on the link and starts again when the link turns
-        to one that may not carry the rest, or after a network error (``_ATTEMPTS`` in all); every byte is charged
-        as it arrives, and Preempted raised the moment the car must stop.
-        """
-        attempts = 0
-        while True:
-            left = remaining()
-            self._wait_for_link(left, preemptible=True)
-            try:
-                return get(self._metered(left, traffic))
-            except _WaitForLink:
-                continue
-            except errors.TransportError:
-                attempts += 1
-                if attempts >= _ATTEMPTS:
-                    raise
-                self._sleep(self.config.poll_interval_s)
-
-    def _metered(self, left: int, traffic: _Traffic) -> Callable[[int], None]:
-        """An ``on_bytes`` for a transfer of ``left`` bytes: charges each chunk, raises Preempted when the car must
-        stop and _WaitForLink when the link turns to cellular that may not carry the rest."""
-        moved = 0
-
-        def charge(n: int) -> None:
-            nonlocal moved
-            moved += n
-            link = self._charge(n, traffic)
-            self._check_preempted()
-            if link is Network.CELLULAR and not self.plan.allows(max(left - moved, 0), link):
-                raise _WaitForLink()
-
-        return charge
-
-    def _upload(self, data: bytes, traffic: _Traffic, *, attempts: int = _ATTEMPTS, until_stopped: bool = False) -> str:
-        def once() -> str:
-            self._charge(len(data), traffic)  # charged per attempt: a broken upload spent its bytes too
-            return self.client.upload(data)
-
-        return self._retrying(once, attempts=attempts, until_stopped=until_stopped)
-
-    def _charge(self, nbytes: int, traffic: _Traffic) -> Network:
-        state = self.monitor.reading().state
-        link = state.network if state is not None and state.network is not Network.OFFLINE else Network.CELLULAR
-        self.plan.record(nbytes, link)
-        if link is Network.WIFI:
-            traffic.wifi += nbytes
-            self.stats.wifi_bytes += nbytes
-        else:
-            traffic.cellular += nbytes
-            self.stats.cellular_bytes += nbytes
-        return link
-
-    def _wait_for_link(self, nbytes: int, *, preemptible: bool) -> None:
-        """Return once the current link may carry ``nbytes``: Wi-Fi, or cellular within the owner's cap."""
-        def allowed() -> bool:
-            state = self.monitor.reading().state
-            return state is not None and self.plan.allows(nbytes, state.network)
-
-        waited = False
-        while not allowed():
-            if not waited:
-                waited = True
-                self.stats.wifi_waits += 1
-                log.info("%d bytes wait for Wi-Fi (cellular used %d this month)", nbytes, self.plan.cellular_used)
-            if preemptible:
-                self._check_preempted()
-            elif self._stop.is_set() or self._lease_lost.is_set():
-                raise errors.Preempted("the agent stopped while a result waited for a link to upload it")
-            self._sleep(
-                self.config.poll_interval_s,
-                until=lambda: allowed() or (preemptible and not self.monitor.reading().eligible),
-            )
-
-    # --- preemption, heartbeat, renewal ------------------------------------------------------------------------
-
-    def _check_preempted(self) -> None:
-        reading = self.monitor.reading()
-        if not reading.eligible:
-            raise errors.Preempted("the car became ineligible: " + "; ".join(reading.eligibility.reasons))
-        if self._stop.is_set():
-            raise errors.Preempted("the agent was told to stop")
-        if self._lease_lost.is_set():
-            raise errors.Preempted("the coordinator no longer holds the lease")
-
     def _on_reading(self, reading: Reading) -> None:
-        """Runs on the monitor thread after every bus read: stop the worker the moment it must not run."""
-        with self._lock:
-            computing = self._computing_since is not None
-        if not computing or (reading.eligible and not self._stop.is_set()):
-            return
-        if self.worker.stop():
-            gone = time.perf_counter()
-            with self._lock:
-                self._kill = (gone, reading.ineligible_since)
+        self.preemption.on_reading(reading)
+
+    # --- heartbeat and renewal ---------------------------------------------------------------------------------
 
     def _pacemaker(self) -> None:
         next_heartbeat = time.monotonic()
@@ -408,7 +249,7 @@ class Agent:
             delay = lease.renew_every_s
         except _LEASE_GONE as exc:
             log.warning("lease %s could not be renewed: %s", lease.lease_id, exc)
-            self._lease_lost.set()
+            self.link.lease_lost.set()
             self.worker.stop()
             delay = lease.renew_every_s
         except errors.FleetgridError as exc:
@@ -433,36 +274,9 @@ class Agent:
             at=state.at if state else self.clock.now(),
         )
 
-    def _retrying(self, call: Callable[[], _T], *, attempts: int = _ATTEMPTS, until_stopped: bool = False) -> _T:
-        """``call()``, tried again after a network error (``attempts`` times, or until stopped)."""
-        tries = 0
-        while True:
-            try:
-                return call()
-            except errors.TransportError:
-                tries += 1
-                self.stats.transport_errors += 1
-                if (tries >= attempts and not until_stopped) or self._stop.is_set():
-                    raise
-                self._sleep(self.config.poll_interval_s * min(2**tries, 16))
-
-    def _sleep(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
-        """Wait ``seconds`` (wall), waking at once when told to stop or, checked every 10 ms, when ``until()``."""
-        if until is None:
-            self._stop.wait(seconds)
-            return
-        deadline = time.monotonic() + seconds
-        while not until() and not self._stop.wait(min(0.01, max(deadline - time.monotonic(), 0))):
-            if time.monotonic() >= deadline:
-                return
-
     def _save(self) -> None:
         self.dir.save_plan(self.plan)
         self.dir.save_stats(self.stats)
-
-
-def _bytes(traffic: _Traffic) -> dict[str, int]:
-    return {"cellular_bytes": traffic.cellular, "wifi_bytes": traffic.wifi}
 
 
 def run_agent(

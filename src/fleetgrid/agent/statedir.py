@@ -26,7 +26,10 @@ class AgentStats:
     """What one agent run has done; ``to_json`` adds latency percentiles."""
 
     leases: int = 0
-    """Leases taken, inference and training."""
+    """Leases taken, of every workload."""
+    leases_done: int = 0
+    """Leases finished with their work accepted (units completed, full training updates accepted): what the
+    agent's ``max_units`` counts."""
     units_done: int = 0
     items_done: int = 0
     items_resumed: int = 0

@@ -5,7 +5,13 @@ coordinator drives them through the :class:`Fleet` protocol (``simulate.Simulate
 and a car runs :func:`train_locally` on the shard it builds from a :class:`DataSpec`.
 """
 
-from fleetgrid.workloads.training.compression import CompressionConfig, ErrorFeedback, decode, encode, encoded_nbytes
+from fleetgrid.workloads.training.compression import (
+    CompressionConfig,
+    ErrorFeedback,
+    decode,
+    encode,
+    encoded_nbytes,
+)
 from fleetgrid.workloads.training.config import (
     DiLoCoConfig,
     FedAvgConfig,
@@ -44,7 +50,12 @@ from fleetgrid.workloads.training.strategies import (
     make_strategy,
     strategy_from_state_bytes,
 )
-from fleetgrid.workloads.training.tasks import DataSpec, build_eval_set, build_local_dataset, build_model
+from fleetgrid.workloads.training.tasks import (
+    DataSpec,
+    build_eval_set,
+    build_local_dataset,
+    build_model,
+)
 
 __all__ = [
     "STRATEGIES",

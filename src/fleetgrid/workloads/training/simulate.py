@@ -20,8 +20,16 @@ from fleetgrid.clock import ManualClock
 from fleetgrid.errors import InvalidInput
 from fleetgrid.workloads.training.compression import ErrorFeedback, encoded_nbytes
 from fleetgrid.workloads.training.flat import FlatLayout
-from fleetgrid.workloads.training.local import LocalDataset, cross_entropy_loss, train_locally
-from fleetgrid.workloads.training.messages import ClientUpdate, TrainInstructions, apply_download
+from fleetgrid.workloads.training.local import (
+    LocalDataset,
+    cross_entropy_loss,
+    train_locally,
+)
+from fleetgrid.workloads.training.messages import (
+    ClientUpdate,
+    TrainInstructions,
+    apply_download,
+)
 from fleetgrid.workloads.training.strategies import Strategy
 
 __all__ = ["SimulatedFleet", "SimulationConfig"]

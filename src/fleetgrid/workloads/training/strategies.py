@@ -31,7 +31,12 @@ from fleetgrid.workloads.training.aggregate import (
     staleness_weight,
     weighted_mean,
 )
-from fleetgrid.workloads.training.compression import CompressionConfig, ErrorFeedback, decode, encode
+from fleetgrid.workloads.training.compression import (
+    CompressionConfig,
+    ErrorFeedback,
+    decode,
+    encode,
+)
 from fleetgrid.workloads.training.config import (
     DiLoCoConfig,
     FedAvgConfig,
@@ -41,7 +46,12 @@ from fleetgrid.workloads.training.config import (
     local_config_at,
     to_dict,
 )
-from fleetgrid.workloads.training.messages import ClientUpdate, ModelDownload, TrainInstructions, params_digest
+from fleetgrid.workloads.training.messages import (
+    ClientUpdate,
+    ModelDownload,
+    TrainInstructions,
+    params_digest,
+)
 
 __all__ = [
     "STRATEGIES",

@@ -1,4 +1,5 @@
-"""The agent's training path: one :class:`TrainGrant` from the round's global weights to the update the car sends.
+"""The car side of federated training: one :class:`TrainGrant` from the round's global weights to the update the car
+sends.
 
 Per job the car keeps the last global version it holds and its uplink error-feedback residual, so a car that
 already holds a round's base version downloads nothing, one a version behind downloads only the deltas, and each
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fleetgrid import errors
-from fleetgrid.agent.worker import TrainState, TrainTask, load_train_state, save_atomic
 from fleetgrid.protocol import (
     FailRequest,
     LeaseAck,
@@ -34,17 +34,18 @@ from fleetgrid.protocol import (
     UpdateReport,
     pack_frame,
 )
-from fleetgrid.vehicle.state import Network
+from fleetgrid.workloads.base import CarHandler, save_atomic
+from fleetgrid.workloads.federated.task import TrainState, TrainTask, load_train_state
 
 if TYPE_CHECKING:
-    from fleetgrid.agent.runtime import Agent, _Traffic
+    from fleetgrid.agent.link import CarLink
     from fleetgrid.workloads.training import (
         ErrorFeedback,
         LocalTrainingConfig,
         ModelDownload,
     )
 
-__all__ = ["HeldGlobal", "TrainLease"]
+__all__ = ["HeldGlobal", "TrainHandler"]
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +88,18 @@ class HeldGlobal:
         os.replace(tmp, folder / _RECORD)
 
 
-class TrainLease:
+class TrainHandler(CarHandler):
     """One share of a training round on this car: :meth:`run` it, or :meth:`hand_back` it if it cannot finish.
 
-    :meth:`Agent._work` drives it as it drives an inference unit: it holds the lease (renewals), maps the
-    coordinator's refusals and calls ``hand_back`` when the car is preempted or the agent stops. Transfers go
-    through the agent's own helpers, so training bytes are charged to the data plan and wait for an allowed link
-    exactly as inference bytes do.
+    Transfers go through the lease's :class:`~fleetgrid.agent.link.CarLink`, so training bytes are charged to the
+    data plan and wait for an allowed link exactly as inference bytes do.
     """
 
-    def __init__(self, agent: Agent, grant: TrainGrant, unit: Path, traffic: _Traffic) -> None:
-        self.agent, self.grant, self.traffic = agent, grant, traffic
-        self.folder = agent.dir.train_dir(grant.job_id)
+    grant: TrainGrant
+
+    def __init__(self, grant: TrainGrant, car: CarLink, unit: Path) -> None:
+        super().__init__(grant, car, unit)
+        self.folder = car.state_dir.train_dir(grant.job_id)
         self.task = TrainTask(
             model_name=grant.model, global_path=self.folder / _PARAMS, model_digest=grant.model_digest,
             data=grant.data, shard=grant.shard, local=grant.local, seed=grant.seed, round=grant.round,
@@ -107,19 +108,23 @@ class TrainLease:
         self.local: LocalTrainingConfig | None = None
         self.global_params: np.ndarray | None = None  # (P,) float32, once fetched
         self.compute_s = 0.0
+        self.accepted = False  # a full update was accepted: the lease counts as done
+
+    def counts_as_done(self) -> bool:
+        return self.accepted
 
     def run(self) -> None:
         """Fetch the base weights, train in the worker, and send the finished update."""
-        agent, grant = self.agent, self.grant
-        agent.stats.train_leases += 1
+        car, grant = self.car, self.grant
+        car.stats.train_leases += 1
         log.info("lease %s: training job %s round %d from version %d", grant.lease_id, grant.job_id, grant.round,
                  grant.base_version)
         self.local = _local_config(grant.local)  # a bad config fails the lease rather than handing it back
-        agent._check_preempted()  # the car may have turned ineligible during the long-poll
+        car.check_preempted()  # the car may have turned ineligible during the long-poll
         self.global_params = self._base_weights()
         started = time.perf_counter()
         try:
-            agent._compute(self.task)
+            car.compute(self.task)
         finally:
             self.compute_s = time.perf_counter() - started
         state = load_train_state(self.task.result_path)
@@ -130,34 +135,26 @@ class TrainLease:
     def hand_back(self, why: str) -> None:
         """The car was preempted (or the agent is stopping): send the steps done as a partial update if the link
         may carry it right now, else give the lease back for another car."""
-        agent = self.agent
-        reading = agent.monitor.reading()
-        if reading.eligible:
-            reason = f"handback: the agent is stopping ({why})"
-        else:
-            agent.stats.preemptions += 1
-            reason = "preempted: " + "; ".join(reading.eligibility.reasons)
+        car = self.car
+        reason = car.handback_reason(why)
         state = None
         if self.global_params is not None:  # training started: the worker may have left weights to report
             state = load_train_state(self.task.result_path) or load_train_state(self.task.checkpoint_path)
         if state is not None and state.steps_done > 0 and self._send_partial(state):
             return
         log.info("lease %s handed back: %s", self.grant.lease_id, reason)
-        request = FailRequest(
-            reason=reason[:1000], handback=True, compute_s=self.compute_s, cellular_bytes=self.traffic.cellular,
-            wifi_bytes=self.traffic.wifi,
-        )
-        agent._report_failure(self.grant, request)
+        car.report_failure(FailRequest(reason=reason[:1000], handback=True, compute_s=self.compute_s,
+                                       **car.traffic.as_report()))
 
     # --- the model down ----------------------------------------------------------------------------------------
 
     def _base_weights(self) -> np.ndarray:
         """The round's base weights: the car's own copy when its digest is the grant's, else downloaded (only the
         deltas when the car holds an older version) and checked against the grant's digest."""
-        agent, grant = self.agent, self.grant
+        car, grant = self.car, self.grant
         held = HeldGlobal.load(self.folder)
         if held is not None and held.digest == grant.model_digest:
-            agent.stats.model_cache_hits += 1
+            car.stats.model_cache_hits += 1
             return held.params
         try:
             fresh = self._download(held)
@@ -173,7 +170,7 @@ class TrainLease:
                 f"{grant.lease_id} trains from version {grant.base_version} (digest {grant.model_digest[:12]}...)"
             )
         fresh.save(self.folder)
-        agent.stats.model_downloads += 1
+        car.stats.model_downloads += 1
         return fresh.params
 
     def _download(self, held: HeldGlobal | None) -> HeldGlobal:
@@ -181,7 +178,7 @@ class TrainLease:
 
         from fleetgrid.workloads.training import apply_download
 
-        agent, have = self.agent, held.version if held is not None else None
+        car, have = self.car, held.version if held is not None else None
         # Sized as one float32 snapshot (the server decides between that and the deltas; a few deltas of a
         # compressed downlink weigh about as much) so that cellular is not started for more than the cap allows.
         numel = held.params.size if held is not None else _numel(self.grant.model)
@@ -189,12 +186,12 @@ class TrainLease:
 
         def get(on_bytes: Callable[[int], None]) -> tuple[dict[str, Any], list[bytes]]:
             def counted(n: int) -> None:
-                agent.stats.train_bytes_down += n
+                car.stats.train_bytes_down += n
                 on_bytes(n)
 
-            return agent.client.train_model(self.grant.job_id, have, on_bytes=counted)
+            return car.client.train_model(self.grant.job_id, have, on_bytes=counted)
 
-        head, blobs = agent._receive(get, lambda: expected, self.traffic)
+        head, blobs = car.receive(get, lambda: expected)
         download = _model_download(head, blobs)
         params = apply_download(torch.from_numpy(held.params) if held is not None else None, download)
         return HeldGlobal(download.version, download.digest, params.numpy())
@@ -204,28 +201,26 @@ class TrainLease:
     def _deliver(self, state: TrainState) -> None:
         """Send the finished update. It is worth waiting for: a trip does not stop it, and it retries through
         outages until the agent stops; the next work is asked for in the same call."""
-        agent = self.agent
+        car = self.car
         payload, feedback = self._payload(state)
-        agent._wait_for_link(self._nbytes(state, payload, False, None), preemptible=False)
-        follow_on = agent._follow_on_request()
+        car.wait_for_link(self._nbytes(state, payload, False, None), preemptible=False)
+        follow_on = car.follow_on_request()
         try:
-            ack = agent._retrying(lambda: self._post(state, payload, False, follow_on), until_stopped=True)
+            ack = car.retrying(lambda: self._post(state, payload, False, follow_on), until_stopped=True)
         except errors.Conflict as exc:
             self._refused(exc)
             return
         self._accepted(state, feedback, preempted=False)
-        agent._next_grant = ack.next_lease
+        self.accepted = True
+        car.grant_next(ack.next_lease)
 
     def _send_partial(self, state: TrainState) -> bool:
         """One try at sending ``state``'s update now, if the data plan allows it on the current link; False when
         it was not delivered and the lease should be handed back."""
-        agent = self.agent
         assert self.local is not None
         preempted = state.steps_done < self.local.steps
         payload, feedback = self._payload(state)
-        car = agent.monitor.reading().state
-        link = car.network if car is not None else Network.OFFLINE
-        if not agent.plan.allows(self._nbytes(state, payload, preempted, None), link):
+        if not self.car.allows_now(self._nbytes(state, payload, preempted, None)):
             return False
         try:
             self._post(state, payload, preempted, None)
@@ -258,10 +253,10 @@ class TrainLease:
         """One try at sending the update. The body is charged first, so the report's byte counts include it (to
         within the few bytes that the counts themselves add)."""
         nbytes = self._nbytes(state, payload, preempted, follow_on)
-        self.agent._charge(nbytes, self.traffic)  # per attempt: a broken upload spent its bytes too
-        self.agent.stats.train_bytes_up += nbytes
+        self.car.charge(nbytes)  # per attempt: a broken upload spent its bytes too
+        self.car.stats.train_bytes_up += nbytes
         report = self._report(state, preempted, follow_on)
-        return self.agent.client.train_update(self.grant.lease_id, report, payload)
+        return self.car.client.train_update(self.grant.lease_id, report, payload)
 
     def _nbytes(self, state: TrainState, payload: bytes, preempted: bool, follow_on: LeaseRequest | None) -> int:
         return len(pack_frame(self._report(state, preempted, follow_on), [payload]))
@@ -273,13 +268,13 @@ class TrainLease:
             round=self.grant.round, base_version=self.grant.base_version, num_examples=state.num_examples,
             steps_done=state.steps_done, steps_planned=self.local.steps, examples_seen=state.examples_seen,
             train_loss=loss if math.isfinite(loss) else None, preempted=preempted, compute_s=self.compute_s,
-            cellular_bytes=self.traffic.cellular, wifi_bytes=self.traffic.wifi, next=follow_on,
+            next=follow_on, **self.car.traffic.as_report(),
         )
 
     def _accepted(self, state: TrainState, feedback: ErrorFeedback, *, preempted: bool) -> None:
         """Keep the residual only now: an update that never arrived must not leave its error behind."""
         save_atomic(self.folder / _RESIDUAL, feedback.residual)
-        stats = self.agent.stats
+        stats = self.car.stats
         if preempted:
             stats.train_partial_updates += 1
         else:
@@ -289,7 +284,7 @@ class TrainLease:
                  "partial" if preempted else "full", state.steps_done, self.compute_s)
 
     def _refused(self, exc: errors.Conflict) -> None:
-        self.agent.stats.updates_refused += 1
+        self.car.stats.updates_refused += 1
         log.info("lease %s: update refused, its round has closed (%s)", self.grant.lease_id, exc)
 
 
