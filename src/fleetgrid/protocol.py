@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 __all__ = [
     "API_PREFIX",
@@ -47,6 +47,7 @@ __all__ = [
     "TrainingProgress",
     "UpdateReport",
     "VehicleSummary",
+    "WorkGrant",
     "is_digest",
     "pack_frame",
     "unpack_frame",
@@ -171,8 +172,30 @@ class TrainGrant(_Wire):
     renew_every_s: float
 
 
-Grant = Annotated[LeaseGrant | TrainGrant, Field(discriminator="kind")]
-"""What POST /v1/leases answers: an inference unit or a share of a training round."""
+class WorkGrant(_Wire):
+    """A lease of any other registered workload (see ``fleetgrid.workloads.base``): the envelope every workload
+    shares, with the workload's own grant in ``spec``, which the workload validates with its own typed model. A new
+    workload needs no change here."""
+
+    kind: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="the registered workload, e.g. 'evaluate'")
+    lease_id: str
+    job_id: str
+    unit_index: int = Field(ge=0)
+    spec: dict = Field(description="the workload's own grant, e.g. which model and shard to evaluate")
+    deadline: float
+    renew_every_s: float
+
+
+def _grant_kind(value: object) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in ("inference", "train") else "work"
+
+
+Grant = Annotated[
+    Annotated[LeaseGrant, Tag("inference")] | Annotated[TrainGrant, Tag("train")] | Annotated[WorkGrant, Tag("work")],
+    Discriminator(_grant_kind),
+]
+"""What POST /v1/leases answers: an inference unit, a share of a training round, or another workload's lease."""
 
 
 class LeaseAck(_Wire):

@@ -1,0 +1,118 @@
+"""The coordinator side of the workload contract: a driver per workload kind, found through the registry.
+
+Workloads whose jobs are planned into units up front (batch inference, evaluation) subclass :class:`UnitDriver`:
+the generic machinery (:class:`fleetgrid.coordinator.scheduler.Scheduler`) stores the plan, leases units to cars,
+renews, expires and re-issues them, reconciles replicas and meters every closed lease; the driver only says what
+a unit is for a car (:meth:`UnitDriver.grant`), whether a report is acceptable (:meth:`UnitDriver.check_result`,
+called before any state changes), what it was worth (:meth:`UnitDriver.usage`) and what the job's result is
+(:meth:`UnitDriver.assemble`). Federated training, whose work is planned round by round, has its own driver
+(:class:`fleetgrid.coordinator.training.TrainingService`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from ..core import Usage
+from ..errors import InvalidInput
+from ..protocol import CompleteRequest
+from ..workloads.base import workloads
+
+if TYPE_CHECKING:
+    from ..clock import Clock
+    from ..protocol import Grant
+    from .artifacts import ArtifactStore
+    from .config import CoordinatorConfig
+    from .store import JobRecord, LeaseRecord, Store, UnitRecord
+
+__all__ = ["DriverContext", "Plan", "UnitDriver", "load_unit_drivers"]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverContext:
+    """What a driver may use: the store, the artifact store, the config and the clock."""
+
+    store: Store
+    artifacts: ArtifactStore
+    config: CoordinatorConfig
+    clock: Clock
+
+
+@dataclass(slots=True)
+class Plan:
+    """A job planned into units; ``created`` are the artifact digests the planning wrote (with their sizes), to be
+    recorded as the tenant's with the job, or removed if the job is not stored after all."""
+
+    job: JobRecord
+    units: list[UnitRecord]
+    created: list[tuple[str, int]] = field(default_factory=list)
+
+
+class UnitDriver(ABC):
+    """A workload planned into units up front. One instance per coordinator process; methods are called from the
+    thread pool, never on the event loop."""
+
+    kind: ClassVar[str]
+    submit_model: ClassVar[type[BaseModel]]
+    """The tenant's job submission (``POST /v1/jobs`` with this ``kind``)."""
+    result_suffix: ClassVar[str] = "bin"
+    """File suffix of the assembled result, for the download's name."""
+
+    def __init__(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+
+    def parse_submit(self, body: dict[str, Any]) -> BaseModel:
+        try:
+            return self.submit_model.model_validate(body)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:8])
+            raise InvalidInput(f"bad {self.kind} job: {problems}. See /docs for the schema.") from exc
+
+    @abstractmethod
+    def plan(self, tenant: str, request: Any, job_id: str) -> Plan:
+        """Validate a submission and plan it into units (write what the units need as artifacts)."""
+
+    @abstractmethod
+    def grant(self, job: JobRecord, unit: UnitRecord, lease: LeaseRecord) -> Grant:
+        """What the car holding ``lease`` of ``unit`` is told to do."""
+
+    @abstractmethod
+    def check_result(self, job: JobRecord, unit: UnitRecord, data: bytes) -> None:
+        """Raise InvalidInput (naming the problem) unless ``data`` is an acceptable result of ``unit``. Called
+        before any state changes, so a refused report leaves the unit leased and the job as it was."""
+
+    def check_checkpoint(self, job: JobRecord, unit: UnitRecord, data: bytes, done: int) -> None:
+        """Raise InvalidInput unless ``data`` is an acceptable partial result covering ``done`` of the unit."""
+        raise InvalidInput(f"{self.kind} units do not take checkpoints; report the whole result when done")
+
+    def usage(self, job: JobRecord, unit: UnitRecord, report: CompleteRequest, data: bytes,
+              resumed: int) -> Usage:
+        """What a completed lease delivered; ``resumed`` is what the unit's checkpoint already held."""
+        return Usage(accelerator_s=report.compute_s, cellular_bytes=report.cellular_bytes,
+                     wifi_bytes=report.wifi_bytes)
+
+    def agree(self, job: JobRecord, a: bytes, b: bytes) -> bool:
+        """Whether two replicas' results of one unit agree (for a quorum)."""
+        return a == b
+
+    @abstractmethod
+    def assemble(self, job: JobRecord, results: list[tuple[UnitRecord, bytes]]) -> bytes:
+        """The job's result from every unit's accepted result, in unit order."""
+
+    def progress(self, job: JobRecord) -> dict[str, Any] | None:
+        """Workload-specific status for ``GET /v1/jobs/{id}`` (None: nothing beyond the unit counts)."""
+        return None
+
+
+def load_unit_drivers(ctx: DriverContext) -> dict[str, UnitDriver]:
+    """One driver per registered workload whose driver is a :class:`UnitDriver`."""
+    drivers: dict[str, UnitDriver] = {}
+    for workload in workloads():
+        cls = workload.load("driver")
+        if isinstance(cls, type) and issubclass(cls, UnitDriver):
+            drivers[workload.kind] = cls(ctx)
+    return drivers

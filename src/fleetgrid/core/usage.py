@@ -1,0 +1,24 @@
+"""The usage row: what one closed lease did, in explicit quantities with units, so an owner can be paid and an
+operator can see every workload in one ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Quantities one lease delivered. Each field names its unit; a workload fills the ones it has."""
+
+    items: int = 0
+    """Inference items computed by this car (a resumed unit counts only the items after its checkpoint)."""
+    examples: int = 0
+    """Training or evaluation examples processed on the car."""
+    steps: int = 0
+    """Optimizer steps taken on the car."""
+    accelerator_s: float = 0.0
+    """Seconds the car's computer worked on the lease (as the car reports it, bounded by the lease's duration)."""
+    cellular_bytes: int = 0
+    wifi_bytes: int = 0
