@@ -19,6 +19,7 @@ __all__ = [
     "LOCAL_VEHICLE_DAYS",
     "MAX_DAYS",
     "MAX_VEHICLES",
+    "OnProgress",
     "check_run",
     "iter_block_days",
     "simulate_blocks",
@@ -30,6 +31,8 @@ MAX_VEHICLES = 2_000_000_000
 MAX_DAYS = 3653
 # Above this one process would take minutes and is better sharded across Ray workers (--ray).
 LOCAL_VEHICLE_DAYS = 200_000_000
+
+OnProgress = Callable[[int, int], None]  # (vehicle-days done, vehicle-days in the run)
 
 
 def check_run(vehicles: int, days: int, seed: int, *, ray: bool = False) -> None:
@@ -68,19 +71,22 @@ def simulate_blocks(
     days: int,
     seed: int,
     blocks: list[int],
-    progress: Callable[[int, int], None] | None = None,
+    progress: OnProgress | None = None,
 ) -> Tally:
-    """Tally the given blocks of a ``vehicles``-car fleet (a Ray shard, or the whole fleet in one process)."""
+    """Tally the given blocks of a ``vehicles``-car fleet (a Ray shard, or the whole fleet in one process).
+    ``progress(done, total)`` is called in vehicle-days after every simulated day of every block."""
     tables = compile_tables(config)
     tally = Tally(days=days)
-    for done, block in enumerate(blocks, 1):
-        n = min(BLOCK, vehicles - block * BLOCK)
+    sizes = [min(BLOCK, vehicles - block * BLOCK) for block in blocks]
+    total, done = sum(sizes) * days, 0
+    for block, n in zip(blocks, sizes, strict=True):
         for day, fleet, out in iter_block_days(config, tables, seed, block, n, days):
             if day == 0:
                 tally.add_fleet(fleet)
             tally_day(tally, day, out, fleet)
-        if progress is not None:
-            progress(done, len(blocks))
+            done += n
+            if progress is not None:
+                progress(done, total)
     return tally
 
 
@@ -91,13 +97,14 @@ def simulate_fleet(
     seed: int = 0,
     *,
     ray: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: OnProgress | None = None,
 ) -> Tally:
-    """Simulate ``vehicles`` cars for ``days`` days. The result depends only on (config, vehicles, days, seed)."""
+    """Simulate ``vehicles`` cars for ``days`` days. The result depends only on (config, vehicles, days, seed).
+    ``progress(done, total)`` hears of the vehicle-days simulated so far (under Ray, as each shard finishes)."""
     check_run(vehicles, days, seed, ray=ray)
     blocks = [index for index, _ in block_sizes(vehicles)]
     if ray:
         from fleetgrid.sim.shards import simulate_on_ray
 
-        return simulate_on_ray(config, vehicles, days, seed, blocks)
+        return simulate_on_ray(config, vehicles, days, seed, blocks, progress)
     return simulate_blocks(config, vehicles, days, seed, blocks, progress)

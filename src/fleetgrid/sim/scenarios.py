@@ -20,6 +20,7 @@ from fleetgrid.sim.params import FleetConfig, HardwareParams
 __all__ = [
     "HARDWARE_PRESETS",
     "RANGES",
+    "RANGE_LABELS",
     "SCENARIOS",
     "apply_overrides",
     "hardware_mix",
@@ -57,6 +58,18 @@ RANGES: dict[str, tuple[float, float]] = {
     "driving.trips_per_day": (2.0, 3.0),
     "charging.soc_floor": (0.1, 0.3),
     "charging.charge_limit": (0.7, 0.9),
+}
+# Each range's knob in words, for the tornado chart's axis.
+RANGE_LABELS: dict[str, str] = {
+    "charging.home_charging": "share of cars with a home charger",
+    "charging.plug_in_prob": "chance of plugging in after the last trip",
+    "connectivity.wifi_reach": "share of cars within home Wi-Fi reach",
+    "owner.opt_in": "share of owners who opt in",
+    "operation.thermal_derate": "thermal derate (share of board power)",
+    "operation.utilisation": "scheduler utilisation (share of available time at work)",
+    "driving.trips_per_day": "trips a day",
+    "charging.soc_floor": "battery floor below which cars do not compute",
+    "charging.charge_limit": "charge limit (share of battery)",
 }
 
 HARDWARE_PRESETS: dict[str, dict[str, float]] = {
@@ -173,6 +186,10 @@ def load_scenario(name_or_path: str | Path) -> FleetConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"scenario file {str(path)!r} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise InvalidInput(
+            f"scenario file {str(path)!r} cannot be read ({exc.strerror or exc}); accepted: a readable .toml file"
+        ) from exc
     base = data.pop("base", "central")
     if base not in SCENARIOS:
         raise InvalidInput(f"scenario file {str(path)!r}: base = {base!r}; accepted: {', '.join(SCENARIOS)}")

@@ -7,11 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetgrid.sim.params import FleetConfig
+from fleetgrid.sim.progress import OnRun
 from fleetgrid.sim.runner import simulate_fleet
-from fleetgrid.sim.scenarios import RANGES, apply_overrides
+from fleetgrid.sim.scenarios import RANGE_LABELS, RANGES, apply_overrides
 from fleetgrid.sim.summary import summarise
+from fleetgrid.sim.units import format_days
 
-__all__ = ["Swing", "tornado"]
+__all__ = ["TORNADO_RUNS", "Swing", "tornado"]
+
+TORNADO_RUNS = 2 * len(RANGES) + 1  # each knob at both ends, and the base
 
 
 @dataclass(frozen=True)
@@ -41,20 +45,26 @@ def tornado(
     seed: int = 0,
     metric: str = "delivered_gw_mean",
     represented: int | None = None,
+    on_run: OnRun | None = None,
 ) -> tuple[float, list[Swing]]:
-    """(metric at base, swings sorted widest first). Same seed throughout, so differences are the knob's alone."""
+    """(metric at base, swings sorted widest first). Same seed throughout, so differences are the knob's alone.
+    :data:`TORNADO_RUNS` simulations, each announced to ``on_run`` (for a progress bar)."""
 
-    def run(config: FleetConfig) -> float:
-        return float(summarise(simulate_fleet(config, vehicles, days, seed), config, represented)[metric])
+    def run(config: FleetConfig, what: str) -> float:
+        progress = on_run(f"sensitivity, {what}: {vehicles:,} cars x {format_days(days)}") if on_run else None
+        summary: dict[str, Any] = summarise(
+            simulate_fleet(config, vehicles, days, seed, progress=progress), config, represented
+        )
+        return float(summary[metric])
 
     swings = [
         Swing(
             key,
             low,
             high,
-            run(apply_overrides(base, _nested(key, low))),
-            run(apply_overrides(base, _nested(key, high))),
+            run(apply_overrides(base, _nested(key, low)), f"{RANGE_LABELS[key]} = {low:g}"),
+            run(apply_overrides(base, _nested(key, high)), f"{RANGE_LABELS[key]} = {high:g}"),
         )
         for key, (low, high) in RANGES.items()
     ]
-    return run(base), sorted(swings, key=lambda s: s.span, reverse=True)
+    return run(base, "base run"), sorted(swings, key=lambda s: s.span, reverse=True)

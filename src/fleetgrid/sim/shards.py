@@ -6,7 +6,10 @@ seeded generator (:mod:`~fleetgrid.sim.draws`), a Ray run gives exactly the tall
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fleetgrid.errors import InvalidInput
+from fleetgrid.sim.draws import BLOCK
 from fleetgrid.sim.params import FleetConfig
 from fleetgrid.sim.tally import Tally
 
@@ -15,8 +18,16 @@ __all__ = ["simulate_on_ray"]
 SHARDS_PER_CPU = 4
 
 
-def simulate_on_ray(config: FleetConfig, vehicles: int, days: int, seed: int, blocks: list[int]) -> Tally:
-    """Run on the Ray cluster this process is connected to, or start a local one sized to this machine."""
+def simulate_on_ray(
+    config: FleetConfig,
+    vehicles: int,
+    days: int,
+    seed: int,
+    blocks: list[int],
+    progress: Callable[[int, int], None] | None = None,
+) -> Tally:
+    """Run on the Ray cluster this process is connected to, or start a local one sized to this machine.
+    ``progress(done, total)`` counts vehicle-days as each shard's tally comes back."""
     try:
         import ray
     except ImportError as exc:
@@ -29,9 +40,12 @@ def simulate_on_ray(config: FleetConfig, vehicles: int, days: int, seed: int, bl
     shards = [blocks[i :: cpus * SHARDS_PER_CPU] for i in range(min(len(blocks), cpus * SHARDS_PER_CPU))]
     task = ray.remote(simulate_blocks)
     config_ref = ray.put(config)
-    pending = [task.remote(config_ref, vehicles, days, seed, shard) for shard in shards]
-    total = Tally(days=days)
+    pending = {task.remote(config_ref, vehicles, days, seed, shard): shard for shard in shards}
+    total, simulated = Tally(days=days), 0
     while pending:  # add tallies as they finish, so at most a few per-minute series are held at once
-        done, pending = ray.wait(pending, num_returns=1)
+        done, _ = ray.wait(list(pending), num_returns=1)
         total = total + ray.get(done[0])
+        simulated += sum(min(BLOCK, vehicles - block * BLOCK) for block in pending.pop(done[0])) * days
+        if progress is not None:
+            progress(simulated, vehicles * days)
     return total
