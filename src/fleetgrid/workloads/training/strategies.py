@@ -290,7 +290,7 @@ class Strategy(ABC):
             self.history.append({"version": 0, **self.evaluate(evaluate_fn)})
         rc = self.config.rounds
         while self.version < num_versions:
-            for attempt in range(rc.max_retries + 1):
+            for attempt in range(rc.max_retries + 1):  # noqa: B007 (read after the loop: the attempt that succeeded)
                 with self.lock:
                     self.round += 1
                 self._dispatch(fleet)
