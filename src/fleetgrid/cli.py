@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,6 +56,9 @@ def _client(url: str, token: str | None, data_dir: Path, ca: Path | None, *, ope
                                "coordinator that printed it")
         creds = Credentials.load(path)
         token = creds.operator if operator else creds.tenants.get("default")
+        if token is None:
+            raise InvalidInput(f"no --token given and {path} has no 'default' tenant (it has "
+                               f"{sorted(creds.tenants)}); pass --token")
     return FleetgridClient(url, token, verify=str(ca) if ca else True)
 
 
@@ -362,4 +364,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -168,7 +168,7 @@ def _watch(client, job_id: str, train, config: DemoConfig, console: Console):
                             description=f"embedding units  in flight {status.units_in_flight}  "
                                         f"preempted {status.preemptions}  re-issued {status.reissued_units}")
             trained = client.job(train.job_id) if train is not None else None
-            if trained is not None and trained.training is not None:
+            if trained is not None and trained.training is not None and train_task is not None:
                 t = trained.training
                 for row in t.history[shown:]:
                     progress.console.print(
