@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: demo test install install-test postgres bench clean
+.PHONY: demo test check install install-test postgres bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ postgres:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
 	    { echo "could not install PostgreSQL; install the 'postgresql' package and retry" >&2; exit 1; }; }
 
+# The linter and the type checker over src/ (configured in pyproject.toml); .ci/run runs this before the tests.
+check: install-test
+	$(VENV)/bin/ruff check src
+	$(VENV)/bin/mypy src
+
 # pytest exits 5 when it collects no tests; make treats that as the failure it is.
 test: install-test postgres
 	$(PY) -m pytest -q
@@ -50,4 +55,4 @@ bench: $(VENV)/.installed-bench
 	$(PY) bench/training.py --json
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,9 +27,9 @@ DEFAULT_URL = "http://127.0.0.1:8787"
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="FLEETGRID_DATA_DIR",
                                        help="Coordinator data directory (SQLite, artifacts, credentials.json).")]
 Url = Annotated[str, typer.Option("--coordinator", envvar="FLEETGRID_URL", help="Coordinator base URL.")]
-Token = Annotated[Optional[str], typer.Option("--token", envvar="FLEETGRID_TOKEN",
-                                              help="Tenant (or operator) token; default: from DATA_DIR/credentials.json.")]
-CA = Annotated[Optional[Path], typer.Option("--ca", envvar="FLEETGRID_CA", help="CA bundle to verify a TLS coordinator.")]
+Token = Annotated[str | None, typer.Option("--token", envvar="FLEETGRID_TOKEN",
+                                           help="Tenant (or operator) token; default: from DATA_DIR/credentials.json.")]
+CA = Annotated[Path | None, typer.Option("--ca", envvar="FLEETGRID_CA", help="CA bundle to verify a TLS coordinator.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -57,24 +56,29 @@ def _client(url: str, token: str | None, data_dir: Path, ca: Path | None, *, ope
                                "coordinator that printed it")
         creds = Credentials.load(path)
         token = creds.operator if operator else creds.tenants.get("default")
+        if token is None:
+            raise InvalidInput(f"no --token given and {path} has no 'default' tenant (it has "
+                               f"{sorted(creds.tenants)}); pass --token")
     return FleetgridClient(url, token, verify=str(ca) if ca else True)
 
 
 @app.command()
 def serve(
     data_dir: DataDir = Path("fleetgrid-data"),
-    db: Annotated[Optional[str], typer.Option(envvar="FLEETGRID_DB", help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")] = None,
+    db: Annotated[str | None, typer.Option(envvar="FLEETGRID_DB",
+                                           help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")] = None,
     host: str = "127.0.0.1",
     port: int = 8787,
-    tls_cert: Annotated[Optional[Path], typer.Option(help="PEM certificate: serve HTTPS")] = None,
-    tls_key: Annotated[Optional[Path], typer.Option(help="PEM private key of --tls-cert")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: serve HTTPS")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
     lease_ttl: Annotated[float, typer.Option(help="Seconds a lease lives without renewal")] = 60.0,
     max_artifact_bytes: Annotated[int, typer.Option(help="Largest artifact upload, in bytes")] = 2 << 30,
-    enroll_token: Annotated[Optional[str], typer.Option(envvar="FLEETGRID_ENROLL_TOKEN",
+    enroll_token: Annotated[str | None, typer.Option(envvar="FLEETGRID_ENROLL_TOKEN",
                                                         help="Fix the fleet enrollment token")] = None,
-    operator_token: Annotated[Optional[str], typer.Option(envvar="FLEETGRID_OPERATOR_TOKEN",
-                                                          help="Fix the operator token")] = None,
-    tenant: Annotated[Optional[list[str]], typer.Option(help="NAME=TOKEN: a tenant with a fixed token (repeatable)")] = None,
+    operator_token: Annotated[str | None, typer.Option(envvar="FLEETGRID_OPERATOR_TOKEN",
+                                                       help="Fix the operator token")] = None,
+    tenant: Annotated[list[str] | None,
+                      typer.Option(help="NAME=TOKEN: a tenant with a fixed token (repeatable)")] = None,
 ) -> None:
     """Run the coordinator (embedded SQLite and local artifacts by default).
 
@@ -99,14 +103,14 @@ def serve(
 def submit_infer(
     model: Annotated[str, typer.Option(help="Model name (fleetgrid models), or 'torchscript'/'torch-export'")],
     inputs: Annotated[Path, typer.Option(help="Inputs: .npy array or .jsonl text (one string per line)")],
-    model_file: Annotated[Optional[Path], typer.Option(help="Your TorchScript / torch.export file")] = None,
-    unit_items: Annotated[Optional[int], typer.Option(help="Items per work unit")] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    model_file: Annotated[Path | None, typer.Option(help="Your TorchScript / torch.export file")] = None,
+    unit_items: Annotated[int | None, typer.Option(help="Items per work unit")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
     replicas: Annotated[int, typer.Option(help="Compute each unit on this many cars")] = 1,
     quorum: Annotated[int, typer.Option(help="Accept a unit when this many replicas agree")] = 1,
     name: str = "",
     wait: Annotated[bool, typer.Option(help="Wait for the job and save its result")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Where --wait saves the result (.npy)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where --wait saves the result (.npy)")] = None,
     url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
 ) -> None:
     """Submit a batch-inference job."""
@@ -138,7 +142,9 @@ def _setting(text: str) -> tuple[list[str], Any]:
     """``local.steps=50`` -> (["local", "steps"], 50): the value is read as JSON, else kept as a string."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise InvalidInput(f"--set {text!r}: expected KEY=VALUE, e.g. --set local.steps=50 or --set rounds.deadline_s=120")
+        raise InvalidInput(
+            f"--set {text!r}: expected KEY=VALUE, e.g. --set local.steps=50 or --set rounds.deadline_s=120"
+        )
     try:
         value = json.loads(raw)
     except ValueError:
@@ -163,18 +169,18 @@ def submit_train(
     model: Annotated[str, typer.Option(help="Trainable model: 'mnist1d-cnn' or 'charlm'")] = "mnist1d-cnn",
     strategy: Annotated[str, typer.Option(help="fedavg, diloco or fedbuff")] = "fedavg",
     rounds: Annotated[int, typer.Option(help="Global versions to train for")] = 10,
-    dataset: Annotated[Optional[str], typer.Option(help="mnist1d or stdlib_text (default: the model's)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="mnist1d or stdlib_text (default: the model's)")] = None,
     shards: Annotated[int, typer.Option(help="Shards the data is split into (one per car)")] = 8,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration of the label split (mnist1d)")] = 0.5,
-    steps: Annotated[Optional[int], typer.Option(help="H: local steps per round on each car")] = None,
-    bits: Annotated[Optional[int], typer.Option(help="Quantize updates and model deltas to 4 or 8 bits")] = None,
-    clients: Annotated[Optional[int], typer.Option(help="Reports wanted per round")] = None,
-    target_accuracy: Annotated[Optional[float], typer.Option(help="Stop once held-out accuracy reaches this")] = None,
-    setting: Annotated[Optional[list[str]], typer.Option("--set", help="Strategy setting KEY=VALUE, dotted for "
+    steps: Annotated[int | None, typer.Option(help="H: local steps per round on each car")] = None,
+    bits: Annotated[int | None, typer.Option(help="Quantize updates and model deltas to 4 or 8 bits")] = None,
+    clients: Annotated[int | None, typer.Option(help="Reports wanted per round")] = None,
+    target_accuracy: Annotated[float | None, typer.Option(help="Stop once held-out accuracy reaches this")] = None,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="Strategy setting KEY=VALUE, dotted for "
                                                          "nested ones, e.g. local.lr=0.02 (repeatable)")] = None,
     name: str = "",
     wait: Annotated[bool, typer.Option(help="Follow the job, then save the trained model")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Where --wait saves the model (.safetensors)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where --wait saves the model (.safetensors)")] = None,
     url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
 ) -> None:
     """Submit a federated training job: each car trains on data it derives itself; only compressed updates travel."""
@@ -216,7 +222,8 @@ def _watch_training(client, job_id: str):
             acc, loss = row.get("accuracy"), row.get("loss")
             console.print(f"version {row.get('version')}: accuracy {acc if acc is None else f'{acc:.3f}'}  "
                           f"loss {loss if loss is None else f'{loss:.3f}'}  "
-                          f"reports {row.get('used', '-')}  up {s.training.bytes_up:,} B  down {s.training.bytes_down:,} B")
+                          f"reports {row.get('used', '-')}  "
+                          f"up {s.training.bytes_up:,} B  down {s.training.bytes_down:,} B")
         shown = len(rows)
 
     return client.wait(job_id, on_update=update, poll_s=1.0)
@@ -246,7 +253,7 @@ def _job_table(jobs) -> Table:
 
 @app.command()
 def status(
-    job_id: Annotated[Optional[str], typer.Argument(help="A job id; omit to list your jobs")] = None,
+    job_id: Annotated[str | None, typer.Argument(help="A job id; omit to list your jobs")] = None,
     as_json: AsJson = False,
     url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
 ) -> None:
@@ -265,7 +272,9 @@ def status(
 @app.command()
 def result(
     job_id: str,
-    out: Annotated[Path, typer.Option(help="Where to save the result (.npy; .safetensors for training)")] = Path("result.npy"),
+    out: Annotated[
+        Path, typer.Option(help="Where to save the result (.npy; .safetensors for training)")
+    ] = Path("result.npy"),
     url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
 ) -> None:
     """Save a finished job's result."""
@@ -324,7 +333,7 @@ def models() -> None:
 
 @app.command()
 def corpus(out: Annotated[Path, typer.Option(help="JSON Lines file to write")] = Path("corpus.jsonl"),
-           limit: Annotated[Optional[int], typer.Option(help="At most this many texts")] = None) -> None:
+           limit: Annotated[int | None, typer.Option(help="At most this many texts")] = None) -> None:
     """Write a real text corpus (the Python standard library's docstrings) as JSON Lines."""
     from .data.corpus import stdlib_docstrings
 
@@ -355,4 +364,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -42,7 +42,9 @@ def encode_inputs(inputs: np.ndarray | Sequence[str] | bytes, input_format: str 
 class FleetgridClient:
     """``token`` is a tenant token for job calls, the operator token for fleet calls."""
 
-    def __init__(self, base_url: str, token: str, *, verify: bool | str | ssl.SSLContext = True, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str, token: str, *, verify: bool | str | ssl.SSLContext = True, timeout_s: float = 60.0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         if isinstance(verify, str):
             verify = ssl.create_default_context(cafile=verify)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -168,7 +168,7 @@ def _watch(client, job_id: str, train, config: DemoConfig, console: Console):
                             description=f"embedding units  in flight {status.units_in_flight}  "
                                         f"preempted {status.preemptions}  re-issued {status.reissued_units}")
             trained = client.job(train.job_id) if train is not None else None
-            if trained is not None and trained.training is not None:
+            if trained is not None and trained.training is not None and train_task is not None:
                 t = trained.training
                 for row in t.history[shown:]:
                     progress.console.print(
@@ -253,7 +253,7 @@ def demo_command(
     threads: Annotated[int, typer.Option(help="Torch threads per car")] = 1,
     seed: int = 0,
     train_rounds: Annotated[int, typer.Option(help="Global versions of the federated training job (0: none)")] = 12,
-    keep: Annotated[Optional[Path], typer.Option(help="Keep coordinator data and car state in this directory")] = None,
+    keep: Annotated[Path | None, typer.Option(help="Keep coordinator data and car state in this directory")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object, last line")] = False,
 ) -> None:
     """Run the main job end to end on this machine."""

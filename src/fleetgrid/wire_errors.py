@@ -1,4 +1,5 @@
-"""The coordinator's error answers turned back into :mod:`fleetgrid.errors`, for every client (car, tenant, operator)."""
+"""The coordinator's error answers turned back into :mod:`fleetgrid.errors`, for every client (car, tenant,
+operator)."""
 
 from __future__ import annotations
 

@@ -68,8 +68,13 @@ def refine_spec(spec: ModelSpec, model_info: dict[str, Any]) -> ModelSpec:
     """``spec`` with the per-item shapes an uploaded model file declares (from `inspect_model_file`) filled in,
     so inputs can be checked against the user's model before any car runs it. Shapes the file leaves open stay
     as the spec had them."""
-    fields = {}
-    for key in ("item_shape", "output_shape"):
-        if model_info.get(key) is not None:
-            fields[key] = tuple(int(d) for d in model_info[key])
-    return replace(spec, **fields)
+
+    def declared(key: str, current: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        value = model_info.get(key)
+        return current if value is None else tuple(int(d) for d in value)
+
+    return replace(
+        spec,
+        item_shape=declared("item_shape", spec.item_shape),
+        output_shape=declared("output_shape", spec.output_shape),
+    )

@@ -82,10 +82,12 @@ def _describe_export(program: Any) -> dict[str, Any]:
     output_node = next(n for n in program.graph.nodes if n.op == "output")
     outs = [a for a in output_node.args[0] if getattr(a, "name", None) == sig.user_outputs[0]]
     out_shape = _fake_shape(outs[0], "output") if outs else None
-    static = all(isinstance(d, int) for d in out_shape[1:]) if out_shape is not None else False
+    output_item: list[int] | None = None  # None unless the export fixes every dimension past the batch
+    if out_shape is not None and all(isinstance(d, int) for d in out_shape[1:]):
+        output_item = [int(d) for d in out_shape[1:]]
     return {
         "item_shape": [int(d) for d in in_shape[1:]],
-        "output_shape": [int(d) for d in out_shape[1:]] if static else None,
+        "output_shape": output_item,
         "batch_size": int(in_shape[0]) if isinstance(in_shape[0], int) else None,
     }
 

@@ -83,12 +83,12 @@ def draw_day(rng: np.random.Generator, n: int, trips: Categorical) -> DayDraws:
     """``trips``: the trip-count distribution (:attr:`ModelTables.trips`)."""
     u = rng.random((n, 2))
     count = trips(u[:, 0])
-    trips = rng.random((3, int(count.sum())))  # so the cost follows the number of trips, not slots
+    per_trip = rng.random((3, int(count.sum())))  # so the cost follows the number of trips, not slots
     return DayDraws(
         n_trips=u[:, 0],
         plug=u[:, 1],
         count=count,
-        hour=trips[0],
-        minute=trips[1],
-        duration=trips[2],
+        hour=per_trip[0],
+        minute=per_trip[1],
+        duration=per_trip[2],
     )

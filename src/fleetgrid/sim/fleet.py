@@ -45,7 +45,7 @@ class Fleet:
         return len(self.board_w)
 
 
-def _wh(cap_wh: np.ndarray, fraction: float) -> np.ndarray:
+def _wh(cap_wh: np.ndarray, fraction: float | np.ndarray) -> np.ndarray:
     return (cap_wh * fraction).astype(np.int64)
 
 

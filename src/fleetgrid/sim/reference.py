@@ -14,7 +14,7 @@ import numpy as np
 
 from fleetgrid.sim.draws import BLOCK, block_rng, block_sizes, draw_day, draw_vehicles
 from fleetgrid.sim.params import FleetConfig
-from fleetgrid.sim.tables import MINUTES, Categorical, ModelTables, compile_tables
+from fleetgrid.sim.tables import MINUTES, ModelTables, compile_tables
 from fleetgrid.sim.tally import STATES, Tally
 
 __all__ = ["simulate_reference"]
@@ -30,17 +30,24 @@ class _Lists:
     """The model tables as plain Python lists, so the reference does scalar work on Python floats."""
 
     def __init__(self, t: ModelTables) -> None:
-        for name, value in vars(t).items():
-            if isinstance(value, Categorical):
-                setattr(self, name + "_cum", value.cum.tolist())
-            else:
-                setattr(
-                    self,
-                    name,
-                    value.tolist() if isinstance(value, np.ndarray) else value,
-                )
-        self.is_weekend = t.is_weekend
         self.trips = t.trips  # the draws need it to size the day's trip uniforms
+        self.is_weekend = t.is_weekend
+        # Each categorical table as its cumulative shares, for _pick.
+        self.trips_cum: list[float] = t.trips.cum.tolist()
+        self.weekday_hour_cum: list[float] = t.weekday_hour.cum.tolist()
+        self.weekend_hour_cum: list[float] = t.weekend_hour.cum.tolist()
+        self.duration_cum: list[float] = t.duration.cum.tolist()
+        self.hardware_cum: list[float] = t.hardware.cum.tolist()
+        self.battery_cum: list[float] = t.battery.cum.tolist()
+        self.charger_cum: list[float] = t.charger.cum.tolist()
+        self.duration_intercept: list[float] = t.duration_intercept.tolist()
+        self.duration_slope: list[float] = t.duration_slope.tolist()
+        self.hardware_w: list[float] = t.hardware_w.tolist()
+        self.hardware_tops: list[float] = t.hardware_tops.tolist()
+        self.battery_wh: list[int] = t.battery_wh.tolist()
+        self.charge_wh_per_min: list[int] = t.charge_wh_per_min.tolist()
+        self.drive_wh_per_min = t.drive_wh_per_min
+        self.plugged_minutes = t.plugged_minutes
 
 
 @dataclass

@@ -4,6 +4,7 @@ available and delivered, grid energy, the owner's bill against the payout, and t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ def time_series(tally: Tally, config: FleetConfig, scale: float = 1.0) -> Series
     )
 
 
-def summarise(tally: Tally, config: FleetConfig, represented: int | None = None) -> dict[str, object]:
+def summarise(tally: Tally, config: FleetConfig, represented: int | None = None) -> dict[str, Any]:
     """The run's headline figures as a flat JSON-able dict. ``represented``: the fleet size a sample stands for."""
     simulated = int(tally.sums["vehicles"])
     vehicles = represented or simulated

@@ -38,32 +38,28 @@ class Tally:
     """Per-minute series over ``days * 1440`` minutes plus whole-run sums."""
 
     days: int
-    states: np.ndarray = field(default=None)  # type: ignore[assignment]  # (len(STATES), days * 1440) int64
-    available_w: np.ndarray = field(default=None)  # type: ignore[assignment]  # (days * 1440,) board W, no derate
-    available_tops: np.ndarray = field(default=None)  # type: ignore[assignment]
     sums: dict[str, float] = field(default_factory=dict)
+    # Sized by ``days``, so made in __post_init__ rather than passed in.
+    states: np.ndarray = field(init=False)  # (len(STATES), days * 1440) int64
+    available_w: np.ndarray = field(init=False)  # (days * 1440,) board W, no derate
+    available_tops: np.ndarray = field(init=False)  # (days * 1440,)
 
     def __post_init__(self) -> None:
         m = self.days * MINUTES
-        if self.states is None:
-            self.states = np.zeros((len(STATES), m), dtype=np.int64)
-        if self.available_w is None:
-            self.available_w = np.zeros(m)
-        if self.available_tops is None:
-            self.available_tops = np.zeros(m)
+        self.states = np.zeros((len(STATES), m), dtype=np.int64)
+        self.available_w = np.zeros(m)
+        self.available_tops = np.zeros(m)
         for key in SCALARS:
             self.sums.setdefault(key, 0.0)
 
     def __add__(self, other: Tally) -> Tally:
         if other.days != self.days:
             raise ValueError(f"cannot add a {other.days}-day tally to a {self.days}-day tally")
-        return Tally(
-            days=self.days,
-            states=self.states + other.states,
-            available_w=self.available_w + other.available_w,
-            available_tops=self.available_tops + other.available_tops,
-            sums={k: self.sums[k] + other.sums[k] for k in SCALARS},
-        )
+        total = Tally(days=self.days, sums={k: self.sums[k] + other.sums[k] for k in SCALARS})
+        np.add(self.states, other.states, out=total.states)
+        np.add(self.available_w, other.available_w, out=total.available_w)
+        np.add(self.available_tops, other.available_tops, out=total.available_tops)
+        return total
 
     def add_fleet(self, fleet: Fleet) -> None:
         self.sums["vehicles"] += fleet.size

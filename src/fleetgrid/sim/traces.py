@@ -25,7 +25,7 @@ MAX_TRACE_VEHICLES = 1_000_000
 
 
 def _day_schedule(out: DayOutcome, fleet: Fleet, i: int) -> DaySchedule:
-    trips = [(int(s), int(e)) for s, e, ok in zip(out.start[i], out.end[i], out.valid[i]) if ok]
+    trips = [(int(s), int(e)) for s, e, ok in zip(out.start[i], out.end[i], out.valid[i], strict=True) if ok]
     morning, evening = int(out.morning_end[i]), int(out.evening_start[i])
     home = [(0, MINUTES)] if out.home_all_day[i] else [(0, morning), (evening, MINUTES)]
     plugged = []

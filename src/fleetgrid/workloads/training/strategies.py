@@ -290,7 +290,7 @@ class Strategy(ABC):
             self.history.append({"version": 0, **self.evaluate(evaluate_fn)})
         rc = self.config.rounds
         while self.version < num_versions:
-            for attempt in range(rc.max_retries + 1):
+            for attempt in range(rc.max_retries + 1):  # noqa: B007 (read after the loop: the attempt that succeeded)
                 with self.lock:
                     self.round += 1
                 self._dispatch(fleet)
@@ -383,6 +383,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
     config_class = FedAvgConfig
+    config: FedAvgConfig  # Strategy.__init__ refuses any other config class
 
     def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
         return sgd_step(self.params, pseudo_grad, self.config.server_lr)
@@ -394,6 +395,7 @@ class DiLoCo(Strategy):
 
     name = "diloco"
     config_class = DiLoCoConfig
+    config: DiLoCoConfig  # Strategy.__init__ refuses any other config class
 
     def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
         buf = self.server_state.get("momentum", torch.zeros_like(self.params))
@@ -409,6 +411,7 @@ class FedBuff(FedAvg):
 
     name = "fedbuff"
     config_class = FedBuffConfig
+    config: FedBuffConfig  # Strategy.__init__ refuses any other config class
     closes_rounds = False
 
     @property
@@ -436,11 +439,14 @@ def make_strategy(
     cls = STRATEGIES.get(name)
     if cls is None:
         raise InvalidInput(f"unknown strategy {name!r}; accepted: {sorted(STRATEGIES)}")
+    config: StrategyConfig
     if settings is None:
-        settings = cls.config_class()
-    elif not isinstance(settings, StrategyConfig):
-        settings = config_from_dict(cls.config_class, dict(settings))
-    return cls(initial_params, settings)
+        config = cls.config_class()
+    elif isinstance(settings, StrategyConfig):
+        config = settings
+    else:
+        config = config_from_dict(cls.config_class, dict(settings))
+    return cls(initial_params, config)
 
 
 def read_metadata(blob: bytes) -> dict[str, Any]:
