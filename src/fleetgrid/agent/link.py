@@ -46,12 +46,9 @@ class _WaitForLink(Exception):
 @dataclass
 class Traffic:
     """Bytes one lease moved, per link, for its report."""
-
     cellular: int = 0
     wifi: int = 0
 
-    def as_report(self) -> dict[str, int]:
-        return {"cellular_bytes": self.cellular, "wifi_bytes": self.wifi}
 
 
 class Link:

@@ -66,7 +66,9 @@ class Preemption:
         """
         with self._lock:
             kill, started = self._kill, self._computing_since
-        if kill is None or kill[1] is None or started is None:
-            return  # stopped for shutdown or a lost lease: not a preemption
+        if kill is None or started is None:
+            return
         gone, since = kill
+        if since is None:
+            return  # stopped for shutdown or a lost lease: not a preemption
         self.stats.preemption_latencies_ms.append((gone - max(since, started)) * 1000.0)

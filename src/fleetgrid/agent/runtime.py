@@ -136,9 +136,9 @@ class Agent:
         self.vehicle_id = enrollment.vehicle_id
 
     def _step(self) -> None:
-        if self._next_grant is not None:  # the coordinator granted it with the last completion
-            grant, self._next_grant = self._next_grant, None
-            self._work(grant)
+        granted, self._next_grant = self._next_grant, None
+        if granted is not None:  # the coordinator granted it with the last completion
+            self._work(granted)
             return
         reading = self.monitor.reading()
         if not reading.eligible:
@@ -190,7 +190,8 @@ class Agent:
                 return
             self.stats.unit_failures += 1
             log.warning("lease %s failed: %s", grant.lease_id, exc)
-            car.report_failure(FailRequest(reason=str(exc)[:1000], **car.traffic.as_report()))
+            car.report_failure(FailRequest(reason=str(exc)[:1000], cellular_bytes=car.traffic.cellular,
+                                           wifi_bytes=car.traffic.wifi))
         finally:
             with self._lock:
                 self._lease = None

@@ -14,6 +14,7 @@ import signal
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext, SpawnContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -55,7 +56,9 @@ class WorkerProcess:
             raise errors.InvalidInput(f"worker start_method {start_method!r}; expected 'spawn' or 'forkserver'")
         self.threads = threads
         self._factory = runner_factory
-        self._ctx = multiprocessing.get_context(start_method)
+        self._ctx: SpawnContext | ForkServerContext = (
+            multiprocessing.get_context("forkserver") if start_method == "forkserver"
+            else multiprocessing.get_context("spawn"))
         if start_method == "forkserver":
             # The server imports torch once; each worker is then forked from it in milliseconds, not ~1.5 s.
             self._ctx.set_forkserver_preload(["fleetgrid.agent.worker", "fleetgrid.workloads.inference",

@@ -134,7 +134,8 @@ class InferenceHandler(CarHandler):
         done, digest = self._upload_checkpoint()
         log.info("lease %s handed back at %d of %d items: %s", grant.lease_id, done, grant.items, reason)
         car.report_failure(FailRequest(
-            reason=reason[:1000], handback=True, done_items=done, checkpoint=digest, **car.traffic.as_report()))
+            reason=reason[:1000], handback=True, done_items=done, checkpoint=digest,
+            cellular_bytes=car.traffic.cellular, wifi_bytes=car.traffic.wifi))
 
     def _upload_checkpoint(self) -> tuple[int, str | None]:
         """Upload the worker's checkpoint if the link allows it now; else fall back to the one the lease came with.

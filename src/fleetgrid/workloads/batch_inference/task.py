@@ -41,12 +41,11 @@ class UnitTask(WorkerTask):
         return f"{self.model_name} at {done} of {self.items} items"
 
     def execute(self, cache: WorkerCache, progress: Callable[[int], None]) -> None:
+        from fleetgrid.models.registry import load_runner
         from fleetgrid.workloads.inference import run_items
         from fleetgrid.workloads.inputs import decode_items
 
-        factory = cache.runner_factory
-        if factory is None:
-            from fleetgrid.models.registry import load_runner as factory
+        factory = cache.runner_factory or load_runner
         runner = cache.get(("runner", self.model_name, self.model_digest),
                            lambda: factory(self.model_name, model_file=self.model_file, threads=cache.threads))
         items = decode_items(self.items_path.read_bytes(), self.items_format)

@@ -62,7 +62,8 @@ class EvalHandler(CarHandler):
         def once() -> LeaseAck:
             car.charge(len(inline))
             return car.client.complete(self.grant.lease_id, CompleteRequest(
-                result=digest, inline=inline, next=follow_on, compute_s=self.compute_s, **car.traffic.as_report()))
+                result=digest, inline=inline, next=follow_on, compute_s=self.compute_s,
+                cellular_bytes=car.traffic.cellular, wifi_bytes=car.traffic.wifi))
 
         car.grant_next(car.retrying(once, until_stopped=True).next_lease)
         car.stats.compute_s += self.compute_s
@@ -72,4 +73,4 @@ class EvalHandler(CarHandler):
         car = self.car
         reason = car.handback_reason(why)
         car.report_failure(FailRequest(reason=reason[:1000], handback=True, compute_s=self.compute_s,
-                                       **car.traffic.as_report()))
+                                       cellular_bytes=car.traffic.cellular, wifi_bytes=car.traffic.wifi))

@@ -7,9 +7,9 @@ import json
 import math
 from typing import Any
 
-from fleetgrid.core import Usage
 from fleetgrid.coordinator.drivers import Plan, UnitDriver
 from fleetgrid.coordinator.store import JobRecord, LeaseRecord, UnitRecord
+from fleetgrid.core import Usage
 from fleetgrid.errors import FleetgridError, InvalidInput
 from fleetgrid.protocol import ArtifactRef, CompleteRequest, Grant, WorkGrant
 from fleetgrid.workloads.evaluation.messages import MAX_REPORT_BYTES, EvalGrant, EvalReport, EvalSubmit
@@ -71,7 +71,8 @@ class EvalDriver(UnitDriver):
         except FleetgridError:
             raise
         except Exception as exc:  # safetensors and torch raise several types on a file of another model
-            raise InvalidInput(f"weights {digest[:12]}... are not a safetensors state dict of {model!r}: {exc}") from exc
+            raise InvalidInput(
+                f"weights {digest[:12]}... are not a safetensors state dict of {model!r}: {exc}") from exc
 
     def grant(self, job: JobRecord, unit: UnitRecord, lease: LeaseRecord) -> Grant:
         weights = ArtifactRef(digest=unit.input_digest, size=self.ctx.artifacts.size(unit.input_digest))

@@ -34,7 +34,7 @@ class EvalTask(WorkerTask):
         model = cache.get(("eval-model", self.model_name, self.weights_digest), self._load_model)
         dataset = local_dataset(cache, self.data, self.shard)
         report = evaluate_shard(model, dataset, self.max_examples)
-        progress(report["examples"])
+        progress(int(report["examples"]))
         tmp = self.result_path.with_name(self.result_path.name + ".tmp")
         tmp.write_text(json.dumps(report, sort_keys=True), encoding="utf-8")
         os.replace(tmp, self.result_path)

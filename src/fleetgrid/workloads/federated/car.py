@@ -144,7 +144,7 @@ class TrainHandler(CarHandler):
             return
         log.info("lease %s handed back: %s", self.grant.lease_id, reason)
         car.report_failure(FailRequest(reason=reason[:1000], handback=True, compute_s=self.compute_s,
-                                       **car.traffic.as_report()))
+                                       cellular_bytes=car.traffic.cellular, wifi_bytes=car.traffic.wifi))
 
     # --- the model down ----------------------------------------------------------------------------------------
 
@@ -268,7 +268,7 @@ class TrainHandler(CarHandler):
             round=self.grant.round, base_version=self.grant.base_version, num_examples=state.num_examples,
             steps_done=state.steps_done, steps_planned=self.local.steps, examples_seen=state.examples_seen,
             train_loss=loss if math.isfinite(loss) else None, preempted=preempted, compute_s=self.compute_s,
-            next=follow_on, **self.car.traffic.as_report(),
+            next=follow_on, cellular_bytes=self.car.traffic.cellular, wifi_bytes=self.car.traffic.wifi,
         )
 
     def _accepted(self, state: TrainState, feedback: ErrorFeedback, *, preempted: bool) -> None:
