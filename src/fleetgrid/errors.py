@@ -12,6 +12,7 @@
     |   +-- LeaseExpired        409  a lease whose deadline has passed
     +-- PayloadTooLarge         413  a request body over the configured limit
     +-- RangeNotSatisfiable     416  a byte range outside the artifact
+    +-- InsufficientStorage     507  the coordinator's disk (or quota) is full; try again later
     +-- TransportError               the agent could not reach the coordinator (never sent over HTTP)
     +-- Preempted                    the worker was stopped because the car became ineligible
 
@@ -27,6 +28,7 @@ __all__ = [
     "Forbidden",
     "HashMismatch",
     "InputShapeError",
+    "InsufficientStorage",
     "InvalidInput",
     "LeaseExpired",
     "NotFound",
@@ -98,6 +100,13 @@ class PayloadTooLarge(FleetgridError):
 class RangeNotSatisfiable(FleetgridError):
     status = 416
     code = "range_not_satisfiable"
+
+
+class InsufficientStorage(FleetgridError):
+    """The coordinator could not store what was sent because its disk or quota is full: not the caller's fault."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class TransportError(FleetgridError):

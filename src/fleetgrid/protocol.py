@@ -16,7 +16,11 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 __all__ = [
     "API_PREFIX",
+    "MAX_COMPUTE_S",
+    "MAX_FRAME_HEADER_BYTES",
     "MAX_INLINE_RESULT_BYTES",
+    "MAX_ITEMS",
+    "MAX_LEASE_BYTES",
     "ArtifactInfo",
     "ArtifactRef",
     "CheckpointRef",
@@ -56,6 +60,14 @@ __all__ = [
 API_PREFIX = "/v1"
 MAX_INLINE_RESULT_BYTES = 256 * 1024
 """Results up to this size may travel inside ``CompleteRequest.inline`` instead of a separate upload."""
+MAX_LEASE_BYTES = 1 << 40
+"""Most bytes one lease may report moving over one link (1 TiB): a bound on what a car can bill, not a quota."""
+MAX_COMPUTE_S = 7 * 24 * 3600.0
+"""Most compute seconds one lease may report; the coordinator also holds it to the lease's own lifetime."""
+MAX_ITEMS = 1 << 30
+"""Most items (or training examples) one report may claim."""
+MAX_FRAME_HEADER_BYTES = 64 * 1024
+"""Largest JSON header of a frame (see :func:`pack_frame`); the blobs after it are bounded by the body limit."""
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the content, 64 lowercase hex digits")]
@@ -113,8 +125,8 @@ class StateReport(_Wire):
     plugged_in: bool
     eligible: bool
     reasons: list[str] = Field(default_factory=list, max_length=16)
-    cellular_used_bytes: int = Field(default=0, ge=0)
-    at: float | None = Field(default=None, description="the car's clock time of the reading")
+    cellular_used_bytes: int = Field(default=0, ge=0, le=MAX_LEASE_BYTES)
+    at: float | None = Field(default=None, allow_inf_nan=False, description="the car's clock time of the reading")
 
 
 class HeartbeatResponse(_Wire):
@@ -211,15 +223,16 @@ class UpdateReport(_Wire):
 
     round: int
     base_version: int = Field(ge=0)
-    num_examples: int = Field(ge=1, description="size of the car's local dataset (FedAvg's weight)")
+    num_examples: int = Field(ge=1, le=MAX_ITEMS, description="size of the car's local dataset (FedAvg's weight)")
     steps_done: int = Field(ge=0)
     steps_planned: int = Field(ge=1)
-    examples_seen: int = Field(ge=0)
-    train_loss: float | None = None
+    examples_seen: int = Field(ge=0, le=MAX_ITEMS)
+    train_loss: float | None = Field(default=None, allow_inf_nan=False)
     preempted: bool = Field(default=False, description="True for a partial update sent when the car was preempted")
-    compute_s: float = Field(default=0.0, ge=0.0)
-    cellular_bytes: int = Field(default=0, ge=0, description="bytes this lease moved over cellular, this one included")
-    wifi_bytes: int = Field(default=0, ge=0)
+    compute_s: float = Field(default=0.0, ge=0.0, le=MAX_COMPUTE_S, allow_inf_nan=False)
+    cellular_bytes: int = Field(default=0, ge=0, le=MAX_LEASE_BYTES,
+                                description="bytes this lease moved over cellular, this one included")
+    wifi_bytes: int = Field(default=0, ge=0, le=MAX_LEASE_BYTES)
     next: LeaseRequest | None = Field(default=None, description="also lease the next work, as POST /v1/leases would")
 
 
@@ -238,9 +251,10 @@ class CompleteRequest(_Wire):
         description=f"the result's bytes, base64, when at most {MAX_INLINE_RESULT_BYTES} bytes",
     )
     next: LeaseRequest | None = Field(default=None, description="also lease the next unit, as POST /v1/leases would")
-    compute_s: float = Field(default=0.0, ge=0.0)
-    cellular_bytes: int = Field(default=0, ge=0)
-    wifi_bytes: int = Field(default=0, ge=0)
+    compute_s: float = Field(default=0.0, ge=0.0, le=MAX_COMPUTE_S, allow_inf_nan=False,
+                             description="seconds this lease computed; at most the time since it was issued")
+    cellular_bytes: int = Field(default=0, ge=0, le=MAX_LEASE_BYTES)
+    wifi_bytes: int = Field(default=0, ge=0, le=MAX_LEASE_BYTES)
 
 
 class FailRequest(_Wire):
@@ -248,9 +262,10 @@ class FailRequest(_Wire):
     handback: bool = Field(default=False, description="True when the car was preempted: not the unit's fault")
     done_items: int = Field(default=0, ge=0)
     checkpoint: Digest | None = None
-    compute_s: float = Field(default=0.0, ge=0.0)
-    cellular_bytes: int = Field(default=0, ge=0)
-    wifi_bytes: int = Field(default=0, ge=0)
+    compute_s: float = Field(default=0.0, ge=0.0, le=MAX_COMPUTE_S, allow_inf_nan=False,
+                             description="seconds this lease computed; at most the time since it was issued")
+    cellular_bytes: int = Field(default=0, ge=0, le=MAX_LEASE_BYTES)
+    wifi_bytes: int = Field(default=0, ge=0, le=MAX_LEASE_BYTES)
 
 
 # --- tenants ---------------------------------------------------------------------------------------------------
@@ -349,15 +364,20 @@ def pack_frame(header: BaseModel | dict, blobs: list[bytes] | tuple[bytes, ...] 
     return len(raw).to_bytes(4, "little") + raw + b"".join(blobs)
 
 
-def unpack_frame(data: bytes) -> tuple[dict, list[bytes]]:
-    """The inverse of :func:`pack_frame`; ValueError naming the problem on a malformed frame."""
+def unpack_frame(data: bytes, max_header: int = MAX_FRAME_HEADER_BYTES) -> tuple[dict, list[bytes]]:
+    """The inverse of :func:`pack_frame`; ValueError naming the problem on a malformed frame, including a header
+    over ``max_header`` bytes or nested too deeply to parse."""
     if len(data) < 4:
         raise ValueError(f"frame of {len(data)} bytes is too short; expected a u32 header length first")
     n = int.from_bytes(data[:4], "little")
+    if n > max_header:
+        raise ValueError(f"frame header of {n} bytes exceeds the {max_header}-byte limit for headers")
     if n > len(data) - 4:
         raise ValueError(f"frame header claims {n} bytes but only {len(data) - 4} follow")
     try:
         head = json.loads(data[4 : 4 + n])
+    except RecursionError:
+        raise ValueError("frame header is nested too deeply to parse; expected a flat JSON object") from None
     except ValueError as exc:
         raise ValueError(f"frame header is not JSON ({exc})") from exc
     sizes = head.pop("blob_sizes", None) if isinstance(head, dict) else None

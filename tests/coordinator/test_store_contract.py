@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from fleetgrid.coordinator.store import JobRecord, LedgerRecord, UnitRecord, VehicleRecord, open_store
 from fleetgrid.errors import Conflict
@@ -111,6 +112,8 @@ def test_complete_writes_ledger_and_release_requeues_with_checkpoint(store):
     assert (job.reissued_units, job.preemptions) == (1, 1)
     again = store.acquire("v-1", 5.0, 6.0, "l2")
     assert again[1].unit_id == l1.unit_id and again[1].attempts == 2
+    assert (l1.resumed_items, again[0].resumed_items) == (0, 4)  # the lease remembers the checkpoint it resumes
+    assert store.lease_context("l2")[0].resumed_items == 4 and store.get_lease("l2").resumed_items == 4
     totals = store.ledger_totals()
     assert totals == [{"vehicle_id": "v-1", "units": 1, "items": 10, "compute_s": 1.5, "cellular_bytes": 100,
                        "wifi_bytes": 1000}]
@@ -190,3 +193,30 @@ def test_training_checkpoints_and_ledger_rows_without_units(store):
     store.record_ledger(_ledger("tl-2", items=32))
     (row,) = store.ledger_totals()
     assert (row["vehicle_id"], row["units"], row["items"], row["wifi_bytes"]) == ("v-1", 2, 96, 2000)
+
+
+def test_ledger_totals_never_overflow(store):
+    """Sums of rows at the very edge of the columns (written before counters were bounded) still come back."""
+    for i in range(3):
+        store.record_ledger(LedgerRecord(lease_id=f"big-{i}", vehicle_id="v-1", job_id="job-1", items=2**30,
+                                         compute_s=1e308, cellular_bytes=2**62, wifi_bytes=2**62, at=1.0))
+    (row,) = store.ledger_totals()
+    assert row["units"] == 3 and row["items"] == 3 * 2**30
+    assert row["wifi_bytes"] >= 3 * 2**62 - 2**20 and row["cellular_bytes"] == row["wifi_bytes"]
+    assert 1e308 <= row["compute_s"] < float("inf")
+
+
+def test_a_job_is_stored_with_its_shards_or_not_at_all(store):
+    store.add_tenant("acme", "hash-acme", 0.0)
+    job = JobRecord(job_id="job-s", tenant="acme", name="s", kind="inference", model="mnist1d-cnn", spec={},
+                    items=10, units_total=1, created_at=1.0)
+    unit = UnitRecord(unit_id="job-s:0:0", job_id="job-s", idx=0, replica=0, start_item=0, end_item=10,
+                      input_digest=D1, input_format="npy")
+    store.create_job(job, [unit], artifacts=[(D1, 123)])
+    assert store.owns("tenant:acme", D1) and store.get_artifact(D1).size == 123
+    clash = UnitRecord(unit_id="job-s:0:0", job_id="job-t", idx=0, replica=0, start_item=0, end_item=10,
+                       input_digest=D2, input_format="npy")
+    with pytest.raises(IntegrityError):  # the unit id is taken: the whole transaction rolls back
+        store.create_job(JobRecord(**{**{k: getattr(job, k) for k in JobRecord.__slots__}, "job_id": "job-t"}),
+                         [clash], artifacts=[(D2, 5)])
+    assert store.get_artifact(D2) is None and store.get_job("job-t") is None

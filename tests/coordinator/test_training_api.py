@@ -304,3 +304,27 @@ def test_fedbuff_takes_stale_updates_and_serves_each_car_its_own_version(api):
     assert post_update(api, cars[1], grants[1]["lease_id"], report, payload).status_code == 200
     s = wait_version(api, job_id, 2)
     assert s["training"]["history"][2]["mean_staleness"] == 1.0
+
+
+def test_hostile_update_frames_get_a_4xx_and_never_a_500(api):
+    """Deeply nested or oversized frame headers are refused with a 400; a car without the lease is refused before
+    its body is parsed at all."""
+    job_id = submit(api).json()["job_id"]
+    car, stranger = enroll(api, "nester"), enroll(api, "bystander")
+    nested = b"[" * 30_000 + b"]" * 30_000  # within the header limit, far past any parser's recursion limit
+    deep = len(nested).to_bytes(4, "little") + nested
+    padded = json.dumps({"round": 1, "pad": "x" * 200_000, "blob_sizes": []}).encode()
+    oversized = len(padded).to_bytes(4, "little") + padded
+    octets = {"content-type": "application/octet-stream"}
+    r = api.post("/train/leases/tl-nothing-here/update", content=deep, headers=auth(car) | octets)
+    assert r.status_code == 404, r.text
+    grant = lease(api, car, job_id)
+    path = f"/train/leases/{grant['lease_id']}/update"
+    assert api.post(path, content=deep, headers=auth(stranger) | octets).status_code == 403
+    r = api.post(path, content=deep, headers=auth(car) | octets)
+    assert r.status_code == 400 and "nested" in r.json()["message"], r.text
+    r = api.post(path, content=oversized, headers=auth(car) | octets)
+    assert r.status_code == 400 and "header" in r.json()["message"], r.text
+    r = api.post("/leases", content=nested, headers=auth(car) | {"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))

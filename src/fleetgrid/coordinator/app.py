@@ -131,7 +131,7 @@ def decode_inline(text: str) -> bytes:
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(FleetgridError)
     async def _ours(_request: Request, exc: FleetgridError) -> JSONResponse:
-        return _error_response(exc.status if exc.status < 500 else 500, exc.code, exc.message)
+        return _error_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -267,12 +267,9 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     async def complete(lease_id: str, req: CompleteRequest, request: Request,
                        v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
         not_training(lease_id)
-        data = None
-        if req.inline is not None:
-            data = decode_inline(req.inline)
-            # Written and fsynced off the event loop, as an upload is; a wrong digest is refused like one.
-            await asyncio.to_thread(coord.artifacts.put_bytes, data, req.result)
-        ack = sched.complete(v, lease_id, req, inline=data)
+        data = decode_inline(req.inline) if req.inline is not None else None
+        # The scheduler checks the lease and the whole result before it writes a byte of it.
+        ack = await asyncio.to_thread(sched.complete, v, lease_id, req, data)
         if req.next is not None:
             states.report(v.vehicle_id, req.next.state)
             if req.next.state.eligible:
@@ -300,6 +297,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     async def train_update(lease_id: str, request: Request, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
         """A training update: a frame whose header is an ``UpdateReport`` and whose one blob is the encoded
         delta. 400 if malformed (the global is never touched), 409 if its round is already closed."""
+        coord.training.check_owner(v, lease_id)  # a car without the lease is refused before its body is parsed
         body = await request.body()
         try:
             header, blobs = unpack_frame(body)

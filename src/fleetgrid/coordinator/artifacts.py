@@ -7,18 +7,51 @@ if the bytes hash to the digest it was sent under: a corrupted or truncated uplo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from ..errors import HashMismatch, InvalidInput, NotFound, PayloadTooLarge, RangeNotSatisfiable
+from ..errors import HashMismatch, InsufficientStorage, InvalidInput, NotFound, PayloadTooLarge, RangeNotSatisfiable
 from ..protocol import is_digest
 
 __all__ = ["ArtifactStore", "parse_range", "sha256_hex"]
 
 CHUNK = 1 << 20
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextlib.contextmanager
+def _disk_errors(what: str) -> Iterator[None]:
+    """A full disk or quota becomes InsufficientStorage (507); every other OSError stays what it is."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise InsufficientStorage(f"{what} failed: the coordinator has no space left ({exc.strerror}); nothing "
+                                      "was stored, try again later") from exc
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename (or a new entry) in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -58,7 +91,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 class ArtifactStore:
-    """Files under ``root/ab/abcdef...``; writes are atomic renames, so a crash never leaves a half artifact."""
+    """Files under ``root/ab/abcdef...``; writes are atomic renames of fsynced files (and the directory entry is
+    fsynced too), so a crash never leaves a half artifact. A full disk is :class:`InsufficientStorage` (507)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -80,30 +114,78 @@ class ArtifactStore:
         except FileNotFoundError as exc:
             raise NotFound(f"artifact {digest} does not exist; upload it with PUT /v1/artifacts/{digest}") from exc
 
-    def _commit(self, tmp_path: Path, digest: str) -> None:
-        dest = self.path(digest)
-        dest.parent.mkdir(exist_ok=True)
-        os.replace(tmp_path, dest)
+    def open(self, digest: str) -> BinaryIO:
+        """The artifact's file, open for reading; NotFound if there is none."""
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"artifact {digest} does not exist") from exc
 
-    def put_bytes(self, data: bytes, expected: str | None = None, *, sync: bool = True) -> str:
-        """Store bytes under their digest. ``sync=False`` defers the flush to one :meth:`sync` for many files."""
+    @staticmethod
+    def _write(fh: BinaryIO, data: bytes) -> None:
+        """Every byte the store writes goes through here."""
+        fh.write(data)
+
+    def _temp(self) -> tuple[BinaryIO, Path]:
+        fd, name = tempfile.mkstemp(dir=self._tmp)
+        return os.fdopen(fd, "wb"), Path(name)
+
+    def _commit(self, tmp_path: Path, digest: str) -> Path:
+        """Rename a flushed temp file into place; returns the directory whose entry must still be fsynced."""
+        dest = self.path(digest)
+        if not dest.parent.is_dir():
+            dest.parent.mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        os.replace(tmp_path, dest)
+        return dest.parent
+
+    def put_bytes(self, data: bytes, expected: str | None = None) -> str:
+        """Store bytes under their digest, durably, unless they are stored already; returns the digest."""
         digest = sha256_hex(data)
         if expected is not None and digest != expected:
             raise HashMismatch(f"upload hashes to {digest}, not to {expected}; the bytes were corrupted or changed")
         if not self.exists(digest):
-            fd, name = tempfile.mkstemp(dir=self._tmp)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                if sync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            self._commit(Path(name), digest)
+            self.put_many([data])
         return digest
 
-    @staticmethod
-    def sync() -> None:
-        """Flush every file written with ``sync=False`` to disk."""
-        os.sync()
+    def put_many(self, blobs: Iterable[bytes]) -> list[tuple[str, int, bool]]:
+        """Store many blobs durably with one pass of flushes: each new one goes to a temp file, every temp file is
+        fsynced, then renamed into place, then each directory touched is fsynced once. Returns ``(digest, size,
+        created)`` per blob, in order; ``created`` is False for content that was stored already. If anything
+        fails, nothing this call created remains."""
+        out: list[tuple[str, int, bool]] = []
+        pending: dict[str, Path] = {}
+        placed: list[str] = []
+        try:
+            with _disk_errors("storing artifacts"):
+                for data in blobs:
+                    digest = sha256_hex(data)
+                    new = digest not in pending and not self.exists(digest)
+                    if new:
+                        fh, tmp = self._temp()
+                        pending[digest] = tmp
+                        with fh:
+                            self._write(fh, data)
+                    out.append((digest, len(data), new))
+                for tmp in pending.values():
+                    _fsync_file(tmp)
+                dirs = set()
+                for digest, tmp in pending.items():
+                    dirs.add(self._commit(tmp, digest))
+                    placed.append(digest)
+                for directory in dirs:
+                    _fsync_dir(directory)
+        except BaseException:
+            for tmp in pending.values():
+                tmp.unlink(missing_ok=True)
+            self.discard(placed)
+            raise
+        return out
+
+    def discard(self, digests: Iterable[str]) -> None:
+        """Remove these artifacts' files (those that exist); the caller knows nothing refers to them."""
+        for digest in digests:
+            self.path(digest).unlink(missing_ok=True)
 
     def read_head(self, digest: str, nbytes: int) -> bytes:
         try:
@@ -117,29 +199,31 @@ class ArtifactStore:
         self.path(expected)  # validates the digest before reading a byte
         hasher = hashlib.sha256()
         size = 0
-        fd, name = tempfile.mkstemp(dir=self._tmp)
+        tmp: Path | None = None
         try:
-            with os.fdopen(fd, "wb") as fh:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PayloadTooLarge(f"upload exceeds the {max_bytes}-byte artifact limit")
-                    hasher.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                # fsync takes ~1 ms and releases the GIL: off the event loop, other requests proceed meanwhile.
-                await asyncio.to_thread(os.fsync, fh.fileno())
-            digest = hasher.hexdigest()
-            if digest != expected:
-                raise HashMismatch(
-                    f"upload of {size} bytes hashes to {digest}, not to {expected}; resend the exact bytes "
-                    "under their sha256"
-                )
-            self._commit(Path(name), digest)
+            with _disk_errors(f"storing artifact {expected}"):
+                fh, tmp = self._temp()
+                with fh:
+                    async for chunk in chunks:
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise PayloadTooLarge(f"upload exceeds the {max_bytes}-byte artifact limit")
+                        hasher.update(chunk)
+                        self._write(fh, chunk)
+                    fh.flush()
+                    # fsync takes ~1 ms and releases the GIL: off the event loop, other requests proceed meanwhile.
+                    await asyncio.to_thread(os.fsync, fh.fileno())
+                digest = hasher.hexdigest()
+                if digest != expected:
+                    raise HashMismatch(
+                        f"upload of {size} bytes hashes to {digest}, not to {expected}; resend the exact bytes "
+                        "under their sha256"
+                    )
+                await asyncio.to_thread(lambda: _fsync_dir(self._commit(tmp, digest)))
             return size
         finally:
-            if os.path.exists(name):
-                os.unlink(name)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     def read_bytes(self, digest: str) -> bytes:
         try:

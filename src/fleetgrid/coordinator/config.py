@@ -53,6 +53,8 @@ class CoordinatorConfig:
     """How often expired leases are looked for."""
     online_window_s: float = 60.0
     """A vehicle heard from within this window counts as online in the fleet overview."""
+    compute_slack_s: float = 5.0
+    """A lease's reported compute_s may exceed the time since it was issued by this much (timer granularity)."""
     enroll_token: str | None = None
     operator_token: str | None = None
     tenant_tokens: dict[str, str] = field(default_factory=dict)
@@ -64,6 +66,8 @@ class CoordinatorConfig:
             raise InvalidInput(f"lease_ttl_s must be > 0 seconds, got {self.lease_ttl_s}")
         if self.max_json_bytes < 1024 or self.max_artifact_bytes < 1024:
             raise InvalidInput("body size limits must be at least 1024 bytes")
+        if self.compute_slack_s < 0:
+            raise InvalidInput(f"compute_slack_s must be >= 0 seconds, got {self.compute_slack_s}")
         if self.max_unit_attempts < 1:
             raise InvalidInput(f"max_unit_attempts must be >= 1, got {self.max_unit_attempts}")
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..clock import Clock, WallClock
-from ..errors import Conflict, Forbidden, InvalidInput, LeaseExpired, NotFound
+from ..errors import Conflict, Forbidden, HashMismatch, InvalidInput, LeaseExpired, NotFound
 from ..models.registry import get_model_spec, inspect_model_file, load_runner, refine_spec
 from ..protocol import (
     ArtifactRef,
@@ -30,12 +32,23 @@ from ..protocol import (
     ModelRef,
     ProgressReport,
 )
-from ..workloads.inputs import assemble, decode_result, encode_items, encode_result, parse_inputs, shard
-from .artifacts import ArtifactStore
+from ..workloads.inputs import (
+    assemble,
+    check_result,
+    decode_result,
+    encode_items,
+    encode_result,
+    parse_inputs,
+    shard,
+)
+from .artifacts import ArtifactStore, sha256_hex
 from .config import CoordinatorConfig
+from .metering import check_compute_s, computed_items
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
 
 __all__ = ["Scheduler", "npy_shape"]
+
+log = logging.getLogger("fleetgrid.coordinator.scheduler")
 
 
 def npy_shape(data: bytes) -> tuple[tuple[int, ...], str]:
@@ -96,36 +109,53 @@ class Scheduler:
             raise InvalidInput(f"model {spec.name!r} is built in and takes no model_file; "
                                "use model 'torchscript' or 'torch-export' for your own file")
         items = parse_inputs(self._tenant_artifact(tenant, req.inputs, "inputs"), req.input_format, spec)
+        job_spec = req.model_dump(mode="json")
         if model_file is not None:
-            self._trial_run(spec.name, req.model_file, items)
-        unit_items = req.unit_items or spec.default_unit_items
-        job_id = "job-" + uuid.uuid4().hex[:12]
-        now = self.clock.now()
-        unit_list: list[UnitRecord] = []
-        shards: list[tuple[str, int]] = []
-        for idx, (start, end) in enumerate(shard(items, unit_items)):
-            data, fmt = encode_items(items[start:end])
-            digest = self.artifacts.put_bytes(data, sync=False)
-            shards.append((digest, len(data)))
-            for replica in range(req.redundancy.replicas):
-                unit_list.append(UnitRecord(
-                    unit_id=f"{job_id}:{idx}:{replica}", job_id=job_id, idx=idx, replica=replica,
-                    start_item=start, end_item=end, input_digest=digest, input_format=fmt,
-                    replicas=req.redundancy.replicas,
-                ))
-        job = JobRecord(
-            job_id=job_id, tenant=tenant, name=req.name or job_id, kind=req.kind, model=spec.name,
-            spec=req.model_dump(mode="json"), items=len(items), units_total=len(unit_list) // req.redundancy.replicas,
-            created_at=now,
-        )
-        self.artifacts.sync()  # one flush for all shards, before the job that needs them is committed
-        self.store.add_artifacts(shards, f"tenant:{tenant}", now)
-        self.store.create_job(job, unit_list)
+            # Every result is later held to this tail, so a car's result never fails the job's assembly.
+            job_spec["output_shape"] = list(self._trial_run(spec.name, req.model_file, items))
+        ranges = shard(items, req.unit_items or spec.default_unit_items)
+        formats: list[str] = []
+
+        def shard_bytes() -> Iterator[bytes]:
+            for start, end in ranges:
+                data, fmt = encode_items(items[start:end])
+                formats.append(fmt)
+                yield data
+
+        shards = self.artifacts.put_many(shard_bytes())  # durable before the job that needs them is committed
+        try:
+            job = self._create_job(tenant, req, spec.name, job_spec, len(items), ranges, shards, formats)
+        except BaseException:
+            self._discard_unrecorded([digest for digest, _, created in shards if created])
+            raise
         self._wake()
         return job
 
-    def _trial_run(self, name: str, digest: str, items) -> None:
-        """Run a user's model on one item, so a wrong input shape fails at submission, not on every car."""
+    def _create_job(self, tenant: str, req: JobSubmit, model: str, job_spec: dict, n_items: int,
+                    ranges: list[tuple[int, int]], shards: list[tuple[str, int, bool]], formats: list[str]) -> JobRecord:
+        job_id = "job-" + uuid.uuid4().hex[:12]
+        replicas = req.redundancy.replicas
+        unit_list = [
+            UnitRecord(unit_id=f"{job_id}:{idx}:{replica}", job_id=job_id, idx=idx, replica=replica, start_item=start,
+                       end_item=end, input_digest=digest, input_format=fmt, replicas=replicas)
+            for idx, ((start, end), (digest, _, _), fmt) in enumerate(zip(ranges, shards, formats, strict=True))
+            for replica in range(replicas)
+        ]
+        job = JobRecord(job_id=job_id, tenant=tenant, name=req.name or job_id, kind=req.kind, model=model,
+                        spec=job_spec, items=n_items, units_total=len(ranges), created_at=self.clock.now())
+        self.store.create_job(job, unit_list, artifacts=[(digest, size) for digest, size, _ in shards])
+        return job
+
+    def _discard_unrecorded(self, digests: list[str]) -> None:
+        """Remove files a failed submission created, unless the store knows them (another job shares them)."""
+        try:
+            self.artifacts.discard([d for d in digests if self.store.get_artifact(d) is None])
+        except Exception:  # noqa: BLE001 - the submission's own error is the one to report
+            log.exception("could not remove the shards of a failed submission: %s", digests)
+
+    def _trial_run(self, name: str, digest: str, items) -> tuple[int, ...]:
+        """Run a user's model on one item, so a wrong input shape fails at submission, not on every car; returns
+        the shape of one item's output."""
         path = self.artifacts.path(digest)
         try:
             out = np.asarray(load_runner(name, model_file=path, threads=1)(items[:1]))
@@ -135,6 +165,7 @@ class Scheduler:
         if out.shape[:1] != (1,):
             raise InvalidInput(f"model file {digest[:12]}... returned shape {out.shape} for one item; "
                                "it must return one output row per input item")
+        return tuple(int(d) for d in out.shape[1:])
 
     def job_for(self, tenant: str, job_id: str) -> JobRecord:
         job = self.store.get_job(job_id)
@@ -226,28 +257,31 @@ class Scheduler:
         self.store.renew(lease_id, deadline)
         return LeaseAck(lease_id=lease_id, state="active", deadline=deadline)
 
-    def _vehicle_npy(self, vehicle: VehicleRecord, digest: str, what: str) -> bytes:
-        """The first bytes (enough for the .npy header) of an artifact this vehicle uploaded."""
+    def _check_artifact(self, vehicle: VehicleRecord, owned: _Owned, digest: str, rows: int, what: str) -> None:
+        """Read an artifact this vehicle uploaded whole and check it as a result (or checkpoint) of ``rows`` items."""
         if not self.store.owns(f"vehicle:{vehicle.vehicle_id}", digest):
             raise NotFound(f"{what} artifact {digest} was not uploaded by this vehicle; PUT it to "
                            f"/v1/artifacts/{digest} first")
-        return self.artifacts.read_head(digest, 4096)
+        with self.artifacts.open(digest) as fh:
+            check_result(fh, rows, self._output_tail(owned.job), what)
 
-    def _check_rows(self, owned: _Owned, data: bytes, rows: int, what: str) -> None:
-        shape, dtype = npy_shape(data)
-        spec = get_model_spec(owned.job.model)
-        expected = (rows, *spec.output_shape) if spec.output_shape else None
-        if dtype != "float32" or not shape or shape[0] != rows or (expected and shape != expected):
-            want = expected or (rows, "...")
-            raise InvalidInput(f"{what} has shape {shape} and dtype {dtype}; expected float32 of shape {want}")
+    @staticmethod
+    def _output_tail(job: JobRecord) -> tuple[int, ...] | None:
+        """One item's output shape: the model's, or for a user's model what its trial run returned."""
+        spec = get_model_spec(job.model)
+        tail = spec.output_shape if spec.output_shape is not None else job.spec.get("output_shape")
+        return tuple(tail) if tail is not None else None
+
+    def _check_compute(self, lease: LeaseRecord, compute_s: float) -> None:
+        check_compute_s(compute_s, lease_id=lease.lease_id, issued_at=lease.issued_at, now=self.clock.now(),
+                        slack_s=self.config.compute_slack_s)
 
     def progress(self, vehicle: VehicleRecord, lease_id: str, report: ProgressReport) -> LeaseAck:
         owned = self._owned(vehicle, lease_id)
         if report.done_items > owned.unit.items:
             raise InvalidInput(f"done_items {report.done_items} exceeds the unit's {owned.unit.items} items")
         if report.checkpoint is not None:
-            data = self._vehicle_npy(vehicle, report.checkpoint, "checkpoint")
-            self._check_rows(owned, data, report.done_items, "checkpoint")
+            self._check_artifact(vehicle, owned, report.checkpoint, report.done_items, "checkpoint")
         self.store.record_progress(lease_id, report.done_items, report.checkpoint)
         deadline = self.clock.now() + self.config.lease_ttl_s
         self.store.renew(lease_id, deadline)
@@ -255,28 +289,38 @@ class Scheduler:
 
     def complete(self, vehicle: VehicleRecord, lease_id: str, req: CompleteRequest,
                  inline: bytes | None = None) -> LeaseAck:
-        """Accept a unit's result. ``inline``: the result's bytes, already stored under ``req.result``."""
+        """Accept a unit's result: ``inline`` bytes sent with the request, else the artifact ``req.result`` the car
+        uploaded. Nothing is written, inline bytes included, until the lease is found to be the car's and open and
+        the whole result is checked; then the unit is done and metered in one transaction."""
         owned = self._owned(vehicle, lease_id, active=False)
         if owned.lease.state == "completed":
             if owned.lease.result_digest == req.result:
+                self._assemble_if_done(owned.job)  # a completion cut short before assembling finishes it now
                 return LeaseAck(lease_id=lease_id, state="completed")  # a retried completion counts once
             raise Conflict(f"lease {lease_id} was already completed with result {owned.lease.result_digest}; "
                            "a lease completes once")
         self._require_active(owned)
-        head = inline[:4096] if inline is not None else self._vehicle_npy(vehicle, req.result, "result")
-        self._check_rows(owned, head, owned.unit.items, "result")
+        self._check_compute(owned.lease, req.compute_s)
+        unit = owned.unit
+        if inline is not None:
+            digest = sha256_hex(inline)
+            if digest != req.result:
+                raise HashMismatch(f"inline result hashes to {digest}, not to {req.result}; send the sha256 of "
+                                   "exactly the bytes in `inline`")
+            check_result(inline, unit.items, self._output_tail(owned.job), "result")
+            self.artifacts.put_bytes(inline, req.result)
+        else:
+            self._check_artifact(vehicle, owned, req.result, unit.items, "result")
         now = self.clock.now()
         entry = LedgerRecord(lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=owned.job.job_id,
-                             items=owned.unit.items, compute_s=req.compute_s, cellular_bytes=req.cellular_bytes,
-                             wifi_bytes=req.wifi_bytes, at=now)
+                             items=computed_items(unit.items, owned.lease.resumed_items), compute_s=req.compute_s,
+                             cellular_bytes=req.cellular_bytes, wifi_bytes=req.wifi_bytes, at=now)
         quorum = (owned.job.spec.get("redundancy") or {}).get("quorum", 1)
         artifact = (len(inline), f"vehicle:{vehicle.vehicle_id}") if inline is not None else None
-        unit = owned.unit
         job = self.store.complete(owned.lease, unit, req.result, entry, now, accept=quorum <= 1, artifact=artifact)
         if quorum > 1 and self._quorum(job, unit.idx, quorum, job.spec["redundancy"]):
             job = self.store.get_job(job.job_id)
-        if job.units_done == job.units_total and job.state == JobState.RUNNING:
-            self._assemble(job)
+        self._assemble_if_done(job)
         return LeaseAck(lease_id=lease_id, state="completed")
 
     def fail(self, vehicle: VehicleRecord, lease_id: str, req: FailRequest) -> LeaseAck:
@@ -285,16 +329,17 @@ class Scheduler:
         if owned.lease.state in closed and (owned.lease.state == "handed_back") == req.handback:
             return LeaseAck(lease_id=lease_id, state=owned.lease.state)  # a retried fail counts once
         self._require_active(owned)
+        self._check_compute(owned.lease, req.compute_s)
         checkpoint = None
         if req.checkpoint is not None and req.done_items > 0:
             if req.done_items > owned.unit.items:
                 raise InvalidInput(f"done_items {req.done_items} exceeds the unit's {owned.unit.items} items")
-            self._check_rows(owned, self._vehicle_npy(vehicle, req.checkpoint, "checkpoint"), req.done_items,
-                             "checkpoint")
+            self._check_artifact(vehicle, owned, req.checkpoint, req.done_items, "checkpoint")
             checkpoint = (req.done_items, req.checkpoint)
         now = self.clock.now()
+        done = computed_items(req.done_items, owned.lease.resumed_items) if checkpoint else 0
         entry = LedgerRecord(lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=owned.job.job_id,
-                             items=req.done_items if checkpoint else 0, compute_s=req.compute_s,
+                             items=done, compute_s=req.compute_s,
                              cellular_bytes=req.cellular_bytes, wifi_bytes=req.wifi_bytes, at=now,
                              accepted=checkpoint is not None)
         state = "handed_back" if req.handback else "failed"
@@ -345,6 +390,10 @@ class Scheduler:
             )])
             self._wake()
         return False
+
+    def _assemble_if_done(self, job: JobRecord) -> None:
+        if job.units_done == job.units_total and job.state == JobState.RUNNING:
+            self._assemble(job)
 
     def _assemble(self, job: JobRecord) -> None:
         parts = [decode_result(self.artifacts.read_bytes(d)) for _, d in self.store.accepted_results(job.job_id)]

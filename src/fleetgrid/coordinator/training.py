@@ -45,6 +45,7 @@ from ..workloads.training.strategies import read_metadata
 from ..workloads.training.tasks import MODELS
 from .artifacts import ArtifactStore
 from .config import CoordinatorConfig
+from .metering import check_compute_s
 from .store import JobRecord, LedgerRecord, Store, VehicleRecord
 
 __all__ = ["LeaseFleet", "TrainingService", "final_model_bytes"]
@@ -75,6 +76,7 @@ class _TrainLease:
     vehicle_id: str
     instructions: TrainInstructions
     deadline: float
+    issued_at: float
     state: str = "active"  # active | completed | handed_back | failed | cancelled | expired
     closed_at: float | None = None
 
@@ -293,7 +295,7 @@ class TrainingService:
                     continue
                 lease = _TrainLease(
                     lease_id="tl-" + uuid.uuid4().hex, job_id=run.job.job_id, vehicle_id=vehicle.vehicle_id,
-                    instructions=offer.instructions, deadline=now + self.config.lease_ttl_s,
+                    instructions=offer.instructions, deadline=now + self.config.lease_ttl_s, issued_at=now,
                 )
                 run.leases[lease.lease_id] = lease
                 self._leases[lease.lease_id] = run
@@ -326,6 +328,16 @@ class TrainingService:
         if lease.vehicle_id != vehicle.vehicle_id:
             raise Forbidden(f"lease {lease_id} belongs to another vehicle; a vehicle may touch only its own leases")
         return run, lease
+
+    def check_owner(self, vehicle: VehicleRecord, lease_id: str) -> None:
+        """NotFound / Forbidden unless the training lease exists and is this vehicle's; cheap, so it runs before a
+        report's body is parsed."""
+        with self.lock:
+            self._lease(vehicle, lease_id)
+
+    def _check_compute(self, lease: _TrainLease, compute_s: float) -> None:
+        check_compute_s(compute_s, lease_id=lease.lease_id, issued_at=lease.issued_at, now=self.clock.now(),
+                        slack_s=self.config.compute_slack_s)
 
     def _require_active(self, lease: _TrainLease) -> None:
         if lease.state == "active" and lease.deadline < self.clock.now():
@@ -376,6 +388,7 @@ class TrainingService:
             if lease.state == "completed":
                 return LeaseAck(lease_id=lease_id, state="completed")  # a retried report counts once
             self._require_active(lease)
+            self._check_compute(lease, report.compute_s)
             ins = lease.instructions
             if (report.round, report.base_version) != (ins.round, ins.base_version):
                 raise InvalidInput(f"update quotes round {report.round} / version {report.base_version}; lease "
@@ -415,6 +428,7 @@ class TrainingService:
             run, lease = self._lease(vehicle, lease_id)
             if lease.state in ("handed_back", "failed"):
                 return LeaseAck(lease_id=lease_id, state=lease.state)
+            self._check_compute(lease, req.compute_s)
             if lease.state == "active":
                 lease.state, lease.closed_at = state, self.clock.now()
         if not req.handback:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Sequence, Sized
+from typing import BinaryIO
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from fleetgrid.models.spec import ModelSpec
 __all__ = [
     "INPUT_FORMATS",
     "assemble",
+    "check_result",
     "decode_items",
     "decode_result",
     "encode_items",
@@ -161,6 +164,41 @@ def decode_result(data: bytes) -> np.ndarray:
     arr = _read_npy(data, "result")
     if arr.ndim < 1 or arr.dtype.kind != "f" or arr.dtype.itemsize != 4:
         raise InvalidInput(f"result has shape {arr.shape} and dtype {arr.dtype}; expected a float32 array (N, ...)")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def check_result(source: bytes | BinaryIO, rows: int, tail: tuple[int, ...] | None,
+                 what: str = "result") -> np.ndarray:
+    """Read a unit's result (or the checkpoint of its first ``rows`` items) whole and check every byte of it:
+    float32 of shape ``(rows, *tail)`` (``(rows, ...)`` when the model's output shape is open), exactly as many
+    data bytes as the header promises, every value finite. The header is checked before the data is read, so a
+    wrong shape costs no more than the header."""
+    fh = io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
+    want = _shape(str(rows), tail)
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"npy format version {version} (accepted: 1.0, 2.0)")
+    except Exception as exc:  # numpy raises ValueError, SyntaxError and others on garbage
+        raise InvalidInput(f"{what} is not a .npy array ({exc}); expected numpy.save output, float32 {want}") from exc
+    fits = len(shape) >= 1 and shape[0] == rows and (tail is None or tuple(shape[1:]) == tuple(tail))
+    if dtype.kind != "f" or dtype.itemsize != 4 or not fits:
+        raise InvalidInput(f"{what} has shape {shape} and dtype {dtype}; expected float32 of shape {want}")
+    nbytes = math.prod(shape) * 4
+    data = fh.read(nbytes + 1)
+    if len(data) != nbytes:
+        problem = "is truncated" if len(data) < nbytes else "has bytes after its data"
+        raise InvalidInput(f"{what} {problem}: its header promises {nbytes} data bytes for shape {shape}; expected "
+                           "exactly the bytes numpy.save writes")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise InvalidInput(f"{what} row {int(np.argwhere(bad)[0][0])} holds NaN or infinity; expected finite values "
+                           "only")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 

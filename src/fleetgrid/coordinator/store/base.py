@@ -8,6 +8,7 @@ plain dataclasses; the store never decides policy (quorums, re-issue limits): th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,8 @@ class LeaseRecord:
     state: str = "active"  # active | completed | failed | handed_back | expired | cancelled
     result_digest: str | None = None
     closed_at: float | None = None
+    resumed_items: int = 0
+    """Items of the unit's checkpoint when the lease was issued: computed (and metered) under an earlier lease."""
 
 
 @dataclass(slots=True)
@@ -171,8 +174,9 @@ class Store(ABC):
 
     # --- jobs and units -----------------------------------------------------------------------------------------
     @abstractmethod
-    def create_job(self, job: JobRecord, units: list[UnitRecord]) -> None:
-        """Store a job and all its units in one transaction."""
+    def create_job(self, job: JobRecord, units: list[UnitRecord], artifacts: Sequence[tuple[str, int]] = ()) -> None:
+        """Store a job and all its units in one transaction, with the (digest, size) ``artifacts`` it was cut into
+        (its input shards), owned by the job's tenant."""
 
     @abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None: ...
@@ -258,7 +262,8 @@ class Store(ABC):
     # --- metering and overview ----------------------------------------------------------------------------------
     @abstractmethod
     def ledger_totals(self) -> list[dict[str, Any]]:
-        """Per-vehicle sums: units, items, compute_s, cellular_bytes, wifi_bytes."""
+        """Per-vehicle sums: units, items, compute_s, cellular_bytes, wifi_bytes (Python ints and a finite float,
+        whatever the rows hold: a sum never overflows)."""
 
     @abstractmethod
     def counts(self) -> dict[str, Any]:

@@ -130,6 +130,7 @@ leases = Table(
     Column("state", String(16), nullable=False),
     Column("result_digest", String(64)),
     Column("closed_at", Float),
+    Column("resumed_items", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_leases_state_deadline", "state", "deadline"),
     Index("ix_leases_vehicle_state", "vehicle_id", "state"),
     Index("ix_leases_unit", "unit_id"),

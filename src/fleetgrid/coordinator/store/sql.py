@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import sys
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, create_engine, event, exists, func, insert, or_, select, update
+from sqlalchemy import Numeric, and_, bindparam, cast, create_engine, event, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -15,6 +19,8 @@ from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, 
 __all__ = ["SQLStore", "engine_url"]
 
 _LIVE_JOB_STATES = ("queued", "running")
+_INT_CAP = 2**63 - 1
+"""What a ledger sum too large for a float64 reads as (it cannot happen with rows the wire models bound)."""
 
 
 def engine_url(url: str) -> str:
@@ -36,6 +42,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
+
+
+def _sum_without_overflow(dialect: str, col: Any) -> Any:
+    """SUM that cannot raise: SQLite's total() is a float (its sum() of integers raises past 2**63), and on
+    PostgreSQL a sum of numeric is exact (its sum() of floats raises past 1.8e308)."""
+    if dialect == "sqlite":
+        return func.total(col)
+    return func.coalesce(func.sum(cast(col, Numeric)), 0)
 
 
 def _job(row: Row) -> JobRecord:
@@ -203,8 +217,11 @@ class SQLStore(Store):
         if not items:
             return
         with self.engine.begin() as c:
-            c.execute(self._q_add_artifact, [{"digest": d, "size": n, "created_at": now} for d, n in items])
-            c.execute(self._q_add_owner, [{"digest": d, "owner": owner} for d, _ in items])
+            self._add_artifacts(c, items, owner, now)
+
+    def _add_artifacts(self, c: Connection, items: Sequence[tuple[str, int]], owner: str, now: float) -> None:
+        c.execute(self._q_add_artifact, [{"digest": d, "size": n, "created_at": now} for d, n in items])
+        c.execute(self._q_add_owner, [{"digest": d, "owner": owner} for d, _ in items])
 
     def get_artifact(self, digest: str) -> ArtifactRecord | None:
         with self.engine.connect() as c:
@@ -245,10 +262,13 @@ class SQLStore(Store):
             return c.execute(needed).first() is not None
 
     # --- jobs and units -----------------------------------------------------------------------------------------
-    def create_job(self, job: JobRecord, unit_list: list[UnitRecord]) -> None:
+    def create_job(self, job: JobRecord, unit_list: list[UnitRecord],
+                   artifacts: Sequence[tuple[str, int]] = ()) -> None:
         values = {k: getattr(job, k) for k in JobRecord.__slots__}
         values["model_file"] = job.spec.get("model_file")
         with self.engine.begin() as c:
+            if artifacts:
+                self._add_artifacts(c, artifacts, f"tenant:{job.tenant}", job.created_at)
             c.execute(insert(jobs).values(**values))
             if unit_list:
                 c.execute(insert(units), [self._unit_values(u) for u in unit_list])
@@ -345,7 +365,8 @@ class SQLStore(Store):
             unit = _unit(row)
             c.execute(self._q_take_unit, {"uid": unit.unit_id, "vid": vehicle_id})
             lease = LeaseRecord(lease_id=lease_id, unit_id=unit.unit_id, job_id=unit.job_id, vehicle_id=vehicle_id,
-                                issued_at=now, deadline=deadline)
+                                issued_at=now, deadline=deadline,
+                                resumed_items=unit.checkpoint_items if unit.checkpoint_digest else 0)
             c.execute(self._q_insert_lease, {k: getattr(lease, k) for k in LeaseRecord.__slots__})
         unit.state, unit.attempts, unit.vehicle_id = "leased", unit.attempts + 1, vehicle_id
         return lease, unit
@@ -438,20 +459,26 @@ class SQLStore(Store):
                 c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
 
     def ledger_totals(self) -> list[dict[str, Any]]:
+        total = functools.partial(_sum_without_overflow, self.engine.dialect.name)
         query = (
             select(
                 ledger.c.vehicle_id,
                 func.count().label("units"),
-                func.coalesce(func.sum(ledger.c["items"]), 0).label("items"),
-                func.coalesce(func.sum(ledger.c.compute_s), 0.0).label("compute_s"),
-                func.coalesce(func.sum(ledger.c.cellular_bytes), 0).label("cellular_bytes"),
-                func.coalesce(func.sum(ledger.c.wifi_bytes), 0).label("wifi_bytes"),
+                total(ledger.c["items"]).label("items"),
+                total(ledger.c.compute_s).label("compute_s"),
+                total(ledger.c.cellular_bytes).label("cellular_bytes"),
+                total(ledger.c.wifi_bytes).label("wifi_bytes"),
             )
             .group_by(ledger.c.vehicle_id)
             .order_by(ledger.c.vehicle_id)
         )
         with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(query)]
+            rows = [dict(r._mapping) for r in c.execute(query)]
+        for row in rows:
+            for key in ("items", "cellular_bytes", "wifi_bytes"):
+                row[key] = int(row[key]) if math.isfinite(row[key]) else _INT_CAP
+            row["compute_s"] = min(float(row["compute_s"]), sys.float_info.max)
+        return rows
 
     def counts(self) -> dict[str, Any]:
         with self.engine.connect() as c:
