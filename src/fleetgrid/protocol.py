@@ -353,6 +353,8 @@ class JobStatus(_Wire):
     result: Digest | None
     error: str | None
     training: TrainingProgress | None = None
+    progress: dict | None = Field(default=None, description="the workload's own progress, e.g. an evaluation's "
+                                  "per-car and aggregate metrics so far")
 
 
 def pack_frame(header: BaseModel | dict, blobs: list[bytes] | tuple[bytes, ...] = ()) -> bytes:

@@ -13,11 +13,12 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Annotated, Any, Union
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Discriminator, Tag, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..clock import Clock, WallClock
@@ -25,7 +26,6 @@ from ..errors import Conflict, FleetgridError, InvalidInput, NotFound
 from ..models.registry import list_models
 from ..protocol import (
     API_PREFIX,
-    Grant,
     MAX_INLINE_RESULT_BYTES,
     ArtifactInfo,
     CompleteRequest,
@@ -33,9 +33,9 @@ from ..protocol import (
     EnrollResponse,
     FailRequest,
     FleetOverview,
+    Grant,
     HeartbeatResponse,
     JobStatus,
-    JobSubmit,
     LeaseAck,
     LeaseRequest,
     LedgerEntry,
@@ -54,6 +54,7 @@ from .artifacts import ArtifactStore, parse_range
 from .auth import Authenticator, bearer, hash_token, new_token, vehicle_credential
 from .bootstrap import bootstrap_credentials
 from .config import CoordinatorConfig
+from .drivers import DriverContext, load_unit_drivers
 from .limits import BodyLimit
 from .scheduler import Scheduler
 from .store import JobRecord, Store, VehicleRecord, open_store
@@ -74,7 +75,8 @@ class Coordinator:
         self.store = store or open_store(config.db_url)
         self.artifacts = ArtifactStore(config.artifacts_path)
         self.auth = Authenticator(self.store)
-        self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock)
+        drivers = load_unit_drivers(DriverContext(self.store, self.artifacts, config, self.clock))
+        self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
         self.training = TrainingService(self.store, self.artifacts, config, self.clock)
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
 
@@ -98,10 +100,13 @@ def _error_response(status: int, code: str, message: str) -> JSONResponse:
 
 def _validation_message(request: Request, exc: RequestValidationError) -> str:
     parts = []
+    tagged = getattr(request.app.state, "submit_models", {})
     for err in exc.errors()[:8]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        raw = tuple(err.get("loc", ()))
+        parts_ = [p for i, p in enumerate(raw) if p != "body" and not (i == 1 and raw[0] == "body" and p in tagged)]
+        loc = ".".join(str(p) for p in parts_) or "body"
         if err.get("type") == "extra_forbidden":
-            accepted = _accepted_fields(request)
+            accepted = _accepted_fields(request, raw)
             parts.append(f"unknown field {loc!r}" + (f" (accepted: {', '.join(accepted)})" if accepted else ""))
         elif err.get("type") == "json_invalid":
             parts.append(f"body is not valid JSON ({err.get('msg')})")
@@ -110,11 +115,27 @@ def _validation_message(request: Request, exc: RequestValidationError) -> str:
     return "; ".join(parts) + ". See /docs for the schema."
 
 
-def _accepted_fields(request: Request) -> list[str]:
+def _accepted_fields(request: Request, loc: tuple) -> list[str]:
     route = request.scope.get("route")
     body = getattr(route, "body_field", None)
     model = getattr(getattr(body, "field_info", None), "annotation", None)
+    tagged = getattr(request.app.state, "submit_models", {})
+    if len(loc) > 1 and loc[0] == "body" and loc[1] in tagged:  # a member of the job submission union
+        model = tagged[loc[1]]
     return sorted(getattr(model, "model_fields", {}) or [])
+
+
+def _tagged_union(models: dict[str, type[BaseModel]]) -> Any:
+    """One request body that is any of ``models``, chosen by its ``kind`` (``'inference'`` when absent)."""
+    members = tuple(Annotated[model, Tag(kind)] for kind, model in sorted(models.items()))
+
+    def kind_of(value: Any) -> str | None:
+        if isinstance(value, dict):
+            kind = value.get("kind", "inference")
+            return kind if isinstance(kind, str) else None
+        return getattr(value, "kind", None)
+
+    return Annotated[Union[members], Discriminator(kind_of)]  # noqa: UP007 - a Union built at run time
 
 
 def decode_inline(text: str) -> bytes:
@@ -150,7 +171,8 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        coord.training.notify = lambda: loop.call_soon_threadsafe(coord.scheduler._wake)
+        wake = coord.scheduler._wake
+        coord.training.notify = coord.scheduler.notify = lambda: loop.call_soon_threadsafe(wake)
         coord.training.resume_all()
         sweeper = asyncio.create_task(coord.sweep_forever())
         try:
@@ -379,9 +401,19 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
             for m in list_models()
         ]
 
-    @app.post(f"{API_PREFIX}/jobs", status_code=201, response_model=JobStatus, tags=["tenant"])
-    async def submit(req: JobSubmit, t: str = Depends(tenant)) -> JobStatus:
-        return sched.status(sched.submit(t, req))
+    submit_models = {kind: driver.submit_model for kind, driver in sched.drivers.items()} | {"train": TrainSubmit}
+    app.state.submit_models = submit_models
+    body = _tagged_union(submit_models)
+
+    def submit(req: Any, t: str = Depends(tenant)) -> JobStatus:
+        """Submit a job of any registered workload, chosen by ``kind`` ('inference' when absent). Planning reads
+        the inputs and may run a trial of a user's model, so it runs in the thread pool, off the event loop."""
+        if req.kind == "train":
+            return status(coord.training.submit(t, req))
+        return status(sched.submit(t, req))
+
+    submit.__annotations__["req"] = body  # built from the registry at run time, so not a name FastAPI can look up
+    app.post(f"{API_PREFIX}/jobs", status_code=201, response_model=JobStatus, tags=["tenant"])(submit)
 
     def status(job: JobRecord) -> JobStatus:
         out = sched.status(job)
@@ -405,8 +437,7 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/result", tags=["tenant"], response_class=Response)
     async def result(job_id: str, t: str = Depends(tenant)) -> Response:
-        data = sched.result(t, job_id)
-        suffix = "safetensors" if sched.job_for(t, job_id).kind == "train" else "npy"
+        data, suffix = await asyncio.to_thread(sched.result, t, job_id)
         return Response(data, media_type="application/octet-stream",
                         headers={"content-disposition": f'attachment; filename="{job_id}.{suffix}"'})
 

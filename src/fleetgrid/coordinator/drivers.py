@@ -44,12 +44,13 @@ class DriverContext:
 
 @dataclass(slots=True)
 class Plan:
-    """A job planned into units; ``created`` are the artifact digests the planning wrote (with their sizes), to be
-    recorded as the tenant's with the job, or removed if the job is not stored after all."""
+    """A job planned into units. ``artifacts`` (digest, size) are recorded as the tenant's in the transaction that
+    stores the job; ``new_files`` are those the planning itself created, removed again if the job is not stored."""
 
     job: JobRecord
     units: list[UnitRecord]
-    created: list[tuple[str, int]] = field(default_factory=list)
+    artifacts: list[tuple[str, int]] = field(default_factory=list)
+    new_files: list[str] = field(default_factory=list)
 
 
 class UnitDriver(ABC):

@@ -1,70 +1,37 @@
-"""Jobs into work units, units onto cars, results back into jobs.
+"""Jobs into work units, units onto cars, results back into jobs, for every workload planned into units.
 
-The scheduler owns the policy: how inputs are sharded, which unit a car gets, when a lease is over, how replicas are
-reconciled and when a job is assembled. The store only makes each step atomic. Everything here is synchronous and
-fast; the HTTP layer adds the long-poll wait on :attr:`Scheduler.work_available`.
+The scheduler owns the lifecycle every such workload shares: storing a job's plan, leasing units to cars, renewal,
+expiry and re-issue, checkpoints, replicas and quorums, metering every closed lease, and assembling the result once
+every unit is accepted. What a unit *is* belongs to the workload's driver (:mod:`fleetgrid.coordinator.drivers`),
+found by the job's ``kind``. The store makes each step atomic. Everything here is synchronous: the HTTP layer runs
+it off the event loop and adds the long-poll wait on :attr:`Scheduler.work_available`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
+from pydantic import BaseModel
 
 from ..clock import Clock, WallClock
+from ..core import LeaseState, UnitState, Usage
 from ..errors import Conflict, Forbidden, HashMismatch, InvalidInput, LeaseExpired, NotFound
-from ..models.registry import get_model_spec, inspect_model_file, load_runner, refine_spec
-from ..protocol import (
-    ArtifactRef,
-    CheckpointRef,
-    CompleteRequest,
-    FailRequest,
-    JobState,
-    JobStatus,
-    JobSubmit,
-    LeaseAck,
-    LeaseGrant,
-    ModelRef,
-    ProgressReport,
-)
-from ..workloads.inputs import (
-    assemble,
-    check_result,
-    decode_result,
-    encode_items,
-    encode_result,
-    parse_inputs,
-    shard,
-)
+from ..protocol import CompleteRequest, FailRequest, Grant, JobState, JobStatus, LeaseAck, ProgressReport
 from .artifacts import ArtifactStore, sha256_hex
 from .config import CoordinatorConfig
+from .drivers import UnitDriver
 from .metering import check_compute_s, computed_items
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
 
-__all__ = ["Scheduler", "npy_shape"]
+__all__ = ["Scheduler"]
 
 log = logging.getLogger("fleetgrid.coordinator.scheduler")
 
-
-def npy_shape(data: bytes) -> tuple[tuple[int, ...], str]:
-    """Shape and dtype of a .npy payload, from its header alone; InvalidInput if it is not one."""
-    buf = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buf)
-        if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(buf)
-        elif version == (2, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(buf)
-        else:
-            raise ValueError(f"npy format version {version} (accepted: 1.0, 2.0)")
-    except Exception as exc:  # numpy raises ValueError, SyntaxError and others on garbage
-        raise InvalidInput(f"result is not a .npy array ({exc}); upload np.save() output of float32") from exc
-    return tuple(shape), np.dtype(dtype).name
+_FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(slots=True)
@@ -76,12 +43,15 @@ class _Owned:
 
 class Scheduler:
     def __init__(self, store: Store, artifacts: ArtifactStore, config: CoordinatorConfig,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, drivers: Mapping[str, UnitDriver] | None = None) -> None:
         self.store = store
         self.artifacts = artifacts
         self.config = config
         self.clock = clock or WallClock()
+        self.drivers: dict[str, UnitDriver] = dict(drivers or {})
         self.work_available = asyncio.Event()
+        self.notify: Callable[[], None] = self._wake
+        """Wakes long-polling cars; the app points it at a thread-safe call into its event loop."""
         self._specs: dict[str, JobRecord] = {}
 
     def _wake(self) -> None:
@@ -89,83 +59,33 @@ class Scheduler:
         self.work_available.set()
         self.work_available = asyncio.Event()
 
+    def driver(self, kind: str) -> UnitDriver:
+        driver = self.drivers.get(kind)
+        if driver is None:
+            raise InvalidInput(f"job kind {kind!r} is not planned into units here; unit workloads: "
+                               f"{', '.join(sorted(self.drivers))}")
+        return driver
+
     # --- tenants ------------------------------------------------------------------------------------------------
-    def _tenant_artifact(self, tenant: str, digest: str, what: str) -> bytes:
-        record = self.store.get_artifact(digest)
-        if record is None or f"tenant:{tenant}" not in record.owners:
-            raise NotFound(f"{what} artifact {digest} was not uploaded by tenant {tenant!r}; "
-                           f"PUT it to /v1/artifacts/{digest} first")
-        return self.artifacts.read_bytes(digest)
-
-    def submit(self, tenant: str, req: JobSubmit) -> JobRecord:
-        spec = get_model_spec(req.model)
-        model_file = None
-        if spec.needs_model_file:
-            if req.model_file is None:
-                raise InvalidInput(f"model {spec.name!r} runs a file you upload; set model_file to its sha256")
-            model_file = self._tenant_artifact(tenant, req.model_file, "model_file")
-            spec = refine_spec(spec, inspect_model_file(model_file))  # exported files declare their shapes
-        elif req.model_file is not None:
-            raise InvalidInput(f"model {spec.name!r} is built in and takes no model_file; "
-                               "use model 'torchscript' or 'torch-export' for your own file")
-        items = parse_inputs(self._tenant_artifact(tenant, req.inputs, "inputs"), req.input_format, spec)
-        job_spec = req.model_dump(mode="json")
-        if model_file is not None:
-            # Every result is later held to this tail, so a car's result never fails the job's assembly.
-            job_spec["output_shape"] = list(self._trial_run(spec.name, req.model_file, items))
-        ranges = shard(items, req.unit_items or spec.default_unit_items)
-        formats: list[str] = []
-
-        def shard_bytes() -> Iterator[bytes]:
-            for start, end in ranges:
-                data, fmt = encode_items(items[start:end])
-                formats.append(fmt)
-                yield data
-
-        shards = self.artifacts.put_many(shard_bytes())  # durable before the job that needs them is committed
+    def submit(self, tenant: str, request: BaseModel) -> JobRecord:
+        """Plan a validated submission with its workload's driver and store the job with all its units in one
+        transaction; if that fails, the files the planning created are removed again."""
+        driver = self.driver(getattr(request, "kind", "inference"))
+        plan = driver.plan(tenant, request, "job-" + uuid.uuid4().hex[:12])
         try:
-            job = self._create_job(tenant, req, spec.name, job_spec, len(items), ranges, shards, formats)
+            self.store.create_job(plan.job, plan.units, artifacts=plan.artifacts)
         except BaseException:
-            self._discard_unrecorded([digest for digest, _, created in shards if created])
+            self._discard_unrecorded(plan.new_files)
             raise
-        self._wake()
-        return job
-
-    def _create_job(self, tenant: str, req: JobSubmit, model: str, job_spec: dict, n_items: int,
-                    ranges: list[tuple[int, int]], shards: list[tuple[str, int, bool]], formats: list[str]) -> JobRecord:
-        job_id = "job-" + uuid.uuid4().hex[:12]
-        replicas = req.redundancy.replicas
-        unit_list = [
-            UnitRecord(unit_id=f"{job_id}:{idx}:{replica}", job_id=job_id, idx=idx, replica=replica, start_item=start,
-                       end_item=end, input_digest=digest, input_format=fmt, replicas=replicas)
-            for idx, ((start, end), (digest, _, _), fmt) in enumerate(zip(ranges, shards, formats, strict=True))
-            for replica in range(replicas)
-        ]
-        job = JobRecord(job_id=job_id, tenant=tenant, name=req.name or job_id, kind=req.kind, model=model,
-                        spec=job_spec, items=n_items, units_total=len(ranges), created_at=self.clock.now())
-        self.store.create_job(job, unit_list, artifacts=[(digest, size) for digest, size, _ in shards])
-        return job
+        self.notify()
+        return plan.job
 
     def _discard_unrecorded(self, digests: list[str]) -> None:
         """Remove files a failed submission created, unless the store knows them (another job shares them)."""
         try:
             self.artifacts.discard([d for d in digests if self.store.get_artifact(d) is None])
         except Exception:  # noqa: BLE001 - the submission's own error is the one to report
-            log.exception("could not remove the shards of a failed submission: %s", digests)
-
-    def _trial_run(self, name: str, digest: str, items) -> tuple[int, ...]:
-        """Run a user's model on one item, so a wrong input shape fails at submission, not on every car; returns
-        the shape of one item's output."""
-        path = self.artifacts.path(digest)
-        try:
-            out = np.asarray(load_runner(name, model_file=path, threads=1)(items[:1]))
-        except Exception as exc:
-            raise InvalidInput(f"model file {digest[:12]}... does not accept inputs of item shape "
-                               f"{tuple(np.shape(items)[1:])}: {exc}") from exc
-        if out.shape[:1] != (1,):
-            raise InvalidInput(f"model file {digest[:12]}... returned shape {out.shape} for one item; "
-                               "it must return one output row per input item")
-        return tuple(int(d) for d in out.shape[1:])
+            log.exception("could not remove the files of a failed submission: %s", digests)
 
     def job_for(self, tenant: str, job_id: str) -> JobRecord:
         job = self.store.get_job(job_id)
@@ -174,29 +94,34 @@ class Scheduler:
         return job
 
     def status(self, job: JobRecord) -> JobStatus:
-        in_flight = self.store.count_units(job.job_id, "leased") if job.state == JobState.RUNNING else 0
+        in_flight = self.store.count_units(job.job_id, UnitState.LEASED) if job.state == JobState.RUNNING else 0
+        driver = self.drivers.get(job.kind)
         return JobStatus(
             job_id=job.job_id, name=job.name, kind=job.kind, model=job.model, state=JobState(job.state),
             items=job.items, units_total=job.units_total, units_done=job.units_done, units_in_flight=in_flight,
             reissued_units=job.reissued_units, preemptions=job.preemptions, created_at=job.created_at,
             finished_at=job.finished_at, result=job.result_digest, error=job.error,
+            progress=driver.progress(job) if driver is not None else None,
         )
 
     def cancel(self, tenant: str, job_id: str) -> JobRecord:
         job = self.job_for(tenant, job_id)
-        if job.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
+        if job.state in _FINISHED:
             raise Conflict(f"job {job_id} is already {job.state}; only queued or running jobs can be cancelled")
         self.store.finish_job(job_id, JobState.CANCELLED, self.clock.now(), error="cancelled by tenant")
-        return self.store.get_job(job_id)
+        return self.job_for(tenant, job_id)
 
-    def result(self, tenant: str, job_id: str) -> bytes:
+    def result(self, tenant: str, job_id: str) -> tuple[bytes, str]:
+        """The job's result and its file suffix."""
         job = self.job_for(tenant, job_id)
         if job.state != JobState.DONE or job.result_digest is None:
             raise Conflict(f"job {job_id} is {job.state}, not done; results exist once state is 'done'")
-        return self.artifacts.read_bytes(job.result_digest)
+        driver = self.drivers.get(job.kind)
+        suffix = driver.result_suffix if driver is not None else "safetensors"
+        return self.artifacts.read_bytes(job.result_digest), suffix
 
     # --- vehicles -----------------------------------------------------------------------------------------------
-    def lease(self, vehicle: VehicleRecord) -> LeaseGrant | None:
+    def lease(self, vehicle: VehicleRecord) -> Grant | None:
         now = self.clock.now()
         got = self.store.acquire(vehicle.vehicle_id, now, now + self.config.lease_ttl_s, "lease-" + uuid.uuid4().hex)
         if got is None:
@@ -206,26 +131,16 @@ class Scheduler:
         if job.state == JobState.QUEUED:
             self.store.start_job(job.job_id)
             job.state = JobState.RUNNING
-        spec = get_model_spec(job.model)
-        file_digest = job.spec.get("model_file")
-        model_file = ArtifactRef(digest=file_digest, size=self.artifacts.size(file_digest)) if file_digest else None
-        checkpoint = None
-        if unit.checkpoint_digest and unit.checkpoint_items > 0:
-            checkpoint = CheckpointRef(done_items=unit.checkpoint_items, digest=unit.checkpoint_digest)
-        return LeaseGrant(
-            lease_id=lease.lease_id, job_id=job.job_id, unit_index=unit.idx, replica=unit.replica,
-            model=ModelRef(name=job.model, file=model_file),
-            input=ArtifactRef(digest=unit.input_digest, size=self.artifacts.size(unit.input_digest),
-                              format=unit.input_format),
-            items=unit.items, batch_size=job.spec.get("batch_size") or spec.default_batch_size,
-            checkpoint=checkpoint, deadline=lease.deadline, renew_every_s=self.config.lease_ttl_s / 3,
-        )
+        return self.driver(job.kind).grant(job, unit, lease)
 
     def _job_spec(self, job_id: str) -> JobRecord:
-        """A job's immutable part (model, spec), cached: every lease needs it. Its counters here are stale."""
+        """A job's immutable part (kind, model, spec), cached: every lease needs it. Its counters here are stale."""
         job = self._specs.get(job_id)
         if job is None:
-            job = self._specs[job_id] = self.store.get_job(job_id)
+            job = self.store.get_job(job_id)
+            if job is None:
+                raise NotFound(f"job {job_id!r} does not exist")
+            self._specs[job_id] = job
         return job
 
     def _owned(self, vehicle: VehicleRecord, lease_id: str, *, active: bool = True) -> _Owned:
@@ -242,35 +157,27 @@ class Scheduler:
 
     def _require_active(self, owned: _Owned) -> None:
         lease = owned.lease
-        if lease.state == "active" and lease.deadline < self.clock.now():
-            self._release(lease, "expired", preempted=False)
-            lease.state = "expired"
-        if lease.state == "expired":
+        if lease.state == LeaseState.ACTIVE and lease.deadline < self.clock.now():
+            self._release(lease, LeaseState.EXPIRED, preempted=False)
+            lease.state = LeaseState.EXPIRED
+        if lease.state == LeaseState.EXPIRED:
             raise LeaseExpired(f"lease {lease.lease_id} expired at its deadline and its unit was re-issued; "
                                "lease new work with POST /v1/leases")
-        if lease.state != "active":
+        if lease.state != LeaseState.ACTIVE:
             raise Conflict(f"lease {lease.lease_id} is {lease.state}, not active; lease new work with POST /v1/leases")
 
     def renew(self, vehicle: VehicleRecord, lease_id: str) -> LeaseAck:
         self._owned(vehicle, lease_id)
         deadline = self.clock.now() + self.config.lease_ttl_s
         self.store.renew(lease_id, deadline)
-        return LeaseAck(lease_id=lease_id, state="active", deadline=deadline)
+        return LeaseAck(lease_id=lease_id, state=LeaseState.ACTIVE, deadline=deadline)
 
-    def _check_artifact(self, vehicle: VehicleRecord, owned: _Owned, digest: str, rows: int, what: str) -> None:
-        """Read an artifact this vehicle uploaded whole and check it as a result (or checkpoint) of ``rows`` items."""
+    def _vehicle_artifact(self, vehicle: VehicleRecord, digest: str, what: str) -> bytes:
+        """An artifact this vehicle uploaded, whole."""
         if not self.store.owns(f"vehicle:{vehicle.vehicle_id}", digest):
             raise NotFound(f"{what} artifact {digest} was not uploaded by this vehicle; PUT it to "
                            f"/v1/artifacts/{digest} first")
-        with self.artifacts.open(digest) as fh:
-            check_result(fh, rows, self._output_tail(owned.job), what)
-
-    @staticmethod
-    def _output_tail(job: JobRecord) -> tuple[int, ...] | None:
-        """One item's output shape: the model's, or for a user's model what its trial run returned."""
-        spec = get_model_spec(job.model)
-        tail = spec.output_shape if spec.output_shape is not None else job.spec.get("output_shape")
-        return tuple(tail) if tail is not None else None
+        return self.artifacts.read_bytes(digest)
 
     def _check_compute(self, lease: LeaseRecord, compute_s: float) -> None:
         check_compute_s(compute_s, lease_id=lease.lease_id, issued_at=lease.issued_at, now=self.clock.now(),
@@ -281,103 +188,107 @@ class Scheduler:
         if report.done_items > owned.unit.items:
             raise InvalidInput(f"done_items {report.done_items} exceeds the unit's {owned.unit.items} items")
         if report.checkpoint is not None:
-            self._check_artifact(vehicle, owned, report.checkpoint, report.done_items, "checkpoint")
+            data = self._vehicle_artifact(vehicle, report.checkpoint, "checkpoint")
+            self.driver(owned.job.kind).check_checkpoint(owned.job, owned.unit, data, report.done_items)
         self.store.record_progress(lease_id, report.done_items, report.checkpoint)
         deadline = self.clock.now() + self.config.lease_ttl_s
         self.store.renew(lease_id, deadline)
-        return LeaseAck(lease_id=lease_id, state="active", deadline=deadline)
+        return LeaseAck(lease_id=lease_id, state=LeaseState.ACTIVE, deadline=deadline)
 
     def complete(self, vehicle: VehicleRecord, lease_id: str, req: CompleteRequest,
                  inline: bytes | None = None) -> LeaseAck:
         """Accept a unit's result: ``inline`` bytes sent with the request, else the artifact ``req.result`` the car
         uploaded. Nothing is written, inline bytes included, until the lease is found to be the car's and open and
-        the whole result is checked; then the unit is done and metered in one transaction."""
+        the workload's driver accepted the whole result; then the unit is done and metered in one transaction."""
         owned = self._owned(vehicle, lease_id, active=False)
-        if owned.lease.state == "completed":
+        if owned.lease.state == LeaseState.COMPLETED:
             if owned.lease.result_digest == req.result:
                 self._assemble_if_done(owned.job)  # a completion cut short before assembling finishes it now
-                return LeaseAck(lease_id=lease_id, state="completed")  # a retried completion counts once
+                return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)  # a retried completion counts once
             raise Conflict(f"lease {lease_id} was already completed with result {owned.lease.result_digest}; "
                            "a lease completes once")
         self._require_active(owned)
         self._check_compute(owned.lease, req.compute_s)
-        unit = owned.unit
+        job, unit = owned.job, owned.unit
+        driver = self.driver(job.kind)
         if inline is not None:
             digest = sha256_hex(inline)
             if digest != req.result:
                 raise HashMismatch(f"inline result hashes to {digest}, not to {req.result}; send the sha256 of "
                                    "exactly the bytes in `inline`")
-            check_result(inline, unit.items, self._output_tail(owned.job), "result")
-            self.artifacts.put_bytes(inline, req.result)
+            data = inline
         else:
-            self._check_artifact(vehicle, owned, req.result, unit.items, "result")
+            data = self._vehicle_artifact(vehicle, req.result, "result")
+        driver.check_result(job, unit, data)
+        if inline is not None:
+            self.artifacts.put_bytes(inline, req.result)
         now = self.clock.now()
-        entry = LedgerRecord(lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=owned.job.job_id,
-                             items=computed_items(unit.items, owned.lease.resumed_items), compute_s=req.compute_s,
-                             cellular_bytes=req.cellular_bytes, wifi_bytes=req.wifi_bytes, at=now)
-        quorum = (owned.job.spec.get("redundancy") or {}).get("quorum", 1)
+        usage = driver.usage(job, unit, req, data, owned.lease.resumed_items)
+        entry = _ledger_row(owned.lease, job, usage, now, accepted=True)
+        quorum = (job.spec.get("redundancy") or {}).get("quorum", 1)
         artifact = (len(inline), f"vehicle:{vehicle.vehicle_id}") if inline is not None else None
-        job = self.store.complete(owned.lease, unit, req.result, entry, now, accept=quorum <= 1, artifact=artifact)
-        if quorum > 1 and self._quorum(job, unit.idx, quorum, job.spec["redundancy"]):
-            job = self.store.get_job(job.job_id)
-        self._assemble_if_done(job)
-        return LeaseAck(lease_id=lease_id, state="completed")
+        after = self.store.complete(owned.lease, unit, req.result, entry, now, accept=quorum <= 1, artifact=artifact)
+        if quorum > 1 and self._quorum(after, unit.idx, quorum):
+            after = self.store.get_job(job.job_id) or after
+        self._assemble_if_done(after)
+        return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)
 
     def fail(self, vehicle: VehicleRecord, lease_id: str, req: FailRequest) -> LeaseAck:
         owned = self._owned(vehicle, lease_id, active=False)
-        closed = {"handed_back", "failed"}
-        if owned.lease.state in closed and (owned.lease.state == "handed_back") == req.handback:
-            return LeaseAck(lease_id=lease_id, state=owned.lease.state)  # a retried fail counts once
+        target = LeaseState.HANDED_BACK if req.handback else LeaseState.FAILED
+        if owned.lease.state == target:
+            return LeaseAck(lease_id=lease_id, state=target)  # a retried fail counts once
         self._require_active(owned)
         self._check_compute(owned.lease, req.compute_s)
+        job, unit = owned.job, owned.unit
         checkpoint = None
         if req.checkpoint is not None and req.done_items > 0:
-            if req.done_items > owned.unit.items:
-                raise InvalidInput(f"done_items {req.done_items} exceeds the unit's {owned.unit.items} items")
-            self._check_artifact(vehicle, owned, req.checkpoint, req.done_items, "checkpoint")
+            if req.done_items > unit.items:
+                raise InvalidInput(f"done_items {req.done_items} exceeds the unit's {unit.items} items")
+            data = self._vehicle_artifact(vehicle, req.checkpoint, "checkpoint")
+            self.driver(job.kind).check_checkpoint(job, unit, data, req.done_items)
             checkpoint = (req.done_items, req.checkpoint)
         now = self.clock.now()
         done = computed_items(req.done_items, owned.lease.resumed_items) if checkpoint else 0
-        entry = LedgerRecord(lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=owned.job.job_id,
-                             items=done, compute_s=req.compute_s,
-                             cellular_bytes=req.cellular_bytes, wifi_bytes=req.wifi_bytes, at=now,
-                             accepted=checkpoint is not None)
-        state = "handed_back" if req.handback else "failed"
-        self._release(owned.lease, state, preempted=req.handback, checkpoint=checkpoint, entry=entry)
-        if not req.handback and owned.unit.attempts >= self.config.max_unit_attempts:
-            self.store.finish_job(owned.job.job_id, JobState.FAILED, now,
-                                  error=f"unit {owned.unit.idx} failed {owned.unit.attempts} times; last: {req.reason}")
-        return LeaseAck(lease_id=lease_id, state=state)
+        usage = Usage(items=done, accelerator_s=req.compute_s, cellular_bytes=req.cellular_bytes,
+                      wifi_bytes=req.wifi_bytes)
+        entry = _ledger_row(owned.lease, job, usage, now, accepted=checkpoint is not None)
+        self._release(owned.lease, target, preempted=req.handback, checkpoint=checkpoint, entry=entry)
+        if not req.handback and unit.attempts >= self.config.max_unit_attempts:
+            self.store.finish_job(job.job_id, JobState.FAILED, now,
+                                  error=f"unit {unit.idx} failed {unit.attempts} times; last: {req.reason}")
+        return LeaseAck(lease_id=lease_id, state=target)
 
     def _release(self, lease: LeaseRecord, state: str, *, preempted: bool,
                  checkpoint: tuple[int, str] | None = None, entry: LedgerRecord | None = None) -> None:
         self.store.release(lease.lease_id, state, self.clock.now(), preempted=preempted, checkpoint=checkpoint,
                            ledger_entry=entry)
-        self._wake()
+        self.notify()
 
     def release_vehicle(self, vehicle_id: str) -> None:
         """Re-issue every unit a (revoked) vehicle holds, without waiting for its leases to expire."""
         for lease in self.store.active_leases(vehicle_id):
-            self._release(lease, "failed", preempted=False)
+            self._release(lease, LeaseState.FAILED, preempted=False)
 
     def expire_due(self) -> int:
         """Close every lease past its deadline and put its unit back in the queue; returns how many."""
         expired = self.store.expired_leases(self.clock.now())
         for lease in expired:
-            self._release(lease, "expired", preempted=False)
+            self._release(lease, LeaseState.EXPIRED, preempted=False)
         return len(expired)
 
     # --- results ------------------------------------------------------------------------------------------------
-    def _quorum(self, job: JobRecord, idx: int, quorum: int, redundancy: dict) -> bool:
+    def _quorum(self, job: JobRecord, idx: int, quorum: int) -> bool:
+        """Accept unit ``idx`` once ``quorum`` of its replicas agree; add a replica when those done disagree."""
+        driver = self.driver(job.kind)
         replicas = self.store.units_of(job.job_id, idx)
-        done = [u for u in replicas if u.state == "done"]
-        arrays = [decode_result(self.artifacts.read_bytes(u.result_digest)) for u in done]
-        atol, rtol = redundancy.get("atol", 1e-4), redundancy.get("rtol", 1e-3)
-        for i, a in enumerate(arrays):
-            agree = sum(np.allclose(a, b, atol=atol, rtol=rtol) for b in arrays)
-            if agree >= quorum:
-                return self.store.accept_unit(job.job_id, idx, done[i].result_digest)
-        if all(u.state in ("done", "cancelled") for u in replicas):
+        done = [(u, self.artifacts.read_bytes(u.result_digest)) for u in replicas
+                if u.state == UnitState.DONE and u.result_digest]
+        for unit, data in done:
+            if sum(driver.agree(job, data, other) for _, other in done) >= quorum:
+                assert unit.result_digest is not None
+                return self.store.accept_unit(job.job_id, idx, unit.result_digest)
+        if all(u.state in (UnitState.DONE, UnitState.CANCELLED) for u in replicas):
             if len(replicas) >= 2 * job.spec["redundancy"]["replicas"] + 1:
                 self.store.finish_job(job.job_id, JobState.FAILED, self.clock.now(),
                                       error=f"unit {idx}: no {quorum} of {len(done)} replicas agreed")
@@ -388,7 +299,7 @@ class Scheduler:
                 start_item=base.start_item, end_item=base.end_item, input_digest=base.input_digest,
                 input_format=base.input_format, replicas=base.replicas,
             )])
-            self._wake()
+            self.notify()
         return False
 
     def _assemble_if_done(self, job: JobRecord) -> None:
@@ -396,9 +307,18 @@ class Scheduler:
             self._assemble(job)
 
     def _assemble(self, job: JobRecord) -> None:
-        parts = [decode_result(self.artifacts.read_bytes(d)) for _, d in self.store.accepted_results(job.job_id)]
-        data = encode_result(assemble(parts))
+        units = {(u.idx, u.result_digest): u for u in self.store.units_of(job.job_id)}
+        results = [(units[(idx, digest)], self.artifacts.read_bytes(digest))
+                   for idx, digest in self.store.accepted_results(job.job_id)]
+        data = self.driver(job.kind).assemble(job, results)
         digest = self.artifacts.put_bytes(data)
         now = self.clock.now()
         self.store.add_artifact(digest, len(data), f"tenant:{job.tenant}", now)
         self.store.finish_job(job.job_id, JobState.DONE, now, result_digest=digest)
+
+
+def _ledger_row(lease: LeaseRecord, job: JobRecord, usage: Usage, now: float, *, accepted: bool) -> LedgerRecord:
+    """The usage row a closed lease writes."""
+    return LedgerRecord(lease_id=lease.lease_id, vehicle_id=lease.vehicle_id, job_id=job.job_id, items=usage.items,
+                        compute_s=usage.accelerator_s, cellular_bytes=usage.cellular_bytes,
+                        wifi_bytes=usage.wifi_bytes, at=now, accepted=accepted)

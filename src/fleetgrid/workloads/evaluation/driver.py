@@ -39,7 +39,7 @@ class EvalDriver(UnitDriver):
         if shards > spec.num_vehicles:
             raise InvalidInput(f"shards {shards} exceeds the data spec's num_vehicles {spec.num_vehicles}; "
                                "evaluate on at most that many shards")
-        weights, created = self._weights(tenant, request)
+        weights, artifacts, new_files = self._weights(tenant, request)
         self._check_weights(request.model, weights)
         job = JobRecord(job_id=job_id, tenant=tenant, name=request.name or job_id, kind=self.kind,
                         model=request.model, spec=request.model_dump(mode="json") | {"weights": weights},
@@ -47,19 +47,20 @@ class EvalDriver(UnitDriver):
         units = [UnitRecord(unit_id=f"{job_id}:{i}:0", job_id=job_id, idx=i, replica=0, start_item=i,
                             end_item=i + 1, input_digest=weights, input_format="safetensors")
                  for i in range(shards)]
-        return Plan(job, units, created)
+        return Plan(job, units, artifacts=artifacts, new_files=new_files)
 
-    def _weights(self, tenant: str, request: EvalSubmit) -> tuple[str, list[tuple[str, int]]]:
-        """The digest of the weights to evaluate, and the artifacts written for them (none if uploaded)."""
+    def _weights(self, tenant: str, request: EvalSubmit) -> tuple[str, list[tuple[str, int]], list[str]]:
+        """The digest of the weights to evaluate, the artifacts to record for the job (the shipped weights), and
+        the files this call created."""
         if request.weights is not None:
             record = self.ctx.store.get_artifact(request.weights)
             if record is None or f"tenant:{tenant}" not in record.owners:
                 raise InvalidInput(f"weights artifact {request.weights} is not yours; upload it with PUT "
                                    f"/v1/artifacts/{request.weights} or name a training job's result")
-            return request.weights, []
+            return request.weights, [], []
         data = _shipped_weights(request.model)
-        digest = self.ctx.artifacts.put_bytes(data)
-        return digest, [(digest, len(data))]
+        [(digest, size, created)] = self.ctx.artifacts.put_many([data])
+        return digest, [(digest, size)], [digest] if created else []
 
     def _check_weights(self, model: str, digest: str) -> None:
         from safetensors.torch import load
