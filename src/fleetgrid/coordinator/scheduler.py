@@ -305,10 +305,13 @@ class Scheduler:
         return LeaseAck(lease_id=lease_id, state=state)
 
     def _release(self, lease: LeaseRecord, state: str, *, preempted: bool,
-                 checkpoint: tuple[int, str] | None = None, entry: LedgerRecord | None = None) -> None:
-        self.store.release(lease.lease_id, state, self.clock.now(), preempted=preempted, checkpoint=checkpoint,
-                           ledger_entry=entry)
-        self._wake()
+                 checkpoint: tuple[int, str] | None = None, entry: LedgerRecord | None = None) -> bool:
+        """False if the lease was closed meanwhile (by another request or coordinator): nothing changed."""
+        released = self.store.release(lease.lease_id, state, self.clock.now(), preempted=preempted,
+                                      checkpoint=checkpoint, ledger_entry=entry)
+        if released:
+            self._wake()
+        return released
 
     def release_vehicle(self, vehicle_id: str) -> None:
         """Re-issue every unit a (revoked) vehicle holds, without waiting for its leases to expire."""
@@ -316,11 +319,10 @@ class Scheduler:
             self._release(lease, "failed", preempted=False)
 
     def expire_due(self) -> int:
-        """Close every lease past its deadline and put its unit back in the queue; returns how many."""
-        expired = self.store.expired_leases(self.clock.now())
-        for lease in expired:
-            self._release(lease, "expired", preempted=False)
-        return len(expired)
+        """Close every lease past its deadline and put its unit back in the queue; returns how many this call
+        closed (another coordinator's sweep may close some of the same ones first)."""
+        due = self.store.expired_leases(self.clock.now())
+        return sum(self._release(lease, "expired", preempted=False) for lease in due)
 
     # --- results ------------------------------------------------------------------------------------------------
     def _quorum(self, job: JobRecord, idx: int, quorum: int, redundancy: dict) -> bool:
