@@ -107,6 +107,12 @@ class LedgerRecord:
     wifi_bytes: int
     at: float
     accepted: bool = True
+    workload: str | None = None
+    """'inference' or 'train'; None where the caller did not say."""
+    examples: int = 0
+    """Training examples seen."""
+    steps: int = 0
+    """Optimizer steps taken."""
 
 
 @dataclass(slots=True)

@@ -17,8 +17,9 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from ...errors import AuthError, Conflict, InvalidInput, LeaseExpired, NotFound
+from . import migrate
 from .base import ArtifactRecord, JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
-from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, metadata, secrets, tenants, units, vehicles
+from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, secrets, tenants, units, vehicles
 from .sqlite_lock import SQLiteFileLock
 
 __all__ = ["SQLStore", "engine_url"]
@@ -81,7 +82,7 @@ class SQLStore(Store):
     """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
 
     def __init__(self, url: str, *, create: bool = True, exclusive: bool = True) -> None:
-        """``create``: create the tables that are missing. ``exclusive`` (SQLite files): refuse to
+        """``create``: create the schema, or migrate it to the current one. ``exclusive`` (SQLite files): refuse to
         open a file another store holds (:class:`DatabaseInUse`); only tests of cross-process safety turn it off."""
         self.url = engine_url(url)
         self.engine: Engine = create_engine(self.url, future=True, pool_pre_ping=self.url.startswith("postgresql"))
@@ -96,7 +97,7 @@ class SQLStore(Store):
         try:
             if create:
                 with self._write() as c:
-                    metadata.create_all(c)
+                    migrate.upgrade(c)
             self._prepare_hot_statements()
         except BaseException:
             self.close()
