@@ -10,6 +10,7 @@
     +-- NotFound                404  a job, lease, vehicle or artifact that does not exist (for this caller)
     +-- Conflict                409  a request that contradicts state: a closed lease, a cancelled job
     |   +-- LeaseExpired        409  a lease whose deadline has passed
+    |   +-- DatabaseInUse       409  a SQLite file another coordinator process already holds
     +-- PayloadTooLarge         413  a request body over the configured limit
     +-- RangeNotSatisfiable     416  a byte range outside the artifact
     +-- InsufficientStorage     507  the coordinator's disk (or quota) is full; try again later
@@ -24,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "Conflict",
+    "DatabaseInUse",
     "FleetgridError",
     "Forbidden",
     "HashMismatch",
@@ -90,6 +92,12 @@ class Conflict(FleetgridError):
 
 class LeaseExpired(Conflict):
     code = "lease_expired"
+
+
+class DatabaseInUse(Conflict):
+    """Raised at start-up, never over HTTP: SQLite serves one coordinator process; replicas need PostgreSQL."""
+
+    code = "database_in_use"
 
 
 class PayloadTooLarge(FleetgridError):

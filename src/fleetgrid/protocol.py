@@ -420,9 +420,13 @@ class VehicleSummary(_Wire):
 
 
 class LedgerEntry(_Wire):
+    """One car's metered work, summed over its closed leases, each quantity in its own unit."""
+
     vehicle_id: str
-    units: int
-    items: int
+    units: int = Field(description="closed leases")
+    items: int = Field(description="inference items computed (a resumed unit counts only what this car computed)")
+    examples: int = Field(default=0, description="training and evaluation examples processed on the car")
+    steps: int = Field(default=0, description="optimizer steps taken on the car")
     compute_s: float
     cellular_bytes: int
     wifi_bytes: int

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from fleetgrid.coordinator.store import JobRecord, LedgerRecord, UnitRecord, VehicleRecord, open_store
-from fleetgrid.errors import Conflict
+from fleetgrid.errors import AuthError, Conflict, LeaseExpired, NotFound
 
 D1, D2, D3 = "a" * 64, "b" * 64, "c" * 64
 
@@ -220,3 +220,56 @@ def test_a_job_is_stored_with_its_shards_or_not_at_all(store):
         store.create_job(JobRecord(**{**{k: getattr(job, k) for k in JobRecord.__slots__}, "job_id": "job-t"}),
                          [clash], artifacts=[(D2, 5)])
     assert store.get_artifact(D2) is None and store.get_job("job-t") is None
+
+
+def test_a_revoked_or_unknown_vehicle_is_refused_work(store):
+    _vehicle(store)
+    _job(store, n_units=2)
+    assert store.acquire("v-1", 1.0, 2.0, "l0") is not None
+    store.revoke_vehicle("v-1")
+    with pytest.raises(AuthError, match="v-1's credential was revoked"):
+        store.acquire("v-1", 1.0, 2.0, "l1")
+    with pytest.raises(NotFound, match="'v-9' is not enrolled"):
+        store.acquire("v-9", 1.0, 2.0, "l2")
+    assert store.count_units("job-1", "pending") == 1  # the refusals took nothing
+
+
+def test_each_transition_applies_once(store):
+    """What a second coordinator (or a second sweep) would do again is refused, and says so."""
+    _vehicle(store)
+    _job(store, n_units=3)
+    l0, l1, l2 = (store.acquire("v-1", 1.0, 2.0, f"l{i}")[0] for i in range(3))
+    assert store.release(l0.lease_id, "expired", 3.0, preempted=False) is True
+    assert store.release(l0.lease_id, "expired", 3.0, preempted=False) is False
+    assert store.get_job("job-1").reissued_units == 1
+    assert store.count_units("job-1", "pending") == 1
+    lease, unit, _ = store.lease_context(l0.lease_id)
+    with pytest.raises(LeaseExpired, match=f"lease {l0.lease_id} is expired"):
+        store.complete(lease, unit, D2, _ledger(l0.lease_id), 4.0, accept=True)
+    assert (store.get_unit(unit.unit_id).state, store.ledger_totals()) == ("pending", [])
+
+    lease, unit, _ = store.lease_context(l1.lease_id)
+    store.complete(lease, unit, D2, _ledger(l1.lease_id), 4.0, accept=True)
+    lease, unit, _ = store.lease_context(l1.lease_id)  # a retry of the same result counts once
+    assert store.complete(lease, unit, D2, _ledger(l1.lease_id), 5.0, accept=True).units_done == 1
+    with pytest.raises(Conflict, match="is completed, not active"):
+        store.complete(lease, unit, D3, _ledger(l1.lease_id), 5.0, accept=True)
+    assert store.release(l1.lease_id, "expired", 6.0, preempted=False) is False
+    assert store.get_unit(unit.unit_id).state == "done"
+    assert store.ledger_totals()[0]["units"] == 1
+
+    assert store.finish_job("job-1", "failed", 7.0, error="first") is True
+    assert store.finish_job("job-1", "cancelled", 8.0, error="second") is False
+    job = store.get_job("job-1")
+    assert (job.state, job.error, job.finished_at) == ("failed", "first", 7.0)
+    assert store.get_lease(l2.lease_id).state == "cancelled"
+
+
+def test_progress_of_a_closed_lease_is_ignored(store):
+    _vehicle(store)
+    _job(store, n_units=1)
+    lease = store.acquire("v-1", 1.0, 2.0, "l0")[0]
+    store.release("l0", "expired", 3.0, preempted=False)
+    store.acquire("v-1", 4.0, 5.0, "l1")
+    store.record_progress("l0", 5, D3)  # the old holder's late report must not touch the unit's new lease
+    assert store.get_unit(lease.unit_id).checkpoint_items == 0

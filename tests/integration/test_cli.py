@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import httpx
 import numpy as np
 import pytest
 
+from fleetgrid.localfleet import free_port
 from fleetgrid.workloads.inference import run_local
 
 pytestmark = pytest.mark.timeout(300)
@@ -58,3 +61,18 @@ def test_demo_json_summary(tmp_path):
 def test_demo_refuses_bad_settings_with_exit_code_2():
     proc = fleetgrid("demo", "--cars", "0", check=False)
     assert proc.returncode == 2 and "1 to 64 cars" in proc.stdout + proc.stderr
+
+
+def test_a_second_coordinator_on_one_sqlite_file_exits_2_naming_the_first(fleet, tmp_path):
+    coordinator = fleet.start_coordinator()
+    db = coordinator.data_dir / "coordinator.db"
+    env = {**os.environ, "COLUMNS": "500"}  # one line per message, paths unbroken
+    for where in (["--data-dir", str(coordinator.data_dir)],
+                  ["--data-dir", str(tmp_path / "elsewhere"), "--db", f"sqlite:///{db}"]):
+        second = subprocess.run([sys.executable, "-m", "fleetgrid", "serve", *where, "--port", str(free_port())],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert (f"database {db} is in use by another coordinator (pid {coordinator.proc.pid}); run one coordinator "
+                "per SQLite file, or use PostgreSQL") in second.stderr
+        assert "Traceback" not in second.stderr
+    assert httpx.get(coordinator.url + "/healthz").status_code == 200  # the first one serves on, untouched

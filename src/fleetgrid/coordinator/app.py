@@ -74,7 +74,7 @@ class Coordinator:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store or open_store(config.db_url)
         self.artifacts = ArtifactStore(config.artifacts_path)
-        self.auth = Authenticator(self.store)
+        self.auth = Authenticator(self.store, self.clock, config.auth_cache_ttl_s)
         drivers = load_unit_drivers(DriverContext(self.store, self.artifacts, config, self.clock))
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
         self.training = TrainingService(self.store, self.artifacts, config, self.clock)

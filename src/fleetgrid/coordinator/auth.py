@@ -1,7 +1,9 @@
-"""Credentials: random bearer tokens, stored only as sha256 hashes, with an in-memory cache of what is valid.
+"""Credentials: random bearer tokens, stored only as sha256 hashes, with a short-lived cache of what is valid.
 
 Tokens carry 256 bits of randomness, so a fast hash is as safe as a slow one here; a vehicle credential embeds the
-vehicle id so it is looked up without scanning. Revoking a vehicle drops it from the cache at once.
+vehicle id so it is looked up without scanning. Revoking a vehicle drops it from this process's cache at once; other
+coordinators on the same database see it when their cache entry expires (``auth_cache_ttl_s``), and refuse the car
+work at once anyway, since leasing checks the revoked flag in the store.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import Generic, TypeVar
 
+from ..clock import Clock, WallClock
 from ..errors import AuthError
 from .store import Store, VehicleRecord
 
 __all__ = ["Authenticator", "bearer", "hash_token", "new_token", "vehicle_credential"]
+
+T = TypeVar("T")
 
 
 def new_token(prefix: str) -> str:
@@ -37,13 +43,38 @@ def bearer(header: str | None) -> str:
     return token.strip()
 
 
-class Authenticator:
-    """Resolves bearer tokens to tenants, vehicles or the operator."""
+class _Cache(Generic[T]):
+    """Found records by key, each trusted for ``ttl_s`` of the clock's time. Misses are never cached."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, clock: Clock, ttl_s: float) -> None:
+        self.clock, self.ttl_s = clock, ttl_s
+        self._entries: dict[str, tuple[T, float]] = {}
+
+    def get(self, key: str) -> T | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self.clock.now() >= entry[1]:
+            self._entries.pop(key, None)  # pop: request threads may expire one entry together
+            return None
+        return entry[0]
+
+    def put(self, key: str, value: T) -> None:
+        if self.ttl_s > 0:
+            self._entries[key] = (value, self.clock.now() + self.ttl_s)
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+class Authenticator:
+    """Resolves bearer tokens to tenants, vehicles or the operator; found ones are cached for ``ttl_s``."""
+
+    def __init__(self, store: Store, clock: Clock | None = None, ttl_s: float = 5.0) -> None:
         self.store = store
-        self._tenants: dict[str, str] = {}
-        self._vehicles: dict[str, VehicleRecord] = {}
+        clock = clock or WallClock()
+        self._tenants: _Cache[str] = _Cache(clock, ttl_s)
+        self._vehicles: _Cache[VehicleRecord] = _Cache(clock, ttl_s)
 
     def tenant(self, header: str | None) -> str:
         token_hash = hash_token(bearer(header))
@@ -52,7 +83,7 @@ class Authenticator:
             name = self.store.tenant_by_token_hash(token_hash)
             if name is None:
                 raise AuthError("unknown tenant token; use the token printed by 'fleetgrid serve' or 'fleetgrid tenant add'")
-            self._tenants[token_hash] = name
+            self._tenants.put(token_hash, name)
         return name
 
     def operator(self, header: str | None) -> None:
@@ -70,7 +101,7 @@ class Authenticator:
             vehicle = self.store.get_vehicle(parts[1])
             if vehicle is None:
                 raise AuthError(f"unknown vehicle {parts[1]!r}; enroll again with the fleet enrollment token")
-            self._vehicles[vehicle.vehicle_id] = vehicle
+            self._vehicles.put(vehicle.vehicle_id, vehicle)
         if not hmac.compare_digest(hash_token(token), vehicle.credential_hash):
             raise AuthError(f"wrong credential for vehicle {vehicle.vehicle_id}")
         if vehicle.revoked:
@@ -83,4 +114,4 @@ class Authenticator:
             raise AuthError("wrong fleet enrollment token; ask the fleet operator for the current one")
 
     def forget_vehicle(self, vehicle_id: str) -> None:
-        self._vehicles.pop(vehicle_id, None)
+        self._vehicles.drop(vehicle_id)

@@ -55,6 +55,9 @@ class CoordinatorConfig:
     """A vehicle heard from within this window counts as online in the fleet overview."""
     compute_slack_s: float = 5.0
     """A lease's reported compute_s may exceed the time since it was issued by this much (timer granularity)."""
+    auth_cache_ttl_s: float = 5.0
+    """How long a found credential is trusted without asking the database (0: never cached). A car revoked through
+    another coordinator on the same database is refused leases at once, and refused entirely within this time."""
     enroll_token: str | None = None
     operator_token: str | None = None
     tenant_tokens: dict[str, str] = field(default_factory=dict)
@@ -70,6 +73,9 @@ class CoordinatorConfig:
             raise InvalidInput(f"compute_slack_s must be >= 0 seconds, got {self.compute_slack_s}")
         if self.max_unit_attempts < 1:
             raise InvalidInput(f"max_unit_attempts must be >= 1, got {self.max_unit_attempts}")
+        if self.auth_cache_ttl_s < 0:
+            raise InvalidInput(f"auth_cache_ttl_s must be >= 0 seconds (0 disables the cache), "
+                               f"got {self.auth_cache_ttl_s}")
 
     @property
     def db_url(self) -> str:

@@ -260,10 +260,13 @@ class Scheduler:
         return LeaseAck(lease_id=lease_id, state=target)
 
     def _release(self, lease: LeaseRecord, state: str, *, preempted: bool,
-                 checkpoint: tuple[int, str] | None = None, entry: LedgerRecord | None = None) -> None:
-        self.store.release(lease.lease_id, state, self.clock.now(), preempted=preempted, checkpoint=checkpoint,
-                           ledger_entry=entry)
-        self.notify()
+                 checkpoint: tuple[int, str] | None = None, entry: LedgerRecord | None = None) -> bool:
+        """False if the lease was closed meanwhile (by another request or coordinator): nothing changed."""
+        released = self.store.release(lease.lease_id, state, self.clock.now(), preempted=preempted,
+                                      checkpoint=checkpoint, ledger_entry=entry)
+        if released:
+            self.notify()
+        return released
 
     def release_vehicle(self, vehicle_id: str) -> None:
         """Re-issue every unit a (revoked) vehicle holds, without waiting for its leases to expire."""
@@ -271,11 +274,10 @@ class Scheduler:
             self._release(lease, LeaseState.FAILED, preempted=False)
 
     def expire_due(self) -> int:
-        """Close every lease past its deadline and put its unit back in the queue; returns how many."""
-        expired = self.store.expired_leases(self.clock.now())
-        for lease in expired:
-            self._release(lease, LeaseState.EXPIRED, preempted=False)
-        return len(expired)
+        """Close every lease past its deadline and put its unit back in the queue; returns how many this call
+        closed (another coordinator's sweep may close some of the same ones first)."""
+        due = self.store.expired_leases(self.clock.now())
+        return sum(self._release(lease, LeaseState.EXPIRED, preempted=False) for lease in due)
 
     # --- results ------------------------------------------------------------------------------------------------
     def _quorum(self, job: JobRecord, idx: int, quorum: int) -> bool:
@@ -321,4 +323,5 @@ def _ledger_row(lease: LeaseRecord, job: JobRecord, usage: Usage, now: float, *,
     """The usage row a closed lease writes."""
     return LedgerRecord(lease_id=lease.lease_id, vehicle_id=lease.vehicle_id, job_id=job.job_id, items=usage.items,
                         compute_s=usage.accelerator_s, cellular_bytes=usage.cellular_bytes,
-                        wifi_bytes=usage.wifi_bytes, at=now, accepted=accepted)
+                        wifi_bytes=usage.wifi_bytes, at=now, accepted=accepted, workload=job.kind,
+                        examples=usage.examples, steps=usage.steps)

@@ -416,7 +416,8 @@ class TrainingService:
             run.reports += 1
             run.updates.put(update)
         self.store.record_ledger(LedgerRecord(
-            lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=run.job.job_id, items=report.examples_seen,
+            lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=run.job.job_id, items=0,
+            examples=report.examples_seen, steps=report.steps_done, workload="train",
             compute_s=report.compute_s, cellular_bytes=report.cellular_bytes, wifi_bytes=report.wifi_bytes,
             at=self.clock.now(),
         ))
@@ -434,7 +435,7 @@ class TrainingService:
         if not req.handback:
             log.warning("vehicle %s failed training lease %s: %s", vehicle.vehicle_id, lease_id, req.reason)
         self.store.record_ledger(LedgerRecord(
-            lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=run.job.job_id, items=0,
+            lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=run.job.job_id, items=0, workload="train",
             compute_s=req.compute_s, cellular_bytes=req.cellular_bytes, wifi_bytes=req.wifi_bytes,
             at=self.clock.now(), accepted=False,
         ))

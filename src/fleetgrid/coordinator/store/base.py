@@ -1,5 +1,8 @@
 """The coordinator's state behind one interface; every method is one atomic transaction.
 
+Several coordinator processes may share one store (replicas on PostgreSQL): every transition checks the state it
+leaves inside its transaction and reports whether it happened, so a race between them applies it once.
+
 Like Flower's state backends, there is one abstract class and implementations chosen by a factory
 (:func:`fleetgrid.coordinator.store.open_store`); one contract test suite runs against each backend. Records are
 plain dataclasses; the store never decides policy (quorums, re-issue limits): the scheduler does.
@@ -107,6 +110,12 @@ class LedgerRecord:
     wifi_bytes: int
     at: float
     accepted: bool = True
+    workload: str | None = None
+    """'inference' or 'train'; None where the caller did not say."""
+    examples: int = 0
+    """Training examples seen."""
+    steps: int = 0
+    """Optimizer steps taken."""
 
 
 @dataclass(slots=True)
@@ -208,8 +217,9 @@ class Store(ABC):
 
     @abstractmethod
     def finish_job(self, job_id: str, state: str, now: float, result_digest: str | None = None,
-                   error: str | None = None) -> None:
-        """Close a job; its pending and leased units are cancelled, and so are their active leases."""
+                   error: str | None = None) -> bool:
+        """Close a queued or running job; its pending and leased units are cancelled, and so are their active
+        leases. False (and no change) if the job was already finished."""
 
     @abstractmethod
     def save_checkpoint(self, job_id: str, version: int, digest: str) -> None:
@@ -218,7 +228,9 @@ class Store(ABC):
     # --- leases -------------------------------------------------------------------------------------------------
     @abstractmethod
     def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str) -> tuple[LeaseRecord, UnitRecord] | None:
-        """Lease the oldest pending unit of a live job to the vehicle (never two replicas of one unit to one car)."""
+        """Lease the oldest pending unit of a live job to the vehicle (never two replicas of one unit to one car,
+        never one unit twice); None if there is none. Raises AuthError if the vehicle is revoked, NotFound if it
+        is not enrolled: checked in the same transaction, so a revocation by another coordinator holds at once."""
 
     @abstractmethod
     def start_job(self, job_id: str) -> None:
@@ -245,12 +257,15 @@ class Store(ABC):
                  *, accept: bool = False, artifact: tuple[int, str] | None = None) -> JobRecord:
         """Close the lease as completed, mark its unit done and write one ledger row, atomically; with ``accept``
         also accept the result as its logical unit's (when no quorum is needed); with ``artifact`` (size, owner)
-        also record the result artifact (sent inline). Updates ``lease`` and ``unit`` and returns the job after."""
+        also record the result artifact (sent inline). Updates ``lease`` and ``unit`` and returns the job after.
+        Raises LeaseExpired / Conflict, recording nothing, if the lease is no longer active (unless it was
+        completed with this same result: a retry, which returns the job unchanged)."""
 
     @abstractmethod
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
-                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> None:
-        """Close the lease (failed / handed_back / expired) and put its unit back to pending for re-issue."""
+                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> bool:
+        """Close an active lease (failed / handed_back / expired) and put its unit back to pending for re-issue.
+        False, changing nothing, if the lease was closed already (by a completion or another sweep)."""
 
     @abstractmethod
     def expired_leases(self, now: float) -> list[LeaseRecord]: ...

@@ -1,4 +1,8 @@
-"""Tables of the SQL store (SQLAlchemy Core), shared by SQLite and PostgreSQL."""
+"""Tables of the SQL store (SQLAlchemy Core), shared by SQLite and PostgreSQL.
+
+This is the current schema; ``migrations/versions`` holds the steps that lead to it from older databases. Change
+both together: a test checks that upgrading to head yields exactly these tables.
+"""
 
 from __future__ import annotations
 
@@ -144,12 +148,17 @@ ledger = Table(
     Column("lease_id", String(64), primary_key=True),
     Column("vehicle_id", String(64), nullable=False),
     Column("job_id", String(64), nullable=False),
-    Column("items", Integer, nullable=False),
+    Column("items", BigInteger, nullable=False),
     Column("compute_s", Float, nullable=False),
     Column("cellular_bytes", BigInteger, nullable=False),
     Column("wifi_bytes", BigInteger, nullable=False),
     Column("at", Float, nullable=False),
     Column("accepted", Boolean, nullable=False),
+    # What was metered, for the usage model: the kind of work ('inference' | 'train'; NULL if unknown), the
+    # training examples seen and the optimizer steps taken.
+    Column("workload", String(16)),
+    Column("examples", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("steps", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_ledger_vehicle", "vehicle_id"),
 )
 

@@ -1,26 +1,36 @@
-"""The SQL store: SQLite by default (embedded, zero set-up), PostgreSQL when given a ``postgresql://`` URL."""
+"""The SQL store: SQLite by default (embedded, zero set-up), PostgreSQL when given a ``postgresql://`` URL.
+
+Every state transition is an UPDATE conditional on the state it leaves, and its row count says whether this call
+made it: two coordinators on one PostgreSQL database (or two sweeps) never apply one transition twice. Write
+transactions on SQLite start with BEGIN IMMEDIATE, so what they read is still true when they write.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Numeric, and_, bindparam, cast, create_engine, event, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from ...errors import Conflict, InvalidInput
+from ...errors import AuthError, Conflict, InvalidInput, LeaseExpired, NotFound
+from . import migrate
 from .base import ArtifactRecord, JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
-from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, metadata, secrets, tenants, units, vehicles
+from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, secrets, tenants, units, vehicles
+from .sqlite_lock import SQLiteFileLock
 
 __all__ = ["SQLStore", "engine_url"]
 
 _LIVE_JOB_STATES = ("queued", "running")
 _INT_CAP = 2**63 - 1
 """What a ledger sum too large for a float64 reads as (it cannot happen with rows the wire models bound)."""
+_ACQUIRE_TRIES = 8
 
 
 def engine_url(url: str) -> str:
@@ -35,6 +45,9 @@ def engine_url(url: str) -> str:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # The driver must not open transactions on its own (it would BEGIN DEFERRED, lazily, before the first write
+    # only): SQLStore._write does, so a transaction's reads and writes see one state.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     # WAL lets readers proceed during a write; NORMAL sync is durable across process crashes (not power loss).
     cur.execute("PRAGMA journal_mode=WAL")
@@ -81,14 +94,27 @@ def _vehicle(row: Row) -> VehicleRecord:
 class SQLStore(Store):
     """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, create: bool = True, exclusive: bool = True) -> None:
+        """``create``: create the schema, or migrate it to the current one. ``exclusive`` (SQLite files): refuse to
+        open a file another store holds (:class:`DatabaseInUse`); only tests of cross-process safety turn it off."""
         self.url = engine_url(url)
         self.engine: Engine = create_engine(self.url, future=True, pool_pre_ping=self.url.startswith("postgresql"))
-        if self.engine.dialect.name == "sqlite":
+        self._lock: SQLiteFileLock | None = None
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        if self._sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        if create:
-            metadata.create_all(self.engine)
-        self._prepare_hot_statements()
+            database = self.engine.url.database
+            if exclusive and database and database != ":memory:":
+                self._lock = SQLiteFileLock(Path(database).resolve())
+                self._lock.acquire()
+        try:
+            if create:
+                with self._write() as c:
+                    migrate.upgrade(c)
+            self._prepare_hot_statements()
+        except BaseException:
+            self.close()
+            raise
 
     def _prepare_hot_statements(self) -> None:
         """Build the statements of the lease cycle once; building SQLAlchemy expressions per call costs more
@@ -105,17 +131,20 @@ class SQLStore(Store):
                 leases.c.state.in_(("active", "completed")),
             )
         )
+        may_lease = exists(select(vehicles.c.vehicle_id).where(vehicles.c.vehicle_id == vid, ~vehicles.c.revoked))
         candidate = (
             select(units)
-            .where(units.c.state == "pending", or_(units.c.replicas == 1, ~same_unit_by_me))
+            .where(units.c.state == "pending", may_lease, or_(units.c.replicas == 1, ~same_unit_by_me))
             .order_by(units.c.seq)
             .limit(1)
         )
         if self.engine.dialect.name == "postgresql":
             candidate = candidate.with_for_update(skip_locked=True, of=units)
         self._q_candidate = candidate
+        # FOR SHARE on PostgreSQL (rendered as nothing on SQLite, whose IMMEDIATE transaction excludes writers).
+        self._q_revoked = select(vehicles.c.revoked).where(vehicles.c.vehicle_id == vid).with_for_update(read=True)
         self._q_take_unit = (
-            update(units).where(units.c.unit_id == bindparam("uid"))
+            update(units).where(units.c.unit_id == bindparam("uid"), units.c.state == "pending")
             .values(state="leased", attempts=units.c.attempts + 1, vehicle_id=bindparam("vid"))
         )
         self._q_job_running = (
@@ -156,8 +185,21 @@ class SQLStore(Store):
         self._q_accepted = select(accepted.c.idx).where(accepted.c.job_id == bindparam("jid"),
                                                        accepted.c.idx == bindparam("idx"))
 
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite it takes the write lock before its first read: a deferred one would read,
+        then find another process had written since (two coordinators leasing one unit), or fail to upgrade its
+        lock. (Issued here rather than from a "begin" event: any engine event listener costs every statement.)"""
+        with self.engine.begin() as c:
+            if self._sqlite:
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            yield c
+
     def close(self) -> None:
         self.engine.dispose()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # --- secrets and tenants ------------------------------------------------------------------------------------
     def get_secret(self, name: str) -> str | None:
@@ -165,13 +207,13 @@ class SQLStore(Store):
             return c.execute(select(secrets.c.value_hash).where(secrets.c.name == name)).scalar()
 
     def set_secret(self, name: str, value_hash: str) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             if c.execute(update(secrets).where(secrets.c.name == name).values(value_hash=value_hash)).rowcount == 0:
                 c.execute(insert(secrets).values(name=name, value_hash=value_hash))
 
     def add_tenant(self, name: str, token_hash: str, now: float, *, replace: bool = False) -> None:
         try:
-            with self.engine.begin() as c:
+            with self._write() as c:
                 if replace and c.execute(
                     update(tenants).where(tenants.c.name == name).values(token_hash=token_hash)
                 ).rowcount:
@@ -186,7 +228,7 @@ class SQLStore(Store):
 
     # --- vehicles -----------------------------------------------------------------------------------------------
     def add_vehicle(self, vehicle: VehicleRecord) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(insert(vehicles).values(**{k: getattr(vehicle, k) for k in VehicleRecord.__slots__}))
 
     def get_vehicle(self, vehicle_id: str) -> VehicleRecord | None:
@@ -199,11 +241,11 @@ class SQLStore(Store):
             return [_vehicle(r) for r in c.execute(select(vehicles).order_by(vehicles.c.enrolled_at))]
 
     def revoke_vehicle(self, vehicle_id: str) -> bool:
-        with self.engine.begin() as c:
+        with self._write() as c:
             return c.execute(update(vehicles).where(vehicles.c.vehicle_id == vehicle_id).values(revoked=True)).rowcount > 0
 
     def report_state(self, vehicle_id: str, state: dict[str, Any], eligible: bool, now: float) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(
                 update(vehicles).where(vehicles.c.vehicle_id == vehicle_id)
                 .values(state=state, eligible=eligible, last_seen=now)
@@ -216,7 +258,7 @@ class SQLStore(Store):
     def add_artifacts(self, items: list[tuple[str, int]], owner: str, now: float) -> None:
         if not items:
             return
-        with self.engine.begin() as c:
+        with self._write() as c:
             self._add_artifacts(c, items, owner, now)
 
     def _add_artifacts(self, c: Connection, items: Sequence[tuple[str, int]], owner: str, now: float) -> None:
@@ -266,7 +308,7 @@ class SQLStore(Store):
                    artifacts: Sequence[tuple[str, int]] = ()) -> None:
         values = {k: getattr(job, k) for k in JobRecord.__slots__}
         values["model_file"] = job.spec.get("model_file")
-        with self.engine.begin() as c:
+        with self._write() as c:
             if artifacts:
                 self._add_artifacts(c, artifacts, f"tenant:{job.tenant}", job.created_at)
             c.execute(insert(jobs).values(**values))
@@ -307,11 +349,11 @@ class SQLStore(Store):
         return _unit(row) if row else None
 
     def add_units(self, unit_list: list[UnitRecord]) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(insert(units), [self._unit_values(u) for u in unit_list])
 
     def accept_unit(self, job_id: str, idx: int, result_digest: str) -> bool:
-        with self.engine.begin() as c:
+        with self._write() as c:
             return self._accept(c, job_id, idx, result_digest, replicated=True) is not None
 
     def _accept(self, c: Connection, job_id: str, idx: int, result_digest: str, *,
@@ -336,12 +378,14 @@ class SQLStore(Store):
             return [(r.idx, r.result_digest) for r in c.execute(query.order_by(accepted.c.idx))]
 
     def finish_job(self, job_id: str, state: str, now: float, result_digest: str | None = None,
-                   error: str | None = None) -> None:
-        with self.engine.begin() as c:
-            c.execute(
-                update(jobs).where(jobs.c.job_id == job_id)
+                   error: str | None = None) -> bool:
+        with self._write() as c:
+            closed = c.execute(
+                update(jobs).where(jobs.c.job_id == job_id, jobs.c.state.in_(_LIVE_JOB_STATES))
                 .values(state=state, finished_at=now, result_digest=result_digest, error=error)
-            )
+            ).rowcount
+            if not closed:  # finished before (by another process, or a racing request): its outcome stands
+                return False
             c.execute(
                 update(units)
                 .where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))
@@ -351,19 +395,30 @@ class SQLStore(Store):
                 update(leases).where(leases.c.job_id == job_id, leases.c.state == "active")
                 .values(state="cancelled", closed_at=now)
             )
+        return True
 
     def save_checkpoint(self, job_id: str, version: int, digest: str) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=version, checkpoint_digest=digest))
 
     # --- leases -------------------------------------------------------------------------------------------------
     def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str):
-        with self.engine.begin() as c:
-            row = c.execute(self._q_candidate, {"vid": vehicle_id}).first()
-            if row is None:
+        with self._write() as c:
+            if not self._sqlite:
+                # Locks the car's row: a revocation committing meanwhile waits for this lease to commit, so the
+                # revoking coordinator's release of the car's leases sees it.
+                self._check_may_lease(c, vehicle_id)
+            for _ in range(_ACQUIRE_TRIES):
+                row = c.execute(self._q_candidate, {"vid": vehicle_id}).first()
+                if row is None:
+                    self._check_may_lease(c, vehicle_id)  # no work, or none for this car: say which
+                    return None
+                unit = _unit(row)
+                # Conditional: should the candidate have been taken since it was read, take the next one.
+                if c.execute(self._q_take_unit, {"uid": unit.unit_id, "vid": vehicle_id}).rowcount == 1:
+                    break
+            else:
                 return None
-            unit = _unit(row)
-            c.execute(self._q_take_unit, {"uid": unit.unit_id, "vid": vehicle_id})
             lease = LeaseRecord(lease_id=lease_id, unit_id=unit.unit_id, job_id=unit.job_id, vehicle_id=vehicle_id,
                                 issued_at=now, deadline=deadline,
                                 resumed_items=unit.checkpoint_items if unit.checkpoint_digest else 0)
@@ -371,8 +426,15 @@ class SQLStore(Store):
         unit.state, unit.attempts, unit.vehicle_id = "leased", unit.attempts + 1, vehicle_id
         return lease, unit
 
+    def _check_may_lease(self, c: Connection, vehicle_id: str) -> None:
+        revoked = c.execute(self._q_revoked, {"vid": vehicle_id}).scalar()
+        if revoked is None:
+            raise NotFound(f"vehicle {vehicle_id!r} is not enrolled; enroll it before leasing work")
+        if revoked:
+            raise AuthError(f"vehicle {vehicle_id}'s credential was revoked; enroll again to get a new one")
+
     def start_job(self, job_id: str) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(self._q_job_running, {"jid": job_id})
 
     def get_lease(self, lease_id: str) -> LeaseRecord | None:
@@ -388,7 +450,7 @@ class SQLStore(Store):
             return [_lease(r) for r in c.execute(query)]
 
     def renew(self, lease_id: str, deadline: float) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(
                 update(leases).where(leases.c.lease_id == lease_id, leases.c.state == "active")
                 .values(deadline=deadline)
@@ -397,8 +459,10 @@ class SQLStore(Store):
     def record_progress(self, lease_id: str, done_items: int, checkpoint_digest: str | None) -> None:
         if checkpoint_digest is None:
             return
-        with self.engine.begin() as c:
-            unit_id = select(leases.c.unit_id).where(leases.c.lease_id == lease_id).scalar_subquery()
+        with self._write() as c:
+            # Only while the lease is active: its unit may since have been re-issued to another car.
+            unit_id = (select(leases.c.unit_id).where(leases.c.lease_id == lease_id, leases.c.state == "active")
+                       .scalar_subquery())
             c.execute(
                 update(units)
                 .where(units.c.unit_id == unit_id, units.c.checkpoint_items < done_items)
@@ -407,19 +471,32 @@ class SQLStore(Store):
 
     def complete(self, lease: LeaseRecord, unit: UnitRecord, result_digest: str, entry: LedgerRecord, now: float,
                  *, accept: bool = False, artifact: tuple[int, str] | None = None) -> JobRecord:
-        with self.engine.begin() as c:
+        with self._write() as c:
+            closed = c.execute(
+                update(leases).where(leases.c.lease_id == lease.lease_id, leases.c.state == "active")
+                .values(state="completed", result_digest=result_digest, closed_at=now)
+            ).rowcount
+            if not closed:
+                now_state, now_result = c.execute(
+                    select(leases.c.state, leases.c.result_digest).where(leases.c.lease_id == lease.lease_id)
+                ).one()
+                if now_state == "completed" and now_result == result_digest:  # a racing retry: it counted once
+                    lease.state, lease.result_digest = now_state, now_result
+                    unit.state, unit.result_digest = "done", now_result
+                    return _job(c.execute(self._q_job, {"jid": unit.job_id}).one())
+                error = LeaseExpired if now_state == "expired" else Conflict
+                raise error(f"lease {lease.lease_id} is {now_state}, not active, so its result is not accepted; "
+                            "lease new work with POST /v1/leases")
+            if c.execute(
+                update(units).where(units.c.unit_id == unit.unit_id, units.c.state == "leased")
+                .values(state="done", result_digest=result_digest)
+            ).rowcount != 1:
+                # Its lease was active, so the unit is leased; anything else is a bug worth stopping for.
+                raise Conflict(f"unit {unit.unit_id} of active lease {lease.lease_id} is not leased; nothing recorded")
             if artifact is not None:
                 size, owner = artifact
                 c.execute(self._q_add_artifact, [{"digest": result_digest, "size": size, "created_at": now}])
                 c.execute(self._q_add_owner, [{"digest": result_digest, "owner": owner}])
-            c.execute(
-                update(leases).where(leases.c.lease_id == lease.lease_id)
-                .values(state="completed", result_digest=result_digest, closed_at=now)
-            )
-            c.execute(
-                update(units).where(units.c.unit_id == unit.unit_id)
-                .values(state="done", result_digest=result_digest)
-            )
             c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
             job = self._accept(c, unit.job_id, unit.idx, result_digest, replicated=unit.replicas > 1) if accept else None
             if job is None:
@@ -429,10 +506,17 @@ class SQLStore(Store):
         return job
 
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
-                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> None:
-        with self.engine.begin() as c:
-            lease = _lease(c.execute(select(leases).where(leases.c.lease_id == lease_id)).one())
-            c.execute(update(leases).where(leases.c.lease_id == lease_id).values(state=state, closed_at=now))
+                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> bool:
+        with self._write() as c:
+            row = c.execute(self._q_lease, {"lid": lease_id}).first()
+            if row is None:
+                raise NotFound(f"lease {lease_id!r} does not exist")
+            lease = _lease(row)
+            if not c.execute(
+                update(leases).where(leases.c.lease_id == lease_id, leases.c.state == "active")
+                .values(state=state, closed_at=now)
+            ).rowcount:
+                return False  # closed meanwhile (a completion, another sweep): its unit is not ours to re-queue
             values: dict[str, Any] = {"state": "pending"}
             if checkpoint is not None:
                 values.update(checkpoint_items=checkpoint[0], checkpoint_digest=checkpoint[1])
@@ -446,6 +530,7 @@ class SQLStore(Store):
             )
             if ledger_entry is not None:
                 c.execute(insert(ledger).values(**{k: getattr(ledger_entry, k) for k in LedgerRecord.__slots__}))
+        return True
 
     def expired_leases(self, now: float) -> list[LeaseRecord]:
         query = select(leases).where(leases.c.state == "active", leases.c.deadline < now)
@@ -454,7 +539,7 @@ class SQLStore(Store):
 
     # --- metering and overview ----------------------------------------------------------------------------------
     def record_ledger(self, entry: LedgerRecord) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             if c.execute(select(ledger.c.lease_id).where(ledger.c.lease_id == entry.lease_id)).first() is None:
                 c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
 
@@ -465,6 +550,8 @@ class SQLStore(Store):
                 ledger.c.vehicle_id,
                 func.count().label("units"),
                 total(ledger.c["items"]).label("items"),
+                total(ledger.c.examples).label("examples"),
+                total(ledger.c.steps).label("steps"),
                 total(ledger.c.compute_s).label("compute_s"),
                 total(ledger.c.cellular_bytes).label("cellular_bytes"),
                 total(ledger.c.wifi_bytes).label("wifi_bytes"),
@@ -475,7 +562,7 @@ class SQLStore(Store):
         with self.engine.connect() as c:
             rows = [dict(r._mapping) for r in c.execute(query)]
         for row in rows:
-            for key in ("items", "cellular_bytes", "wifi_bytes"):
+            for key in ("items", "examples", "steps", "cellular_bytes", "wifi_bytes"):
                 row[key] = int(row[key]) if math.isfinite(row[key]) else _INT_CAP
             row["compute_s"] = min(float(row["compute_s"]), sys.float_info.max)
         return rows

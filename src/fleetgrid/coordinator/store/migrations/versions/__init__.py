@@ -1,0 +1,1 @@
+"""The store's schema revisions, oldest first; each names the one it revises."""
