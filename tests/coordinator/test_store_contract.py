@@ -115,8 +115,8 @@ def test_complete_writes_ledger_and_release_requeues_with_checkpoint(store):
     assert (l1.resumed_items, again[0].resumed_items) == (0, 4)  # the lease remembers the checkpoint it resumes
     assert store.lease_context("l2")[0].resumed_items == 4 and store.get_lease("l2").resumed_items == 4
     totals = store.ledger_totals()
-    assert totals == [{"vehicle_id": "v-1", "units": 1, "items": 10, "compute_s": 1.5, "cellular_bytes": 100,
-                       "wifi_bytes": 1000}]
+    assert totals == [{"vehicle_id": "v-1", "units": 1, "items": 10, "examples": 0, "steps": 0, "compute_s": 1.5,
+                       "cellular_bytes": 100, "wifi_bytes": 1000}]
 
 
 def test_expired_leases_and_progress(store):

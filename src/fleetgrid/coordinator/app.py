@@ -172,7 +172,11 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         wake = coord.scheduler._wake
-        coord.training.notify = coord.scheduler.notify = lambda: loop.call_soon_threadsafe(wake)
+
+        def notify() -> None:  # from any thread: wakes the long-polls on this loop
+            loop.call_soon_threadsafe(wake)
+
+        coord.training.notify = coord.scheduler.notify = notify
         coord.training.resume_all()
         sweeper = asyncio.create_task(coord.sweep_forever())
         try:

@@ -95,7 +95,8 @@ class Authenticator:
         token = bearer(header)
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != "fgv":
-            raise AuthError("malformed vehicle credential; expected the 'fgv.<vehicle_id>.<secret>' issued at enrollment")
+            raise AuthError(
+                "malformed vehicle credential; expected the 'fgv.<vehicle_id>.<secret>' issued at enrollment")
         vehicle = self._vehicles.get(parts[1])
         if vehicle is None:
             vehicle = self.store.get_vehicle(parts[1])

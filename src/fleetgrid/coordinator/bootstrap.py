@@ -1,4 +1,5 @@
-"""First start: make the fleet enrollment, operator and default-tenant tokens, keeping only their hashes in the store."""
+"""First start: make the fleet enrollment, operator and default-tenant tokens, keeping only their hashes in the
+store."""
 
 from __future__ import annotations
 

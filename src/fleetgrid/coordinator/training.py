@@ -266,7 +266,8 @@ class TrainingService:
             return TrainingProgress(
                 version=version, target_versions=job.units_total, round=rnd, strategy=s.name,
                 bytes_up=run.bytes_up, bytes_down=run.bytes_down, reports=run.reports, rejected=run.rejected,
-                checkpoint=self.store.get_job(job.job_id).checkpoint_digest, history=_jsonable(history),
+                checkpoint=stored.checkpoint_digest if (stored := self.store.get_job(job.job_id)) else None,
+                history=_jsonable(history),
             )
         meta = self._checkpoint_meta(job)
         return TrainingProgress(
@@ -364,7 +365,7 @@ class TrainingService:
         with self.lock:
             held = [lease for lease in (run.leases.values() if run is not None else ())
                     if lease.vehicle_id == vehicle.vehicle_id and lease.state == "active"]
-            if not held:
+            if run is None or not held:
                 raise NotFound(f"vehicle {vehicle.vehicle_id} holds no open training lease of job {job_id!r}; "
                                "models are served only to cars training them")
         with run.strategy.lock:

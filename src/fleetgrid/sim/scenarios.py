@@ -95,7 +95,8 @@ def hardware_mix(spec: str) -> dict[str, float]:
         if math.isnan(mix[name.strip()]):
             raise InvalidInput(
                 f"--hardware {spec!r}: {part!r} is not NAME:SHARE; accepted: one of "
-                f"{', '.join(HARDWARE_PRESETS)} or shares like hw3:0.4,ai4:0.6 over {', '.join(HardwareParams.class_names())}"
+                f"{', '.join(HARDWARE_PRESETS)} or shares like hw3:0.4,ai4:0.6 over "
+                f"{', '.join(HardwareParams.class_names())}"
             )
     return mix
 

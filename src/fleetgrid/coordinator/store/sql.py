@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy import Numeric, and_, bindparam, cast, create_engine, event, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.exc import IntegrityError
 
 from ...errors import AuthError, Conflict, InvalidInput, LeaseExpired, NotFound
@@ -120,7 +122,7 @@ class SQLStore(Store):
         """Build the statements of the lease cycle once; building SQLAlchemy expressions per call costs more
         than running them on SQLite."""
         other = units.alias("other")
-        vid = bindparam("vid")
+        vid: BindParameter[str] = bindparam("vid")
         same_unit_by_me = exists(
             select(leases.c.lease_id)
             .join(other, other.c.unit_id == leases.c.unit_id)
@@ -157,8 +159,8 @@ class SQLStore(Store):
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            self._q_add_artifact = pg_insert(artifacts).on_conflict_do_nothing()
-            self._q_add_owner = pg_insert(artifact_owners).on_conflict_do_nothing()
+            self._q_add_artifact: Insert = pg_insert(artifacts).on_conflict_do_nothing()
+            self._q_add_owner: Insert = pg_insert(artifact_owners).on_conflict_do_nothing()
             self._q_accept = pg_insert(accepted).on_conflict_do_nothing().returning(accepted.c.idx)
         else:
             self._q_add_artifact = insert(artifacts).prefix_with("OR IGNORE")
@@ -242,7 +244,8 @@ class SQLStore(Store):
 
     def revoke_vehicle(self, vehicle_id: str) -> bool:
         with self._write() as c:
-            return c.execute(update(vehicles).where(vehicles.c.vehicle_id == vehicle_id).values(revoked=True)).rowcount > 0
+            revoke = update(vehicles).where(vehicles.c.vehicle_id == vehicle_id).values(revoked=True)
+            return c.execute(revoke).rowcount > 0
 
     def report_state(self, vehicle_id: str, state: dict[str, Any], eligible: bool, now: float) -> None:
         with self._write() as c:
@@ -498,7 +501,9 @@ class SQLStore(Store):
                 c.execute(self._q_add_artifact, [{"digest": result_digest, "size": size, "created_at": now}])
                 c.execute(self._q_add_owner, [{"digest": result_digest, "owner": owner}])
             c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
-            job = self._accept(c, unit.job_id, unit.idx, result_digest, replicated=unit.replicas > 1) if accept else None
+            job = None
+            if accept:
+                job = self._accept(c, unit.job_id, unit.idx, result_digest, replicated=unit.replicas > 1)
             if job is None:
                 job = _job(c.execute(self._q_job, {"jid": unit.job_id}).one())
         lease.state, lease.result_digest, lease.closed_at = "completed", result_digest, now
@@ -569,7 +574,7 @@ class SQLStore(Store):
 
     def counts(self) -> dict[str, Any]:
         with self.engine.connect() as c:
-            by_state = dict(c.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
+            by_state: dict[str, int] = dict(c.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
             pending = c.execute(select(func.count()).select_from(units).where(units.c.state == "pending")).scalar()
             active = c.execute(select(func.count()).select_from(leases).where(leases.c.state == "active")).scalar()
         return {"jobs": by_state, "units_pending": int(pending or 0), "leases_in_flight": int(active or 0)}
