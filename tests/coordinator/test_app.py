@@ -4,9 +4,11 @@ made to have on demand, such as a full disk or a store that dies half-way throug
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import hashlib
 import io
+import threading
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -18,7 +20,7 @@ from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.store import LedgerRecord
 from fleetgrid.protocol import JobSubmit
 from fleetgrid.workloads.inputs import encode_items
-from harness import OPERATOR, TENANT
+from harness import ENROLL, OPERATOR, TENANT
 
 X = np.random.default_rng(2).normal(size=(50, 40)).astype(np.float32)
 
@@ -39,7 +41,8 @@ def auth(token: str) -> dict[str, str]:
 
 @pytest.fixture
 def coord(tmp_path):
-    config = CoordinatorConfig(data_dir=tmp_path, operator_token=OPERATOR, tenant_tokens={"acme": TENANT})
+    config = CoordinatorConfig(data_dir=tmp_path, enroll_token=ENROLL, operator_token=OPERATOR,
+                               tenant_tokens={"acme": TENANT}, sweep_interval_s=0.05)
     coordinator = Coordinator(config)
     yield coordinator
     coordinator.store.close()
@@ -120,5 +123,145 @@ def test_the_ledger_survives_absurd_old_rows(coord):
         (row,) = r.json()
         assert row["units"] == 3 and row["items"] == 30
         assert row["wifi_bytes"] >= 3 * 2**62 - 2**20 and row["compute_s"] >= 1e308
+
+    serve(coord, scenario)
+
+
+# --- the event loop is never blocked ---------------------------------------------------------------------------
+
+PARKED = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}
+
+
+class Gate:
+    """Wraps one method so that its calls block, on whatever thread makes them, until the gate is opened. If one
+    is made on the event loop, nothing else can run there (the test cannot open the gate): it gives up after a
+    while, so that the test fails (``gave_up``) instead of hanging."""
+
+    def __init__(self, obj: object, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered, self.opened, self.gave_up = threading.Event(), threading.Event(), threading.Event()
+        real = getattr(obj, name)
+
+        def gated(*args, **kwargs):
+            self.entered.set()
+            if not self.opened.wait(timeout=20):
+                self.gave_up.set()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(obj, name, gated)
+
+
+async def _car(client: httpx.AsyncClient) -> str:
+    r = await client.post("/vehicles/enroll", json={"enrollment_token": ENROLL, "name": "car", "hardware": "ai4"})
+    assert r.status_code == 201, r.text
+    return r.json()["credential"]
+
+
+async def _job(client: httpx.AsyncClient) -> dict:
+    inputs = npy(X)
+    assert (await client.put(f"/artifacts/{sha(inputs)}", content=inputs, headers=auth(TENANT))).status_code == 201
+    r = await client.post("/jobs", headers=auth(TENANT),
+                          json={"model": "mnist1d-cnn", "inputs": sha(inputs), "input_format": "npy", "unit_items": 25})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def _grant(client: httpx.AsyncClient) -> tuple[str, dict]:
+    await _job(client)
+    car = await _car(client)
+    r = await client.post("/leases", json={"state": PARKED}, headers=auth(car))
+    assert r.status_code == 200, r.text
+    return car, r.json()
+
+
+async def _list_jobs(client):
+    await _job(client)
+    return lambda: client.get("/jobs", headers=auth(TENANT))
+
+
+async def _submit(client):
+    inputs = npy(X * 2.0)
+    await client.put(f"/artifacts/{sha(inputs)}", content=inputs, headers=auth(TENANT))
+    body = {"model": "mnist1d-cnn", "inputs": sha(inputs), "input_format": "npy"}
+    return lambda: client.post("/jobs", json=body, headers=auth(TENANT))
+
+
+async def _lease(client):
+    await _job(client)
+    car = await _car(client)
+    return lambda: client.post("/leases", json={"state": PARKED, "wait_s": 1.0}, headers=auth(car))
+
+
+async def _heartbeat(client):
+    car = await _car(client)
+    return lambda: client.post("/vehicles/heartbeat", json=PARKED, headers=auth(car))
+
+
+async def _complete(client):
+    car, grant = await _grant(client)
+    data = npy(np.zeros((grant["items"], 10), np.float32))
+    body = {"result": sha(data), "inline": base64.b64encode(data).decode(), "next": {"state": PARKED}}
+    return lambda: client.post(f"/leases/{grant['lease_id']}/complete", json=body, headers=auth(car))
+
+
+async def _progress(client):
+    car, grant = await _grant(client)
+    return lambda: client.post(f"/leases/{grant['lease_id']}/progress", json={"done_items": 1}, headers=auth(car))
+
+
+async def _upload(client):
+    data = npy(X * 3.0)
+    return lambda: client.put(f"/artifacts/{sha(data)}", content=data, headers=auth(TENANT))
+
+
+async def _download(client):
+    data = npy(X * 4.0)
+    await client.put(f"/artifacts/{sha(data)}", content=data, headers=auth(TENANT))
+    return lambda: client.get(f"/artifacts/{sha(data)}", headers=auth(TENANT))
+
+
+async def _ledger(client):
+    return lambda: client.get("/ledger", headers=auth(OPERATOR))
+
+
+async def _fleet(client):
+    await _car(client)
+    return lambda: client.get("/fleet", headers=auth(OPERATOR))
+
+
+async def _sweep(client):
+    return None  # the lease sweeper runs by itself every sweep_interval_s
+
+
+@pytest.mark.parametrize(("target", "method", "prepare"), [
+    ("store", "list_jobs", _list_jobs),
+    ("store", "create_job", _submit),
+    ("artifacts", "put_many", _submit),
+    ("store", "acquire", _lease),
+    ("store", "report_state", _heartbeat),
+    ("store", "complete", _complete),
+    ("artifacts", "put_bytes", _complete),
+    ("store", "renew", _progress),
+    ("store", "add_artifact", _upload),
+    ("artifacts", "_write", _upload),
+    ("store", "get_artifact", _download),
+    ("store", "ledger_totals", _ledger),
+    ("store", "counts", _fleet),
+    ("store", "expired_leases", _sweep),
+], ids=lambda v: v if isinstance(v, str) else v.__name__.strip("_"))
+def test_a_slow_store_or_disk_never_blocks_the_event_loop(coord, monkeypatch, target, method, prepare):
+    """While a route (or the sweeper) waits on a slow store call or a slow disk, the loop still answers others."""
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        send = await prepare(client)
+        gate = Gate(getattr(coord, target), method, monkeypatch)
+        request = asyncio.create_task(send()) if send is not None else None
+        assert await asyncio.to_thread(gate.entered.wait, 10)
+        health = await client.get("http://coordinator/healthz")
+        gate.opened.set()
+        if request is not None:
+            r = await request
+            assert r.status_code < 500, r.text
+        assert health.status_code == 200
+        assert not gate.gave_up.is_set(), f"{target}.{method} ran on the event loop: /healthz waited for it"
 
     serve(coord, scenario)

@@ -205,3 +205,31 @@ def test_a_resumed_unit_is_metered_once(api):
     assert complete_inline(api, resumed["lease_id"], b, npy(full)).status_code == 200
     assert ledger_of(api, a)["items"] == 20
     assert ledger_of(api, b)["items"] == 30
+
+
+def test_a_lease_that_expires_is_metered_for_the_checkpoint_it_left(tmp_path):
+    """Car A reports a checkpoint of 20 items and goes quiet; its lease expires and car B resumes from that
+    checkpoint: A is metered for 20 items, B for the 30 it computed, the unit for 50 in total."""
+    from fleetgrid.models.registry import load_runner
+
+    proc = start_coordinator(tmp_path, lease_ttl_s=2.0)
+    try:
+        api = Api(proc.url)
+        api.submit(X, unit_items=50)
+        a, b = api.enroll("vanishing"), api.enroll("finisher")
+        full = load_runner("mnist1d-cnn", threads=1)(X).astype(np.float32)  # before the lease: its TTL is short
+        checkpoint = api.upload(npy(full[:20]), a)
+        grant = api.lease(a)
+        r = api.call("POST", f"/leases/{grant['lease_id']}/progress", a,
+                     json={"done_items": 20, "checkpoint": checkpoint})
+        assert r.status_code == 200, r.text
+        resumed = None
+        while resumed is None:  # B long-polls; the sweeper expires A's lease and wakes it (the test timeout bounds)
+            r = api.call("POST", "/leases", b, json={"state": PARKED, "wait_s": 10})
+            assert r.status_code in (200, 204), r.text
+            resumed = r.json() if r.status_code == 200 else None
+        assert resumed["checkpoint"] == {"done_items": 20, "digest": checkpoint}
+        assert complete_inline(api, resumed["lease_id"], b, npy(full)).status_code == 200
+        assert (ledger_of(api, a)["items"], ledger_of(api, b)["items"]) == (20, 30)
+    finally:
+        proc.stop()

@@ -2,6 +2,10 @@
 
 Errors from :mod:`fleetgrid.errors` are mapped to status codes in one place (:func:`_error_response`); request
 validation errors become readable 422s that name the field. No route answers 500 to anything a client can send.
+
+The event loop only waits: routes that are synchronous through and through are plain ``def`` (FastAPI runs them in
+its thread pool), and the few that must await (the long-poll, a completion that leases the next unit, an upload)
+hand every store call, file write and model run to a thread.
 """
 
 from __future__ import annotations
@@ -84,10 +88,14 @@ class Coordinator:
         while True:
             await asyncio.sleep(self.config.sweep_interval_s)
             try:
-                self.scheduler.expire_due()
-                self.training.expire_due()
+                await asyncio.to_thread(self.sweep)
             except Exception:  # keep sweeping; a transient database error must not stop re-issue for good
                 log.exception("lease sweep failed")
+
+    def sweep(self) -> None:
+        """Close every lease past its deadline, inference and training."""
+        self.scheduler.expire_due()
+        self.training.expire_due()
 
 
 def _pydantic_message(exc: ValidationError) -> str:
@@ -170,14 +178,9 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        wake = coord.scheduler._wake
-
-        def notify() -> None:  # from any thread: wakes the long-polls on this loop
-            loop.call_soon_threadsafe(wake)
-
-        coord.training.notify = coord.scheduler.notify = notify
-        coord.training.resume_all()
+        coord.scheduler.loop = asyncio.get_running_loop()  # routes in threads wake long-polls through it
+        coord.training.notify = coord.scheduler._wake
+        await asyncio.to_thread(coord.training.resume_all)
         sweeper = asyncio.create_task(coord.sweep_forever())
         try:
             yield
@@ -231,7 +234,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         return coord.auth.vehicle(request.headers.get("authorization"))
 
     @app.post(f"{API_PREFIX}/vehicles/enroll", status_code=201, response_model=EnrollResponse, tags=["vehicle"])
-    async def enroll(req: EnrollRequest) -> EnrollResponse:
+    def enroll(req: EnrollRequest) -> EnrollResponse:
         coord.auth.enrollment(req.enrollment_token)
         profile = get_profile(req.hardware)
         vehicle_id = "v-" + uuid.uuid4().hex[:12]
@@ -241,7 +244,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         return EnrollResponse(vehicle_id=vehicle_id, credential=credential)
 
     @app.post(f"{API_PREFIX}/vehicles/heartbeat", response_model=HeartbeatResponse, tags=["vehicle"])
-    async def heartbeat(state: StateReport, v: VehicleRecord = Depends(vehicle)) -> HeartbeatResponse:
+    def heartbeat(state: StateReport, v: VehicleRecord = Depends(vehicle)) -> HeartbeatResponse:
         states.report(v.vehicle_id, state)
         active = [lease.lease_id for lease in store.active_leases(v.vehicle_id)]
         active += coord.training.active_leases(v.vehicle_id)
@@ -253,8 +256,8 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + min(req.wait_s, coord.config.max_long_poll_s)
         while True:
-            wake = sched.work_available
-            grant = coord.training.lease(v) or sched.lease(v)
+            wake = sched.work_available  # taken before looking: a wake in between sets this one
+            grant = await asyncio.to_thread(lambda: coord.training.lease(v) or sched.lease(v))
             if grant is not None:
                 return grant
             remaining = until - loop.time()
@@ -266,7 +269,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     @app.post(f"{API_PREFIX}/leases", response_model=Grant, tags=["vehicle"],
               responses={204: {"description": "no work within wait_s"}})
     async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)):
-        states.report(v.vehicle_id, req.state)
+        await asyncio.to_thread(states.report, v.vehicle_id, req.state)
         if not req.state.eligible:
             why = ", ".join(req.state.reasons) or "no reason given"
             raise Conflict(f"vehicle reports itself ineligible ({why}); lease work only while eligible")
@@ -274,7 +277,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         return grant if grant is not None else Response(status_code=204)
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/renew", response_model=LeaseAck, tags=["vehicle"])
-    async def renew(lease_id: str, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+    def renew(lease_id: str, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
         if coord.training.owns(lease_id):
             return coord.training.renew(v, lease_id)
         return sched.renew(v, lease_id)
@@ -285,7 +288,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
                            f"{API_PREFIX}/train/leases/{lease_id}/update (or /fail to hand it back)")
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/progress", response_model=LeaseAck, tags=["vehicle"])
-    async def progress(lease_id: str, req: ProgressReport, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+    def progress(lease_id: str, req: ProgressReport, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
         not_training(lease_id)
         return sched.progress(v, lease_id, req)
 
@@ -293,24 +296,29 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     async def complete(lease_id: str, req: CompleteRequest, request: Request,
                        v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
         not_training(lease_id)
-        data = decode_inline(req.inline) if req.inline is not None else None
-        # The scheduler checks the lease and the whole result before it writes a byte of it.
-        ack = await asyncio.to_thread(sched.complete, v, lease_id, req, data)
-        if req.next is not None:
-            states.report(v.vehicle_id, req.next.state)
-            if req.next.state.eligible:
-                ack = ack.model_copy(update={"next_lease": await lease_or_wait(v, req.next, request)})
+
+        def accept() -> LeaseAck:
+            data = decode_inline(req.inline) if req.inline is not None else None
+            # The scheduler checks the lease and the whole result before it writes a byte of it.
+            ack = sched.complete(v, lease_id, req, data)
+            if req.next is not None:
+                states.report(v.vehicle_id, req.next.state)
+            return ack
+
+        ack = await asyncio.to_thread(accept)
+        if req.next is not None and req.next.state.eligible:
+            ack = ack.model_copy(update={"next_lease": await lease_or_wait(v, req.next, request)})
         return ack
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/fail", response_model=LeaseAck, tags=["vehicle"])
-    async def fail(lease_id: str, req: FailRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+    def fail(lease_id: str, req: FailRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
         if coord.training.owns(lease_id):
             return coord.training.fail(v, lease_id, req)
         return sched.fail(v, lease_id, req)
 
     @app.get(f"{API_PREFIX}/train/{{job_id}}/model", tags=["vehicle"], response_class=Response)
-    async def train_model(job_id: str, have: int | None = Query(default=None, ge=0),
-                          v: VehicleRecord = Depends(vehicle)) -> Response:
+    def train_model(job_id: str, have: int | None = Query(default=None, ge=0),
+                    v: VehicleRecord = Depends(vehicle)) -> Response:
         """The global model of a training job the car holds a lease of: a frame (see ``protocol.pack_frame``)
         whose header says from_version, version, digest and full; its blobs are one encoded snapshot (full) or
         the encoded deltas from version ``have`` (none when the car is current)."""
@@ -323,23 +331,31 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     async def train_update(lease_id: str, request: Request, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
         """A training update: a frame whose header is an ``UpdateReport`` and whose one blob is the encoded
         delta. 400 if malformed (the global is never touched), 409 if its round is already closed."""
-        coord.training.check_owner(v, lease_id)  # a car without the lease is refused before its body is parsed
+        # A car without the lease is refused before its body is read.
+        await asyncio.to_thread(coord.training.check_owner, v, lease_id)
         body = await request.body()
-        try:
-            header, blobs = unpack_frame(body)
-        except ValueError as exc:
-            raise InvalidInput(f"update body is not a frame ({exc}); send pack_frame(UpdateReport, [payload])") from exc
-        if len(blobs) != 1:
-            raise InvalidInput(f"update frame carries {len(blobs)} blobs; exactly one (the encoded delta) is expected")
-        try:
-            report = UpdateReport.model_validate(header)
-        except ValidationError as exc:
-            raise InvalidInput(f"update header is not an UpdateReport: {_pydantic_message(exc)}") from exc
-        ack = coord.training.update(v, lease_id, report, blobs[0], len(body))
-        if report.next is not None:
-            states.report(v.vehicle_id, report.next.state)
-            if report.next.state.eligible:
-                ack = ack.model_copy(update={"next_lease": await lease_or_wait(v, report.next, request)})
+
+        def accept() -> tuple[LeaseAck, UpdateReport]:
+            try:
+                header, blobs = unpack_frame(body)
+            except ValueError as exc:
+                raise InvalidInput(f"update body is not a frame ({exc}); send pack_frame(UpdateReport, "
+                                   "[payload])") from exc
+            if len(blobs) != 1:
+                raise InvalidInput(f"update frame carries {len(blobs)} blobs; exactly one (the encoded delta) is "
+                                   "expected")
+            try:
+                report = UpdateReport.model_validate(header)
+            except ValidationError as exc:
+                raise InvalidInput(f"update header is not an UpdateReport: {_pydantic_message(exc)}") from exc
+            ack = coord.training.update(v, lease_id, report, blobs[0], len(body))
+            if report.next is not None:
+                states.report(v.vehicle_id, report.next.state)
+            return ack, report
+
+        ack, report = await asyncio.to_thread(accept)
+        if report.next is not None and report.next.state.eligible:
+            ack = ack.model_copy(update={"next_lease": await lease_or_wait(v, report.next, request)})
         return ack
 
 
@@ -364,15 +380,15 @@ def _artifact_routes(app: FastAPI, coord: Coordinator) -> None:
              responses={201: {"description": "stored"}, 200: {"description": "already stored"}})
     async def put_artifact(digest: str, request: Request, response: Response,
                            who: str = Depends(principal)) -> ArtifactInfo:
-        existed = artifacts.exists(digest)
+        existed = await asyncio.to_thread(artifacts.exists, digest)
         size = await artifacts.put_stream(digest, request.stream(), coord.config.max_artifact_bytes)
-        store.add_artifact(digest, size, who, coord.clock.now())
+        await asyncio.to_thread(store.add_artifact, digest, size, who, coord.clock.now())
         response.status_code = 200 if existed else 201
         return ArtifactInfo(digest=digest, size=size)
 
     @app.api_route(f"{API_PREFIX}/artifacts/{{digest}}", methods=["GET", "HEAD"], tags=["artifacts"],
                    response_class=StreamingResponse)
-    async def get_artifact(digest: str, request: Request, who: str = Depends(principal)):
+    def get_artifact(digest: str, request: Request, who: str = Depends(principal)):
         artifacts.path(digest)  # rejects a malformed digest with a 400
         if not may_read(who, digest) or not artifacts.exists(digest):
             raise NotFound(f"artifact {digest} does not exist or is not yours to read")
@@ -398,7 +414,7 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
         return coord.auth.tenant(request.headers.get("authorization"))
 
     @app.get(f"{API_PREFIX}/models", tags=["tenant"])
-    async def models() -> list[dict]:
+    def models() -> list[dict]:
         return [
             {"name": m.name, "description": m.description, "input": m.input_kind,
              "item_shape": m.item_shape, "output_shape": m.output_shape, "needs_model_file": m.needs_model_file}
@@ -426,22 +442,22 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
         return out
 
     @app.get(f"{API_PREFIX}/jobs", response_model=list[JobStatus], tags=["tenant"])
-    async def jobs(t: str = Depends(tenant)) -> list[JobStatus]:
+    def jobs(t: str = Depends(tenant)) -> list[JobStatus]:
         return [status(j) for j in coord.store.list_jobs(t)]
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobStatus, tags=["tenant"])
-    async def job(job_id: str, t: str = Depends(tenant)) -> JobStatus:
+    def job(job_id: str, t: str = Depends(tenant)) -> JobStatus:
         return status(sched.job_for(t, job_id))
 
     @app.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobStatus, tags=["tenant"])
-    async def cancel(job_id: str, t: str = Depends(tenant)) -> JobStatus:
+    def cancel(job_id: str, t: str = Depends(tenant)) -> JobStatus:
         job = sched.cancel(t, job_id)
         coord.training.cancel(job_id)
         return status(job)
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/result", tags=["tenant"], response_class=Response)
-    async def result(job_id: str, t: str = Depends(tenant)) -> Response:
-        data, suffix = await asyncio.to_thread(sched.result, t, job_id)
+    def result(job_id: str, t: str = Depends(tenant)) -> Response:
+        data, suffix = sched.result(t, job_id)
         return Response(data, media_type="application/octet-stream",
                         headers={"content-disposition": f'attachment; filename="{job_id}.{suffix}"'})
 
@@ -451,10 +467,10 @@ def _training_routes(app: FastAPI, coord: Coordinator) -> None:
         return coord.auth.tenant(request.headers.get("authorization"))
 
     @app.post(f"{API_PREFIX}/train/jobs", status_code=201, response_model=JobStatus, tags=["tenant"])
-    async def submit_train(req: TrainSubmit, t: str = Depends(tenant)) -> JobStatus:
+    def submit_train(req: TrainSubmit, t: str = Depends(tenant)) -> JobStatus:
         """Start a federated training job; follow it with GET /v1/jobs/{id} (its ``training`` field holds the
         held-out metrics of every global version) and fetch the final model (safetensors) from /result."""
-        job = await asyncio.to_thread(coord.training.submit, t, req)  # builds the eval set: keep it off the loop
+        job = coord.training.submit(t, req)
         return coord.scheduler.status(job).model_copy(update={"training": coord.training.progress(job)})
 
 
@@ -481,7 +497,7 @@ def _operator_routes(app: FastAPI, coord: Coordinator) -> None:
         return out
 
     @app.get(f"{API_PREFIX}/fleet", response_model=FleetOverview, tags=["operator"], dependencies=[Depends(operator)])
-    async def fleet() -> FleetOverview:
+    def fleet() -> FleetOverview:
         vehicles = summaries()
         now = coord.clock.now()
         by_state: dict[str, int] = {}
@@ -499,11 +515,11 @@ def _operator_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.get(f"{API_PREFIX}/vehicles", response_model=list[VehicleSummary], tags=["operator"],
              dependencies=[Depends(operator)])
-    async def vehicles() -> list[VehicleSummary]:
+    def vehicles() -> list[VehicleSummary]:
         return summaries()
 
     @app.post(f"{API_PREFIX}/vehicles/{{vehicle_id}}/revoke", tags=["operator"], dependencies=[Depends(operator)])
-    async def revoke(vehicle_id: str) -> dict:
+    def revoke(vehicle_id: str) -> dict:
         if not store.revoke_vehicle(vehicle_id):
             raise NotFound(f"vehicle {vehicle_id!r} does not exist; GET /v1/vehicles lists them")
         coord.auth.forget_vehicle(vehicle_id)
@@ -513,12 +529,12 @@ def _operator_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.get(f"{API_PREFIX}/ledger", response_model=list[LedgerEntry], tags=["operator"],
              dependencies=[Depends(operator)])
-    async def ledger() -> list[LedgerEntry]:
+    def ledger() -> list[LedgerEntry]:
         return [LedgerEntry(**row) for row in store.ledger_totals()]
 
     @app.post(f"{API_PREFIX}/tenants", status_code=201, response_model=TenantCreated, tags=["operator"],
               dependencies=[Depends(operator)])
-    async def add_tenant(req: TenantCreate) -> TenantCreated:
+    def add_tenant(req: TenantCreate) -> TenantCreated:
         token = new_token("fgt")
         store.add_tenant(req.name, hash_token(token), coord.clock.now())
         return TenantCreated(tenant=req.name, token=token)

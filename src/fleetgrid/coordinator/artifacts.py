@@ -45,6 +45,20 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _close_durably(fh: BinaryIO) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+
+
+def _drop(fh: BinaryIO | None, tmp: Path) -> None:
+    """Close and remove a temp file (a no-op for one already committed: its name is gone)."""
+    if fh is not None:
+        with contextlib.suppress(OSError):  # a full disk fails the close's flush: the file goes anyway
+            fh.close()
+    tmp.unlink(missing_ok=True)
+
+
 def _fsync_dir(path: Path) -> None:
     """Make a rename (or a new entry) in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -195,35 +209,47 @@ class ArtifactStore:
             raise NotFound(f"artifact {digest} does not exist") from exc
 
     async def put_stream(self, expected: str, chunks: AsyncIterator[bytes], max_bytes: int) -> int:
-        """Store a streamed upload if it hashes to ``expected`` and stays within ``max_bytes``; returns its size."""
+        """Store a streamed upload if it hashes to ``expected`` and stays within ``max_bytes``; returns its size.
+        The chunks are received on the event loop; hashing, writing and fsyncing happen in a thread, a block of
+        about ``CHUNK`` bytes at a time."""
         self.path(expected)  # validates the digest before reading a byte
         hasher = hashlib.sha256()
         size = 0
+        fh: BinaryIO | None = None
         tmp: Path | None = None
+
+        def append(out: BinaryIO, block: bytes) -> None:
+            hasher.update(block)
+            self._write(out, block)
+
         try:
             with _disk_errors(f"storing artifact {expected}"):
-                fh, tmp = self._temp()
-                with fh:
-                    async for chunk in chunks:
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise PayloadTooLarge(f"upload exceeds the {max_bytes}-byte artifact limit")
-                        hasher.update(chunk)
-                        self._write(fh, chunk)
-                    fh.flush()
-                    # fsync takes ~1 ms and releases the GIL: off the event loop, other requests proceed meanwhile.
-                    await asyncio.to_thread(os.fsync, fh.fileno())
+                out, path = await asyncio.to_thread(self._temp)
+                fh, tmp = out, path  # for the cleanup below
+                block: list[bytes] = []
+                buffered = 0
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise PayloadTooLarge(f"upload exceeds the {max_bytes}-byte artifact limit")
+                    block.append(chunk)
+                    buffered += len(chunk)
+                    if buffered >= CHUNK:
+                        await asyncio.to_thread(append, out, b"".join(block))
+                        block, buffered = [], 0
+                await asyncio.to_thread(append, out, b"".join(block))
+                await asyncio.to_thread(_close_durably, out)
                 digest = hasher.hexdigest()
                 if digest != expected:
                     raise HashMismatch(
                         f"upload of {size} bytes hashes to {digest}, not to {expected}; resend the exact bytes "
                         "under their sha256"
                     )
-                await asyncio.to_thread(lambda: _fsync_dir(self._commit(tmp, digest)))
+                await asyncio.to_thread(lambda: _fsync_dir(self._commit(path, digest)))
             return size
         finally:
             if tmp is not None:
-                tmp.unlink(missing_ok=True)
+                await asyncio.to_thread(_drop, fh, tmp)
 
     def read_bytes(self, digest: str) -> bytes:
         try:

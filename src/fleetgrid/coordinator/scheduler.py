@@ -10,9 +10,10 @@ it off the event loop and adds the long-poll wait on :attr:`Scheduler.work_avail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -34,6 +35,13 @@ log = logging.getLogger("fleetgrid.coordinator.scheduler")
 _FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
+def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs in this thread
+        return False
+
+
 @dataclass(slots=True)
 class _Owned:
     lease: LeaseRecord
@@ -50,12 +58,18 @@ class Scheduler:
         self.clock = clock or WallClock()
         self.drivers: dict[str, UnitDriver] = dict(drivers or {})
         self.work_available = asyncio.Event()
-        self.notify: Callable[[], None] = self._wake
-        """Wakes long-polling cars; the app points it at a thread-safe call into its event loop."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the long-polls wait on (the app sets it); a wake from another thread is handed to it."""
         self._specs: dict[str, JobRecord] = {}
 
     def _wake(self) -> None:
-        """Wake long-polling cars: there may be work. Each waiter re-checks, so a spurious wake is harmless."""
+        """Wake long-polling cars: there may be work. Each waiter re-checks, so a spurious wake is harmless. Safe
+        to call from any thread: routes run in the thread pool, and ``work_available`` belongs to the loop."""
+        loop = self.loop
+        if loop is not None and not _running_on(loop):
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(self._wake)
+            return
         self.work_available.set()
         self.work_available = asyncio.Event()
 
@@ -77,7 +91,7 @@ class Scheduler:
         except BaseException:
             self._discard_unrecorded(plan.new_files)
             raise
-        self.notify()
+        self._wake()
         return plan.job
 
     def _discard_unrecorded(self, digests: list[str]) -> None:
@@ -158,7 +172,7 @@ class Scheduler:
     def _require_active(self, owned: _Owned) -> None:
         lease = owned.lease
         if lease.state == LeaseState.ACTIVE and lease.deadline < self.clock.now():
-            self._release(lease, LeaseState.EXPIRED, preempted=False)
+            self._expire(lease, owned.unit)
             lease.state = LeaseState.EXPIRED
         if lease.state == LeaseState.EXPIRED:
             raise LeaseExpired(f"lease {lease.lease_id} expired at its deadline and its unit was re-issued; "
@@ -249,10 +263,13 @@ class Scheduler:
             self.driver(job.kind).check_checkpoint(job, unit, data, req.done_items)
             checkpoint = (req.done_items, req.checkpoint)
         now = self.clock.now()
-        done = computed_items(req.done_items, owned.lease.resumed_items) if checkpoint else 0
+        # The unit keeps the larger of this checkpoint and the last one reported with progress; either way the
+        # items beyond the checkpoint this lease resumed from are its own, and whoever resumes is not paid them.
+        done = max(self._checkpointed(owned.lease, unit),
+                   computed_items(req.done_items, owned.lease.resumed_items) if checkpoint else 0)
         usage = Usage(items=done, accelerator_s=req.compute_s, cellular_bytes=req.cellular_bytes,
                       wifi_bytes=req.wifi_bytes)
-        entry = _ledger_row(owned.lease, job, usage, now, accepted=checkpoint is not None)
+        entry = _ledger_row(owned.lease, job, usage, now, accepted=checkpoint is not None or done > 0)
         self._release(owned.lease, target, preempted=req.handback, checkpoint=checkpoint, entry=entry)
         if not req.handback and unit.attempts >= self.config.max_unit_attempts:
             self.store.finish_job(job.job_id, JobState.FAILED, now,
@@ -265,8 +282,26 @@ class Scheduler:
         released = self.store.release(lease.lease_id, state, self.clock.now(), preempted=preempted,
                                       checkpoint=checkpoint, ledger_entry=entry)
         if released:
-            self.notify()
+            self._wake()
         return released
+
+    @staticmethod
+    def _checkpointed(lease: LeaseRecord, unit: UnitRecord | None) -> int:
+        """Items the unit's checkpoint holds beyond the one ``lease`` resumed from: that lease's own work (only the
+        lease holding a unit can advance its checkpoint)."""
+        if unit is None or not unit.checkpoint_digest:
+            return 0
+        return computed_items(unit.checkpoint_items, lease.resumed_items)
+
+    def _expire(self, lease: LeaseRecord, unit: UnitRecord | None) -> bool:
+        """Close a lease past its deadline and re-issue its unit. The checkpoint it reported is metered to it, as
+        the car that resumes from it is metered only for the rest: a unit's items are metered once in total."""
+        items = self._checkpointed(lease, unit)
+        entry = None
+        if items > 0:
+            job = self._job_spec(lease.job_id)
+            entry = _ledger_row(lease, job, Usage(items=items), self.clock.now(), accepted=True)
+        return self._release(lease, LeaseState.EXPIRED, preempted=False, entry=entry)
 
     def release_vehicle(self, vehicle_id: str) -> None:
         """Re-issue every unit a (revoked) vehicle holds, without waiting for its leases to expire."""
@@ -277,7 +312,7 @@ class Scheduler:
         """Close every lease past its deadline and put its unit back in the queue; returns how many this call
         closed (another coordinator's sweep may close some of the same ones first)."""
         due = self.store.expired_leases(self.clock.now())
-        return sum(self._release(lease, LeaseState.EXPIRED, preempted=False) for lease in due)
+        return sum(self._expire(lease, self.store.get_unit(lease.unit_id)) for lease in due)
 
     # --- results ------------------------------------------------------------------------------------------------
     def _quorum(self, job: JobRecord, idx: int, quorum: int) -> bool:
@@ -301,7 +336,7 @@ class Scheduler:
                 start_item=base.start_item, end_item=base.end_item, input_digest=base.input_digest,
                 input_format=base.input_format, replicas=base.replicas,
             )])
-            self.notify()
+            self._wake()
         return False
 
     def _assemble_if_done(self, job: JobRecord) -> None:

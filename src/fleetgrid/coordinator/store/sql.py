@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import Numeric, and_, bindparam, cast, create_engine, event, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import BindParameter
-from sqlalchemy.exc import IntegrityError
 
 from ...errors import AuthError, Conflict, InvalidInput, LeaseExpired, NotFound
 from . import migrate
