@@ -328,3 +328,46 @@ def test_hostile_update_frames_get_a_4xx_and_never_a_500(api):
     r = api.post("/leases", content=nested, headers=auth(car) | {"content-type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
     api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))
+
+
+# --- durability --------------------------------------------------------------------------------------------------
+
+def test_a_sigkill_mid_round_loses_no_acknowledged_update_and_no_lease(tmp_path):
+    """Offers, leases and acknowledged updates are rows and artifacts: a coordinator killed mid-round comes back
+    with the round it was in, the update it acknowledged, and the lease a second car is still working on."""
+    import httpx
+
+    coordinator = start_coordinator(tmp_path / "coord", lease_ttl_s=60.0)
+    try:
+        with httpx.Client(base_url=coordinator.url + "/v1", timeout=30) as api:
+            r = submit(api, rounds=1, settings={"local": {"steps": 4, "batch_size": 16},
+                                                "rounds": {"clients_per_round": 2, "over_selection": 1.0,
+                                                           "min_reports": 2, "deadline_s": 600}})
+            assert r.status_code == 201, r.text
+            job_id = r.json()["job_id"]
+            first, second = enroll(api, "first"), enroll(api, "second")
+            grants = [lease(api, first, job_id), lease(api, second, job_id)]
+            assert [g["round"] for g in grants] == [1, 1]
+            assert status(api, job_id)["units_in_flight"] == 2  # training leases count like any other
+            params0 = global_params(api, first, job_id)
+            report, payload = train(grants[0], params0, "first")
+            ok = post_update(api, first, grants[0]["lease_id"], report, payload)
+            assert ok.status_code == 200 and ok.json()["state"] == "completed", ok.text
+            assert status(api, job_id)["units_done"] == 0  # one of two reports: the round is still open
+        coordinator.kill()
+        coordinator.start()
+        with httpx.Client(base_url=coordinator.url + "/v1", timeout=30) as api:
+            # The second car's lease survived the restart: it renews, and its update is taken.
+            assert api.post(f"/leases/{grants[1]['lease_id']}/renew", headers=auth(second)).status_code == 200
+            report, payload = train(grants[1], params0, "second")
+            ok = post_update(api, second, grants[1]["lease_id"], report, payload)
+            assert ok.status_code == 200, ok.text
+            # A retry of the first car's acknowledged report is still recognised after the restart.
+            again = post_update(api, first, grants[0]["lease_id"], *train(grants[0], params0, "first"))
+            assert again.status_code in (200, 409), again.text
+            s = wait_version(api, job_id, 1)
+            assert s["training"]["history"][-1]["used"] == 2, s["training"]["history"]  # both updates folded in
+            final = status(api, job_id)
+            assert final["state"] in ("running", "done") and final["training"]["reports"] >= 1
+    finally:
+        coordinator.stop()

@@ -81,7 +81,7 @@ class Coordinator:
         self.auth = Authenticator(self.store, self.clock, config.auth_cache_ttl_s)
         drivers = load_unit_drivers(DriverContext(self.store, self.artifacts, config, self.clock))
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
-        self.training = TrainingService(self.store, self.artifacts, config, self.clock)
+        self.training: TrainingService = drivers["train"].service  # type: ignore[attr-defined]
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
 
     async def sweep_forever(self) -> None:
@@ -180,7 +180,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         coord.scheduler.loop = asyncio.get_running_loop()  # routes in threads wake long-polls through it
         coord.training.notify = coord.scheduler._wake
-        await asyncio.to_thread(coord.training.resume_all)
+        await asyncio.to_thread(coord.training.start)
         sweeper = asyncio.create_task(coord.sweep_forever())
         try:
             yield
@@ -247,17 +247,17 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     def heartbeat(state: StateReport, v: VehicleRecord = Depends(vehicle)) -> HeartbeatResponse:
         states.report(v.vehicle_id, state)
         active = [lease.lease_id for lease in store.active_leases(v.vehicle_id)]
-        active += coord.training.active_leases(v.vehicle_id)
         return HeartbeatResponse(server_time=coord.clock.now(), active_leases=active)
 
     async def lease_or_wait(v: VehicleRecord, req: LeaseRequest, request: Request) -> Grant | None:
-        """Lease work (a training round's share first, else an inference unit), waiting up to ``req.wait_s``
-        (long-poll) for some to become available."""
+        """Lease work of any workload (a share of a training round offered to this car first), waiting up to
+        ``req.wait_s`` (long-poll) for some to become available. Asking marks the car available for rounds."""
+        coord.training.asked(v.vehicle_id)
         loop = asyncio.get_running_loop()
         until = loop.time() + min(req.wait_s, coord.config.max_long_poll_s)
         while True:
             wake = sched.work_available  # taken before looking: a wake in between sets this one
-            grant = await asyncio.to_thread(lambda: coord.training.lease(v) or sched.lease(v))
+            grant = await asyncio.to_thread(sched.lease, v)
             if grant is not None:
                 return grant
             remaining = until - loop.time()
@@ -278,25 +278,15 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/renew", response_model=LeaseAck, tags=["vehicle"])
     def renew(lease_id: str, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
-        if coord.training.owns(lease_id):
-            return coord.training.renew(v, lease_id)
         return sched.renew(v, lease_id)
-
-    def not_training(lease_id: str) -> None:
-        if coord.training.owns(lease_id):
-            raise Conflict(f"lease {lease_id} is a training lease; it reports with POST "
-                           f"{API_PREFIX}/train/leases/{lease_id}/update (or /fail to hand it back)")
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/progress", response_model=LeaseAck, tags=["vehicle"])
     def progress(lease_id: str, req: ProgressReport, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
-        not_training(lease_id)
         return sched.progress(v, lease_id, req)
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"])
     async def complete(lease_id: str, req: CompleteRequest, request: Request,
                        v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
-        not_training(lease_id)
-
         def accept() -> LeaseAck:
             data = decode_inline(req.inline) if req.inline is not None else None
             # The scheduler checks the lease and the whole result before it writes a byte of it.
@@ -312,8 +302,6 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/fail", response_model=LeaseAck, tags=["vehicle"])
     def fail(lease_id: str, req: FailRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
-        if coord.training.owns(lease_id):
-            return coord.training.fail(v, lease_id, req)
         return sched.fail(v, lease_id, req)
 
     @app.get(f"{API_PREFIX}/train/{{job_id}}/model", tags=["vehicle"], response_class=Response)
@@ -348,7 +336,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
                 report = UpdateReport.model_validate(header)
             except ValidationError as exc:
                 raise InvalidInput(f"update header is not an UpdateReport: {_pydantic_message(exc)}") from exc
-            ack = coord.training.update(v, lease_id, report, blobs[0], len(body))
+            ack = coord.training.update(v, lease_id, report, blobs[0], body)
             if report.next is not None:
                 states.report(v.vehicle_id, report.next.state)
             return ack, report

@@ -58,6 +58,9 @@ class CoordinatorConfig:
     auth_cache_ttl_s: float = 5.0
     """How long a found credential is trusted without asking the database (0: never cached). A car revoked through
     another coordinator on the same database is refused leases at once, and refused entirely within this time."""
+    driver_claim_ttl_s: float = 6.0
+    """Replicas on one database: the replica driving a training job renews its claim every sixth of this; when it
+    dies, another takes the job over within this long."""
     enroll_token: str | None = None
     operator_token: str | None = None
     tenant_tokens: dict[str, str] = field(default_factory=dict)

@@ -62,6 +62,12 @@ class UnitDriver(ABC):
     """The tenant's job submission (``POST /v1/jobs`` with this ``kind``)."""
     result_suffix: ClassVar[str] = "bin"
     """File suffix of the assembled result, for the download's name."""
+    reports_with: ClassVar[str | None] = None
+    """The route this workload's cars report a finished lease with, when it is not the generic complete (the
+    generic progress and complete routes then answer 409 naming it)."""
+    requeue: ClassVar[bool] = True
+    """Whether a unit whose lease failed, was handed back or expired goes back to the queue (False: it is
+    cancelled, and the workload plans that work anew)."""
 
     def __init__(self, ctx: DriverContext) -> None:
         self.ctx = ctx

@@ -186,6 +186,12 @@ class Scheduler:
         self.store.renew(lease_id, deadline)
         return LeaseAck(lease_id=lease_id, state=LeaseState.ACTIVE, deadline=deadline)
 
+    def _check_route(self, owned: _Owned) -> None:
+        route = self.driver(owned.job.kind).reports_with
+        if route is not None:
+            raise Conflict(f"lease {owned.lease.lease_id} is a {owned.job.kind} lease; it reports with POST "
+                           + route.replace("{lease_id}", owned.lease.lease_id))
+
     def _vehicle_artifact(self, vehicle: VehicleRecord, digest: str, what: str) -> bytes:
         """An artifact this vehicle uploaded, whole."""
         if not self.store.owns(f"vehicle:{vehicle.vehicle_id}", digest):
@@ -199,6 +205,7 @@ class Scheduler:
 
     def progress(self, vehicle: VehicleRecord, lease_id: str, report: ProgressReport) -> LeaseAck:
         owned = self._owned(vehicle, lease_id)
+        self._check_route(owned)
         if report.done_items > owned.unit.items:
             raise InvalidInput(f"done_items {report.done_items} exceeds the unit's {owned.unit.items} items")
         if report.checkpoint is not None:
@@ -215,6 +222,7 @@ class Scheduler:
         uploaded. Nothing is written, inline bytes included, until the lease is found to be the car's and open and
         the workload's driver accepted the whole result; then the unit is done and metered in one transaction."""
         owned = self._owned(vehicle, lease_id, active=False)
+        self._check_route(owned)
         if owned.lease.state == LeaseState.COMPLETED:
             if owned.lease.result_digest == req.result:
                 self._assemble_if_done(owned.job)  # a completion cut short before assembling finishes it now
@@ -279,8 +287,10 @@ class Scheduler:
     def _release(self, lease: LeaseRecord, state: str, *, preempted: bool,
                  checkpoint: tuple[int, str] | None = None, entry: LedgerRecord | None = None) -> bool:
         """False if the lease was closed meanwhile (by another request or coordinator): nothing changed."""
+        driver = self.drivers.get(self._job_spec(lease.job_id).kind)
         released = self.store.release(lease.lease_id, state, self.clock.now(), preempted=preempted,
-                                      checkpoint=checkpoint, ledger_entry=entry)
+                                      checkpoint=checkpoint, ledger_entry=entry,
+                                      requeue=driver.requeue if driver is not None else True)
         if released:
             self._wake()
         return released

@@ -2,11 +2,14 @@
 
 Each running training job has one driver thread that runs :meth:`Strategy.run` over a :class:`LeaseFleet`. The
 fleet side is event-driven: a car asking for work (``POST /v1/leases``) marks itself available; the round loop
-offers chosen cars a share of the round; the car's next ask turns the offer into a training lease; its update
-(``POST /v1/train/leases/{id}/update``) is validated at once, so a bad one is refused with a 4xx and never
-reaches the global, and then queued for the loop. After every new global version the strategy's whole state is
-checkpointed as an artifact, so a coordinator killed mid-job resumes from its last version. Training leases live
-in memory only: a round cut short by a restart is simply run again.
+offers chosen cars a share of the round, each a unit row only that car may lease until the offer expires; the
+car's next ask leases it like any unit (the same lease rows, renewals and expiry as every workload). Its update
+(``POST /v1/train/leases/{id}/update``) is validated at once, so a bad one is refused with a 4xx and never reaches
+the global; an accepted one is stored (the frame as an artifact, the unit done, the lease completed and metered in
+one transaction) before it is acknowledged, then queued for the loop. After every new global version the
+strategy's whole state is checkpointed as an artifact, marking the updates it folded in; a coordinator killed
+mid-round resumes from its last version, feeds the loop every acknowledged update not yet in it, and reopens the
+round they belong to, so the cars' work is not lost.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import torch
 from safetensors.torch import save as st_save
 
 from ..clock import Clock
+from ..core import LeaseState, UnitState
 from ..errors import Conflict, FleetgridError, Forbidden, InvalidInput, LeaseExpired, NotFound
-from ..protocol import FailRequest, JobState, LeaseAck, TrainGrant, TrainingProgress, TrainSubmit, UpdateReport
+from ..protocol import JobState, LeaseAck, TrainGrant, TrainingProgress, TrainSubmit, UpdateReport, unpack_frame
 from ..workloads.training import (
     ClientUpdate,
     DataSpec,
@@ -36,6 +40,7 @@ from ..workloads.training import (
     build_eval_set,
     build_local_dataset,
     build_model,
+    decode,
     make_evaluator,
     make_strategy,
     strategy_from_state_bytes,
@@ -43,10 +48,10 @@ from ..workloads.training import (
 )
 from ..workloads.training.strategies import read_metadata
 from ..workloads.training.tasks import MODELS
-from .artifacts import ArtifactStore
+from .artifacts import ArtifactStore, sha256_hex
 from .config import CoordinatorConfig
 from .metering import check_compute_s
-from .store import JobRecord, LedgerRecord, Store, VehicleRecord
+from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
 
 __all__ = ["LeaseFleet", "TrainingService", "final_model_bytes"]
 
@@ -64,34 +69,29 @@ class _TargetReached(Exception):
 
 
 @dataclass(slots=True)
-class _Offer:
-    instructions: TrainInstructions
-    expires: float
+class _Report:
+    """An acknowledged update, as the round loop receives it: the unit it completed and the update itself."""
 
-
-@dataclass(slots=True)
-class _TrainLease:
-    lease_id: str
-    job_id: str
-    vehicle_id: str
-    instructions: TrainInstructions
-    deadline: float
-    issued_at: float
-    state: str = "active"  # active | completed | handed_back | failed | cancelled | expired
-    closed_at: float | None = None
+    idx: int
+    digest: str
+    update: ClientUpdate
 
 
 @dataclass
 class _Run:
-    """One running training job: its strategy, the work out on cars, and the reports not yet folded in."""
+    """One running training job: its strategy and the acknowledged reports not yet folded in. Offers and leases
+    are unit and lease rows in the store, like every workload's."""
 
     job: JobRecord
     submit: TrainSubmit
     data: DataSpec
     strategy: Strategy
-    offers: dict[str, _Offer] = field(default_factory=dict)
-    leases: dict[str, _TrainLease] = field(default_factory=dict)
-    updates: queue.Queue[ClientUpdate] = field(default_factory=queue.Queue)
+    updates: queue.Queue[_Report] = field(default_factory=queue.Queue)
+    consumed: list[tuple[int, str]] = field(default_factory=list)
+    """(idx, digest) of reports handed to the strategy (or dropped) since the last checkpoint."""
+    seen: set[int] = field(default_factory=set)
+    """Units whose report is queued or consumed already."""
+    next_idx: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     bytes_up: int = 0
@@ -99,14 +99,12 @@ class _Run:
     reports: int = 0
     rejected: int = 0
 
-    def holds(self, vehicle_id: str) -> bool:
-        return vehicle_id in self.offers or any(
-            lease.vehicle_id == vehicle_id and lease.state == "active" for lease in self.leases.values()
-        )
-
 
 class LeaseFleet:
-    """The :class:`Fleet` a strategy's round loop drives, over the coordinator's cars (called on the driver thread)."""
+    """The :class:`Fleet` a strategy's round loop drives, over the coordinator's cars (called on the driver thread).
+
+    An offer is a unit of the job targeted at one car until it expires; the car's next ask leases it like any
+    unit. What the loop reads (who is busy, the reports) comes from the store and the acknowledged reports."""
 
     poll_s = 0.5
     """The round loop tops its cohort up with cars that turned up this often (see ``Strategy.run``)."""
@@ -121,17 +119,10 @@ class LeaseFleet:
         return self.service.available(self.run)
 
     def busy_count(self) -> int:
-        with self.service.lock:
-            self._expire_offers()
-            active = sum(lease.state == "active" for lease in self.run.leases.values())
-            return len(self.run.offers) + active
+        return len(self.service.store.live_offers(self.run.job.job_id, self.now()))
 
     def dispatch(self, assignments: Mapping[str, TrainInstructions], strategy: Strategy) -> None:
-        expires = self.now() + self.service.offer_ttl_s
-        with self.service.lock:
-            for vehicle_id, instructions in assignments.items():
-                self.run.offers[vehicle_id] = _Offer(instructions, expires)
-        self.service.notify()
+        self.service.offer(self.run, assignments)
 
     def next_update(self, deadline: float) -> ClientUpdate | None:
         while True:
@@ -141,29 +132,28 @@ class LeaseFleet:
             if remaining <= 0:
                 return None
             try:
-                return self.run.updates.get(timeout=min(remaining, 0.2))
+                report = self.run.updates.get(timeout=min(remaining, 0.2))
             except queue.Empty:
-                with self.service.lock:
-                    self._expire_offers()
+                if not self.service.store.single_process:  # replicas: reports may have reached another one
+                    self.service.collect(self.run)
+                continue
+            self.run.consumed.append((report.idx, report.digest))
+            return report.update
 
     def cancel_outstanding(self) -> None:
         """Close the round: offers withdrawn, open leases cancelled (their late updates get a 409)."""
         self.service.close_round(self.run)
         while True:  # reports accepted but not needed once the round was complete: counted, not used
             try:
-                self.run.updates.get_nowait()
+                report = self.run.updates.get_nowait()
             except queue.Empty:
                 break
-
-    def _expire_offers(self) -> None:
-        now = self.now()
-        for vehicle_id in [v for v, o in self.run.offers.items() if o.expires < now]:
-            del self.run.offers[vehicle_id]
+            self.run.consumed.append((report.idx, report.digest))
 
 
 class TrainingService:
-    """Every training job this coordinator runs. Route handlers call in from the event loop; each job's round loop
-    runs on its own thread; ``lock`` guards the offers and leases they share."""
+    """Every training job this coordinator drives. Route handlers call in from the thread pool; each job's round
+    loop runs on its own thread; ``lock`` guards the in-memory parts they share (who asked for work lately)."""
 
     def __init__(self, store: Store, artifacts: ArtifactStore, config: CoordinatorConfig, clock: Clock) -> None:
         self.store, self.artifacts, self.config, self.clock = store, artifacts, config, clock
@@ -177,8 +167,15 @@ class TrainingService:
         self.offer_ttl_s = 15.0
         """An offer not taken up by then is withdrawn, so the round loop offers that share to another car."""
         self._asked: dict[str, float] = {}
-        self._leases: dict[str, _Run] = {}
         self._shards: dict[str, int] = {}
+        self.replica = "r-" + uuid.uuid4().hex[:12]
+        """This coordinator process, as the driver of the training jobs it claims."""
+        self.claim_ttl_s = config.driver_claim_ttl_s
+        """A replica renews its claims every sixth of this; one that died is taken over after at most this long."""
+        self._keeper: threading.Thread | None = None
+        self._halt = threading.Event()
+        self._readers: dict[str, tuple[str | None, Strategy]] = {}  # job -> (checkpoint, read-only strategy)
+        self._numel: dict[str, int] = {}
 
     # --- tenants ------------------------------------------------------------------------------------------------
     def submit(self, tenant: str, req: TrainSubmit) -> JobRecord:
@@ -209,30 +206,73 @@ class TrainingService:
         job = JobRecord(job_id=job_id, tenant=tenant, name=req.name or job_id, kind="train", model=req.model,
                         spec=spec, items=req.rounds, units_total=req.rounds, created_at=now)
         self.store.create_job(job, [])
-        self._start(job, strategy)
+        if self._claim(job_id):
+            self._start(job, strategy)
         return job
 
+    # --- which replica drives which job -------------------------------------------------------------------------
+    def start(self) -> int:
+        """Drive every live training job no other replica drives, and keep doing so (renewing this replica's claims
+        and taking over jobs whose driver died) on a background thread; returns how many jobs it took now."""
+        taken = self.take_over()
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep, name="fleetgrid-train-keeper", daemon=True)
+            self._keeper.start()
+        return taken
+
     def resume_all(self) -> int:
-        """Restart the round loop of every live training job, each from its last checkpoint; returns how many."""
-        resumed = 0
-        for job in self.store.list_jobs():
-            if job.kind != "train" or job.state not in _LIVE or job.job_id in self.runs:
-                continue
+        """Restart the round loop of every live training job not driven elsewhere; returns how many."""
+        return self.take_over()
+
+    def _keep(self) -> None:
+        while not self._halt.wait(self.claim_ttl_s / 6):
             try:
-                if job.checkpoint_digest:
-                    strategy = strategy_from_state_bytes(self.artifacts.read_bytes(job.checkpoint_digest))
-                else:
-                    model = build_model(job.model, seed=job.spec.get("init_seed", 0))
-                    init = FlatLayout.of(model).flatten(model)
-                    strategy = make_strategy(job.spec["strategy"], init, job.spec["settings"])
-            except Exception as exc:  # noqa: BLE001 - a job that cannot resume fails; the others go on
-                log.exception("training job %s cannot resume", job.job_id)
-                self.store.finish_job(job.job_id, JobState.FAILED, self.clock.now(), error=f"cannot resume: {exc}")
+                self.take_over()
+            except Exception:  # noqa: BLE001 - a passing database error: try again at the next tick
+                log.exception("renewing training job claims failed")
+
+    def _claim(self, job_id: str) -> bool:
+        now = self.clock.now()
+        # On a store no other process can open, a claim left by this coordinator's previous life is void at once.
+        seen = math.inf if self.store.single_process else now
+        return self.store.claim_job(job_id, self.replica, seen, now + self.claim_ttl_s)
+
+    def take_over(self) -> int:
+        """Renew this replica's claims (a run whose claim is lost stops: another replica drives it now) and resume
+        every live training job nobody drives; returns how many were taken."""
+        for job_id, run in list(self.runs.items()):
+            if run.thread is not None and not run.thread.is_alive():
+                self.runs.pop(job_id, None)
+                self.store.drop_claim(job_id, self.replica)
+            elif not self._claim(job_id):
+                log.warning("training job %s is driven by another coordinator now; this one stops driving it", job_id)
+                run.stop.set()
+                self.runs.pop(job_id, None)
+        taken = 0
+        for job in self.store.list_jobs():
+            if job.kind != "train" or job.state not in _LIVE or job.job_id in self.runs or self._halt.is_set():
                 continue
-            log.info("resuming training job %s at version %d", job.job_id, strategy.version)
-            self._start(job, strategy)
-            resumed += 1
-        return resumed
+            if self._claim(job.job_id) and self._resume(job):
+                taken += 1
+        return taken
+
+    def _resume(self, job: JobRecord) -> bool:
+        try:
+            strategy = self._strategy_at_checkpoint(job)
+        except Exception as exc:  # noqa: BLE001 - a job that cannot resume fails; the others go on
+            log.exception("training job %s cannot resume", job.job_id)
+            self.store.finish_job(job.job_id, JobState.FAILED, self.clock.now(), error=f"cannot resume: {exc}")
+            return False
+        log.info("driving training job %s from version %d", job.job_id, strategy.version)
+        self._start(job, strategy)
+        return True
+
+    def _strategy_at_checkpoint(self, job: JobRecord) -> Strategy:
+        if job.checkpoint_digest:
+            return strategy_from_state_bytes(self.artifacts.read_bytes(job.checkpoint_digest))
+        model = build_model(job.model, seed=job.spec.get("init_seed", 0))
+        init = FlatLayout.of(model).flatten(model)
+        return make_strategy(job.spec["strategy"], init, job.spec["settings"])
 
     def cancel(self, job_id: str) -> None:
         run = self.runs.get(job_id)
@@ -241,20 +281,19 @@ class TrainingService:
             self.close_round(run)
 
     def close_round(self, run: _Run) -> None:
-        """Withdraw the run's offers and cancel its open leases (a late update then gets a 409)."""
-        now = self.clock.now()
-        with self.lock:
-            run.offers.clear()
-            for lease in run.leases.values():
-                if lease.state == "active":
-                    lease.state, lease.closed_at = "cancelled", now
+        """Withdraw the job's offers and cancel its open leases (a late update then gets a 409)."""
+        self.store.cancel_open_units(run.job.job_id, self.clock.now())
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
+        self._halt.set()
         for run in list(self.runs.values()):
             run.stop.set()
-        for run in list(self.runs.values()):
+        for job_id, run in list(self.runs.items()):
             if run.thread is not None:
                 run.thread.join(timeout_s)
+            self.store.drop_claim(job_id, self.replica)  # another replica takes over at once
+        if self._keeper is not None:
+            self._keeper.join(timeout_s)
 
     def progress(self, job: JobRecord) -> TrainingProgress:
         run = self.runs.get(job.job_id)
@@ -284,96 +323,102 @@ class TrainingService:
         return read_metadata(self.artifacts.read_bytes(digest))
 
     # --- vehicles -----------------------------------------------------------------------------------------------
-    def lease(self, vehicle: VehicleRecord) -> TrainGrant | None:
-        """A share of a round offered to this car, as a lease; None if no training job wants it now. Every call
-        also marks the car available for the next round."""
-        now = self.clock.now()
+    def asked(self, vehicle_id: str) -> None:
+        """A car asked for work: it counts as available for the next round of every job for a while."""
         with self.lock:
-            self._asked[vehicle.vehicle_id] = now
-            for run in self.runs.values():
-                offer = run.offers.pop(vehicle.vehicle_id, None)
-                if offer is None or offer.expires < now or run.stop.is_set():
-                    continue
-                lease = _TrainLease(
-                    lease_id="tl-" + uuid.uuid4().hex, job_id=run.job.job_id, vehicle_id=vehicle.vehicle_id,
-                    instructions=offer.instructions, deadline=now + self.config.lease_ttl_s, issued_at=now,
-                )
-                run.leases[lease.lease_id] = lease
-                self._leases[lease.lease_id] = run
-                return self._grant(run, lease, self._shard(vehicle.vehicle_id, run.data.num_vehicles))
-        return None
-
-    def _grant(self, run: _Run, lease: _TrainLease, shard: int) -> TrainGrant:
-        ins = lease.instructions
-        return TrainGrant(
-            lease_id=lease.lease_id, job_id=run.job.job_id, round=ins.round, base_version=ins.base_version,
-            model_digest=ins.model_digest, model=run.job.model, local=to_dict(ins.local), seed=ins.seed,
-            data=to_dict(run.data), shard=shard, deadline=lease.deadline, renew_every_s=self.config.lease_ttl_s / 3,
-        )
+            self._asked[vehicle_id] = self.clock.now()
 
     def available(self, run: _Run) -> list[str]:
+        """Cars to offer a share of the round: those asking for work lately, less those busy with this job. With
+        replicas, cars asking another replica count too (seen eligible within the online window)."""
         now = self.clock.now()
+        busy = set(self.store.live_offers(run.job.job_id, now))
         with self.lock:
-            return sorted(v for v, at in self._asked.items()
-                          if now - at <= self.available_window_s and not run.holds(v))
+            asked = {v for v, at in self._asked.items() if now - at <= self.available_window_s}
+        if not self.store.single_process:
+            asked |= set(self.store.recently_eligible(now - self.config.online_window_s))
+        return sorted(asked - busy)
 
-    def owns(self, lease_id: str) -> bool:
-        return lease_id.startswith("tl-")
+    def offer(self, run: _Run, assignments: Mapping[str, TrainInstructions]) -> None:
+        """Offer each car its share of the round: a unit only that car may lease, until the offer expires."""
+        now = self.clock.now()
+        job_id = run.job.job_id
+        offers = []
+        for vehicle_id, ins in assignments.items():
+            idx, run.next_idx = run.next_idx, run.next_idx + 1
+            offers.append(UnitRecord(
+                unit_id=f"{job_id}:t{idx}", job_id=job_id, idx=idx, replica=0, start_item=0,
+                end_item=ins.local.steps, input_digest=ins.model_digest, input_format="train",
+                target_vehicle=vehicle_id, offer_expires=now + self.offer_ttl_s,
+                payload={"round": ins.round, "base_version": ins.base_version, "model_digest": ins.model_digest,
+                         "local": to_dict(ins.local), "seed": ins.seed},
+            ))
+        self.store.offer_units(offers)
+        self.notify()
 
-    def _lease(self, vehicle: VehicleRecord, lease_id: str) -> tuple[_Run, _TrainLease]:
-        run = self._leases.get(lease_id)
-        lease = run.leases.get(lease_id) if run is not None else None
-        if run is None or lease is None:
-            raise NotFound(f"training lease {lease_id!r} does not exist (a coordinator restart ends open rounds); "
-                           "lease new work with POST /v1/leases")
-        if lease.vehicle_id != vehicle.vehicle_id:
+    def grant(self, job: JobRecord, unit: UnitRecord, lease: LeaseRecord) -> TrainGrant:
+        """The lease of an offered share, as the car sees it."""
+        ins = unit.payload or {}
+        data = _data_spec(job.spec["data"])
+        return TrainGrant(
+            lease_id=lease.lease_id, job_id=job.job_id, round=ins["round"], base_version=ins["base_version"],
+            model_digest=ins["model_digest"], model=job.model, local=ins["local"], seed=ins["seed"],
+            data=to_dict(data), shard=self._shard(lease.vehicle_id, data.num_vehicles), deadline=lease.deadline,
+            renew_every_s=self.config.lease_ttl_s / 3,
+        )
+
+    def _owned(self, vehicle: VehicleRecord, lease_id: str) -> tuple[LeaseRecord, UnitRecord, JobRecord]:
+        context = self.store.lease_context(lease_id)
+        if context is None or context[2].kind != "train":
+            raise NotFound(f"training lease {lease_id!r} does not exist; lease new work with POST /v1/leases")
+        if context[0].vehicle_id != vehicle.vehicle_id:
             raise Forbidden(f"lease {lease_id} belongs to another vehicle; a vehicle may touch only its own leases")
-        return run, lease
+        return context
 
     def check_owner(self, vehicle: VehicleRecord, lease_id: str) -> None:
         """NotFound / Forbidden unless the training lease exists and is this vehicle's; cheap, so it runs before a
         report's body is parsed."""
-        with self.lock:
-            self._lease(vehicle, lease_id)
+        self._owned(vehicle, lease_id)
 
-    def _check_compute(self, lease: _TrainLease, compute_s: float) -> None:
-        check_compute_s(compute_s, lease_id=lease.lease_id, issued_at=lease.issued_at, now=self.clock.now(),
-                        slack_s=self.config.compute_slack_s)
-
-    def _require_active(self, lease: _TrainLease) -> None:
-        if lease.state == "active" and lease.deadline < self.clock.now():
-            lease.state = "expired"
-        if lease.state == "expired":
+    def _require_active(self, lease: LeaseRecord, unit: UnitRecord) -> None:
+        if lease.state == LeaseState.ACTIVE and lease.deadline < self.clock.now():
             raise LeaseExpired(f"training lease {lease.lease_id} expired at its deadline; lease new work")
-        if lease.state == "cancelled":
-            raise Conflict(f"round {lease.instructions.round} of job {lease.job_id} is closed; this lease's work "
-                           "is no longer wanted. Lease new work with POST /v1/leases")
-        if lease.state != "active":
+        if lease.state == LeaseState.EXPIRED:
+            raise LeaseExpired(f"training lease {lease.lease_id} expired at its deadline; lease new work")
+        if lease.state == LeaseState.CANCELLED:
+            raise Conflict(f"round {(unit.payload or {}).get('round')} of job {lease.job_id} is closed; this lease's "
+                           "work is no longer wanted. Lease new work with POST /v1/leases")
+        if lease.state != LeaseState.ACTIVE:
             raise Conflict(f"lease {lease.lease_id} is {lease.state}, not active; lease new work")
-
-    def renew(self, vehicle: VehicleRecord, lease_id: str) -> LeaseAck:
-        with self.lock:
-            _run, lease = self._lease(vehicle, lease_id)
-            self._require_active(lease)
-            lease.deadline = self.clock.now() + self.config.lease_ttl_s
-            return LeaseAck(lease_id=lease_id, state="active", deadline=lease.deadline)
 
     def model(self, vehicle: VehicleRecord, job_id: str, have: int | None) -> tuple[dict[str, Any], list[bytes]]:
         """The global version a car's open lease of the job trains from: nothing if it holds it already, deltas
         from ``have``, or a snapshot."""
-        run = self.runs.get(job_id)
-        with self.lock:
-            held = [lease for lease in (run.leases.values() if run is not None else ())
-                    if lease.vehicle_id == vehicle.vehicle_id and lease.state == "active"]
-            if run is None or not held:
-                raise NotFound(f"vehicle {vehicle.vehicle_id} holds no open training lease of job {job_id!r}; "
-                               "models are served only to cars training them")
-        with run.strategy.lock:
-            download = run.strategy.download(have, version=held[-1].instructions.base_version)
+        held = [lease for lease in self.store.active_leases(vehicle.vehicle_id) if lease.job_id == job_id]
+        context = self.store.lease_context(held[-1].lease_id) if held else None
+        if context is None:
+            raise NotFound(f"vehicle {vehicle.vehicle_id} holds no open training lease of job {job_id!r}; "
+                           "models are served only to cars training them")
+        strategy = self._reader(context[2])
+        base_version = (context[1].payload or {}).get("base_version", strategy.version)
+        with strategy.lock:
+            download = strategy.download(have, version=base_version)
         header = {"from_version": download.from_version, "version": download.version, "digest": download.digest,
                   "full": download.full is not None}
         blobs = [download.full] if download.full is not None else list(download.deltas)
         return header, blobs
+
+    def _reader(self, job: JobRecord) -> Strategy:
+        """The strategy whose versions a car downloads: the running one, or (another replica drives the job) one
+        read from the job's latest checkpoint, kept until the next."""
+        run = self.runs.get(job.job_id)
+        if run is not None:
+            return run.strategy
+        stored = self.store.get_job(job.job_id) or job
+        cached = self._readers.get(job.job_id)
+        if cached is None or cached[0] != stored.checkpoint_digest:
+            cached = self._readers[job.job_id] = (stored.checkpoint_digest, self._strategy_at_checkpoint(stored))
+        return cached[1]
 
     def count_down(self, job_id: str, nbytes: int) -> None:
         run = self.runs.get(job_id)
@@ -382,100 +427,101 @@ class TrainingService:
                 run.bytes_down += nbytes
 
     def update(self, vehicle: VehicleRecord, lease_id: str, report: UpdateReport, payload: bytes,
-               nbytes: int) -> LeaseAck:
-        """Validate a car's update against the global (never touching it) and queue it for the round loop."""
-        with self.lock:
-            run, lease = self._lease(vehicle, lease_id)
-            if lease.state == "completed":
-                return LeaseAck(lease_id=lease_id, state="completed")  # a retried report counts once
-            self._require_active(lease)
-            self._check_compute(lease, report.compute_s)
-            ins = lease.instructions
-            if (report.round, report.base_version) != (ins.round, ins.base_version):
-                raise InvalidInput(f"update quotes round {report.round} / version {report.base_version}; lease "
-                                   f"{lease_id} was for round {ins.round} / version {ins.base_version}")
-            if report.steps_done > report.steps_planned or report.steps_planned != ins.local.steps:
-                raise InvalidInput(f"update reports {report.steps_done} of {report.steps_planned} steps; the lease "
-                                   f"planned {ins.local.steps} and steps_done cannot exceed that")
-            update = ClientUpdate(
-                client_id=vehicle.vehicle_id, round=report.round, base_version=report.base_version, payload=payload,
-                num_examples=report.num_examples, steps_done=report.steps_done, steps_planned=report.steps_planned,
-                examples_seen=report.examples_seen,
-                train_loss=report.train_loss if report.train_loss is not None else float("nan"),
-            )
-        try:
-            with run.strategy.lock:
-                run.strategy.accept(update)  # raises InvalidInput / Conflict; the global is not touched either way
-        except (InvalidInput, Conflict):
-            run.rejected += 1
-            raise
-        with self.lock:
-            if lease.state != "active":  # the round closed while the update was being checked
-                self._require_active(lease)
-            lease.state, lease.closed_at = "completed", self.clock.now()
-            run.bytes_up += nbytes
-            run.reports += 1
-            run.updates.put(update)
-        self.store.record_ledger(LedgerRecord(
-            lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=run.job.job_id, items=0,
-            examples=report.examples_seen, steps=report.steps_done, workload="train",
-            compute_s=report.compute_s, cellular_bytes=report.cellular_bytes, wifi_bytes=report.wifi_bytes,
-            at=self.clock.now(),
-        ))
-        return LeaseAck(lease_id=lease_id, state="completed")
+               body: bytes) -> LeaseAck:
+        """Validate a car's update against the global (never touching it), store it, close the lease, and queue it
+        for the round loop. Once this answers, the update survives a restart: the frame is an artifact and the
+        unit is done, and a coordinator that resumes the job feeds the round loop every such update again."""
+        lease, unit, job = self._owned(vehicle, lease_id)
+        digest = sha256_hex(body)
+        if lease.state == LeaseState.COMPLETED:
+            if lease.result_digest == digest:
+                return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)  # a retried report counts once
+            raise Conflict(f"lease {lease_id} already reported a different update; a lease reports once")
+        self._require_active(lease, unit)
+        check_compute_s(report.compute_s, lease_id=lease_id, issued_at=lease.issued_at, now=self.clock.now(),
+                        slack_s=self.config.compute_slack_s)
+        ins = unit.payload or {}
+        if (report.round, report.base_version) != (ins.get("round"), ins.get("base_version")):
+            raise InvalidInput(f"update quotes round {report.round} / version {report.base_version}; lease "
+                               f"{lease_id} was for round {ins.get('round')} / version {ins.get('base_version')}")
+        planned = (ins.get("local") or {}).get("steps")
+        if report.steps_done > report.steps_planned or report.steps_planned != planned:
+            raise InvalidInput(f"update reports {report.steps_done} of {report.steps_planned} steps; the lease "
+                               f"planned {planned} and steps_done cannot exceed that")
+        run = self.runs.get(job.job_id)
+        update = _client_update(vehicle.vehicle_id, report, payload)
+        if run is not None:
+            try:
+                with run.strategy.lock:
+                    run.strategy.accept(update)  # raises InvalidInput / Conflict; the global is not touched
+            except (InvalidInput, Conflict):
+                with self.lock:
+                    run.rejected += 1
+                raise
+        else:  # another replica drives the job: check what can be checked here; it validates again when folding in
+            self._check_shape(job, payload)
+        self.artifacts.put_bytes(body)
+        entry = LedgerRecord(
+            lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=job.job_id, items=0, workload="train",
+            examples=report.examples_seen, steps=report.steps_done, compute_s=report.compute_s,
+            cellular_bytes=report.cellular_bytes, wifi_bytes=report.wifi_bytes, at=self.clock.now(),
+        )
+        self.store.complete(lease, unit, digest, entry, self.clock.now(),
+                            artifact=(len(body), f"vehicle:{vehicle.vehicle_id}"))
+        if run is not None:
+            with self.lock:
+                run.bytes_up += len(body)
+                run.reports += 1
+                run.seen.add(unit.idx)
+            run.updates.put(_Report(unit.idx, digest, update))
+        return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)
 
-    def fail(self, vehicle: VehicleRecord, lease_id: str, req: FailRequest) -> LeaseAck:
-        state = "handed_back" if req.handback else "failed"
-        with self.lock:
-            run, lease = self._lease(vehicle, lease_id)
-            if lease.state in ("handed_back", "failed"):
-                return LeaseAck(lease_id=lease_id, state=lease.state)
-            self._check_compute(lease, req.compute_s)
-            if lease.state == "active":
-                lease.state, lease.closed_at = state, self.clock.now()
-        if not req.handback:
-            log.warning("vehicle %s failed training lease %s: %s", vehicle.vehicle_id, lease_id, req.reason)
-        self.store.record_ledger(LedgerRecord(
-            lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=run.job.job_id, items=0, workload="train",
-            compute_s=req.compute_s, cellular_bytes=req.cellular_bytes, wifi_bytes=req.wifi_bytes,
-            at=self.clock.now(), accepted=False,
-        ))
-        return LeaseAck(lease_id=lease_id, state=state)
+    def _check_shape(self, job: JobRecord, payload: bytes) -> None:
+        numel = self._numel.get(job.model)
+        if numel is None:
+            numel = self._numel[job.model] = FlatLayout.of(build_model(job.model)).numel
+        delta = decode(payload)  # InvalidInput on a malformed or non-finite payload
+        if delta.shape != (numel,):
+            raise InvalidInput(f"update has shape {delta.shape}; model {job.model!r} needs ({numel},)")
 
-    def active_leases(self, vehicle_id: str) -> list[str]:
-        with self.lock:
-            return [lid for lid, run in self._leases.items()
-                    if run.leases[lid].vehicle_id == vehicle_id and run.leases[lid].state == "active"]
+    def collect(self, run: _Run) -> int:
+        """Queue the updates other replicas acknowledged for this job since the last look; returns how many."""
+        found = 0
+        for unit in self.store.unconsumed_results(run.job.job_id):
+            if unit.idx in run.seen:
+                continue
+            run.seen.add(unit.idx)
+            try:
+                frame = self.artifacts.read_bytes(unit.result_digest or "")
+                header, blobs = unpack_frame(frame)
+                report = UpdateReport.model_validate(header)
+            except (FleetgridError, ValueError) as exc:
+                log.warning("job %s: stored update of unit %s is unreadable (%s); dropped", run.job.job_id,
+                            unit.unit_id, exc)
+                run.consumed.append((unit.idx, unit.result_digest or ""))
+                continue
+            with self.lock:
+                run.bytes_up += len(frame)
+                run.reports += 1
+            run.updates.put(_Report(unit.idx, unit.result_digest or "",
+                                    _client_update(unit.vehicle_id or "?", report, blobs[0])))
+            found += 1
+        return found
 
     def release_vehicle(self, vehicle_id: str) -> None:
-        """A revoked car: withdraw its offers and close its training leases."""
+        """A revoked car is no longer available (its leases are released with every other workload's)."""
         with self.lock:
             self._asked.pop(vehicle_id, None)
-            for run in self.runs.values():
-                run.offers.pop(vehicle_id, None)
-                for lease in run.leases.values():
-                    if lease.vehicle_id == vehicle_id and lease.state == "active":
-                        lease.state = "failed"
 
     def expire_due(self) -> int:
+        """Withdraw offers nobody took in time and forget cars that stopped asking; returns the offers withdrawn.
+        (Training leases past their deadline expire with every other lease.)"""
         now = self.clock.now()
-        expired = 0
+        withdrawn = self.store.cancel_expired_offers(now)
         with self.lock:
-            for run in self.runs.values():
-                for lease in run.leases.values():
-                    if lease.state == "active" and lease.deadline < now:
-                        lease.state, lease.closed_at = "expired", now
-                        expired += 1
-                # Closed leases are kept a while so a retried report is answered, then forgotten.
-                old = [lid for lid, lease in run.leases.items()
-                       if lease.closed_at is not None and now - lease.closed_at > self.config.lease_ttl_s]
-                for lease_id in old:
-                    run.leases.pop(lease_id)
-                    self._leases.pop(lease_id, None)
-            stale = [v for v, at in self._asked.items() if now - at > self.available_window_s]
-            for v in stale:
+            for v in [v for v, at in self._asked.items() if now - at > self.available_window_s]:
                 del self._asked[v]
-        return expired
+        return withdrawn
 
     def _shard(self, vehicle_id: str, num_shards: int) -> int:
         """A car's shard: its enrollment rank modulo the shards, stable across restarts and the same on every run."""
@@ -494,9 +540,25 @@ class TrainingService:
             meta = self._checkpoint_meta(job)
             run.bytes_up, run.bytes_down = meta.get("bytes_up", 0), meta.get("bytes_down", 0)
             run.reports, run.rejected = meta.get("reports", 0), meta.get("rejected", 0)
+        run.next_idx = self.store.next_unit_idx(job.job_id)
+        self._refeed(run)
         self.runs[job.job_id] = run
         run.thread = threading.Thread(target=self._drive, args=(run,), name=f"train-{job.job_id}", daemon=True)
         run.thread.start()
+
+    def _refeed(self, run: _Run) -> None:
+        """On taking a job over (a restart, or another replica's death): queue every update acknowledged but not
+        yet folded into the checkpoint, and reopen the round attempt they (and any share still out on a car)
+        belong to, so none of that work is lost."""
+        waiting = self.collect(run)
+        acked = {u.idx for u in self.store.unconsumed_results(run.job.job_id)}
+        open_or_acked = [u for u in self.store.units_of(run.job.job_id)
+                         if u.state in (UnitState.PENDING, UnitState.LEASED) or u.idx in acked]
+        latest = max((int((u.payload or {}).get("round", 0)) for u in open_or_acked), default=0)
+        if latest > run.strategy.round:
+            run.strategy.reopen_round(latest)
+        if waiting:
+            log.info("job %s resumes with %d acknowledged updates of round %d", run.job.job_id, waiting, latest)
 
     def _drive(self, run: _Run) -> None:
         job, strategy = run.job, run.strategy
@@ -514,9 +576,6 @@ class TrainingService:
             log.exception("training job %s failed", job.job_id)
             self.store.finish_job(job.job_id, JobState.FAILED, self.clock.now(), error=str(exc)[:2000])
             return
-        finally:
-            with self.lock:
-                run.offers.clear()
         self._finish(run)
 
     def _evaluator(self, run: _Run) -> Callable[[torch.Tensor], dict[str, float]]:
@@ -534,7 +593,11 @@ class TrainingService:
             latest = strategy.history[-1] if strategy.history else {}
         digest = self.artifacts.put_bytes(blob)
         self.store.add_artifact(digest, len(blob), f"tenant:{run.job.tenant}", self.clock.now())
-        self.store.save_checkpoint(run.job.job_id, version, digest)
+        consumed, run.consumed = run.consumed, []
+        if not self.store.save_checkpoint(run.job.job_id, version, digest, consumed, driver=self.replica):
+            log.warning("job %s: version %d not saved, another coordinator drives the job now", run.job.job_id,
+                        version)
+            raise _Stopped()
         log.info("job %s version %d: %s", run.job.job_id, version,
                  {k: round(v, 4) for k, v in latest.items() if isinstance(v, float)})
         if run.stop.is_set():
@@ -566,6 +629,15 @@ def final_model_bytes(model_name: str, strategy: Strategy, counters: Mapping[str
                 "round": strategy.round, "history": _jsonable(strategy.history), **(counters or {})}
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     return st_save(tensors, metadata={"fleetgrid": json.dumps(meta, sort_keys=True)})
+
+
+def _client_update(vehicle_id: str, report: UpdateReport, payload: bytes) -> ClientUpdate:
+    return ClientUpdate(
+        client_id=vehicle_id, round=report.round, base_version=report.base_version, payload=payload,
+        num_examples=report.num_examples, steps_done=report.steps_done, steps_planned=report.steps_planned,
+        examples_seen=report.examples_seen,
+        train_loss=report.train_loss if report.train_loss is not None else float("nan"),
+    )
 
 
 def _data_spec(data: Any) -> DataSpec:

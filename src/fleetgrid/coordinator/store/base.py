@@ -78,6 +78,12 @@ class UnitRecord:
     checkpoint_items: int = 0
     checkpoint_digest: str | None = None
     result_digest: str | None = None
+    target_vehicle: str | None = None
+    """Only this vehicle may lease the unit (a share of a training round offered to one car)."""
+    offer_expires: float | None = None
+    """A targeted unit not leased by then is no longer on offer (its round loop offers the share elsewhere)."""
+    payload: dict[str, Any] | None = None
+    """The workload's own description of the unit (a training share's instructions)."""
 
     @property
     def items(self) -> int:
@@ -222,8 +228,56 @@ class Store(ABC):
         leases. False (and no change) if the job was already finished."""
 
     @abstractmethod
-    def save_checkpoint(self, job_id: str, version: int, digest: str) -> None:
-        """A training job reached global ``version``, checkpointed as artifact ``digest`` (stored beforehand)."""
+    def save_checkpoint(self, job_id: str, version: int, digest: str,
+                        consumed: Sequence[tuple[int, str]] = (), driver: str | None = None) -> bool:
+        """A training job reached global ``version``, checkpointed as artifact ``digest`` (stored beforehand); in
+        the same transaction the (idx, result digest) of every update folded in (or dropped) since the last
+        checkpoint are marked consumed, so a restart re-feeds exactly the acknowledged updates not yet in it.
+        With ``driver``, only if that replica still drives the job and the version is new (False otherwise, and
+        nothing is written): a replica that lost the job can never save a version twice."""
+
+    # --- units offered to one car (training) --------------------------------------------------------------------
+    @abstractmethod
+    def offer_units(self, units: list[UnitRecord]) -> None:
+        """Store units each offered to its ``target_vehicle`` until ``offer_expires``."""
+
+    @abstractmethod
+    def live_offers(self, job_id: str, now: float) -> list[str]:
+        """The target vehicles of the job's units still on offer or leased."""
+
+    @abstractmethod
+    def cancel_open_units(self, job_id: str, now: float) -> int:
+        """Cancel the job's pending and leased units and their active leases (a training round closed); the job
+        itself stays as it is. Returns how many units."""
+
+    @abstractmethod
+    def cancel_expired_offers(self, now: float) -> int:
+        """Cancel offered units nobody took by their ``offer_expires``."""
+
+    @abstractmethod
+    def unconsumed_results(self, job_id: str) -> list[UnitRecord]:
+        """The job's done units whose results were not yet marked consumed, oldest first."""
+
+    @abstractmethod
+    def next_unit_idx(self, job_id: str) -> int:
+        """One more than the job's largest unit index (0 for none)."""
+
+    # --- which replica drives a job -----------------------------------------------------------------------------
+    single_process: bool = False
+    """True when no other coordinator can use this store (SQLite, locked to one process)."""
+
+    @abstractmethod
+    def claim_job(self, job_id: str, replica: str, now: float, until: float) -> bool:
+        """Make ``replica`` the driver of a live job until ``until``, if no other replica's claim is still valid
+        (renewing its own); False if another replica drives it."""
+
+    @abstractmethod
+    def drop_claim(self, job_id: str, replica: str) -> None:
+        """Give up driving a job (a replica stopping), so another takes over at once."""
+
+    @abstractmethod
+    def recently_eligible(self, since: float) -> list[str]:
+        """Vehicles not revoked that reported themselves eligible at or after ``since``."""
 
     # --- leases -------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -264,8 +318,10 @@ class Store(ABC):
 
     @abstractmethod
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
-                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> bool:
-        """Close an active lease (failed / handed_back / expired) and put its unit back to pending for re-issue.
+                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None,
+                requeue: bool = True) -> bool:
+        """Close an active lease (failed / handed_back / expired) and put its unit back to pending for re-issue
+        (or, without ``requeue``, cancel it: a training share is offered afresh by its round loop).
         False, changing nothing, if the lease was closed already (by a completion or another sweep)."""
 
     @abstractmethod

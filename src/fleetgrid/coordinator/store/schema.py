@@ -88,6 +88,8 @@ jobs = Table(
     Column("result_digest", String(64)),
     Column("checkpoint_digest", String(64)),
     Column("error", Text),
+    Column("driver", String(64)),
+    Column("driver_until", Float),
     Index("ix_jobs_tenant", "tenant"),
 )
 
@@ -110,8 +112,12 @@ units = Table(
     Column("checkpoint_items", Integer, nullable=False, default=0),
     Column("checkpoint_digest", String(64)),
     Column("result_digest", String(64)),
+    Column("target_vehicle", String(64)),
+    Column("offer_expires", Float),
+    Column("payload", JSON),
     Index("ix_units_state_seq", "state", "seq"),
     Index("ix_units_job_idx", "job_id", "idx"),
+    Index("ix_units_target_state", "target_vehicle", "state"),
 )
 
 accepted = Table(

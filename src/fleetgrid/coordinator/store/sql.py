@@ -109,6 +109,7 @@ class SQLStore(Store):
             if exclusive and database and database != ":memory:":
                 self._lock = SQLiteFileLock(Path(database).resolve())
                 self._lock.acquire()
+                self.single_process = True
         try:
             if create:
                 with self._write() as c:
@@ -136,13 +137,24 @@ class SQLStore(Store):
         may_lease = exists(select(vehicles.c.vehicle_id).where(vehicles.c.vehicle_id == vid, ~vehicles.c.revoked))
         candidate = (
             select(units)
-            .where(units.c.state == "pending", may_lease, or_(units.c.replicas == 1, ~same_unit_by_me))
+            .where(units.c.state == "pending", units.c.target_vehicle.is_(None), may_lease,
+                   or_(units.c.replicas == 1, ~same_unit_by_me))
+            .order_by(units.c.seq)
+            .limit(1)
+        )
+        # Work offered to this car (a training round's share) goes first, while its offer stands.
+        offered = (
+            select(units)
+            .where(units.c.target_vehicle == vid, units.c.state == "pending",
+                   units.c.offer_expires >= bindparam("now"), may_lease)
             .order_by(units.c.seq)
             .limit(1)
         )
         if self.engine.dialect.name == "postgresql":
             candidate = candidate.with_for_update(skip_locked=True, of=units)
+            offered = offered.with_for_update(skip_locked=True, of=units)
         self._q_candidate = candidate
+        self._q_offered = offered
         # FOR SHARE on PostgreSQL (rendered as nothing on SQLite, whose IMMEDIATE transaction excludes writers).
         self._q_revoked = select(vehicles.c.revoked).where(vehicles.c.vehicle_id == vid).with_for_update(read=True)
         self._q_take_unit = (
@@ -162,10 +174,12 @@ class SQLStore(Store):
             self._q_add_artifact: Insert = pg_insert(artifacts).on_conflict_do_nothing()
             self._q_add_owner: Insert = pg_insert(artifact_owners).on_conflict_do_nothing()
             self._q_accept = pg_insert(accepted).on_conflict_do_nothing().returning(accepted.c.idx)
+            self._q_consume: Insert = pg_insert(accepted).on_conflict_do_nothing()
         else:
             self._q_add_artifact = insert(artifacts).prefix_with("OR IGNORE")
             self._q_add_owner = insert(artifact_owners).prefix_with("OR IGNORE")
             self._q_accept = insert(accepted).prefix_with("OR IGNORE").returning(accepted.c.idx)
+            self._q_consume = insert(accepted).prefix_with("OR IGNORE")
         self._q_owned_by = select(artifact_owners.c.owner).where(
             artifact_owners.c.digest == bindparam("digest"), artifact_owners.c.owner == bindparam("owner")
         )
@@ -400,9 +414,79 @@ class SQLStore(Store):
             )
         return True
 
-    def save_checkpoint(self, job_id: str, version: int, digest: str) -> None:
+    def save_checkpoint(self, job_id: str, version: int, digest: str,
+                        consumed: Sequence[tuple[int, str]] = (), driver: str | None = None) -> bool:
+        cond = [jobs.c.job_id == job_id]
+        if driver is not None:
+            cond += [jobs.c.driver == driver, jobs.c.units_done < version]
         with self._write() as c:
-            c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=version, checkpoint_digest=digest))
+            if not c.execute(update(jobs).where(*cond).values(units_done=version, checkpoint_digest=digest)).rowcount:
+                return False
+            if consumed:
+                c.execute(self._q_consume, [{"job_id": job_id, "idx": idx, "result_digest": d} for idx, d in consumed])
+        return True
+
+    def offer_units(self, unit_list: list[UnitRecord]) -> None:
+        self.add_units(unit_list)
+
+    def live_offers(self, job_id: str, now: float) -> list[str]:
+        query = select(units.c.target_vehicle).where(
+            units.c.job_id == job_id, units.c.target_vehicle.is_not(None),
+            or_(units.c.state == "leased", and_(units.c.state == "pending", units.c.offer_expires >= now)),
+        )
+        with self.engine.connect() as c:
+            return [v for v in c.execute(query).scalars() if v is not None]
+
+    def cancel_open_units(self, job_id: str, now: float) -> int:
+        with self._write() as c:
+            c.execute(
+                update(leases).where(leases.c.job_id == job_id, leases.c.state == "active")
+                .values(state="cancelled", closed_at=now)
+            )
+            return c.execute(
+                update(units).where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))
+                .values(state="cancelled")
+            ).rowcount
+
+    def cancel_expired_offers(self, now: float) -> int:
+        with self._write() as c:
+            return c.execute(
+                update(units).where(units.c.state == "pending", units.c.target_vehicle.is_not(None),
+                                    units.c.offer_expires < now)
+                .values(state="cancelled")
+            ).rowcount
+
+    def unconsumed_results(self, job_id: str) -> list[UnitRecord]:
+        taken = exists(select(accepted.c.idx).where(accepted.c.job_id == units.c.job_id, accepted.c.idx == units.c.idx))
+        query = (select(units).where(units.c.job_id == job_id, units.c.state == "done", ~taken)
+                 .order_by(units.c.seq))
+        with self.engine.connect() as c:
+            return [_unit(r) for r in c.execute(query)]
+
+    def claim_job(self, job_id: str, replica: str, now: float, until: float) -> bool:
+        with self._write() as c:
+            return c.execute(
+                update(jobs).where(
+                    jobs.c.job_id == job_id, jobs.c.state.in_(_LIVE_JOB_STATES),
+                    or_(jobs.c.driver.is_(None), jobs.c.driver == replica, jobs.c.driver_until < now),
+                ).values(driver=replica, driver_until=until)
+            ).rowcount == 1
+
+    def drop_claim(self, job_id: str, replica: str) -> None:
+        with self._write() as c:
+            c.execute(update(jobs).where(jobs.c.job_id == job_id, jobs.c.driver == replica)
+                      .values(driver=None, driver_until=None))
+
+    def recently_eligible(self, since: float) -> list[str]:
+        query = select(vehicles.c.vehicle_id).where(vehicles.c.eligible, ~vehicles.c.revoked,
+                                                     vehicles.c.last_seen >= since)
+        with self.engine.connect() as c:
+            return list(c.execute(query).scalars())
+
+    def next_unit_idx(self, job_id: str) -> int:
+        with self.engine.connect() as c:
+            top = c.execute(select(func.max(units.c.idx)).where(units.c.job_id == job_id)).scalar()
+        return 0 if top is None else int(top) + 1
 
     # --- leases -------------------------------------------------------------------------------------------------
     def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str):
@@ -412,7 +496,9 @@ class SQLStore(Store):
                 # revoking coordinator's release of the car's leases sees it.
                 self._check_may_lease(c, vehicle_id)
             for _ in range(_ACQUIRE_TRIES):
-                row = c.execute(self._q_candidate, {"vid": vehicle_id}).first()
+                row = c.execute(self._q_offered, {"vid": vehicle_id, "now": now}).first()
+                if row is None:
+                    row = c.execute(self._q_candidate, {"vid": vehicle_id}).first()
                 if row is None:
                     self._check_may_lease(c, vehicle_id)  # no work, or none for this car: say which
                     return None
@@ -511,7 +597,8 @@ class SQLStore(Store):
         return job
 
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
-                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None) -> bool:
+                checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None,
+                requeue: bool = True) -> bool:
         with self._write() as c:
             row = c.execute(self._q_lease, {"lid": lease_id}).first()
             if row is None:
@@ -528,10 +615,11 @@ class SQLStore(Store):
             unit_cond = and_(units.c.unit_id == lease.unit_id, units.c.state == "leased")
             if checkpoint is not None:
                 c.execute(update(units).where(unit_cond, units.c.checkpoint_items <= checkpoint[0]).values(**values))
-            c.execute(update(units).where(unit_cond).values(state="pending"))
+            c.execute(update(units).where(unit_cond).values(state="pending" if requeue else "cancelled"))
             c.execute(
                 update(jobs).where(jobs.c.job_id == lease.job_id)
-                .values(reissued_units=jobs.c.reissued_units + 1, preemptions=jobs.c.preemptions + int(preempted))
+                .values(reissued_units=jobs.c.reissued_units + int(requeue),
+                        preemptions=jobs.c.preemptions + int(preempted))
             )
             if ledger_entry is not None:
                 c.execute(insert(ledger).values(**{k: getattr(ledger_entry, k) for k in LedgerRecord.__slots__}))

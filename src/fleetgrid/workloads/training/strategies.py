@@ -129,6 +129,7 @@ class Strategy(ABC):
         self.params = initial_params.detach().clone()
         self.version = 0
         self.round = 0
+        self._reopened = False  # the next attempt continues round ``self.round`` (see reopen_round)
         self.server_state: dict[str, torch.Tensor] = {}
         self.history: list[dict[str, Any]] = []
         self._downlink = ErrorFeedback(self.numel)
@@ -292,7 +293,10 @@ class Strategy(ABC):
         while self.version < num_versions:
             for attempt in range(rc.max_retries + 1):  # noqa: B007 (read after the loop: the attempt that succeeded)
                 with self.lock:
-                    self.round += 1
+                    if self._reopened:
+                        self._reopened = False
+                    else:
+                        self.round += 1
                 self._dispatch(fleet)
                 deadline = fleet.now() + rc.deadline_s
                 accepted: list[AcceptedUpdate] = []
@@ -341,6 +345,12 @@ class Strategy(ABC):
             if on_version is not None:
                 on_version(self)
         return self.history
+
+    def reopen_round(self, round_: int) -> None:
+        """Continue round attempt ``round_`` (after a restart, the one the acknowledged reports and the shares
+        still out on cars quote) instead of starting a new one: reports for it are accepted from now on."""
+        with self.lock:
+            self.round, self._reopened = round_, True
 
     def _dispatch(self, fleet: Fleet, *, reported: int = 0) -> None:
         """Offer work to the cars ``configure_round`` picks; ``reported`` cars of this round already count as
