@@ -137,7 +137,9 @@ def lease_throughput(root: Path, vehicles: int, seconds: float, think_s: float, 
         with FleetgridClient(coordinator.url, creds.tenants["default"]) as client:
             units = int(seconds * 1500) + 2 * vehicles  # more than the run can consume
             client.submit("mnist1d-cnn", np.zeros((units, 40), np.float32), unit_items=1)
-        return asyncio.run(run_load(coordinator.url, creds.enroll, vehicles, seconds, think_s=think_s))
+        result = asyncio.run(run_load(coordinator.url, creds.enroll, vehicles, seconds, think_s=think_s))
+        result.pop("samples")  # raw response bodies, kept for bench/coordinator.py's bare server
+        return result
     finally:
         coordinator.stop()
 
