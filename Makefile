@@ -49,8 +49,10 @@ check: install-test
 test: install-test postgres
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed-bench
+# bench/coordinator.py starts a throwaway PostgreSQL server, as the store tests do.
+bench: $(VENV)/.installed-bench postgres
 	$(PY) bench/inference.py --json
+	$(PY) bench/coordinator.py --json
 	$(PY) bench/simulator.py --json
 	$(PY) bench/training.py --json
 

@@ -100,10 +100,10 @@ def preemption_latency(root: Path, count: int) -> dict:
             thread.start()
             work = root / "car-p" / "work"
             for i in range(count):
-                _until(lambda: any(p.name == "checkpoint.npy" for p in work.rglob("*")), 120)
+                _until(lambda: _has_checkpoint(work), 120)
                 bus.set(drive=DriveState.DRIVING)
                 _until(lambda done=i: agent.stats.preemptions > done, 60)
-                _until(lambda: not any(p.name == "checkpoint.npy" for p in work.rglob("*")), 60)
+                _until(lambda: not _has_checkpoint(work), 60)
                 bus.set(drive=DriveState.PARKED)
                 print(f"preemption {i + 1}/{count}: {agent.stats.preemption_latencies_ms[-1]:.1f} ms", flush=True)
     finally:
@@ -113,6 +113,13 @@ def preemption_latency(root: Path, count: int) -> dict:
     lat = agent.stats.preemption_latencies_ms
     return {"preemptions": len(lat), "preempt_p50_ms": round(percentile(lat, 50), 2),
             "preempt_p99_ms": round(percentile(lat, 99), 2), "preempt_max_ms": round(max(lat), 2)}
+
+
+def _has_checkpoint(work: Path) -> bool:
+    """Whether any lease folder under the car's work folder holds a checkpoint. The agent removes lease folders
+    while this looks (a hand-back, a completed unit): ``os.walk`` skips a folder that vanished mid-walk, where
+    ``Path.rglob`` raised FileNotFoundError and ended the benchmark."""
+    return any("checkpoint.npy" in files for _, _, files in os.walk(work))
 
 
 def _until(predicate, timeout_s: float) -> None:
@@ -130,7 +137,9 @@ def lease_throughput(root: Path, vehicles: int, seconds: float, think_s: float, 
         with FleetgridClient(coordinator.url, creds.tenants["default"]) as client:
             units = int(seconds * 1500) + 2 * vehicles  # more than the run can consume
             client.submit("mnist1d-cnn", np.zeros((units, 40), np.float32), unit_items=1)
-        return asyncio.run(run_load(coordinator.url, creds.enroll, vehicles, seconds, think_s=think_s))
+        result = asyncio.run(run_load(coordinator.url, creds.enroll, vehicles, seconds, think_s=think_s))
+        result.pop("samples")  # raw response bodies, kept for bench/coordinator.py's bare server
+        return result
     finally:
         coordinator.stop()
 

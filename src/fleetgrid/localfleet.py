@@ -46,6 +46,8 @@ class CoordinatorProcess:
     extra_args: list[str] = field(default_factory=list)
     tls: tuple[Path, Path] | None = None
     """(certificate, key) PEM files: serve HTTPS."""
+    log_file: Path | None = None
+    """Where its output goes (default DATA_DIR/coordinator.log); replicas sharing a data dir need one each."""
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -54,7 +56,7 @@ class CoordinatorProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / "coordinator.log"
+        return self.log_file or self.data_dir / "coordinator.log"
 
     def start(self, timeout_s: float = 60.0) -> CoordinatorProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
