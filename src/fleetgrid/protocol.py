@@ -326,6 +326,7 @@ class TrainingProgress(_Wire):
     rejected: int
     checkpoint: Digest | None
     history: list[dict]
+    driver: str | None = Field(default=None, description="the coordinator replica driving the job's rounds")
 
 
 class JobState(StrEnum):

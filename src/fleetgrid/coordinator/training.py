@@ -305,15 +305,14 @@ class TrainingService:
             return TrainingProgress(
                 version=version, target_versions=job.units_total, round=rnd, strategy=s.name,
                 bytes_up=run.bytes_up, bytes_down=run.bytes_down, reports=run.reports, rejected=run.rejected,
-                checkpoint=stored.checkpoint_digest if (stored := self.store.get_job(job.job_id)) else None,
-                history=_jsonable(history),
+                checkpoint=job.checkpoint_digest, history=_jsonable(history), driver=self.replica,
             )
         meta = self._checkpoint_meta(job)
         return TrainingProgress(
             version=job.units_done, target_versions=job.units_total, round=meta.get("round", 0),
             strategy=job.spec.get("strategy", "?"), bytes_up=meta.get("bytes_up", 0),
             bytes_down=meta.get("bytes_down", 0), reports=meta.get("reports", 0), rejected=meta.get("rejected", 0),
-            checkpoint=job.checkpoint_digest, history=_jsonable(meta.get("history", [])),
+            checkpoint=job.checkpoint_digest, history=_jsonable(meta.get("history", [])), driver=job.driver,
         )
 
     def _checkpoint_meta(self, job: JobRecord) -> dict[str, Any]:

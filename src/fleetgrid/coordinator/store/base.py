@@ -59,6 +59,8 @@ class JobRecord:
     error: str | None = None
     checkpoint_digest: str | None = None
     """Training jobs: the strategy checkpoint of global version ``units_done``."""
+    driver: str | None = None
+    """Training jobs: the coordinator replica whose claim to drive the job's rounds is the latest."""
 
 
 @dataclass(slots=True)

@@ -74,7 +74,7 @@ def _job(row: Row) -> JobRecord:
         items=m["items"], units_total=m["units_total"], created_at=m["created_at"], state=m["state"],
         units_done=m["units_done"], reissued_units=m["reissued_units"], preemptions=m["preemptions"],
         finished_at=m["finished_at"], result_digest=m["result_digest"], error=m["error"],
-        checkpoint_digest=m["checkpoint_digest"],
+        checkpoint_digest=m["checkpoint_digest"], driver=m.get("driver"),
     )
 
 
