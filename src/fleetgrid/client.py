@@ -16,14 +16,18 @@ from typing import Any
 
 import httpx
 import numpy as np
+import tenacity
 
 from .errors import InvalidInput, TransportError
 from .protocol import API_PREFIX, FleetOverview, JobStatus, JobSubmit, LedgerEntry, TrainSubmit, VehicleSummary
+from .retry import backoff
 from .wire_errors import error_from_response
 
 __all__ = ["FleetgridClient", "encode_inputs"]
 
 _TERMINAL = {"done", "failed", "cancelled"}
+_MAX_WAIT_S = 10.0
+"""The longest pause between tries of a poll that failed on the network."""
 
 
 def encode_inputs(inputs: np.ndarray | Sequence[str] | bytes, input_format: str | None = None) -> tuple[bytes, str]:
@@ -113,11 +117,17 @@ class FleetgridClient:
         return np.load(io.BytesIO(self.result_bytes(job_id)), allow_pickle=False)
 
     def wait(self, job_id: str, *, timeout_s: float = 3600.0, poll_s: float = 0.5,
-             on_update: Callable[[JobStatus], None] | None = None) -> JobStatus:
-        """Poll until the job is done, failed or cancelled (or ``timeout_s`` passes: TransportError)."""
+             on_update: Callable[[JobStatus], None] | None = None,
+             on_retry: Callable[[TransportError, float], None] | None = None) -> JobStatus:
+        """Poll until the job is done, failed or cancelled (or ``timeout_s`` passes: TransportError).
+
+        A poll that fails on the network is tried again with jittered exponential back-off until the timeout, so
+        a blip or a coordinator restart does not end the wait; ``on_retry(error, wait_s)`` hears of each retry.
+        """
         until = time.monotonic() + timeout_s
+        poll = self._patient(until, poll_s, on_retry)
         while True:
-            status = self.job(job_id)
+            status = poll(self.job, job_id)
             if on_update is not None:
                 on_update(status)
             if status.state in _TERMINAL:
@@ -125,6 +135,18 @@ class FleetgridClient:
             if time.monotonic() > until:
                 raise TransportError(f"job {job_id} still {status.state} after {timeout_s:.0f} s")
             time.sleep(poll_s)
+
+    @staticmethod
+    def _patient(until: float, base_s: float,
+                 on_retry: Callable[[TransportError, float], None] | None) -> tenacity.Retrying:
+        def tell(state: tenacity.RetryCallState) -> None:
+            if on_retry is not None and state.outcome is not None and state.next_action is not None:
+                on_retry(state.outcome.exception(), state.next_action.sleep)  # type: ignore[arg-type]
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransportError), wait=backoff(base_s, _MAX_WAIT_S),
+            stop=lambda _state: time.monotonic() >= until, before_sleep=tell, reraise=True,
+        )
 
     # --- operator -----------------------------------------------------------------------------------------------
     def fleet(self) -> FleetOverview:
