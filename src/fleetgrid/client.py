@@ -16,10 +16,21 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pydantic
 import tenacity
 
 from .errors import InvalidInput, TransportError
-from .protocol import API_PREFIX, FleetOverview, JobStatus, JobSubmit, LedgerEntry, TrainSubmit, VehicleSummary
+from .protocol import (
+    API_PREFIX,
+    FleetOverview,
+    JobStatus,
+    JobSubmit,
+    LedgerEntry,
+    TenantCreated,
+    TenantSummary,
+    TrainSubmit,
+    VehicleSummary,
+)
 from .retry import backoff
 from .wire_errors import error_from_response
 
@@ -49,9 +60,16 @@ class FleetgridClient:
     def __init__(
         self, base_url: str, token: str, *, verify: bool | str | ssl.SSLContext = True, timeout_s: float = 60.0
     ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidInput(f"coordinator URL {base_url!r} must start with http:// or https://, "
+                               "e.g. http://127.0.0.1:8787")
         self.base_url = base_url.rstrip("/")
         if isinstance(verify, str):
-            verify = ssl.create_default_context(cafile=verify)
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise InvalidInput(f"CA bundle {verify} cannot be loaded ({exc}); expected a PEM file of "
+                                   "certificates, e.g. the --tls-cert the coordinator serves") from exc
         self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=timeout_s,
                                   headers={"authorization": f"Bearer {token}"})
 
@@ -86,11 +104,13 @@ class FleetgridClient:
                model_file: bytes | Path | None = None, **options: Any) -> JobStatus:
         """Upload inputs (and a model file), then submit; ``options`` are further JobSubmit fields."""
         data, fmt = encode_inputs(inputs, input_format)
+        raw = _read_model_file(model_file) if isinstance(model_file, (str, Path)) else model_file
+        placeholder = "0" * 64  # any digest: the body is checked before anything is uploaded
+        check = {"model": model, "inputs": placeholder, "input_format": fmt, **options}
+        _validated(JobSubmit, check | ({"model_file": placeholder} if raw is not None else {}))
         body: dict[str, Any] = {"model": model, "inputs": self.upload(data), "input_format": fmt, **options}
-        if model_file is not None:
-            raw = Path(model_file).read_bytes() if isinstance(model_file, (str, Path)) else model_file
+        if raw is not None:
             body["model_file"] = self.upload(raw)
-        JobSubmit.model_validate(body)  # fail here, with pydantic's message, before a round trip
         return JobStatus.model_validate(self._call("POST", "/jobs", json=body).json())
 
     def submit_train(self, model: str, *, data: dict[str, Any] | None = None, strategy: str = "fedavg",
@@ -98,7 +118,7 @@ class FleetgridClient:
         """Start a federated training job; ``options`` are further TrainSubmit fields (name, target_metric, ...)."""
         body = {"model": model, "data": data or {}, "strategy": strategy, "settings": settings or {},
                 "rounds": rounds, **options}
-        TrainSubmit.model_validate(body)
+        _validated(TrainSubmit, body)
         return JobStatus.model_validate(self._call("POST", "/train/jobs", json=body).json())
 
     def job(self, job_id: str) -> JobStatus:
@@ -162,4 +182,29 @@ class FleetgridClient:
         self._call("POST", f"/vehicles/{vehicle_id}/revoke")
 
     def add_tenant(self, name: str) -> str:
-        return self._call("POST", "/tenants", json={"name": name}).json()["token"]
+        """A new tenant's token; the coordinator keeps only its hash, so this is the only time it is seen."""
+        return TenantCreated.model_validate(self._call("POST", "/tenants", json={"name": name}).json()).token
+
+    def tenants(self) -> list[TenantSummary]:
+        return [TenantSummary.model_validate(t) for t in self._call("GET", "/tenants").json()]
+
+    def revoke_tenant(self, name: str) -> TenantSummary:
+        return TenantSummary.model_validate(self._call("POST", f"/tenants/{name}/revoke").json())
+
+
+def _read_model_file(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"model file {path} cannot be read ({exc.strerror}); give the path of your TorchScript "
+                           "(torch.jit.save, .pt) or torch.export (torch.export.save, .pt2) file") from exc
+
+
+def _validated(model: type[pydantic.BaseModel], body: dict[str, Any]) -> None:
+    """Check a request body here, before any upload or round trip; InvalidInput names each bad field."""
+    try:
+        model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors()[:8])
+        raise InvalidInput(f"{model.__name__} is not valid: {problems}") from exc
