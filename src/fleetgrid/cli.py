@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -31,8 +30,8 @@ submit_app = typer.Typer(no_args_is_help=True, help="Submit a job to the coordin
 app.add_typer(submit_app, name="submit")
 tenant_app = typer.Typer(no_args_is_help=True, help="Add, list or revoke tenants (needs the operator token).")
 app.add_typer(tenant_app, name="tenant")
-console = Console()
-err = Console(stderr=True)
+console = Console(markup=False)  # paths, names and messages are printed as they are, never read as markup
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)  # one unwrapped line per message
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 DEFAULT_DATA_DIR = Path("fleetgrid-data")
@@ -43,7 +42,6 @@ Token = Annotated[str | None, typer.Option("--token", envvar="FLEETGRID_TOKEN",
                                            help="Tenant (or operator) token; default: from DATA_DIR/credentials.json.")]
 CA = Annotated[Path | None, typer.Option("--ca", envvar="FLEETGRID_CA", help="CA bundle to verify a TLS coordinator.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-_TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def _version(show: bool) -> None:
@@ -70,7 +68,7 @@ def _fail(exc: FleetgridError) -> NoReturn:
     message = exc.message
     if isinstance(exc, TransportError) and _unreachable(exc):
         message += " (is `fleetgrid serve` running there? --coordinator URL names another)"
-    err.print(Text.assemble(("error: ", "red"), message), soft_wrap=True)
+    err.print(Text.assemble(("error: ", "red"), message))
     raise typer.Exit(2 if 400 <= exc.status < 500 else 1)
 
 
@@ -176,10 +174,9 @@ def serve(
             engine_url(db)  # a database URL we cannot serve fails before anything listens
 
         def listening(url: str) -> None:
-            err.print(f"fleetgrid coordinator listening on {url} (API docs: {url}/docs); Ctrl-C stops it",
-                      highlight=False, soft_wrap=True)
+            err.print(f"fleetgrid coordinator listening on {url} (API docs: {url}/docs); Ctrl-C stops it")
             err.print(f"tokens for cars, the operator and tenants are in {config.credentials_path}; show them "
-                      f"with: {_credentials_command(data_dir)}", highlight=False, soft_wrap=True)
+                      f"with: {_credentials_command(data_dir)}")
 
         run_server(config, host, port, tls_cert=tls_cert, tls_key=tls_key, on_listening=listening)
     except FleetgridError as exc:
@@ -218,9 +215,16 @@ def credentials(
 
 
 def _tenant_name(name: str) -> str:
-    if not _TENANT_NAME.match(name):
+    """``name`` if the coordinator would accept it (the wire model's rule), else InvalidInput saying what would."""
+    import pydantic
+
+    from .protocol import TenantCreate
+
+    try:
+        TenantCreate(name=name)
+    except pydantic.ValidationError:
         raise InvalidInput(f"tenant name {name!r}: expected 1 to 64 lowercase letters, digits, '-' or '_', starting "
-                           "with a letter or digit, e.g. acme")
+                           "with a letter or digit, e.g. acme") from None
     return name
 
 
@@ -239,7 +243,7 @@ def tenant_add(name: Annotated[str, typer.Argument(help="The tenant's name, e.g.
         return
     print(secret)
     err.print(f"tenant {name!r} added; its token above is shown only now: give it to fleetgrid submit, status and "
-              "result as --token or FLEETGRID_TOKEN", highlight=False, soft_wrap=True)
+              "result as --token or FLEETGRID_TOKEN")
 
 
 @tenant_app.command("list")
@@ -267,7 +271,7 @@ def tenant_revoke(name: Annotated[str, typer.Argument(help="The tenant whose tok
             client.revoke_tenant(_tenant_name(name))
     except FleetgridError as exc:
         _fail(exc)
-    console.print(f"tenant {name!r} revoked: its token no longer works", highlight=False)
+    console.print(f"tenant {name!r} revoked: its token no longer works")
 
 
 @submit_app.command("infer")
@@ -307,7 +311,7 @@ def submit_infer(
             if wait:
                 final = views.watch_items(client, status.job_id, console)
                 if final.state != "done":
-                    err.print(f"job {final.state}: {final.error}", highlight=False, soft_wrap=True)
+                    err.print(f"job {final.state}: {final.error}")
                     raise typer.Exit(1)
                 path = out or Path(f"{status.job_id}.npy")
                 _write(path, client.result_bytes(status.job_id))
@@ -382,7 +386,7 @@ def submit_train(
             if wait:
                 final = views.watch_versions(client, status.job_id, rounds, console)
                 if final.state != "done":
-                    err.print(f"job {final.state}: {final.error}", highlight=False, soft_wrap=True)
+                    err.print(f"job {final.state}: {final.error}")
                     raise typer.Exit(1)
                 path = out or Path(f"{status.job_id}.safetensors")
                 _write(path, client.result_bytes(status.job_id))
@@ -455,7 +459,7 @@ def fleet(as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None,
         console.print(views.vehicle_table(vehicles))
     else:
         console.print("no vehicles enrolled yet; a car joins with: fleetgrid agent --enroll-token "
-                      f"$({_credentials_command(data_dir)} enroll)", highlight=False, soft_wrap=True)
+                      f"$({_credentials_command(data_dir)} enroll)")
 
 
 @app.command()

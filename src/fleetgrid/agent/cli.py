@@ -85,8 +85,9 @@ def _summary_line(stats: AgentStats, state_dir: Path) -> str:
     """What one run did, in one line: the whole record is in ``state_dir/stats.json``."""
     mb = 1e6
     return (
-        f"agent stopped: {stats.leases} leases ({stats.leases_done} done, {stats.preemptions} preempted, "
-        f"{stats.unit_failures} failed), {stats.items_done} items, {stats.compute_s:.1f} s of compute, "
+        f"agent stopped: {stats.leases} lease{'' if stats.leases == 1 else 's'} ({stats.leases_done} done, "
+        f"{stats.preemptions} preempted, {stats.unit_failures} failed), {stats.items_done} items, "
+        f"{stats.compute_s:.1f} s of compute, "
         f"{stats.wifi_bytes / mb:.1f} MB over Wi-Fi, {stats.cellular_bytes / mb:.1f} MB over cellular; "
         f"details in {state_dir / 'stats.json'}"
     )
@@ -124,7 +125,9 @@ def agent_command(
     progress_interval: Annotated[float, typer.Option(help="Wall seconds between progress reports.")] = 10.0,
     max_units: Annotated[int | None, typer.Option(help="Exit after this many units.")] = None,
     ca: Annotated[Path | None, typer.Option(envvar="FLEETGRID_CA", help="CA bundle for a TLS coordinator.")] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify the coordinator's TLS certificate (tests only).")] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Do not verify the coordinator's TLS certificate (tests only).")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG (adds every HTTP request), INFO, WARNING or ERROR.")] = "INFO",
     as_json: Annotated[bool, typer.Option("--json", help="At exit, print the run's stats as one JSON object.")] = False,
 ) -> None:
