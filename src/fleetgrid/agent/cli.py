@@ -134,7 +134,7 @@ def agent_command(
     """Run the vehicle agent: take work only while the car is free, give the computer back the instant it is not."""
     from fleetgrid.agent.config import AgentConfig
     from fleetgrid.agent.runtime import run_agent
-    from fleetgrid.clock import ScaledClock, WallClock
+    from fleetgrid.clock import Clock, ScaledClock, WallClock
     from fleetgrid.vehicle.bus import load_bus
     from fleetgrid.vehicle.policy import OwnerPolicy
 
@@ -149,6 +149,7 @@ def agent_command(
             "allow_cellular": False if no_cellular else None,
         }
         owner.update({key: value for key, value in overrides.items() if value is not None})
+        clock: Clock
         if clock_speed == 1.0 and clock_start is None:
             clock = WallClock()
         else:
