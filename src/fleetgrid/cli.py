@@ -1,29 +1,40 @@
-"""The ``fleetgrid`` command: serve, agent, submit, status, result, cancel, fleet, models, simulate, demo.
+"""The ``fleetgrid`` command: serve, credentials, tenant, agent, submit, status, result, cancel, fleet, models,
+corpus, simulate, demo.
 
-Heavy imports happen inside each command, so ``fleetgrid --help`` is instant.
+Heavy imports happen inside each command, so ``fleetgrid --help`` is instant. Every bad input ends with exit code 2
+and one line naming the problem and what is accepted, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from .errors import FleetgridError, InvalidInput
+from . import views
+from .errors import FleetgridError, InvalidInput, TransportError
+
+if TYPE_CHECKING:
+    from .client import FleetgridClient
+    from .coordinator.config import Credentials
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="fleetgrid: a fleet of parked cars as one distributed AI data center.")
 submit_app = typer.Typer(no_args_is_help=True, help="Submit a job to the coordinator.")
 app.add_typer(submit_app, name="submit")
-console = Console()
-err = Console(stderr=True)
+tenant_app = typer.Typer(no_args_is_help=True, help="Add, list or revoke tenants (needs the operator token).")
+app.add_typer(tenant_app, name="tenant")
+console = Console(markup=False)  # paths, names and messages are printed as they are, never read as markup
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)  # one unwrapped line per message
 
 DEFAULT_URL = "http://127.0.0.1:8787"
+DEFAULT_DATA_DIR = Path("fleetgrid-data")
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="FLEETGRID_DATA_DIR",
                                        help="Coordinator data directory (SQLite, artifacts, credentials.json).")]
 Url = Annotated[str, typer.Option("--coordinator", envvar="FLEETGRID_URL", help="Coordinator base URL.")]
@@ -33,9 +44,55 @@ CA = Annotated[Path | None, typer.Option("--ca", envvar="FLEETGRID_CA", help="CA
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _fail(exc: FleetgridError) -> None:
-    err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"fleetgrid {version('fleetgrid')}")
+        except PackageNotFoundError:
+            typer.echo("fleetgrid (version unknown: run from a source tree that is not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print fleetgrid's version and exit.")] = False,
+) -> None:
+    """fleetgrid: a fleet of parked cars as one distributed AI data center."""
+
+
+def _fail(exc: FleetgridError) -> NoReturn:
+    """One line on stderr (never wrapped, never read as markup), then exit 2 for bad input, 1 otherwise."""
+    message = exc.message
+    if isinstance(exc, TransportError) and _unreachable(exc):
+        message += " (is `fleetgrid serve` running there? --coordinator URL names another)"
+    err.print(Text.assemble(("error: ", "red"), message))
     raise typer.Exit(2 if 400 <= exc.status < 500 else 1)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc.__cause__, httpx.ConnectError)
+
+
+def _out_path(path: Path) -> Path:
+    """``path`` if a file can be written there: checked before a job is submitted and waited for, not after."""
+    if path.is_dir():
+        raise InvalidInput(f"--out {path} is a folder; give a file path, e.g. {path / 'result.npy'}")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"--out {path}: folder {path.parent} does not exist; create it or give another path")
+    return path
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path} ({exc.strerror}); give --out a file path in a folder you may "
+                           "write") from exc
 
 
 def _name_value(text: str) -> tuple[str, str]:
@@ -45,26 +102,46 @@ def _name_value(text: str) -> tuple[str, str]:
     return name, value
 
 
-def _client(url: str, token: str | None, data_dir: Path, ca: Path | None, *, operator: bool = False):
-    from .client import FleetgridClient
+def _credentials(data_dir: Path) -> tuple[Path, Credentials]:
     from .coordinator.config import Credentials
 
+    path = data_dir / "credentials.json"
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist; `fleetgrid serve --data-dir {shlex.quote(str(data_dir))}` "
+                           "writes it at first start, or pass --data-dir of a coordinator's data folder")
+    try:
+        return path, Credentials.load(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidInput(f"{path} cannot be read as credentials ({type(exc).__name__}: {exc}); expected the "
+                           "JSON `fleetgrid serve` writes, with enroll, operator and tenants") from exc
+
+
+def _client(url: str, token: str | None, data_dir: Path, ca: Path | None, *,
+            operator: bool = False) -> FleetgridClient:
+    from .client import FleetgridClient
+
     if token is None:
-        path = data_dir / "credentials.json"
-        if not path.exists():
-            raise InvalidInput(f"no --token given and {path} does not exist; pass --token or --data-dir of the "
-                               "coordinator that printed it")
-        creds = Credentials.load(path)
+        path, creds = _credentials(data_dir)
         token = creds.operator if operator else creds.tenants.get("default")
         if token is None:
             raise InvalidInput(f"no --token given and {path} has no 'default' tenant (it has "
                                f"{sorted(creds.tenants)}); pass --token")
+    if ca is not None and not ca.is_file():
+        raise InvalidInput(f"--ca {ca} does not exist; give the PEM certificate (or CA bundle) the coordinator "
+                           "serves with --tls-cert")
     return FleetgridClient(url, token, verify=str(ca) if ca else True)
+
+
+def _credentials_command(data_dir: Path) -> str:
+    """The command that shows ``data_dir``'s tokens, as a user would type it."""
+    if data_dir == DEFAULT_DATA_DIR:
+        return "fleetgrid credentials"
+    return f"fleetgrid credentials --data-dir {shlex.quote(str(data_dir))}"
 
 
 @app.command()
 def serve(
-    data_dir: DataDir = Path("fleetgrid-data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     db: Annotated[str | None, typer.Option(envvar="FLEETGRID_DB",
                                            help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")] = None,
     host: str = "127.0.0.1",
@@ -82,21 +159,119 @@ def serve(
 ) -> None:
     """Run the coordinator (embedded SQLite and local artifacts by default).
 
-    Tokens not fixed by options are generated at first start and written to DATA_DIR/credentials.json."""
+    Tokens not fixed by options are generated at first start and written to DATA_DIR/credentials.json;
+    `fleetgrid credentials` shows them."""
     from .coordinator.config import CoordinatorConfig
     from .coordinator.server import serve as run_server
+    from .coordinator.store import engine_url
 
     try:
         tenants = dict(_name_value(t) for t in tenant or [])
         config = CoordinatorConfig(data_dir=data_dir, database_url=db, lease_ttl_s=lease_ttl,
                                    max_artifact_bytes=max_artifact_bytes, enroll_token=enroll_token,
                                    operator_token=operator_token, tenant_tokens=tenants)
-        scheme = "https" if tls_cert else "http"
-        err.print(f"fleetgrid coordinator on {scheme}://{host}:{port}  (docs: /docs)  "
-                  f"credentials: {config.credentials_path}", highlight=False)
-        run_server(config, host, port, tls_cert=tls_cert, tls_key=tls_key)
+        if db is not None:
+            engine_url(db)  # a database URL we cannot serve fails before anything listens
+
+        def listening(url: str) -> None:
+            err.print(f"fleetgrid coordinator listening on {url} (API docs: {url}/docs); Ctrl-C stops it")
+            err.print(f"tokens for cars, the operator and tenants are in {config.credentials_path}; show them "
+                      f"with: {_credentials_command(data_dir)}")
+
+        run_server(config, host, port, tls_cert=tls_cert, tls_key=tls_key, on_listening=listening)
     except FleetgridError as exc:
         _fail(exc)
+
+
+@app.command()
+def credentials(
+    which: Annotated[str | None, typer.Argument(
+        help="Print only this token, bare (for scripts): 'enroll', 'operator' or a tenant's name")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every token as one JSON object.")] = False,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Show the tokens `fleetgrid serve` wrote to DATA_DIR/credentials.json: enroll (for cars), operator, tenants."""
+    try:
+        path, creds = _credentials(data_dir)
+        tokens = {**{f"tenant {n}": t for n, t in creds.tenants.items()}, "enroll": creds.enroll,
+                  "operator": creds.operator}
+        if which is not None:
+            token = tokens.get(which) or tokens.get(f"tenant {which}")
+            if token is None:
+                raise InvalidInput(f"{path} holds no token {which!r}; expected 'enroll', 'operator' or a tenant: "
+                                   f"{', '.join(sorted(creds.tenants)) or 'none'}")
+            print(token)
+            return
+    except FleetgridError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"enroll": creds.enroll, "operator": creds.operator, "tenants": creds.tenants}, indent=2))
+        return
+    uses = {"enroll": "for cars: fleetgrid agent --enroll-token TOKEN", "operator": "fleetgrid fleet, tenant",
+            "tenant default": "fleetgrid submit, status, result"}
+    print(f"tokens in {path} (keep them secret):")
+    for role in ("enroll", "operator", *(f"tenant {n}" for n in sorted(creds.tenants))):
+        print(f"  {role:<15} {tokens[role]}  {uses.get(role, 'pass as --token')}")
+
+
+def _tenant_name(name: str) -> str:
+    """``name`` if the coordinator would accept it (the wire model's rule), else InvalidInput saying what would."""
+    import pydantic
+
+    from .protocol import TenantCreate
+
+    try:
+        TenantCreate(name=name)
+    except pydantic.ValidationError:
+        raise InvalidInput(f"tenant name {name!r}: expected 1 to 64 lowercase letters, digits, '-' or '_', starting "
+                           "with a letter or digit, e.g. acme") from None
+    return name
+
+
+@tenant_app.command("add")
+def tenant_add(name: Annotated[str, typer.Argument(help="The tenant's name, e.g. acme")], as_json: AsJson = False,
+               url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = DEFAULT_DATA_DIR,
+               ca: CA = None) -> None:
+    """Create a tenant and print its token: shown this once, the coordinator keeps only its hash."""
+    try:
+        with _client(url, token, data_dir, ca, operator=True) as client:
+            secret = client.add_tenant(_tenant_name(name))
+    except FleetgridError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"tenant": name, "token": secret}))
+        return
+    print(secret)
+    err.print(f"tenant {name!r} added; its token above is shown only now: give it to fleetgrid submit, status and "
+              "result as --token or FLEETGRID_TOKEN")
+
+
+@tenant_app.command("list")
+def tenant_list(as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None,
+                data_dir: DataDir = DEFAULT_DATA_DIR, ca: CA = None) -> None:
+    """List the tenants, revoked ones included."""
+    try:
+        with _client(url, token, data_dir, ca, operator=True) as client:
+            tenants = client.tenants()
+    except FleetgridError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps([t.model_dump(mode="json") for t in tenants], indent=2))
+        return
+    console.print(views.tenant_table(tenants))
+
+
+@tenant_app.command("revoke")
+def tenant_revoke(name: Annotated[str, typer.Argument(help="The tenant whose token stops working")],
+                  url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = DEFAULT_DATA_DIR,
+                  ca: CA = None) -> None:
+    """Revoke a tenant's token at once; the jobs it submitted are left as they are."""
+    try:
+        with _client(url, token, data_dir, ca, operator=True) as client:
+            client.revoke_tenant(_tenant_name(name))
+    except FleetgridError as exc:
+        _fail(exc)
+    console.print(f"tenant {name!r} revoked: its token no longer works")
 
 
 @submit_app.command("infer")
@@ -111,7 +286,7 @@ def submit_infer(
     name: str = "",
     wait: Annotated[bool, typer.Option(help="Wait for the job and save its result")] = False,
     out: Annotated[Path | None, typer.Option(help="Where --wait saves the result (.npy)")] = None,
-    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
+    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = DEFAULT_DATA_DIR, ca: CA = None,
 ) -> None:
     """Submit a batch-inference job."""
     try:
@@ -120,20 +295,27 @@ def submit_infer(
         fmt = {".npy": "npy", ".jsonl": "jsonl"}.get(inputs.suffix)
         if fmt is None:
             raise InvalidInput(f"inputs file {inputs.name} must end in .npy or .jsonl")
+        if model_file is not None and not model_file.is_file():
+            raise InvalidInput(f"--model-file {model_file} does not exist; give the path of your TorchScript "
+                               "(torch.jit.save, .pt) or torch.export (torch.export.save, .pt2) file")
+        if not 1 <= quorum <= replicas:
+            raise InvalidInput(f"--quorum {quorum} with --replicas {replicas}: expected 1 <= --quorum <= --replicas, "
+                               "e.g. --replicas 3 --quorum 2")
+        if wait and out is not None:
+            _out_path(out)
         with _client(url, token, data_dir, ca) as client:
             status = client.submit(model, inputs.read_bytes(), input_format=fmt,
                                    model_file=model_file, unit_items=unit_items, batch_size=batch_size,
-                                   redundancy={"replicas": replicas, "quorum": quorum}, name=name)
+                                   redundancy={"replicas": replicas, "quorum": quorum}, name=name or inputs.name)
             console.print(f"submitted {status.job_id}: {status.items} items in {status.units_total} units")
             if wait:
-                final = _watch(client, status.job_id)
-                if final.state == "done":
-                    path = out or Path(f"{status.job_id}.npy")
-                    path.write_bytes(client.result_bytes(status.job_id))
-                    console.print(f"result saved to {path}")
-                else:
+                final = views.watch_items(client, status.job_id, console)
+                if final.state != "done":
                     err.print(f"job {final.state}: {final.error}")
                     raise typer.Exit(1)
+                path = out or Path(f"{status.job_id}.npy")
+                _write(path, client.result_bytes(status.job_id))
+                console.print(f"result saved to {path}")
     except FleetgridError as exc:
         _fail(exc)
 
@@ -181,7 +363,7 @@ def submit_train(
     name: str = "",
     wait: Annotated[bool, typer.Option(help="Follow the job, then save the trained model")] = False,
     out: Annotated[Path | None, typer.Option(help="Where --wait saves the model (.safetensors)")] = None,
-    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
+    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = DEFAULT_DATA_DIR, ca: CA = None,
 ) -> None:
     """Submit a federated training job: each car trains on data it derives itself; only compressed updates travel."""
     try:
@@ -195,67 +377,29 @@ def submit_train(
         data = {"dataset": dataset or ("stdlib_text" if model == "charlm" else "mnist1d"),
                 "num_vehicles": shards, "alpha": alpha}
         target = {"accuracy": target_accuracy} if target_accuracy is not None else None
+        if wait and out is not None:
+            _out_path(out)
         with _client(url, token, data_dir, ca) as client:
             status = client.submit_train(model, data=data, strategy=strategy, settings=_nested(pairs),
-                                         rounds=rounds, target_metric=target, name=name)
+                                         rounds=rounds, target_metric=target, name=name or f"{strategy} {model}")
             console.print(f"submitted {status.job_id}: {strategy} on {model}, {rounds} rounds over {shards} shards")
             if wait:
-                final = _watch_training(client, status.job_id)
+                final = views.watch_versions(client, status.job_id, rounds, console)
                 if final.state != "done":
                     err.print(f"job {final.state}: {final.error}")
                     raise typer.Exit(1)
                 path = out or Path(f"{status.job_id}.safetensors")
-                path.write_bytes(client.result_bytes(status.job_id))
+                _write(path, client.result_bytes(status.job_id))
                 console.print(f"model saved to {path}")
     except FleetgridError as exc:
         _fail(exc)
-
-
-def _watch_training(client, job_id: str):
-    """Print each new global version's held-out metrics as it lands."""
-    shown = 0
-
-    def update(s) -> None:
-        nonlocal shown
-        rows = s.training.history if s.training else []
-        for row in rows[shown:]:
-            acc, loss = row.get("accuracy"), row.get("loss")
-            console.print(f"version {row.get('version')}: accuracy {acc if acc is None else f'{acc:.3f}'}  "
-                          f"loss {loss if loss is None else f'{loss:.3f}'}  "
-                          f"reports {row.get('used', '-')}  "
-                          f"up {s.training.bytes_up:,} B  down {s.training.bytes_down:,} B")
-        shown = len(rows)
-
-    return client.wait(job_id, on_update=update, poll_s=1.0)
-
-
-def _watch(client, job_id: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        task = progress.add_task(job_id, total=None)
-
-        def update(s) -> None:
-            progress.update(task, total=s.units_total, completed=s.units_done,
-                            description=f"{job_id} {s.state} re-issued={s.reissued_units}")
-
-        return client.wait(job_id, on_update=update)
-
-
-def _job_table(jobs) -> Table:
-    table = Table("job", "name", "model", "state", "items", "units", "in flight", "re-issued", "preempted")
-    for j in jobs:
-        table.add_row(j.job_id, j.name, j.model, j.state, str(j.items), f"{j.units_done}/{j.units_total}",
-                      str(j.units_in_flight), str(j.reissued_units), str(j.preemptions))
-    return table
 
 
 @app.command()
 def status(
     job_id: Annotated[str | None, typer.Argument(help="A job id; omit to list your jobs")] = None,
     as_json: AsJson = False,
-    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
+    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = DEFAULT_DATA_DIR, ca: CA = None,
 ) -> None:
     """Show one job, or all of yours."""
     try:
@@ -266,7 +410,7 @@ def status(
     if as_json:
         print(json.dumps([j.model_dump(mode="json") for j in jobs], indent=2))
     else:
-        console.print(_job_table(jobs))
+        console.print(views.job_table(jobs))
 
 
 @app.command()
@@ -275,31 +419,32 @@ def result(
     out: Annotated[
         Path, typer.Option(help="Where to save the result (.npy; .safetensors for training)")
     ] = Path("result.npy"),
-    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None,
+    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = DEFAULT_DATA_DIR, ca: CA = None,
 ) -> None:
     """Save a finished job's result."""
     try:
+        _out_path(out)
         with _client(url, token, data_dir, ca) as client:
-            out.write_bytes(client.result_bytes(job_id))
+            _write(out, client.result_bytes(job_id))
     except FleetgridError as exc:
         _fail(exc)
     console.print(f"saved {out}")
 
 
 @app.command()
-def cancel(job_id: str, url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = Path("fleetgrid-data"),
+def cancel(job_id: str, url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = DEFAULT_DATA_DIR,
            ca: CA = None) -> None:
     """Cancel a queued or running job."""
     try:
         with _client(url, token, data_dir, ca) as client:
-            console.print(_job_table([client.cancel(job_id)]))
+            console.print(views.job_table([client.cancel(job_id)]))
     except FleetgridError as exc:
         _fail(exc)
 
 
 @app.command()
 def fleet(as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None,
-          data_dir: DataDir = Path("fleetgrid-data"), ca: CA = None) -> None:
+          data_dir: DataDir = DEFAULT_DATA_DIR, ca: CA = None) -> None:
     """Operator view: vehicles by state, eligible now, work in flight (needs the operator token)."""
     try:
         with _client(url, token, data_dir, ca, operator=True) as client:
@@ -309,26 +454,20 @@ def fleet(as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None,
     if as_json:
         print(json.dumps(overview.model_dump(mode="json"), indent=2))
         return
-    console.print(f"vehicles {overview.vehicles}  online {overview.online}  eligible now {overview.eligible_now}  "
-                  f"leases in flight {overview.leases_in_flight}  units pending {overview.units_pending}")
-    console.print(f"by state: {overview.by_state}   jobs: {overview.jobs}")
-    table = Table("vehicle", "name", "hw", "drive", "soc", "network", "eligible", "leases")
-    for v in vehicles:
-        table.add_row(v.vehicle_id, v.name, v.hardware, v.drive or "-", f"{v.soc:.2f}" if v.soc is not None else "-",
-                      v.network or "-", "yes" if v.eligible else "no", str(v.active_leases))
-    console.print(table)
+    console.print(views.fleet_table(overview))
+    if vehicles:
+        console.print(views.vehicle_table(vehicles))
+    else:
+        console.print("no vehicles enrolled yet; a car joins with: fleetgrid agent --enroll-token "
+                      f"$({_credentials_command(data_dir)} enroll)")
 
 
 @app.command()
 def models() -> None:
-    """List the built-in models."""
+    """List the models jobs can name (no model is loaded to list them)."""
     from .models.registry import list_models
 
-    table = Table("name", "input", "item shape", "output", "description")
-    for m in list_models():
-        table.add_row(m.name, m.input_kind, str(m.item_shape or "from file"), str(m.output_shape or "from file"),
-                      m.description)
-    console.print(table)
+    console.print(views.model_table(list_models()))
 
 
 @app.command()
@@ -337,8 +476,12 @@ def corpus(out: Annotated[Path, typer.Option(help="JSON Lines file to write")] =
     """Write a real text corpus (the Python standard library's docstrings) as JSON Lines."""
     from .data.corpus import stdlib_docstrings
 
-    texts = stdlib_docstrings(limit=limit)
-    out.write_text("".join(json.dumps(t) + "\n" for t in texts))
+    try:
+        _out_path(out)
+        texts = stdlib_docstrings(limit=limit)
+        _write(out, "".join(json.dumps(t) + "\n" for t in texts).encode())
+    except FleetgridError as exc:
+        _fail(exc)
     console.print(f"wrote {len(texts)} texts to {out}")
 
 

@@ -16,14 +16,29 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pydantic
+import tenacity
 
 from .errors import InvalidInput, TransportError
-from .protocol import API_PREFIX, FleetOverview, JobStatus, JobSubmit, LedgerEntry, TrainSubmit, VehicleSummary
+from .protocol import (
+    API_PREFIX,
+    FleetOverview,
+    JobStatus,
+    JobSubmit,
+    LedgerEntry,
+    TenantCreated,
+    TenantSummary,
+    TrainSubmit,
+    VehicleSummary,
+)
+from .retry import backoff
 from .wire_errors import error_from_response
 
 __all__ = ["FleetgridClient", "encode_inputs"]
 
 _TERMINAL = {"done", "failed", "cancelled"}
+_MAX_WAIT_S = 10.0
+"""The longest pause between tries of a poll that failed on the network."""
 
 
 def encode_inputs(inputs: np.ndarray | Sequence[str] | bytes, input_format: str | None = None) -> tuple[bytes, str]:
@@ -45,9 +60,16 @@ class FleetgridClient:
     def __init__(
         self, base_url: str, token: str, *, verify: bool | str | ssl.SSLContext = True, timeout_s: float = 60.0
     ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidInput(f"coordinator URL {base_url!r} must start with http:// or https://, "
+                               "e.g. http://127.0.0.1:8787")
         self.base_url = base_url.rstrip("/")
         if isinstance(verify, str):
-            verify = ssl.create_default_context(cafile=verify)
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise InvalidInput(f"CA bundle {verify} cannot be loaded ({exc}); expected a PEM file of "
+                                   "certificates, e.g. the --tls-cert the coordinator serves") from exc
         self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=timeout_s,
                                   headers={"authorization": f"Bearer {token}"})
 
@@ -82,11 +104,13 @@ class FleetgridClient:
                model_file: bytes | Path | None = None, **options: Any) -> JobStatus:
         """Upload inputs (and a model file), then submit; ``options`` are further JobSubmit fields."""
         data, fmt = encode_inputs(inputs, input_format)
+        raw = _read_model_file(model_file) if isinstance(model_file, (str, Path)) else model_file
+        placeholder = "0" * 64  # any digest: the body is checked before anything is uploaded
+        check = {"model": model, "inputs": placeholder, "input_format": fmt, **options}
+        _validated(JobSubmit, check | ({"model_file": placeholder} if raw is not None else {}))
         body: dict[str, Any] = {"model": model, "inputs": self.upload(data), "input_format": fmt, **options}
-        if model_file is not None:
-            raw = Path(model_file).read_bytes() if isinstance(model_file, (str, Path)) else model_file
+        if raw is not None:
             body["model_file"] = self.upload(raw)
-        JobSubmit.model_validate(body)  # fail here, with pydantic's message, before a round trip
         return JobStatus.model_validate(self._call("POST", "/jobs", json=body).json())
 
     def submit_train(self, model: str, *, data: dict[str, Any] | None = None, strategy: str = "fedavg",
@@ -94,7 +118,7 @@ class FleetgridClient:
         """Start a federated training job; ``options`` are further TrainSubmit fields (name, target_metric, ...)."""
         body = {"model": model, "data": data or {}, "strategy": strategy, "settings": settings or {},
                 "rounds": rounds, **options}
-        TrainSubmit.model_validate(body)
+        _validated(TrainSubmit, body)
         return JobStatus.model_validate(self._call("POST", "/train/jobs", json=body).json())
 
     def job(self, job_id: str) -> JobStatus:
@@ -113,11 +137,17 @@ class FleetgridClient:
         return np.load(io.BytesIO(self.result_bytes(job_id)), allow_pickle=False)
 
     def wait(self, job_id: str, *, timeout_s: float = 3600.0, poll_s: float = 0.5,
-             on_update: Callable[[JobStatus], None] | None = None) -> JobStatus:
-        """Poll until the job is done, failed or cancelled (or ``timeout_s`` passes: TransportError)."""
+             on_update: Callable[[JobStatus], None] | None = None,
+             on_retry: Callable[[TransportError, float], None] | None = None) -> JobStatus:
+        """Poll until the job is done, failed or cancelled (or ``timeout_s`` passes: TransportError).
+
+        A poll that fails on the network is tried again with jittered exponential back-off until the timeout, so
+        a blip or a coordinator restart does not end the wait; ``on_retry(error, wait_s)`` hears of each retry.
+        """
         until = time.monotonic() + timeout_s
+        poll = self._patient(until, poll_s, on_retry)
         while True:
-            status = self.job(job_id)
+            status = poll(self.job, job_id)
             if on_update is not None:
                 on_update(status)
             if status.state in _TERMINAL:
@@ -125,6 +155,18 @@ class FleetgridClient:
             if time.monotonic() > until:
                 raise TransportError(f"job {job_id} still {status.state} after {timeout_s:.0f} s")
             time.sleep(poll_s)
+
+    @staticmethod
+    def _patient(until: float, base_s: float,
+                 on_retry: Callable[[TransportError, float], None] | None) -> tenacity.Retrying:
+        def tell(state: tenacity.RetryCallState) -> None:
+            if on_retry is not None and state.outcome is not None and state.next_action is not None:
+                on_retry(state.outcome.exception(), state.next_action.sleep)  # type: ignore[arg-type]
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransportError), wait=backoff(base_s, _MAX_WAIT_S),
+            stop=lambda _state: time.monotonic() >= until, before_sleep=tell, reraise=True,
+        )
 
     # --- operator -----------------------------------------------------------------------------------------------
     def fleet(self) -> FleetOverview:
@@ -140,4 +182,29 @@ class FleetgridClient:
         self._call("POST", f"/vehicles/{vehicle_id}/revoke")
 
     def add_tenant(self, name: str) -> str:
-        return self._call("POST", "/tenants", json={"name": name}).json()["token"]
+        """A new tenant's token; the coordinator keeps only its hash, so this is the only time it is seen."""
+        return TenantCreated.model_validate(self._call("POST", "/tenants", json={"name": name}).json()).token
+
+    def tenants(self) -> list[TenantSummary]:
+        return [TenantSummary.model_validate(t) for t in self._call("GET", "/tenants").json()]
+
+    def revoke_tenant(self, name: str) -> TenantSummary:
+        return TenantSummary.model_validate(self._call("POST", f"/tenants/{name}/revoke").json())
+
+
+def _read_model_file(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"model file {path} cannot be read ({exc.strerror}); give the path of your TorchScript "
+                           "(torch.jit.save, .pt) or torch.export (torch.export.save, .pt2) file") from exc
+
+
+def _validated(model: type[pydantic.BaseModel], body: dict[str, Any]) -> None:
+    """Check a request body here, before any upload or round trip; InvalidInput names each bad field."""
+    try:
+        model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors()[:8])
+        raise InvalidInput(f"{model.__name__} is not valid: {problems}") from exc

@@ -46,6 +46,7 @@ __all__ = [
     "StateReport",
     "TenantCreate",
     "TenantCreated",
+    "TenantSummary",
     "TrainGrant",
     "TrainSubmit",
     "TrainingProgress",
@@ -402,6 +403,14 @@ class TenantCreate(_Wire):
 class TenantCreated(_Wire):
     tenant: str
     token: str
+
+
+class TenantSummary(_Wire):
+    """A tenant as ``GET /v1/tenants`` lists it; tokens are never shown again after creation."""
+
+    name: str
+    created_at: float
+    revoked: bool
 
 
 # --- operator --------------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_the_agent_command_enrolls_works_and_exits_cleanly_on_sigterm(server, tm
     x = np.random.default_rng(4).normal(size=(64, 40)).astype(np.float32)
     args = [sys.executable, "-m", "fleetgrid", "agent", "--coordinator", server.url, "--state-dir", str(tmp_path),
             "--enroll-token", ENROLL, "--name", "cli-car", "--bus", "manual", "--threads", "1", "--heartbeat", "0.5",
-            "--lease-wait", "1", "--clock-speed", "1440", "--hours", "0-24", "--log-level", "WARNING"]
+            "--lease-wait", "1", "--clock-speed", "1440", "--hours", "0-24", "--log-level", "WARNING", "--json"]
     with FleetgridClient(server.url, TENANT) as tenant:
         job = tenant.submit("mnist1d-cnn", x, unit_items=64)
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

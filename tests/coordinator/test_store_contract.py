@@ -56,6 +56,20 @@ def test_tenants_and_secrets(store):
     assert store.get_secret("enroll") == "y"
 
 
+def test_tenants_are_listed_and_revoked_keeping_their_rows(store):
+    store.add_tenant("zeta", "hz", 2.0)
+    store.add_tenant("acme", "ha", 1.0)
+    assert [(t.name, t.created_at, t.revoked) for t in store.list_tenants()] == [("acme", 1.0, False),
+                                                                                ("zeta", 2.0, False)]
+    assert store.revoke_tenant("acme") == "ha"
+    assert store.tenant_by_token_hash("ha") is None
+    assert [t.revoked for t in store.list_tenants()] == [True, False]
+    assert store.revoke_tenant("acme") is not None  # twice is harmless
+    assert store.revoke_tenant("nobody") is None
+    store.add_tenant("bravo", "hb", 3.0)
+    assert store.revoke_tenant("bravo") and [t.revoked for t in store.list_tenants()] == [True, True, False]
+
+
 def test_vehicle_state_and_revocation(store):
     vid = _vehicle(store)
     store.report_state(vid, {"drive": "parked", "soc": 0.5}, True, 7.0)

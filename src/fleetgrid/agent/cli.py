@@ -10,13 +10,20 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fleetgrid.errors import FleetgridError, InvalidInput
 
-__all__ = ["agent_command", "parse_hours"]
+if TYPE_CHECKING:
+    from fleetgrid.agent.statedir import AgentStats
+
+__all__ = ["agent_command", "configure_logging", "parse_hours"]
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_CHATTY = ("httpx", "httpcore")
+"""Libraries that log every request at INFO: one line per heartbeat would bury the agent's own lines."""
 
 
 def parse_hours(text: str) -> tuple[int, int]:
@@ -28,6 +35,62 @@ def parse_hours(text: str) -> tuple[int, int]:
         return int(start), int(end)
     except ValueError:
         raise InvalidInput(f"--hours {text!r} is not START-END in whole hours, e.g. 22-7 or 0-24") from None
+
+
+class _EventLines(logging.Formatter):
+    """``12:01:05 enrolled as vehicle v-3b46``, with ``warning:`` or ``error:`` before what needs attention."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"{record.asctime} {prefix}{record.message}"
+
+
+def configure_logging(level: str) -> None:
+    """One short line per agent event on stderr; per-request HTTP lines and logger names only at DEBUG."""
+    name = level.upper()
+    if name not in _LEVELS:
+        raise InvalidInput(f"--log-level {level!r}; expected one of {', '.join(_LEVELS)} (any case)")
+    debug = name == "DEBUG"
+    handler = logging.StreamHandler()
+    if debug:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    else:
+        handler.setFormatter(_EventLines("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=name, handlers=[handler], force=True)
+    for chatty in _CHATTY:
+        logging.getLogger(chatty).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _read_policy(path: Path) -> dict[str, Any]:
+    """The owner policy file as a dict, or InvalidInput naming the file and what it should hold."""
+    accepted = 'a JSON object of owner policy fields, e.g. {"min_soc": 0.5, "allowed_hours": [22, 7]}'
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"policy file {path} cannot be read ({exc.strerror}); expected {accepted}") from exc
+    except ValueError as exc:
+        raise InvalidInput(f"policy file {path} is not valid JSON ({exc}); expected {accepted}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput(f"policy file {path} holds a JSON {type(data).__name__}; expected {accepted}")
+    from fleetgrid.vehicle.policy import OwnerPolicy
+
+    try:
+        OwnerPolicy.from_json(data)  # the file on its own, so that its mistakes are reported as the file's
+    except InvalidInput as exc:
+        raise InvalidInput(f"policy file {path}: {exc.message}") from exc
+    return data
+
+
+def _summary_line(stats: AgentStats, state_dir: Path) -> str:
+    """What one run did, in one line: the whole record is in ``state_dir/stats.json``."""
+    mb = 1e6
+    return (
+        f"agent stopped: {stats.leases} lease{'' if stats.leases == 1 else 's'} ({stats.leases_done} done, "
+        f"{stats.preemptions} preempted, {stats.unit_failures} failed), {stats.items_done} items, "
+        f"{stats.compute_s:.1f} s of compute, "
+        f"{stats.wifi_bytes / mb:.1f} MB over Wi-Fi, {stats.cellular_bytes / mb:.1f} MB over cellular; "
+        f"details in {state_dir / 'stats.json'}"
+    )
 
 
 def agent_command(
@@ -62,19 +125,22 @@ def agent_command(
     progress_interval: Annotated[float, typer.Option(help="Wall seconds between progress reports.")] = 10.0,
     max_units: Annotated[int | None, typer.Option(help="Exit after this many units.")] = None,
     ca: Annotated[Path | None, typer.Option(envvar="FLEETGRID_CA", help="CA bundle for a TLS coordinator.")] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify the coordinator's TLS certificate (tests only).")] = False,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Do not verify the coordinator's TLS certificate (tests only).")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG (adds every HTTP request), INFO, WARNING or ERROR.")] = "INFO",
+    as_json: Annotated[bool, typer.Option("--json", help="At exit, print the run's stats as one JSON object.")] = False,
 ) -> None:
     """Run the vehicle agent: take work only while the car is free, give the computer back the instant it is not."""
     from fleetgrid.agent.config import AgentConfig
     from fleetgrid.agent.runtime import run_agent
-    from fleetgrid.clock import ScaledClock, WallClock
+    from fleetgrid.clock import Clock, ScaledClock, WallClock
     from fleetgrid.vehicle.bus import load_bus
     from fleetgrid.vehicle.policy import OwnerPolicy
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        owner = json.loads(policy.read_text()) if policy is not None else {}
+        configure_logging(log_level)
+        owner = _read_policy(policy) if policy is not None else {}
         overrides = {
             "min_soc": min_soc,
             "allowed_hours": parse_hours(hours) if hours else None,
@@ -83,6 +149,7 @@ def agent_command(
             "allow_cellular": False if no_cellular else None,
         }
         owner.update({key: value for key, value in overrides.items() if value is not None})
+        clock: Clock
         if clock_speed == 1.0 and clock_start is None:
             clock = WallClock()
         else:
@@ -94,11 +161,15 @@ def agent_command(
             lease_wait_s=lease_wait, progress_interval_s=progress_interval, threads=threads,
             verify=False if insecure else (str(ca) if ca else True), max_units=max_units,
         )
-        stats = run_agent(config, load_bus(bus, clock), clock)
+        vehicle_bus = load_bus(bus, clock)
+        logging.getLogger("fleetgrid.agent").info(
+            "agent %r starting for %s, state in %s; Ctrl-C stops it", name, coordinator, state_dir
+        )
+        stats = run_agent(config, vehicle_bus, clock)
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except FleetgridError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2 if 400 <= exc.status < 500 else 1) from exc
-    typer.echo(json.dumps(stats.to_json()))
+    typer.echo(json.dumps(stats.to_json()) if as_json else _summary_line(stats, state_dir))

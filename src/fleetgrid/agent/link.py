@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fleetgrid import errors
+import tenacity
+
+from fleetgrid import errors, retry
 from fleetgrid.protocol import FailRequest, LeaseRequest
 from fleetgrid.vehicle.state import Network
 
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 ATTEMPTS = 4
 """Tries of one call or transfer before a network error goes up to the main loop's back-off."""
+BACKOFF_CAP = 16
+"""The longest wait between tries, in poll intervals."""
 
 
 class _WaitForLink(Exception):
@@ -61,6 +65,8 @@ class Link:
         """Set when the agent is told to stop."""
         self.lease_lost = threading.Event()
         """Set when the coordinator no longer holds the current lease."""
+        self.backoff = retry.backoff(config.poll_interval_s, BACKOFF_CAP * config.poll_interval_s)
+        """The wait between tries of a call to the coordinator: exponential, with full jitter."""
 
     # --- checks and waits --------------------------------------------------------------------------------------
     def check_preempted(self) -> None:
@@ -83,18 +89,24 @@ class Link:
             if time.monotonic() >= deadline:
                 return
 
+    def backoff_s(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` network errors in a row (a random draw: see :mod:`fleetgrid.retry`)."""
+        return retry.delay_s(self.backoff, failures)
+
     def retrying(self, call: Callable[[], _T], *, attempts: int = ATTEMPTS, until_stopped: bool = False) -> _T:
-        """``call()``, tried again after a network error (``attempts`` times, or until stopped)."""
-        tries = 0
-        while True:
-            try:
-                return call()
-            except errors.TransportError:
-                tries += 1
-                self.stats.transport_errors += 1
-                if (tries >= attempts and not until_stopped) or self.stop.is_set():
-                    raise
-                self.sleep(self.config.poll_interval_s * min(2**tries, 16))
+        """``call()``, tried again after a network error (``attempts`` times, or until stopped), with jittered
+        exponential back-off between tries. Setting the stop event cuts a wait short and raises the next failure."""
+        stop: tenacity.stop.stop_base = tenacity.stop_when_event_set(self.stop)
+        if not until_stopped:
+            stop = stop | tenacity.stop_after_attempt(attempts)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(errors.TransportError), stop=stop, wait=self.backoff,
+            sleep=self.sleep, after=self._count_failure, before_sleep=_log_retry, reraise=True,
+        )
+        return retrying(call)
+
+    def _count_failure(self, _state: tenacity.RetryCallState) -> None:
+        self.stats.transport_errors += 1
 
     def current_link(self) -> Network:
         state = self.monitor.reading().state
@@ -169,11 +181,13 @@ class Link:
                 return get(self._metered(left, traffic))
             except _WaitForLink:
                 continue
-            except errors.TransportError:
+            except errors.TransportError as exc:
                 attempts += 1
                 if attempts >= ATTEMPTS:
                     raise
-                self.sleep(self.config.poll_interval_s)
+                delay = self.backoff_s(attempts)
+                log.info("transfer broke (%s); resuming in %.1f s", exc, delay)
+                self.sleep(delay)
 
     def _metered(self, left: int, traffic: Traffic) -> Callable[[int], None]:
         moved = 0
@@ -195,6 +209,13 @@ class Link:
             return self.client.upload(data)
 
         return self.retrying(once, attempts=attempts, until_stopped=until_stopped)
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("coordinator unreachable (%s); trying again in %.1f s, at %s", exc, wait,
+                time.strftime("%H:%M:%S", time.localtime(time.time() + wait)))
 
 
 class CarLink:

@@ -101,8 +101,10 @@ class Agent:
                 except errors.TransportError as exc:
                     failures += 1
                     self.stats.transport_errors += 1
-                    log.warning("coordinator unreachable (%s); retrying", exc)
-                    self.link.sleep(self.config.poll_interval_s * min(2**failures, 16))
+                    delay = self.link.backoff_s(failures)
+                    log.warning("coordinator unreachable (%s); trying again in %.1f s, at %s", exc, delay,
+                                time.strftime("%H:%M:%S", time.localtime(time.time() + delay)))
+                    self.link.sleep(delay)
         finally:
             self._return_unstarted()
             self._halt.set()
@@ -242,7 +244,7 @@ class Agent:
         try:
             self.client.heartbeat(self._report(self.monitor.reading()))
         except errors.FleetgridError as exc:
-            log.info("heartbeat failed: %s", exc)
+            log.debug("heartbeat failed: %s", exc)  # the main loop says when the coordinator is unreachable
 
     def _renew(self, lease: Grant) -> None:
         try:

@@ -95,7 +95,8 @@ class CoordinatorClient:
     def request_lease(self, request: LeaseRequest) -> Grant | None:
         """Ask for work: an inference unit or a share of a training round; None when the coordinator had none
         within ``request.wait_s`` (204)."""
-        timeout = httpx.Timeout(self._timeout.read + request.wait_s, connect=self._timeout.connect)
+        read = self._timeout.read
+        timeout = httpx.Timeout(None if read is None else read + request.wait_s, connect=self._timeout.connect)
         response = self._send("POST", "/leases", json=request, timeout=timeout)
         if response.status_code == 204:
             return None
@@ -257,9 +258,11 @@ class CoordinatorClient:
         if json is not None:
             content = json.model_dump_json().encode()
             all_headers["Content-Type"] = "application/json"
-        extra = {"timeout": timeout} if timeout is not None else {}
         try:
-            response = self._http.request(method, path, content=content, headers=all_headers, **extra)
+            response = self._http.request(
+                method, path, content=content, headers=all_headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
         except httpx.HTTPError as exc:
             raise errors.TransportError(
                 f"{method} {self.base_url}{API_PREFIX}{path} failed: {type(exc).__name__}: {exc}"

@@ -181,6 +181,7 @@ def _child_error(code: str, message: str) -> errors.FleetgridError:
 def _serve(conn: Connection, factory: RunnerFactory | None, threads: int | None) -> None:
     """The child's loop: receive a task, execute it, answer; a None task ends the loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides, not us
+    _keep_tqdm_in_process()
     from fleetgrid.workloads.base import WorkerCache
 
     cache = WorkerCache(threads, factory)
@@ -196,3 +197,19 @@ def _serve(conn: Connection, factory: RunnerFactory | None, threads: int | None)
             conn.send(("error", exc.code, exc.message))
         except Exception as exc:  # noqa: BLE001 - the task's fault or a bug: report it, keep serving
             conn.send(("error", "internal", f"{type(exc).__name__}: {exc}"))
+
+
+def _keep_tqdm_in_process() -> None:
+    """Give tqdm a thread lock before any model library draws a bar with it.
+
+    By default tqdm's first bar creates a ``multiprocessing.RLock``: a named semaphore, registered with the
+    resource tracker this process shares with the agent. Loading MiniLM (transformers, sentence-transformers) makes
+    such a bar, and this process is SIGKILLed by design, so it never unlinks it; the tracker then cleans up after
+    every killed worker and warns "leaked semaphore objects" when the agent exits. Nothing shares tqdm's lock with
+    another process here, so a thread lock is enough.
+    """
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    tqdm.set_lock(threading.RLock())

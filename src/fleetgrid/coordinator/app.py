@@ -60,6 +60,7 @@ from .bootstrap import bootstrap_credentials
 from .config import CoordinatorConfig
 from .drivers import DriverContext, load_unit_drivers
 from .limits import BodyLimit
+from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
 from .store import JobRecord, Store, VehicleRecord, open_store
 from .training import TrainingService
@@ -199,6 +200,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     _tenant_routes(app, coord)
     _training_routes(app, coord)
     _operator_routes(app, coord)
+    tenant_admin_routes(app, coord)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

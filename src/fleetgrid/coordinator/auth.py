@@ -82,7 +82,8 @@ class Authenticator:
         if name is None:
             name = self.store.tenant_by_token_hash(token_hash)
             if name is None:
-                raise AuthError("unknown tenant token; use the token printed by 'fleetgrid serve' or 'fleetgrid tenant add'")
+                raise AuthError("unknown or revoked tenant token; use one `fleetgrid credentials` shows or one "
+                                "`fleetgrid tenant add NAME` printed")
             self._tenants.put(token_hash, name)
         return name
 
@@ -116,3 +117,6 @@ class Authenticator:
 
     def forget_vehicle(self, vehicle_id: str) -> None:
         self._vehicles.drop(vehicle_id)
+
+    def forget_tenant(self, token_hash: str) -> None:
+        self._tenants.drop(token_hash)

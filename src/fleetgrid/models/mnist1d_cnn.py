@@ -17,9 +17,18 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from fleetgrid.errors import InputShapeError, InvalidInput
-from fleetgrid.models.spec import ModelSpec
+from fleetgrid.models.catalog import MNIST1D_CNN as SPEC
 
-__all__ = ["MNIST1DCNN", "SPEC", "WEIGHTS_PATH", "CNNConfig", "load_pretrained", "read_metadata", "save_weights"]
+__all__ = [
+    "MNIST1DCNN",
+    "SPEC",
+    "WEIGHTS_PATH",
+    "CNNConfig",
+    "load_pretrained",
+    "load_runner",
+    "read_metadata",
+    "save_weights",
+]
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "mnist1d_cnn.safetensors"
 
@@ -113,20 +122,6 @@ class _CNNRunner:
             return self.model(x).numpy()  # (B, 10)
 
 
-def _load_runner(model_file: Path | None) -> _CNNRunner:
+def load_runner(model_file: Path | None) -> _CNNRunner:
+    """The spec's loader (see :mod:`fleetgrid.models.catalog`): the shipped weights, ready to run batches."""
     return _CNNRunner(load_pretrained())
-
-
-SPEC = ModelSpec(
-    name="mnist1d-cnn",
-    description="1-D CNN classifier for MNIST-1D signals (40 samples) -> 10 class logits; trained weights shipped",
-    input_kind="array",
-    item_shape=(40,),
-    input_dtype="float32",
-    output_shape=(10,),
-    default_batch_size=256,
-    default_unit_items=4096,
-    needs_model_file=False,
-    extra=None,
-    loader=_load_runner,
-)

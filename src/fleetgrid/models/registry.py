@@ -1,16 +1,16 @@
 """The one place that knows models by name: every model is a `ModelSpec` bundle registered here, and the
-coordinator, the agent and the CLI look models up through these functions only."""
+coordinator, the agent and the CLI look models up through these functions only.
+
+Importing it imports no torch: the specs are declared apart from the models' code, which loads with a runner."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from fleetgrid.errors import InvalidInput, UnknownModel
-from fleetgrid.models import minilm, mnist1d_cnn, user_model
+from fleetgrid.models import catalog, minilm
 from fleetgrid.models.spec import ModelSpec, Runner, refine_spec
-from fleetgrid.models.user_model import inspect_model_file
 
 __all__ = [
     "ModelSpec",
@@ -34,8 +34,15 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-for _spec in (mnist1d_cnn.SPEC, minilm.SPEC, user_model.TORCHSCRIPT_SPEC, user_model.TORCH_EXPORT_SPEC):
+for _spec in (catalog.MNIST1D_CNN, minilm.SPEC, catalog.TORCHSCRIPT, catalog.TORCH_EXPORT):
     register(_spec)
+
+
+def inspect_model_file(data: bytes) -> dict[str, Any]:
+    """Vet an uploaded TorchScript or torch.export file: see :func:`fleetgrid.models.user_model.inspect_model_file`."""
+    from fleetgrid.models import user_model
+
+    return user_model.inspect_model_file(data)
 
 
 def list_models() -> list[ModelSpec]:
@@ -66,5 +73,7 @@ def load_runner(name: str, model_file: str | Path | None = None, threads: int | 
     if threads is not None:
         if threads < 1:
             raise InvalidInput(f"threads {threads}; expected a positive integer or None")
+        import torch
+
         torch.set_num_threads(threads)
     return spec.loader(Path(model_file) if model_file is not None else None)

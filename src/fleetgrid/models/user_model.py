@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from fleetgrid.errors import InputShapeError, InvalidInput
+from fleetgrid.models.catalog import TORCH_EXPORT as TORCH_EXPORT_SPEC
+from fleetgrid.models.catalog import TORCHSCRIPT as TORCHSCRIPT_SPEC
 from fleetgrid.models.spec import ModelSpec, refine_spec
 
-__all__ = ["TORCHSCRIPT_SPEC", "TORCH_EXPORT_SPEC", "inspect_model_file"]
+__all__ = ["TORCHSCRIPT_SPEC", "TORCH_EXPORT_SPEC", "inspect_model_file", "load_torch_export", "load_torchscript"]
 
 Format = Literal["torchscript", "torch-export"]
 ACCEPTED = "a TorchScript file (torch.jit.save, usually .pt) or a torch.export program (torch.export.save, .pt2)"
@@ -173,30 +175,5 @@ def _loader(spec_name: Format):
     return load
 
 
-TORCHSCRIPT_SPEC = ModelSpec(
-    name="torchscript",
-    description="your own TorchScript module (torch.jit.save): float32 (B, ...) -> one tensor (B, ...)",
-    input_kind="array",
-    item_shape=None,
-    input_dtype="float32",
-    output_shape=None,
-    default_batch_size=64,
-    default_unit_items=4096,
-    needs_model_file=True,
-    extra=None,
-    loader=_loader("torchscript"),
-)
-
-TORCH_EXPORT_SPEC = ModelSpec(
-    name="torch-export",
-    description="your own torch.export program (torch.export.save, .pt2): float32 (B, ...) -> one tensor (B, ...)",
-    input_kind="array",
-    item_shape=None,
-    input_dtype="float32",
-    output_shape=None,
-    default_batch_size=64,
-    default_unit_items=4096,
-    needs_model_file=True,
-    extra=None,
-    loader=_loader("torch-export"),
-)
+load_torchscript = _loader("torchscript")
+load_torch_export = _loader("torch-export")

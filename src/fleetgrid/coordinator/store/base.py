@@ -21,6 +21,7 @@ __all__ = [
     "LeaseRecord",
     "LedgerRecord",
     "Store",
+    "TenantRecord",
     "UnitRecord",
     "VehicleRecord",
 ]
@@ -345,3 +346,20 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    # --- tenant administration --------------------------------------------------------------------------------
+    @abstractmethod
+    def list_tenants(self) -> list[TenantRecord]:
+        """Every tenant, revoked ones included, by name."""
+
+    @abstractmethod
+    def revoke_tenant(self, name: str) -> str | None:
+        """Make the tenant's token unusable; returns the token hash it had (for caches to drop), None if there is
+        no such tenant. Revoking twice is harmless."""
+
+
+@dataclass(slots=True)
+class TenantRecord:
+    name: str
+    created_at: float
+    revoked: bool = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from ...errors import AuthError, Conflict, InvalidInput, LeaseExpired, NotFound
 from . import migrate
-from .base import ArtifactRecord, JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
+from .base import ArtifactRecord, JobRecord, LeaseRecord, LedgerRecord, Store, TenantRecord, UnitRecord, VehicleRecord
 from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, secrets, tenants, units, vehicles
 from .sqlite_lock import SQLiteFileLock
 
@@ -666,3 +667,22 @@ class SQLStore(Store):
             pending = c.execute(select(func.count()).select_from(units).where(units.c.state == "pending")).scalar()
             active = c.execute(select(func.count()).select_from(leases).where(leases.c.state == "active")).scalar()
         return {"jobs": by_state, "units_pending": int(pending or 0), "leases_in_flight": int(active or 0)}
+
+    # --- tenant administration --------------------------------------------------------------------------------
+    # A revoked tenant keeps its row (its jobs refer to it) with a token hash no sha256 can equal.
+    def list_tenants(self) -> list[TenantRecord]:
+        query = select(tenants.c.name, tenants.c.created_at, tenants.c.token_hash).order_by(tenants.c.name)
+        with self.engine.connect() as c:
+            return [TenantRecord(name=r.name, created_at=r.created_at, revoked=r.token_hash.startswith(_REVOKED))
+                    for r in c.execute(query)]
+
+    def revoke_tenant(self, name: str) -> str | None:
+        with self.engine.begin() as c:
+            token_hash = c.execute(select(tenants.c.token_hash).where(tenants.c.name == name)).scalar()
+            if token_hash is not None and not token_hash.startswith(_REVOKED):
+                marker = _REVOKED + uuid.uuid4().hex  # unique, as the column must be
+                c.execute(update(tenants).where(tenants.c.name == name).values(token_hash=marker))
+            return token_hash
+
+
+_REVOKED = "revoked:"

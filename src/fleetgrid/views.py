@@ -1,0 +1,134 @@
+"""What the CLI shows: rich tables of jobs, the fleet, tenants and models, and progress bars that follow a job."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from .client import FleetgridClient
+    from .errors import TransportError
+    from .models.spec import ModelSpec
+    from .protocol import FleetOverview, JobStatus, TenantSummary, VehicleSummary
+
+__all__ = ["fleet_table", "job_table", "model_table", "tenant_table", "vehicle_table", "watch_items",
+           "watch_versions"]
+
+
+def _progress(unit: str, console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def watch_versions(client: FleetgridClient, job_id: str, rounds: int, console: Console) -> JobStatus:
+    """A bar in global versions, and each new version's held-out metrics printed above it as it lands."""
+    shown = 0
+    with _progress("versions", console) as progress:
+        task = progress.add_task(job_id, total=rounds)
+
+        def update(s: JobStatus) -> None:
+            nonlocal shown
+            t = s.training
+            if t is None:
+                progress.update(task, description=f"{job_id} {s.state}")
+                return
+            for row in t.history[shown:]:
+                acc, loss = row.get("accuracy"), row.get("loss")
+                progress.console.print(f"version {row.get('version')}: accuracy {acc if acc is None else f'{acc:.3f}'}"
+                                       f"  loss {loss if loss is None else f'{loss:.3f}'}  "
+                                       f"reports {row.get('used', '-')}  "
+                                       f"up {t.bytes_up:,} B  down {t.bytes_down:,} B", highlight=False)
+            shown = len(t.history)
+            progress.update(task, total=t.target_versions, completed=t.version,
+                            description=f"{job_id} {s.state}, round {t.round}")
+
+        return client.wait(job_id, on_update=update, poll_s=1.0, on_retry=_retrying_in(progress, task, job_id))
+
+
+def watch_items(client: FleetgridClient, job_id: str, console: Console) -> JobStatus:
+    """A bar in items. The API counts finished units, so items done are shown in proportion until the job is done
+    (units hold equal numbers of items but the last)."""
+    with _progress("items", console) as progress:
+        task = progress.add_task(job_id, total=None)
+
+        def update(s: JobStatus) -> None:
+            done = s.items if s.state == "done" else s.items * s.units_done // max(s.units_total, 1)
+            reissued = f", {s.reissued_units} re-issued" if s.reissued_units else ""
+            progress.update(task, total=s.items, completed=done,
+                            description=f"{job_id} {s.state}, units {s.units_done}/{s.units_total}{reissued}")
+
+        return client.wait(job_id, on_update=update, on_retry=_retrying_in(progress, task, job_id))
+
+
+def _retrying_in(progress: Progress, task: TaskID, job_id: str) -> Callable[[TransportError, float], None]:
+    def show(_exc: TransportError, wait_s: float) -> None:
+        progress.update(task, description=f"{job_id}: coordinator unreachable, trying again in {wait_s:.0f} s")
+
+    return show
+
+
+def job_table(jobs: list[JobStatus]) -> Table:
+    table = Table()
+    table.add_column("job", no_wrap=True, min_width=16)  # ids are what every other command takes: never cut
+    for header in ("name", "model", "state"):
+        table.add_column(header, overflow="fold")  # a narrow terminal folds words rather than cut them
+    for header in ("items", "units", "in flight", "re-issued", "preempted"):
+        table.add_column(header, justify="right", overflow="fold")
+    for j in jobs:
+        # The coordinator names an unnamed job after its id; a second copy of the id says nothing.
+        name = j.name if j.name and j.name != j.job_id else "-"
+        table.add_row(j.job_id, name, j.model, j.state, str(j.items), f"{j.units_done}/{j.units_total}",
+                      str(j.units_in_flight), str(j.reissued_units), str(j.preemptions))
+    return table
+
+
+def fleet_table(o: FleetOverview) -> Table:
+    table = Table("fleet", "now")
+    table.columns[1].justify = "right"
+    rows = [("vehicles", o.vehicles), ("  online", o.online), ("  eligible now", o.eligible_now)]
+    rows += [(f"  {state}", n) for state, n in sorted(o.by_state.items())]
+    rows += [("leases in flight", o.leases_in_flight), ("units pending", o.units_pending)]
+    rows += [(f"jobs {state}", n) for state, n in sorted(o.jobs.items())]
+    for what, n in rows:
+        table.add_row(what, str(n))
+    return table
+
+
+def vehicle_table(vehicles: list[VehicleSummary]) -> Table:
+    table = Table()
+    table.add_column("vehicle", no_wrap=True, min_width=15)  # the id an operator acts on: never cut
+    for header in ("name", "hw", "drive", "soc", "network", "eligible", "leases"):
+        table.add_column(header, overflow="fold")
+    for v in vehicles:
+        table.add_row(v.vehicle_id, v.name, v.hardware, v.drive or "-", f"{v.soc:.2f}" if v.soc is not None else "-",
+                      v.network or "-", "revoked" if v.revoked else "yes" if v.eligible else "no",
+                      str(v.active_leases))
+    return table
+
+
+def model_table(specs: list[ModelSpec]) -> Table:
+    """Each model's inputs as a user gives them, and what one item comes back as."""
+    table = Table("name", "inputs", "output per item", "description")
+    for m in specs:
+        if m.input_kind == "text":
+            inputs = "text (one string per JSON line)"
+        else:
+            shape = ", ".join(map(str, m.item_shape)) if m.item_shape else "..."
+            inputs = f"{m.input_dtype or 'float32'} array (N, {shape}), .npy"
+            inputs += "" if m.item_shape else ", as your --model-file takes"
+        output = str(m.output_shape) if m.output_shape else "as your --model-file gives"
+        table.add_row(m.name, inputs, output, m.description)
+    return table
+
+
+def tenant_table(tenants: list[TenantSummary]) -> Table:
+    table = Table("tenant", "created", "token")
+    for t in tenants:
+        table.add_row(t.name, time.strftime("%Y-%m-%d %H:%M", time.localtime(t.created_at)),
+                      "revoked" if t.revoked else "valid")
+    return table
