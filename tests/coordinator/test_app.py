@@ -296,3 +296,44 @@ def test_concurrent_requests_never_share_a_unit_or_count_a_completion_twice(coor
         assert status["units_done"] == 1 and status["units_in_flight"] == 9
 
     serve(coord, scenario)
+
+
+def test_new_work_wakes_one_waiting_car_per_unit_not_all_of_them(coord, monkeypatch):
+    """No thundering herd: with 12 cars long-polling, a one-unit job makes a handful of store look-ups, not one per
+    waiting car; the car woken first gets the unit."""
+    looks: list[str] = []
+    acquire = coord.store.acquire
+
+    def counted(vehicle_id, *args, **kwargs):
+        looks.append(vehicle_id)
+        return acquire(vehicle_id, *args, **kwargs)
+
+    monkeypatch.setattr(coord.store, "acquire", counted)
+    parked = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        creds = []
+        for i in range(12):
+            r = await client.post("/vehicles/enroll", json={"enrollment_token": ENROLL, "name": f"c{i}",
+                                                            "hardware": "ai4"})
+            creds.append(r.json()["credential"])
+        polls = [asyncio.create_task(client.post("/leases", json={"state": parked, "wait_s": 20},
+                                                 headers=auth(cred))) for cred in creds]
+        while len(coord.scheduler.polls) < len(creds):  # every car looked once, found nothing, and waits
+            await asyncio.sleep(0.01)
+        before = len(looks)
+        inputs = npy(X[:5])
+        await client.put(f"/artifacts/{sha(inputs)}", content=inputs, headers=auth(TENANT))
+        r = await client.post("/jobs", headers=auth(TENANT), json={"model": "mnist1d-cnn", "inputs": sha(inputs),
+                                                                  "input_format": "npy", "unit_items": 5})
+        assert r.status_code == 201, r.text
+        done, _ = await asyncio.wait(polls, return_when=asyncio.FIRST_COMPLETED)
+        granted = [t.result() for t in done if t.result().status_code == 200]
+        assert len(granted) == 1 and granted[0].json()["job_id"] == r.json()["job_id"]
+        assert len(looks) - before <= 3, looks[before:]  # the woken car, not all twelve
+        assert len(coord.scheduler.polls) == len(creds) - 1  # the others still wait, untouched
+        for task in polls:
+            task.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+
+    serve(coord, scenario)

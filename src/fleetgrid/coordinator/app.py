@@ -179,8 +179,8 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        coord.scheduler.loop = asyncio.get_running_loop()  # routes in threads wake long-polls through it
-        coord.training.notify = coord.scheduler._wake
+        coord.scheduler.polls.loop = asyncio.get_running_loop()  # routes in threads wake long-polls through it
+        coord.training.notify = lambda vehicles: coord.scheduler.polls.wake(0, vehicles)
         await asyncio.to_thread(coord.training.start)
         sweeper = asyncio.create_task(coord.sweep_forever())
         try:
@@ -258,15 +258,18 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + min(req.wait_s, coord.config.max_long_poll_s)
         while True:
-            wake = sched.work_available  # taken before looking: a wake in between sets this one
-            grant = await asyncio.to_thread(sched.lease, v)
-            if grant is not None:
-                return grant
-            remaining = until - loop.time()
-            if remaining <= 0 or await request.is_disconnected():
-                return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), min(remaining, 1.0))
+            ticket = sched.polls.enter(v.vehicle_id)  # before looking: a wake in between is not lost
+            try:
+                grant = await asyncio.to_thread(sched.lease, v)
+                if grant is not None:
+                    return grant
+                remaining = until - loop.time()
+                if remaining <= 0 or await request.is_disconnected():
+                    return None
+                # Woken for new work (one car per unit), or look again now and then: work another replica made.
+                await ticket.wait(min(remaining, coord.config.long_poll_recheck_s))
+            finally:
+                sched.polls.leave(ticket)
 
     @app.post(f"{API_PREFIX}/leases", response_model=Grant, tags=["vehicle"],
               responses={204: {"description": "no work within wait_s"}})

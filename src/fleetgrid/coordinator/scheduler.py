@@ -4,13 +4,11 @@ The scheduler owns the lifecycle every such workload shares: storing a job's pla
 expiry and re-issue, checkpoints, replicas and quorums, metering every closed lease, and assembling the result once
 every unit is accepted. What a unit *is* belongs to the workload's driver (:mod:`fleetgrid.coordinator.drivers`),
 found by the job's ``kind``. The store makes each step atomic. Everything here is synchronous: the HTTP layer runs
-it off the event loop and adds the long-poll wait on :attr:`Scheduler.work_available`.
+it off the event loop and adds the long-poll wait (:class:`~fleetgrid.coordinator.longpoll.LongPolls`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -25,6 +23,7 @@ from ..protocol import CompleteRequest, FailRequest, Grant, JobState, JobStatus,
 from .artifacts import ArtifactStore, sha256_hex
 from .config import CoordinatorConfig
 from .drivers import UnitDriver
+from .longpoll import LongPolls
 from .metering import check_compute_s, computed_items
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
 
@@ -33,13 +32,6 @@ __all__ = ["Scheduler"]
 log = logging.getLogger("fleetgrid.coordinator.scheduler")
 
 _FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
-
-
-def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:  # no loop runs in this thread
-        return False
 
 
 @dataclass(slots=True)
@@ -57,21 +49,13 @@ class Scheduler:
         self.config = config
         self.clock = clock or WallClock()
         self.drivers: dict[str, UnitDriver] = dict(drivers or {})
-        self.work_available = asyncio.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        """The event loop the long-polls wait on (the app sets it); a wake from another thread is handed to it."""
+        self.polls = LongPolls()
+        """Cars long-polling for work; the app binds it to its event loop. Wakes are safe from any thread."""
         self._specs: dict[str, JobRecord] = {}
 
-    def _wake(self) -> None:
-        """Wake long-polling cars: there may be work. Each waiter re-checks, so a spurious wake is harmless. Safe
-        to call from any thread: routes run in the thread pool, and ``work_available`` belongs to the loop."""
-        loop = self.loop
-        if loop is not None and not _running_on(loop):
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-                loop.call_soon_threadsafe(self._wake)
-            return
-        self.work_available.set()
-        self.work_available = asyncio.Event()
+    def _wake(self, units: int = 1) -> None:
+        """``units`` new units anyone may take: wake that many waiting cars (not all of them)."""
+        self.polls.wake(units)
 
     def driver(self, kind: str) -> UnitDriver:
         driver = self.drivers.get(kind)
@@ -91,7 +75,7 @@ class Scheduler:
         except BaseException:
             self._discard_unrecorded(plan.new_files)
             raise
-        self._wake()
+        self._wake(len(plan.units))
         return plan.job
 
     def _discard_unrecorded(self, digests: list[str]) -> None:

@@ -159,8 +159,8 @@ class TrainingService:
         self.store, self.artifacts, self.config, self.clock = store, artifacts, config, clock
         self.lock = threading.RLock()
         self.runs: dict[str, _Run] = {}
-        self.notify: Callable[[], None] = lambda: None
-        """Wakes long-polling cars; the app sets it to a thread-safe call into its event loop."""
+        self.notify: Callable[[list[str]], None] = lambda vehicles: None
+        """Wakes these long-polling cars (work was offered to them); the app points it at its long-polls."""
         self.available_window_s = 5.0
         """A car that asked for work this recently counts as available for a round: it is long-polling, or it just
         took an inference unit (then the offer waits for its next ask). A car gone quiet drops out quickly."""
@@ -353,7 +353,7 @@ class TrainingService:
                          "local": to_dict(ins.local), "seed": ins.seed},
             ))
         self.store.offer_units(offers)
-        self.notify()
+        self.notify(list(assignments))
 
     def grant(self, job: JobRecord, unit: UnitRecord, lease: LeaseRecord) -> TrainGrant:
         """The lease of an offered share, as the car sees it."""
