@@ -138,7 +138,6 @@ class HeartbeatResponse(_Wire):
 class LeaseRequest(_Wire):
     state: StateReport
     wait_s: float = Field(default=0.0, ge=0.0, le=60.0, description="long-poll: wait up to this long for work")
-    cached_models: list[Digest] = Field(default_factory=list, max_length=64)
 
 
 class ModelRef(_Wire):

@@ -145,10 +145,14 @@ class FakeCoordinator:
             raise errors.AuthError("enrollment token refused")
         return EnrollResponse(vehicle_id="v-1", credential="cred-1")
 
+    def active_lease_ids(self) -> list[str]:
+        """What the coordinator holds open for this car: a lease missing here is gone, and the agent stops it."""
+        return list(self.leases)
+
     def heartbeat(self, report: StateReport) -> HeartbeatResponse:
         self._auth()
         self.calls.append(("heartbeat", report))
-        return HeartbeatResponse(server_time=time.time(), active_leases=list(self.leases))
+        return HeartbeatResponse(server_time=time.time(), active_leases=self.active_lease_ids())
 
     def request_lease(self, request: LeaseRequest) -> LeaseGrant | None:
         self._auth()

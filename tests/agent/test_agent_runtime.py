@@ -203,7 +203,6 @@ def test_a_model_file_is_downloaded_once_and_then_served_from_the_cache(tmp_path
     digest = fake.calls_named("grant")[0].model.file.digest
     assert stats.units_done == 2 and fake.downloads[digest] == 1
     assert stats.model_downloads == 1 and stats.model_cache_hits == 1
-    assert digest not in fake.lease_requests[0].cached_models and digest in fake.lease_requests[-1].cached_models
     assert (tmp_path / "car" / "models" / digest).read_bytes() == model
 
 

@@ -227,6 +227,9 @@ class FakeTrainingCoordinator(FakeCoordinator):
             self.calls.append(("grant", offered))
             return offered
 
+    def active_lease_ids(self) -> list[str]:
+        return [*self.leases, *self.train_leases]
+
     def train_model(self, job_id: str, have: int | None, *, on_bytes=None) -> tuple[dict, list[bytes]]:
         self._auth()
         (spec,) = self.train_leases.values()

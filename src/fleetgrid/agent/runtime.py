@@ -147,7 +147,7 @@ class Agent:
             self.link.sleep(self.config.poll_interval_s, until=lambda: self.monitor.reading().eligible)
             return
         request = LeaseRequest(
-            state=self._report(reading), wait_s=self.config.lease_wait_s, cached_models=self.dir.cached_models()[-64:]
+            state=self._report(reading), wait_s=self.config.lease_wait_s
         )
         asked = time.monotonic()
         grant = self.client.request_lease(request)
@@ -209,7 +209,7 @@ class Agent:
         last = self.config.max_units is not None and self.stats.leases_done + 1 >= self.config.max_units
         if self.link.stop.is_set() or last or not reading.eligible:
             return None
-        return LeaseRequest(state=self._report(reading), wait_s=0.0, cached_models=self.dir.cached_models()[-64:])
+        return LeaseRequest(state=self._report(reading), wait_s=0.0)
 
     def _return_unstarted(self) -> None:
         """Hand back a lease granted with the last completion that this run will not start."""
@@ -241,10 +241,19 @@ class Agent:
             self._halt.wait(min(max(next_heartbeat - time.monotonic(), 0.001), 0.05))
 
     def _heartbeat(self) -> None:
+        with self._lock:
+            held = self._lease  # held since before the heartbeat was sent: its answer must list it
         try:
-            self.client.heartbeat(self._report(self.monitor.reading()))
+            answer = self.client.heartbeat(self._report(self.monitor.reading()))
         except errors.FleetgridError as exc:
             log.debug("heartbeat failed: %s", exc)  # the main loop says when the coordinator is unreachable
+            return
+        if held is not None and held.lease_id not in answer.active_leases:
+            # Closed on the coordinator (a training round ended, the job was cancelled)? Renew now: its answer says
+            # for sure, and a lease that is gone stops its work at once rather than at the next renewal.
+            with self._lock:
+                if self._lease is held:
+                    self._next_renew = time.monotonic()
 
     def _renew(self, lease: Grant) -> None:
         try:

@@ -128,10 +128,6 @@ class StateDir:
     def model_path(self, digest: str) -> Path:
         return self.models / digest
 
-    def cached_models(self) -> list[str]:
-        """Digests of the model files on disk (complete ones: partial downloads end in ``.part``)."""
-        return sorted(p.name for p in self.models.iterdir() if len(p.name) == 64)
-
     def unit_dir(self, lease_id: str) -> Path:
         """A fresh directory for one lease's input, checkpoint and result."""
         path = self._unit_path(lease_id)
