@@ -337,3 +337,84 @@ def test_new_work_wakes_one_waiting_car_per_unit_not_all_of_them(coord, monkeypa
         await asyncio.gather(*polls, return_exceptions=True)
 
     serve(coord, scenario)
+
+
+def test_lease_expiry_and_reissue_run_on_the_injected_clock(tmp_path):
+    """No sleeping: the clock says when a lease is past its deadline, a sweep re-issues its unit to another car,
+    and the first car's late result is refused without touching the unit."""
+    from fleetgrid.clock import ManualClock
+
+    clock = ManualClock(1_000.0)
+    config = CoordinatorConfig(data_dir=tmp_path, enroll_token=ENROLL, operator_token=OPERATOR,
+                               tenant_tokens={"acme": TENANT}, lease_ttl_s=30.0, sweep_interval_s=3600.0)
+    coord = Coordinator(config, clock=clock)
+    parked = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        cars = []
+        for name in ("slow", "fast"):
+            r = await client.post("/vehicles/enroll", json={"enrollment_token": ENROLL, "name": name,
+                                                            "hardware": "ai4"})
+            cars.append(r.json()["credential"])
+        inputs = npy(X[:4])
+        await client.put(f"/artifacts/{sha(inputs)}", content=inputs, headers=auth(TENANT))
+        job = (await client.post("/jobs", headers=auth(TENANT), json={
+            "model": "mnist1d-cnn", "inputs": sha(inputs), "input_format": "npy", "unit_items": 4})).json()
+        first = (await client.post("/leases", json={"state": parked}, headers=auth(cars[0]))).json()
+        assert first["deadline"] == 1_030.0
+        clock.advance(20.0)
+        assert (await client.post(f"/leases/{first['lease_id']}/renew", headers=auth(cars[0]))).json()["deadline"] \
+            == 1_050.0
+        assert (await client.post("/leases", json={"state": parked}, headers=auth(cars[1]))).status_code == 204
+        clock.advance(31.0)  # past the renewed deadline
+        await asyncio.to_thread(coord.sweep)
+        second = (await client.post("/leases", json={"state": parked}, headers=auth(cars[1]))).json()
+        assert second["unit_index"] == first["unit_index"] and second["lease_id"] != first["lease_id"]
+        from fleetgrid.models.registry import load_runner
+
+        out = npy(np.asarray(load_runner("mnist1d-cnn", threads=1)(X[:4]), dtype=np.float32))
+        late = await client.post(f"/leases/{first['lease_id']}/complete", headers=auth(cars[0]),
+                                 json={"result": sha(out), "inline": base64.b64encode(out).decode()})
+        assert late.status_code == 409 and "expired" in late.json()["message"]
+        ok = await client.post(f"/leases/{second['lease_id']}/complete", headers=auth(cars[1]),
+                               json={"result": sha(out), "inline": base64.b64encode(out).decode()})
+        assert ok.status_code == 200, ok.text
+        status = (await client.get(f"/jobs/{job['job_id']}", headers=auth(TENANT))).json()
+        assert status["state"] == "done" and status["reissued_units"] == 1
+
+    try:
+        serve(coord, scenario)
+    finally:
+        coord.store.close()
+
+
+def test_a_replica_takes_over_a_training_job_whose_driver_stopped_renewing(tmp_path, postgres_url):
+    """Two coordinators on one PostgreSQL, on an injected clock: the one that took the submission drives the job;
+    once its claim lapses (it stopped renewing, as a dead replica does) the other claims it and drives it."""
+    from fleetgrid.clock import ManualClock
+
+    clock = ManualClock(5_000.0)
+
+    def replica(name: str) -> Coordinator:
+        return Coordinator(CoordinatorConfig(data_dir=tmp_path / name, database_url=postgres_url, enroll_token=ENROLL,
+                                             operator_token=OPERATOR, tenant_tokens={"acme": TENANT}),
+                           clock=clock)
+
+    a, b = replica("a"), replica("b")
+    try:
+        from fleetgrid.protocol import TrainSubmit
+
+        job = a.training.submit("acme", TrainSubmit(model="mnist1d-cnn", data={"num_vehicles": 2,
+                                                                                "num_samples": 400}, rounds=3))
+        assert job.job_id in a.training.runs and b.training.take_over() == 0  # a's claim stands
+        assert b.store.get_job(job.job_id).driver == a.training.replica
+        a.training._halt.set()  # a stops renewing (its keeper never started here): as if it had died
+        a.training.runs[job.job_id].stop.set()
+        clock.advance(a.training.claim_ttl_s + 1)
+        assert b.training.take_over() == 1 and job.job_id in b.training.runs
+        assert b.store.get_job(job.job_id).driver == b.training.replica
+        assert a.training.take_over() == 0 and job.job_id not in a.training.runs  # a learns it lost the job
+    finally:
+        for c in (a, b):
+            c.training.shutdown()
+            c.store.close()
