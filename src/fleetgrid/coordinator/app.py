@@ -17,6 +17,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Union
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -179,7 +180,12 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        coord.scheduler.polls.loop = asyncio.get_running_loop()  # routes in threads wake long-polls through it
+        loop = asyncio.get_running_loop()
+        coord.scheduler.polls.loop = loop  # routes in threads wake long-polls through it
+        # Store calls block on the database, not the CPU: the default executor's min(32, cores + 4) threads would
+        # queue 1,000 cars' completions behind their long-polls' look-ups.
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=coord.config.store_threads,
+                                                     thread_name_prefix="fleetgrid-store"))
         coord.training.notify = lambda vehicles: coord.scheduler.polls.wake(0, vehicles)
         await asyncio.to_thread(coord.training.start)
         sweeper = asyncio.create_task(coord.sweep_forever())

@@ -58,6 +58,9 @@ class CoordinatorConfig:
     auth_cache_ttl_s: float = 5.0
     """How long a found credential is trusted without asking the database (0: never cached). A car revoked through
     another coordinator on the same database is refused leases at once, and refused entirely within this time."""
+    store_threads: int = 32
+    """Threads that run store calls, file writes and fsyncs off the event loop (they wait on the database or the
+    disk, so more than the cores)."""
     long_poll_recheck_s: float = 10.0
     """A long-polling car is woken when work for it appears; it also looks again this often on its own (work
     created by another replica, or taken by the car woken for it)."""

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -117,7 +118,10 @@ units = Table(
     Column("payload", JSON),
     Index("ix_units_state_seq", "state", "seq"),
     Index("ix_units_job_idx", "job_id", "idx"),
-    Index("ix_units_target_state", "target_vehicle", "state"),
+    # Partial: only offered units are in it, so the queue's own query (target_vehicle IS NULL, by seq) keeps using
+    # ix_units_state_seq instead of sorting every pending unit out of this one.
+    Index("ix_units_offered", "target_vehicle", "state", postgresql_where=text("target_vehicle IS NOT NULL"),
+          sqlite_where=text("target_vehicle IS NOT NULL")),
 )
 
 accepted = Table(

@@ -16,11 +16,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Numeric, and_, bindparam, cast, create_engine, event, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Numeric,
+    and_,
+    bindparam,
+    cast,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ColumnClause
 
 from ...errors import AuthError, Conflict, InvalidInput, LeaseExpired, NotFound
 from . import migrate
@@ -28,7 +42,11 @@ from .base import ArtifactRecord, JobRecord, LeaseRecord, LedgerRecord, Store, T
 from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, secrets, tenants, units, vehicles
 from .sqlite_lock import SQLiteFileLock
 
-__all__ = ["SQLStore", "engine_url"]
+__all__ = ["POOL_SIZE", "SQLStore", "engine_url"]
+
+POOL_SIZE = 48
+"""PostgreSQL connections kept open: as many as threads that run store calls at once (the event loop's executor
+and the route thread pool), so none waits for a connection while another waits for it."""
 
 _LIVE_JOB_STATES = ("queued", "running")
 _INT_CAP = 2**63 - 1
@@ -101,7 +119,11 @@ class SQLStore(Store):
         """``create``: create the schema, or migrate it to the current one. ``exclusive`` (SQLite files): refuse to
         open a file another store holds (:class:`DatabaseInUse`); only tests of cross-process safety turn it off."""
         self.url = engine_url(url)
-        self.engine: Engine = create_engine(self.url, future=True, pool_pre_ping=self.url.startswith("postgresql"))
+        pooled: dict[str, Any] = {}
+        if self.url.startswith("postgresql"):
+            # One connection for each thread that may hold one: the app's thread pools (see CoordinatorConfig.threads).
+            pooled = {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_SIZE}
+        self.engine: Engine = create_engine(self.url, future=True, **pooled)
         self._lock: SQLiteFileLock | None = None
         self._sqlite = self.engine.dialect.name == "sqlite"
         if self._sqlite:
@@ -136,19 +158,24 @@ class SQLStore(Store):
             )
         )
         may_lease = exists(select(vehicles.c.vehicle_id).where(vehicles.c.vehicle_id == vid, ~vehicles.c.revoked))
+        # 'pending' is written into the statement, not bound: psycopg prepares statements it runs repeatedly, and a
+        # generic plan for ``state = $1`` takes every pending unit out of the index and sorts them (seconds, under
+        # load) instead of walking (state, seq) to the first one.
+        pending: ColumnClause[str] = literal_column("'pending'")
         candidate = (
             select(units)
-            .where(units.c.state == "pending", units.c.target_vehicle.is_(None), may_lease,
+            .where(units.c.state == pending, units.c.target_vehicle.is_(None), may_lease,
                    or_(units.c.replicas == 1, ~same_unit_by_me))
             .order_by(units.c.seq)
             .limit(1)
         )
-        # Work offered to this car (a training round's share) goes first, while its offer stands.
+        # Work offered to this car (a training round's share) goes first, while its offer stands. Any one will do:
+        # no ORDER BY, which would tempt PostgreSQL's generic plan (psycopg prepares repeated statements) into
+        # walking every pending unit in ``seq`` order instead of the (target_vehicle, state) index.
         offered = (
             select(units)
-            .where(units.c.target_vehicle == vid, units.c.state == "pending",
+            .where(units.c.target_vehicle == vid, units.c.state == pending,
                    units.c.offer_expires >= bindparam("now"), may_lease)
-            .order_by(units.c.seq)
             .limit(1)
         )
         if self.engine.dialect.name == "postgresql":

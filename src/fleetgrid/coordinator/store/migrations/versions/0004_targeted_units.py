@@ -24,7 +24,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("target_vehicle", sa.String(64)))
         batch.add_column(sa.Column("offer_expires", sa.Float()))
         batch.add_column(sa.Column("payload", sa.JSON()))
-        batch.create_index("ix_units_target_state", ["target_vehicle", "state"])
+        batch.create_index("ix_units_offered", ["target_vehicle", "state"],
+                           postgresql_where=sa.text("target_vehicle IS NOT NULL"),
+                           sqlite_where=sa.text("target_vehicle IS NOT NULL"))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("driver", sa.String(64)))
         batch.add_column(sa.Column("driver_until", sa.Float()))
@@ -35,7 +37,7 @@ def downgrade() -> None:
         batch.drop_column("driver_until")
         batch.drop_column("driver")
     with op.batch_alter_table("units") as batch:
-        batch.drop_index("ix_units_target_state")
+        batch.drop_index("ix_units_offered")
         batch.drop_column("payload")
         batch.drop_column("offer_expires")
         batch.drop_column("target_vehicle")
