@@ -84,6 +84,7 @@ class Coordinator:
         drivers = load_unit_drivers(DriverContext(self.store, self.artifacts, config, self.clock))
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
         self.training: TrainingService = drivers["train"].service  # type: ignore[attr-defined]
+        self.scheduler.offers_possible = lambda: self.training.any_live
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
 
     async def sweep_forever(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -49,6 +49,9 @@ class Scheduler:
         self.config = config
         self.clock = clock or WallClock()
         self.drivers: dict[str, UnitDriver] = dict(drivers or {})
+        self.offers_possible: Callable[[], bool] = lambda: True
+        """Whether units may be offered to particular cars now (a training job is live): if not, leasing skips
+        the look-up for them, one query per lease cycle."""
         self.polls = LongPolls()
         """Cars long-polling for work; the app binds it to its event loop. Wakes are safe from any thread."""
         self._specs: dict[str, JobRecord] = {}
@@ -121,7 +124,8 @@ class Scheduler:
     # --- vehicles -----------------------------------------------------------------------------------------------
     def lease(self, vehicle: VehicleRecord) -> Grant | None:
         now = self.clock.now()
-        got = self.store.acquire(vehicle.vehicle_id, now, now + self.config.lease_ttl_s, "lease-" + uuid.uuid4().hex)
+        got = self.store.acquire(vehicle.vehicle_id, now, now + self.config.lease_ttl_s, "lease-" + uuid.uuid4().hex,
+                                 offers=self.offers_possible())
         if got is None:
             return None
         lease, unit = got

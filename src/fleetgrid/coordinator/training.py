@@ -176,6 +176,9 @@ class TrainingService:
         self._halt = threading.Event()
         self._readers: dict[str, tuple[str | None, Strategy]] = {}  # job -> (checkpoint, read-only strategy)
         self._numel: dict[str, int] = {}
+        self.any_live = True
+        """Whether a training job is live (any replica's): refreshed with the claims every tick; while False no
+        unit is offered to a particular car, so leasing need not look for one."""
 
     # --- tenants ------------------------------------------------------------------------------------------------
     def submit(self, tenant: str, req: TrainSubmit) -> JobRecord:
@@ -206,6 +209,7 @@ class TrainingService:
         job = JobRecord(job_id=job_id, tenant=tenant, name=req.name or job_id, kind="train", model=req.model,
                         spec=spec, items=req.rounds, units_total=req.rounds, created_at=now)
         self.store.create_job(job, [])
+        self.any_live = True
         if self._claim(job_id):
             self._start(job, strategy)
         return job
@@ -249,8 +253,10 @@ class TrainingService:
                 run.stop.set()
                 self.runs.pop(job_id, None)
         taken = 0
-        for job in self.store.list_jobs():
-            if job.kind != "train" or job.state not in _LIVE or job.job_id in self.runs or self._halt.is_set():
+        live = [job for job in self.store.list_jobs() if job.kind == "train" and job.state in _LIVE]
+        self.any_live = bool(live)
+        for job in live:
+            if job.job_id in self.runs or self._halt.is_set():
                 continue
             if self._claim(job.job_id) and self._resume(job):
                 taken += 1

@@ -284,9 +284,10 @@ class Store(ABC):
 
     # --- leases -------------------------------------------------------------------------------------------------
     @abstractmethod
-    def acquire(self, vehicle_id: str, now: float, deadline: float,
-                lease_id: str) -> tuple[LeaseRecord, UnitRecord] | None:
-        """Lease the oldest pending unit of a live job to the vehicle (never two replicas of one unit to one car,
+    def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str, *,
+                offers: bool = True) -> tuple[LeaseRecord, UnitRecord] | None:
+        """Lease a unit offered to this vehicle first (unless ``offers`` is False: none can exist), else the oldest
+        pending unit of a live job to the vehicle (never two replicas of one unit to one car,
         never one unit twice); None if there is none. Raises AuthError if the vehicle is revoked, NotFound if it
         is not enrolled: checked in the same transaction, so a revocation by another coordinator holds at once."""
 

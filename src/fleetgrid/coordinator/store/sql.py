@@ -517,14 +517,14 @@ class SQLStore(Store):
         return 0 if top is None else int(top) + 1
 
     # --- leases -------------------------------------------------------------------------------------------------
-    def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str):
+    def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str, *, offers: bool = True):
         with self._write() as c:
             if not self._sqlite:
                 # Locks the car's row: a revocation committing meanwhile waits for this lease to commit, so the
                 # revoking coordinator's release of the car's leases sees it.
                 self._check_may_lease(c, vehicle_id)
             for _ in range(_ACQUIRE_TRIES):
-                row = c.execute(self._q_offered, {"vid": vehicle_id, "now": now}).first()
+                row = c.execute(self._q_offered, {"vid": vehicle_id, "now": now}).first() if offers else None
                 if row is None:
                     row = c.execute(self._q_candidate, {"vid": vehicle_id}).first()
                 if row is None:
