@@ -63,6 +63,7 @@ from .drivers import DriverContext, load_unit_drivers
 from .limits import BodyLimit
 from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
+from .states import VehicleStates
 from .store import JobRecord, Store, VehicleRecord, open_store
 from .training import TrainingService
 
@@ -85,6 +86,7 @@ class Coordinator:
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
         self.training: TrainingService = drivers["train"].service  # type: ignore[attr-defined]
         self.scheduler.offers_possible = lambda: self.training.any_live
+        self.states = VehicleStates(self.store, self.clock, refresh_s=min(10.0, config.online_window_s / 3))
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
 
     async def sweep_forever(self) -> None:
@@ -96,7 +98,8 @@ class Coordinator:
                 log.exception("lease sweep failed")
 
     def sweep(self) -> None:
-        """Close every lease past its deadline, inference and training."""
+        """Write the cars' noted states; close every lease past its deadline, inference and training."""
+        self.states.flush()
         self.scheduler.expire_due()
         self.training.expire_due()
 
@@ -197,6 +200,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await asyncio.to_thread(coord.states.flush)
 
     app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan,
                   description="Schedules work onto parked cars; see the README for the protocol.")
@@ -216,28 +220,9 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     return BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
 
 
-class _StateWriter:
-    """Stores what cars report about themselves, but only when it changed or every ``refresh_s``: a thousand
-    cars long-polling must not turn into a thousand identical writes a second."""
-
-    def __init__(self, store: Store, clock: Clock, refresh_s: float = 10.0) -> None:
-        self.store, self.clock, self.refresh_s = store, clock, refresh_s
-        self._last: dict[str, tuple[tuple, float]] = {}
-
-    def report(self, vehicle_id: str, state: StateReport) -> None:
-        key = (state.drive, state.network, state.plugged_in, state.eligible, round(state.soc, 2))
-        now = self.clock.now()
-        last = self._last.get(vehicle_id)
-        if last is not None and last[0] == key and now - last[1] < self.refresh_s:
-            return
-        data = state.model_dump(mode="json", exclude={"reasons"}) | {"reasons": state.reasons[:4]}
-        self.store.report_state(vehicle_id, data, state.eligible, now)
-        self._last[vehicle_id] = (key, now)
-
-
 def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     sched, store = coord.scheduler, coord.store
-    states = _StateWriter(store, coord.clock, refresh_s=min(10.0, coord.config.online_window_s / 3))
+    states = coord.states
 
     def vehicle(request: Request) -> VehicleRecord:
         return coord.auth.vehicle(request.headers.get("authorization"))
@@ -281,7 +266,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     @app.post(f"{API_PREFIX}/leases", response_model=Grant, tags=["vehicle"],
               responses={204: {"description": "no work within wait_s"}})
     async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)):
-        await asyncio.to_thread(states.report, v.vehicle_id, req.state)
+        states.report(v.vehicle_id, req.state)
         if not req.state.eligible:
             why = ", ".join(req.state.reasons) or "no reason given"
             raise Conflict(f"vehicle reports itself ineligible ({why}); lease work only while eligible")
@@ -481,6 +466,7 @@ def _operator_routes(app: FastAPI, coord: Coordinator) -> None:
         coord.auth.operator(request.headers.get("authorization"))
 
     def summaries() -> list[VehicleSummary]:
+        coord.states.flush()  # what the cars said up to now, not up to the last sweep
         in_flight: dict[str, int] = {}
         for lease in store.active_leases():
             in_flight[lease.vehicle_id] = in_flight.get(lease.vehicle_id, 0) + 1

@@ -173,6 +173,7 @@ class TrainingService:
         self.claim_ttl_s = config.driver_claim_ttl_s
         """A replica renews its claims every sixth of this; one that died is taken over after at most this long."""
         self._keeper: threading.Thread | None = None
+        self._starting = threading.Lock()
         self._halt = threading.Event()
         self._readers: dict[str, tuple[str | None, Strategy]] = {}  # job -> (checkpoint, read-only strategy)
         self._numel: dict[str, int] = {}
@@ -269,8 +270,9 @@ class TrainingService:
             log.exception("training job %s cannot resume", job.job_id)
             self.store.finish_job(job.job_id, JobState.FAILED, self.clock.now(), error=f"cannot resume: {exc}")
             return False
+        if not self._start(job, strategy):
+            return False
         log.info("driving training job %s from version %d", job.job_id, strategy.version)
-        self._start(job, strategy)
         return True
 
     def _strategy_at_checkpoint(self, job: JobRecord) -> Strategy:
@@ -538,18 +540,24 @@ class TrainingService:
         return rank % num_shards
 
     # --- the round loop -----------------------------------------------------------------------------------------
-    def _start(self, job: JobRecord, strategy: Strategy) -> None:
-        submit = TrainSubmit.model_validate(job.spec)
-        run = _Run(job=job, submit=submit, data=_data_spec(job.spec["data"]), strategy=strategy)
-        if job.checkpoint_digest:
-            meta = self._checkpoint_meta(job)
-            run.bytes_up, run.bytes_down = meta.get("bytes_up", 0), meta.get("bytes_down", 0)
-            run.reports, run.rejected = meta.get("reports", 0), meta.get("rejected", 0)
-        run.next_idx = self.store.next_unit_idx(job.job_id)
-        self._refeed(run)
-        self.runs[job.job_id] = run
+    def _start(self, job: JobRecord, strategy: Strategy) -> bool:
+        """Drive ``job`` here, unless this process already does (a submission and the keeper's tick can race to
+        start the same job: one round loop per job per process, or two would offer units under the same ids)."""
+        with self._starting:
+            if job.job_id in self.runs:
+                return False
+            submit = TrainSubmit.model_validate(job.spec)
+            run = _Run(job=job, submit=submit, data=_data_spec(job.spec["data"]), strategy=strategy)
+            if job.checkpoint_digest:
+                meta = self._checkpoint_meta(job)
+                run.bytes_up, run.bytes_down = meta.get("bytes_up", 0), meta.get("bytes_down", 0)
+                run.reports, run.rejected = meta.get("reports", 0), meta.get("rejected", 0)
+            run.next_idx = self.store.next_unit_idx(job.job_id)
+            self._refeed(run)
+            self.runs[job.job_id] = run
         run.thread = threading.Thread(target=self._drive, args=(run,), name=f"train-{job.job_id}", daemon=True)
         run.thread.start()
+        return True
 
     def _refeed(self, run: _Run) -> None:
         """On taking a job over (a restart, or another replica's death): queue every update acknowledged but not

@@ -170,6 +170,10 @@ class Store(ABC):
     @abstractmethod
     def report_state(self, vehicle_id: str, state: dict[str, Any], eligible: bool, now: float) -> None: ...
 
+    @abstractmethod
+    def report_states(self, rows: Sequence[tuple[str, dict[str, Any], bool, float]]) -> None:
+        """Many cars' (vehicle_id, state, eligible, seen at) in one transaction."""
+
     # --- artifacts ----------------------------------------------------------------------------------------------
     @abstractmethod
     def add_artifact(self, digest: str, size: int, owner: str, now: float) -> None:

@@ -193,6 +193,10 @@ class SQLStore(Store):
             update(jobs).where(jobs.c.job_id == bindparam("jid"), jobs.c.state == "queued").values(state="running")
         )
         self._q_insert_lease = insert(leases)
+        self._q_report_state = (
+            update(vehicles).where(vehicles.c.vehicle_id == bindparam("vid"))
+            .values(state=bindparam("state"), eligible=bindparam("eligible"), last_seen=bindparam("seen"))
+        )
         self._q_job = select(jobs).where(jobs.c.job_id == bindparam("jid"))
         self._q_lease = select(leases).where(leases.c.lease_id == bindparam("lid"))
         self._q_unit = select(units).where(units.c.unit_id == bindparam("uid"))
@@ -295,6 +299,12 @@ class SQLStore(Store):
                 update(vehicles).where(vehicles.c.vehicle_id == vehicle_id)
                 .values(state=state, eligible=eligible, last_seen=now)
             )
+
+    def report_states(self, rows: Sequence[tuple[str, dict[str, Any], bool, float]]) -> None:
+        if not rows:
+            return
+        with self._write() as c:
+            c.execute(self._q_report_state, [{"vid": v, "state": s, "eligible": e, "seen": at} for v, s, e, at in rows])
 
     # --- artifacts ----------------------------------------------------------------------------------------------
     def add_artifact(self, digest: str, size: int, owner: str, now: float) -> None:

@@ -1,0 +1,52 @@
+"""What cars report about themselves (drive state, charge, link, eligibility), written in batches.
+
+Every lease request and heartbeat carries the car's state. Writing each one on its own would make 10,000
+long-polling cars 10,000 transactions per round of polls; here a report only marks the car's latest state
+(when it changed, or every ``refresh_s`` so ``last_seen`` stays fresh), and :meth:`VehicleStates.flush` writes
+all marked cars in one transaction, from the sweeper every second and before anything reads the fleet.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..clock import Clock
+from ..protocol import StateReport
+from .store import Store
+
+__all__ = ["VehicleStates"]
+
+
+class VehicleStates:
+    def __init__(self, store: Store, clock: Clock, refresh_s: float = 10.0) -> None:
+        self.store, self.clock, self.refresh_s = store, clock, refresh_s
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[tuple, float]] = {}
+        self._pending: dict[str, tuple[dict[str, Any], bool, float]] = {}
+
+    def report(self, vehicle_id: str, state: StateReport) -> None:
+        """Note a car's state: cheap (no store call), safe from the event loop and from any thread."""
+        key = (state.drive, state.network, state.plugged_in, state.eligible, round(state.soc, 2))
+        now = self.clock.now()
+        with self._lock:
+            last = self._last.get(vehicle_id)
+            if last is not None and last[0] == key and now - last[1] < self.refresh_s:
+                return
+            self._last[vehicle_id] = (key, now)
+            data = state.model_dump(mode="json", exclude={"reasons"}) | {"reasons": state.reasons[:4]}
+            self._pending[vehicle_id] = (data, state.eligible, now)
+
+    def flush(self) -> int:
+        """Write every noted state in one transaction; returns how many cars. A failed write keeps them noted."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        try:
+            self.store.report_states([(vid, data, eligible, at) for vid, (data, eligible, at) in pending.items()])
+        except BaseException:
+            with self._lock:
+                self._pending = pending | self._pending  # newer reports (noted meanwhile) win
+            raise
+        return len(pending)
