@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -214,12 +215,12 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         raise
     finally:
-        stop_fleet(coordinator, agents, grace_s=1.0 if interrupted else 15.0)
+        stop_fleet(coordinator, agents, grace_s=1.0 if interrupted else 15.0, at_once=interrupted)
         per_car = _per_car(agents)  # their stats files, before the folder goes
         if config.keep is None:
             shutil.rmtree(root, ignore_errors=True)
         if interrupted:
-            console.print(f"demo stopped (Ctrl-C): coordinator and {len(agents)} cars stopped; "
+            console.print(f"Ctrl-C: coordinator and {len(agents)} cars stopped; "
                           + (f"kept {root}" if config.keep else f"removed {root}"))
     summary["per_car"] = per_car
     summary["cellular_bytes"] = sum(c["cellular_bytes"] for c in per_car)
@@ -409,7 +410,12 @@ def demo_command(
         console.print(f"[red]demo failed:[/red] {exc.message}")
         raise typer.Exit(2 if isinstance(exc, InvalidInput) else 1) from None
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        console.print("demo stopped (Ctrl-C)")
+        # Every process it started is gone and its folder removed; tearing down an interpreter that loaded torch
+        # and MiniLM takes seconds more (4x that on a slow machine), which is no use to someone who pressed Ctrl-C.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     _print(summary, console)
     if as_json:
         print(json.dumps(summary, default=float))

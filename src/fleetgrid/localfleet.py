@@ -132,29 +132,34 @@ class AgentProcess:
         _signal(self.proc, signal.SIGTERM)
 
 
-def stop_fleet(coordinator: CoordinatorProcess | None, agents: list[AgentProcess], grace_s: float = 15.0) -> None:
-    """Stop the agents and the coordinator together: SIGTERM to all at once (agents first, so they can report their
-    leases back), then SIGKILL whatever still runs after ``grace_s``, agents with their whole process group (their
-    workers). Returns within about ``grace_s`` whatever the children do."""
+def stop_fleet(coordinator: CoordinatorProcess | None, agents: list[AgentProcess], grace_s: float = 15.0, *,
+               at_once: bool = False) -> None:
+    """Stop the agents and the coordinator: SIGTERM to every agent together, then to the coordinator (so the agents
+    can hand their leases back first; ``at_once``: to all of them together), and SIGKILL whatever still runs after
+    ``grace_s``, agents with their whole process group (their workers). Returns within about ``grace_s`` plus a
+    second whatever the children do."""
+    coordinator_proc = coordinator.proc if coordinator is not None else None
     running = [a.proc for a in agents if a.alive()]
+    if at_once and coordinator_proc is not None and coordinator_proc.poll() is None:
+        running.append(coordinator_proc)
     for proc in running:
         proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for proc in running:
         _wait_until(proc, deadline)
-    if coordinator is not None and coordinator.proc is not None and coordinator.proc.poll() is None:
-        coordinator.proc.send_signal(signal.SIGTERM)
-        _wait_until(coordinator.proc, max(deadline, time.monotonic() + min(grace_s, 5.0)))
+    if coordinator_proc is not None and coordinator_proc.poll() is None and not at_once:
+        coordinator_proc.send_signal(signal.SIGTERM)
+        _wait_until(coordinator_proc, time.monotonic() + min(grace_s, 5.0))
     for agent in agents:
         if agent.proc is not None:
-            try:  # the agent's group outlives it when its worker does not exit with it
+            try:  # the group outlives the agent when its worker does not exit with it
                 os.killpg(agent.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            _wait_until(agent.proc, time.monotonic() + 1.0)
-    if coordinator is not None and coordinator.proc is not None and coordinator.proc.poll() is None:
-        coordinator.proc.kill()
-        _wait_until(coordinator.proc, time.monotonic() + 1.0)
+    if coordinator_proc is not None and coordinator_proc.poll() is None:
+        coordinator_proc.kill()
+    for proc in [a.proc for a in agents if a.proc is not None] + [coordinator_proc] * (coordinator_proc is not None):
+        _wait_until(proc, time.monotonic() + 1.0)
 
 
 def _wait_until(proc: subprocess.Popen, deadline: float) -> None:
