@@ -208,7 +208,7 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
         ]
         console.print(f"coordinator {coordinator.url} (pid {coordinator.proc.pid})  cars {config.cars} "
                       f"(pids {' '.join(str(a.proc.pid) for a in agents)})  corpus {len(texts)} docstrings  "
-                      f"clock from Tue 06:30  data {root}")
+                      f"clock from Tue 06:30  data {root}", soft_wrap=True)  # a path, pids: never broken
         summary = _run_jobs(config, pace, coordinator, agents, texts, console)
     except KeyboardInterrupt:
         interrupted = True
@@ -221,7 +221,7 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
         if interrupted:
             console.print(f"Ctrl-C: coordinator and {len(agents)} cars stopped; "
-                          + (f"kept {root}" if config.keep else f"removed {root}"))
+                          + (f"kept {root}" if config.keep else f"removed {root}"), soft_wrap=True)
     summary["per_car"] = per_car
     summary["cellular_bytes"] = sum(c["cellular_bytes"] for c in per_car)
     summary["wifi_bytes"] = sum(c["wifi_bytes"] for c in per_car)
