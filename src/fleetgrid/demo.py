@@ -171,10 +171,14 @@ def _time_this_machine(config: DemoConfig, texts: list[str]) -> tuple[float, flo
     batch = get_model_spec(config.model).default_batch_size
     run_items(runner, texts[:batch], batch)
     batch_s = time.monotonic() - loaded
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    sharing = max(1.0, config.cars * config.threads / cores)
+    sharing = max(1.0, config.cars * config.threads / _cores())
     unit_batches = -(-min(config.unit_items, config.items) // batch)
     return (loaded - started) * sharing, batch_s * unit_batches * sharing
+
+
+def _cores() -> int:
+    """The cores this process may run on (``taskset`` narrows them; ``os.cpu_count`` counts the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
@@ -191,8 +195,7 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
         texts = _inputs(config)
         traces = root / "traces.jsonl"
         buses = _calibrated_buses(traces, config.cars, config.seed)
-        if config.speed is None:
-            console.print(f"timing {config.model} on this machine (load, one batch) to pace the simulated day ...")
+        console.print(f"timing {config.model} on this machine (load, one batch) to pace the simulated day ...")
         worker_start_s, unit_s = _time_this_machine(config, texts)
         pace = Pace.choose(worker_start_s=worker_start_s, unit_s=unit_s, parked_min=_median_parked_min(traces),
                            given=config.speed)
@@ -249,7 +252,7 @@ def _run_jobs(config: DemoConfig, pace: Pace, coordinator, agents, texts: list[s
                 raise FleetgridError(f"job {status.job_id} ended {status.state}: {status.error}")
         fleet_result = client.result(job.job_id)
     console.print("computing the same embeddings locally to check the fleet's result ...")
-    local = run_local(config.model, texts, threads=os.cpu_count())
+    local = run_local(config.model, texts, threads=_cores())
     return (_summary(config, final, wall, fleet_result, local) | _train_summary(trained)
             | {"pace": pace.to_json(), "pids": {"coordinator": coordinator.proc.pid,
                                                 "cars": [a.proc.pid for a in agents]}})
