@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,9 +43,8 @@ class DemoConfig:
     max_chars: int = 200
     """Each docstring is cut to this many characters."""
     model: str = "minilm-l6-v2"
-    speed: float = 720.0
-    """Simulated seconds per wall second: 720 plays a day in two minutes (1440: a day a minute). Every trip
-    stops a car's worker, and a restarted worker reloads the model: on 2 cores, faster days mostly reload."""
+    speed: float | None = None
+    """Simulated seconds per wall second; None: paced from this machine's measured speed (see :class:`Pace`)."""
     unit_items: int = 128
     """Items per work unit: two MiniLM batches, so every car gets work and a trip costs little."""
     threads: int = 1
@@ -55,7 +56,8 @@ class DemoConfig:
     """H: local steps per car per round."""
     train_bits: int = 8
     """Updates and model deltas travel quantized to this many bits (4 or 8)."""
-    timeout_s: float = 900.0
+    timeout_s: float | None = None
+    """Give up when the jobs have not ended after this many wall seconds; None: 900 s or more on a slow machine."""
     keep: Path | None = None
     """Keep the coordinator's data and agents' state here instead of a temporary directory."""
 
@@ -64,10 +66,56 @@ class DemoConfig:
             raise InvalidInput(f"--cars {self.cars}: give 1 to 64 cars on one machine")
         if self.items < 1:
             raise InvalidInput(f"--items {self.items}: give at least 1 item")
-        if self.speed <= 0:
+        if self.speed is not None and self.speed <= 0:
             raise InvalidInput(f"--speed {self.speed}: must be > 0 simulated seconds per wall second")
         if self.train_rounds < 0:
             raise InvalidInput(f"--train-rounds {self.train_rounds}: give 0 (no training job) or more")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pace:
+    """How fast the simulated day runs, and why: on a slow or busy machine a unit takes longer, so the day must
+    run slower for a unit to fit between two trips (every trip kills the worker, and a new one reloads the model).
+    """
+
+    speed: float
+    """Simulated seconds per wall second."""
+    measured: bool
+    """False: given with --speed."""
+    worker_start_s: float
+    """Wall seconds for a car's worker to import torch and load the model (timed here, scaled for contention)."""
+    unit_s: float
+    """Wall seconds of one unit on one car while every car computes at once."""
+    parked_min: float
+    """The median parked stretch between two trips in the cars' simulated day, in simulated minutes."""
+    units_per_stop: float
+    """Units that fit in that stretch after a worker start, at ``speed``."""
+
+    #: Units a typical parked stretch should hold, and the margin for what the timing leaves out (HTTP, polling).
+    TARGET_UNITS = 3
+    MARGIN = 1.5
+    #: Faster than a day a minute, trips come quicker than the coordinator's round trips.
+    MAX_SPEED = 1440.0
+
+    @classmethod
+    def choose(cls, *, worker_start_s: float, unit_s: float, parked_min: float, given: float | None) -> Pace:
+        needed_s = cls.MARGIN * (worker_start_s + cls.TARGET_UNITS * unit_s)
+        speed = given if given is not None else min(cls.MAX_SPEED, parked_min * 60.0 / needed_s)
+        fits = (parked_min * 60.0 / speed / cls.MARGIN - worker_start_s) / unit_s
+        return cls(speed=round(speed, 1), measured=given is None, worker_start_s=round(worker_start_s, 2),
+                   unit_s=round(unit_s, 2), parked_min=round(parked_min), units_per_stop=round(max(fits, 0.0), 1))
+
+    def describe(self) -> str:
+        day_s = 86400 / self.speed
+        why = (f"a car's worker starts in ~{self.worker_start_s:.1f} s and a unit takes ~{self.unit_s:.1f} s here "
+               f"with every car busy, so a median parked stretch ({self.parked_min:.0f} min) holds "
+               f"~{self.units_per_stop:g} units")
+        head = "measured" if self.measured else "as given by --speed"
+        return f"pace x{self.speed:g} ({head}; a day in {day_s / 60:.1f} min): {why}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"speed": self.speed, "measured": self.measured, "worker_start_s": self.worker_start_s,
+                "unit_s": self.unit_s, "parked_min": self.parked_min, "units_per_stop": self.units_per_stop}
 
 
 def _inputs(config: DemoConfig) -> list[str]:
@@ -92,49 +140,125 @@ def _calibrated_buses(path: Path, cars: int, seed: int) -> list[str]:
     return [f"trace:{path}#{trace.vehicle_id}" for trace in load_traces(path)]
 
 
+def _median_parked_min(path: Path) -> float:
+    """The median stretch between two trips over the cars' first day, in minutes (the day wraps, as replayed)."""
+    from .vehicle.schedule import load_traces
+
+    stretches = []
+    for trace in load_traces(path):
+        trips = sorted(trace.day(0).trips)
+        if not trips:
+            stretches.append(1440.0)
+            continue
+        ends = [end for _, end in trips]
+        starts = [start for start, _ in trips[1:]] + [trips[0][0] + 1440]
+        stretches += [start - end for end, start in zip(ends, starts, strict=True) if start > end]
+    return float(np.median(stretches)) if stretches else 1440.0
+
+
+def _time_this_machine(config: DemoConfig, texts: list[str]) -> tuple[float, float]:
+    """(worker start, one unit) in wall seconds on one car's share of this machine while all cars compute.
+
+    Loads the model and runs one batch here, on ``config.threads`` threads like a car's worker, and scales both by
+    how many cars share the cores this process may use (``taskset`` limits count; other load is in the timing).
+    """
+    started = time.monotonic()
+    from .models.registry import get_model_spec, load_runner
+    from .workloads.inference import run_items
+
+    runner = load_runner(config.model, threads=config.threads)
+    loaded = time.monotonic()
+    batch = get_model_spec(config.model).default_batch_size
+    run_items(runner, texts[:batch], batch)
+    batch_s = time.monotonic() - loaded
+    sharing = max(1.0, config.cars * config.threads / _cores())
+    unit_batches = -(-min(config.unit_items, config.items) // batch)
+    return (loaded - started) * sharing, batch_s * unit_batches * sharing
+
+
+def _cores() -> int:
+    """The cores this process may run on (``taskset`` narrows them; ``os.cpu_count`` counts the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
-    from .client import FleetgridClient
-    from .localfleet import AgentProcess, CoordinatorProcess
-    from .workloads.inference import run_local
+    """Run the demo and return its summary. On Ctrl-C, stops every process it started within ~2 s, removes its
+    temporary folder (not a --keep one), says so, and re-raises KeyboardInterrupt."""
+    from .localfleet import AgentProcess, CoordinatorProcess, stop_fleet
 
     root = config.keep or Path(tempfile.mkdtemp(prefix="fleetgrid-demo-"))
-    texts = _inputs(config)
-    coordinator = CoordinatorProcess(root / "coordinator").start()
-    creds = coordinator.credentials()
-    clock_args = ["--clock-speed", str(config.speed), "--clock-start", str(_DAY_START),
-                  "--clock-origin", str(time.time() + 2.0)]
-    buses = _calibrated_buses(root / "traces.jsonl", config.cars, config.seed)
-    agents = [
-        AgentProcess(coordinator.url, root / f"car-{i}", creds.enroll, name=f"car-{i}", bus=bus,
-                     hardware=("ai4", "hw3")[i % 4 == 3], threads=config.threads, extra_args=clock_args).start()
-        for i, bus in enumerate(buses)
-    ]
+    coordinator: CoordinatorProcess | None = None
+    agents: list[AgentProcess] = []
+    interrupted = False
     try:
-        console.print(f"coordinator {coordinator.url}  cars {config.cars}  corpus {len(texts)} docstrings  "
-                      f"clock x{config.speed:g} from Tue 06:30  data {root}")
-        with FleetgridClient(coordinator.url, creds.tenants["default"]) as client:
-            started = time.monotonic()
-            job = client.submit(config.model, texts, unit_items=config.unit_items, name="demo: stdlib docstrings")
-            train = _submit_training(client, config) if config.train_rounds else None
-            final, trained = _watch(client, job.job_id, train, config, console)
-            wall = time.monotonic() - started
-            for status in (final, trained):
-                if status is not None and status.state != "done":
-                    raise FleetgridError(f"job {status.job_id} ended {status.state}: {status.error}")
-            fleet_result = client.result(job.job_id)
-        console.print("computing the same embeddings locally to check the fleet's result ...")
-        local = run_local(config.model, texts, threads=os.cpu_count())
+        coordinator = CoordinatorProcess(root / "coordinator").start(wait=False)
+        texts = _inputs(config)
+        traces = root / "traces.jsonl"
+        buses = _calibrated_buses(traces, config.cars, config.seed)
+        console.print(f"timing {config.model} on this machine (load, one batch) to pace the simulated day ...")
+        worker_start_s, unit_s = _time_this_machine(config, texts)
+        pace = Pace.choose(worker_start_s=worker_start_s, unit_s=unit_s, parked_min=_median_parked_min(traces),
+                           given=config.speed)
+        console.print(pace.describe())
+        coordinator.wait_healthy()
+        creds = coordinator.credentials()
+        clock_args = ["--clock-speed", str(pace.speed), "--clock-start", str(_DAY_START),
+                      "--clock-origin", str(time.time() + 2.0)]
+        agents = [
+            AgentProcess(coordinator.url, root / f"car-{i}", creds.enroll, name=f"car-{i}", bus=bus,
+                         hardware=("ai4", "hw3")[i % 4 == 3], threads=config.threads, extra_args=clock_args).start()
+            for i, bus in enumerate(buses)
+        ]
+        console.print(f"coordinator {coordinator.url} (pid {coordinator.proc.pid})  cars {config.cars} "
+                      f"(pids {' '.join(str(a.proc.pid) for a in agents)})  corpus {len(texts)} docstrings  "
+                      f"clock from Tue 06:30  data {root}", soft_wrap=True)  # a path, pids: never broken
+        summary = _run_jobs(config, pace, coordinator, agents, texts, console)
+    except KeyboardInterrupt:
+        interrupted = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        raise
     finally:
-        for agent in agents:
-            agent.stop()
-        coordinator.stop()
-    summary = _summary(config, final, wall, fleet_result, local, agents) | _train_summary(trained)
-    if config.keep is None:
-        shutil.rmtree(root, ignore_errors=True)
+        stop_fleet(coordinator, agents, grace_s=1.0 if interrupted else 15.0, at_once=interrupted)
+        per_car = _per_car(agents)  # their stats files, before the folder goes
+        if config.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+        if interrupted:
+            console.print(f"Ctrl-C: coordinator and {len(agents)} cars stopped; "
+                          + (f"kept {root}" if config.keep else f"removed {root}"), soft_wrap=True)
+    summary["per_car"] = per_car
+    summary["cellular_bytes"] = sum(c["cellular_bytes"] for c in per_car)
+    summary["wifi_bytes"] = sum(c["wifi_bytes"] for c in per_car)
     return summary
 
 
-def _submit_training(client, config: DemoConfig):
+def _run_jobs(config: DemoConfig, pace: Pace, coordinator, agents, texts: list[str],
+              console: Console) -> dict[str, Any]:
+    """Submit both jobs, follow them to the end, and check the embeddings against a local run."""
+    from .client import FleetgridClient
+    from .workloads.inference import run_local
+
+    creds = coordinator.credentials()
+    # A round waits for its cars at least as long as a few worker starts take on this machine.
+    deadline_s = max(30.0, 4 * pace.worker_start_s)
+    timeout_s = config.timeout_s or max(900.0, 40 * (pace.worker_start_s + pace.unit_s))
+    with FleetgridClient(coordinator.url, creds.tenants["default"]) as client:
+        started = time.monotonic()
+        job = client.submit(config.model, texts, unit_items=config.unit_items, name="demo: stdlib docstrings")
+        train = _submit_training(client, config, deadline_s) if config.train_rounds else None
+        final, trained = _watch(client, job.job_id, train, config, timeout_s, console)
+        wall = time.monotonic() - started
+        for status in (final, trained):
+            if status is not None and status.state != "done":
+                raise FleetgridError(f"job {status.job_id} ended {status.state}: {status.error}")
+        fleet_result = client.result(job.job_id)
+    console.print("computing the same embeddings locally to check the fleet's result ...")
+    local = run_local(config.model, texts, threads=_cores())
+    return (_summary(config, final, wall, fleet_result, local) | _train_summary(trained)
+            | {"pace": pace.to_json(), "pids": {"coordinator": coordinator.proc.pid,
+                                                "cars": [a.proc.pid for a in agents]}})
+
+
+def _submit_training(client, config: DemoConfig, deadline_s: float):
     """DiLoCo on the MNIST-1D CNN: one non-IID shard per car (Dirichlet alpha 1), compressed both ways."""
     bits = config.train_bits
     settings = {
@@ -142,7 +266,7 @@ def _submit_training(client, config: DemoConfig):
                   "compression": {"bits": bits}},
         "downlink": {"bits": bits},
         "rounds": {"clients_per_round": max(2, config.cars // 2), "over_selection": 1.3, "min_reports": 1,
-                   "deadline_s": 30.0, "max_retries": 20},
+                   "deadline_s": deadline_s, "max_retries": 20},
         "outer_lr": 0.7, "outer_momentum": 0.9, "lr_decay_versions": config.train_rounds, "seed": config.seed,
     }
     data = {"dataset": "mnist1d", "num_vehicles": config.cars, "alpha": 1.0, "seed": config.seed}
@@ -150,13 +274,13 @@ def _submit_training(client, config: DemoConfig):
                                rounds=config.train_rounds, name="demo: federated MNIST-1D")
 
 
-def _watch(client, job_id: str, train, config: DemoConfig, console: Console):
+def _watch(client, job_id: str, train, config: DemoConfig, timeout_s: float, console: Console):
     """Follow the embedding job (a progress bar) and the training job (a line per new global version) until both
     end; returns their final statuses."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     terminal = ("done", "failed", "cancelled")
-    until = time.monotonic() + config.timeout_s
+    until = time.monotonic() + timeout_s
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=not console.is_terminal) as progress:
         embed_task = progress.add_task("embedding", total=None)
@@ -180,90 +304,121 @@ def _watch(client, job_id: str, train, config: DemoConfig, console: Console):
             if status.state in terminal and (trained is None or trained.state in terminal):
                 return status, trained
             if time.monotonic() > until:
-                raise FleetgridError(f"demo jobs still running after {config.timeout_s:.0f} s")
+                raise FleetgridError(f"demo jobs still running after {timeout_s:.0f} s")
             time.sleep(0.5)
+
+
+def _job_wall_s(status) -> float:
+    """The job's own wall time on the coordinator, from its submission to its end."""
+    return max((status.finished_at or time.time()) - status.created_at, 1e-3)
 
 
 def _train_summary(trained) -> dict[str, Any]:
     if trained is None or trained.training is None:
         return {}
     t = trained.training
+    wall = _job_wall_s(trained)
     return {
         "train_accuracy": round(t.history[-1]["accuracy"], 4),
         "train_rounds": t.version,
+        "train_wall_s": round(wall, 2),
+        "train_versions_per_min": round(t.version / wall * 60, 2),
         "train_bytes_up": t.bytes_up,
         "train_bytes_down": t.bytes_down,
         "train_accuracy_curve": [round(h["accuracy"], 4) for h in t.history],
     }
 
 
-def _summary(config: DemoConfig, job, wall: float, fleet: np.ndarray, local: np.ndarray, agents) -> dict[str, Any]:
+def _summary(config: DemoConfig, job, wall: float, fleet: np.ndarray, local: np.ndarray) -> dict[str, Any]:
     max_diff = float(np.max(np.abs(fleet - local))) if fleet.shape == local.shape else None
-    per_car = []
-    for agent in agents:
-        stats = agent.stats()
-        per_car.append({
-            "car": agent.name, "hardware": agent.hardware, "units": stats.get("units_done", 0),
-            "items": stats.get("items_done", 0), "preemptions": stats.get("preemptions", 0),
-            "cellular_bytes": stats.get("cellular_bytes", 0), "wifi_bytes": stats.get("wifi_bytes", 0),
-            "preempt_p50_ms": (stats.get("preemption_latency_ms") or {}).get("p50"),
-        })
+    embed_wall = _job_wall_s(job)
     return {
         "items": job.items,
         "units": job.units_total,
         "cars": config.cars,
         "wall_s": round(wall, 2),
-        "items_per_s": round(job.items / wall, 1),
+        "embed_wall_s": round(embed_wall, 2),
+        "items_per_s": round(job.items / embed_wall, 1),
         "matches_local": bool(fleet.shape == local.shape and np.allclose(fleet, local, atol=1e-4, rtol=1e-3)),
         "max_abs_diff": max_diff,
         "preemptions": job.preemptions,
         "reissued_units": job.reissued_units,
-        "cellular_bytes": sum(c["cellular_bytes"] for c in per_car),
-        "wifi_bytes": sum(c["wifi_bytes"] for c in per_car),
-        "per_car": per_car,
     }
 
 
+def _per_car(agents) -> list[dict[str, Any]]:
+    """Each car's work of both kinds, from the stats file its agent writes after every lease and at exit."""
+    per_car = []
+    for agent in agents:
+        stats = agent.stats()
+        per_car.append({
+            "car": agent.name, "hardware": agent.hardware, "units": stats.get("units_done", 0),
+            "items": stats.get("items_done", 0), "train_leases": stats.get("train_leases", 0),
+            "train_updates": stats.get("train_updates", 0), "leases_done": stats.get("leases_done", 0),
+            "preemptions": stats.get("preemptions", 0),
+            "cellular_bytes": stats.get("cellular_bytes", 0), "wifi_bytes": stats.get("wifi_bytes", 0),
+            "preempt_p50_ms": (stats.get("preemption_latency_ms") or {}).get("p50"),
+        })
+    return per_car
+
+
 def _print(summary: dict[str, Any], console: Console) -> None:
-    table = Table("car", "hw", "units", "items", "preempted", "cellular bytes", "Wi-Fi bytes", "preempt p50 ms")
+    table = Table("car", "hw", "units", "items", "train leases", "updates", "preempted", "cellular B", "Wi-Fi B",
+                  "preempt p50 ms")
     for c in summary["per_car"]:
         p50 = c["preempt_p50_ms"]
-        table.add_row(c["car"], c["hardware"], str(c["units"]), str(c["items"]), str(c["preemptions"]),
-                      f"{c['cellular_bytes']:,}", f"{c['wifi_bytes']:,}", f"{p50:.1f}" if p50 is not None else "-")
+        table.add_row(c["car"], c["hardware"], str(c["units"]), str(c["items"]), str(c["train_leases"]),
+                      str(c["train_updates"]), str(c["preemptions"]), f"{c['cellular_bytes']:,}",
+                      f"{c['wifi_bytes']:,}", f"{p50:.1f}" if p50 is not None else "-")
     console.print(table)
     ok = "[green]yes[/green]" if summary["matches_local"] else "[red]NO[/red]"
     console.print(
-        f"items {summary['items']:,} in {summary['wall_s']} s = [bold]{summary['items_per_s']} items/s[/bold]  "
-        f"units {summary['units']}  re-issued {summary['reissued_units']}  preemptions {summary['preemptions']}\n"
-        f"cellular {summary['cellular_bytes']:,} B  Wi-Fi {summary['wifi_bytes']:,} B  "
-        f"matches local run: {ok} (max |diff| {summary['max_abs_diff']})"
+        f"embedding: {summary['items']:,} items in {summary['embed_wall_s']} s = "
+        f"[bold]{summary['items_per_s']} items/s[/bold]  units {summary['units']}  "
+        f"re-issued {summary['reissued_units']}  preemptions {summary['preemptions']}  matches local run: {ok} "
+        f"(max |diff| {summary['max_abs_diff']})"
     )
     if "train_accuracy" in summary:
         console.print(
-            f"training: {summary['train_rounds']} versions, held-out accuracy [bold]{summary['train_accuracy']:.3f}"
+            f"training: {summary['train_rounds']} versions in {summary['train_wall_s']} s "
+            f"({summary['train_versions_per_min']} per min), held-out accuracy [bold]{summary['train_accuracy']:.3f}"
             f"[/bold]; updates up {summary['train_bytes_up']:,} B, models down {summary['train_bytes_down']:,} B "
             "(no training sample left any car)"
         )
+    console.print(f"both jobs: {summary['wall_s']} s  cellular {summary['cellular_bytes']:,} B  "
+                  f"Wi-Fi {summary['wifi_bytes']:,} B  pace x{summary['pace']['speed']:g}")
 
 
 def demo_command(
     cars: Annotated[int, typer.Option(help="Agent processes (simulated cars)")] = 8,
     items: Annotated[int, typer.Option(help="Docstrings to embed")] = 1200,
-    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second (720: a day in two minutes)")] = 720.0,
+    speed: Annotated[float | None, typer.Option(
+        help="Simulated seconds per wall second (720: a day in two minutes); default: paced to this machine")] = None,
     threads: Annotated[int, typer.Option(help="Torch threads per car")] = 1,
     seed: int = 0,
     train_rounds: Annotated[int, typer.Option(help="Global versions of the federated training job (0: none)")] = 12,
     keep: Annotated[Path | None, typer.Option(help="Keep coordinator data and car state in this directory")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object, last line")] = False,
 ) -> None:
-    """Run the main job end to end on this machine."""
+    """Run the main job end to end on this machine. Ctrl-C stops every process it started (exit code 130)."""
     console = Console(stderr=as_json)
     try:
-        summary = run_demo(DemoConfig(cars=cars, items=items, speed=speed, threads=threads, seed=seed,
-                                      train_rounds=train_rounds, keep=keep), console)
+        config = DemoConfig(cars=cars, items=items, speed=speed, threads=threads, seed=seed,
+                            train_rounds=train_rounds, keep=keep)
+        console.print(f"fleetgrid demo: starting a coordinator and {cars} cars for {items} docstring embeddings"
+                      + (f" and {train_rounds} training versions" if train_rounds else "")
+                      + " (loading torch and MiniLM takes a while on a slow machine; Ctrl-C stops it all)")
+        summary = run_demo(config, console)
     except FleetgridError as exc:
         console.print(f"[red]demo failed:[/red] {exc.message}")
         raise typer.Exit(2 if isinstance(exc, InvalidInput) else 1) from None
+    except KeyboardInterrupt:
+        console.print("demo stopped (Ctrl-C)")
+        # Every process it started is gone and its folder removed; tearing down an interpreter that loaded torch
+        # and MiniLM takes seconds more (4x that on a slow machine), which is no use to someone who pressed Ctrl-C.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     _print(summary, console)
     if as_json:
         print(json.dumps(summary, default=float))

@@ -20,7 +20,7 @@ import httpx
 
 from .coordinator.config import Credentials
 
-__all__ = ["AgentProcess", "CoordinatorProcess", "free_port"]
+__all__ = ["AgentProcess", "CoordinatorProcess", "free_port", "stop_fleet"]
 
 
 def free_port() -> int:
@@ -58,7 +58,8 @@ class CoordinatorProcess:
     def log_path(self) -> Path:
         return self.log_file or self.data_dir / "coordinator.log"
 
-    def start(self, timeout_s: float = 60.0) -> CoordinatorProcess:
+    def start(self, timeout_s: float = 60.0, *, wait: bool = True) -> CoordinatorProcess:
+        """Start it and, with ``wait``, return once it answers /healthz (else call :meth:`wait_healthy`)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "fleetgrid", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
                 *self.extra_args]
@@ -68,8 +69,12 @@ class CoordinatorProcess:
             args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
-        wait_healthy(self.url, timeout_s, self.proc, self.log_path)
+        if wait:
+            self.wait_healthy(timeout_s)
         return self
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        wait_healthy(self.url, timeout_s, self.proc, self.log_path)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -125,6 +130,43 @@ class AgentProcess:
 
     def stop(self) -> None:
         _signal(self.proc, signal.SIGTERM)
+
+
+def stop_fleet(coordinator: CoordinatorProcess | None, agents: list[AgentProcess], grace_s: float = 15.0, *,
+               at_once: bool = False) -> None:
+    """Stop the agents and the coordinator: SIGTERM to every agent together, then to the coordinator (so the agents
+    can hand their leases back first; ``at_once``: to all of them together), and SIGKILL whatever still runs after
+    ``grace_s``, agents with their whole process group (their workers). Returns within about ``grace_s`` plus a
+    second whatever the children do."""
+    coordinator_proc = coordinator.proc if coordinator is not None else None
+    running = [a.proc for a in agents if a.alive()]
+    if at_once and coordinator_proc is not None and coordinator_proc.poll() is None:
+        running.append(coordinator_proc)
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in running:
+        _wait_until(proc, deadline)
+    if coordinator_proc is not None and coordinator_proc.poll() is None and not at_once:
+        coordinator_proc.send_signal(signal.SIGTERM)
+        _wait_until(coordinator_proc, time.monotonic() + min(grace_s, 5.0))
+    for agent in agents:
+        if agent.proc is not None:
+            try:  # the group outlives the agent when its worker does not exit with it
+                os.killpg(agent.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if coordinator_proc is not None and coordinator_proc.poll() is None:
+        coordinator_proc.kill()
+    for proc in [a.proc for a in agents if a.proc is not None] + [coordinator_proc] * (coordinator_proc is not None):
+        _wait_until(proc, time.monotonic() + 1.0)
+
+
+def _wait_until(proc: subprocess.Popen, deadline: float) -> None:
+    try:
+        proc.wait(max(deadline - time.monotonic(), 0.0))
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None,
