@@ -209,8 +209,9 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
                          hardware=("ai4", "hw3")[i % 4 == 3], threads=config.threads, extra_args=clock_args).start()
             for i, bus in enumerate(buses)
         ]
-        console.print(f"coordinator {coordinator.url} (pid {coordinator.proc.pid})  cars {config.cars} "
-                      f"(pids {' '.join(str(a.proc.pid) for a in agents)})  corpus {len(texts)} docstrings  "
+        pids = [str(p.pid) for p in (a.proc for a in agents) if p is not None]
+        console.print(f"coordinator {coordinator.url} (pid {coordinator.proc.pid if coordinator.proc else '?'})  "
+                      f"cars {config.cars} (pids {' '.join(pids)})  corpus {len(texts)} docstrings  "
                       f"clock from Tue 06:30  data {root}", soft_wrap=True)  # a path, pids: never broken
         summary = _run_jobs(config, pace, coordinator, agents, texts, console)
     except KeyboardInterrupt:

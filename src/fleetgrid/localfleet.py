@@ -139,7 +139,7 @@ def stop_fleet(coordinator: CoordinatorProcess | None, agents: list[AgentProcess
     ``grace_s``, agents with their whole process group (their workers). Returns within about ``grace_s`` plus a
     second whatever the children do."""
     coordinator_proc = coordinator.proc if coordinator is not None else None
-    running = [a.proc for a in agents if a.alive()]
+    running = [a.proc for a in agents if a.proc is not None and a.alive()]
     if at_once and coordinator_proc is not None and coordinator_proc.poll() is None:
         running.append(coordinator_proc)
     for proc in running:
@@ -158,7 +158,10 @@ def stop_fleet(coordinator: CoordinatorProcess | None, agents: list[AgentProcess
                 pass
     if coordinator_proc is not None and coordinator_proc.poll() is None:
         coordinator_proc.kill()
-    for proc in [a.proc for a in agents if a.proc is not None] + [coordinator_proc] * (coordinator_proc is not None):
+    procs = [a.proc for a in agents if a.proc is not None]
+    if coordinator_proc is not None:
+        procs.append(coordinator_proc)
+    for proc in procs:
         _wait_until(proc, time.monotonic() + 1.0)
 
 
