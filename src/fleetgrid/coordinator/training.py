@@ -14,26 +14,20 @@ round they belong to, so the cars' work is not lost.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import queue
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors.torch import save as st_save
 
 from ..clock import Clock
 from ..core import LeaseState, UnitState
 from ..errors import Conflict, FleetgridError, Forbidden, InvalidInput, LeaseExpired, NotFound
 from ..protocol import JobState, LeaseAck, TrainGrant, TrainingProgress, TrainSubmit, UpdateReport, unpack_frame
 from ..workloads.training import (
-    ClientUpdate,
-    DataSpec,
     FlatLayout,
     Strategy,
     TrainInstructions,
@@ -51,104 +45,25 @@ from ..workloads.training.tasks import MODELS
 from .artifacts import ArtifactStore, sha256_hex
 from .config import CoordinatorConfig
 from .metering import check_compute_s
+from .rounds import (
+    LeaseFleet,
+    Report,
+    Run,
+    Stopped,
+    TargetReached,
+    client_update,
+    data_spec,
+    final_model_bytes,
+    jsonable,
+    reached,
+)
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
 
-__all__ = ["LeaseFleet", "TrainingService", "final_model_bytes"]
+__all__ = ["TrainingService"]
 
 log = logging.getLogger("fleetgrid.coordinator.training")
 
 _LIVE = (JobState.QUEUED, JobState.RUNNING)
-
-
-class _Stopped(Exception):
-    """The job was cancelled or the coordinator is shutting down: leave the round loop, keep the checkpoint."""
-
-
-class _TargetReached(Exception):
-    """Every named held-out metric reached its target: finish the job early."""
-
-
-@dataclass(slots=True)
-class _Report:
-    """An acknowledged update, as the round loop receives it: the unit it completed and the update itself."""
-
-    idx: int
-    digest: str
-    update: ClientUpdate
-
-
-@dataclass
-class _Run:
-    """One running training job: its strategy and the acknowledged reports not yet folded in. Offers and leases
-    are unit and lease rows in the store, like every workload's."""
-
-    job: JobRecord
-    submit: TrainSubmit
-    data: DataSpec
-    strategy: Strategy
-    updates: queue.Queue[_Report] = field(default_factory=queue.Queue)
-    consumed: list[tuple[int, str]] = field(default_factory=list)
-    """(idx, digest) of reports handed to the strategy (or dropped) since the last checkpoint."""
-    seen: set[int] = field(default_factory=set)
-    """Units whose report is queued or consumed already."""
-    next_idx: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    bytes_up: int = 0
-    bytes_down: int = 0
-    reports: int = 0
-    rejected: int = 0
-
-
-class LeaseFleet:
-    """The :class:`Fleet` a strategy's round loop drives, over the coordinator's cars (called on the driver thread).
-
-    An offer is a unit of the job targeted at one car until it expires; the car's next ask leases it like any
-    unit. What the loop reads (who is busy, the reports) comes from the store and the acknowledged reports."""
-
-    poll_s = 0.5
-    """The round loop tops its cohort up with cars that turned up this often (see ``Strategy.run``)."""
-
-    def __init__(self, service: TrainingService, run: _Run) -> None:
-        self.service, self.run = service, run
-
-    def now(self) -> float:
-        return self.service.clock.now()
-
-    def idle_clients(self) -> list[str]:
-        return self.service.available(self.run)
-
-    def busy_count(self) -> int:
-        return len(self.service.store.live_offers(self.run.job.job_id, self.now()))
-
-    def dispatch(self, assignments: Mapping[str, TrainInstructions], strategy: Strategy) -> None:
-        self.service.offer(self.run, assignments)
-
-    def next_update(self, deadline: float) -> ClientUpdate | None:
-        while True:
-            if self.run.stop.is_set():
-                raise _Stopped()
-            remaining = deadline - self.now()
-            if remaining <= 0:
-                return None
-            try:
-                report = self.run.updates.get(timeout=min(remaining, 0.2))
-            except queue.Empty:
-                if not self.service.store.single_process:  # replicas: reports may have reached another one
-                    self.service.collect(self.run)
-                continue
-            self.run.consumed.append((report.idx, report.digest))
-            return report.update
-
-    def cancel_outstanding(self) -> None:
-        """Close the round: offers withdrawn, open leases cancelled (their late updates get a 409)."""
-        self.service.close_round(self.run)
-        while True:  # reports accepted but not needed once the round was complete: counted, not used
-            try:
-                report = self.run.updates.get_nowait()
-            except queue.Empty:
-                break
-            self.run.consumed.append((report.idx, report.digest))
 
 
 class TrainingService:
@@ -158,7 +73,7 @@ class TrainingService:
     def __init__(self, store: Store, artifacts: ArtifactStore, config: CoordinatorConfig, clock: Clock) -> None:
         self.store, self.artifacts, self.config, self.clock = store, artifacts, config, clock
         self.lock = threading.RLock()
-        self.runs: dict[str, _Run] = {}
+        self.runs: dict[str, Run] = {}
         self.notify: Callable[[list[str]], None] = lambda vehicles: None
         """Wakes these long-polling cars (work was offered to them); the app points it at its long-polls."""
         self.available_window_s = 5.0
@@ -186,7 +101,7 @@ class TrainingService:
         """Validate everything a car or the round loop would trip on later, then start the job."""
         if req.model not in MODELS:
             raise InvalidInput(f"unknown training model {req.model!r}; accepted: {sorted(MODELS)}")
-        data = _data_spec(req.data)
+        data = data_spec(req.data)
         init = FlatLayout.of(model := build_model(req.model, seed=req.init_seed)).flatten(model)
         strategy = make_strategy(req.strategy, init, req.settings)
         try:  # the cars build their shards from this spec: one that cannot be built fails here, not on every car
@@ -288,7 +203,7 @@ class TrainingService:
             run.stop.set()
             self.close_round(run)
 
-    def close_round(self, run: _Run) -> None:
+    def close_round(self, run: Run) -> None:
         """Withdraw the job's offers and cancel its open leases (a late update then gets a 409)."""
         self.store.cancel_open_units(run.job.job_id, self.clock.now())
 
@@ -313,14 +228,14 @@ class TrainingService:
             return TrainingProgress(
                 version=version, target_versions=job.units_total, round=rnd, strategy=s.name,
                 bytes_up=run.bytes_up, bytes_down=run.bytes_down, reports=run.reports, rejected=run.rejected,
-                checkpoint=job.checkpoint_digest, history=_jsonable(history), driver=self.replica,
+                checkpoint=job.checkpoint_digest, history=jsonable(history), driver=self.replica,
             )
         meta = self._checkpoint_meta(job)
         return TrainingProgress(
             version=job.units_done, target_versions=job.units_total, round=meta.get("round", 0),
             strategy=job.spec.get("strategy", "?"), bytes_up=meta.get("bytes_up", 0),
             bytes_down=meta.get("bytes_down", 0), reports=meta.get("reports", 0), rejected=meta.get("rejected", 0),
-            checkpoint=job.checkpoint_digest, history=_jsonable(meta.get("history", [])), driver=job.driver,
+            checkpoint=job.checkpoint_digest, history=jsonable(meta.get("history", [])), driver=job.driver,
         )
 
     def _checkpoint_meta(self, job: JobRecord) -> dict[str, Any]:
@@ -335,7 +250,7 @@ class TrainingService:
         with self.lock:
             self._asked[vehicle_id] = self.clock.now()
 
-    def available(self, run: _Run) -> list[str]:
+    def available(self, run: Run) -> list[str]:
         """Cars to offer a share of the round: those asking for work lately, less those busy with this job. With
         replicas, cars asking another replica count too (seen eligible within the online window)."""
         now = self.clock.now()
@@ -346,7 +261,7 @@ class TrainingService:
             asked |= set(self.store.recently_eligible(now - self.config.online_window_s))
         return sorted(asked - busy)
 
-    def offer(self, run: _Run, assignments: Mapping[str, TrainInstructions]) -> None:
+    def offer(self, run: Run, assignments: Mapping[str, TrainInstructions]) -> None:
         """Offer each car its share of the round: a unit only that car may lease, until the offer expires."""
         now = self.clock.now()
         job_id = run.job.job_id
@@ -366,7 +281,7 @@ class TrainingService:
     def grant(self, job: JobRecord, unit: UnitRecord, lease: LeaseRecord) -> TrainGrant:
         """The lease of an offered share, as the car sees it."""
         ins = unit.payload or {}
-        data = _data_spec(job.spec["data"])
+        data = data_spec(job.spec["data"])
         return TrainGrant(
             lease_id=lease.lease_id, job_id=job.job_id, round=ins["round"], base_version=ins["base_version"],
             model_digest=ins["model_digest"], model=job.model, local=ins["local"], seed=ins["seed"],
@@ -456,7 +371,7 @@ class TrainingService:
             raise InvalidInput(f"update reports {report.steps_done} of {report.steps_planned} steps; the lease "
                                f"planned {planned} and steps_done cannot exceed that")
         run = self.runs.get(job.job_id)
-        update = _client_update(vehicle.vehicle_id, report, payload)
+        update = client_update(vehicle.vehicle_id, report, payload)
         if run is not None:
             try:
                 with run.strategy.lock:
@@ -480,7 +395,7 @@ class TrainingService:
                 run.bytes_up += len(body)
                 run.reports += 1
                 run.seen.add(unit.idx)
-            run.updates.put(_Report(unit.idx, digest, update))
+            run.updates.put(Report(unit.idx, digest, update))
         return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)
 
     def _check_shape(self, job: JobRecord, payload: bytes) -> None:
@@ -491,7 +406,7 @@ class TrainingService:
         if delta.shape != (numel,):
             raise InvalidInput(f"update has shape {delta.shape}; model {job.model!r} needs ({numel},)")
 
-    def collect(self, run: _Run) -> int:
+    def collect(self, run: Run) -> int:
         """Queue the updates other replicas acknowledged for this job since the last look; returns how many."""
         found = 0
         for unit in self.store.unconsumed_results(run.job.job_id):
@@ -510,8 +425,8 @@ class TrainingService:
             with self.lock:
                 run.bytes_up += len(frame)
                 run.reports += 1
-            run.updates.put(_Report(unit.idx, unit.result_digest or "",
-                                    _client_update(unit.vehicle_id or "?", report, blobs[0])))
+            run.updates.put(Report(unit.idx, unit.result_digest or "",
+                                    client_update(unit.vehicle_id or "?", report, blobs[0])))
             found += 1
         return found
 
@@ -547,7 +462,7 @@ class TrainingService:
             if job.job_id in self.runs:
                 return False
             submit = TrainSubmit.model_validate(job.spec)
-            run = _Run(job=job, submit=submit, data=_data_spec(job.spec["data"]), strategy=strategy)
+            run = Run(job=job, submit=submit, data=data_spec(job.spec["data"]), strategy=strategy)
             if job.checkpoint_digest:
                 meta = self._checkpoint_meta(job)
                 run.bytes_up, run.bytes_down = meta.get("bytes_up", 0), meta.get("bytes_down", 0)
@@ -559,7 +474,7 @@ class TrainingService:
         run.thread.start()
         return True
 
-    def _refeed(self, run: _Run) -> None:
+    def _refeed(self, run: Run) -> None:
         """On taking a job over (a restart, or another replica's death): queue every update acknowledged but not
         yet folded into the checkpoint, and reopen the round attempt they (and any share still out on a car)
         belong to, so none of that work is lost."""
@@ -573,7 +488,7 @@ class TrainingService:
         if waiting:
             log.info("job %s resumes with %d acknowledged updates of round %d", run.job.job_id, waiting, latest)
 
-    def _drive(self, run: _Run) -> None:
+    def _drive(self, run: Run) -> None:
         job, strategy = run.job, run.strategy
         try:
             if job.state == JobState.QUEUED:
@@ -581,9 +496,9 @@ class TrainingService:
             evaluate = self._evaluator(run)
             strategy.run(LeaseFleet(self, run), run.submit.rounds, evaluate_fn=evaluate,
                          on_version=lambda s: self._checkpoint(run))
-        except _Stopped:
+        except Stopped:
             return
-        except _TargetReached:
+        except TargetReached:
             pass
         except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the coordinator goes on
             log.exception("training job %s failed", job.job_id)
@@ -591,13 +506,13 @@ class TrainingService:
             return
         self._finish(run)
 
-    def _evaluator(self, run: _Run) -> Callable[[torch.Tensor], dict[str, float]]:
+    def _evaluator(self, run: Run) -> Callable[[torch.Tensor], dict[str, float]]:
         data = run.data
         x, y = build_eval_set(data, max_windows=run.submit.eval_max)
         n = run.submit.eval_max
         return make_evaluator(build_model(run.job.model), x[:n], y[:n])
 
-    def _checkpoint(self, run: _Run) -> None:
+    def _checkpoint(self, run: Run) -> None:
         """Store the strategy's full state as an artifact and point the job at it; then check the target."""
         strategy = run.strategy
         with strategy.lock:
@@ -610,20 +525,20 @@ class TrainingService:
         if not self.store.save_checkpoint(run.job.job_id, version, digest, consumed, driver=self.replica):
             log.warning("job %s: version %d not saved, another coordinator drives the job now", run.job.job_id,
                         version)
-            raise _Stopped()
+            raise Stopped()
         log.info("job %s version %d: %s", run.job.job_id, version,
                  {k: round(v, 4) for k, v in latest.items() if isinstance(v, float)})
         if run.stop.is_set():
-            raise _Stopped()
+            raise Stopped()
         target = run.submit.target_metric or {}
-        if target and all(_reached(name, latest.get(name), goal) for name, goal in target.items()):
-            raise _TargetReached()
+        if target and all(reached(name, latest.get(name), goal) for name, goal in target.items()):
+            raise TargetReached()
 
-    def _counters(self, run: _Run) -> dict[str, int]:
+    def _counters(self, run: Run) -> dict[str, int]:
         return {"bytes_up": run.bytes_up, "bytes_down": run.bytes_down, "reports": run.reports,
                 "rejected": run.rejected}
 
-    def _finish(self, run: _Run) -> None:
+    def _finish(self, run: Run) -> None:
         blob = final_model_bytes(run.job.model, run.strategy, self._counters(run))
         digest = self.artifacts.put_bytes(blob)
         now = self.clock.now()
@@ -632,49 +547,3 @@ class TrainingService:
         log.info("training job %s done at version %d", run.job.job_id, run.strategy.version)
 
 
-def final_model_bytes(model_name: str, strategy: Strategy, counters: Mapping[str, int] | None = None) -> bytes:
-    """The trained model as safetensors (one tensor per parameter, loadable with ``load_state_dict``); its
-    metadata holds the model name, strategy, version and the per-version metrics history."""
-    model = build_model(model_name)
-    with strategy.lock:
-        FlatLayout.of(model).load(model, strategy.params)
-        meta = {"model": model_name, "strategy": strategy.name, "version": strategy.version,
-                "round": strategy.round, "history": _jsonable(strategy.history), **(counters or {})}
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    return st_save(tensors, metadata={"fleetgrid": json.dumps(meta, sort_keys=True)})
-
-
-def _client_update(vehicle_id: str, report: UpdateReport, payload: bytes) -> ClientUpdate:
-    return ClientUpdate(
-        client_id=vehicle_id, round=report.round, base_version=report.base_version, payload=payload,
-        num_examples=report.num_examples, steps_done=report.steps_done, steps_planned=report.steps_planned,
-        examples_seen=report.examples_seen,
-        train_loss=report.train_loss if report.train_loss is not None else float("nan"),
-    )
-
-
-def _data_spec(data: Any) -> DataSpec:
-    if not isinstance(data, dict):
-        raise InvalidInput(f"data must be a JSON object (a DataSpec), got {type(data).__name__}")
-    fields = set(DataSpec.__dataclass_fields__)
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise InvalidInput(f"unknown data setting(s) {unknown}; accepted: {sorted(fields)}")
-    try:
-        return DataSpec(**data)
-    except TypeError as exc:
-        raise InvalidInput(f"bad data spec {data}: {exc}") from exc
-
-
-def _reached(name: str, value: float | None, goal: float) -> bool:
-    if value is None:
-        return False
-    return value <= goal if name == "loss" else value >= goal
-
-
-def _jsonable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """History rows with non-finite floats (a NaN loss) as None, so they are valid JSON."""
-    out = []
-    for row in history:
-        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    return out

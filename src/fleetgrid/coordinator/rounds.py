@@ -1,0 +1,173 @@
+"""The pieces of one training job's round loop: its run state, the acknowledged reports it folds in, and the
+:class:`LeaseFleet` through which a strategy's round loop reaches the cars (offers and leases are store rows); plus
+the final model's bytes. :class:`fleetgrid.coordinator.training.TrainingService` drives them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from safetensors.torch import save as st_save
+
+from ..errors import InvalidInput
+from ..protocol import TrainSubmit, UpdateReport
+from ..workloads.training import (
+    ClientUpdate,
+    DataSpec,
+    FlatLayout,
+    Strategy,
+    TrainInstructions,
+    build_model,
+)
+from .store import JobRecord
+
+if TYPE_CHECKING:
+    from .training import TrainingService
+
+__all__ = ["LeaseFleet", "Run", "Stopped", "TargetReached", "client_update", "data_spec", "final_model_bytes",
+           "jsonable", "reached"]
+
+
+class Stopped(Exception):
+    """The job was cancelled or the coordinator is shutting down: leave the round loop, keep the checkpoint."""
+
+
+class TargetReached(Exception):
+    """Every named held-out metric reached its target: finish the job early."""
+
+
+@dataclass(slots=True)
+class Report:
+    """An acknowledged update, as the round loop receives it: the unit it completed and the update itself."""
+
+    idx: int
+    digest: str
+    update: ClientUpdate
+
+
+@dataclass
+class Run:
+    """One running training job: its strategy and the acknowledged reports not yet folded in. Offers and leases
+    are unit and lease rows in the store, like every workload's."""
+
+    job: JobRecord
+    submit: TrainSubmit
+    data: DataSpec
+    strategy: Strategy
+    updates: queue.Queue[Report] = field(default_factory=queue.Queue)
+    consumed: list[tuple[int, str]] = field(default_factory=list)
+    """(idx, digest) of reports handed to the strategy (or dropped) since the last checkpoint."""
+    seen: set[int] = field(default_factory=set)
+    """Units whose report is queued or consumed already."""
+    next_idx: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    reports: int = 0
+    rejected: int = 0
+
+
+class LeaseFleet:
+    """The :class:`Fleet` a strategy's round loop drives, over the coordinator's cars (called on the driver thread).
+
+    An offer is a unit of the job targeted at one car until it expires; the car's next ask leases it like any
+    unit. What the loop reads (who is busy, the reports) comes from the store and the acknowledged reports."""
+
+    poll_s = 0.5
+    """The round loop tops its cohort up with cars that turned up this often (see ``Strategy.run``)."""
+
+    def __init__(self, service: TrainingService, run: Run) -> None:
+        self.service, self.run = service, run
+
+    def now(self) -> float:
+        return self.service.clock.now()
+
+    def idle_clients(self) -> list[str]:
+        return self.service.available(self.run)
+
+    def busy_count(self) -> int:
+        return len(self.service.store.live_offers(self.run.job.job_id, self.now()))
+
+    def dispatch(self, assignments: Mapping[str, TrainInstructions], strategy: Strategy) -> None:
+        self.service.offer(self.run, assignments)
+
+    def next_update(self, deadline: float) -> ClientUpdate | None:
+        while True:
+            if self.run.stop.is_set():
+                raise Stopped()
+            remaining = deadline - self.now()
+            if remaining <= 0:
+                return None
+            try:
+                report = self.run.updates.get(timeout=min(remaining, 0.2))
+            except queue.Empty:
+                if not self.service.store.single_process:  # replicas: reports may have reached another one
+                    self.service.collect(self.run)
+                continue
+            self.run.consumed.append((report.idx, report.digest))
+            return report.update
+
+    def cancel_outstanding(self) -> None:
+        """Close the round: offers withdrawn, open leases cancelled (their late updates get a 409)."""
+        self.service.close_round(self.run)
+        while True:  # reports accepted but not needed once the round was complete: counted, not used
+            try:
+                report = self.run.updates.get_nowait()
+            except queue.Empty:
+                break
+            self.run.consumed.append((report.idx, report.digest))
+
+
+def final_model_bytes(model_name: str, strategy: Strategy, counters: Mapping[str, int] | None = None) -> bytes:
+    """The trained model as safetensors (one tensor per parameter, loadable with ``load_state_dict``); its
+    metadata holds the model name, strategy, version and the per-version metrics history."""
+    model = build_model(model_name)
+    with strategy.lock:
+        FlatLayout.of(model).load(model, strategy.params)
+        meta = {"model": model_name, "strategy": strategy.name, "version": strategy.version,
+                "round": strategy.round, "history": jsonable(strategy.history), **(counters or {})}
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    return st_save(tensors, metadata={"fleetgrid": json.dumps(meta, sort_keys=True)})
+
+
+def client_update(vehicle_id: str, report: UpdateReport, payload: bytes) -> ClientUpdate:
+    return ClientUpdate(
+        client_id=vehicle_id, round=report.round, base_version=report.base_version, payload=payload,
+        num_examples=report.num_examples, steps_done=report.steps_done, steps_planned=report.steps_planned,
+        examples_seen=report.examples_seen,
+        train_loss=report.train_loss if report.train_loss is not None else float("nan"),
+    )
+
+
+def data_spec(data: Any) -> DataSpec:
+    if not isinstance(data, dict):
+        raise InvalidInput(f"data must be a JSON object (a DataSpec), got {type(data).__name__}")
+    fields = set(DataSpec.__dataclass_fields__)
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise InvalidInput(f"unknown data setting(s) {unknown}; accepted: {sorted(fields)}")
+    try:
+        return DataSpec(**data)
+    except TypeError as exc:
+        raise InvalidInput(f"bad data spec {data}: {exc}") from exc
+
+
+def reached(name: str, value: float | None, goal: float) -> bool:
+    if value is None:
+        return False
+    return value <= goal if name == "loss" else value >= goal
+
+
+def jsonable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History rows with non-finite floats (a NaN loss) as None, so they are valid JSON."""
+    out = []
+    for row in history:
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    return out
