@@ -298,9 +298,13 @@ def test_concurrent_requests_never_share_a_unit_or_count_a_completion_twice(coor
     serve(coord, scenario)
 
 
-def test_new_work_wakes_one_waiting_car_per_unit_not_all_of_them(coord, monkeypatch):
+def test_new_work_wakes_one_waiting_car_per_unit_not_all_of_them(tmp_path, monkeypatch):
     """No thundering herd: with 12 cars long-polling, a one-unit job makes a handful of store look-ups, not one per
-    waiting car; the car woken first gets the unit."""
+    waiting car; the car woken first gets the unit. (The waiters' own re-check and the long-poll limit are set far
+    beyond the test, so however slow the machine, only wakes make them look.)"""
+    coord = Coordinator(CoordinatorConfig(data_dir=tmp_path, enroll_token=ENROLL, operator_token=OPERATOR,
+                                          tenant_tokens={"acme": TENANT}, long_poll_recheck_s=3600.0,
+                                          max_long_poll_s=3600.0, sweep_interval_s=3600.0))
     looks: list[str] = []
     acquire = coord.store.acquire
 
@@ -317,7 +321,7 @@ def test_new_work_wakes_one_waiting_car_per_unit_not_all_of_them(coord, monkeypa
             r = await client.post("/vehicles/enroll", json={"enrollment_token": ENROLL, "name": f"c{i}",
                                                             "hardware": "ai4"})
             creds.append(r.json()["credential"])
-        polls = [asyncio.create_task(client.post("/leases", json={"state": parked, "wait_s": 20},
+        polls = [asyncio.create_task(client.post("/leases", json={"state": parked, "wait_s": 60},
                                                  headers=auth(cred))) for cred in creds]
         while len(coord.scheduler.polls) < len(creds):  # every car looked once, found nothing, and waits
             await asyncio.sleep(0.01)
@@ -336,7 +340,10 @@ def test_new_work_wakes_one_waiting_car_per_unit_not_all_of_them(coord, monkeypa
             task.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
 
-    serve(coord, scenario)
+    try:
+        serve(coord, scenario)
+    finally:
+        coord.store.close()
 
 
 def test_lease_expiry_and_reissue_run_on_the_injected_clock(tmp_path):
