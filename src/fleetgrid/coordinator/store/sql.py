@@ -40,6 +40,7 @@ from ...errors import AuthError, Conflict, InvalidInput, LeaseExpired, NotFound
 from . import migrate
 from .base import ArtifactRecord, JobRecord, LeaseRecord, LedgerRecord, Store, TenantRecord, UnitRecord, VehicleRecord
 from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, secrets, tenants, units, vehicles
+from .sql_offers import OfferRows
 from .sqlite_lock import SQLiteFileLock
 
 __all__ = ["POOL_SIZE", "SQLStore", "engine_url"]
@@ -112,7 +113,7 @@ def _vehicle(row: Row) -> VehicleRecord:
     return VehicleRecord(**{k: m[k] for k in VehicleRecord.__slots__})
 
 
-class SQLStore(Store):
+class SQLStore(OfferRows, Store):
     """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
 
     def __init__(self, url: str, *, create: bool = True, exclusive: bool = True) -> None:
@@ -464,67 +465,6 @@ class SQLStore(Store):
                 c.execute(self._q_consume, [{"job_id": job_id, "idx": idx, "result_digest": d} for idx, d in consumed])
         return True
 
-    def offer_units(self, unit_list: list[UnitRecord]) -> None:
-        self.add_units(unit_list)
-
-    def live_offers(self, job_id: str, now: float) -> list[str]:
-        query = select(units.c.target_vehicle).where(
-            units.c.job_id == job_id, units.c.target_vehicle.is_not(None),
-            or_(units.c.state == "leased", and_(units.c.state == "pending", units.c.offer_expires >= now)),
-        )
-        with self.engine.connect() as c:
-            return [v for v in c.execute(query).scalars() if v is not None]
-
-    def cancel_open_units(self, job_id: str, now: float) -> int:
-        with self._write() as c:
-            c.execute(
-                update(leases).where(leases.c.job_id == job_id, leases.c.state == "active")
-                .values(state="cancelled", closed_at=now)
-            )
-            return c.execute(
-                update(units).where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))
-                .values(state="cancelled")
-            ).rowcount
-
-    def cancel_expired_offers(self, now: float) -> int:
-        with self._write() as c:
-            return c.execute(
-                update(units).where(units.c.state == "pending", units.c.target_vehicle.is_not(None),
-                                    units.c.offer_expires < now)
-                .values(state="cancelled")
-            ).rowcount
-
-    def unconsumed_results(self, job_id: str) -> list[UnitRecord]:
-        taken = exists(select(accepted.c.idx).where(accepted.c.job_id == units.c.job_id, accepted.c.idx == units.c.idx))
-        query = (select(units).where(units.c.job_id == job_id, units.c.state == "done", ~taken)
-                 .order_by(units.c.seq))
-        with self.engine.connect() as c:
-            return [_unit(r) for r in c.execute(query)]
-
-    def claim_job(self, job_id: str, replica: str, now: float, until: float) -> bool:
-        with self._write() as c:
-            return c.execute(
-                update(jobs).where(
-                    jobs.c.job_id == job_id, jobs.c.state.in_(_LIVE_JOB_STATES),
-                    or_(jobs.c.driver.is_(None), jobs.c.driver == replica, jobs.c.driver_until < now),
-                ).values(driver=replica, driver_until=until)
-            ).rowcount == 1
-
-    def drop_claim(self, job_id: str, replica: str) -> None:
-        with self._write() as c:
-            c.execute(update(jobs).where(jobs.c.job_id == job_id, jobs.c.driver == replica)
-                      .values(driver=None, driver_until=None))
-
-    def recently_eligible(self, since: float) -> list[str]:
-        query = select(vehicles.c.vehicle_id).where(vehicles.c.eligible, ~vehicles.c.revoked,
-                                                     vehicles.c.last_seen >= since)
-        with self.engine.connect() as c:
-            return list(c.execute(query).scalars())
-
-    def next_unit_idx(self, job_id: str) -> int:
-        with self.engine.connect() as c:
-            top = c.execute(select(func.max(units.c.idx)).where(units.c.job_id == job_id)).scalar()
-        return 0 if top is None else int(top) + 1
 
     # --- leases -------------------------------------------------------------------------------------------------
     def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str, *, offers: bool = True):
