@@ -239,7 +239,6 @@ async def _sweep(client):
     ("store", "acquire", _lease),
     ("store", "report_states", _heartbeat),  # written by the sweeper, in a thread
     ("store", "complete", _complete),
-    ("artifacts", "put_bytes", _complete),
     ("store", "renew", _progress),
     ("store", "add_artifact", _upload),
     ("artifacts", "_write", _upload),
@@ -323,7 +322,7 @@ def test_new_work_wakes_one_waiting_car_per_unit_not_all_of_them(tmp_path, monke
             creds.append(r.json()["credential"])
         polls = [asyncio.create_task(client.post("/leases", json={"state": parked, "wait_s": 60},
                                                  headers=auth(cred))) for cred in creds]
-        while len(coord.scheduler.polls) < len(creds):  # every car looked once, found nothing, and waits
+        while len(coord.scheduler.polls) < len(creds) or len(looks) < len(creds):  # each looked once, and waits
             await asyncio.sleep(0.01)
         before = len(looks)
         inputs = npy(X[:5])

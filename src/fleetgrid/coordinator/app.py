@@ -16,9 +16,9 @@ import binascii
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, TypeVar, Union
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +40,7 @@ from ..protocol import (
     FleetOverview,
     Grant,
     HeartbeatResponse,
+    JobState,
     JobStatus,
     LeaseAck,
     LeaseRequest,
@@ -71,6 +72,8 @@ __all__ = ["Coordinator", "create_app"]
 
 log = logging.getLogger("fleetgrid.coordinator")
 
+T = TypeVar("T")
+
 
 class Coordinator:
     """The pieces one coordinator process holds, built from a config."""
@@ -80,7 +83,7 @@ class Coordinator:
         self.clock = clock or WallClock()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store or open_store(config.db_url)
-        self.artifacts = ArtifactStore(config.artifacts_path)
+        self.artifacts = ArtifactStore(config.artifacts_path, small=self.store.result_blob)
         self.auth = Authenticator(self.store, self.clock, config.auth_cache_ttl_s)
         drivers = load_unit_drivers(DriverContext(self.store, self.artifacts, config, self.clock))
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
@@ -220,12 +223,27 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     return BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
 
 
+def _json(model: BaseModel, status_code: int = 200) -> Response:
+    """A response model's JSON as the route's answer (FastAPI would validate it a second time on the way out)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+def _last_unit(job: JobRecord) -> bool:
+    return job.units_done == job.units_total and job.state == JobState.RUNNING
+
+
 def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     sched, store = coord.scheduler, coord.store
     states = coord.states
 
-    def vehicle(request: Request) -> VehicleRecord:
-        return coord.auth.vehicle(request.headers.get("authorization"))
+    async def batched(fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the store's next group-committed transaction; its result once that committed."""
+        return await asyncio.wrap_future(store.batched(fn))
+
+    async def vehicle(request: Request) -> VehicleRecord:
+        header = request.headers.get("authorization")
+        found = coord.auth.cached_vehicle(header)  # on the event loop only while no store call is needed
+        return found if found is not None else await asyncio.to_thread(coord.auth.vehicle, header)
 
     @app.post(f"{API_PREFIX}/vehicles/enroll", status_code=201, response_model=EnrollResponse, tags=["vehicle"])
     def enroll(req: EnrollRequest) -> EnrollResponse:
@@ -252,7 +270,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         while True:
             ticket = sched.polls.enter(v.vehicle_id)  # before looking: a wake in between is not lost
             try:
-                grant = await asyncio.to_thread(sched.lease, v)
+                grant = await batched(lambda: sched.lease(v))
                 if grant is not None:
                     return grant
                 remaining = until - loop.time()
@@ -265,13 +283,13 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.post(f"{API_PREFIX}/leases", response_model=Grant, tags=["vehicle"],
               responses={204: {"description": "no work within wait_s"}})
-    async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)):
+    async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)) -> Response:
         states.report(v.vehicle_id, req.state)
         if not req.state.eligible:
             why = ", ".join(req.state.reasons) or "no reason given"
             raise Conflict(f"vehicle reports itself ineligible ({why}); lease work only while eligible")
         grant = await lease_or_wait(v, req, request)
-        return grant if grant is not None else Response(status_code=204)
+        return _json(grant) if grant is not None else Response(status_code=204)
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/renew", response_model=LeaseAck, tags=["vehicle"])
     def renew(lease_id: str, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
@@ -283,19 +301,35 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"])
     async def complete(lease_id: str, req: CompleteRequest, request: Request,
-                       v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
-        def accept() -> LeaseAck:
-            data = decode_inline(req.inline) if req.inline is not None else None
-            # The scheduler checks the lease and the whole result before it writes a byte of it.
-            ack = sched.complete(v, lease_id, req, data)
-            if req.next is not None:
-                states.report(v.vehicle_id, req.next.state)
-            return ack
+                       v: VehicleRecord = Depends(vehicle)) -> Response:
+        inline = decode_inline(req.inline) if req.inline is not None else None  # bounded: 256 KiB at most
+        wants_next = req.next is not None and req.next.state.eligible
+        if req.next is not None:
+            states.report(v.vehicle_id, req.next.state)
+            coord.training.asked(v.vehicle_id)
 
-        ack = await asyncio.to_thread(accept)
-        if req.next is not None and req.next.state.eligible:
-            ack = ack.model_copy(update={"next_lease": await lease_or_wait(v, req.next, request)})
-        return ack
+        def accept() -> tuple[LeaseAck, JobRecord, Grant | None]:
+            # The scheduler checks the lease and the whole result before it writes a byte of it; the next lease
+            # is taken in the same transaction.
+            ack, job = sched.record_completion(v, lease_id, req, inline)
+            if not wants_next:
+                return ack, job, None
+            try:
+                return ack, job, sched.lease(v)
+            except FleetgridError:  # the completion stands; the long-poll below asks again and says why
+                return ack, job, None
+
+        if inline is not None:  # the common small unit: one batched transaction with other cars' cycles
+            ack, job, grant = await batched(accept)
+        else:  # the result is a file the car uploaded, read whole to check: not on the batching thread
+            ack, job, grant = await asyncio.to_thread(accept)
+        await asyncio.to_thread(sched.assemble_if_done, job) if _last_unit(job) else None
+        if wants_next and grant is None:
+            assert req.next is not None
+            grant = await lease_or_wait(v, req.next, request)
+        if grant is not None:
+            ack = ack.model_copy(update={"next_lease": grant})
+        return _json(ack)
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/fail", response_model=LeaseAck, tags=["vehicle"])
     def fail(lease_id: str, req: FailRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:

@@ -12,7 +12,7 @@ import errno
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -104,12 +104,18 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+_SIZES_KEPT = 4096
+
+
 class ArtifactStore:
     """Files under ``root/ab/abcdef...``; writes are atomic renames of fsynced files (and the directory entry is
     fsynced too), so a crash never leaves a half artifact. A full disk is :class:`InsufficientStorage` (507)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, small: Callable[[str], bytes | None] | None = None) -> None:
         self.root = Path(root)
+        self.small = small
+        """Where small results are found that have no file (the store's result blobs), by digest."""
+        self._sizes: dict[str, int] = {}  # every lease grant names its input's size
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(exist_ok=True)
@@ -123,10 +129,17 @@ class ArtifactStore:
         return self.path(digest).is_file()
 
     def size(self, digest: str) -> int:
+        size = self._sizes.get(digest)  # content-addressed: a digest's size never changes
+        if size is not None:
+            return size
         try:
-            return self.path(digest).stat().st_size
+            size = self.path(digest).stat().st_size
         except FileNotFoundError as exc:
             raise NotFound(f"artifact {digest} does not exist; upload it with PUT /v1/artifacts/{digest}") from exc
+        if len(self._sizes) >= _SIZES_KEPT:
+            self._sizes.clear()
+        self._sizes[digest] = size
+        return size
 
     def open(self, digest: str) -> BinaryIO:
         """The artifact's file, open for reading; NotFound if there is none."""
@@ -199,6 +212,7 @@ class ArtifactStore:
     def discard(self, digests: Iterable[str]) -> None:
         """Remove these artifacts' files (those that exist); the caller knows nothing refers to them."""
         for digest in digests:
+            self._sizes.pop(digest, None)
             self.path(digest).unlink(missing_ok=True)
 
     def read_head(self, digest: str, nbytes: int) -> bytes:
@@ -252,10 +266,14 @@ class ArtifactStore:
                 await asyncio.to_thread(_drop, fh, tmp)
 
     def read_bytes(self, digest: str) -> bytes:
+        """The artifact's bytes: its file, or else a small result the database holds (see ``small``)."""
         try:
             return self.path(digest).read_bytes()
         except FileNotFoundError as exc:
-            raise NotFound(f"artifact {digest} does not exist") from exc
+            blob = self.small(digest) if self.small is not None else None
+            if blob is None:
+                raise NotFound(f"artifact {digest} does not exist") from exc
+            return blob
 
     def iter_range(self, digest: str, first: int, last: int) -> Iterator[bytes]:
         with open(self.path(digest), "rb") as fh:

@@ -93,17 +93,33 @@ class Authenticator:
             raise AuthError("not the operator token; operator routes need the operator credential")
 
     def vehicle(self, header: str | None) -> VehicleRecord:
+        token, vehicle_id = self._vehicle_token(header)
+        vehicle = self._vehicles.get(vehicle_id)
+        if vehicle is None:
+            vehicle = self.store.get_vehicle(vehicle_id)
+            if vehicle is None:
+                raise AuthError(f"unknown vehicle {vehicle_id!r}; enroll again with the fleet enrollment token")
+            self._vehicles.put(vehicle.vehicle_id, vehicle)
+        return self._check_vehicle(token, vehicle)
+
+    def cached_vehicle(self, header: str | None) -> VehicleRecord | None:
+        """:meth:`vehicle` without touching the store: None when the vehicle is not cached (then call that, off
+        the event loop). Errors are raised as :meth:`vehicle` raises them."""
+        token, vehicle_id = self._vehicle_token(header)
+        vehicle = self._vehicles.get(vehicle_id)
+        return self._check_vehicle(token, vehicle) if vehicle is not None else None
+
+    @staticmethod
+    def _vehicle_token(header: str | None) -> tuple[str, str]:
         token = bearer(header)
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != "fgv":
             raise AuthError(
                 "malformed vehicle credential; expected the 'fgv.<vehicle_id>.<secret>' issued at enrollment")
-        vehicle = self._vehicles.get(parts[1])
-        if vehicle is None:
-            vehicle = self.store.get_vehicle(parts[1])
-            if vehicle is None:
-                raise AuthError(f"unknown vehicle {parts[1]!r}; enroll again with the fleet enrollment token")
-            self._vehicles.put(vehicle.vehicle_id, vehicle)
+        return token, parts[1]
+
+    @staticmethod
+    def _check_vehicle(token: str, vehicle: VehicleRecord) -> VehicleRecord:
         if not hmac.compare_digest(hash_token(token), vehicle.credential_hash):
             raise AuthError(f"wrong credential for vehicle {vehicle.vehicle_id}")
         if vehicle.revoked:

@@ -57,8 +57,9 @@ class Scheduler:
         self._specs: dict[str, JobRecord] = {}
 
     def _wake(self, units: int = 1) -> None:
-        """``units`` new units anyone may take: wake that many waiting cars (not all of them)."""
-        self.polls.wake(units)
+        """``units`` new units anyone may take: wake that many waiting cars (not all of them), once the
+        transaction that made them is committed."""
+        self.store.after_commit(lambda: self.polls.wake(units))
 
     def driver(self, kind: str) -> UnitDriver:
         driver = self.drivers.get(kind)
@@ -206,15 +207,25 @@ class Scheduler:
 
     def complete(self, vehicle: VehicleRecord, lease_id: str, req: CompleteRequest,
                  inline: bytes | None = None) -> LeaseAck:
+        """Accept a unit's result (see :meth:`record_completion`) and assemble the job's result if it was the
+        last unit."""
+        ack, job = self.record_completion(vehicle, lease_id, req, inline)
+        self.assemble_if_done(job)
+        return ack
+
+    def record_completion(self, vehicle: VehicleRecord, lease_id: str, req: CompleteRequest,
+                          inline: bytes | None = None) -> tuple[LeaseAck, JobRecord]:
         """Accept a unit's result: ``inline`` bytes sent with the request, else the artifact ``req.result`` the car
         uploaded. Nothing is written, inline bytes included, until the lease is found to be the car's and open and
-        the workload's driver accepted the whole result; then the unit is done and metered in one transaction."""
+        the workload's driver accepted the whole result; then the unit is done and metered in one transaction,
+        which stores an inline result too. Returns the ack and the job after it, for :meth:`assemble_if_done`
+        (left to the caller: it may run outside the batch this ran in)."""
         owned = self._owned(vehicle, lease_id, active=False)
         self._check_route(owned)
         if owned.lease.state == LeaseState.COMPLETED:
             if owned.lease.result_digest == req.result:
-                self._assemble_if_done(owned.job)  # a completion cut short before assembling finishes it now
-                return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)  # a retried completion counts once
+                # A retried completion counts once; one cut short before assembling has the caller finish it.
+                return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED), owned.job
             raise Conflict(f"lease {lease_id} was already completed with result {owned.lease.result_digest}; "
                            "a lease completes once")
         self._require_active(owned)
@@ -230,18 +241,14 @@ class Scheduler:
         else:
             data = self._vehicle_artifact(vehicle, req.result, "result")
         driver.check_result(job, unit, data)
-        if inline is not None:
-            self.artifacts.put_bytes(inline, req.result)
         now = self.clock.now()
         usage = driver.usage(job, unit, req, data, owned.lease.resumed_items)
         entry = _ledger_row(owned.lease, job, usage, now, accepted=True)
         quorum = (job.spec.get("redundancy") or {}).get("quorum", 1)
-        artifact = (len(inline), f"vehicle:{vehicle.vehicle_id}") if inline is not None else None
-        after = self.store.complete(owned.lease, unit, req.result, entry, now, accept=quorum <= 1, artifact=artifact)
+        after = self.store.complete(owned.lease, unit, req.result, entry, now, accept=quorum <= 1, blob=inline)
         if quorum > 1 and self._quorum(after, unit.idx, quorum):
             after = self.store.get_job(job.job_id) or after
-        self._assemble_if_done(after)
-        return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)
+        return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED), after
 
     def fail(self, vehicle: VehicleRecord, lease_id: str, req: FailRequest) -> LeaseAck:
         owned = self._owned(vehicle, lease_id, active=False)
@@ -337,7 +344,9 @@ class Scheduler:
             self._wake()
         return False
 
-    def _assemble_if_done(self, job: JobRecord) -> None:
+    def assemble_if_done(self, job: JobRecord) -> None:
+        """Assemble the job's result if every unit is accepted and nobody has yet (``job`` as a completion left
+        it: a cheap test, so callers may ask after every completion)."""
         if job.units_done == job.units_total and job.state == JobState.RUNNING:
             self._assemble(job)
 

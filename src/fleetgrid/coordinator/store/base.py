@@ -11,9 +11,10 @@ plain dataclasses; the store never decides policy (quorums, re-issue limits): th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "ArtifactRecord",
@@ -25,6 +26,8 @@ __all__ = [
     "UnitRecord",
     "VehicleRecord",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -317,12 +320,19 @@ class Store(ABC):
 
     @abstractmethod
     def complete(self, lease: LeaseRecord, unit: UnitRecord, result_digest: str, ledger: LedgerRecord, now: float,
-                 *, accept: bool = False, artifact: tuple[int, str] | None = None) -> JobRecord:
+                 *, accept: bool = False, artifact: tuple[int, str] | None = None,
+                 blob: bytes | None = None) -> JobRecord:
         """Close the lease as completed, mark its unit done and write one ledger row, atomically; with ``accept``
         also accept the result as its logical unit's (when no quorum is needed); with ``artifact`` (size, owner)
-        also record the result artifact (sent inline). Updates ``lease`` and ``unit`` and returns the job after.
+        also record the result artifact (a file); with ``blob``, store the result's bytes themselves (a small
+        result sent inline; :meth:`result_blob` reads them). Updates ``lease`` and ``unit`` and returns the job
+        after.
         Raises LeaseExpired / Conflict, recording nothing, if the lease is no longer active (unless it was
         completed with this same result: a retry, which returns the job unchanged)."""
+
+    @abstractmethod
+    def result_blob(self, digest: str) -> bytes | None:
+        """A small result's bytes stored by :meth:`complete`; None if there is no such blob."""
 
     @abstractmethod
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
@@ -351,6 +361,22 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    # --- group commit -------------------------------------------------------------------------------------------
+    def batched(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` (which calls this store's methods) with other callers' in one transaction, each in a
+        savepoint of its own; its future resolves once that transaction committed. A store without group commit
+        runs it at once, in its own transactions."""
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            future.set_exception(exc)
+        return future
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the current batch (see :meth:`batched`) committed; at once outside a batch."""
+        fn()
 
     # --- tenant administration --------------------------------------------------------------------------------
     @abstractmethod

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -124,6 +125,16 @@ units = Table(
           sqlite_where=text("target_vehicle IS NOT NULL")),
 )
 
+result_blobs = Table(
+    "result_blobs",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+"""Results small enough to travel inline (at most MAX_INLINE_RESULT_BYTES), stored with the completion that
+accepted them; larger ones are files of the artifact store."""
+
 accepted = Table(
     "accepted_units",
     metadata,
@@ -172,5 +183,5 @@ ledger = Table(
     Index("ix_ledger_vehicle", "vehicle_id"),
 )
 
-__all__ = ["accepted", "artifact_owners", "artifacts", "jobs", "leases", "ledger", "metadata", "secrets", "tenants",
-           "units", "vehicles"]
+__all__ = ["accepted", "artifact_owners", "artifacts", "jobs", "leases", "ledger", "metadata", "result_blobs",
+           "secrets", "tenants", "units", "vehicles"]

@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Numeric,
@@ -23,10 +25,8 @@ from sqlalchemy import (
     cast,
     create_engine,
     event,
-    exists,
     func,
     insert,
-    literal_column,
     or_,
     select,
     update,
@@ -34,16 +34,31 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
-from sqlalchemy.sql.elements import BindParameter, ColumnClause
 
-from ...errors import AuthError, Conflict, InvalidInput, LeaseExpired, NotFound
+from ...errors import Conflict, InvalidInput, NotFound
 from . import migrate
 from .base import ArtifactRecord, JobRecord, LeaseRecord, LedgerRecord, Store, TenantRecord, UnitRecord, VehicleRecord
-from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, secrets, tenants, units, vehicles
+from .group_commit import GroupCommit
+from .schema import (
+    accepted,
+    artifact_owners,
+    artifacts,
+    jobs,
+    leases,
+    ledger,
+    result_blobs,
+    secrets,
+    tenants,
+    units,
+    vehicles,
+)
+from .sql_cycle import CycleRows, CycleSQL
 from .sql_offers import OfferRows
 from .sqlite_lock import SQLiteFileLock
 
 __all__ = ["POOL_SIZE", "SQLStore", "engine_url"]
+
+T = TypeVar("T")
 
 POOL_SIZE = 48
 """PostgreSQL connections kept open: as many as threads that run store calls at once (the event loop's executor
@@ -52,7 +67,6 @@ and the route thread pool), so none waits for a connection while another waits f
 _LIVE_JOB_STATES = ("queued", "running")
 _INT_CAP = 2**63 - 1
 """What a ledger sum too large for a float64 reads as (it cannot happen with rows the wire models bound)."""
-_ACQUIRE_TRIES = 8
 
 
 def engine_url(url: str) -> str:
@@ -113,7 +127,7 @@ def _vehicle(row: Row) -> VehicleRecord:
     return VehicleRecord(**{k: m[k] for k in VehicleRecord.__slots__})
 
 
-class SQLStore(OfferRows, Store):
+class SQLStore(CycleRows, OfferRows, Store):
     """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
 
     def __init__(self, url: str, *, create: bool = True, exclusive: bool = True) -> None:
@@ -126,6 +140,8 @@ class SQLStore(OfferRows, Store):
             pooled = {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_SIZE}
         self.engine: Engine = create_engine(self.url, future=True, **pooled)
         self._lock: SQLiteFileLock | None = None
+        self._group: GroupCommit | None = None
+        self._group_lock = threading.Lock()
         self._sqlite = self.engine.dialect.name == "sqlite"
         if self._sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -144,56 +160,9 @@ class SQLStore(OfferRows, Store):
             raise
 
     def _prepare_hot_statements(self) -> None:
-        """Build the statements of the lease cycle once; building SQLAlchemy expressions per call costs more
-        than running them on SQLite."""
-        other = units.alias("other")
-        vid: BindParameter[str] = bindparam("vid")
-        same_unit_by_me = exists(
-            select(leases.c.lease_id)
-            .join(other, other.c.unit_id == leases.c.unit_id)
-            .where(
-                other.c.job_id == units.c.job_id,
-                other.c.idx == units.c.idx,
-                leases.c.vehicle_id == vid,
-                leases.c.state.in_(("active", "completed")),
-            )
-        )
-        may_lease = exists(select(vehicles.c.vehicle_id).where(vehicles.c.vehicle_id == vid, ~vehicles.c.revoked))
-        # 'pending' is written into the statement, not bound: psycopg prepares statements it runs repeatedly, and a
-        # generic plan for ``state = $1`` takes every pending unit out of the index and sorts them (seconds, under
-        # load) instead of walking (state, seq) to the first one.
-        pending: ColumnClause[str] = literal_column("'pending'")
-        candidate = (
-            select(units)
-            .where(units.c.state == pending, units.c.target_vehicle.is_(None), may_lease,
-                   or_(units.c.replicas == 1, ~same_unit_by_me))
-            .order_by(units.c.seq)
-            .limit(1)
-        )
-        # Work offered to this car (a training round's share) goes first, while its offer stands. Any one will do:
-        # no ORDER BY, which would tempt PostgreSQL's generic plan (psycopg prepares repeated statements) into
-        # walking every pending unit in ``seq`` order instead of the (target_vehicle, state) index.
-        offered = (
-            select(units)
-            .where(units.c.target_vehicle == vid, units.c.state == pending,
-                   units.c.offer_expires >= bindparam("now"), may_lease)
-            .limit(1)
-        )
-        if self.engine.dialect.name == "postgresql":
-            candidate = candidate.with_for_update(skip_locked=True, of=units)
-            offered = offered.with_for_update(skip_locked=True, of=units)
-        self._q_candidate = candidate
-        self._q_offered = offered
-        # FOR SHARE on PostgreSQL (rendered as nothing on SQLite, whose IMMEDIATE transaction excludes writers).
-        self._q_revoked = select(vehicles.c.revoked).where(vehicles.c.vehicle_id == vid).with_for_update(read=True)
-        self._q_take_unit = (
-            update(units).where(units.c.unit_id == bindparam("uid"), units.c.state == "pending")
-            .values(state="leased", attempts=units.c.attempts + 1, vehicle_id=bindparam("vid"))
-        )
-        self._q_job_running = (
-            update(jobs).where(jobs.c.job_id == bindparam("jid"), jobs.c.state == "queued").values(state="running")
-        )
-        self._q_insert_lease = insert(leases)
+        """Build the statements used often once; building SQLAlchemy expressions per call costs more than running
+        them on SQLite. Those of the lease cycle itself are plain SQL (:mod:`.sql_cycle`)."""
+        self._cycle = CycleSQL(self.engine.dialect.name)
         self._q_report_state = (
             update(vehicles).where(vehicles.c.vehicle_id == bindparam("vid"))
             .values(state=bindparam("state"), eligible=bindparam("eligible"), last_seen=bindparam("seen"))
@@ -206,36 +175,17 @@ class SQLStore(OfferRows, Store):
 
             self._q_add_artifact: Insert = pg_insert(artifacts).on_conflict_do_nothing()
             self._q_add_owner: Insert = pg_insert(artifact_owners).on_conflict_do_nothing()
-            self._q_accept = pg_insert(accepted).on_conflict_do_nothing().returning(accepted.c.idx)
             self._q_consume: Insert = pg_insert(accepted).on_conflict_do_nothing()
         else:
             self._q_add_artifact = insert(artifacts).prefix_with("OR IGNORE")
             self._q_add_owner = insert(artifact_owners).prefix_with("OR IGNORE")
-            self._q_accept = insert(accepted).prefix_with("OR IGNORE").returning(accepted.c.idx)
             self._q_consume = insert(accepted).prefix_with("OR IGNORE")
         self._q_owned_by = select(artifact_owners.c.owner).where(
             artifact_owners.c.digest == bindparam("digest"), artifact_owners.c.owner == bindparam("owner")
         )
-        self._q_lease_context = (
-            select(*(col.label("l_" + col.name) for col in leases.c),
-                   *(col.label("u_" + col.name) for col in units.c),
-                   *(col.label("j_" + col.name) for col in jobs.c))
-            .join(units, units.c.unit_id == leases.c.unit_id)
-            .join(jobs, jobs.c.job_id == leases.c.job_id)
-            .where(leases.c.lease_id == bindparam("lid"))
-        )
-        self._q_done = (
-            update(jobs).where(jobs.c.job_id == bindparam("jid")).values(units_done=jobs.c.units_done + 1)
-            .returning(*jobs.c)
-        )
-        self._q_replicas = select(units.c.unit_id, units.c.state).where(
-            units.c.job_id == bindparam("jid"), units.c.idx == bindparam("idx")
-        )
-        self._q_accepted = select(accepted.c.idx).where(accepted.c.job_id == bindparam("jid"),
-                                                       accepted.c.idx == bindparam("idx"))
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _begin(self) -> Iterator[Connection]:
         """A write transaction. On SQLite it takes the write lock before its first read: a deferred one would read,
         then find another process had written since (two coordinators leasing one unit), or fail to upgrade its
         lock. (Issued here rather than from a "begin" event: any engine event listener costs every statement.)"""
@@ -244,7 +194,62 @@ class SQLStore(OfferRows, Store):
                 c.exec_driver_sql("BEGIN IMMEDIATE")
             yield c
 
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """The store's write transaction: the running batch's, on the batching thread (see :meth:`batched`); else
+        a transaction of its own, which on SQLite takes its turn between batches."""
+        group = self._group
+        if group is not None:
+            bound = group.bound
+            if bound is not None:
+                yield bound
+                return
+            if self._sqlite:
+                with group.turn(), self._begin() as c:
+                    yield c
+                return
+        with self._begin() as c:
+            yield c
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection to read on: inside a batch, the batch's own (it sees what the batch wrote so far)."""
+        bound = self._group.bound if self._group is not None else None
+        if bound is not None:
+            yield bound
+            return
+        with self.engine.connect() as c:
+            yield c
+
+    @staticmethod
+    @contextmanager
+    def _savepoint(c: Connection) -> Iterator[None]:
+        """One operation of a batch: its statements are undone alone if it raises. (On the DBAPI cursor: these
+        two statements per lease cycle through SQLAlchemy's nested transactions cost more than the cycle's SQL.)"""
+        cursor = c.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SAVEPOINT cycle")
+        try:
+            yield
+        except BaseException:
+            cursor.execute("ROLLBACK TO SAVEPOINT cycle")
+            cursor.execute("RELEASE SAVEPOINT cycle")
+            raise
+        cursor.execute("RELEASE SAVEPOINT cycle")
+
+    def batched(self, fn: Callable[[], T]) -> Future[T]:
+        with self._group_lock:
+            if self._group is None:
+                self._group = GroupCommit(self._begin, self._savepoint, name="store-group-commit")
+        return self._group.submit(fn)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        if self._group is None or not self._group.after_commit(fn):
+            fn()
+
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
+            self._group = None
         self.engine.dispose()
         if self._lock is not None:
             self._lock.release()
@@ -252,7 +257,7 @@ class SQLStore(OfferRows, Store):
 
     # --- secrets and tenants ------------------------------------------------------------------------------------
     def get_secret(self, name: str) -> str | None:
-        with self.engine.connect() as c:
+        with self._read() as c:
             return c.execute(select(secrets.c.value_hash).where(secrets.c.name == name)).scalar()
 
     def set_secret(self, name: str, value_hash: str) -> None:
@@ -272,7 +277,7 @@ class SQLStore(OfferRows, Store):
             raise Conflict(f"tenant {name!r} already exists; choose another name") from exc
 
     def tenant_by_token_hash(self, token_hash: str) -> str | None:
-        with self.engine.connect() as c:
+        with self._read() as c:
             return c.execute(select(tenants.c.name).where(tenants.c.token_hash == token_hash)).scalar()
 
     # --- vehicles -----------------------------------------------------------------------------------------------
@@ -281,12 +286,12 @@ class SQLStore(OfferRows, Store):
             c.execute(insert(vehicles).values(**{k: getattr(vehicle, k) for k in VehicleRecord.__slots__}))
 
     def get_vehicle(self, vehicle_id: str) -> VehicleRecord | None:
-        with self.engine.connect() as c:
+        with self._read() as c:
             row = c.execute(select(vehicles).where(vehicles.c.vehicle_id == vehicle_id)).first()
         return _vehicle(row) if row else None
 
     def list_vehicles(self) -> list[VehicleRecord]:
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [_vehicle(r) for r in c.execute(select(vehicles).order_by(vehicles.c.enrolled_at))]
 
     def revoke_vehicle(self, vehicle_id: str) -> bool:
@@ -322,7 +327,7 @@ class SQLStore(OfferRows, Store):
         c.execute(self._q_add_owner, [{"digest": d, "owner": owner} for d, _ in items])
 
     def get_artifact(self, digest: str) -> ArtifactRecord | None:
-        with self.engine.connect() as c:
+        with self._read() as c:
             row = c.execute(select(artifacts).where(artifacts.c.digest == digest)).first()
             if row is None:
                 return None
@@ -330,19 +335,12 @@ class SQLStore(OfferRows, Store):
             return ArtifactRecord(digest=row.digest, size=row.size, created_at=row.created_at, owners=list(owners))
 
     def owns(self, owner: str, digest: str) -> bool:
-        with self.engine.connect() as c:
+        with self._read() as c:
             return c.execute(self._q_owned_by, {"digest": digest, "owner": owner}).first() is not None
 
-    def lease_context(self, lease_id: str) -> tuple[LeaseRecord, UnitRecord, JobRecord] | None:
-        with self.engine.connect() as c:
-            row = c.execute(self._q_lease_context, {"lid": lease_id}).first()
-        if row is None:
-            return None
-        m = row._mapping
-        parts = [{k[2:]: v for k, v in m.items() if k.startswith(p)} for p in ("l_", "u_", "j_")]
-        return (LeaseRecord(**{k: parts[0][k] for k in LeaseRecord.__slots__}),
-                UnitRecord(**{k: parts[1][k] for k in UnitRecord.__slots__}),
-                JobRecord(**{k: parts[2][k] for k in JobRecord.__slots__}))
+    def result_blob(self, digest: str) -> bytes | None:
+        with self._read() as c:
+            return c.execute(select(result_blobs.c.data).where(result_blobs.c.digest == digest)).scalar()
 
     def vehicle_may_read(self, vehicle_id: str, digest: str) -> bool:
         needed = (
@@ -356,7 +354,7 @@ class SQLStore(OfferRows, Store):
             )
             .limit(1)
         )
-        with self.engine.connect() as c:
+        with self._read() as c:
             return c.execute(needed).first() is not None
 
     # --- jobs and units -----------------------------------------------------------------------------------------
@@ -376,7 +374,7 @@ class SQLStore(OfferRows, Store):
         return {k: getattr(u, k) for k in UnitRecord.__slots__}
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        with self.engine.connect() as c:
+        with self._read() as c:
             row = c.execute(self._q_job, {"jid": job_id}).first()
         return _job(row) if row else None
 
@@ -384,23 +382,23 @@ class SQLStore(OfferRows, Store):
         query = select(jobs).order_by(jobs.c.created_at)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [_job(r) for r in c.execute(query)]
 
     def units_of(self, job_id: str, idx: int | None = None) -> list[UnitRecord]:
         query = select(units).where(units.c.job_id == job_id).order_by(units.c.idx, units.c.replica)
         if idx is not None:
             query = query.where(units.c.idx == idx)
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [_unit(r) for r in c.execute(query)]
 
     def count_units(self, job_id: str, state: str) -> int:
         query = select(func.count()).select_from(units).where(units.c.job_id == job_id, units.c.state == state)
-        with self.engine.connect() as c:
+        with self._read() as c:
             return int(c.execute(query).scalar() or 0)
 
     def get_unit(self, unit_id: str) -> UnitRecord | None:
-        with self.engine.connect() as c:
+        with self._read() as c:
             row = c.execute(self._q_unit, {"uid": unit_id}).first()
         return _unit(row) if row else None
 
@@ -412,25 +410,9 @@ class SQLStore(OfferRows, Store):
         with self._write() as c:
             return self._accept(c, job_id, idx, result_digest, replicated=True) is not None
 
-    def _accept(self, c: Connection, job_id: str, idx: int, result_digest: str, *,
-                replicated: bool) -> JobRecord | None:
-        """Accept a unit's result; the job after it, or None if the unit was accepted before."""
-        added = c.execute(self._q_accept, {"job_id": job_id, "idx": idx, "result_digest": result_digest}).first()
-        if added is None:  # accepted before: the insert was ignored
-            return None
-        job = _job(c.execute(self._q_done, {"jid": job_id}).one())
-        if replicated:
-            # Replicas of an accepted unit that nobody has started are no longer needed. Select them by (job, idx)
-            # first: given the state too, SQLite would walk the (state, seq) index over every pending unit.
-            replicas = c.execute(self._q_replicas, {"jid": job_id, "idx": idx}).all()
-            idle = [r.unit_id for r in replicas if r.state == "pending"]
-            if idle:
-                c.execute(update(units).where(units.c.unit_id.in_(idle)).values(state="cancelled"))
-        return job
-
     def accepted_results(self, job_id: str) -> list[tuple[int, str]]:
         query = select(accepted.c.idx, accepted.c.result_digest).where(accepted.c.job_id == job_id)
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [(r.idx, r.result_digest) for r in c.execute(query.order_by(accepted.c.idx))]
 
     def finish_job(self, job_id: str, state: str, now: float, result_digest: str | None = None,
@@ -467,45 +449,8 @@ class SQLStore(OfferRows, Store):
 
 
     # --- leases -------------------------------------------------------------------------------------------------
-    def acquire(self, vehicle_id: str, now: float, deadline: float, lease_id: str, *, offers: bool = True):
-        with self._write() as c:
-            if not self._sqlite:
-                # Locks the car's row: a revocation committing meanwhile waits for this lease to commit, so the
-                # revoking coordinator's release of the car's leases sees it.
-                self._check_may_lease(c, vehicle_id)
-            for _ in range(_ACQUIRE_TRIES):
-                row = c.execute(self._q_offered, {"vid": vehicle_id, "now": now}).first() if offers else None
-                if row is None:
-                    row = c.execute(self._q_candidate, {"vid": vehicle_id}).first()
-                if row is None:
-                    self._check_may_lease(c, vehicle_id)  # no work, or none for this car: say which
-                    return None
-                unit = _unit(row)
-                # Conditional: should the candidate have been taken since it was read, take the next one.
-                if c.execute(self._q_take_unit, {"uid": unit.unit_id, "vid": vehicle_id}).rowcount == 1:
-                    break
-            else:
-                return None
-            lease = LeaseRecord(lease_id=lease_id, unit_id=unit.unit_id, job_id=unit.job_id, vehicle_id=vehicle_id,
-                                issued_at=now, deadline=deadline,
-                                resumed_items=unit.checkpoint_items if unit.checkpoint_digest else 0)
-            c.execute(self._q_insert_lease, {k: getattr(lease, k) for k in LeaseRecord.__slots__})
-        unit.state, unit.attempts, unit.vehicle_id = "leased", unit.attempts + 1, vehicle_id
-        return lease, unit
-
-    def _check_may_lease(self, c: Connection, vehicle_id: str) -> None:
-        revoked = c.execute(self._q_revoked, {"vid": vehicle_id}).scalar()
-        if revoked is None:
-            raise NotFound(f"vehicle {vehicle_id!r} is not enrolled; enroll it before leasing work")
-        if revoked:
-            raise AuthError(f"vehicle {vehicle_id}'s credential was revoked; enroll again to get a new one")
-
-    def start_job(self, job_id: str) -> None:
-        with self._write() as c:
-            c.execute(self._q_job_running, {"jid": job_id})
-
     def get_lease(self, lease_id: str) -> LeaseRecord | None:
-        with self.engine.connect() as c:
+        with self._read() as c:
             row = c.execute(self._q_lease, {"lid": lease_id}).first()
         return _lease(row) if row else None
 
@@ -513,7 +458,7 @@ class SQLStore(OfferRows, Store):
         query = select(leases).where(leases.c.state == "active")
         if vehicle_id is not None:
             query = query.where(leases.c.vehicle_id == vehicle_id)
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [_lease(r) for r in c.execute(query)]
 
     def renew(self, lease_id: str, deadline: float) -> None:
@@ -535,44 +480,6 @@ class SQLStore(OfferRows, Store):
                 .where(units.c.unit_id == unit_id, units.c.checkpoint_items < done_items)
                 .values(checkpoint_items=done_items, checkpoint_digest=checkpoint_digest)
             )
-
-    def complete(self, lease: LeaseRecord, unit: UnitRecord, result_digest: str, entry: LedgerRecord, now: float,
-                 *, accept: bool = False, artifact: tuple[int, str] | None = None) -> JobRecord:
-        with self._write() as c:
-            closed = c.execute(
-                update(leases).where(leases.c.lease_id == lease.lease_id, leases.c.state == "active")
-                .values(state="completed", result_digest=result_digest, closed_at=now)
-            ).rowcount
-            if not closed:
-                now_state, now_result = c.execute(
-                    select(leases.c.state, leases.c.result_digest).where(leases.c.lease_id == lease.lease_id)
-                ).one()
-                if now_state == "completed" and now_result == result_digest:  # a racing retry: it counted once
-                    lease.state, lease.result_digest = now_state, now_result
-                    unit.state, unit.result_digest = "done", now_result
-                    return _job(c.execute(self._q_job, {"jid": unit.job_id}).one())
-                error = LeaseExpired if now_state == "expired" else Conflict
-                raise error(f"lease {lease.lease_id} is {now_state}, not active, so its result is not accepted; "
-                            "lease new work with POST /v1/leases")
-            if c.execute(
-                update(units).where(units.c.unit_id == unit.unit_id, units.c.state == "leased")
-                .values(state="done", result_digest=result_digest)
-            ).rowcount != 1:
-                # Its lease was active, so the unit is leased; anything else is a bug worth stopping for.
-                raise Conflict(f"unit {unit.unit_id} of active lease {lease.lease_id} is not leased; nothing recorded")
-            if artifact is not None:
-                size, owner = artifact
-                c.execute(self._q_add_artifact, [{"digest": result_digest, "size": size, "created_at": now}])
-                c.execute(self._q_add_owner, [{"digest": result_digest, "owner": owner}])
-            c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
-            job = None
-            if accept:
-                job = self._accept(c, unit.job_id, unit.idx, result_digest, replicated=unit.replicas > 1)
-            if job is None:
-                job = _job(c.execute(self._q_job, {"jid": unit.job_id}).one())
-        lease.state, lease.result_digest, lease.closed_at = "completed", result_digest, now
-        unit.state, unit.result_digest = "done", result_digest
-        return job
 
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
                 checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None,
@@ -605,7 +512,7 @@ class SQLStore(OfferRows, Store):
 
     def expired_leases(self, now: float) -> list[LeaseRecord]:
         query = select(leases).where(leases.c.state == "active", leases.c.deadline < now)
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [_lease(r) for r in c.execute(query)]
 
     # --- metering and overview ----------------------------------------------------------------------------------
@@ -630,7 +537,7 @@ class SQLStore(OfferRows, Store):
             .group_by(ledger.c.vehicle_id)
             .order_by(ledger.c.vehicle_id)
         )
-        with self.engine.connect() as c:
+        with self._read() as c:
             rows = [dict(r._mapping) for r in c.execute(query)]
         for row in rows:
             for key in ("items", "examples", "steps", "cellular_bytes", "wifi_bytes"):
@@ -639,7 +546,7 @@ class SQLStore(OfferRows, Store):
         return rows
 
     def counts(self) -> dict[str, Any]:
-        with self.engine.connect() as c:
+        with self._read() as c:
             by_state: dict[str, int] = dict(c.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
             pending = c.execute(select(func.count()).select_from(units).where(units.c.state == "pending")).scalar()
             active = c.execute(select(func.count()).select_from(leases).where(leases.c.state == "active")).scalar()
@@ -649,7 +556,7 @@ class SQLStore(OfferRows, Store):
     # A revoked tenant keeps its row (its jobs refer to it) with a token hash no sha256 can equal.
     def list_tenants(self) -> list[TenantRecord]:
         query = select(tenants.c.name, tenants.c.created_at, tenants.c.token_hash).order_by(tenants.c.name)
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [TenantRecord(name=r.name, created_at=r.created_at, revoked=r.token_hash.startswith(_REVOKED))
                     for r in c.execute(query)]
 

@@ -20,6 +20,7 @@ _LIVE_JOB_STATES = ("queued", "running")
 class OfferRows:
     engine: Engine
     _write: Callable[[], AbstractContextManager[Connection]]
+    _read: Callable[[], AbstractContextManager[Connection]]
     add_units: Callable[[list[UnitRecord]], None]
 
     def offer_units(self, unit_list: list[UnitRecord]) -> None:
@@ -30,7 +31,7 @@ class OfferRows:
             units.c.job_id == job_id, units.c.target_vehicle.is_not(None),
             or_(units.c.state == "leased", and_(units.c.state == "pending", units.c.offer_expires >= now)),
         )
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [v for v in c.execute(query).scalars() if v is not None]
 
     def cancel_open_units(self, job_id: str, now: float) -> int:
@@ -56,7 +57,7 @@ class OfferRows:
         taken = exists(select(accepted.c.idx).where(accepted.c.job_id == units.c.job_id, accepted.c.idx == units.c.idx))
         query = (select(units).where(units.c.job_id == job_id, units.c.state == "done", ~taken)
                  .order_by(units.c.seq))
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [UnitRecord(**{k: r._mapping[k] for k in UnitRecord.__slots__}) for r in c.execute(query)]
 
     def claim_job(self, job_id: str, replica: str, now: float, until: float) -> bool:
@@ -76,10 +77,10 @@ class OfferRows:
     def recently_eligible(self, since: float) -> list[str]:
         query = select(vehicles.c.vehicle_id).where(vehicles.c.eligible, ~vehicles.c.revoked,
                                                      vehicles.c.last_seen >= since)
-        with self.engine.connect() as c:
+        with self._read() as c:
             return list(c.execute(query).scalars())
 
     def next_unit_idx(self, job_id: str) -> int:
-        with self.engine.connect() as c:
+        with self._read() as c:
             top = c.execute(select(func.max(units.c.idx)).where(units.c.job_id == job_id)).scalar()
         return 0 if top is None else int(top) + 1
