@@ -65,6 +65,8 @@ POOL_SIZE = 48
 and the route thread pool), so none waits for a connection while another waits for it."""
 
 _LIVE_JOB_STATES = ("queued", "running")
+_ANALYZE_AFTER = 1000
+"""A job adding at least this many units refreshes the planner's statistics (PostgreSQL)."""
 _INT_CAP = 2**63 - 1
 """What a ledger sum too large for a float64 reads as (it cannot happen with rows the wire models bound)."""
 
@@ -368,6 +370,17 @@ class SQLStore(CycleRows, OfferRows, Store):
             c.execute(insert(jobs).values(**values))
             if unit_list:
                 c.execute(insert(units), [self._unit_values(u) for u in unit_list])
+        if not self._sqlite and len(unit_list) >= _ANALYZE_AFTER:
+            self._analyze_units()
+
+    def _analyze_units(self) -> None:
+        """Refresh PostgreSQL's statistics of the units table after a job added many. Until autovacuum does (a
+        minute or more later), the planner believes the few pending units it last counted and, to lease a unit,
+        sorts every pending one instead of walking the (state, seq) index to the first: measured 45-90 ms instead
+        of 0.05 ms per lease with 20,000 pending units."""
+        with self.engine.connect() as c:
+            c.exec_driver_sql("ANALYZE units")
+            c.commit()
 
     @staticmethod
     def _unit_values(u: UnitRecord) -> dict[str, Any]:
