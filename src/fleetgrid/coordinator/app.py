@@ -22,8 +22,10 @@ from typing import Annotated, Any, TypeVar, Union
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Discriminator, Tag, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..clock import Clock, WallClock
@@ -135,7 +137,7 @@ def _validation_message(request: Request, exc: RequestValidationError) -> str:
 def _accepted_fields(request: Request, loc: tuple) -> list[str]:
     route = request.scope.get("route")
     body = getattr(route, "body_field", None)
-    model = getattr(getattr(body, "field_info", None), "annotation", None)
+    model = getattr(request.state, "body_model", None) or getattr(getattr(body, "field_info", None), "annotation", None)
     tagged = getattr(request.app.state, "submit_models", {})
     if len(loc) > 1 and loc[0] == "body" and loc[1] in tagged:  # a member of the job submission union
         model = tagged[loc[1]]
@@ -216,11 +218,51 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     _operator_routes(app, coord)
     tenant_admin_routes(app, coord)
 
+    app.openapi = _openapi_with_hot_bodies(app)  # type: ignore[method-assign]
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
+
+
+M = TypeVar("M", bound=BaseModel)
+_HOT_BODIES: list[type[BaseModel]] = []
+
+
+def _hot_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses ``model`` itself (:func:`_parse`); the model's schema joins
+    the document's components (:func:`_openapi_with_hot_bodies`)."""
+    if model not in _HOT_BODIES:
+        _HOT_BODIES.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+async def _parse(model: type[M], request: Request) -> M:
+    """The request's JSON body as ``model``: invalid bodies are the same 422 FastAPI gives, naming the field."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        request.state.body_model = model  # for the message's list of accepted fields
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _openapi_with_hot_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            _, defs = models_json_schema([(m, "validation") for m in _HOT_BODIES],
+                                         ref_template="#/components/schemas/{model}")
+            known = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in defs.get("$defs", {}).items():
+                known.setdefault(name, definition)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 def _json(model: BaseModel, status_code: int = 200) -> Response:
@@ -281,9 +323,13 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
             finally:
                 sched.polls.leave(ticket)
 
+    # The two routes of the lease cycle read their body themselves (one pydantic pass over the raw JSON, no
+    # dependency solving); ``openapi_extra`` documents it. See ``_hot_body``.
     @app.post(f"{API_PREFIX}/leases", response_model=Grant, tags=["vehicle"],
-              responses={204: {"description": "no work within wait_s"}})
-    async def lease(req: LeaseRequest, request: Request, v: VehicleRecord = Depends(vehicle)) -> Response:
+              responses={204: {"description": "no work within wait_s"}}, openapi_extra=_hot_body(LeaseRequest))
+    async def lease(request: Request) -> Response:
+        v = await vehicle(request)
+        req = await _parse(LeaseRequest, request)
         states.report(v.vehicle_id, req.state)
         if not req.state.eligible:
             why = ", ".join(req.state.reasons) or "no reason given"
@@ -299,9 +345,11 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     def progress(lease_id: str, req: ProgressReport, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
         return sched.progress(v, lease_id, req)
 
-    @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"])
-    async def complete(lease_id: str, req: CompleteRequest, request: Request,
-                       v: VehicleRecord = Depends(vehicle)) -> Response:
+    @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"],
+              openapi_extra=_hot_body(CompleteRequest))
+    async def complete(lease_id: str, request: Request) -> Response:
+        v = await vehicle(request)
+        req = await _parse(CompleteRequest, request)
         inline = decode_inline(req.inline) if req.inline is not None else None  # bounded: 256 KiB at most
         wants_next = req.next is not None and req.next.state.eligible
         if req.next is not None:
