@@ -426,3 +426,109 @@ def test_a_replica_takes_over_a_training_job_whose_driver_stopped_renewing(tmp_p
         for c in (a, b):
             c.training.shutdown()
             c.store.close()
+
+
+def _lease_job(client: httpx.AsyncClient, names: tuple[str, ...], units: int):
+    """Enroll cars and submit an mnist1d-cnn job of ``units`` one-item units; (credentials, job, result body)."""
+    from fleetgrid.models.registry import load_runner
+
+    async def run() -> tuple[list[str], dict, dict]:
+        cars = []
+        for name in names:
+            r = await client.post("/vehicles/enroll", json={"enrollment_token": ENROLL, "name": name,
+                                                            "hardware": "ai4"})
+            cars.append(r.json()["credential"])
+        inputs = npy(X[:units])
+        await client.put(f"/artifacts/{sha(inputs)}", content=inputs, headers=auth(TENANT))
+        job = (await client.post("/jobs", headers=auth(TENANT), json={
+            "model": "mnist1d-cnn", "inputs": sha(inputs), "input_format": "npy", "unit_items": 1})).json()
+        out = npy(np.asarray(load_runner("mnist1d-cnn", threads=1)(X[:1]), dtype=np.float32))
+        return cars, job, {"result": sha(out), "inline": base64.b64encode(out).decode()}
+
+    return run()
+
+
+PARKED = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}
+
+
+def test_a_completion_is_judged_by_when_it_arrived_not_by_when_its_turn_came(tmp_path, monkeypatch):
+    """A car that reports before its deadline is not refused because the coordinator's queue held the report
+    past it."""
+    from fleetgrid.clock import ManualClock
+
+    clock = ManualClock(1_000.0)
+    config = CoordinatorConfig(data_dir=tmp_path, enroll_token=ENROLL, operator_token=OPERATOR,
+                               tenant_tokens={"acme": TENANT}, lease_ttl_s=30.0, sweep_interval_s=3600.0)
+    coord = Coordinator(config, clock=clock)
+    entered, release = threading.Event(), threading.Event()
+    lease_context = coord.store.lease_context
+
+    def queued(lease_id: str):  # the report waits in the queue while the clock passes the deadline
+        entered.set()
+        release.wait(60)
+        return lease_context(lease_id)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        (car,), job, body = await _lease_job(client, ("car",), 1)
+        grant = (await client.post("/leases", json={"state": PARKED}, headers=auth(car))).json()
+        assert grant["deadline"] == 1_030.0
+        clock.advance(29.0)
+        monkeypatch.setattr(coord.store, "lease_context", queued)
+        report = asyncio.create_task(client.post(f"/leases/{grant['lease_id']}/complete", headers=auth(car),
+                                                 json=body))
+        assert await asyncio.to_thread(entered.wait, 60)
+        clock.advance(10.0)  # its turn comes 9 s after the deadline
+        release.set()
+        r = await report
+        assert r.status_code == 200, r.text
+        assert (await client.get(f"/jobs/{job['job_id']}", headers=auth(TENANT))).json()["state"] == "done"
+
+    try:
+        serve(coord, scenario)
+    finally:
+        coord.store.close()
+
+
+def test_new_leases_wait_while_the_coordinator_is_behind_and_completions_are_still_taken(tmp_path):
+    """Admission: while the coordinator is further behind than it may be, no new lease is handed out (a long-poll
+    ends without one, a completion's next lease is not taken), reports are still accepted, and the sweeper gives
+    leases that much grace; once it has caught up, leasing resumes."""
+    from fleetgrid.clock import ManualClock
+
+    clock = ManualClock(1_000.0)
+    config = CoordinatorConfig(data_dir=tmp_path, enroll_token=ENROLL, operator_token=OPERATOR,
+                               tenant_tokens={"acme": TENANT}, lease_ttl_s=40.0, sweep_interval_s=3600.0,
+                               admission_interval_s=3600.0)  # lags are set by hand below, never measured
+    coord = Coordinator(config, clock=clock)
+    assert coord.admission.max_delay_s == 10.0  # a quarter of the lease time
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        (car, other), job, body = await _lease_job(client, ("car", "other"), 3)
+        grant = (await client.post("/leases", json={"state": PARKED}, headers=auth(car))).json()
+        coord.admission.note(loop_lag_s=0.0, store_lag_s=60.0)  # 18 s behind after smoothing
+        assert not coord.admission.open()
+        r = await client.post("/leases", json={"state": PARKED, "wait_s": 0.2}, headers=auth(other))
+        assert r.status_code == 204  # two units are pending, but not handed out now
+        done = await client.post(f"/leases/{grant['lease_id']}/complete", headers=auth(car),
+                                 json=body | {"next": {"state": PARKED, "wait_s": 0.2}})
+        assert done.status_code == 200, done.text
+        assert done.json()["state"] == "completed" and done.json()["next_lease"] is None
+        for _ in range(20):
+            coord.admission.note(loop_lag_s=0.0, store_lag_s=0.0)
+        assert coord.admission.open()
+        second = (await client.post("/leases", json={"state": PARKED, "wait_s": 0.2}, headers=auth(other))).json()
+        coord.admission.note(loop_lag_s=0.0, store_lag_s=60.0)
+        clock.advance(45.0)  # 5 s past its deadline: within the coordinator's own delay, so not yet expired
+        await asyncio.to_thread(coord.sweep)
+        assert coord.store.get_lease(second["lease_id"]).state == "active"
+        for _ in range(20):
+            coord.admission.note(loop_lag_s=0.0, store_lag_s=0.0)
+        await asyncio.to_thread(coord.sweep)
+        assert coord.store.get_lease(second["lease_id"]).state == "expired"
+        status = (await client.get(f"/jobs/{job['job_id']}", headers=auth(TENANT))).json()
+        assert status["units_done"] == 1 and status["reissued_units"] == 1
+
+    try:
+        serve(coord, scenario)
+    finally:
+        coord.store.close()

@@ -58,6 +58,7 @@ from ..protocol import (
     unpack_frame,
 )
 from ..vehicle.hardware import get_profile
+from .admission import Admission
 from .artifacts import ArtifactStore, parse_range
 from .auth import Authenticator, bearer, hash_token, new_token, vehicle_credential
 from .bootstrap import bootstrap_credentials
@@ -91,6 +92,8 @@ class Coordinator:
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
         self.training: TrainingService = drivers["train"].service  # type: ignore[attr-defined]
         self.scheduler.offers_possible = lambda: self.training.any_live
+        self.admission = Admission(config.admission_max_delay_s or config.lease_ttl_s / 4,
+                                   interval_s=config.admission_interval_s)
         self.states = VehicleStates(self.store, self.clock, refresh_s=min(10.0, config.online_window_s / 3))
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
 
@@ -103,9 +106,10 @@ class Coordinator:
                 log.exception("lease sweep failed")
 
     def sweep(self) -> None:
-        """Write the cars' noted states; close every lease past its deadline, inference and training."""
+        """Write the cars' noted states; close every lease past its deadline, inference and training (with the
+        coordinator's own delay as grace: a completion may be waiting in its queue)."""
         self.states.flush()
-        self.scheduler.expire_due()
+        self.scheduler.expire_due(grace_s=self.admission.delay_s)
         self.training.expire_due()
 
 
@@ -198,13 +202,15 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
         coord.training.notify = lambda vehicles: coord.scheduler.polls.wake(0, vehicles)
         await asyncio.to_thread(coord.training.start)
         sweeper = asyncio.create_task(coord.sweep_forever())
+        watcher = asyncio.create_task(coord.admission.watch(lambda: coord.store.batched(lambda: None)))
         try:
             yield
         finally:
             await asyncio.to_thread(coord.training.shutdown)
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await asyncio.to_thread(coord.states.flush)
 
     app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan,
@@ -309,17 +315,20 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         coord.training.asked(v.vehicle_id)
         loop = asyncio.get_running_loop()
         until = loop.time() + min(req.wait_s, coord.config.max_long_poll_s)
+        admission = coord.admission
         while True:
             ticket = sched.polls.enter(v.vehicle_id)  # before looking: a wake in between is not lost
             try:
-                grant = await batched(lambda: sched.lease(v))
+                admitted = admission.open()  # else too far behind to take a new lease back in time: wait
+                grant = await batched(lambda: sched.lease(v)) if admitted else None
                 if grant is not None:
                     return grant
                 remaining = until - loop.time()
                 if remaining <= 0 or await request.is_disconnected():
                     return None
                 # Woken for new work (one car per unit), or look again now and then: work another replica made.
-                await ticket.wait(min(remaining, coord.config.long_poll_recheck_s))
+                recheck = coord.config.long_poll_recheck_s if admitted else admission.interval_s
+                await ticket.wait(min(remaining, recheck))
             finally:
                 sched.polls.leave(ticket)
 
@@ -348,6 +357,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"],
               openapi_extra=_hot_body(CompleteRequest))
     async def complete(lease_id: str, request: Request) -> Response:
+        arrived = coord.clock.now()  # the deadline is judged by this, not by when its turn came
         v = await vehicle(request)
         req = await _parse(CompleteRequest, request)
         inline = decode_inline(req.inline) if req.inline is not None else None  # bounded: 256 KiB at most
@@ -359,8 +369,8 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         def accept() -> tuple[LeaseAck, JobRecord, Grant | None]:
             # The scheduler checks the lease and the whole result before it writes a byte of it; the next lease
             # is taken in the same transaction.
-            ack, job = sched.record_completion(v, lease_id, req, inline)
-            if not wants_next:
+            ack, job = sched.record_completion(v, lease_id, req, inline, arrived=arrived)
+            if not (wants_next and coord.admission.open()):
                 return ack, job, None
             try:
                 return ack, job, sched.lease(v)

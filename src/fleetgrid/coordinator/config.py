@@ -67,6 +67,11 @@ class CoordinatorConfig:
     driver_claim_ttl_s: float = 6.0
     """Replicas on one database: the replica driving a training job renews its claim every sixth of this; when it
     dies, another takes the job over within this long."""
+    admission_max_delay_s: float | None = None
+    """New leases wait while the coordinator is further behind than this (its event loop's lag or its store's
+    queue, see :mod:`fleetgrid.coordinator.admission`); default a quarter of ``lease_ttl_s``."""
+    admission_interval_s: float = 0.5
+    """How often that lag is measured."""
     enroll_token: str | None = None
     operator_token: str | None = None
     tenant_tokens: dict[str, str] = field(default_factory=dict)
@@ -82,6 +87,10 @@ class CoordinatorConfig:
             raise InvalidInput(f"compute_slack_s must be >= 0 seconds, got {self.compute_slack_s}")
         if self.max_unit_attempts < 1:
             raise InvalidInput(f"max_unit_attempts must be >= 1, got {self.max_unit_attempts}")
+        if self.admission_max_delay_s is not None and self.admission_max_delay_s <= 0:
+            raise InvalidInput(f"admission_max_delay_s must be > 0 seconds, got {self.admission_max_delay_s}")
+        if self.admission_interval_s <= 0:
+            raise InvalidInput(f"admission_interval_s must be > 0 seconds, got {self.admission_interval_s}")
         if self.auth_cache_ttl_s < 0:
             raise InvalidInput(f"auth_cache_ttl_s must be >= 0 seconds (0 disables the cache), "
                                f"got {self.auth_cache_ttl_s}")

@@ -158,9 +158,9 @@ class Scheduler:
             self._require_active(owned)
         return owned
 
-    def _require_active(self, owned: _Owned) -> None:
+    def _require_active(self, owned: _Owned, *, at: float | None = None) -> None:
         lease = owned.lease
-        if lease.state == LeaseState.ACTIVE and lease.deadline < self.clock.now():
+        if lease.state == LeaseState.ACTIVE and lease.deadline < (self.clock.now() if at is None else at):
             self._expire(lease, owned.unit)
             lease.state = LeaseState.EXPIRED
         if lease.state == LeaseState.EXPIRED:
@@ -214,12 +214,13 @@ class Scheduler:
         return ack
 
     def record_completion(self, vehicle: VehicleRecord, lease_id: str, req: CompleteRequest,
-                          inline: bytes | None = None) -> tuple[LeaseAck, JobRecord]:
+                          inline: bytes | None = None, *, arrived: float | None = None) -> tuple[LeaseAck, JobRecord]:
         """Accept a unit's result: ``inline`` bytes sent with the request, else the artifact ``req.result`` the car
         uploaded. Nothing is written, inline bytes included, until the lease is found to be the car's and open and
         the workload's driver accepted the whole result; then the unit is done and metered in one transaction,
         which stores an inline result too. Returns the ack and the job after it, for :meth:`assemble_if_done`
-        (left to the caller: it may run outside the batch this ran in)."""
+        (left to the caller: it may run outside the batch this ran in). ``arrived``: when the report reached the
+        coordinator; its lease's deadline is judged at that moment (default: now)."""
         owned = self._owned(vehicle, lease_id, active=False)
         self._check_route(owned)
         if owned.lease.state == LeaseState.COMPLETED:
@@ -228,7 +229,7 @@ class Scheduler:
                 return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED), owned.job
             raise Conflict(f"lease {lease_id} was already completed with result {owned.lease.result_digest}; "
                            "a lease completes once")
-        self._require_active(owned)
+        self._require_active(owned, at=arrived)
         self._check_compute(owned.lease, req.compute_s)
         job, unit = owned.job, owned.unit
         driver = self.driver(job.kind)
@@ -313,10 +314,10 @@ class Scheduler:
         for lease in self.store.active_leases(vehicle_id):
             self._release(lease, LeaseState.FAILED, preempted=False)
 
-    def expire_due(self) -> int:
-        """Close every lease past its deadline and put its unit back in the queue; returns how many this call
-        closed (another coordinator's sweep may close some of the same ones first)."""
-        due = self.store.expired_leases(self.clock.now())
+    def expire_due(self, grace_s: float = 0.0) -> int:
+        """Close every lease more than ``grace_s`` past its deadline and put its unit back in the queue; returns how
+        many this call closed (another coordinator's sweep may close some of the same ones first)."""
+        due = self.store.expired_leases(self.clock.now() - grace_s)
         return sum(self._expire(lease, self.store.get_unit(lease.unit_id)) for lease in due)
 
     # --- results ------------------------------------------------------------------------------------------------
