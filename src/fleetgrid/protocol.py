@@ -7,7 +7,6 @@ Times on the wire are seconds since the epoch on the coordinator's clock.
 
 from __future__ import annotations
 
-import json
 import re
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -17,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 __all__ = [
     "API_PREFIX",
     "MAX_COMPUTE_S",
-    "MAX_FRAME_HEADER_BYTES",
     "MAX_INLINE_RESULT_BYTES",
     "MAX_ITEMS",
     "MAX_LEASE_BYTES",
@@ -40,6 +38,7 @@ __all__ = [
     "LeaseGrant",
     "LeaseRequest",
     "LedgerEntry",
+    "ModelDelta",
     "ModelRef",
     "ProgressReport",
     "Redundancy",
@@ -54,8 +53,6 @@ __all__ = [
     "VehicleSummary",
     "WorkGrant",
     "is_digest",
-    "pack_frame",
-    "unpack_frame",
 ]
 
 API_PREFIX = "/v1"
@@ -67,8 +64,6 @@ MAX_COMPUTE_S = 7 * 24 * 3600.0
 """Most compute seconds one lease may report; the coordinator also holds it to the lease's own lifetime."""
 MAX_ITEMS = 1 << 30
 """Most items (or training examples) one report may claim."""
-MAX_FRAME_HEADER_BYTES = 64 * 1024
-"""Largest JSON header of a frame (see :func:`pack_frame`); the blobs after it are bounded by the body limit."""
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the content, 64 lowercase hex digits")]
@@ -165,16 +160,34 @@ class LeaseGrant(_Wire):
     renew_every_s: float
 
 
+class ModelDelta(_Wire):
+    """One step of a training job's global model, stored as an artifact: the encoded downlink delta that takes
+    version ``version - 1`` to ``version``."""
+
+    version: int = Field(ge=1, description="the global version this delta leads to, from version - 1")
+    digest: Digest
+    size: int = Field(ge=0)
+
+
 class TrainGrant(_Wire):
     """One car's share of one training round: train the global ``base_version`` for ``local['steps']`` steps on the
-    shard it builds itself from ``data`` and ``shard``, then report the compressed delta (never the data)."""
+    shard it builds itself from ``data`` and ``shard``, then upload the compressed delta as an artifact and report
+    it (never the data).
+
+    The global's bytes are artifacts, fetched with ``GET /v1/artifacts/{digest}`` (resumable with ``Range``) like any
+    other: ``snapshot`` whole, or, for a car holding an older version N, the ``deltas`` after N when they are all
+    listed and weigh less than the snapshot."""
 
     kind: Literal["train"] = "train"
     lease_id: str
     job_id: str
     round: int = Field(description="the round attempt; the update must quote it back")
     base_version: int = Field(ge=0, description="global version to train from")
-    model_digest: Digest = Field(description="params_digest of that version; a car holding it downloads nothing")
+    model_digest: Digest = Field(description="params_digest of that version; a car holding it fetches nothing")
+    snapshot: ArtifactRef = Field(description="global version base_version, whole (float32, lossless encoding)")
+    deltas: list[ModelDelta] = Field(
+        default_factory=list, max_length=256,
+        description="the encoded deltas leading to base_version, oldest first and contiguous (may be empty)")
     model: str = Field(description="built-in trainable model, e.g. 'mnist1d-cnn' or 'charlm'")
     local: dict = Field(description="LocalTrainingConfig as JSON: optimizer, lr, steps (H), batch size, compression")
     seed: int = Field(description="seeds the car's batch order")
@@ -218,9 +231,10 @@ class LeaseAck(_Wire):
 
 
 class UpdateReport(_Wire):
-    """The JSON header of a training update (``POST /v1/train/leases/{id}/update``); the encoded delta follows it
-    in the same frame (see :func:`pack_frame`)."""
+    """A training lease's report (``POST /v1/train/leases/{id}/update``): the update itself is an artifact the car
+    uploaded first (``PUT /v1/artifacts/{sha256}``), named here by its digest; this body carries no bytes of it."""
 
+    update: Digest = Field(description="sha256 of the encoded delta (compression.encode output) the car uploaded")
     round: int
     base_version: int = Field(ge=0)
     num_examples: int = Field(ge=1, le=MAX_ITEMS, description="size of the car's local dataset (FedAvg's weight)")
@@ -356,43 +370,6 @@ class JobStatus(_Wire):
     training: TrainingProgress | None = None
     progress: dict | None = Field(default=None, description="the workload's own progress, e.g. an evaluation's "
                                   "per-car and aggregate metrics so far")
-
-
-def pack_frame(header: BaseModel | dict, blobs: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
-    """A JSON header and raw binary blobs in one body, no base64: u32 LE header length, the header (with
-    ``blob_sizes`` added), then the blobs back to back. Used for training updates and model downloads."""
-    head = header.model_dump(mode="json") if isinstance(header, BaseModel) else dict(header)
-    head["blob_sizes"] = [len(b) for b in blobs]
-    raw = json.dumps(head, separators=(",", ":")).encode()
-    return len(raw).to_bytes(4, "little") + raw + b"".join(blobs)
-
-
-def unpack_frame(data: bytes, max_header: int = MAX_FRAME_HEADER_BYTES) -> tuple[dict, list[bytes]]:
-    """The inverse of :func:`pack_frame`; ValueError naming the problem on a malformed frame, including a header
-    over ``max_header`` bytes or nested too deeply to parse."""
-    if len(data) < 4:
-        raise ValueError(f"frame of {len(data)} bytes is too short; expected a u32 header length first")
-    n = int.from_bytes(data[:4], "little")
-    if n > max_header:
-        raise ValueError(f"frame header of {n} bytes exceeds the {max_header}-byte limit for headers")
-    if n > len(data) - 4:
-        raise ValueError(f"frame header claims {n} bytes but only {len(data) - 4} follow")
-    try:
-        head = json.loads(data[4 : 4 + n])
-    except RecursionError:
-        raise ValueError("frame header is nested too deeply to parse; expected a flat JSON object") from None
-    except ValueError as exc:
-        raise ValueError(f"frame header is not JSON ({exc})") from exc
-    sizes = head.pop("blob_sizes", None) if isinstance(head, dict) else None
-    if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
-        raise ValueError("frame header must be a JSON object with blob_sizes: a list of byte counts")
-    if 4 + n + sum(sizes) != len(data):
-        raise ValueError(f"frame blobs total {sum(sizes)} bytes but {len(data) - 4 - n} follow the header")
-    blobs, at = [], 4 + n
-    for size in sizes:
-        blobs.append(data[at : at + size])
-        at += size
-    return head, blobs
 
 
 class TenantCreate(_Wire):

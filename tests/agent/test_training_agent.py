@@ -1,5 +1,6 @@
-"""The agent's training path: the worker's TrainTask, the /v1/train client calls, and whole training leases
-against an in-memory coordinator with a real worker process training MNIST-1D."""
+"""The agent's training path: the worker's TrainTask, the training report call, and whole training leases against an
+in-memory coordinator with a real worker process training MNIST-1D (the global's bytes and the updates are
+artifacts, fetched and uploaded like any workload's)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,14 @@ from fleetgrid.agent.worker import WorkerProcess
 from fleetgrid.workloads.federated.task import TrainTask, load_train_state
 from fleetgrid.clock import ManualClock
 from fleetgrid.protocol import (
+    ArtifactRef,
     FailRequest,
     LeaseAck,
     LeaseRequest,
+    ModelDelta,
     StateReport,
     TrainGrant,
     UpdateReport,
-    pack_frame,
-    unpack_frame,
 )
 from fleetgrid.vehicle.state import DriveState, Network
 from fleetgrid.workloads.training import (
@@ -125,55 +126,41 @@ def test_a_sigkilled_train_task_leaves_a_whole_checkpoint(tmp_path):
 
 
 def grant(lease_id: str = "t-1", *, round: int = 0, base_version: int = 0, digest: str = "0" * 64, steps: int = 5,
-          data: dict | None = None, shard: int = 0, renew_every_s: float = 5.0, **local_extra) -> TrainGrant:
+          data: dict | None = None, shard: int = 0, renew_every_s: float = 5.0,
+          snapshot: ArtifactRef | None = None, deltas: list[ModelDelta] | None = None, **local_extra) -> TrainGrant:
     return TrainGrant(
-        lease_id=lease_id, job_id="job-t", round=round, base_version=base_version, model_digest=digest, model=MODEL,
+        lease_id=lease_id, job_id="job-t", round=round, base_version=base_version, model_digest=digest,
+        snapshot=snapshot or ArtifactRef(digest="e" * 64, size=100), deltas=deltas or [], model=MODEL,
         local=local(steps, **local_extra), seed=11, data=data or DATA, shard=shard, deadline=time.time() + 60,
         renew_every_s=renew_every_s,
     )
 
 
-def test_the_client_speaks_the_training_routes():
+def test_the_client_reports_a_training_update_as_json():
     seen: list[httpx.Request] = []
     offered = grant()
-    frame = pack_frame({"from_version": 2, "version": 3, "digest": "d" * 64, "full": False}, [b"a" * 5000, b"b"])
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if request.url.path == "/v1/leases":
             return httpx.Response(200, content=offered.model_dump_json())
-        if request.url.path == "/v1/train/job-t/model":
-            return httpx.Response(200, content=frame, headers={"Content-Type": "application/octet-stream"})
         if request.url.path == "/v1/train/leases/t-1/update":
             return httpx.Response(200, json={"lease_id": "t-1", "state": "completed", "next_lease": json.loads(
                 offered.model_copy(update={"lease_id": "t-2"}).model_dump_json())})
         return httpx.Response(409, json={"error": "conflict", "message": "round 0 is closed"})
 
-    chunks: list[int] = []
-    report = UpdateReport(round=0, base_version=3, num_examples=10, steps_done=2, steps_planned=5, examples_seen=32)
+    report = UpdateReport(update="f" * 64, round=0, base_version=3, num_examples=10, steps_done=2, steps_planned=5,
+                          examples_seen=32)
     with CoordinatorClient("http://c.test", "cred-1", transport=httpx.MockTransport(handler)) as client:
         assert client.request_lease(LeaseRequest(state=STATE)) == offered
-        head, blobs = client.train_model("job-t", 2, on_bytes=chunks.append)
-        ack = client.train_update("t-1", report, b"payload")
-        client.train_model("job-t", None)
+        ack = client.train_update("t-1", report)
         with pytest.raises(errors.Conflict, match="round 0 is closed"):
-            client.train_update("t-9", report, b"payload")
-    assert head == {"from_version": 2, "version": 3, "digest": "d" * 64, "full": False}
-    assert blobs == [b"a" * 5000, b"b"] and sum(chunks) == len(frame)
+            client.train_update("t-9", report)
     assert isinstance(ack, LeaseAck) and isinstance(ack.next_lease, TrainGrant) and ack.next_lease.lease_id == "t-2"
-    _, model, update, model_again, _ = seen
-    assert model.url.params["have"] == "2" and "have" not in model_again.url.params
-    assert model.headers["authorization"] == "Bearer cred-1"
-    assert update.headers["content-type"] == "application/octet-stream"
-    sent, (payload,) = unpack_frame(update.content)
-    assert UpdateReport.model_validate(sent) == report and payload == b"payload"
-
-
-def test_a_model_body_that_is_not_a_frame_is_a_transport_error():
-    answer = httpx.Response(200, content=b"\xff\xff\xff\xff{}")
-    client = CoordinatorClient("http://c.test", "cred-1", transport=httpx.MockTransport(lambda r: answer))
-    with client, pytest.raises(errors.TransportError, match="not a frame"):
-        client.train_model("job-t", None)
+    _, update, _ = seen
+    assert update.headers["authorization"] == "Bearer cred-1"
+    assert update.headers["content-type"] == "application/json"
+    assert UpdateReport.model_validate_json(update.content) == report  # the report names the update; no bytes of it
 
 
 # --- whole leases against an in-memory coordinator -------------------------------------------------------------
@@ -189,14 +176,17 @@ class Round:
 
 @dataclass
 class FakeTrainingCoordinator(FakeCoordinator):
-    """:class:`FakeCoordinator` plus the training routes: hands out ``rounds`` in order, serves each global version
-    whole or as float32 deltas from the car's version, and records what the car sent."""
+    """:class:`FakeCoordinator` plus training: hands out ``rounds`` in order, publishes each global version as a
+    snapshot artifact and the float32 delta from the version before, and records the updates the car uploads and
+    reports."""
 
     rounds: list[Round] = field(default_factory=list)
     versions: list[torch.Tensor] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)  # version -> digest of its snapshot artifact
+    deltas: list[str] = field(default_factory=list)  # version v - 1 -> digest of the delta from v - 1 to v
     train_leases: dict[str, Round] = field(default_factory=dict)
-    model_downloads: list[tuple[int | None, bool, int]] = field(default_factory=list)  # (have, full, bytes)
-    updates: list[tuple[UpdateReport, bytes, int]] = field(default_factory=list)  # (report, payload, body bytes)
+    updates: list[tuple[UpdateReport, bytes]] = field(default_factory=list)  # (report, the update it names)
+    gone: set[str] = field(default_factory=set)  # artifacts a grant names that are no longer served (404)
     renew_every_s: float = 0.05
 
     def __post_init__(self) -> None:
@@ -204,11 +194,13 @@ class FakeTrainingCoordinator(FakeCoordinator):
         self.versions = [initial_params()]
         for seed in range(3):
             step = torch.from_numpy(np.random.default_rng(seed).normal(0, 1e-3, self.versions[0].shape).astype("f4"))
-            self.versions.append(self.versions[-1] + torch.from_numpy(decode(self._delta(step))))
+            delta = encode(step.numpy(), CompressionConfig(bits=8))  # a quarter of a snapshot: deltas are worth it
+            self.deltas.append(self.put(delta))
+            self.versions.append(self.versions[-1] + torch.from_numpy(decode(delta)))
+        self.snapshots = [self.put(encode(v.numpy(), CompressionConfig())) for v in self.versions]
 
-    @staticmethod
-    def _delta(step: torch.Tensor) -> bytes:
-        return encode(step.numpy(), CompressionConfig())
+    def ref(self, digest: str) -> ArtifactRef:
+        return ArtifactRef(digest=digest, size=len(self.artifacts[digest]))
 
     def request_lease(self, request: LeaseRequest) -> TrainGrant | None:
         self._auth()
@@ -219,10 +211,14 @@ class FakeTrainingCoordinator(FakeCoordinator):
             spec = self.rounds.pop(0)
             lease_id = f"lease-{len(self.calls_named('grant'))}"
             self.train_leases[lease_id] = spec
+            version = spec.base_version
             offered = grant(
-                lease_id, round=len(self.calls_named("grant")), base_version=spec.base_version,
-                digest=params_digest(self.versions[spec.base_version]), steps=spec.steps, data=spec.data,
+                lease_id, round=len(self.calls_named("grant")), base_version=version,
+                digest=params_digest(self.versions[version]), steps=spec.steps, data=spec.data,
                 renew_every_s=self.renew_every_s, compression={"bits": 8},
+                snapshot=self.ref(self.snapshots[version]),
+                deltas=[ModelDelta(version=v + 1, **self.ref(self.deltas[v]).model_dump(include={"digest", "size"}))
+                        for v in range(version)],
             )
             self.calls.append(("grant", offered))
             return offered
@@ -230,26 +226,9 @@ class FakeTrainingCoordinator(FakeCoordinator):
     def active_lease_ids(self) -> list[str]:
         return [*self.leases, *self.train_leases]
 
-    def train_model(self, job_id: str, have: int | None, *, on_bytes=None) -> tuple[dict, list[bytes]]:
+    def train_update(self, lease_id: str, report: UpdateReport) -> LeaseAck:
         self._auth()
-        (spec,) = self.train_leases.values()
-        version = spec.base_version
-        if have is None:
-            head = {"from_version": None, "version": version, "full": True}
-            blobs = [encode(self.versions[version].numpy(), CompressionConfig())]
-        else:
-            head = {"from_version": have, "version": version, "full": False}
-            blobs = [self._delta(self.versions[v + 1] - self.versions[v]) for v in range(have, version)]
-        frame = pack_frame(head | {"digest": params_digest(self.versions[version])}, blobs)
-        for i in range(0, len(frame), 4096):
-            if on_bytes is not None:
-                on_bytes(len(frame[i : i + 4096]))
-        self.model_downloads.append((have, have is None, len(frame)))
-        return unpack_frame(frame)
-
-    def train_update(self, lease_id: str, report: UpdateReport, payload: bytes) -> LeaseAck:
-        self._auth()
-        self.updates.append((report, payload, len(pack_frame(report, [payload]))))
+        self.updates.append((report, self.artifacts[report.update]))
         with self._lock:
             spec = self.train_leases.pop(lease_id)
         if spec.refuse:
@@ -269,8 +248,15 @@ class FakeTrainingCoordinator(FakeCoordinator):
             self.train_leases.pop(lease_id)
         return LeaseAck(lease_id=lease_id, state="handed_back" if request.handback else "failed")
 
-    def upload(self, data: bytes) -> str:
-        raise AssertionError("a training car uploaded an artifact: only update frames may leave it")
+    def download(self, digest: str, dest: Path, *, on_bytes=None) -> int:
+        if digest in self.gone:
+            raise errors.NotFound(f"artifact {digest} does not exist or is not yours to read")
+        return super().download(digest, dest, on_bytes=on_bytes)
+
+    def uploads(self) -> list[bytes]:
+        """What the car uploaded: every artifact that was not published here."""
+        published = {*self.snapshots, *self.deltas}
+        return [data for digest, data in self.artifacts.items() if digest not in published]
 
 
 @pytest.fixture
@@ -295,34 +281,52 @@ def training_agent(tmp_path, bus, clock, fake, worker, **overrides) -> Agent:
     return Agent(config, bus, clock, client=fake, worker=worker)
 
 
-def test_a_car_downloads_a_global_once_then_dedups_by_digest_and_takes_deltas(tmp_path, clock, worker):
+def test_a_car_fetches_a_global_once_then_dedups_by_digest_and_takes_deltas(tmp_path, clock, worker):
     fake = FakeTrainingCoordinator(rounds=[Round(0), Round(0), Round(2)])
     agent = training_agent(tmp_path, make_bus(clock), clock, fake, worker, max_units=3)
     stats = agent.run(threading.Event())
     assert stats.train_leases == stats.leases == 3 and stats.train_updates == 3 and stats.unit_failures == 0
-    # Version 0 whole; version 0 again from the car's own copy (same digest); version 2 as two deltas from 0.
-    assert [(have, full) for have, full, _ in fake.model_downloads] == [(None, True), (0, False)]
+    # Version 0 whole (its snapshot artifact); version 0 again from the car's own copy (same digest); version 2 as
+    # the two delta artifacts after version 0, which weigh less than its snapshot.
+    assert fake.downloads == {fake.snapshots[0]: 1, fake.deltas[0]: 1, fake.deltas[1]: 1}
     assert stats.model_downloads == 2 and stats.model_cache_hits == 1
-    held = json.loads((tmp_path / "car" / "train" / "job-t" / "global.json").read_text())
+    train_dir = tmp_path / "car" / "train" / "job-t"
+    held = json.loads((train_dir / "global.json").read_text())
     assert held == {"version": 2, "digest": params_digest(fake.versions[2])}
+    assert not (train_dir / "fetched").exists()  # the fetched artifacts go once the version is installed
     numel = fake.versions[0].numel()
-    for (report, payload, _), offered in zip(fake.updates, fake.calls_named("grant"), strict=True):
+    for (report, payload), offered in zip(fake.updates, fake.calls_named("grant"), strict=True):
         assert decode(payload).shape == (numel,) and np.isfinite(decode(payload)).all()
         assert (report.round, report.base_version) == (offered.round, offered.base_version)
         assert report.steps_done == report.steps_planned == 5 and not report.preempted
         assert report.examples_seen == 80 and report.num_examples > 0 and report.compute_s > 0
-    # Only the first round was asked for on its own; the others came back with the previous update.
-    assert len(fake.lease_requests) == 3 and [r.next is not None for r, _, _ in fake.updates] == [True, True, False]
+    # Only the first round was asked for on its own; the others came back with the previous report.
+    assert len(fake.lease_requests) == 3 and [r.next is not None for r, _ in fake.updates] == [True, True, False]
+    # The car uploaded its updates, each once, and nothing else.
+    assert sorted(fake.uploads()) == sorted(payload for _, payload in fake.updates)
     # Every byte down and up was charged, to the plan and to its lease's report.
-    down = sum(n for _, _, n in fake.model_downloads)
-    up = sum(n for _, _, n in fake.updates)
-    assert stats.train_bytes_down == down and abs(stats.train_bytes_up - up) <= 3 * 4
-    assert stats.wifi_bytes == agent.plan.to_json()["wifi_bytes_total"] == stats.train_bytes_down + stats.train_bytes_up
-    first, _, first_body = fake.updates[0]
-    assert abs(first.wifi_bytes - (fake.model_downloads[0][2] + first_body)) <= 4 and first.cellular_bytes == 0
-    residual = np.load(tmp_path / "car" / "train" / "job-t" / "residual.npy")
+    down = sum(len(fake.artifacts[digest]) for digest in fake.downloads)
+    up = sum(len(payload) for _, payload in fake.updates)
+    assert stats.train_bytes_down == down and stats.train_bytes_up == up
+    assert stats.wifi_bytes == agent.plan.to_json()["wifi_bytes_total"] == down + up
+    first, first_update = fake.updates[0]
+    assert first.wifi_bytes == len(fake.artifacts[fake.snapshots[0]]) + len(first_update) and first.cellular_bytes == 0
+    residual = np.load(train_dir / "residual.npy")
     assert residual.shape == (numel,) and np.abs(residual).max() > 0, "8-bit updates leave a residual to carry"
-    assert fake.calls_named("fail") == [] and fake.artifacts == {}
+    assert fake.calls_named("fail") == []
+
+
+def test_a_delta_chain_that_misses_falls_back_to_the_snapshot(tmp_path, clock, worker):
+    """A car holding version 0 is granted version 2 with a delta artifact the coordinator no longer has: it fetches
+    the snapshot instead, and still lands on the grant's digest."""
+    fake = FakeTrainingCoordinator(rounds=[Round(0), Round(2)], gone=set())
+    fake.gone.add(fake.deltas[1])
+    agent = training_agent(tmp_path, make_bus(clock), clock, fake, worker, max_units=2)
+    stats = agent.run(threading.Event())
+    assert stats.train_updates == 2 and stats.unit_failures == 0 and stats.model_downloads == 2
+    assert fake.downloads == {fake.snapshots[0]: 1, fake.deltas[0]: 1, fake.snapshots[2]: 1}
+    held = json.loads((tmp_path / "car" / "train" / "job-t" / "global.json").read_text())
+    assert held == {"version": 2, "digest": params_digest(fake.versions[2])}
 
 
 def test_preemption_mid_training_sends_a_partial_update(tmp_path, clock, worker):
@@ -336,7 +340,7 @@ def test_preemption_mid_training_sends_a_partial_update(tmp_path, clock, worker)
         wait_for(lambda: fake.updates, what="the partial update")
         assert agent.worker.pid is None, "the worker process is gone"
     stats = out["stats"]
-    ((report, payload, _),) = fake.updates
+    ((report, payload),) = fake.updates
     assert report.preempted and 0 < report.steps_done < report.steps_planned == 5000
     assert report.next is None and decode(payload).shape == (fake.versions[0].numel(),)
     assert stats.preemptions == 1 and stats.train_partial_updates == 1 and stats.train_updates == 0

@@ -179,6 +179,31 @@ def test_artifact_owners_and_vehicle_reads(store):
     assert store.get_artifact(D3).size == 6 and store.owns("tenant:acme", D2)
 
 
+def test_job_owned_artifacts_are_read_by_the_jobs_cars_and_released_by_owner(store):
+    """A training job's global versions are owned by 'job:ID': a car may read them while it holds an active lease of
+    that job, and no longer; releasing an owner's hold removes the records nobody else holds, and says which."""
+    _vehicle(store)
+    _vehicle(store, "v-2")
+    _job(store, "job-1", n_units=1)
+    _job(store, "job-2", n_units=1)
+    D4 = "d" * 64
+    store.add_artifacts([(D2, 5), (D3, 6)], "job:job-1", 1.0)
+    store.add_artifact(D3, 6, "job:job-2", 1.0)  # the same bytes published by two jobs (an identical version 0)
+    store.add_artifact(D4, 7, "vehicle:v-1", 1.0)
+    assert store.vehicle_may_read("v-1", D2) is False
+    store.acquire("v-1", 1.0, 2.0, "l0")  # a lease of job-1 (the older job's unit goes first)
+    assert store.vehicle_may_read("v-1", D2) is True and store.vehicle_may_read("v-2", D2) is False
+    store.acquire("v-2", 1.0, 2.0, "l1")  # a lease of job-2
+    assert store.vehicle_may_read("v-2", D3) is True and store.vehicle_may_read("v-2", D2) is False
+
+    assert store.release_artifacts("job:job-1", [D2, D3, D4]) == [D2]  # D3 is still job-2's; D4 never job-1's
+    assert store.get_artifact(D2) is None and store.get_artifact(D3).owners == ["job:job-2"]
+    assert store.vehicle_may_read("v-1", D2) is False and store.owns("vehicle:v-1", D4)
+    assert store.release_artifacts("job:job-1", [D2]) == []  # twice is harmless
+    assert store.release_artifacts("job:job-2") == [D3] and store.get_artifact(D3) is None
+    assert store.release_artifacts("vehicle:v-1", [D4]) == [D4] and store.get_artifact(D4) is None
+
+
 def test_state_survives_reopening(store_url):
     first = open_store(store_url)
     _vehicle(first)

@@ -1,17 +1,20 @@
 """Training jobs through a real coordinator process, with cars scripted over raw HTTP: the round mechanics, the
-wire formats, and every way a tenant or a car can get it wrong (4xx, and the global never touched)."""
+wire formats, and every way a tenant or a car can get it wrong (4xx, and the global never touched).
+
+A car fetches the global's artifacts the grant names and uploads its update as an artifact before reporting it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load as st_load
 
-from fleetgrid.protocol import pack_frame, unpack_frame
 from fleetgrid.workloads.training import (
     CompressionConfig,
     DataSpec,
@@ -26,7 +29,7 @@ from fleetgrid.workloads.training import (
     encode,
     train_locally,
 )
-from harness import ENROLL, TENANT, start_coordinator
+from harness import ENROLL, OPERATOR, TENANT, start_coordinator
 
 torch.set_num_threads(1)
 
@@ -98,10 +101,27 @@ def wait_version(api, job_id: str, version: int, timeout_s: float = 30.0) -> dic
     raise AssertionError(f"job {job_id} did not reach version {version}: {s}")
 
 
-def model_of(api, cred: str, job_id: str, have: int | None = None) -> tuple[dict, list[bytes]]:
-    r = api.get(f"/train/{job_id}/model", params={} if have is None else {"have": have}, headers=auth(cred))
-    assert r.status_code == 200, r.text
-    return unpack_frame(r.content)
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch(api, cred: str, digest: str, **headers) -> bytes:
+    r = api.get(f"/artifacts/{digest}", headers=auth(cred) | headers)
+    assert r.status_code in (200, 206), r.text
+    return r.content
+
+
+def global_params(api, cred: str, grant: dict) -> torch.Tensor:
+    """The grant's base version, from its snapshot artifact (checked against the grant's digest)."""
+    full = fetch(api, cred, grant["snapshot"]["digest"])
+    assert len(full) == grant["snapshot"]["size"]
+    return apply_download(None, ModelDownload(from_version=None, version=grant["base_version"],
+                                              digest=grant["model_digest"], full=full))
+
+
+def stored(server, digest: str) -> bool:
+    """Whether the coordinator's artifact directory holds ``digest``."""
+    return (Path(server.data_dir) / "artifacts" / digest[:2] / digest).is_file()
 
 
 def train(grant: dict, params: torch.Tensor, cred_name: str = "car") -> tuple[dict, bytes]:
@@ -120,15 +140,19 @@ def train(grant: dict, params: torch.Tensor, cred_name: str = "car") -> tuple[di
     return report, u.payload
 
 
+def upload(api, cred: str, data: bytes) -> str:
+    r = api.put(f"/artifacts/{sha(data)}", content=data, headers=auth(cred))
+    assert r.status_code in (200, 201), r.text
+    return sha(data)
+
+
+def report_update(api, cred: str, lease_id: str, report: dict, digest: str):
+    return api.post(f"/train/leases/{lease_id}/update", json={**report, "update": digest}, headers=auth(cred))
+
+
 def post_update(api, cred: str, lease_id: str, report: dict, payload: bytes):
-    return api.post(f"/train/leases/{lease_id}/update", content=pack_frame(report, [payload]),
-                    headers=auth(cred) | {"content-type": "application/octet-stream"})
-
-
-def global_params(api, cred: str, job_id: str) -> torch.Tensor:
-    header, blobs = model_of(api, cred, job_id)
-    return apply_download(None, ModelDownload(from_version=None, version=header["version"],
-                                              digest=header["digest"], full=blobs[0]))
+    """What a car does with its update: upload it as an artifact, then report it by digest."""
+    return report_update(api, cred, lease_id, report, upload(api, cred, payload))
 
 
 # --- submission ------------------------------------------------------------------------------------------------
@@ -162,11 +186,29 @@ def test_bad_submission_fields_are_422_naming_the_field(api):
     assert r.status_code == 422 and "epochs" in r.json()["message"]
 
 
+def test_the_openapi_schema_describes_the_training_protocol(server):
+    """Training has no byte route of its own: the report is JSON naming an artifact, and the grant names the
+    artifacts of the global version."""
+    import httpx
+
+    doc = httpx.get(server.url + "/openapi.json", timeout=30).json()
+    paths, schemas = doc["paths"], doc["components"]["schemas"]
+    assert not [p for p in paths if p.startswith("/v1/train/") and p.endswith("/model")]
+    body = paths["/v1/train/leases/{lease_id}/update"]["post"]["requestBody"]["content"]
+    assert list(body) == ["application/json"] and body["application/json"]["schema"]["$ref"].endswith("/UpdateReport")
+    assert "update" in schemas["UpdateReport"]["required"]
+    assert {"snapshot", "deltas", "model_digest"} <= set(schemas["TrainGrant"]["properties"])
+    assert {"version", "digest", "size"} <= set(schemas["ModelDelta"]["properties"])
+    assert "/v1/artifacts/{digest}" in paths
+
+
 # --- one job, end to end, with scripted cars -------------------------------------------------------------------
 
-def test_rounds_updates_checkpoints_and_the_final_model(api):
-    r = submit(api, rounds=2, settings={"local": {"steps": 4, "batch_size": 16}, "downlink": {"bits": 8},
-                                        "rounds": {"clients_per_round": 1, "over_selection": 2.0, "deadline_s": 60}})
+def test_rounds_updates_checkpoints_and_the_final_model(api, server):
+    # A seed of its own: version 0's bytes are this job's alone, so their release shows on disk.
+    r = submit(api, rounds=2, init_seed=101,
+               settings={"local": {"steps": 4, "batch_size": 16}, "downlink": {"bits": 8},
+                         "rounds": {"clients_per_round": 1, "over_selection": 2.0, "deadline_s": 60}})
     assert r.status_code == 201, r.text
     job_id = r.json()["job_id"]
     assert r.json()["kind"] == "train" and r.json()["training"]["target_versions"] == 2
@@ -175,9 +217,11 @@ def test_rounds_updates_checkpoints_and_the_final_model(api):
     # Round 1: over-selection offers both cars a share; the first report closes the round.
     grants = [lease(api, c, job_id) for c in cars]
     assert {g["round"] for g in grants} == {1} and all(g["base_version"] == 0 for g in grants)
-    params0 = global_params(api, cars[0], job_id)
+    assert grants[0]["snapshot"] == grants[1]["snapshot"] and grants[0]["deltas"] == []  # version 0: no delta yet
+    params0 = global_params(api, cars[0], grants[0])
     report, payload = train(grants[0], params0)
-    ok = post_update(api, cars[0], grants[0]["lease_id"], report, payload)
+    update0 = upload(api, cars[0], payload)
+    ok = report_update(api, cars[0], grants[0]["lease_id"], report, update0)
     assert ok.status_code == 200 and ok.json()["state"] == "completed", ok.text
     s = wait_version(api, job_id, 1)
     assert s["training"]["history"][-1]["used"] == 1 and 0 <= s["training"]["history"][-1]["accuracy"] <= 1
@@ -189,16 +233,19 @@ def test_rounds_updates_checkpoints_and_the_final_model(api):
     assert late.status_code == 409 and "closed" in late.json()["message"], late.text
     assert status(api, job_id)["training"]["version"] == 1
 
-    # Round 2: a car holding version 0 downloads only the (int8) delta, and it lands on the digest.
+    # Round 2: a car holding version 0 fetches only the (int8) delta artifact, and it lands on the digest.
     grant = lease(api, cars[0], job_id)
     assert grant["base_version"] == 1
-    header, blobs = model_of(api, cars[0], job_id, have=0)
-    assert header["full"] is False and len(blobs) == 1
-    params1 = apply_download(params0, ModelDownload(from_version=0, version=1, digest=header["digest"], full=None,
-                                                    deltas=tuple(blobs)))
-    assert header["digest"] == grant["model_digest"]
-    current, _ = model_of(api, cars[0], job_id, have=1)
-    assert current["version"] == 1 and current["full"] is False  # already current: nothing to fetch
+    (delta,) = grant["deltas"]
+    assert delta["version"] == 1 and delta["size"] < grant["snapshot"]["size"] / 3
+    blob = fetch(api, cars[0], delta["digest"])
+    params1 = apply_download(params0, ModelDownload(from_version=0, version=1, digest=grant["model_digest"], full=None,
+                                                    deltas=(blob,)))
+    assert torch.equal(params1, global_params(api, cars[0], grant))
+    # Round 2 was offered after version 1's checkpoint, which released what no round needs any more: version 0's
+    # snapshot and the update it folded in (with its record); version 1's artifacts stay.
+    assert not stored(server, grants[0]["snapshot"]["digest"]) and not stored(server, update0)
+    assert stored(server, grant["snapshot"]["digest"]) and stored(server, delta["digest"])
     before = status(api, job_id)["training"]
 
     # Malformed updates: 400 each, the lease stays usable, the global and its checkpoint untouched.
@@ -215,30 +262,37 @@ def test_rounds_updates_checkpoints_and_the_final_model(api):
         (report, b"not an update, just some text", "magic"),
         ({**report, "round": report["round"] + 7}, payload, "round"),
         ({**report, "steps_done": 99}, payload, "steps"),
-        ({**report, "num_examples": 0}, payload, "num_examples"),
     ]
     for bad_report, bad_payload, needle in bad_cases:
         r = post_update(api, cars[0], grant["lease_id"], bad_report, bad_payload)
         assert r.status_code == 400, (needle, r.text)
         assert needle in r.json()["message"], (needle, r.json())
-    garbage = api.post(f"/train/leases/{grant['lease_id']}/update", content=b"\x05\x00",
-                       headers=auth(cars[0]) | {"content-type": "application/octet-stream"})
-    assert garbage.status_code == 400 and "frame" in garbage.json()["message"]
+    r = post_update(api, cars[0], grant["lease_id"], {**report, "num_examples": 0}, payload)
+    assert r.status_code == 422 and "num_examples" in r.json()["message"], r.text
     after = status(api, job_id)["training"]
     assert (after["version"], after["checkpoint"]) == (before["version"], before["checkpoint"])
     assert after["rejected"] >= before["rejected"] + 3
 
     # Another car may not report on this lease; the right car's good update finishes the job.
-    assert post_update(api, cars[1], grant["lease_id"], report, payload).status_code == 403
-    assert post_update(api, cars[0], grant["lease_id"], report, payload).status_code == 200
-    again = post_update(api, cars[0], grant["lease_id"], report, payload)
+    digest = upload(api, cars[0], payload)
+    assert report_update(api, cars[1], grant["lease_id"], report, digest).status_code == 403
+    assert report_update(api, cars[0], grant["lease_id"], report, digest).status_code == 200
+    again = report_update(api, cars[0], grant["lease_id"], {**report, "wifi_bytes": 123}, digest)
     assert again.status_code == 200 and again.json()["state"] == "completed"  # a retried report counts once
+    other = report_update(api, cars[0], grant["lease_id"], report, upload(api, cars[0], wrong_shape))
+    assert other.status_code == 409 and "reports once" in other.json()["message"], other.text
     until = time.monotonic() + 30
     while (s := status(api, job_id))["state"] != "done" and time.monotonic() < until:
         time.sleep(0.1)
     assert s["state"] == "done", s
     assert [h["version"] for h in s["training"]["history"]] == [0, 1, 2]
     assert s["training"]["bytes_up"] > 0 and s["training"]["bytes_down"] > 0
+    # Once the job is done, what it published goes too (the final model and checkpoint are the tenant's).
+    until = time.monotonic() + 30
+    while stored(server, grant["snapshot"]["digest"]) and time.monotonic() < until:
+        time.sleep(0.1)
+    assert not stored(server, grant["snapshot"]["digest"]) and not stored(server, delta["digest"])
+    assert not stored(server, digest)  # the last update, folded into version 2
 
     # The final model: safetensors that load into the model, with the metrics history in its metadata.
     blob = api.get(f"/jobs/{job_id}/result", headers=auth(TENANT))
@@ -252,16 +306,68 @@ def test_rounds_updates_checkpoints_and_the_final_model(api):
     assert FlatLayout.of(model).flatten(model).shape == params1.shape
 
     # Training leases are metered per car like inference units.
-    ledger = api.get("/ledger", headers={"authorization": "Bearer fgo_test-operator-token"}).json()
+    ledger = api.get("/ledger", headers=auth(OPERATOR)).json()
     assert any(row["units"] >= 1 for row in ledger)
 
 
-def test_models_are_served_only_to_cars_training_them(api):
-    r = submit(api)
-    job_id = r.json()["job_id"]
-    stranger = enroll(api, "stranger")
-    assert api.get(f"/train/{job_id}/model", headers=auth(stranger)).status_code == 404
-    assert api.get(f"/train/{job_id}/model", headers=auth(TENANT)).status_code == 401
+def test_global_versions_are_read_only_by_cars_training_them_and_resume_with_range(api):
+    """A version's artifacts are the job's: a car with an open lease of the job reads them (resuming a cut
+    transfer with Range); a car without one, a tenant, or the same car once its lease is closed get a 404."""
+    job_id = submit(api, init_seed=202).json()["job_id"]
+    car, stranger = enroll(api, "trainee"), enroll(api, "stranger")
+    grant = lease(api, car, job_id)
+    digest, size = grant["snapshot"]["digest"], grant["snapshot"]["size"]
+    whole = fetch(api, car, digest)
+    assert len(whole) == size and sha(whole) == digest
+    cut = size // 3  # what a car got before its link dropped: it asks for the rest only
+    rest = api.get(f"/artifacts/{digest}", headers=auth(car) | {"range": f"bytes={cut}-"})
+    assert rest.status_code == 206 and rest.headers["content-range"] == f"bytes {cut}-{size - 1}/{size}"
+    assert whole[:cut] + rest.content == whole
+    for who in (stranger, TENANT):
+        r = api.get(f"/artifacts/{digest}", headers=auth(who))
+        assert r.status_code == 404 and "not yours to read" in r.json()["message"], r.text
+    r = api.post(f"/leases/{grant['lease_id']}/fail", json={"reason": "preempted", "handback": True},
+                 headers=auth(car))
+    assert r.status_code == 200, r.text
+    assert api.get(f"/artifacts/{digest}", headers=auth(car)).status_code == 404
+    api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))
+
+
+def test_a_hostile_cars_update_reports_are_refused_and_change_nothing(api):
+    """An update digest the car did not upload (another car's, or none at all), one larger than any update of the
+    model, a truncated one, or one holding a NaN: each a 4xx naming the problem, before anything is written. The
+    lease stays open, the job and the ledger as they were, and the car's real update is then accepted."""
+    job_id = submit(api).json()["job_id"]
+    car, other = enroll(api, "hostile"), enroll(api, "bystander2")
+    grant = lease(api, car, job_id)
+    params = global_params(api, car, grant)
+    report, payload = train(grant, params)
+    numel = params.numel()
+    nan = bytearray(encode(np.ones(numel, dtype=np.float32), CompressionConfig()))
+    nan[-4:] = np.float32(np.nan).tobytes()
+    cases = [
+        (upload(api, other, payload), 404, "was not uploaded by this vehicle"),  # the bytes are another car's
+        (sha(b"never uploaded"), 404, "was not uploaded by this vehicle"),
+        (upload(api, car, payload + bytes(9 * numel)), 400, "is at most"),
+        (upload(api, car, payload[:-8]), 400, "header implies"),
+        (upload(api, car, bytes(nan)), 400, "NaN"),
+    ]
+    before = status(api, job_id)
+    units_before = {row["vehicle_id"]: row["units"] for row in api.get("/ledger", headers=auth(OPERATOR)).json()}
+    for digest, code, needle in cases:
+        r = report_update(api, car, grant["lease_id"], report, digest)
+        assert r.status_code == code and needle in r.json()["message"], (needle, r.text)
+    after = status(api, job_id)
+    for key in ("units_done", "units_in_flight", "state"):
+        assert after[key] == before[key], key
+    for key in ("version", "checkpoint", "reports"):
+        assert after["training"][key] == before["training"][key], key
+    ledger = {row["vehicle_id"]: row["units"] for row in api.get("/ledger", headers=auth(OPERATOR)).json()}
+    assert ledger == units_before
+    hb = api.post("/vehicles/heartbeat", json=PARKED, headers=auth(car)).json()
+    assert grant["lease_id"] in hb["active_leases"]
+    ok = post_update(api, car, grant["lease_id"], report, payload)
+    assert ok.status_code == 200 and ok.json()["state"] == "completed", ok.text
     api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))
 
 
@@ -284,7 +390,7 @@ def test_training_lease_routes_refuse_inference_reports(api):
 
 def test_fedbuff_takes_stale_updates_and_serves_each_car_its_own_version(api):
     """Asynchronous: every update makes a version; a car that trained on an older one is still heard (down-
-    weighted), and the model route serves each car the version its lease names, not the latest."""
+    weighted), and the version its lease names stays readable after a newer one is made."""
     r = submit(api, strategy="fedbuff", rounds=2,
                settings={"local": {"steps": 4, "batch_size": 16}, "buffer_size": 1, "concurrency": 2,
                          "max_staleness": 2, "rounds": {"clients_per_round": 1, "deadline_s": 60}})
@@ -293,40 +399,41 @@ def test_fedbuff_takes_stale_updates_and_serves_each_car_its_own_version(api):
     cars = [enroll(api, f"async{i}") for i in range(2)]
     grants = [lease(api, c, job_id) for c in cars]
     assert [g["base_version"] for g in grants] == [0, 0]
-    first = global_params(api, cars[0], job_id)
+    first = global_params(api, cars[0], grants[0])
     report, payload = train(grants[0], first)
     assert post_update(api, cars[0], grants[0]["lease_id"], report, payload).status_code == 200
     wait_version(api, job_id, 1)
-    # Car 1 still holds a lease on version 0: it is served version 0 (a snapshot), not version 1.
-    header, _ = model_of(api, cars[1], job_id)
-    assert header["version"] == 0 and header["digest"] == grants[1]["model_digest"]
+    # Car 1 still holds a lease on version 0: version 0's snapshot is kept for it (within max_staleness).
+    assert torch.equal(global_params(api, cars[1], grants[1]), first)
     report, payload = train(grants[1], first)
     assert post_update(api, cars[1], grants[1]["lease_id"], report, payload).status_code == 200
     s = wait_version(api, job_id, 2)
     assert s["training"]["history"][2]["mean_staleness"] == 1.0
 
 
-def test_hostile_update_frames_get_a_4xx_and_never_a_500(api):
-    """Deeply nested or oversized frame headers are refused with a 400; a car without the lease is refused before
-    its body is parsed at all."""
+def test_hostile_update_reports_get_a_4xx_and_never_a_500(api):
+    """A report is small JSON: deeply nested JSON, a body that is not JSON (an old car's frame of report and bytes),
+    a malformed digest, an unknown lease or someone else's lease each get a 4xx naming the problem."""
     job_id = submit(api).json()["job_id"]
     car, stranger = enroll(api, "nester"), enroll(api, "bystander")
-    nested = b"[" * 30_000 + b"]" * 30_000  # within the header limit, far past any parser's recursion limit
-    deep = len(nested).to_bytes(4, "little") + nested
-    padded = json.dumps({"round": 1, "pad": "x" * 200_000, "blob_sizes": []}).encode()
-    oversized = len(padded).to_bytes(4, "little") + padded
-    octets = {"content-type": "application/octet-stream"}
-    r = api.post("/train/leases/tl-nothing-here/update", content=deep, headers=auth(car) | octets)
-    assert r.status_code == 404, r.text
     grant = lease(api, car, job_id)
     path = f"/train/leases/{grant['lease_id']}/update"
-    assert api.post(path, content=deep, headers=auth(stranger) | octets).status_code == 403
-    r = api.post(path, content=deep, headers=auth(car) | octets)
-    assert r.status_code == 400 and "nested" in r.json()["message"], r.text
-    r = api.post(path, content=oversized, headers=auth(car) | octets)
-    assert r.status_code == 400 and "header" in r.json()["message"], r.text
-    r = api.post("/leases", content=nested, headers=auth(car) | {"content-type": "application/json"})
+    good = {"update": "0" * 64, "round": grant["round"], "base_version": grant["base_version"], "num_examples": 1,
+            "steps_done": 1, "steps_planned": 4, "examples_seen": 16}
+    r = api.post("/train/leases/tl-nothing-here/update", json=good, headers=auth(car))
+    assert r.status_code == 404 and "tl-nothing-here" in r.json()["message"], r.text
+    r = api.post(path, json=good, headers=auth(stranger))
+    assert r.status_code == 403 and "another vehicle" in r.json()["message"], r.text
+    nested = b"[" * 30_000 + b"]" * 30_000  # far past any parser's recursion limit
+    r = api.post(path, content=nested, headers=auth(car) | {"content-type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
+    frame = (2).to_bytes(4, "little") + b"{}" + b"\x00" * 64
+    r = api.post(path, content=frame, headers=auth(car) | {"content-type": "application/octet-stream"})
+    assert r.status_code == 422, r.text
+    r = api.post(path, json={**good, "update": "not-a-digest"}, headers=auth(car))
+    assert r.status_code == 422 and "update" in r.json()["message"], r.text
+    r = api.post(path, json={**good, "payload": "AAAA"}, headers=auth(car))
+    assert r.status_code == 422 and "unknown field 'payload'" in r.json()["message"], r.text
     api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))
 
 
@@ -334,7 +441,8 @@ def test_hostile_update_frames_get_a_4xx_and_never_a_500(api):
 
 def test_a_sigkill_mid_round_loses_no_acknowledged_update_and_no_lease(tmp_path):
     """Offers, leases and acknowledged updates are rows and artifacts: a coordinator killed mid-round comes back
-    with the round it was in, the update it acknowledged, and the lease a second car is still working on."""
+    with the round it was in, the update it acknowledged (the car's upload and the record naming it), and the lease
+    a second car is still working on."""
     import httpx
 
     coordinator = start_coordinator(tmp_path / "coord", lease_ttl_s=60.0)
@@ -349,22 +457,24 @@ def test_a_sigkill_mid_round_loses_no_acknowledged_update_and_no_lease(tmp_path)
             grants = [lease(api, first, job_id), lease(api, second, job_id)]
             assert [g["round"] for g in grants] == [1, 1]
             assert status(api, job_id)["units_in_flight"] == 2  # training leases count like any other
-            params0 = global_params(api, first, job_id)
-            report, payload = train(grants[0], params0, "first")
-            ok = post_update(api, first, grants[0]["lease_id"], report, payload)
+            params0 = global_params(api, first, grants[0])
+            report0, payload0 = train(grants[0], params0, "first")
+            update0 = upload(api, first, payload0)
+            ok = report_update(api, first, grants[0]["lease_id"], report0, update0)
             assert ok.status_code == 200 and ok.json()["state"] == "completed", ok.text
             assert status(api, job_id)["units_done"] == 0  # one of two reports: the round is still open
         coordinator.kill()
+        assert stored(coordinator, update0)
         coordinator.start()
         with httpx.Client(base_url=coordinator.url + "/v1", timeout=30) as api:
+            # A retry of the first car's acknowledged report (its answer lost to the kill) is recognised.
+            again = report_update(api, first, grants[0]["lease_id"], {**report0, "wifi_bytes": 7}, update0)
+            assert again.status_code == 200 and again.json()["state"] == "completed", again.text
             # The second car's lease survived the restart: it renews, and its update is taken.
             assert api.post(f"/leases/{grants[1]['lease_id']}/renew", headers=auth(second)).status_code == 200
             report, payload = train(grants[1], params0, "second")
             ok = post_update(api, second, grants[1]["lease_id"], report, payload)
             assert ok.status_code == 200, ok.text
-            # A retry of the first car's acknowledged report is still recognised after the restart.
-            again = post_update(api, first, grants[0]["lease_id"], *train(grants[0], params0, "first"))
-            assert again.status_code in (200, 409), again.text
             s = wait_version(api, job_id, 1)
             assert s["training"]["history"][-1]["used"] == 2, s["training"]["history"]  # both updates folded in
             final = status(api, job_id)

@@ -1,13 +1,15 @@
 """Federated training on the whole system: a coordinator process, agent processes, HTTP on 127.0.0.1.
 
 Covers the issue's end-to-end promises: a job trains to completion on real cars; no byte a car uploads contains
-any training sample (checked on the wire, through a recording proxy); a coordinator SIGKILLed mid-job resumes
-from its last checkpointed version with nothing lost.
+any training sample (checked on the wire, through a recording proxy); a car whose link drops mid-download resumes
+the global's artifact where it stopped, paying for each byte once; a coordinator SIGKILLed mid-job resumes from its
+last checkpointed version with nothing lost.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load as st_load
 
-from fleetgrid.workloads.training import build_model
+from fleetgrid.workloads.training import CompressionConfig, FlatLayout, build_model, encoded_nbytes
 
 from .conftest import wait_for
 
@@ -69,6 +71,64 @@ class RecordingProxy:
         self._server.close()
 
 
+class CuttingProxy(RecordingProxy):
+    """A :class:`RecordingProxy` whose link drops once, as a car's does when it loses signal mid-download: the
+    response to the first ``GET /v1/artifacts/...`` is cut after ``keep`` bytes and its connection closed."""
+
+    def __init__(self, target_port: int, keep: int) -> None:
+        self.keep = keep
+        self.cut = threading.Event()
+        super().__init__(target_port)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            armed = threading.Event()  # this connection carries the download to cut
+            threading.Thread(target=self._up, args=(client, upstream, armed), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client, armed), daemon=True).start()
+
+    def _up(self, src: socket.socket, dst: socket.socket, armed: threading.Event) -> None:
+        try:
+            while chunk := src.recv(65536):
+                with self._lock:
+                    self.sent += chunk
+                if not self.cut.is_set() and b"GET /v1/artifacts/" in chunk:
+                    armed.set()  # before the request goes on: every byte back from here on is its response
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            _close(src, dst)
+
+    def _down(self, src: socket.socket, dst: socket.socket, armed: threading.Event) -> None:
+        passed = 0
+        try:
+            while chunk := src.recv(65536):
+                if armed.is_set() and not self.cut.is_set():
+                    if passed + len(chunk) >= self.keep:
+                        dst.sendall(chunk[: self.keep - passed])
+                        self.cut.set()
+                        return
+                    passed += len(chunk)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            _close(src, dst)
+
+
+def _close(*sockets: socket.socket) -> None:
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def _training_windows(width: int = 16) -> set[bytes]:
     """Every ``width``-byte run of every training sample's float32 (and float64) encoding."""
     from fleetgrid.workloads.training.tasks import DataSpec, _mnist1d
@@ -103,7 +163,8 @@ def test_a_training_job_on_real_cars_never_uploads_a_training_sample(fleet):
     assert t.history[-1]["accuracy"] > t.history[0]["accuracy"]  # it learned something in 3 rounds
 
     uploaded = bytes(proxy.sent)
-    assert b"/train/leases/" in uploaded and b"/update" in uploaded  # the updates did go through the proxy
+    assert b"PUT /v1/artifacts/" in uploaded  # the updates did go through the proxy, as artifacts,
+    assert b"/train/leases/" in uploaded and b"/update" in uploaded  # and were reported
     width = 16  # four consecutive float32 values of a sample (or two float64)
     sent_windows = {uploaded[i : i + width] for i in range(len(uploaded) - width + 1)}
     leaked = sent_windows & _training_windows(width)
@@ -123,6 +184,33 @@ def test_a_training_job_on_real_cars_never_uploads_a_training_sample(fleet):
     with fleet.operator() as op:
         ledger = {e.vehicle_id: e for e in op.ledger()}
     assert sum(e.wifi_bytes for e in ledger.values()) > 0 and sum(e.units for e in ledger.values()) >= 3
+
+
+def test_a_car_whose_link_drops_mid_download_resumes_the_global_with_range(fleet):
+    """The car's first fetch of the global's snapshot artifact is cut a third of the way in: it asks for the rest
+    with Range, lands on the grant's digest, trains, and is charged for each byte of the snapshot once."""
+    coordinator = fleet.start_coordinator()
+    proxy = CuttingProxy(int(coordinator.url.rsplit(":", 1)[1]), keep=12_000)  # of a ~32 kB snapshot
+    try:
+        car = fleet.start_agent("car-a", url=f"http://127.0.0.1:{proxy.port}")
+        with fleet.client() as client:
+            settings = {**SETTINGS, "rounds": {**SETTINGS["rounds"], "clients_per_round": 1}}
+            job = client.submit_train("mnist1d-cnn", data=DATA, strategy="fedavg", settings=settings, rounds=1)
+            final = client.wait(job.job_id, timeout_s=240)
+        assert final.state == "done", final.error
+    finally:
+        proxy.close()
+    assert proxy.cut.is_set()
+    sent = bytes(proxy.sent)
+    gets = re.findall(rb"GET /v1/artifacts/([0-9a-f]{64})", sent)
+    resumed = re.findall(rb"(?i)\r\nrange: bytes=(\d+)-", sent)
+    assert len(gets) == 2 and gets[0] == gets[1], gets  # the snapshot, fetched in two pieces
+    assert len(resumed) == 1 and 0 < int(resumed[0]) < 12_000, resumed
+    stats = car.stats()
+    snapshot = encoded_nbytes(FlatLayout.of(build_model("mnist1d-cnn")).numel, CompressionConfig())
+    assert stats["model_downloads"] == 1 and stats["train_updates"] == 1
+    assert stats["train_bytes_down"] == snapshot  # the piece before the cut and the rest: no byte paid twice
+    assert stats["wifi_bytes"] == stats["train_bytes_down"] + stats["train_bytes_up"]
 
 
 def test_coordinator_sigkill_mid_training_resumes_from_the_last_version(fleet):

@@ -61,9 +61,9 @@ class AgentStats:
     updates_refused: int = 0
     """Updates refused because their round had closed (409): no fault of the car."""
     train_bytes_up: int = 0
-    """Bytes of update bodies sent, every attempt (the only training uploads: the car's data never leaves it)."""
+    """Bytes of update artifacts uploaded (the only training uploads: the car's data never leaves it)."""
     train_bytes_down: int = 0
-    """Bytes of global-model downloads."""
+    """Bytes of global-model artifacts downloaded (snapshots and deltas)."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

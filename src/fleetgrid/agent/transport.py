@@ -3,7 +3,8 @@
 Every non-2xx answer becomes the :mod:`fleetgrid.errors` class its ``ErrorBody.error`` code (or, failing that, its
 status) names; every network failure and every body that does not parse becomes :class:`TransportError`. No httpx
 or pydantic exception leaves this module. Artifact downloads resume from a partial file with ``Range`` and report
-every byte that crossed the link, so the caller can charge the data plan for it; so does a training model download.
+every byte that crossed the link, so the caller can charge the data plan for it; every workload's bulk bytes (a
+training job's global versions and updates included) travel that way.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
 import httpx
 import pydantic
@@ -33,8 +34,6 @@ from fleetgrid.protocol import (
     StateReport,
     UpdateReport,
     is_digest,
-    pack_frame,
-    unpack_frame,
 )
 from fleetgrid.wire_errors import error_from_response
 
@@ -117,48 +116,13 @@ class CoordinatorClient:
 
     # --- training ----------------------------------------------------------------------------------------------
 
-    def train_model(
-        self, job_id: str, have: int | None, *, on_bytes: Callable[[int], None] | None = None
-    ) -> tuple[dict[str, Any], list[bytes]]:
-        """The global model of training job ``job_id`` for a car holding version ``have`` (None: none).
+    def train_update(self, lease_id: str, report: UpdateReport) -> LeaseAck:
+        """Report a training lease's update, uploaded first with :meth:`upload` and named by ``report.update``.
 
-        Answers the frame's header (``from_version``, ``version``, ``digest``, ``full``) and blobs: the full
-        snapshot, or the encoded deltas from ``have`` in order (none when already current), as
-        ``training.ModelDownload`` holds them. ``on_bytes(n)`` is called for every body chunk as it arrives and
-        may raise to abandon the transfer.
+        A :class:`Conflict` means the round closed before the report arrived: it was refused, through no fault of
+        the car. Idempotent on the coordinator, so a retry after a lost answer is safe.
         """
-        path = f"/train/{job_id}/model"
-        body = bytearray()
-        try:
-            params = {"have": have} if have is not None else None
-            with self._http.stream("GET", path, params=params, headers=self._auth_headers()) as response:
-                if not response.is_success:
-                    response.read()
-                    raise error_from_response(response)
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
-        except httpx.HTTPError as exc:
-            raise errors.TransportError(
-                f"GET {self.base_url}{API_PREFIX}{path} broke after {len(body)} bytes ({type(exc).__name__}: {exc})"
-            ) from exc
-        try:
-            return unpack_frame(bytes(body))
-        except ValueError as exc:
-            raise errors.TransportError(f"GET {path} answered a body that is not a frame: {exc}") from exc
-
-    def train_update(self, lease_id: str, report: UpdateReport, payload: bytes) -> LeaseAck:
-        """Send a training lease's update: ``report`` and the encoded delta ``payload`` in one frame.
-
-        The body is ``len(pack_frame(report, [payload]))`` bytes. A :class:`Conflict` means the round closed
-        before the update arrived: it was refused, through no fault of the car.
-        """
-        response = self._send(
-            "POST", f"/train/leases/{lease_id}/update", content=pack_frame(report, [payload]),
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        return self._parse(response, LeaseAck)
+        return self._parse(self._send("POST", f"/train/leases/{lease_id}/update", json=report), LeaseAck)
 
     # --- artifacts ---------------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypeVar, Union
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -54,8 +54,6 @@ from ..protocol import (
     TrainSubmit,
     UpdateReport,
     VehicleSummary,
-    pack_frame,
-    unpack_frame,
 )
 from ..vehicle.hardware import get_profile
 from .admission import Admission
@@ -68,7 +66,7 @@ from .limits import BodyLimit
 from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
 from .states import VehicleStates
-from .store import JobRecord, Store, VehicleRecord, open_store
+from .store import ArtifactRecord, JobRecord, Store, VehicleRecord, open_store
 from .training import TrainingService
 
 __all__ = ["Coordinator", "create_app"]
@@ -111,10 +109,6 @@ class Coordinator:
         self.states.flush()
         self.scheduler.expire_due(grace_s=self.admission.delay_s)
         self.training.expire_due()
-
-
-def _pydantic_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e.get('loc', ()))) or 'header'}: {e.get('msg')}" for e in exc.errors()[:8])
 
 
 def _error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -393,44 +387,21 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     def fail(lease_id: str, req: FailRequest, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
         return sched.fail(v, lease_id, req)
 
-    @app.get(f"{API_PREFIX}/train/{{job_id}}/model", tags=["vehicle"], response_class=Response)
-    def train_model(job_id: str, have: int | None = Query(default=None, ge=0),
-                    v: VehicleRecord = Depends(vehicle)) -> Response:
-        """The global model of a training job the car holds a lease of: a frame (see ``protocol.pack_frame``)
-        whose header says from_version, version, digest and full; its blobs are one encoded snapshot (full) or
-        the encoded deltas from version ``have`` (none when the car is current)."""
-        header, blobs = coord.training.model(v, job_id, have)
-        body = pack_frame(header, blobs)
-        coord.training.count_down(job_id, len(body))
-        return Response(body, media_type="application/octet-stream")
-
     @app.post(f"{API_PREFIX}/train/leases/{{lease_id}}/update", response_model=LeaseAck, tags=["vehicle"])
-    async def train_update(lease_id: str, request: Request, v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
-        """A training update: a frame whose header is an ``UpdateReport`` and whose one blob is the encoded
-        delta. 400 if malformed (the global is never touched), 409 if its round is already closed."""
-        # A car without the lease is refused before its body is read.
-        await asyncio.to_thread(coord.training.check_owner, v, lease_id)
-        body = await request.body()
+    async def train_update(lease_id: str, report: UpdateReport, request: Request,
+                           v: VehicleRecord = Depends(vehicle)) -> LeaseAck:
+        """Report a training lease's update, which the car uploaded first as an artifact (``PUT
+        /v1/artifacts/{sha256}``) and names in ``update``; this body carries none of its bytes. 404 unless this
+        car uploaded it, 400 if it or the report is malformed (the global is never touched), 409 if its round is
+        already closed."""
 
-        def accept() -> tuple[LeaseAck, UpdateReport]:
-            try:
-                header, blobs = unpack_frame(body)
-            except ValueError as exc:
-                raise InvalidInput(f"update body is not a frame ({exc}); send pack_frame(UpdateReport, "
-                                   "[payload])") from exc
-            if len(blobs) != 1:
-                raise InvalidInput(f"update frame carries {len(blobs)} blobs; exactly one (the encoded delta) is "
-                                   "expected")
-            try:
-                report = UpdateReport.model_validate(header)
-            except ValidationError as exc:
-                raise InvalidInput(f"update header is not an UpdateReport: {_pydantic_message(exc)}") from exc
-            ack = coord.training.update(v, lease_id, report, blobs[0], body)
+        def accept() -> LeaseAck:
+            ack = coord.training.update(v, lease_id, report)
             if report.next is not None:
                 states.report(v.vehicle_id, report.next.state)
-            return ack, report
+            return ack
 
-        ack, report = await asyncio.to_thread(accept)
+        ack = await asyncio.to_thread(accept)
         if report.next is not None and report.next.state.eligible:
             ack = ack.model_copy(update={"next_lease": await lease_or_wait(v, report.next, request)})
         return ack
@@ -445,13 +416,16 @@ def _artifact_routes(app: FastAPI, coord: Coordinator) -> None:
             return "vehicle:" + coord.auth.vehicle(header).vehicle_id
         return "tenant:" + coord.auth.tenant(header)
 
-    def may_read(who: str, digest: str) -> bool:
+    def readable(who: str, digest: str) -> ArtifactRecord | None:
+        """The artifact's record, if ``who`` may read it."""
         record = store.get_artifact(digest)
         if record is None:
-            return False
+            return None
         if who in record.owners:
-            return True
-        return who.startswith("vehicle:") and store.vehicle_may_read(who.split(":", 1)[1], digest)
+            return record
+        if who.startswith("vehicle:") and store.vehicle_may_read(who.split(":", 1)[1], digest):
+            return record
+        return None
 
     @app.put(f"{API_PREFIX}/artifacts/{{digest}}", response_model=ArtifactInfo, tags=["artifacts"],
              responses={201: {"description": "stored"}, 200: {"description": "already stored"}})
@@ -467,7 +441,8 @@ def _artifact_routes(app: FastAPI, coord: Coordinator) -> None:
                    response_class=StreamingResponse)
     def get_artifact(digest: str, request: Request, who: str = Depends(principal)):
         artifacts.path(digest)  # rejects a malformed digest with a 400
-        if not may_read(who, digest) or not artifacts.exists(digest):
+        record = readable(who, digest)
+        if record is None or not artifacts.exists(digest):
             raise NotFound(f"artifact {digest} does not exist or is not yours to read")
         size = artifacts.size(digest)
         rng = parse_range(request.headers.get("range"), size)
@@ -480,8 +455,11 @@ def _artifact_routes(app: FastAPI, coord: Coordinator) -> None:
             headers["content-range"] = f"bytes {first}-{last}/{size}"
         if request.method == "HEAD" or size == 0:
             return Response(status_code=status, headers=headers)
-        return StreamingResponse(artifacts.iter_range(digest, first, last), status_code=status, headers=headers,
-                                 media_type="application/octet-stream")
+        body = artifacts.iter_range(digest, first, last)
+        jobs = [owner.removeprefix("job:") for owner in record.owners if owner.startswith("job:")]
+        if jobs:  # a training job's global version: the job's progress counts the bytes sent down
+            body = coord.training.counted_down(jobs, body)
+        return StreamingResponse(body, status_code=status, headers=headers, media_type="application/octet-stream")
 
 
 def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:

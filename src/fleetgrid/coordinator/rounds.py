@@ -48,7 +48,10 @@ class Report:
 
     idx: int
     digest: str
+    """The unit's result: the stored record of the report (see ``train_artifacts.update_record``)."""
     update: ClientUpdate
+    release: tuple[tuple[str, str], ...] = ()
+    """(owner, digest) of the artifacts that carried it, released once a checkpoint holds it."""
 
 
 @dataclass
@@ -63,6 +66,12 @@ class Run:
     updates: queue.Queue[Report] = field(default_factory=queue.Queue)
     consumed: list[tuple[int, str]] = field(default_factory=list)
     """(idx, digest) of reports handed to the strategy (or dropped) since the last checkpoint."""
+    spent: list[tuple[str, str]] = field(default_factory=list)
+    """(owner, digest) of the artifacts of those reports, released once the checkpoint marking them is saved."""
+    snapshots: dict[int, tuple[str, int]] = field(default_factory=dict)
+    """Global version -> (digest, size) of its snapshot artifact, for the versions a live round may still need."""
+    deltas: dict[int, tuple[str, int]] = field(default_factory=dict)
+    """Global version v -> (digest, size) of the artifact of the downlink delta from v - 1, likewise."""
     seen: set[int] = field(default_factory=set)
     """Units whose report is queued or consumed already."""
     next_idx: int = 0
@@ -112,6 +121,7 @@ class LeaseFleet:
                     self.service.collect(self.run)
                 continue
             self.run.consumed.append((report.idx, report.digest))
+            self.run.spent.extend(report.release)
             return report.update
 
     def cancel_outstanding(self) -> None:
@@ -123,6 +133,7 @@ class LeaseFleet:
             except queue.Empty:
                 break
             self.run.consumed.append((report.idx, report.digest))
+            self.run.spent.extend(report.release)
 
 
 def final_model_bytes(model_name: str, strategy: Strategy, counters: Mapping[str, int] | None = None) -> bytes:

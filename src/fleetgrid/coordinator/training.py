@@ -3,13 +3,14 @@
 Each running training job has one driver thread that runs :meth:`Strategy.run` over a :class:`LeaseFleet`. The
 fleet side is event-driven: a car asking for work (``POST /v1/leases``) marks itself available; the round loop
 offers chosen cars a share of the round, each a unit row only that car may lease until the offer expires; the
-car's next ask leases it like any unit (the same lease rows, renewals and expiry as every workload). Its update
-(``POST /v1/train/leases/{id}/update``) is validated at once, so a bad one is refused with a 4xx and never reaches
-the global; an accepted one is stored (the frame as an artifact, the unit done, the lease completed and metered in
-one transaction) before it is acknowledged, then queued for the loop. After every new global version the
-strategy's whole state is checkpointed as an artifact, marking the updates it folded in; a coordinator killed
-mid-round resumes from its last version, feeds the loop every acknowledged update not yet in it, and reopens the
-round they belong to, so the cars' work is not lost.
+car's next ask leases it like any unit (the same lease rows, renewals and expiry as every workload). Every byte
+travels as an artifact (:mod:`.train_artifacts`): the global versions down, the cars' updates up. A car's report
+(``POST /v1/train/leases/{id}/update``, JSON naming its uploaded update) is validated at once, so a bad one is
+refused with a 4xx and never reaches the global; an accepted one is stored (its record as the unit's result, the
+unit done, the lease completed and metered in one transaction) before it is acknowledged, then queued for the
+loop. After every new global version the strategy's whole state is checkpointed as an artifact, marking the
+updates it folded in; a coordinator killed mid-round resumes from its last version, feeds the loop every
+acknowledged update not yet in it, and reopens the round they belong to, so the cars' work is not lost.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import math
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ import torch
 from ..clock import Clock
 from ..core import LeaseState, UnitState
 from ..errors import Conflict, FleetgridError, Forbidden, InvalidInput, LeaseExpired, NotFound
-from ..protocol import JobState, LeaseAck, TrainGrant, TrainingProgress, TrainSubmit, UpdateReport, unpack_frame
+from ..protocol import JobState, LeaseAck, TrainGrant, TrainingProgress, TrainSubmit, UpdateReport
 from ..workloads.training import (
     FlatLayout,
     Strategy,
@@ -58,6 +59,7 @@ from .rounds import (
     reached,
 )
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
+from .train_artifacts import TrainingArtifacts, job_owner, read_record, report_holds, update_record
 
 __all__ = ["TrainingService"]
 
@@ -90,8 +92,9 @@ class TrainingService:
         self._keeper: threading.Thread | None = None
         self._starting = threading.Lock()
         self._halt = threading.Event()
-        self._readers: dict[str, tuple[str | None, Strategy]] = {}  # job -> (checkpoint, read-only strategy)
         self._numel: dict[str, int] = {}
+        self.files = TrainingArtifacts(store, artifacts, clock)
+        """The jobs' global versions and the cars' updates in the artifact store."""
         self.any_live = True
         """Whether a training job is live (any replica's): refreshed with the claims every tick; while False no
         unit is offered to a particular car, so leasing need not look for one."""
@@ -263,17 +266,21 @@ class TrainingService:
 
     def offer(self, run: Run, assignments: Mapping[str, TrainInstructions]) -> None:
         """Offer each car its share of the round: a unit only that car may lease, until the offer expires."""
+        published = self.files.publish(run)
         now = self.clock.now()
         job_id = run.job.job_id
         offers = []
         for vehicle_id, ins in assignments.items():
+            if ins.base_version != published:  # the loop dispatches the version it holds: a bug worth stopping for
+                raise Conflict(f"job {job_id}: a share of version {ins.base_version} offered at version {published}")
+            files = self.files.grant_files(run, published, type(run.strategy).keep_versions)
             idx, run.next_idx = run.next_idx, run.next_idx + 1
             offers.append(UnitRecord(
                 unit_id=f"{job_id}:t{idx}", job_id=job_id, idx=idx, replica=0, start_item=0,
-                end_item=ins.local.steps, input_digest=ins.model_digest, input_format="train",
+                end_item=ins.local.steps, input_digest=files["snapshot"]["digest"], input_format="train",
                 target_vehicle=vehicle_id, offer_expires=now + self.offer_ttl_s,
                 payload={"round": ins.round, "base_version": ins.base_version, "model_digest": ins.model_digest,
-                         "local": to_dict(ins.local), "seed": ins.seed},
+                         "local": to_dict(ins.local), "seed": ins.seed, "files": files},
             ))
         self.store.offer_units(offers)
         self.notify(list(assignments))
@@ -282,9 +289,13 @@ class TrainingService:
         """The lease of an offered share, as the car sees it."""
         ins = unit.payload or {}
         data = data_spec(job.spec["data"])
+        files = ins.get("files")
+        if files is None:  # offered by a coordinator that still served models on its own route
+            raise Conflict(f"share {unit.unit_id} of job {job.job_id} names no model artifacts; lease new work")
         return TrainGrant(
             lease_id=lease.lease_id, job_id=job.job_id, round=ins["round"], base_version=ins["base_version"],
-            model_digest=ins["model_digest"], model=job.model, local=ins["local"], seed=ins["seed"],
+            model_digest=ins["model_digest"], snapshot=files["snapshot"], deltas=files["deltas"], model=job.model,
+            local=ins["local"], seed=ins["seed"],
             data=to_dict(data), shard=self._shard(lease.vehicle_id, data.num_vehicles), deadline=lease.deadline,
             renew_every_s=self.config.lease_ttl_s / 3,
         )
@@ -297,11 +308,6 @@ class TrainingService:
             raise Forbidden(f"lease {lease_id} belongs to another vehicle; a vehicle may touch only its own leases")
         return context
 
-    def check_owner(self, vehicle: VehicleRecord, lease_id: str) -> None:
-        """NotFound / Forbidden unless the training lease exists and is this vehicle's; cheap, so it runs before a
-        report's body is parsed."""
-        self._owned(vehicle, lease_id)
-
     def _require_active(self, lease: LeaseRecord, unit: UnitRecord) -> None:
         if lease.state == LeaseState.ACTIVE and lease.deadline < self.clock.now():
             raise LeaseExpired(f"training lease {lease.lease_id} expired at its deadline; lease new work")
@@ -313,48 +319,24 @@ class TrainingService:
         if lease.state != LeaseState.ACTIVE:
             raise Conflict(f"lease {lease.lease_id} is {lease.state}, not active; lease new work")
 
-    def model(self, vehicle: VehicleRecord, job_id: str, have: int | None) -> tuple[dict[str, Any], list[bytes]]:
-        """The global version a car's open lease of the job trains from: nothing if it holds it already, deltas
-        from ``have``, or a snapshot."""
-        held = [lease for lease in self.store.active_leases(vehicle.vehicle_id) if lease.job_id == job_id]
-        context = self.store.lease_context(held[-1].lease_id) if held else None
-        if context is None:
-            raise NotFound(f"vehicle {vehicle.vehicle_id} holds no open training lease of job {job_id!r}; "
-                           "models are served only to cars training them")
-        strategy = self._reader(context[2])
-        base_version = (context[1].payload or {}).get("base_version", strategy.version)
-        with strategy.lock:
-            download = strategy.download(have, version=base_version)
-        header = {"from_version": download.from_version, "version": download.version, "digest": download.digest,
-                  "full": download.full is not None}
-        blobs = [download.full] if download.full is not None else list(download.deltas)
-        return header, blobs
-
-    def _reader(self, job: JobRecord) -> Strategy:
-        """The strategy whose versions a car downloads: the running one, or (another replica drives the job) one
-        read from the job's latest checkpoint, kept until the next."""
-        run = self.runs.get(job.job_id)
-        if run is not None:
-            return run.strategy
-        stored = self.store.get_job(job.job_id) or job
-        cached = self._readers.get(job.job_id)
-        if cached is None or cached[0] != stored.checkpoint_digest:
-            cached = self._readers[job.job_id] = (stored.checkpoint_digest, self._strategy_at_checkpoint(stored))
-        return cached[1]
-
-    def count_down(self, job_id: str, nbytes: int) -> None:
-        run = self.runs.get(job_id)
-        if run is not None:
+    def counted_down(self, job_ids: list[str], chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``chunks`` of these jobs' global versions on their way to a car, counted as they go (by the replica
+        that drives the job; a version two jobs share counts for both)."""
+        for chunk in chunks:
+            runs = [run for run in map(self.runs.get, job_ids) if run is not None]
             with self.lock:
-                run.bytes_down += nbytes
+                for run in runs:
+                    run.bytes_down += len(chunk)
+            yield chunk
 
-    def update(self, vehicle: VehicleRecord, lease_id: str, report: UpdateReport, payload: bytes,
-               body: bytes) -> LeaseAck:
-        """Validate a car's update against the global (never touching it), store it, close the lease, and queue it
-        for the round loop. Once this answers, the update survives a restart: the frame is an artifact and the
-        unit is done, and a coordinator that resumes the job feeds the round loop every such update again."""
+    def update(self, vehicle: VehicleRecord, lease_id: str, report: UpdateReport) -> LeaseAck:
+        """Validate a car's report and the update artifact it names against the global (never touching it), store
+        the report's record, close the lease, and queue the update for the round loop. Nothing is written before
+        every check passed. Once this answers, the update survives a restart: the record is the unit's result and
+        the unit is done, and a coordinator that resumes the job feeds the round loop every such update again."""
         lease, unit, job = self._owned(vehicle, lease_id)
-        digest = sha256_hex(body)
+        record = update_record(vehicle.vehicle_id, report)
+        digest = sha256_hex(record)
         if lease.state == LeaseState.COMPLETED:
             if lease.result_digest == digest:
                 return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)  # a retried report counts once
@@ -371,6 +353,7 @@ class TrainingService:
             raise InvalidInput(f"update reports {report.steps_done} of {report.steps_planned} steps; the lease "
                                f"planned {planned} and steps_done cannot exceed that")
         run = self.runs.get(job.job_id)
+        payload = self.files.read_update(vehicle.vehicle_id, report.update, self._numel_of(job), job.model)
         update = client_update(vehicle.vehicle_id, report, payload)
         if run is not None:
             try:
@@ -382,26 +365,34 @@ class TrainingService:
                 raise
         else:  # another replica drives the job: check what can be checked here; it validates again when folding in
             self._check_shape(job, payload)
-        self.artifacts.put_bytes(body)
+        self.artifacts.put_bytes(record)
         entry = LedgerRecord(
             lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=job.job_id, items=0, workload="train",
             examples=report.examples_seen, steps=report.steps_done, compute_s=report.compute_s,
             cellular_bytes=report.cellular_bytes, wifi_bytes=report.wifi_bytes, at=self.clock.now(),
         )
         self.store.complete(lease, unit, digest, entry, self.clock.now(),
-                            artifact=(len(body), f"vehicle:{vehicle.vehicle_id}"))
+                            artifact=(len(record), job_owner(job.job_id)))
         if run is not None:
             with self.lock:
-                run.bytes_up += len(body)
+                run.bytes_up += len(payload)
                 run.reports += 1
                 run.seen.add(unit.idx)
-            run.updates.put(Report(unit.idx, digest, update))
+            run.updates.put(Report(unit.idx, digest, update,
+                                   release=report_holds(job.job_id, digest, vehicle.vehicle_id, report.update)))
         return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)
 
-    def _check_shape(self, job: JobRecord, payload: bytes) -> None:
+    def _numel_of(self, job: JobRecord) -> int:
+        run = self.runs.get(job.job_id)
+        if run is not None:
+            return run.strategy.numel
         numel = self._numel.get(job.model)
         if numel is None:
             numel = self._numel[job.model] = FlatLayout.of(build_model(job.model)).numel
+        return numel
+
+    def _check_shape(self, job: JobRecord, payload: bytes) -> None:
+        numel = self._numel_of(job)
         delta = decode(payload)  # InvalidInput on a malformed or non-finite payload
         if delta.shape != (numel,):
             raise InvalidInput(f"update has shape {delta.shape}; model {job.model!r} needs ({numel},)")
@@ -413,20 +404,21 @@ class TrainingService:
             if unit.idx in run.seen:
                 continue
             run.seen.add(unit.idx)
+            digest = unit.result_digest or ""
             try:
-                frame = self.artifacts.read_bytes(unit.result_digest or "")
-                header, blobs = unpack_frame(frame)
-                report = UpdateReport.model_validate(header)
+                vehicle_id, report = read_record(self.artifacts.read_bytes(digest))
+                payload = self.artifacts.read_bytes(report.update)
             except (FleetgridError, ValueError) as exc:
                 log.warning("job %s: stored update of unit %s is unreadable (%s); dropped", run.job.job_id,
                             unit.unit_id, exc)
-                run.consumed.append((unit.idx, unit.result_digest or ""))
+                run.consumed.append((unit.idx, digest))
+                run.spent.append((job_owner(run.job.job_id), digest))
                 continue
             with self.lock:
-                run.bytes_up += len(frame)
+                run.bytes_up += len(payload)
                 run.reports += 1
-            run.updates.put(Report(unit.idx, unit.result_digest or "",
-                                    client_update(unit.vehicle_id or "?", report, blobs[0])))
+            run.updates.put(Report(unit.idx, digest, client_update(vehicle_id, report, payload),
+                                   release=report_holds(run.job.job_id, digest, vehicle_id, report.update)))
             found += 1
         return found
 
@@ -467,6 +459,7 @@ class TrainingService:
                 meta = self._checkpoint_meta(job)
                 run.bytes_up, run.bytes_down = meta.get("bytes_up", 0), meta.get("bytes_down", 0)
                 run.reports, run.rejected = meta.get("reports", 0), meta.get("rejected", 0)
+                self.files.from_meta(run, meta)
             run.next_idx = self.store.next_unit_idx(job.job_id)
             self._refeed(run)
             self.runs[job.job_id] = run
@@ -497,14 +490,19 @@ class TrainingService:
             strategy.run(LeaseFleet(self, run), run.submit.rounds, evaluate_fn=evaluate,
                          on_version=lambda s: self._checkpoint(run))
         except Stopped:
+            ended = self.store.get_job(job.job_id)
+            if ended is not None and ended.state not in _LIVE:  # cancelled, not handed to another replica
+                self.files.release_job(job.job_id, run.spent)
             return
         except TargetReached:
             pass
         except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the coordinator goes on
             log.exception("training job %s failed", job.job_id)
             self.store.finish_job(job.job_id, JobState.FAILED, self.clock.now(), error=str(exc)[:2000])
+            self.files.release_job(job.job_id, run.spent)
             return
         self._finish(run)
+        self.files.release_job(job.job_id, run.spent)
 
     def _evaluator(self, run: Run) -> Callable[[torch.Tensor], dict[str, float]]:
         data = run.data
@@ -515,17 +513,21 @@ class TrainingService:
     def _checkpoint(self, run: Run) -> None:
         """Store the strategy's full state as an artifact and point the job at it; then check the target."""
         strategy = run.strategy
+        self.files.publish(run)  # before the state: the checkpoint records what this version published
+        stale = self.files.prune(run, strategy.version, strategy.max_staleness, type(strategy).keep_versions)
         with strategy.lock:
-            blob = strategy.state_bytes(extra=self._counters(run))
+            blob = strategy.state_bytes(extra={**self._counters(run), "files": self.files.to_meta(run)})
             version = strategy.version
             latest = strategy.history[-1] if strategy.history else {}
         digest = self.artifacts.put_bytes(blob)
         self.store.add_artifact(digest, len(blob), f"tenant:{run.job.tenant}", self.clock.now())
         consumed, run.consumed = run.consumed, []
+        spent, run.spent = run.spent, []
         if not self.store.save_checkpoint(run.job.job_id, version, digest, consumed, driver=self.replica):
             log.warning("job %s: version %d not saved, another coordinator drives the job now", run.job.job_id,
                         version)
             raise Stopped()
+        self.files.release(stale + spent)
         log.info("job %s version %d: %s", run.job.job_id, version,
                  {k: round(v, 4) for k, v in latest.items() if isinstance(v, float)})
         if run.stop.is_set():
@@ -545,5 +547,3 @@ class TrainingService:
         self.store.add_artifact(digest, len(blob), f"tenant:{run.job.tenant}", now)
         self.store.finish_job(run.job.job_id, JobState.DONE, now, result_digest=digest)
         log.info("training job %s done at version %d", run.job.job_id, run.strategy.version)
-
-

@@ -195,7 +195,14 @@ class Store(ABC):
 
     @abstractmethod
     def vehicle_may_read(self, vehicle_id: str, digest: str) -> bool:
-        """True if the digest is an input, model file or checkpoint of one of the vehicle's active leases."""
+        """True if the digest is an input, model file or checkpoint of one of the vehicle's active leases, or an
+        artifact owned by the job of one of them (owner ``'job:ID'``: a training job's global versions)."""
+
+    @abstractmethod
+    def release_artifacts(self, owner: str, digests: Sequence[str] | None = None) -> list[str]:
+        """Take away ``owner``'s hold on these artifacts (on all of its artifacts when ``digests`` is None), in one
+        transaction; the records of those no one else holds are removed too, and their digests returned, for the
+        caller to remove their files."""
 
     # --- jobs and units -----------------------------------------------------------------------------------------
     @abstractmethod

@@ -24,9 +24,12 @@ from sqlalchemy import (
     bindparam,
     cast,
     create_engine,
+    delete,
     event,
+    exists,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -345,6 +348,8 @@ class SQLStore(CycleRows, OfferRows, Store):
             return c.execute(select(result_blobs.c.data).where(result_blobs.c.digest == digest)).scalar()
 
     def vehicle_may_read(self, vehicle_id: str, digest: str) -> bool:
+        job_owned = exists(select(artifact_owners.c.digest).where(
+            artifact_owners.c.digest == digest, artifact_owners.c.owner == literal("job:") + leases.c.job_id))
         needed = (
             select(leases.c.lease_id)
             .join(units, units.c.unit_id == leases.c.unit_id)
@@ -352,12 +357,30 @@ class SQLStore(CycleRows, OfferRows, Store):
             .where(
                 leases.c.vehicle_id == vehicle_id,
                 leases.c.state == "active",
-                or_(units.c.input_digest == digest, units.c.checkpoint_digest == digest, jobs.c.model_file == digest),
+                or_(units.c.input_digest == digest, units.c.checkpoint_digest == digest, jobs.c.model_file == digest,
+                    job_owned),
             )
             .limit(1)
         )
         with self._read() as c:
             return c.execute(needed).first() is not None
+
+    def release_artifacts(self, owner: str, digests: Sequence[str] | None = None) -> list[str]:
+        with self._write() as c:
+            mine = select(artifact_owners.c.digest).where(artifact_owners.c.owner == owner)
+            if digests is not None:
+                mine = mine.where(artifact_owners.c.digest.in_(list(digests)))
+            touched = sorted(set(c.execute(mine).scalars()))
+            if not touched:
+                return []
+            c.execute(delete(artifact_owners).where(artifact_owners.c.owner == owner,
+                                                    artifact_owners.c.digest.in_(touched)))
+            still_owned = exists(select(artifact_owners.c.digest).where(artifact_owners.c.digest == artifacts.c.digest))
+            orphans = list(c.execute(select(artifacts.c.digest).where(artifacts.c.digest.in_(touched), ~still_owned))
+                           .scalars())
+            if orphans:
+                c.execute(delete(artifacts).where(artifacts.c.digest.in_(orphans)))
+        return orphans
 
     # --- jobs and units -----------------------------------------------------------------------------------------
     def create_job(self, job: JobRecord, unit_list: list[UnitRecord],

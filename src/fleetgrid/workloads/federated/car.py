@@ -3,22 +3,23 @@ sends.
 
 Per job the car keeps the last global version it holds and its uplink error-feedback residual, so a car that
 already holds a round's base version downloads nothing, one a version behind downloads only the deltas, and each
-update carries what compression dropped from the car's previous one. Training runs in the worker like an inference
-unit, so the monitor's kill stops it just as fast; a preempted car sends the steps it did when the data plan allows,
-else hands the lease back. The car's examples never leave it: the only bytes it sends are update frames.
+update carries what compression dropped from the car's previous one. The global's bytes and the update are
+artifacts, moved like any workload's (resumable, metered, waiting for an allowed link): the grant names the
+snapshot and deltas to fetch; the update is uploaded, then reported by its digest. Training runs in the worker like
+an inference unit, so the monitor's kill stops it just as fast; a preempted car sends the steps it did when the data
+plan allows, else hands the lease back. The car's examples never leave it: the only bytes it sends are updates.
 
 Torch is imported only once a car trains, so an agent that only runs inference keeps a torch-free main process.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
+import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,9 +31,9 @@ from fleetgrid.protocol import (
     FailRequest,
     LeaseAck,
     LeaseRequest,
+    ModelDelta,
     TrainGrant,
     UpdateReport,
-    pack_frame,
 )
 from fleetgrid.workloads.base import CarHandler, save_atomic
 from fleetgrid.workloads.federated.task import TrainState, TrainTask, load_train_state
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from fleetgrid.workloads.training import (
         ErrorFeedback,
         LocalTrainingConfig,
-        ModelDownload,
     )
 
 __all__ = ["HeldGlobal", "TrainHandler"]
@@ -50,6 +50,9 @@ __all__ = ["HeldGlobal", "TrainHandler"]
 log = logging.getLogger(__name__)
 
 _PARAMS, _RECORD, _RESIDUAL = "global.npy", "global.json", "residual.npy"  # in StateDir.train_dir(job)
+_FETCHED = "fetched"
+"""Where a global's artifacts land in the train dir: a download cut short (a trip, a lost link) resumes from its
+partial file there, even under the job's next lease."""
 
 
 @dataclass(frozen=True)
@@ -149,64 +152,81 @@ class TrainHandler(CarHandler):
     # --- the model down ----------------------------------------------------------------------------------------
 
     def _base_weights(self) -> np.ndarray:
-        """The round's base weights: the car's own copy when its digest is the grant's, else downloaded (only the
-        deltas when the car holds an older version) and checked against the grant's digest."""
+        """The round's base weights: the car's own copy when its digest is the grant's, else fetched (only the
+        deltas when the car holds an older version and they weigh less) and checked against the grant's digest."""
         car, grant = self.car, self.grant
         held = HeldGlobal.load(self.folder)
         if held is not None and held.digest == grant.model_digest:
             car.stats.model_cache_hits += 1
             return held.params
-        try:
-            fresh = self._download(held)
-        except errors.HashMismatch as exc:
-            if held is None:
-                raise
-            log.warning("lease %s: deltas from version %d missed (%s); fetching the whole model", grant.lease_id,
-                        held.version, exc)
-            fresh = self._download(None)
-        if fresh.digest != grant.model_digest:
-            raise errors.HashMismatch(
-                f"job {grant.job_id} served version {fresh.version} (digest {fresh.digest[:12]}...), but lease "
-                f"{grant.lease_id} trains from version {grant.base_version} (digest {grant.model_digest[:12]}...)"
-            )
+        chain = self._delta_chain(held)
+        fresh = None
+        if held is not None and chain is not None:
+            try:
+                fresh = self._install(held, chain)
+            except (errors.HashMismatch, errors.NotFound) as exc:
+                log.warning("lease %s: deltas from version %d missed (%s); fetching the whole model", grant.lease_id,
+                            held.version, exc)
+        if fresh is None:
+            fresh = self._install(None, None)
         fresh.save(self.folder)
+        shutil.rmtree(self.folder / _FETCHED, ignore_errors=True)
         car.stats.model_downloads += 1
         return fresh.params
 
-    def _download(self, held: HeldGlobal | None) -> HeldGlobal:
+    def _delta_chain(self, held: HeldGlobal | None) -> list[ModelDelta] | None:
+        """The grant's deltas after the held version, if they lead all the way from it to the base version and
+        weigh less than the snapshot; None if the snapshot is the way."""
+        grant = self.grant
+        if held is None or held.version >= grant.base_version:
+            return None
+        chain = [d for d in grant.deltas if d.version > held.version]
+        if [d.version for d in chain] != list(range(held.version + 1, grant.base_version + 1)):
+            return None
+        return chain if sum(d.size for d in chain) < grant.snapshot.size else None
+
+    def _install(self, held: HeldGlobal | None, chain: list[ModelDelta] | None) -> HeldGlobal:
+        """The base version from the snapshot (``chain`` None) or from ``held`` and the deltas after it; the result
+        is checked against the grant's digest (HashMismatch)."""
         import torch
 
-        from fleetgrid.workloads.training import apply_download
+        from fleetgrid.workloads.training import ModelDownload, apply_download
 
-        car, have = self.car, held.version if held is not None else None
-        # Sized as one float32 snapshot (the server decides between that and the deltas; a few deltas of a
-        # compressed downlink weigh about as much) so that cellular is not started for more than the cap allows.
-        numel = held.params.size if held is not None else _numel(self.grant.model)
-        expected = _snapshot_nbytes(numel)
+        grant = self.grant
+        if held is None or chain is None:
+            download = ModelDownload(from_version=None, version=grant.base_version, digest=grant.model_digest,
+                                     full=self._fetch(grant.snapshot.digest, grant.snapshot.size))
+            params = apply_download(None, download)
+        else:
+            deltas = tuple(self._fetch(d.digest, d.size) for d in chain)
+            download = ModelDownload(from_version=held.version, version=grant.base_version,
+                                     digest=grant.model_digest, full=None, deltas=deltas)
+            params = apply_download(torch.from_numpy(held.params), download)
+        return HeldGlobal(grant.base_version, grant.model_digest, params.numpy())
 
-        def get(on_bytes: Callable[[int], None]) -> tuple[dict[str, Any], list[bytes]]:
-            def counted(n: int) -> None:
-                car.stats.train_bytes_down += n
-                on_bytes(n)
-
-            return car.client.train_model(self.grant.job_id, have, on_bytes=counted)
-
-        head, blobs = car.receive(get, lambda: expected)
-        download = _model_download(head, blobs)
-        params = apply_download(torch.from_numpy(held.params) if held is not None else None, download)
-        return HeldGlobal(download.version, download.digest, params.numpy())
+    def _fetch(self, digest: str, size: int) -> bytes:
+        """One artifact of the global, through the lease's link: resumed where a cut left it, charged, checked."""
+        car = self.car
+        dest = self.folder / _FETCHED / digest
+        dest.parent.mkdir(exist_ok=True)
+        before = car.traffic.cellular + car.traffic.wifi
+        car.fetch(digest, size, dest)
+        car.stats.train_bytes_down += car.traffic.cellular + car.traffic.wifi - before
+        return dest.read_bytes()
 
     # --- the update up -----------------------------------------------------------------------------------------
 
     def _deliver(self, state: TrainState) -> None:
-        """Send the finished update. It is worth waiting for: a trip does not stop it, and it retries through
-        outages until the agent stops; the next work is asked for in the same call."""
+        """Upload the finished update and report it. It is worth waiting for: a trip does not stop it, and both
+        steps retry through outages until the agent stops; the next work is asked for with the report."""
         car = self.car
         payload, feedback = self._payload(state)
-        car.wait_for_link(self._nbytes(state, payload, False, None), preemptible=False)
+        car.wait_for_link(len(payload), preemptible=False)
+        digest = car.upload(payload, until_stopped=True)
+        car.stats.train_bytes_up += len(payload)
         follow_on = car.follow_on_request()
         try:
-            ack = car.retrying(lambda: self._post(state, payload, False, follow_on), until_stopped=True)
+            ack = car.retrying(lambda: self._send_report(state, digest, False, follow_on), until_stopped=True)
         except errors.Conflict as exc:
             self._refused(exc)
             return
@@ -215,19 +235,22 @@ class TrainHandler(CarHandler):
         car.grant_next(ack.next_lease)
 
     def _send_partial(self, state: TrainState) -> bool:
-        """One try at sending ``state``'s update now, if the data plan allows it on the current link; False when
-        it was not delivered and the lease should be handed back."""
+        """One try at uploading and reporting ``state``'s update now, if the data plan allows it on the current
+        link; False when it was not delivered and the lease should be handed back."""
         assert self.local is not None
+        car = self.car
         preempted = state.steps_done < self.local.steps
         payload, feedback = self._payload(state)
-        if not self.car.allows_now(self._nbytes(state, payload, preempted, None)):
+        if not car.allows_now(len(payload)):
             return False
         try:
-            self._post(state, payload, preempted, None)
+            digest = car.upload(payload, attempts=1)
+            car.stats.train_bytes_up += len(payload)
+            self._send_report(state, digest, preempted, None)
         except errors.Conflict as exc:
             self._refused(exc)
             return True  # the round is closed: there is nothing left to hand back
-        except (errors.TransportError, errors.NotFound, errors.Forbidden) as exc:
+        except errors.FleetgridError as exc:
             log.info("partial update of lease %s not delivered (%s)", self.grant.lease_id, exc)
             return False
         self._accepted(state, feedback, preempted=preempted)
@@ -249,24 +272,19 @@ class TrainHandler(CarHandler):
         payload, _ = feedback.compress(delta, self.local.compression)
         return payload, feedback
 
-    def _post(self, state: TrainState, payload: bytes, preempted: bool, follow_on: LeaseRequest | None) -> LeaseAck:
-        """One try at sending the update. The body is charged first, so the report's byte counts include it (to
-        within the few bytes that the counts themselves add)."""
-        nbytes = self._nbytes(state, payload, preempted, follow_on)
-        self.car.charge(nbytes)  # per attempt: a broken upload spent its bytes too
-        self.car.stats.train_bytes_up += nbytes
-        report = self._report(state, preempted, follow_on)
-        return self.car.client.train_update(self.grant.lease_id, report, payload)
+    def _send_report(self, state: TrainState, digest: str, preempted: bool,
+                     follow_on: LeaseRequest | None) -> LeaseAck:
+        """One try at reporting the uploaded update; its byte counts are the lease's, the upload included."""
+        return self.car.client.train_update(self.grant.lease_id, self._report(state, digest, preempted, follow_on))
 
-    def _nbytes(self, state: TrainState, payload: bytes, preempted: bool, follow_on: LeaseRequest | None) -> int:
-        return len(pack_frame(self._report(state, preempted, follow_on), [payload]))
-
-    def _report(self, state: TrainState, preempted: bool, follow_on: LeaseRequest | None) -> UpdateReport:
+    def _report(self, state: TrainState, digest: str, preempted: bool,
+                follow_on: LeaseRequest | None) -> UpdateReport:
         assert self.local is not None
         loss = state.loss_sum / state.steps_done
         return UpdateReport(
-            round=self.grant.round, base_version=self.grant.base_version, num_examples=state.num_examples,
-            steps_done=state.steps_done, steps_planned=self.local.steps, examples_seen=state.examples_seen,
+            update=digest, round=self.grant.round, base_version=self.grant.base_version,
+            num_examples=state.num_examples, steps_done=state.steps_done, steps_planned=self.local.steps,
+            examples_seen=state.examples_seen,
             train_loss=loss if math.isfinite(loss) else None, preempted=preempted, compute_s=self.compute_s,
             next=follow_on, cellular_bytes=self.car.traffic.cellular, wifi_bytes=self.car.traffic.wifi,
         )
@@ -293,35 +311,3 @@ def _local_config(data: dict[str, Any]) -> LocalTrainingConfig:
 
     config: LocalTrainingConfig = config_from_dict(LocalTrainingConfig, data)
     return config
-
-
-@functools.lru_cache(maxsize=8)
-def _numel(model: str) -> int:
-    """Parameters of built-in model ``model``: a car that holds no version yet learns a snapshot's size here."""
-    from fleetgrid.workloads.training import FlatLayout, build_model
-
-    return FlatLayout.of(build_model(model)).numel
-
-
-def _snapshot_nbytes(numel: int) -> int:
-    from fleetgrid.workloads.training import CompressionConfig, encoded_nbytes
-
-    return encoded_nbytes(numel, CompressionConfig())
-
-
-def _model_download(head: dict[str, Any], blobs: list[bytes]) -> ModelDownload:
-    """The frame of ``GET /v1/train/{job}/model`` as a ModelDownload; TransportError if it is not one."""
-    from fleetgrid.workloads.training import ModelDownload
-
-    try:
-        full = head["full"]
-        if not isinstance(full, bool) or (full and len(blobs) != 1):
-            raise ValueError(f"full must be a bool, and a full download one blob; got {full!r}, {len(blobs)} blobs")
-        return ModelDownload(
-            from_version=head["from_version"], version=int(head["version"]), digest=str(head["digest"]),
-            full=blobs[0] if full else None, deltas=() if full else tuple(blobs),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise errors.TransportError(
-            f"model download header {head} is not from_version, version, digest and full ({exc!r})"
-        ) from exc

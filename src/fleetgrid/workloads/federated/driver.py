@@ -18,7 +18,8 @@ class TrainingDriver(UnitDriver):
     kind = "train"
     submit_model = TrainSubmit
     result_suffix = "safetensors"
-    reports_with = "/v1/train/leases/{lease_id}/update (or /fail to hand it back)"
+    reports_with = ("/v1/train/leases/{lease_id}/update, naming the update uploaded with PUT /v1/artifacts/{sha256} "
+                    "(or /fail to hand it back)")
     requeue = False  # a share handed back or expired is not offered again: the round loop offers another car one
 
     def __init__(self, ctx: DriverContext) -> None:

@@ -249,6 +249,11 @@ class Strategy(ABC):
         self._deltas[self.version] = blob
         self._deltas.pop(self.version - self.keep_versions, None)
 
+    def downlink_delta(self, version: int) -> bytes | None:
+        """The encoded delta that took version ``version - 1`` to ``version``, while it is among the last
+        ``keep_versions`` (None for older ones, for version 0, and for those made before a restart)."""
+        return self._deltas.get(version)
+
     def download(self, held_version: int | None, version: int | None = None) -> ModelDownload:
         """What a car holding ``held_version`` must fetch for ``version`` (default: the current one): nothing,
         deltas or a snapshot. An asynchronous strategy also serves the few versions its cars may still train on;
