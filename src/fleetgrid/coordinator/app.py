@@ -293,8 +293,10 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         profile = get_profile(req.hardware)
         vehicle_id = "v-" + uuid.uuid4().hex[:12]
         credential = vehicle_credential(vehicle_id)
-        store.add_vehicle(VehicleRecord(vehicle_id=vehicle_id, name=req.name, hardware=profile.name,
-                                        credential_hash=hash_token(credential), enrolled_at=coord.clock.now()))
+        record = VehicleRecord(vehicle_id=vehicle_id, name=req.name, hardware=profile.name,
+                               credential_hash=hash_token(credential), enrolled_at=coord.clock.now())
+        store.add_vehicle(record)
+        coord.auth.remember_vehicle(record)  # its first lease request needs no store call to authenticate
         return EnrollResponse(vehicle_id=vehicle_id, credential=credential)
 
     @app.post(f"{API_PREFIX}/vehicles/heartbeat", response_model=HeartbeatResponse, tags=["vehicle"])
@@ -322,7 +324,8 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
                     return None
                 # Woken for new work (one car per unit), or look again now and then: work another replica made.
                 recheck = coord.config.long_poll_recheck_s if admitted else admission.interval_s
-                await ticket.wait(min(remaining, recheck))
+                if not await ticket.wait(min(remaining, recheck)) and loop.time() >= until:
+                    return None  # nothing came: no last look (10,000 idle cars would make 1,000 a second)
             finally:
                 sched.polls.leave(ticket)
 

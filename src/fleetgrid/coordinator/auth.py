@@ -131,6 +131,9 @@ class Authenticator:
         if expected is None or not hmac.compare_digest(hash_token(token), expected):
             raise AuthError("wrong fleet enrollment token; ask the fleet operator for the current one")
 
+    def remember_vehicle(self, vehicle: VehicleRecord) -> None:
+        self._vehicles.put(vehicle.vehicle_id, vehicle)
+
     def forget_vehicle(self, vehicle_id: str) -> None:
         self._vehicles.drop(vehicle_id)
 

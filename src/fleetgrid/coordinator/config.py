@@ -55,7 +55,7 @@ class CoordinatorConfig:
     """A vehicle heard from within this window counts as online in the fleet overview."""
     compute_slack_s: float = 5.0
     """A lease's reported compute_s may exceed the time since it was issued by this much (timer granularity)."""
-    auth_cache_ttl_s: float = 5.0
+    auth_cache_ttl_s: float = 60.0
     """How long a found credential is trusted without asking the database (0: never cached). A car revoked through
     another coordinator on the same database is refused leases at once, and refused entirely within this time."""
     store_threads: int = 32

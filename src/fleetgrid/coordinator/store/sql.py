@@ -139,10 +139,14 @@ class SQLStore(CycleRows, OfferRows, Store):
         """``create``: create the schema, or migrate it to the current one. ``exclusive`` (SQLite files): refuse to
         open a file another store holds (:class:`DatabaseInUse`); only tests of cross-process safety turn it off."""
         self.url = engine_url(url)
-        pooled: dict[str, Any] = {}
+        # One connection for each thread that may hold one: the app's thread pools (see CoordinatorConfig.threads).
+        # (SQLite's default of 5 + 10 overflow made the store's threads queue for a connection, and closed and
+        # reopened the overflow ones after every call.)
+        pooled: dict[str, Any] = {"pool_size": POOL_SIZE, "max_overflow": POOL_SIZE}
         if self.url.startswith("postgresql"):
-            # One connection for each thread that may hold one: the app's thread pools (see CoordinatorConfig.threads).
-            pooled = {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_SIZE}
+            pooled["pool_pre_ping"] = True
+        elif ":memory:" in self.url or self.url in ("sqlite://", "sqlite:///"):
+            pooled = {}  # one in-memory database per connection: SQLAlchemy's own pool for it
         self.engine: Engine = create_engine(self.url, future=True, **pooled)
         self._lock: SQLiteFileLock | None = None
         self._group: GroupCommit | None = None
