@@ -100,8 +100,37 @@ class CycleSQL:
             "cancel_unit": "UPDATE units SET state = 'cancelled' WHERE unit_id = :uid AND state = 'pending'",
         }
         if pg:
+            # A round trip to the server costs more than a short statement: the writes that follow one decision
+            # travel as one statement (data-modifying CTEs). Take a unit and open its lease:
+            for name, where in (("take_offered", statements["offered"]), ("take_candidate", statements["candidate"])):
+                pick = where.replace(f"SELECT {_cols('', _UNIT)} FROM", "SELECT unit_id FROM", 1)
+                statements[name] = (
+                    f"WITH pick AS ({pick}), "
+                    "taken AS (UPDATE units SET state = 'leased', attempts = attempts + 1, vehicle_id = :vid "
+                    f"FROM pick WHERE units.unit_id = pick.unit_id RETURNING {_cols('units.', _UNIT)}), "
+                    f"opened AS (INSERT INTO leases ({_cols('', _LEASE)}) SELECT :lid, unit_id, job_id, :vid, :now, "
+                    ":deadline, 'active', NULL, NULL, CASE WHEN checkpoint_digest IS NULL THEN 0 "
+                    "ELSE checkpoint_items END FROM taken) "
+                    f"SELECT {_cols('', _UNIT)} FROM taken"
+                )
+            # ... and, once its lease is closed as completed, the rest of a completion:
+            statements["finish"] = (
+                "WITH done AS (UPDATE units SET state = 'done', result_digest = :rd WHERE unit_id = :uid "
+                "AND state = 'leased' RETURNING unit_id), "
+                "blob AS (INSERT INTO result_blobs (digest, data, created_at) SELECT :rd, :data, :now "
+                "WHERE CAST(:data AS bytea) IS NOT NULL ON CONFLICT DO NOTHING), "
+                f"metered AS (INSERT INTO ledger ({_cols('', _LEDGER)}) VALUES ({_cols(':', _LEDGER)})), "
+                "took AS (INSERT INTO accepted_units (job_id, idx, result_digest) SELECT :jid, :idx, :rd "
+                "WHERE CAST(:accept AS boolean) AND EXISTS (SELECT 1 FROM done) ON CONFLICT DO NOTHING "
+                "RETURNING idx), "
+                "counted AS (UPDATE jobs SET units_done = units_done + 1 WHERE job_id = :jid "
+                f"AND EXISTS (SELECT 1 FROM took) RETURNING {_cols('jobs.', _JOB)}) "
+                "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM took), counted.* "
+                "FROM (SELECT 1) AS one LEFT JOIN counted ON true"
+            )
             statements = {k: re.sub(r"(?<!:):(\w+)", r"%(\1)s", v) for k, v in statements.items()}
         self.sql = statements
+        self.pg = pg
 
 
 class CycleRows:
@@ -132,6 +161,15 @@ class CycleRows:
                 # revoking coordinator's release of the car's leases sees it.
                 self._check_may_lease(c, vehicle_id)
             params = {"vid": vehicle_id, "now": now}
+            if self._cycle.pg:
+                taken = self._take(c, params | {"lid": lease_id, "deadline": deadline}, offers)
+                if taken is None:
+                    return None
+                unit = taken
+                lease = LeaseRecord(lease_id=lease_id, unit_id=unit.unit_id, job_id=unit.job_id,
+                                    vehicle_id=vehicle_id, issued_at=now, deadline=deadline,
+                                    resumed_items=unit.checkpoint_items if unit.checkpoint_digest else 0)
+                return lease, unit
             for _ in range(_ACQUIRE_TRIES):
                 row = self._run(c, "offered", params).fetchone() if offers else None
                 if row is None:
@@ -152,6 +190,14 @@ class CycleRows:
         unit.state, unit.attempts, unit.vehicle_id = "leased", unit.attempts + 1, vehicle_id
         return lease, unit
 
+    def _take(self, c: Connection, params: dict[str, Any], offers: bool) -> UnitRecord | None:
+        """PostgreSQL: take a unit (one offered to the car first) and open its lease in one statement; the unit as
+        taken. SKIP LOCKED: a unit another transaction is taking is passed over, never taken twice."""
+        row = self._run(c, "take_offered", params).fetchone() if offers else None
+        if row is None:
+            row = self._run(c, "take_candidate", params).fetchone()
+        return _unit(row) if row is not None else None
+
     def _check_may_lease(self, c: Connection, vehicle_id: str) -> None:
         row = self._run(c, "revoked", {"vid": vehicle_id}).fetchone()
         if row is None:
@@ -165,7 +211,7 @@ class CycleRows:
 
     @property
     def _cycle_pg(self) -> bool:
-        return "%(" in self._cycle.sql["job"]
+        return self._cycle.pg
 
     def complete(self, lease: LeaseRecord, unit: UnitRecord, result_digest: str, entry: LedgerRecord, now: float,
                  *, accept: bool = False, artifact: tuple[int, str] | None = None,
@@ -181,22 +227,45 @@ class CycleRows:
                 error = LeaseExpired if now_state == "expired" else Conflict
                 raise error(f"lease {lease.lease_id} is {now_state}, not active, so its result is not accepted; "
                             "lease new work with POST /v1/leases")
-            if self._run(c, "unit_done", {"uid": unit.unit_id, "rd": result_digest}).rowcount != 1:
-                # Its lease was active, so the unit is leased; anything else is a bug worth stopping for.
-                raise Conflict(f"unit {unit.unit_id} of active lease {lease.lease_id} is not leased; nothing recorded")
             if artifact is not None:
                 self._add_artifacts(c, [(result_digest, artifact[0])], artifact[1], now)
-            if blob is not None:
-                self._run(c, "add_blob", ids | {"data": blob})
-            self._run(c, "ledger", {k: getattr(entry, k) for k in _LEDGER})
-            job = None
-            if accept:
-                job = self._accept(c, unit.job_id, unit.idx, result_digest, replicated=unit.replicas > 1)
-            if job is None:
-                job = _job(self._run(c, "job", {"jid": unit.job_id}).fetchone())
+            if self._cycle.pg:
+                job = self._finish(c, lease, unit, entry, ids, accept=accept, blob=blob)
+            else:
+                job = self._finish_apart(c, lease, unit, entry, ids, accept=accept, blob=blob)
         lease.state, lease.result_digest, lease.closed_at = "completed", result_digest, now
         unit.state, unit.result_digest = "done", result_digest
         return job
+
+    def _finish_apart(self, c: Connection, lease: LeaseRecord, unit: UnitRecord, entry: LedgerRecord,
+                      ids: dict[str, Any], *, accept: bool, blob: bytes | None) -> JobRecord:
+        """SQLite: the rest of :meth:`complete`, statement by statement (no round trips to save)."""
+        if self._run(c, "unit_done", {"uid": unit.unit_id, "rd": ids["rd"]}).rowcount != 1:
+            # Its lease was active, so the unit is leased; anything else is a bug worth stopping for.
+            raise Conflict(f"unit {unit.unit_id} of active lease {lease.lease_id} is not leased; nothing recorded")
+        if blob is not None:
+            self._run(c, "add_blob", ids | {"data": blob})
+        self._run(c, "ledger", {k: getattr(entry, k) for k in _LEDGER})
+        job = self._accept(c, unit.job_id, unit.idx, ids["rd"], replicated=unit.replicas > 1) if accept else None
+        return job if job is not None else _job(self._run(c, "job", {"jid": unit.job_id}).fetchone())
+
+    def _finish(self, c: Connection, lease: LeaseRecord, unit: UnitRecord, entry: LedgerRecord,
+                ids: dict[str, Any], *, accept: bool, blob: bytes | None) -> JobRecord:
+        """PostgreSQL: the rest of :meth:`complete` in one statement (unit done, blob, ledger row, acceptance)."""
+        params = ids | {k: getattr(entry, k) for k in _LEDGER} | {
+            "uid": unit.unit_id, "jid": unit.job_id, "idx": unit.idx, "data": blob, "accept": accept}
+        row = self._run(c, "finish", params).fetchone()
+        done, took = row[0], row[1]
+        if done != 1:
+            # Its lease was active, so the unit is leased; anything else is a bug worth stopping for.
+            raise Conflict(f"unit {unit.unit_id} of active lease {lease.lease_id} is not leased; nothing recorded")
+        if not took:  # no quorum decided here, or accepted before
+            return _job(self._run(c, "job", {"jid": unit.job_id}).fetchone())
+        if unit.replicas > 1:
+            for unit_id, state in self._run(c, "replicas", params).fetchall():
+                if state == "pending":
+                    self._run(c, "cancel_unit", {"uid": unit_id})
+        return _job(row, 2)
 
     def _accept(self, c: Connection, job_id: str, idx: int, result_digest: str, *,
                 replicated: bool) -> JobRecord | None:
