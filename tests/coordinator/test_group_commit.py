@@ -169,3 +169,30 @@ def test_a_sigkill_right_after_acknowledged_completions_loses_none_of_them(tmp_p
         np.testing.assert_array_equal(result, np.concatenate([results[i] for i in range(24)]))
     finally:
         coordinator.stop()
+
+
+def test_an_operation_whose_caller_gave_up_is_skipped_and_the_thread_lives_on(tmp_path):
+    """A caller that cancels its future (an asyncio task cancelled while it waits, as a long-poll whose car hung
+    up) does not kill the batching thread: its operation is not run, the others are."""
+    store = _store(tmp_path)
+    hold, held = threading.Event(), threading.Event()
+
+    def blocker() -> None:
+        held.set()
+        hold.wait(60)
+
+    try:
+        first = store.batched(blocker)
+        assert held.wait(60)  # the thread is busy: the next operations queue behind it
+        ran: list[str] = []
+        gave_up = store.batched(lambda: ran.append("cancelled"))
+        kept = store.batched(lambda: ran.append("kept"))
+        assert gave_up.cancel()
+        hold.set()
+        first.result(timeout=60)
+        kept.result(timeout=60)
+        assert ran == ["kept"]
+        assert store.batched(lambda: "alive").result(timeout=60) == "alive"
+    finally:
+        hold.set()
+        store.close()

@@ -139,6 +139,11 @@ class GroupCommit:
         turn.done.wait()
 
     def _apply(self, batch: list[_Op]) -> None:
+        # As an executor does: an operation whose caller gave up (cancelled its future) is not run, and one that
+        # runs can no longer be cancelled, so its outcome is always delivered.
+        batch = [op for op in batch if op.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         outcomes: list[tuple[_Op, bool, Any]] = []
         after: list[Callable[[], None]] = []
         try:
