@@ -194,6 +194,8 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
         loop.set_default_executor(ThreadPoolExecutor(max_workers=coord.config.store_threads,
                                                      thread_name_prefix="fleetgrid-store"))
         coord.training.notify = lambda vehicles: coord.scheduler.polls.wake(0, vehicles)
+        # Work other replicas on this database make wakes cars here too (none to listen for on SQLite).
+        stop_listening = await asyncio.to_thread(coord.store.listen_for_work, coord.scheduler.polls.wake)
         await asyncio.to_thread(coord.training.start)
         sweeper = asyncio.create_task(coord.sweep_forever())
         watcher = asyncio.create_task(coord.admission.watch(lambda: coord.store.batched(lambda: None)))
@@ -205,6 +207,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await asyncio.to_thread(stop_listening)
             await asyncio.to_thread(coord.states.flush)
 
     app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan,

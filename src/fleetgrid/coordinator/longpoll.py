@@ -2,8 +2,9 @@
 
 Waking every waiting car whenever anything changes (a thundering herd) makes 10,000 connected cars cost 10,000
 store queries per new unit. Here a new unit wakes the car that has waited longest, a share offered to one car wakes
-that car, and a waiter re-checks on its own only every ``recheck_s`` (work another replica created, or a woken car
-that could not take the unit it was woken for).
+that car, and a waiter re-checks on its own only every ``long_poll_recheck_s``, a safety net (a woken car that could
+not take the unit it was woken for). Work another replica on the same PostgreSQL database creates wakes cars here
+the same way, through the store's :meth:`~fleetgrid.coordinator.store.Store.listen_for_work`.
 
 A waiter is registered *before* its car looks for work, so a wake that lands between the look and the wait is not
 lost: the wait then returns at once.
