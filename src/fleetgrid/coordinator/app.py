@@ -570,7 +570,7 @@ def _operator_routes(app: FastAPI, coord: Coordinator) -> None:
         counts = store.counts()
         return FleetOverview(vehicles=len(vehicles), by_state=by_state, eligible_now=sum(v.eligible for v in vehicles),
                              online=online, leases_in_flight=counts["leases_in_flight"], jobs=counts["jobs"],
-                             units_pending=counts["units_pending"])
+                             units_pending=counts["units_pending"], long_polling=coord.scheduler.polls.sleeping())
 
     @app.get(f"{API_PREFIX}/vehicles", response_model=list[VehicleSummary], tags=["operator"],
              dependencies=[Depends(operator)])

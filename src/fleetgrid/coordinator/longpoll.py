@@ -23,15 +23,21 @@ __all__ = ["LongPolls", "Ticket"]
 class Ticket:
     """One car's place in the queue of waiters."""
 
-    __slots__ = ("event", "key", "vehicle_id")
+    __slots__ = ("asleep", "event", "key", "vehicle_id")
 
     def __init__(self, key: int, vehicle_id: str) -> None:
         self.key, self.vehicle_id, self.event = key, vehicle_id, asyncio.Event()
+        self.asleep = False
+        """Whether the car is in :meth:`wait` now: it looked for work and found none."""
 
     async def wait(self, timeout_s: float) -> bool:
         """True if woken, False if ``timeout_s`` passed first."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), timeout_s)
+        self.asleep = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), timeout_s)
+        finally:
+            self.asleep = False
         return self.event.is_set()
 
 
@@ -46,6 +52,11 @@ class LongPolls:
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    def sleeping(self) -> int:
+        """How many of the cars waiting here looked for work, found none, and wait to be woken. Safe from any
+        thread: ``list()`` copies the waiters in one step, so the event loop cannot change them midway."""
+        return sum(ticket.asleep for ticket in list(self._waiting.values()))
 
     def enter(self, vehicle_id: str) -> Ticket:
         ticket = Ticket(next(self._keys), vehicle_id)
