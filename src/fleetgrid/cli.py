@@ -150,6 +150,9 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
     lease_ttl: Annotated[float, typer.Option(help="Seconds a lease lives without renewal")] = 60.0,
     max_artifact_bytes: Annotated[int, typer.Option(help="Largest artifact upload, in bytes")] = 2 << 30,
+    max_long_poll: Annotated[float, typer.Option(help="Longest a car's request for work waits for some")] = 30.0,
+    long_poll_recheck: Annotated[float, typer.Option(
+        help="A waiting car is woken when work appears; it also looks again this often on its own")] = 30.0,
     enroll_token: Annotated[str | None, typer.Option(envvar="FLEETGRID_ENROLL_TOKEN",
                                                         help="Fix the fleet enrollment token")] = None,
     operator_token: Annotated[str | None, typer.Option(envvar="FLEETGRID_OPERATOR_TOKEN",
@@ -168,7 +171,8 @@ def serve(
     try:
         tenants = dict(_name_value(t) for t in tenant or [])
         config = CoordinatorConfig(data_dir=data_dir, database_url=db, lease_ttl_s=lease_ttl,
-                                   max_artifact_bytes=max_artifact_bytes, enroll_token=enroll_token,
+                                   max_artifact_bytes=max_artifact_bytes, max_long_poll_s=max_long_poll,
+                                   long_poll_recheck_s=long_poll_recheck, enroll_token=enroll_token,
                                    operator_token=operator_token, tenant_tokens=tenants)
         if db is not None:
             engine_url(db)  # a database URL we cannot serve fails before anything listens

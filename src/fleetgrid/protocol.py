@@ -426,3 +426,5 @@ class FleetOverview(_Wire):
     leases_in_flight: int
     jobs: dict[str, int]
     units_pending: int
+    long_polling: int = Field(default=0, description="cars long-polling the coordinator that answered (one replica) "
+                                                     "that found no work and wait to be woken")

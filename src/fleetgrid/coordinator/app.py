@@ -194,6 +194,8 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
         loop.set_default_executor(ThreadPoolExecutor(max_workers=coord.config.store_threads,
                                                      thread_name_prefix="fleetgrid-store"))
         coord.training.notify = lambda vehicles: coord.scheduler.polls.wake(0, vehicles)
+        # Work other replicas on this database make wakes cars here too (none to listen for on SQLite).
+        stop_listening = await asyncio.to_thread(coord.store.listen_for_work, coord.scheduler.polls.wake)
         await asyncio.to_thread(coord.training.start)
         sweeper = asyncio.create_task(coord.sweep_forever())
         watcher = asyncio.create_task(coord.admission.watch(lambda: coord.store.batched(lambda: None)))
@@ -205,6 +207,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await asyncio.to_thread(stop_listening)
             await asyncio.to_thread(coord.states.flush)
 
     app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan,
@@ -570,7 +573,7 @@ def _operator_routes(app: FastAPI, coord: Coordinator) -> None:
         counts = store.counts()
         return FleetOverview(vehicles=len(vehicles), by_state=by_state, eligible_now=sum(v.eligible for v in vehicles),
                              online=online, leases_in_flight=counts["leases_in_flight"], jobs=counts["jobs"],
-                             units_pending=counts["units_pending"])
+                             units_pending=counts["units_pending"], long_polling=coord.scheduler.polls.sleeping())
 
     @app.get(f"{API_PREFIX}/vehicles", response_model=list[VehicleSummary], tags=["operator"],
              dependencies=[Depends(operator)])

@@ -61,9 +61,10 @@ class CoordinatorConfig:
     store_threads: int = 32
     """Threads that run store calls, file writes and fsyncs off the event loop (they wait on the database or the
     disk, so more than the cores)."""
-    long_poll_recheck_s: float = 10.0
-    """A long-polling car is woken when work for it appears; it also looks again this often on its own (work
-    created by another replica, or taken by the car woken for it)."""
+    long_poll_recheck_s: float = 30.0
+    """A long-polling car is woken when work for it appears, made by this coordinator or (on PostgreSQL) another
+    replica; it also looks again this often on its own, a safety net (a woken car that could not take the unit it
+    was woken for leaves it to the next car that looks)."""
     driver_claim_ttl_s: float = 6.0
     """Replicas on one database: the replica driving a training job renews its claim every sixth of this; when it
     dies, another takes the job over within this long."""
@@ -91,6 +92,9 @@ class CoordinatorConfig:
             raise InvalidInput(f"admission_max_delay_s must be > 0 seconds, got {self.admission_max_delay_s}")
         if self.admission_interval_s <= 0:
             raise InvalidInput(f"admission_interval_s must be > 0 seconds, got {self.admission_interval_s}")
+        if self.long_poll_recheck_s <= 0 or self.max_long_poll_s < 0:
+            raise InvalidInput(f"long_poll_recheck_s must be > 0 and max_long_poll_s >= 0 seconds, got "
+                               f"{self.long_poll_recheck_s} and {self.max_long_poll_s}")
         if self.auth_cache_ttl_s < 0:
             raise InvalidInput(f"auth_cache_ttl_s must be >= 0 seconds (0 disables the cache), "
                                f"got {self.auth_cache_ttl_s}")

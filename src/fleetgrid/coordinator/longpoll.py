@@ -2,8 +2,9 @@
 
 Waking every waiting car whenever anything changes (a thundering herd) makes 10,000 connected cars cost 10,000
 store queries per new unit. Here a new unit wakes the car that has waited longest, a share offered to one car wakes
-that car, and a waiter re-checks on its own only every ``recheck_s`` (work another replica created, or a woken car
-that could not take the unit it was woken for).
+that car, and a waiter re-checks on its own only every ``long_poll_recheck_s``, a safety net (a woken car that could
+not take the unit it was woken for). Work another replica on the same PostgreSQL database creates wakes cars here
+the same way, through the store's :meth:`~fleetgrid.coordinator.store.Store.listen_for_work`.
 
 A waiter is registered *before* its car looks for work, so a wake that lands between the look and the wait is not
 lost: the wait then returns at once.
@@ -22,15 +23,21 @@ __all__ = ["LongPolls", "Ticket"]
 class Ticket:
     """One car's place in the queue of waiters."""
 
-    __slots__ = ("event", "key", "vehicle_id")
+    __slots__ = ("asleep", "event", "key", "vehicle_id")
 
     def __init__(self, key: int, vehicle_id: str) -> None:
         self.key, self.vehicle_id, self.event = key, vehicle_id, asyncio.Event()
+        self.asleep = False
+        """Whether the car is in :meth:`wait` now: it looked for work and found none."""
 
     async def wait(self, timeout_s: float) -> bool:
         """True if woken, False if ``timeout_s`` passed first."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), timeout_s)
+        self.asleep = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), timeout_s)
+        finally:
+            self.asleep = False
         return self.event.is_set()
 
 
@@ -45,6 +52,11 @@ class LongPolls:
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    def sleeping(self) -> int:
+        """How many of the cars waiting here looked for work, found none, and wait to be woken. Safe from any
+        thread: ``list()`` copies the waiters in one step, so the event loop cannot change them midway."""
+        return sum(ticket.asleep for ticket in list(self._waiting.values()))
 
     def enter(self, vehicle_id: str) -> Ticket:
         ticket = Ticket(next(self._keys), vehicle_id)

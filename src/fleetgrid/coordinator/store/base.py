@@ -21,6 +21,7 @@ __all__ = [
     "JobRecord",
     "LeaseRecord",
     "LedgerRecord",
+    "OnWork",
     "Store",
     "TenantRecord",
     "UnitRecord",
@@ -28,6 +29,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+OnWork = Callable[[int | None, tuple[str, ...]], None]
+"""``on_work(units, vehicles)``: ``units`` new units anyone may take (None: an unknown amount, so every waiting car
+should look) and work offered to ``vehicles`` by name."""
 
 
 @dataclass(slots=True)
@@ -385,6 +390,15 @@ class Store(ABC):
         """Run ``fn`` once the current batch (see :meth:`batched`) committed; at once outside a batch."""
         fn()
 
+    # --- wake-ups across coordinator processes ------------------------------------------------------------------
+    def listen_for_work(self, on_work: OnWork) -> Callable[[], None]:
+        """Call ``on_work`` (from another thread) whenever another coordinator process on this store makes work
+        leasable: new units, units put back to pending, units offered to named cars. Returns what stops it.
+
+        A store only one process may use (here: every store but PostgreSQL's) has nothing to listen for, as its one
+        coordinator wakes its waiting cars itself."""
+        return _nothing_to_stop
+
     # --- tenant administration --------------------------------------------------------------------------------
     @abstractmethod
     def list_tenants(self) -> list[TenantRecord]:
@@ -401,3 +415,7 @@ class TenantRecord:
     name: str
     created_at: float
     revoked: bool = False
+
+
+def _nothing_to_stop() -> None:
+    pass

@@ -12,7 +12,7 @@ import math
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,8 +39,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
 from ...errors import Conflict, InvalidInput, NotFound
-from . import migrate
-from .base import ArtifactRecord, JobRecord, LeaseRecord, LedgerRecord, Store, TenantRecord, UnitRecord, VehicleRecord
+from . import migrate, notify
+from .base import (
+    ArtifactRecord,
+    JobRecord,
+    LeaseRecord,
+    LedgerRecord,
+    OnWork,
+    Store,
+    TenantRecord,
+    UnitRecord,
+    VehicleRecord,
+)
 from .group_commit import GroupCommit
 from .schema import (
     accepted,
@@ -152,6 +162,10 @@ class SQLStore(CycleRows, OfferRows, Store):
         self._group: GroupCommit | None = None
         self._group_lock = threading.Lock()
         self._sqlite = self.engine.dialect.name == "sqlite"
+        self._announces = self.engine.dialect.name == "postgresql"
+        """Whether transactions that make work leasable NOTIFY the other coordinators (:mod:`.notify`)."""
+        self.origin = uuid.uuid4().hex[:12]
+        """This store in those notifications: its own listener ignores them."""
         if self._sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             database = self.engine.url.database
@@ -192,6 +206,7 @@ class SQLStore(CycleRows, OfferRows, Store):
         self._q_owned_by = select(artifact_owners.c.owner).where(
             artifact_owners.c.digest == bindparam("digest"), artifact_owners.c.owner == bindparam("owner")
         )
+        self._q_notify = select(func.pg_notify(notify.CHANNEL, bindparam("payload")))
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -254,6 +269,27 @@ class SQLStore(CycleRows, OfferRows, Store):
     def after_commit(self, fn: Callable[[], None]) -> None:
         if self._group is None or not self._group.after_commit(fn):
             fn()
+
+    def _announce(self, c: Connection, units: int, vehicles: Iterable[str] = ()) -> None:
+        """Tell the other coordinators on this database, when ``c``'s transaction commits, that ``units`` units
+        anyone may take and work offered to ``vehicles`` became leasable."""
+        named = sorted(set(vehicles))
+        if self._announces and (units > 0 or named):
+            for payload in notify.encode(self.origin, units, named):
+                c.execute(self._q_notify, {"payload": payload})
+
+    def _announce_units(self, c: Connection, unit_list: Sequence[UnitRecord]) -> None:
+        targets = [u.target_vehicle for u in unit_list if u.target_vehicle is not None]
+        self._announce(c, len(unit_list) - len(targets), targets)
+
+    def listen_for_work(self, on_work: OnWork) -> Callable[[], None]:
+        if not self._announces:
+            return super().listen_for_work(on_work)
+        from .listener import WorkListener  # needs psycopg, which only PostgreSQL installs need
+
+        args, params = self.engine.dialect.create_connect_args(self.engine.url)
+        params.pop("context", None)  # SQLAlchemy's type adapters: this connection reads strings only
+        return WorkListener(dict(params, conninfo=" ".join(args)), self.origin, on_work).start().stop
 
     def close(self) -> None:
         if self._group is not None:
@@ -397,6 +433,7 @@ class SQLStore(CycleRows, OfferRows, Store):
             c.execute(insert(jobs).values(**values))
             if unit_list:
                 c.execute(insert(units), [self._unit_values(u) for u in unit_list])
+                self._announce_units(c, unit_list)
         if not self._sqlite and len(unit_list) >= _ANALYZE_AFTER:
             self._analyze_units()
 
@@ -445,6 +482,7 @@ class SQLStore(CycleRows, OfferRows, Store):
     def add_units(self, unit_list: list[UnitRecord]) -> None:
         with self._write() as c:
             c.execute(insert(units), [self._unit_values(u) for u in unit_list])
+            self._announce_units(c, unit_list)
 
     def accept_unit(self, job_id: str, idx: int, result_digest: str) -> bool:
         with self._write() as c:
@@ -541,6 +579,8 @@ class SQLStore(CycleRows, OfferRows, Store):
             if checkpoint is not None:
                 c.execute(update(units).where(unit_cond, units.c.checkpoint_items <= checkpoint[0]).values(**values))
             c.execute(update(units).where(unit_cond).values(state="pending" if requeue else "cancelled"))
+            if requeue:  # the lease was active, so its unit was leased and is pending now
+                self._announce(c, 1)  # (a unit offered to one car is never re-queued: its driver says requeue=False)
             c.execute(
                 update(jobs).where(jobs.c.job_id == lease.job_id)
                 .values(reissued_units=jobs.c.reissued_units + int(requeue),
