@@ -325,7 +325,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
                 remaining = until - loop.time()
                 if remaining <= 0 or await request.is_disconnected():
                     return None
-                # Woken for new work (one car per unit), or look again now and then: work another replica made.
+                # Woken for new work (one car per unit; other replicas notify), or look again now and then.
                 recheck = coord.config.long_poll_recheck_s if admitted else admission.interval_s
                 if not await ticket.wait(min(remaining, recheck)) and loop.time() >= until:
                     return None  # nothing came: no last look (10,000 idle cars would make 1,000 a second)
