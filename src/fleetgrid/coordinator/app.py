@@ -90,7 +90,7 @@ class Coordinator:
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
         self.training: TrainingService = drivers["train"].service  # type: ignore[attr-defined]
         self.scheduler.offers_possible = lambda: self.training.any_live
-        self.admission = Admission(config.admission_max_delay_s or config.lease_ttl_s / 4,
+        self.admission = Admission(config.admission_max_delay_s or max(1.0, config.lease_ttl_s / 4),
                                    interval_s=config.admission_interval_s)
         self.states = VehicleStates(self.store, self.clock, refresh_s=min(10.0, config.online_window_s / 3))
         self.credentials = bootstrap_credentials(self.store, config, self.clock)

@@ -70,7 +70,8 @@ class CoordinatorConfig:
     dies, another takes the job over within this long."""
     admission_max_delay_s: float | None = None
     """New leases wait while the coordinator is further behind than this (its event loop's lag or its store's
-    queue, see :mod:`fleetgrid.coordinator.admission`); default a quarter of ``lease_ttl_s``."""
+    queue, see :mod:`fleetgrid.coordinator.admission`); default a quarter of ``lease_ttl_s``, at least 1 s (a
+    pause of the process is not overload)."""
     admission_interval_s: float = 0.5
     """How often that lag is measured."""
     enroll_token: str | None = None
