@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from agent_fakes import slow_registry_factory
+from fake_models import slow_registry_factory
 from harness import ENROLL, TENANT, start_coordinator
 
 from fleetgrid.agent.config import AgentConfig
