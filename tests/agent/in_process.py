@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetgrid.agent.transport import CoordinatorClient
 from fleetgrid.client import FleetgridClient
-from fleetgrid.clock import ManualClock
+from fleetgrid.clock import Clock, ManualClock
 from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.server import bind
@@ -147,14 +147,17 @@ class PortalTransport(httpx.BaseTransport):
 
 class LiveCoordinator:
     """One real coordinator: SQLite and artifacts in ``data_dir``, the tokens of :mod:`harness` (tenant 'acme'),
-    lease deadlines on :attr:`clock`. ``settings`` are further :class:`CoordinatorConfig` fields."""
+    lease deadlines on :attr:`clock` (a :class:`ManualClock` unless given). ``settings`` are further
+    :class:`CoordinatorConfig` fields."""
 
-    def __init__(self, data_dir: Path, *, wrap: Callable[[ASGIApp], ASGIApp] | None = None,
-                 **settings: Any) -> None:
-        self.clock = ManualClock(T0)
-        # The clock stands still while a car computes, so all of a lease's reported compute time is "slack".
-        defaults = {"enroll_token": ENROLL, "operator_token": OPERATOR, "tenant_tokens": {"acme": TENANT},
-                    "compute_slack_s": 3600.0}
+    def __init__(self, data_dir: Path, *, clock: Clock | None = None,
+                 wrap: Callable[[ASGIApp], ASGIApp] | None = None, **settings: Any) -> None:
+        defaults: dict[str, Any] = {"enroll_token": ENROLL, "operator_token": OPERATOR,
+                                    "tenant_tokens": {"acme": TENANT}}
+        if clock is None:
+            # A manual clock stands still while a car computes: all of a lease's compute time is "slack".
+            clock, defaults["compute_slack_s"] = ManualClock(T0), 3600.0
+        self.clock = clock
         config = CoordinatorConfig(data_dir=data_dir, **(defaults | settings))
         self.coordinator = Coordinator(config, self.clock)
         app = create_app(coordinator=self.coordinator)
@@ -181,10 +184,10 @@ class LiveCoordinator:
 
 
 @contextlib.contextmanager
-def in_process(data_dir: Path, *, wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+def in_process(data_dir: Path, *, clock: Clock | None = None, wrap: Callable[[ASGIApp], ASGIApp] | None = None,
                **settings: Any) -> Iterator[LiveCoordinator]:
     """The coordinator running in this process, inside its lifespan, reached through ``.transport``."""
-    live = LiveCoordinator(data_dir, wrap=wrap, **settings)
+    live = LiveCoordinator(data_dir, clock=clock, wrap=wrap, **settings)
     try:
         with start_blocking_portal() as portal, \
                 portal.wrap_async_context_manager(live.fastapi.router.lifespan_context(live.fastapi)):
@@ -210,10 +213,10 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def on_socket(data_dir: Path, *, wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+def on_socket(data_dir: Path, *, clock: Clock | None = None, wrap: Callable[[ASGIApp], ASGIApp] | None = None,
               **settings: Any) -> Iterator[LiveCoordinator]:
     """The coordinator served by uvicorn on 127.0.0.1 from a thread of this process, at ``.url``."""
-    live = LiveCoordinator(data_dir, wrap=wrap, **settings)
+    live = LiveCoordinator(data_dir, clock=clock, wrap=wrap, **settings)
     sock = bind("127.0.0.1", 0)
     server = _Server(uvicorn.Config(live.tap, http="h11", lifespan="on", log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
