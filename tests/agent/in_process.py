@@ -155,8 +155,10 @@ class LiveCoordinator:
         defaults: dict[str, Any] = {"enroll_token": ENROLL, "operator_token": OPERATOR,
                                     "tenant_tokens": {"acme": TENANT}}
         if clock is None:
-            # A manual clock stands still while a car computes: all of a lease's compute time is "slack".
-            clock, defaults["compute_slack_s"] = ManualClock(T0), 3600.0
+            # A manual clock stands still while a car computes: all of a lease's compute time is "slack", and no
+            # lease can expire while the (wall-clock) app lags behind, so admission need not hold leases back.
+            clock = ManualClock(T0)
+            defaults |= {"compute_slack_s": 3600.0, "admission_max_delay_s": 3600.0}
         self.clock = clock
         config = CoordinatorConfig(data_dir=data_dir, **(defaults | settings))
         self.coordinator = Coordinator(config, self.clock)
