@@ -55,10 +55,12 @@ def encode_inputs(inputs: np.ndarray | Sequence[str] | bytes, input_format: str 
 
 
 class FleetgridClient:
-    """``token`` is a tenant token for job calls, the operator token for fleet calls."""
+    """``token`` is a tenant token for job calls, the operator token for fleet calls. ``transport`` replaces the
+    network, as in the vehicle client: an app in this process, or an ``httpx.MockTransport``."""
 
     def __init__(
-        self, base_url: str, token: str, *, verify: bool | str | ssl.SSLContext = True, timeout_s: float = 60.0
+        self, base_url: str, token: str, *, verify: bool | str | ssl.SSLContext = True, timeout_s: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise InvalidInput(f"coordinator URL {base_url!r} must start with http:// or https://, "
@@ -71,7 +73,7 @@ class FleetgridClient:
                 raise InvalidInput(f"CA bundle {verify} cannot be loaded ({exc}); expected a PEM file of "
                                    "certificates, e.g. the --tls-cert the coordinator serves") from exc
         self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=timeout_s,
-                                  headers={"authorization": f"Bearer {token}"})
+                                  headers={"authorization": f"Bearer {token}"}, transport=transport)
 
     def close(self) -> None:
         self._http.close()

@@ -1,4 +1,6 @@
-"""The agent against a real coordinator process (uvicorn on 127.0.0.1): a job that survives a preemption."""
+"""The agent against the real coordinator served by uvicorn on 127.0.0.1 (a thread of this process, on the wall
+clock): a job that survives a preemption, and the agent command as its own process. The coordinator as its own
+process is exercised with the agent command in test_agent_cli."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from agent_fakes import slow_registry_factory
-from harness import ENROLL, TENANT, start_coordinator
+from fake_models import slow_registry_factory
+from harness import ENROLL, TENANT
+from in_process import LiveCoordinator, on_socket
 
 from fleetgrid.agent.config import AgentConfig
 from fleetgrid.agent.runtime import Agent
@@ -27,11 +31,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc = start_coordinator(tmp_path_factory.mktemp("coord"), lease_ttl_s=30.0)
-    yield proc
-    proc.stop()
-    assert "Traceback" not in proc.log(), proc.log()[-3000:]
+def server(tmp_path_factory) -> Iterator[LiveCoordinator]:
+    with on_socket(tmp_path_factory.mktemp("coord"), clock=WallClock(), lease_ttl_s=30.0) as live:
+        yield live
 
 
 def _wait(predicate, timeout: float, what: str) -> None:

@@ -1,24 +1,24 @@
-"""The coordinator client against httpx.MockTransport: every error mapped, every byte of a download counted."""
+"""The coordinator client: against the real coordinator app, every error it sends mapped and every byte of a download
+counted (over a real socket where the link must break); against httpx.MockTransport, what only a proxy or a broken
+network answers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
+from fake_models import npy
+from harness import ENROLL
+from in_process import LiveCoordinator, in_process, on_socket
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetgrid import errors
 from fleetgrid.agent.transport import CoordinatorClient
-from fleetgrid.protocol import (
-    ArtifactRef,
-    EnrollRequest,
-    EnrollResponse,
-    LeaseGrant,
-    LeaseRequest,
-    ModelRef,
-    StateReport,
-)
+from fleetgrid.protocol import EnrollRequest, LeaseGrant, LeaseRequest, StateReport
 
 BASE = "http://coordinator.test"
 STATE = StateReport(drive="parked", soc=0.8, network="wifi", plugged_in=True, eligible=True)
@@ -41,14 +41,30 @@ def _wire_error_classes() -> list[type[errors.FleetgridError]]:
     return [cls for cls in _all_subclasses(errors.FleetgridError) if cls not in agent_only]
 
 
-@pytest.mark.parametrize("cls", _wire_error_classes(), ids=lambda cls: cls.__name__)
-def test_every_error_the_coordinator_sends_becomes_its_own_class(cls):
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(cls.status, json={"error": cls.code, "message": f"{cls.code} happened"})
+@pytest.fixture(scope="module")
+def app(tmp_path_factory) -> Iterator[LiveCoordinator]:
+    """One coordinator in this process for the module's calls that need no socket; each test has its own car.
+    ``max_long_poll_s``: a poll that asks for 20 s is held only this long."""
+    with in_process(tmp_path_factory.mktemp("coordinator"), max_long_poll_s=0.05) as live:
+        yield live
 
-    with client_for(handler) as client, pytest.raises(cls) as caught:
+
+@pytest.fixture(scope="module")
+def credential(app) -> str:
+    return app.enroll()
+
+
+@pytest.mark.parametrize("cls", _wire_error_classes(), ids=lambda cls: cls.__name__)
+def test_every_error_the_coordinator_raises_reaches_the_car_as_its_own_class(cls, app, credential, monkeypatch):
+    def refuse(vehicle, lease_id: str):
+        raise cls(f"{cls.code} happened to {lease_id}")
+
+    monkeypatch.setattr(app.coordinator.scheduler, "renew", refuse)  # the renew route answers whatever it raises
+    with app.car(credential) as client, pytest.raises(cls) as caught:
         client.renew("lease-1")
-    assert type(caught.value) is cls and caught.value.message == f"{cls.code} happened"
+    assert type(caught.value) is cls and caught.value.message == f"{cls.code} happened to lease-1"
+    answered = app.tap.calls("POST /v1/leases/lease-1/renew")[-1]
+    assert answered.status == cls.status and json.loads(answered.answer)["error"] == cls.code
 
 
 def test_the_mapping_covers_every_wire_error():
@@ -71,6 +87,7 @@ def test_the_mapping_covers_every_wire_error():
     ],
 )
 def test_unknown_codes_fall_back_to_the_status_class(status, body, expected):
+    # Answers no coordinator of this version gives: a newer one's codes, a proxy's pages.
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json=body) if isinstance(body, dict) else httpx.Response(status, text=body)
 
@@ -102,138 +119,164 @@ def test_a_success_with_a_body_that_is_not_the_model_is_a_transport_error():
         client.heartbeat(STATE)
 
 
-def test_calls_carry_the_credential_and_the_long_poll_gets_its_wait_on_top():
-    seen: list[httpx.Request] = []
-    grant = LeaseGrant(
-        lease_id="l-1", job_id="j", unit_index=0, replica=0, model=ModelRef(name="m"),
-        input=ArtifactRef(digest="a" * 64, size=3, format="npy"), items=3, batch_size=1, deadline=1.0,
-        renew_every_s=1.0,
-    )
-    answers = iter([httpx.Response(204), httpx.Response(200, content=grant.model_dump_json())])
+class Recording(httpx.BaseTransport):
+    """The requests a client hands its transport, as httpx built them (with their timeouts), passed on unchanged."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        if request.url.path == "/v1/vehicles/enroll":
-            return httpx.Response(201, json={"vehicle_id": "v-9", "credential": "new"})
-        return next(answers)
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.requests: list[httpx.Request] = []
 
-    with CoordinatorClient(BASE + "/", transport=httpx.MockTransport(handler), timeout_s=3.0) as client:
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.inner.handle_request(request)
+
+
+def test_calls_carry_the_credential_and_the_long_poll_gets_its_wait_on_top(app):
+    seen = Recording(app.transport)
+    with CoordinatorClient(app.url + "/", transport=seen, timeout_s=3.0) as client:
         with pytest.raises(errors.AuthError, match="enroll first"):
             client.renew("l-1")
-        enrolled = client.enroll(EnrollRequest(enrollment_token="t", name="car", hardware="ai4"))
-        assert enrolled == EnrollResponse(vehicle_id="v-9", credential="new")
+        enrolled = client.enroll(EnrollRequest(enrollment_token=ENROLL, name="car", hardware="ai4"))
+        assert enrolled.vehicle_id.startswith("v-") and enrolled.credential
         client.credential = enrolled.credential
         assert client.request_lease(LeaseRequest(state=STATE, wait_s=20)) is None
-        assert client.request_lease(LeaseRequest(state=STATE)) == grant
-    enroll, poll, _ = seen
+        with app.tenant() as tenant:
+            job = tenant.submit("fake-summax", np.zeros((3, 3), np.float32), unit_items=3, batch_size=1)
+        grant = client.request_lease(LeaseRequest(state=STATE))
+    assert isinstance(grant, LeaseGrant) and grant.job_id == job.job_id and grant.items == 3
+    bearer = f"Bearer {enrolled.credential}"
+    assert [e.status for e in app.tap.calls("POST /v1/leases") if e.headers["authorization"] == bearer] == [204, 200]
+    enroll, poll, _ = seen.requests
     assert "authorization" not in enroll.headers
-    assert poll.headers["authorization"] == "Bearer new" and poll.url.path == "/v1/leases"
+    assert poll.headers["authorization"] == bearer and poll.url.path == "/v1/leases"
     assert json.loads(poll.content)["wait_s"] == 20
     assert poll.extensions["timeout"]["read"] == pytest.approx(23.0)
 
 
-def test_upload_puts_the_bytes_under_their_digest():
-    stored: dict[str, bytes] = {}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        digest = request.url.path.rsplit("/", 1)[1]
-        if hashlib.sha256(request.content).hexdigest() != digest:
-            return httpx.Response(400, json={"error": "hash_mismatch", "message": "bytes changed"})
-        stored[digest] = request.content
-        return httpx.Response(201, json={"digest": digest, "size": len(request.content)})
-
-    with client_for(handler) as client:
+def test_upload_puts_the_bytes_under_their_digest(app, credential):
+    with app.car(credential) as client:
         digest = client.upload(b"result bytes")
-    assert stored == {digest: b"result bytes"} and digest == hashlib.sha256(b"result bytes").hexdigest()
+    assert digest == hashlib.sha256(b"result bytes").hexdigest()
+    assert app.coordinator.artifacts.read_bytes(digest) == b"result bytes"
 
 
-# --- resumable downloads ---------------------------------------------------------------------------------------
+# --- resumable downloads, over a real socket --------------------------------------------------------------------
 
 
-class _Body(httpx.SyncByteStream):
-    """A body that arrives in 8 KiB chunks, as off a socket; ``broken`` drops the connection after the last."""
+class ArtifactLink:
+    """A thin middleware between the car and the real app's artifact downloads: records each GET's ``Range``
+    header, may drop it (as some proxies do), and for the next ``breaks`` GETs passes ``cut`` bytes of the body
+    and then closes the connection."""
 
-    def __init__(self, data: bytes, broken: bool = False) -> None:
-        self.data, self.broken = data, broken
+    def __init__(self) -> None:
+        self.reset()
 
-    def __iter__(self):
-        for i in range(0, len(self.data), 8192):
-            yield self.data[i : i + 8192]
-        if self.broken:
-            raise httpx.ReadError("connection reset by peer")
-
-
-class ArtifactServer:
-    """Serves one artifact with Range support; the first ``breaks`` GETs drop the link after ``cut`` bytes."""
-
-    def __init__(self, data: bytes, *, cut: int = 0, breaks: int = 0, honour_range: bool = True) -> None:
-        self.data, self.cut, self.breaks, self.honour_range = data, cut, breaks, honour_range
-        self.digest = hashlib.sha256(data).hexdigest()
+    def reset(self) -> None:
         self.ranges: list[str | None] = []
+        self.cut = 0
+        self.breaks = 0
+        self.honour_range = True
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        assert request.url.path == f"/v1/artifacts/{self.digest}"
-        if request.method == "HEAD":
-            return httpx.Response(200, headers={"Content-Length": str(len(self.data))})
-        header = request.headers.get("range")
-        self.ranges.append(header)
-        start = int(header.removeprefix("bytes=").rstrip("-")) if header and self.honour_range else 0
-        if start >= len(self.data):
-            return httpx.Response(416, json={"error": "range_not_satisfiable", "message": "past the end"})
-        status = 206 if start else 200
-        body = self.data[start:]
-        if self.breaks:
+    def __call__(self, app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/v1/artifacts/"):
+                await app(scope, receive, send)
+                return
+            header = dict(scope["headers"]).get(b"range")
+            self.ranges.append(header.decode() if header is not None else None)
+            if not self.honour_range:
+                scope = scope | {"headers": [(k, v) for k, v in scope["headers"] if k != b"range"]}
+            if not self.breaks:
+                await app(scope, receive, send)
+                return
             self.breaks -= 1
-            return httpx.Response(status, stream=_Body(body[: self.cut], broken=True))
-        return httpx.Response(status, stream=_Body(body))
+            left = self.cut
+
+            async def cutting(message: Message) -> None:
+                nonlocal left
+                if message["type"] != "http.response.body":
+                    await send(message)
+                    return
+                chunk = message.get("body", b"")[:left]
+                left -= len(chunk)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # The rest is dropped and the response never ends: uvicorn closes the connection.
+
+            await app(scope, receive, cutting)
+
+        return middleware
 
 
-def test_an_interrupted_download_resumes_with_range_and_counts_every_byte_once(tmp_path):
+_LINK = ArtifactLink()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[LiveCoordinator]:
+    """One coordinator on a socket for the module's downloads; each test uploads its own artifact."""
+    with on_socket(tmp_path_factory.mktemp("coordinator"), wrap=_LINK) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def car(served) -> Iterator[CoordinatorClient]:
+    with served.car(served.enroll()) as client:
+        yield client
+
+
+@pytest.fixture
+def link(served) -> ArtifactLink:
+    _LINK.reset()
+    return _LINK
+
+
+def test_an_interrupted_download_resumes_with_range_and_counts_every_byte_once(tmp_path, link, car):
     data = bytes(range(256)) * 1200  # 307,200 bytes
-    server = ArtifactServer(data, cut=100_000, breaks=1)
+    digest = car.upload(data)
+    link.cut, link.breaks = 100_000, 1
     counted: list[int] = []
     dest = tmp_path / "shard"
-    with client_for(server) as client:
-        assert client.artifact_size(server.digest) == len(data)
-        with pytest.raises(errors.TransportError, match="broke after 100000 bytes"):
-            client.download(server.digest, dest, on_bytes=counted.append)
-        assert not dest.exists() and (tmp_path / "shard.part").stat().st_size == 100_000
-        moved = client.download(server.digest, dest, on_bytes=counted.append)
-        assert client.download(server.digest, dest) == 0, "a verified file is not fetched again"
-    assert server.ranges == [None, "bytes=100000-"]
+    assert car.artifact_size(digest) == len(data)
+    with pytest.raises(errors.TransportError, match="broke after 100000 bytes"):
+        car.download(digest, dest, on_bytes=counted.append)
+    assert not dest.exists() and (tmp_path / "shard.part").stat().st_size == 100_000
+    moved = car.download(digest, dest, on_bytes=counted.append)
+    assert car.download(digest, dest) == 0, "a verified file is not fetched again"
+    assert link.ranges == [None, "bytes=100000-"]
     assert moved == len(data) - 100_000 and sum(counted) == len(data)
     assert dest.read_bytes() == data and not (tmp_path / "shard.part").exists()
 
 
-def test_a_server_that_ignores_range_restarts_the_file(tmp_path):
+def test_a_server_that_ignores_range_restarts_the_file(tmp_path, link, car):
     data = b"x" * 50_000 + b"y" * 50_000
-    server = ArtifactServer(data, honour_range=False)
+    digest = car.upload(data)
+    link.honour_range = False
     (tmp_path / "f.part").write_bytes(data[:30_000])
-    with client_for(server) as client:
-        assert client.download(server.digest, tmp_path / "f") == len(data)
-    assert (tmp_path / "f").read_bytes() == data
+    assert car.download(digest, tmp_path / "f") == len(data)
+    assert (tmp_path / "f").read_bytes() == data and link.ranges == ["bytes=30000-"]
 
 
-def test_a_complete_partial_file_finishes_on_416_without_a_byte(tmp_path):
+def test_a_complete_partial_file_finishes_on_416_without_a_byte(tmp_path, link, served, car):
     data = b"abc" * 1000
-    server = ArtifactServer(data)
+    digest = car.upload(data)
     (tmp_path / "f.part").write_bytes(data)
-    with client_for(server) as client:
-        assert client.download(server.digest, tmp_path / "f") == 0
-    assert (tmp_path / "f").read_bytes() == data and server.ranges == [f"bytes={len(data)}-"]
+    assert car.download(digest, tmp_path / "f") == 0
+    assert (tmp_path / "f").read_bytes() == data and link.ranges == [f"bytes={len(data)}-"]
+    assert [e.status for e in served.tap.calls(f"GET /v1/artifacts/{digest}")] == [416]
 
 
-def test_bytes_that_do_not_hash_to_the_digest_are_discarded(tmp_path):
-    server = ArtifactServer(b"real")
-    server.data = b"fake"  # served under the digest of b"real"
-    with client_for(server) as client, pytest.raises(errors.HashMismatch, match="discarded"):
-        client.download(server.digest, tmp_path / "f")
+def test_bytes_that_do_not_hash_to_the_digest_are_discarded(tmp_path, link, served, car):
+    digest = car.upload(b"real")
+    stored = served.coordinator.artifacts.path(digest)
+    stored.chmod(0o644)
+    stored.write_bytes(b"fake")  # the coordinator's disk now serves other bytes under the digest of b"real"
+    with pytest.raises(errors.HashMismatch, match="discarded"):
+        car.download(digest, tmp_path / "f")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_callback_may_abandon_a_download_and_keep_the_partial_file(tmp_path):
-    data = bytes(200_000)
-    server = ArtifactServer(data)
+def test_a_callback_may_abandon_a_download_and_keep_the_partial_file(tmp_path, link, car):
+    data = npy(np.arange(50_000, dtype=np.float32))  # about 200 kB: more than one read off the socket
 
     class Enough(Exception):
         pass
@@ -241,12 +284,13 @@ def test_a_callback_may_abandon_a_download_and_keep_the_partial_file(tmp_path):
     def stop_after_first_chunk(n: int) -> None:
         raise Enough
 
-    with client_for(server) as client:
-        with pytest.raises(Enough):
-            client.download(server.digest, tmp_path / "f", on_bytes=stop_after_first_chunk)
-        kept = (tmp_path / "f.part").stat().st_size
-        assert 0 < kept < len(data)
-        assert client.download(server.digest, tmp_path / "f") == len(data) - kept
+    digest = car.upload(data)
+    with pytest.raises(Enough):
+        car.download(digest, tmp_path / "f", on_bytes=stop_after_first_chunk)
+    kept = (tmp_path / "f.part").stat().st_size
+    assert 0 < kept < len(data)
+    assert car.download(digest, tmp_path / "f") == len(data) - kept
+    assert (tmp_path / "f").read_bytes() == data
 
 
 def test_bad_arguments_are_refused_before_any_request():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_fakes import expected, npy, summax_factory
+from fake_models import expected, npy, summax_factory
 
 from fleetgrid import errors
 from fleetgrid.agent.worker import WorkerProcess

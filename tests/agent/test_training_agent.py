@@ -1,9 +1,15 @@
-"""The agent's training path: the worker's TrainTask, the training report call, and whole training leases against an
-in-memory coordinator with a real worker process training MNIST-1D (the global's bytes and the updates are
-artifacts, fetched and uploaded like any workload's)."""
+"""The agent's training path: the worker's TrainTask, the training report call, and whole training leases with a
+real worker process training MNIST-1D (the global's bytes and the updates are artifacts, fetched and uploaded like any
+workload's).
+
+Unlike the inference tests, the report call and the whole leases here still run against a fake coordinator
+(httpx.MockTransport, FakeTrainingCoordinator): each test dictates the rounds the car is granted (the same version
+twice, a delta that is gone, a round that closes first), which the real training service does not let a test
+choose."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -14,7 +20,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from agent_fakes import FakeCoordinator
 from test_agent_runtime import make_bus, running, wait_for
 
 from fleetgrid import errors
@@ -26,7 +31,10 @@ from fleetgrid.workloads.federated.task import TrainTask, load_train_state
 from fleetgrid.clock import ManualClock
 from fleetgrid.protocol import (
     ArtifactRef,
+    EnrollRequest,
+    EnrollResponse,
     FailRequest,
+    HeartbeatResponse,
     LeaseAck,
     LeaseRequest,
     ModelDelta,
@@ -175,12 +183,17 @@ class Round:
 
 
 @dataclass
-class FakeTrainingCoordinator(FakeCoordinator):
-    """:class:`FakeCoordinator` plus training: hands out ``rounds`` in order, publishes each global version as a
-    snapshot artifact and the float32 delta from the version before, and records the updates the car uploads and
-    reports."""
+class FakeTrainingCoordinator:
+    """The vehicle API of a coordinator running one training job, in memory, shaped like :class:`CoordinatorClient`:
+    hands out ``rounds`` in order, publishes each global version as a snapshot artifact and the float32 delta from
+    the version before, and records the updates the car uploads and reports."""
 
     rounds: list[Round] = field(default_factory=list)
+    credential: str | None = None
+    calls: list[tuple[str, object]] = field(default_factory=list)
+    lease_requests: list[LeaseRequest] = field(default_factory=list)
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    downloads: dict[str, int] = field(default_factory=dict)  # digest -> times fetched
     versions: list[torch.Tensor] = field(default_factory=list)
     snapshots: list[str] = field(default_factory=list)  # version -> digest of its snapshot artifact
     deltas: list[str] = field(default_factory=list)  # version v - 1 -> digest of the delta from v - 1 to v
@@ -188,6 +201,7 @@ class FakeTrainingCoordinator(FakeCoordinator):
     updates: list[tuple[UpdateReport, bytes]] = field(default_factory=list)  # (report, the update it names)
     gone: set[str] = field(default_factory=set)  # artifacts a grant names that are no longer served (404)
     renew_every_s: float = 0.05
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         # Each version is the last plus a decoded delta, computed as the car applies it, so digests match exactly.
@@ -199,8 +213,34 @@ class FakeTrainingCoordinator(FakeCoordinator):
             self.versions.append(self.versions[-1] + torch.from_numpy(decode(delta)))
         self.snapshots = [self.put(encode(v.numpy(), CompressionConfig())) for v in self.versions]
 
+    def put(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self.artifacts[digest] = data
+        return digest
+
     def ref(self, digest: str) -> ArtifactRef:
         return ArtifactRef(digest=digest, size=len(self.artifacts[digest]))
+
+    def calls_named(self, name: str) -> list[object]:
+        return [body for called, body in self.calls if called == name]
+
+    def _auth(self) -> None:
+        if self.credential != "cred-1":
+            raise errors.AuthError(f"credential {self.credential!r} refused")
+
+    def enroll(self, request: EnrollRequest) -> EnrollResponse:
+        self.calls.append(("enroll", request))
+        if request.enrollment_token != "good-token":
+            raise errors.AuthError("enrollment token refused")
+        return EnrollResponse(vehicle_id="v-1", credential="cred-1")
+
+    def heartbeat(self, report: StateReport) -> HeartbeatResponse:
+        self._auth()
+        self.calls.append(("heartbeat", report))
+        return HeartbeatResponse(server_time=time.time(), active_leases=list(self.train_leases))
+
+    def close(self) -> None:
+        pass
 
     def request_lease(self, request: LeaseRequest) -> TrainGrant | None:
         self._auth()
@@ -223,9 +263,6 @@ class FakeTrainingCoordinator(FakeCoordinator):
             self.calls.append(("grant", offered))
             return offered
 
-    def active_lease_ids(self) -> list[str]:
-        return [*self.leases, *self.train_leases]
-
     def train_update(self, lease_id: str, report: UpdateReport) -> LeaseAck:
         self._auth()
         self.updates.append((report, self.artifacts[report.update]))
@@ -237,10 +274,10 @@ class FakeTrainingCoordinator(FakeCoordinator):
         return LeaseAck(lease_id=lease_id, state="completed", next_lease=follow_on)
 
     def renew(self, lease_id: str) -> LeaseAck:
-        if lease_id in self.train_leases:
-            self.calls.append(("renew", lease_id))
-            return LeaseAck(lease_id=lease_id, state="active", deadline=time.time() + 60)
-        return super().renew(lease_id)
+        if lease_id not in self.train_leases:
+            raise errors.NotFound(f"lease {lease_id} is not open")
+        self.calls.append(("renew", lease_id))
+        return LeaseAck(lease_id=lease_id, state="active", deadline=time.time() + 60)
 
     def fail(self, lease_id: str, request: FailRequest) -> LeaseAck:
         self.calls.append(("fail", request))
@@ -248,10 +285,27 @@ class FakeTrainingCoordinator(FakeCoordinator):
             self.train_leases.pop(lease_id)
         return LeaseAck(lease_id=lease_id, state="handed_back" if request.handback else "failed")
 
+    def upload(self, data: bytes) -> str:
+        self._auth()
+        return self.put(data)
+
+    def artifact_size(self, digest: str) -> int:
+        return len(self.artifacts[digest])
+
     def download(self, digest: str, dest: Path, *, on_bytes=None) -> int:
+        self._auth()
         if digest in self.gone:
             raise errors.NotFound(f"artifact {digest} does not exist or is not yours to read")
-        return super().download(digest, dest, on_bytes=on_bytes)
+        dest = Path(dest)
+        if dest.exists():
+            return 0
+        data = self.artifacts[digest]
+        self.downloads[digest] = self.downloads.get(digest, 0) + 1
+        for i in range(0, len(data), 4096):
+            if on_bytes is not None:
+                on_bytes(len(data[i : i + 4096]))
+        dest.write_bytes(data)
+        return len(data)
 
     def uploads(self) -> list[bytes]:
         """What the car uploaded: every artifact that was not published here."""
