@@ -17,7 +17,9 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from ...core.leases import LeaseState, UnitState
 from ...errors import AuthError, Conflict, LeaseExpired, NotFound
+from ...protocol import JobState
 from .base import JobRecord, LeaseRecord, LedgerRecord, UnitRecord
 
 __all__ = ["CycleRows", "CycleSQL"]
@@ -59,12 +61,17 @@ class CycleSQL:
 
     def __init__(self, dialect: str) -> None:
         pg = dialect == "postgresql"
+        # The states' names written into the statements come from the lifecycle's enums (quoted for SQL).
+        PENDING, LEASED, DONE, CANCELLED = (f"'{s}'" for s in (UnitState.PENDING, UnitState.LEASED, UnitState.DONE,
+                                                               UnitState.CANCELLED))
+        ACTIVE, COMPLETED = f"'{LeaseState.ACTIVE}'", f"'{LeaseState.COMPLETED}'"
+        RUNNING, QUEUED = f"'{JobState.RUNNING}'", f"'{JobState.QUEUED}'"
         skip_locked = " FOR UPDATE OF units SKIP LOCKED" if pg else ""
         ignore, on_conflict = ("", " ON CONFLICT DO NOTHING") if pg else (" OR IGNORE", "")
         may_lease = "EXISTS (SELECT 1 FROM vehicles WHERE vehicles.vehicle_id = :vid AND NOT vehicles.revoked)"
         mine = ("EXISTS (SELECT 1 FROM leases JOIN units AS other ON other.unit_id = leases.unit_id "
                 "WHERE other.job_id = units.job_id AND other.idx = units.idx AND leases.vehicle_id = :vid "
-                "AND leases.state IN ('active', 'completed'))")
+                f"AND leases.state IN ({ACTIVE}, {COMPLETED}))")
         # 'pending' is written into the statements, never bound: psycopg prepares what it runs repeatedly, and a
         # generic plan for ``state = $1`` would sort every pending unit instead of walking (state, seq).
         statements = {
@@ -73,21 +80,21 @@ class CycleSQL:
                              "JOIN jobs AS j ON j.job_id = l.job_id WHERE l.lease_id = :lid",
             # Work offered to this car (a training round's share) goes first while its offer stands; any will do
             # (no ORDER BY, which would tempt PostgreSQL off the (target_vehicle, state) index).
-            "offered": f"SELECT {_cols('', _UNIT)} FROM units WHERE target_vehicle = :vid AND state = 'pending' "
+            "offered": f"SELECT {_cols('', _UNIT)} FROM units WHERE target_vehicle = :vid AND state = {PENDING} "
                        f"AND offer_expires >= :now AND {may_lease} LIMIT 1{skip_locked}",
-            "candidate": f"SELECT {_cols('', _UNIT)} FROM units WHERE state = 'pending' AND target_vehicle IS NULL "
+            "candidate": f"SELECT {_cols('', _UNIT)} FROM units WHERE state = {PENDING} AND target_vehicle IS NULL "
                          f"AND {may_lease} AND (replicas = 1 OR NOT {mine}) ORDER BY seq LIMIT 1{skip_locked}",
             # FOR SHARE on PostgreSQL: a revocation committing meanwhile waits for this lease to commit.
             "revoked": "SELECT revoked FROM vehicles WHERE vehicle_id = :vid" + (" FOR SHARE" if pg else ""),
-            "take_unit": "UPDATE units SET state = 'leased', attempts = attempts + 1, vehicle_id = :vid "
-                         "WHERE unit_id = :uid AND state = 'pending'",
+            "take_unit": f"UPDATE units SET state = {LEASED}, attempts = attempts + 1, vehicle_id = :vid "
+                         f"WHERE unit_id = :uid AND state = {PENDING}",
             "insert_lease": f"INSERT INTO leases ({_cols('', _LEASE)}) VALUES ({_cols(':', _LEASE)})",
-            "job_running": "UPDATE jobs SET state = 'running' WHERE job_id = :jid AND state = 'queued'",
-            "close_completed": "UPDATE leases SET state = 'completed', result_digest = :rd, closed_at = :now "
-                               "WHERE lease_id = :lid AND state = 'active'",
+            "job_running": f"UPDATE jobs SET state = {RUNNING} WHERE job_id = :jid AND state = {QUEUED}",
+            "close_completed": f"UPDATE leases SET state = {COMPLETED}, result_digest = :rd, closed_at = :now "
+                               f"WHERE lease_id = :lid AND state = {ACTIVE}",
             "lease_state": "SELECT state, result_digest FROM leases WHERE lease_id = :lid",
-            "unit_done": "UPDATE units SET state = 'done', result_digest = :rd WHERE unit_id = :uid "
-                         "AND state = 'leased'",
+            "unit_done": f"UPDATE units SET state = {DONE}, result_digest = :rd WHERE unit_id = :uid "
+                         f"AND state = {LEASED}",
             "add_blob": f"INSERT{ignore} INTO result_blobs (digest, data, created_at) VALUES (:rd, :data, :now)"
                         f"{on_conflict}",
             "ledger": f"INSERT INTO ledger ({_cols('', _LEDGER)}) VALUES ({_cols(':', _LEDGER)})",
@@ -97,7 +104,7 @@ class CycleSQL:
                           f"RETURNING {_cols('', _JOB)}",
             "job": f"SELECT {_cols('', _JOB)} FROM jobs WHERE job_id = :jid",
             "replicas": "SELECT unit_id, state FROM units WHERE job_id = :jid AND idx = :idx",
-            "cancel_unit": "UPDATE units SET state = 'cancelled' WHERE unit_id = :uid AND state = 'pending'",
+            "cancel_unit": f"UPDATE units SET state = {CANCELLED} WHERE unit_id = :uid AND state = {PENDING}",
         }
         if pg:
             # A round trip to the server costs more than a short statement: the writes that follow one decision
@@ -106,17 +113,17 @@ class CycleSQL:
                 pick = where.replace(f"SELECT {_cols('', _UNIT)} FROM", "SELECT unit_id FROM", 1)
                 statements[name] = (
                     f"WITH pick AS ({pick}), "
-                    "taken AS (UPDATE units SET state = 'leased', attempts = attempts + 1, vehicle_id = :vid "
+                    f"taken AS (UPDATE units SET state = {LEASED}, attempts = attempts + 1, vehicle_id = :vid "
                     f"FROM pick WHERE units.unit_id = pick.unit_id RETURNING {_cols('units.', _UNIT)}), "
                     f"opened AS (INSERT INTO leases ({_cols('', _LEASE)}) SELECT :lid, unit_id, job_id, :vid, :now, "
-                    ":deadline, 'active', NULL, NULL, CASE WHEN checkpoint_digest IS NULL THEN 0 "
+                    f":deadline, {ACTIVE}, NULL, NULL, CASE WHEN checkpoint_digest IS NULL THEN 0 "
                     "ELSE checkpoint_items END FROM taken) "
                     f"SELECT {_cols('', _UNIT)} FROM taken"
                 )
             # ... and, once its lease is closed as completed, the rest of a completion:
             statements["finish"] = (
-                "WITH done AS (UPDATE units SET state = 'done', result_digest = :rd WHERE unit_id = :uid "
-                "AND state = 'leased' RETURNING unit_id), "
+                f"WITH done AS (UPDATE units SET state = {DONE}, result_digest = :rd WHERE unit_id = :uid "
+                f"AND state = {LEASED} RETURNING unit_id), "
                 "blob AS (INSERT INTO result_blobs (digest, data, created_at) SELECT :rd, :data, :now "
                 "WHERE CAST(:data AS bytea) IS NOT NULL ON CONFLICT DO NOTHING), "
                 f"metered AS (INSERT INTO ledger ({_cols('', _LEDGER)}) VALUES ({_cols(':', _LEDGER)})), "
