@@ -169,3 +169,40 @@ def test_inner_lr_cosine_schedule_reaches_the_cars():
     assert s.instructions("car-0").local.lr == pytest.approx(1e-3)  # floor: a tenth, after the decay
     with pytest.raises(InvalidInput, match="lr_decay_versions"):
         DiLoCoConfig(lr_decay_versions=0)
+
+
+class ScriptedFleet:
+    """A live fleet (it has ``poll_s``) of one car that reports at once: it records every share offered."""
+
+    poll_s = 0.01
+
+    def __init__(self):
+        self.offers, self.reports = [], []
+
+    def now(self):
+        return 0.0
+
+    def idle_clients(self):
+        return ["car-a"]
+
+    def busy_count(self):
+        return 0
+
+    def dispatch(self, assignments, strategy):
+        for car, ins in assignments.items():
+            self.offers.append(ins.round)
+            self.reports.append(update(strategy, [1, 1], client=car, round_=ins.round, base=ins.base_version))
+
+    def next_update(self, deadline):
+        return self.reports.pop(0) if self.reports else None
+
+    def cancel_outstanding(self):
+        self.reports.clear()
+
+
+def test_a_round_offers_no_share_once_it_has_its_reports():
+    # Two reports wanted, a cohort of three: the one car is topped up after its first report, not after its second.
+    s = FedAvg(t(0, 0), FedAvgConfig(rounds=RoundConfig(clients_per_round=2, over_selection=1.5)))
+    fleet = ScriptedFleet()
+    s.run(fleet, 2)
+    assert fleet.offers == [1, 1, 2, 2] and s.version == 2

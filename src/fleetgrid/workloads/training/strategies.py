@@ -323,7 +323,7 @@ class Strategy(ABC):
                         rejected += 1
                     if not self.closes_rounds:  # asynchronous: a car that reported gets new work at once
                         self._dispatch(fleet)
-                    elif poll_s is not None:
+                    elif poll_s is not None and not self.round_complete(accepted):  # a complete round wants no more
                         self._dispatch(fleet, reported=len(accepted) + rejected)
                 if self.closes_rounds:
                     fleet.cancel_outstanding()
