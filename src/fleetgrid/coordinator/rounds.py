@@ -30,8 +30,8 @@ from .store import JobRecord
 if TYPE_CHECKING:
     from .training import TrainingService
 
-__all__ = ["LeaseFleet", "Run", "Stopped", "TargetReached", "client_update", "data_spec", "final_model_bytes",
-           "jsonable", "reached"]
+__all__ = ["LeaseFleet", "Run", "Stopped", "TargetReached", "car_shards", "client_update", "data_spec",
+           "final_model_bytes", "jsonable", "reached"]
 
 
 class Stopped(Exception):
@@ -182,3 +182,14 @@ def jsonable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in history:
         out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
     return out
+
+
+def car_shards(rank: int, cars: int, num_shards: int) -> list[int]:
+    """The data shards of the car enrolled ``rank``-th (from 0) of ``cars``: its rank modulo the shards while there
+    are at least as many cars as shards, else every shard ``rank + k * cars``, so that with fewer cars than shards
+    each shard still belongs to one car (a lone car holds them all)."""
+    if num_shards < 1:
+        raise InvalidInput(f"a data split needs at least 1 shard, got {num_shards}")
+    if cars <= num_shards and 0 <= rank < cars:
+        return list(range(rank, num_shards, cars))
+    return [rank % num_shards]
