@@ -82,8 +82,11 @@ def job_table(jobs: list[JobStatus]) -> Table:
     for j in jobs:
         # The coordinator names an unnamed job after its id; a second copy of the id says nothing.
         name = j.name if j.name and j.name != j.job_id else "-"
+        preempted = str(j.preemptions)
+        if j.training is not None and j.training.handbacks:
+            preempted += f" ({j.training.handbacks} handed back)"
         table.add_row(j.job_id, name, j.model, j.state, str(j.items), f"{j.units_done}/{j.units_total}",
-                      str(j.units_in_flight), str(j.reissued_units), str(j.preemptions))
+                      str(j.units_in_flight), str(j.reissued_units), preempted)
     return table
 
 

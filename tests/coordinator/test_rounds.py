@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleetgrid.coordinator.rounds import car_shards
+from fleetgrid.coordinator.rounds import car_shards, partial_updates
 from fleetgrid.errors import InvalidInput
 
 
@@ -30,3 +30,7 @@ def test_a_split_needs_a_shard():
     with pytest.raises(InvalidInput, match="at least 1 shard"):
         car_shards(0, 1, 0)
 
+
+def test_partial_updates_are_summed_over_the_versions():
+    history = [{"version": 0}, {"version": 1, "partial": 2}, {"version": 2, "partial": 0}, {"version": 3}]
+    assert partial_updates(history) == 2

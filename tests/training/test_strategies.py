@@ -60,6 +60,17 @@ def test_partial_work_weighted_by_steps_or_dropped():
     assert d.state_bytes() == before
 
 
+def test_a_version_summary_counts_partial_reports_and_the_cars_used():
+    s = FedAvg(t(0, 0), FedAvgConfig(rounds=RoundConfig(partial_work="weighted")))
+    summary = fold(s, update(s, [1, 0], client="car-a"), update(s, [0, 1], client="car-a", steps=3),
+                   update(s, [1, 1], client="car-b", steps=9))
+    assert (summary["reports"], summary["used"], summary["partial"], summary["cars"]) == (3, 3, 2, 2)
+    d = FedAvg(t(0, 0), FedAvgConfig(rounds=RoundConfig(partial_work="drop")))
+    summary = fold(d, update(d, [1, 0], client="car-a"), update(d, [0, 1], client="car-b", steps=3))
+    # A dropped partial report was still received (counted as partial) but its car contributed nothing.
+    assert (summary["reports"], summary["used"], summary["partial"], summary["cars"]) == (2, 1, 1, 1)
+
+
 def test_diloco_outer_nesterov_two_rounds():
     s = DiLoCo(t(1, 1), DiLoCoConfig(outer_lr=0.5, outer_momentum=0.9))
     fold(s, update(s, [1, 0]))

@@ -57,6 +57,7 @@ from .rounds import (
     data_spec,
     final_model_bytes,
     jsonable,
+    partial_updates,
     reached,
 )
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
@@ -234,6 +235,7 @@ class TrainingService:
                 version=version, target_versions=job.units_total, round=rnd, strategy=s.name,
                 bytes_up=run.bytes_up, bytes_down=run.bytes_down, reports=run.reports, rejected=run.rejected,
                 checkpoint=job.checkpoint_digest, history=jsonable(history), driver=self.replica,
+                partial_updates=partial_updates(history), handbacks=job.preemptions,
             )
         meta = self._checkpoint_meta(job)
         return TrainingProgress(
@@ -241,6 +243,7 @@ class TrainingService:
             strategy=job.spec.get("strategy", "?"), bytes_up=meta.get("bytes_up", 0),
             bytes_down=meta.get("bytes_down", 0), reports=meta.get("reports", 0), rejected=meta.get("rejected", 0),
             checkpoint=job.checkpoint_digest, history=jsonable(meta.get("history", [])), driver=job.driver,
+            partial_updates=partial_updates(meta.get("history", [])), handbacks=job.preemptions,
         )
 
     def _checkpoint_meta(self, job: JobRecord) -> dict[str, Any]:
