@@ -482,9 +482,8 @@ def status(
         print(json.dumps([j.model_dump(mode="json") for j in jobs], indent=2))
         return
     console.print(views.job_table(jobs))
-    if job_id and jobs[0].training is not None and jobs[0].training.history:
-        t = jobs[0].training  # the latest version, as --wait shows it
-        console.print(views.version_line(t.history[-1], t), highlight=False, soft_wrap=True)
+    for line in views.training_lines(jobs[0]) if job_id else []:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from .models.spec import ModelSpec
     from .protocol import FleetOverview, JobStatus, TenantSummary, TrainingProgress, VehicleSummary
 
-__all__ = ["fleet_table", "job_table", "model_table", "tenant_table", "vehicle_table", "version_line",
-           "watch_items", "watch_versions"]
+__all__ = ["fleet_table", "job_table", "model_table", "tenant_table", "training_lines", "vehicle_table",
+           "version_line", "watch_items", "watch_versions"]
 
 
 def _progress(unit: str, console: Console) -> Progress:
@@ -54,14 +54,26 @@ def version_line(row: dict[str, Any], t: TrainingProgress) -> str:
     metrics = f"accuracy {_number(row.get('accuracy'))}  loss {_number(row.get('loss'))}"
     if version == 0:
         return f"{head} {metrics}  (the initial model)"
-    used = row.get("used", row.get("reports", 0))
-    updates = f"{used} update{'' if used == 1 else 's'}"
+    updates = _count(row.get("used", row.get("reports", 0)), "update")
     if "cars" in row:  # versions made before cars were counted say only how many updates
-        cars = row["cars"]
-        updates = f"{cars} car{'' if cars == 1 else 's'}, {updates}"
+        updates = f"{_count(row['cars'], 'car')}, {updates}"
     if row.get("partial"):
         updates += f" ({row['partial']} partial)"
     return f"{head} {metrics}  {updates}  up {_bytes(t.bytes_up)} down {_bytes(t.bytes_down)} so far"
+
+
+def training_lines(job: JobStatus) -> list[str]:
+    """A training job's latest version (as :func:`version_line` shows it) and what its preemptions were."""
+    t = job.training
+    if t is None or not t.history:
+        return []
+    return [version_line(t.history[-1], t),
+            f"preemptions: {job.preemptions} ({_count(t.partial_updates, 'partial update')} in the versions so far, "
+            f"{_count(t.handbacks, 'share')} handed back)"]
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _number(value: object) -> str:
@@ -107,11 +119,8 @@ def job_table(jobs: list[JobStatus]) -> Table:
     for j in jobs:
         # The coordinator names an unnamed job after its id; a second copy of the id says nothing.
         name = j.name if j.name and j.name != j.job_id else "-"
-        preempted = str(j.preemptions)
-        if j.training is not None and j.training.handbacks:
-            preempted += f" ({j.training.handbacks} handed back)"
         table.add_row(j.job_id, name, j.model, j.state, str(j.items), f"{j.units_done}/{j.units_total}",
-                      str(j.units_in_flight), str(j.reissued_units), preempted)
+                      str(j.units_in_flight), str(j.reissued_units), str(j.preemptions))
     return table
 
 

@@ -52,6 +52,13 @@ def test_wait_prints_a_line_per_version_with_accuracy_cars_and_bytes(fleet, tmp_
         assert line.startswith(f"version {row['version']}/3: accuracy {row['accuracy']:.3f}  loss "), line
         assert "  1 car, 1 update  up " in line and " down " in line and line.endswith(" so far"), line
     assert (tmp_path / "m.safetensors").stat().st_size > 0
+    # `status JOB` ends with the latest version, as --wait showed it, and the job's preemptions (none: never driven).
+    shown = subprocess.run([sys.executable, "-m", "fleetgrid", "status", job_id, *_where(coordinator)],
+                           capture_output=True, text=True, timeout=120, env=WIDE)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    latest, preemptions = shown.stdout.splitlines()[-2:]
+    assert latest.split("  up ")[0] == lines[-1].split("  up ")[0], shown.stdout  # the bytes are the job's now
+    assert preemptions == "preemptions: 0 (0 partial updates in the versions so far, 0 shares handed back)"
 
 
 def test_ctrl_c_stops_following_says_the_job_goes_on_and_how_to_cancel_it(fleet, tmp_path):
