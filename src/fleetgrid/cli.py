@@ -7,9 +7,11 @@ and one line naming the problem and what is accepted, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -35,6 +37,8 @@ err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)  # one
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 DEFAULT_DATA_DIR = Path("fleetgrid-data")
+_STARTUP_WAIT_S = 120.0
+"""How long ``credentials --wait`` waits for a coordinator to start: it imports torch first, slow on a busy machine."""
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="FLEETGRID_DATA_DIR",
                                        help="Coordinator data directory (SQLite, artifacts, credentials.json).")]
 Url = Annotated[str, typer.Option("--coordinator", envvar="FLEETGRID_URL", help="Coordinator base URL.")]
@@ -108,7 +112,8 @@ def _credentials(data_dir: Path) -> tuple[Path, Credentials]:
     path = data_dir / "credentials.json"
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist; `fleetgrid serve --data-dir {shlex.quote(str(data_dir))}` "
-                           "writes it at first start, or pass --data-dir of a coordinator's data folder")
+                           "writes it at first start (`fleetgrid credentials --wait` waits for one that is "
+                           "starting), or pass --data-dir of a coordinator's data folder")
     try:
         return path, Credentials.load(path)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -139,13 +144,34 @@ def _credentials_command(data_dir: Path) -> str:
     return f"fleetgrid credentials --data-dir {shlex.quote(str(data_dir))}"
 
 
+def _again(args: list[str], url: str, data_dir: Path) -> str:
+    """``fleetgrid ARGS`` as a user would type it, naming the coordinator and data folder this command used."""
+    where = [] if url == DEFAULT_URL else ["--coordinator", url]
+    where += [] if data_dir == DEFAULT_DATA_DIR else ["--data-dir", str(data_dir)]
+    return shlex.join(["fleetgrid", *args, *where])
+
+
+@contextlib.contextmanager
+def _following(job_id: str, out: Path, url: str, data_dir: Path) -> Iterator[None]:
+    """Ctrl-C while ``--wait`` follows a job stops following it, not the job: say so, say how to follow, cancel or
+    fetch it, and exit 130 (as a shell does for an interrupted command)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print(f"stopped following {job_id}; the job goes on running on the coordinator.")
+        err.print(f"  follow it:  {_again(['status', job_id], url, data_dir)}")
+        err.print(f"  cancel it:  {_again(['cancel', job_id], url, data_dir)}")
+        err.print(f"  once done:  {_again(['result', job_id, '--out', str(out)], url, data_dir)}")
+        raise typer.Exit(130) from None
+
+
 @app.command()
 def serve(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     db: Annotated[str | None, typer.Option(envvar="FLEETGRID_DB",
                                            help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")] = None,
     host: str = "127.0.0.1",
-    port: int = 8787,
+    port: Annotated[int, typer.Option(envvar="FLEETGRID_PORT", help="TCP port to listen on (0: a free one)")] = 8787,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: serve HTTPS")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
     lease_ttl: Annotated[float, typer.Option(help="Seconds a lease lives without renewal")] = 60.0,
@@ -187,15 +213,54 @@ def serve(
         _fail(exc)
 
 
+def _wait_for_coordinator(path: Path, url: str, ca: Path | None) -> None:
+    """Return once ``path`` exists and the coordinator at ``url`` answers its health check; TransportError if that
+    does not happen within ``_STARTUP_WAIT_S``."""
+    import httpx
+    import tenacity
+
+    from .retry import backoff
+
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInput(f"coordinator URL {url!r} must start with http:// or https://, e.g. http://127.0.0.1:8787")
+    if ca is not None and not ca.is_file():
+        raise InvalidInput(f"--ca {ca} does not exist; give the PEM certificate (or CA bundle) the coordinator "
+                           "serves with --tls-cert")
+    told = False
+
+    def ready() -> None:
+        nonlocal told
+        try:
+            up = path.is_file() and httpx.get(f"{url.rstrip('/')}/healthz", timeout=5.0,
+                                              verify=str(ca) if ca else True).status_code == 200
+        except httpx.HTTPError:
+            up = False
+        if up:
+            return
+        if not told:
+            err.print(f"waiting for the coordinator at {url} to start and write {path} ...")
+            told = True
+        raise TransportError(f"no coordinator answered at {url} with {path} written within {_STARTUP_WAIT_S:.0f} s;"
+                             " start one with `fleetgrid serve` (its --data-dir and --port must match)")
+
+    tenacity.Retrying(retry=tenacity.retry_if_exception_type(TransportError), wait=backoff(0.1, 1.0),
+                      stop=tenacity.stop_after_delay(_STARTUP_WAIT_S), reraise=True)(ready)
+
+
 @app.command()
 def credentials(
     which: Annotated[str | None, typer.Argument(
         help="Print only this token, bare (for scripts): 'enroll', 'operator' or a tenant's name")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print every token as one JSON object.")] = False,
-    data_dir: DataDir = DEFAULT_DATA_DIR,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help=f"First wait (up to {_STARTUP_WAIT_S:.0f} s) for a coordinator that is starting: until it has "
+        "written the file and answers at --coordinator")] = False,
+    data_dir: DataDir = DEFAULT_DATA_DIR, url: Url = DEFAULT_URL, ca: CA = None,
 ) -> None:
     """Show the tokens `fleetgrid serve` wrote to DATA_DIR/credentials.json: enroll (for cars), operator, tenants."""
     try:
+        if wait:
+            _wait_for_coordinator(data_dir / "credentials.json", url, ca)
         path, creds = _credentials(data_dir)
         tokens = {**{f"tenant {n}": t for n, t in creds.tenants.items()}, "enroll": creds.enroll,
                   "operator": creds.operator}
@@ -313,7 +378,8 @@ def submit_infer(
                                    redundancy={"replicas": replicas, "quorum": quorum}, name=name or inputs.name)
             console.print(f"submitted {status.job_id}: {status.items} items in {status.units_total} units")
             if wait:
-                final = views.watch_items(client, status.job_id, console)
+                with _following(status.job_id, out or Path(f"{status.job_id}.npy"), url, data_dir):
+                    final = views.watch_items(client, status.job_id, console)
                 if final.state != "done":
                     err.print(f"job {final.state}: {final.error}")
                     raise typer.Exit(1)
@@ -388,7 +454,8 @@ def submit_train(
                                          rounds=rounds, target_metric=target, name=name or f"{strategy} {model}")
             console.print(f"submitted {status.job_id}: {strategy} on {model}, {rounds} rounds over {shards} shards")
             if wait:
-                final = views.watch_versions(client, status.job_id, rounds, console)
+                with _following(status.job_id, out or Path(f"{status.job_id}.safetensors"), url, data_dir):
+                    final = views.watch_versions(client, status.job_id, rounds, console)
                 if final.state != "done":
                     err.print(f"job {final.state}: {final.error}")
                     raise typer.Exit(1)
@@ -413,8 +480,10 @@ def status(
         _fail(exc)
     if as_json:
         print(json.dumps([j.model_dump(mode="json") for j in jobs], indent=2))
-    else:
-        console.print(views.job_table(jobs))
+        return
+    console.print(views.job_table(jobs))
+    for line in views.training_lines(jobs[0]) if job_id else []:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -507,6 +576,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch threads that sleep, not spin (see agent/worker.py)
     app()
 
 

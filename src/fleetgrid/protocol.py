@@ -341,6 +341,10 @@ class TrainingProgress(_Wire):
     checkpoint: Digest | None
     history: list[dict]
     driver: str | None = Field(default=None, description="the coordinator replica driving the job's rounds")
+    partial_updates: int = Field(default=0, description="updates of shares cut short (a car preempted mid-share "
+                                 "sending the steps it did) in the versions so far")
+    handbacks: int = Field(default=0, description="shares handed back unfinished, with no update (a car "
+                           "preempted before it trained, or that could not send)")
 
 
 class JobState(StrEnum):

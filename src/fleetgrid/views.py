@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -14,10 +14,10 @@ if TYPE_CHECKING:
     from .client import FleetgridClient
     from .errors import TransportError
     from .models.spec import ModelSpec
-    from .protocol import FleetOverview, JobStatus, TenantSummary, VehicleSummary
+    from .protocol import FleetOverview, JobStatus, TenantSummary, TrainingProgress, VehicleSummary
 
-__all__ = ["fleet_table", "job_table", "model_table", "tenant_table", "vehicle_table", "watch_items",
-           "watch_versions"]
+__all__ = ["fleet_table", "job_table", "model_table", "tenant_table", "training_lines", "vehicle_table",
+           "version_line", "watch_items", "watch_versions"]
 
 
 def _progress(unit: str, console: Console) -> Progress:
@@ -26,7 +26,7 @@ def _progress(unit: str, console: Console) -> Progress:
 
 
 def watch_versions(client: FleetgridClient, job_id: str, rounds: int, console: Console) -> JobStatus:
-    """A bar in global versions, and each new version's held-out metrics printed above it as it lands."""
+    """A bar in global versions, and a line per new version as it lands (see :func:`version_line`)."""
     shown = 0
     with _progress("versions", console) as progress:
         task = progress.add_task(job_id, total=rounds)
@@ -38,16 +38,53 @@ def watch_versions(client: FleetgridClient, job_id: str, rounds: int, console: C
                 progress.update(task, description=f"{job_id} {s.state}")
                 return
             for row in t.history[shown:]:
-                acc, loss = row.get("accuracy"), row.get("loss")
-                progress.console.print(f"version {row.get('version')}: accuracy {acc if acc is None else f'{acc:.3f}'}"
-                                       f"  loss {loss if loss is None else f'{loss:.3f}'}  "
-                                       f"reports {row.get('used', '-')}  "
-                                       f"up {t.bytes_up:,} B  down {t.bytes_down:,} B", highlight=False)
+                progress.console.print(version_line(row, t), highlight=False, soft_wrap=True)
             shown = len(t.history)
             progress.update(task, total=t.target_versions, completed=t.version,
                             description=f"{job_id} {s.state}, round {t.round}")
 
         return client.wait(job_id, on_update=update, poll_s=1.0, on_retry=_retrying_in(progress, task, job_id))
+
+
+def version_line(row: dict[str, Any], t: TrainingProgress) -> str:
+    """One global version in a line: its held-out accuracy and loss, the updates folded in and how many cars
+    sent them (and how many were cut short by a preemption), and the job's bytes up and down when it was seen."""
+    version = row.get("version", "?")
+    head = f"version {version}/{t.target_versions}:"
+    metrics = f"accuracy {_number(row.get('accuracy'))}  loss {_number(row.get('loss'))}"
+    if version == 0:
+        return f"{head} {metrics}  (the initial model)"
+    updates = _count(row.get("used", row.get("reports", 0)), "update")
+    if "cars" in row:  # versions made before cars were counted say only how many updates
+        updates = f"{_count(row['cars'], 'car')}, {updates}"
+    if row.get("partial"):
+        updates += f" ({row['partial']} partial)"
+    return f"{head} {metrics}  {updates}  up {_bytes(t.bytes_up)} down {_bytes(t.bytes_down)} so far"
+
+
+def training_lines(job: JobStatus) -> list[str]:
+    """A training job's latest version (as :func:`version_line` shows it) and what its preemptions were."""
+    t = job.training
+    if t is None or not t.history:
+        return []
+    return [version_line(t.history[-1], t),
+            f"preemptions: {job.preemptions} ({_count(t.partial_updates, 'partial update')} in the versions so far, "
+            f"{_count(t.handbacks, 'share')} handed back)"]
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def _number(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "-"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def watch_items(client: FleetgridClient, job_id: str, console: Console) -> JobStatus:

@@ -60,6 +60,17 @@ def test_partial_work_weighted_by_steps_or_dropped():
     assert d.state_bytes() == before
 
 
+def test_a_version_summary_counts_partial_reports_and_the_cars_used():
+    s = FedAvg(t(0, 0), FedAvgConfig(rounds=RoundConfig(partial_work="weighted")))
+    summary = fold(s, update(s, [1, 0], client="car-a"), update(s, [0, 1], client="car-a", steps=3),
+                   update(s, [1, 1], client="car-b", steps=9))
+    assert (summary["reports"], summary["used"], summary["partial"], summary["cars"]) == (3, 3, 2, 2)
+    d = FedAvg(t(0, 0), FedAvgConfig(rounds=RoundConfig(partial_work="drop")))
+    summary = fold(d, update(d, [1, 0], client="car-a"), update(d, [0, 1], client="car-b", steps=3))
+    # A dropped partial report was still received (counted as partial) but its car contributed nothing.
+    assert (summary["reports"], summary["used"], summary["partial"], summary["cars"]) == (2, 1, 1, 1)
+
+
 def test_diloco_outer_nesterov_two_rounds():
     s = DiLoCo(t(1, 1), DiLoCoConfig(outer_lr=0.5, outer_momentum=0.9))
     fold(s, update(s, [1, 0]))
@@ -169,3 +180,40 @@ def test_inner_lr_cosine_schedule_reaches_the_cars():
     assert s.instructions("car-0").local.lr == pytest.approx(1e-3)  # floor: a tenth, after the decay
     with pytest.raises(InvalidInput, match="lr_decay_versions"):
         DiLoCoConfig(lr_decay_versions=0)
+
+
+class ScriptedFleet:
+    """A live fleet (it has ``poll_s``) of one car that reports at once: it records every share offered."""
+
+    poll_s = 0.01
+
+    def __init__(self):
+        self.offers, self.reports = [], []
+
+    def now(self):
+        return 0.0
+
+    def idle_clients(self):
+        return ["car-a"]
+
+    def busy_count(self):
+        return 0
+
+    def dispatch(self, assignments, strategy):
+        for car, ins in assignments.items():
+            self.offers.append(ins.round)
+            self.reports.append(update(strategy, [1, 1], client=car, round_=ins.round, base=ins.base_version))
+
+    def next_update(self, deadline):
+        return self.reports.pop(0) if self.reports else None
+
+    def cancel_outstanding(self):
+        self.reports.clear()
+
+
+def test_a_round_offers_no_share_once_it_has_its_reports():
+    # Two reports wanted, a cohort of three: the one car is topped up after its first report, not after its second.
+    s = FedAvg(t(0, 0), FedAvgConfig(rounds=RoundConfig(clients_per_round=2, over_selection=1.5)))
+    fleet = ScriptedFleet()
+    s.run(fleet, 2)
+    assert fleet.offers == [1, 1, 2, 2] and s.version == 2

@@ -63,6 +63,7 @@ from .bootstrap import bootstrap_credentials
 from .config import CoordinatorConfig
 from .drivers import DriverContext, load_unit_drivers
 from .limits import BodyLimit
+from .rounds import with_training
 from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
 from .states import VehicleStates
@@ -499,7 +500,7 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
     def status(job: JobRecord) -> JobStatus:
         out = sched.status(job)
         if job.kind == "train":
-            out = out.model_copy(update={"training": coord.training.progress(job)})
+            out = with_training(out, coord.training.progress(job))
         return out
 
     @app.get(f"{API_PREFIX}/jobs", response_model=list[JobStatus], tags=["tenant"])
@@ -532,7 +533,7 @@ def _training_routes(app: FastAPI, coord: Coordinator) -> None:
         """Start a federated training job; follow it with GET /v1/jobs/{id} (its ``training`` field holds the
         held-out metrics of every global version) and fetch the final model (safetensors) from /result."""
         job = coord.training.submit(t, req)
-        return coord.scheduler.status(job).model_copy(update={"training": coord.training.progress(job)})
+        return with_training(coord.scheduler.status(job), coord.training.progress(job))
 
 
 def _operator_routes(app: FastAPI, coord: Coordinator) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors.torch import save as st_save
 
 from ..errors import InvalidInput
-from ..protocol import TrainSubmit, UpdateReport
+from ..protocol import JobStatus, TrainingProgress, TrainSubmit, UpdateReport
 from ..workloads.training import (
     ClientUpdate,
     DataSpec,
@@ -30,8 +30,8 @@ from .store import JobRecord
 if TYPE_CHECKING:
     from .training import TrainingService
 
-__all__ = ["LeaseFleet", "Run", "Stopped", "TargetReached", "client_update", "data_spec", "final_model_bytes",
-           "jsonable", "reached"]
+__all__ = ["LeaseFleet", "Run", "Stopped", "TargetReached", "car_shards", "client_update", "data_spec",
+           "final_model_bytes", "jsonable", "partial_updates", "reached", "with_training"]
 
 
 class Stopped(Exception):
@@ -182,3 +182,26 @@ def jsonable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in history:
         out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
     return out
+
+
+def car_shards(rank: int, cars: int, num_shards: int) -> list[int]:
+    """The data shards of the car enrolled ``rank``-th (from 0) of ``cars``: its rank modulo the shards while there
+    are at least as many cars as shards, else every shard ``rank + k * cars``, so that with fewer cars than shards
+    each shard still belongs to one car (a lone car holds them all)."""
+    if num_shards < 1:
+        raise InvalidInput(f"a data split needs at least 1 shard, got {num_shards}")
+    if cars <= num_shards and 0 <= rank < cars:
+        return list(range(rank, num_shards, cars))
+    return [rank % num_shards]
+
+
+def partial_updates(history: list[dict[str, Any]]) -> int:
+    """Reports of shares cut short (a preempted car sending the steps it did) in the versions of ``history``."""
+    return sum(int(row.get("partial") or 0) for row in history)
+
+
+def with_training(status: JobStatus, progress: TrainingProgress) -> JobStatus:
+    """A training job's status with its progress. Its preemptions count every share a car was preempted in:
+    handed back (the store's count, as for any workload) or sent as a partial update."""
+    return status.model_copy(update={"training": progress,
+                                     "preemptions": progress.handbacks + progress.partial_updates})

@@ -52,10 +52,12 @@ from .rounds import (
     Run,
     Stopped,
     TargetReached,
+    car_shards,
     client_update,
     data_spec,
     final_model_bytes,
     jsonable,
+    partial_updates,
     reached,
 )
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
@@ -85,6 +87,7 @@ class TrainingService:
         """An offer not taken up by then is withdrawn, so the round loop offers that share to another car."""
         self._asked: dict[str, float] = {}
         self._shards: dict[str, int] = {}
+        self._turns: dict[str, int] = {}  # car -> training leases granted it, for a car with several shards
         self.replica = "r-" + uuid.uuid4().hex[:12]
         """This coordinator process, as the driver of the training jobs it claims."""
         self.claim_ttl_s = config.driver_claim_ttl_s
@@ -232,6 +235,7 @@ class TrainingService:
                 version=version, target_versions=job.units_total, round=rnd, strategy=s.name,
                 bytes_up=run.bytes_up, bytes_down=run.bytes_down, reports=run.reports, rejected=run.rejected,
                 checkpoint=job.checkpoint_digest, history=jsonable(history), driver=self.replica,
+                partial_updates=partial_updates(history), handbacks=job.preemptions,
             )
         meta = self._checkpoint_meta(job)
         return TrainingProgress(
@@ -239,6 +243,7 @@ class TrainingService:
             strategy=job.spec.get("strategy", "?"), bytes_up=meta.get("bytes_up", 0),
             bytes_down=meta.get("bytes_down", 0), reports=meta.get("reports", 0), rejected=meta.get("rejected", 0),
             checkpoint=job.checkpoint_digest, history=jsonable(meta.get("history", [])), driver=job.driver,
+            partial_updates=partial_updates(meta.get("history", [])), handbacks=job.preemptions,
         )
 
     def _checkpoint_meta(self, job: JobRecord) -> dict[str, Any]:
@@ -438,13 +443,23 @@ class TrainingService:
         return withdrawn
 
     def _shard(self, vehicle_id: str, num_shards: int) -> int:
-        """A car's shard: its enrollment rank modulo the shards, stable across restarts and the same on every run."""
+        """The shard a car trains under its next training lease. Its shards come from its enrollment rank (stable
+        across restarts, the same on every run; see ``car_shards``): one while there are as many cars as shards,
+        else several, taken in turn lease by lease, so that a lone car trains on the whole split, not on one shard
+        of it again and again. (The turns are the car's, over all its training leases: two jobs it trains at once
+        share them out.)"""
         rank = self._shards.get(vehicle_id)
         if rank is None:
             order = sorted(self.store.list_vehicles(), key=lambda v: (v.enrolled_at, v.vehicle_id))
             self._shards = {v.vehicle_id: i for i, v in enumerate(order)}
             rank = self._shards.get(vehicle_id, 0)
-        return rank % num_shards
+        owned = car_shards(rank, len(self._shards), num_shards)
+        if len(owned) == 1:
+            return owned[0]
+        with self.lock:
+            turn = self._turns.get(vehicle_id, 0)
+            self._turns[vehicle_id] = turn + 1
+        return owned[turn % len(owned)]
 
     # --- the round loop -----------------------------------------------------------------------------------------
     def _start(self, job: JobRecord, strategy: Strategy) -> bool:

@@ -143,8 +143,12 @@ class TrainHandler(CarHandler):
         state = None
         if self.global_params is not None:  # training started: the worker may have left weights to report
             state = load_train_state(self.task.result_path) or load_train_state(self.task.checkpoint_path)
-        if state is not None and state.steps_done > 0 and self._send_partial(state):
-            return
+        if state is not None and state.steps_done > 0:
+            assert self.local is not None  # set before training starts
+            log.info("lease %s %s after %d of %d steps; sending the update of those steps", self.grant.lease_id,
+                     reason, state.steps_done, self.local.steps)
+            if self._send_partial(state):
+                return
         log.info("lease %s handed back: %s", self.grant.lease_id, reason)
         car.report_failure(FailRequest(reason=reason[:1000], handback=True, compute_s=self.compute_s,
                                        cellular_bytes=car.traffic.cellular, wifi_bytes=car.traffic.wifi))
@@ -298,8 +302,9 @@ class TrainHandler(CarHandler):
         else:
             stats.train_updates += 1
         stats.compute_s += self.compute_s
-        log.info("lease %s: %s update of %d steps accepted (%.2f s)", self.grant.lease_id,
-                 "partial" if preempted else "full", state.steps_done, self.compute_s)
+        assert self.local is not None
+        log.info("lease %s: %s update of %d of %d steps accepted (%.2f s)", self.grant.lease_id,
+                 "partial" if preempted else "full", state.steps_done, self.local.steps, self.compute_s)
 
     def _refused(self, exc: errors.Conflict) -> None:
         self.car.stats.updates_refused += 1

@@ -221,8 +221,9 @@ class Strategy(ABC):
         return 0
 
     def aggregate(self, accepted: Sequence[AcceptedUpdate]) -> dict[str, Any]:
-        """Fold validated reports into a new global version; returns a summary. With no usable report (all
-        weights 0) it raises InvalidInput and leaves everything as it was."""
+        """Fold validated reports into a new global version; returns a summary (``partial``: reports of work cut
+        short, e.g. by a preemption; ``cars``: how many cars the used reports came from). With no usable report
+        (all weights 0) it raises InvalidInput and leaves everything as it was."""
         usable = [a for a in accepted if a.weight > 0]
         if not usable:
             raise InvalidInput(f"round {self.round}: no usable update to aggregate ({len(accepted)} all weigh 0)")
@@ -231,6 +232,8 @@ class Strategy(ABC):
         self._publish(target)
         return {
             "reports": len(accepted),
+            "partial": sum(a.update.steps_done < a.update.steps_planned for a in accepted),
+            "cars": len({a.update.client_id for a in usable}),
             "used": len(usable),
             "steps": sum(a.update.steps_done for a in usable),
             "mean_staleness": sum(a.staleness for a in usable) / len(usable),
@@ -323,7 +326,7 @@ class Strategy(ABC):
                         rejected += 1
                     if not self.closes_rounds:  # asynchronous: a car that reported gets new work at once
                         self._dispatch(fleet)
-                    elif poll_s is not None:
+                    elif poll_s is not None and not self.round_complete(accepted):  # a complete round wants no more
                         self._dispatch(fleet, reported=len(accepted) + rejected)
                 if self.closes_rounds:
                     fleet.cancel_outstanding()
