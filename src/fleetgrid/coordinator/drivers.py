@@ -5,8 +5,10 @@ the generic machinery (:class:`fleetgrid.coordinator.scheduler.Scheduler`) store
 renews, expires and re-issues them, reconciles replicas and meters every closed lease; the driver only says what
 a unit is for a car (:meth:`UnitDriver.grant`), whether a report is acceptable (:meth:`UnitDriver.check_result`,
 called before any state changes), what it was worth (:meth:`UnitDriver.usage`) and what the job's result is
-(:meth:`UnitDriver.assemble`). Federated training, whose work is planned round by round, has its own driver
-(:class:`fleetgrid.coordinator.training.TrainingService`).
+(:meth:`UnitDriver.assemble`). A driver also declares how its units are placed on cars
+(:attr:`UnitDriver.placement`): one car per unit, a gang of cars leased together, or resident on a car with no
+natural end; the scheduler applies it. Federated training, whose work is planned round by round, has its own
+driver (:class:`fleetgrid.coordinator.training.TrainingService`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
-from ..core import Usage
+from ..core import Placement, Usage
 from ..errors import InvalidInput
 from ..protocol import CompleteRequest
 from ..workloads.base import workloads
@@ -68,6 +70,16 @@ class UnitDriver(ABC):
     requeue: ClassVar[bool] = True
     """Whether a unit whose lease failed, was handed back or expired goes back to the queue (False: it is
     cancelled, and the workload plans that work anew)."""
+    placement: ClassVar[Placement] = Placement.SINGLE
+    """How units are placed on cars. ``RESIDENT``: a lease never completes; it is renewed while its car stays
+    eligible and ends by preemption (its unit goes straight back to the queue for another car) or with the job.
+    Every close is metered with the seconds it was held."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.placement is not Placement.SINGLE and not cls.requeue:
+            raise TypeError(f"{cls.__name__} places its units {cls.placement}, which moves a unit whose lease ends "
+                            "early straight back to the queue; it cannot also set requeue = False")
 
     def __init__(self, ctx: DriverContext) -> None:
         self.ctx = ctx

@@ -240,9 +240,10 @@ class Store(ABC):
 
     @abstractmethod
     def finish_job(self, job_id: str, state: str, now: float, result_digest: str | None = None,
-                   error: str | None = None) -> bool:
+                   error: str | None = None, *, meter: Callable[[LeaseRecord], LedgerRecord] | None = None) -> bool:
         """Close a queued or running job; its pending and leased units are cancelled, and so are their active
-        leases. False (and no change) if the job was already finished."""
+        leases, each with the usage row ``meter`` makes of it (in the same transaction; none without ``meter``).
+        False (and no change) if the job was already finished."""
 
     @abstractmethod
     def save_checkpoint(self, job_id: str, version: int, digest: str,

@@ -452,7 +452,7 @@ class SQLStore(CycleRows, OfferRows, Store):
             return [(r.idx, r.result_digest) for r in c.execute(query.order_by(accepted.c.idx))]
 
     def finish_job(self, job_id: str, state: str, now: float, result_digest: str | None = None,
-                   error: str | None = None) -> bool:
+                   error: str | None = None, *, meter: Callable[[LeaseRecord], LedgerRecord] | None = None) -> bool:
         with self._write() as c:
             closed = c.execute(
                 update(jobs).where(jobs.c.job_id == job_id, jobs.c.state.in_(_LIVE_JOB_STATES))
@@ -465,11 +465,19 @@ class SQLStore(CycleRows, OfferRows, Store):
                 .where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))
                 .values(state="cancelled")
             )
-            c.execute(
-                update(leases).where(leases.c.job_id == job_id, leases.c.state == "active")
-                .values(state="cancelled", closed_at=now)
-            )
+            cancel = (update(leases).where(leases.c.job_id == job_id, leases.c.state == "active")
+                      .values(state="cancelled", closed_at=now))
+            if meter is None:
+                c.execute(cancel)
+            else:  # the rows this statement closed, so a lease closed meanwhile by another is not metered twice
+                cancelled = [_lease(r) for r in c.execute(cancel.returning(*leases.c))]
+                self._insert_ledger(c, [meter(lease) for lease in cancelled])
         return True
+
+    @staticmethod
+    def _insert_ledger(c: Connection, entries: Sequence[LedgerRecord]) -> None:
+        if entries:
+            c.execute(insert(ledger), [{k: getattr(e, k) for k in LedgerRecord.__slots__} for e in entries])
 
     def save_checkpoint(self, job_id: str, version: int, digest: str,
                         consumed: Sequence[tuple[int, str]] = (), driver: str | None = None) -> bool:
