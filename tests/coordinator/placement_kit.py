@@ -7,19 +7,21 @@ other tests never see it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from fleetgrid.clock import ManualClock
 from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig
-from fleetgrid.coordinator.drivers import Plan, UnitDriver
+from fleetgrid.coordinator.drivers import Plan, UnitDriver, form_gangs
 from fleetgrid.coordinator.store import JobRecord, LeaseRecord, LedgerRecord, UnitRecord
 from fleetgrid.coordinator.store.schema import ledger
 from fleetgrid.core import Placement
@@ -42,10 +44,17 @@ class ServeSubmit(_Submit):
     kind: Literal["test-serve"] = "test-serve"
 
 
+class SplitSubmit(_Submit):
+    kind: Literal["test-split"] = "test-split"
+    cars: int = Field(default=3, ge=1, le=8, description="cars one copy of the model is split across (k)")
+    copies: int = Field(default=1, ge=1, le=8, description="gangs in the job")
+
+
 class _Driver(UnitDriver):
     """A unit is nothing but its index; any result is accepted."""
 
-    def _units(self, job_id: str, n: int) -> list[UnitRecord]:
+    @staticmethod
+    def _units(job_id: str, n: int) -> list[UnitRecord]:
         return [UnitRecord(unit_id=f"{job_id}:{i}:0", job_id=job_id, idx=i, replica=0, start_item=i,
                            end_item=i + 1, input_digest=NO_INPUT, input_format="none") for i in range(n)]
 
@@ -75,6 +84,18 @@ class ServeDriver(_Driver):
         return Plan(self._job(tenant, request, job_id, 1), self._units(job_id, 1))
 
 
+class SplitDriver(_Driver):
+    """A model split across ``cars`` cars, ``copies`` times: one gang of units per copy."""
+
+    kind = "test-split"
+    submit_model = SplitSubmit
+    placement = Placement.GANG
+
+    def plan(self, tenant: str, request: SplitSubmit, job_id: str) -> Plan:
+        n = request.cars * request.copies
+        return Plan(self._job(tenant, request, job_id, n), form_gangs(self._units(job_id, n), request.cars))
+
+
 class IdleHandler(base.CarHandler):
     """The car side is never run here: the tests speak the protocol themselves."""
 
@@ -85,7 +106,7 @@ class IdleHandler(base.CarHandler):
         return None
 
 
-DRIVERS: dict[str, type[UnitDriver]] = {"test-serve": ServeDriver}
+DRIVERS: dict[str, type[UnitDriver]] = {"test-serve": ServeDriver, "test-split": SplitDriver}
 
 
 @pytest.fixture
@@ -163,6 +184,11 @@ async def job_status(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
 
 async def lease(client: httpx.AsyncClient, car: str, wait_s: float = 0.0) -> httpx.Response:
     return await client.post("/leases", json={"state": PARKED, "wait_s": wait_s}, headers=auth(car))
+
+
+async def complete(client: httpx.AsyncClient, car: str, grant: dict[str, Any], data: bytes = b"ok") -> httpx.Response:
+    body = {"result": hashlib.sha256(data).hexdigest(), "inline": base64.b64encode(data).decode()}
+    return await client.post(f"/leases/{grant['lease_id']}/complete", json=body, headers=auth(car))
 
 
 def usage_rows(coord: Coordinator) -> dict[str, LedgerRecord]:

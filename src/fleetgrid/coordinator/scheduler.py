@@ -5,7 +5,8 @@ expiry and re-issue, checkpoints, replicas and quorums, metering every closed le
 every unit is accepted. What a unit *is* belongs to the workload's driver (:mod:`fleetgrid.coordinator.drivers`),
 found by the job's ``kind``; so does how its units are placed (:class:`~fleetgrid.core.Placement`), which this
 module applies: a resident lease is renewed by its car's heartbeats while the car is eligible, cannot complete,
-and fails over to another car the moment it ends early. The store makes each step atomic. Everything here is
+and fails over to another car the moment it ends early; a gang's units are leased to k cars all at once, and
+restarted together when one of them leaves. The store makes each step atomic. Everything here is
 synchronous: the HTTP layer runs it off the event loop and adds the long-poll wait
 (:class:`~fleetgrid.coordinator.longpoll.LongPolls`).
 """
@@ -36,6 +37,9 @@ __all__ = ["Scheduler"]
 log = logging.getLogger("fleetgrid.coordinator.scheduler")
 
 _FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+_GANG_LOOK_S = 1.0
+"""How often (clock seconds) a process asks the store whether any gang is live, for the lease path to know
+whether to look for gang seats at all (a gang job submitted through this process is known at once)."""
 
 
 @dataclass(slots=True)
@@ -62,6 +66,8 @@ class Scheduler:
         """Whether a car last said it was eligible, as this process heard (None: it heard nothing, ask the store).
         A resident lease is renewed only while its car is."""
         self._specs: dict[str, JobRecord] = {}
+        self._gangs = False
+        self._gangs_looked: float | None = None
 
     def _wake(self, units: int = 1) -> None:
         """``units`` new units anyone may take: wake that many waiting cars (not all of them), once the
@@ -86,10 +92,13 @@ class Scheduler:
         driver = self.driver(getattr(request, "kind", "inference"))
         plan = driver.plan(tenant, request, "job-" + uuid.uuid4().hex[:12])
         try:
+            driver.check_placement(plan.units)
             self.store.create_job(plan.job, plan.units, artifacts=plan.artifacts)
         except BaseException:
             self._discard_unrecorded(plan.new_files)
             raise
+        if driver.placement is Placement.GANG:
+            self._gangs = True
         self._wake(len(plan.units))
         return plan.job
 
@@ -156,12 +165,37 @@ class Scheduler:
 
     # --- vehicles -----------------------------------------------------------------------------------------------
     def lease(self, vehicle: VehicleRecord) -> Grant | None:
+        """The car's next lease: one of a gang that filled since it last asked, else a unit of its own (the lease
+        cycle), else a seat in a forming gang, which it waits in (None) unless its seat was the last one."""
         now = self.clock.now()
-        got = self.store.acquire(vehicle.vehicle_id, now, now + self.config.lease_ttl_s, "lease-" + uuid.uuid4().hex,
+        vehicle_id = vehicle.vehicle_id
+        gangs = self._gangs_live(now)
+        seat = self.store.gang_seat(vehicle_id, now) if gangs else None
+        if seat is not None and seat.lease is not None:
+            return self._grant(seat.lease, seat.unit)
+        got = self.store.acquire(vehicle_id, now, now + self.config.lease_ttl_s, _lease_id(),
                                  offers=self.offers_possible())
-        if got is None:
+        if got is not None:
+            if seat is not None:  # it took other work: its seat goes to another car
+                self.store.drop_holds(vehicle_id)
+            return self._grant(*got)
+        if not gangs:
             return None
-        lease, unit = got
+        joined = self.store.join_gang(vehicle_id, now, now + self.config.gang_hold_s, now + self.config.lease_ttl_s,
+                                      _lease_id)
+        if joined is None or joined.lease is None:
+            return None
+        others = joined.others
+        self.store.after_commit(lambda: self.polls.wake(0, others))  # their leases wait for them to ask
+        return self._grant(joined.lease, joined.unit)
+
+    def _gangs_live(self, now: float) -> bool:
+        looked = self._gangs_looked
+        if looked is None or abs(now - looked) >= _GANG_LOOK_S:
+            self._gangs, self._gangs_looked = self.store.gangs_live(), now
+        return self._gangs
+
+    def _grant(self, lease: LeaseRecord, unit: UnitRecord) -> Grant:
         job = self._job_spec(unit.job_id)
         if job.state == JobState.QUEUED:
             self.store.start_job(job.job_id)
@@ -220,9 +254,12 @@ class Scheduler:
         return known
 
     def heartbeat(self, vehicle: VehicleRecord, eligible: bool) -> list[str]:
-        """A car's heartbeat: its resident leases are renewed while it is ``eligible`` and handed back (to fail
-        over to another car) once it is not. Returns the ids of its leases still open."""
+        """A car's heartbeat: its resident leases are renewed while it is ``eligible``; once it is not, they are
+        handed back (to fail over to another car) and it gives up any seat it holds in a forming gang. Returns the
+        ids of its leases still open."""
         now = self.clock.now()
+        if not eligible and self._gangs_live(now):
+            self.store.drop_holds(vehicle.vehicle_id)
         still_open = []
         for lease in self.store.active_leases(vehicle.vehicle_id):
             if self._placement(self._job_spec(lease.job_id)) is Placement.RESIDENT:
@@ -352,15 +389,25 @@ class Scheduler:
         job = self._job_spec(lease.job_id)
         driver = self.drivers.get(job.kind)
         now = self.clock.now()
-        if self._placement(job) is Placement.RESIDENT:
+        placement = self._placement(job)
+        gang_usage = None
+        if placement is Placement.RESIDENT:
             # Worth the time it was held, however it ends; an expiry is the car leaving, as a hand-back is.
             entry = self._held_row(lease, job, now, accepted=state != LeaseState.FAILED, report=entry)
             preempted = preempted or state == LeaseState.EXPIRED
+        elif placement is Placement.GANG:
+            # The gang restarts: its other members' leases are cancelled, each metered for the time it was held
+            # (its work is lost with the gang), as is this one when its car did not say what it did.
+            def gang_usage(other: LeaseRecord) -> LedgerRecord:
+                return self._held_row(other, job, now, accepted=False)
+
+            entry = entry or gang_usage(lease)
         released = self.store.release(lease.lease_id, state, now, preempted=preempted,
                                       checkpoint=checkpoint, ledger_entry=entry,
-                                      requeue=driver.requeue if driver is not None else True)
+                                      requeue=driver.requeue if driver is not None else True, gang_usage=gang_usage)
         if released:
-            self._wake()
+            unit = self.store.get_unit(lease.unit_id) if placement is Placement.GANG else None
+            self._wake(unit.gang_size if unit is not None and unit.gang_size else 1)  # a gang wakes its k cars
         return released
 
     @staticmethod
@@ -431,6 +478,10 @@ class Scheduler:
         now = self.clock.now()
         self.store.add_artifact(digest, len(data), f"tenant:{job.tenant}", now)
         self._finish(job, JobState.DONE, result_digest=digest)
+
+
+def _lease_id() -> str:
+    return "lease-" + uuid.uuid4().hex
 
 
 def _ledger_row(lease: LeaseRecord, job: JobRecord, usage: Usage, now: float, *, accepted: bool) -> LedgerRecord:

@@ -56,6 +56,7 @@ from .schema import (
     vehicles,
 )
 from .sql_cycle import CycleRows, CycleSQL
+from .sql_gangs import GangRows
 from .sql_offers import OfferRows
 from .sqlite_lock import SQLiteFileLock
 
@@ -132,7 +133,7 @@ def _vehicle(row: Row) -> VehicleRecord:
     return VehicleRecord(**{k: m[k] for k in VehicleRecord.__slots__})
 
 
-class SQLStore(CycleRows, OfferRows, Store):
+class SQLStore(CycleRows, OfferRows, GangRows, Store):
     """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
 
     def __init__(self, url: str, *, create: bool = True, exclusive: bool = True) -> None:
@@ -463,7 +464,7 @@ class SQLStore(CycleRows, OfferRows, Store):
             c.execute(
                 update(units)
                 .where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))
-                .values(state="cancelled")
+                .values(state="cancelled", held_until=None)
             )
             cancel = (update(leases).where(leases.c.job_id == job_id, leases.c.state == "active")
                       .values(state="cancelled", closed_at=now))
@@ -527,12 +528,15 @@ class SQLStore(CycleRows, OfferRows, Store):
 
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
                 checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None,
-                requeue: bool = True) -> bool:
+                requeue: bool = True, gang_usage: Callable[[LeaseRecord], LedgerRecord] | None = None) -> bool:
         with self._write() as c:
             row = c.execute(self._q_lease, {"lid": lease_id}).first()
             if row is None:
                 raise NotFound(f"lease {lease_id!r} does not exist")
             lease = _lease(row)
+            gang = self._gang_of(c, lease.unit_id) if gang_usage is not None else None
+            if gang is not None and not self._lock_gang(c, gang):
+                return False  # a batch must not wait for the gang: whoever holds it, or the sweeper, closes it
             if not c.execute(
                 update(leases).where(leases.c.lease_id == lease_id, leases.c.state == "active")
                 .values(state=state, closed_at=now)
@@ -545,9 +549,13 @@ class SQLStore(CycleRows, OfferRows, Store):
             if checkpoint is not None:
                 c.execute(update(units).where(unit_cond, units.c.checkpoint_items <= checkpoint[0]).values(**values))
             c.execute(update(units).where(unit_cond).values(state="pending" if requeue else "cancelled"))
+            requeued = int(requeue)
+            if gang is not None:
+                assert gang_usage is not None
+                requeued = self._restart_gang(c, gang, now, gang_usage)
             c.execute(
                 update(jobs).where(jobs.c.job_id == lease.job_id)
-                .values(reissued_units=jobs.c.reissued_units + int(requeue),
+                .values(reissued_units=jobs.c.reissued_units + requeued,
                         preemptions=jobs.c.preemptions + int(preempted))
             )
             if ledger_entry is not None:
