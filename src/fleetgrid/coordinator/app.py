@@ -94,6 +94,7 @@ class Coordinator:
         self.admission = Admission(config.admission_max_delay_s or max(1.0, config.lease_ttl_s / 4),
                                    interval_s=config.admission_interval_s)
         self.states = VehicleStates(self.store, self.clock, refresh_s=min(10.0, config.online_window_s / 3))
+        self.scheduler.vehicle_eligible = self.states.eligible
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
 
     async def sweep_forever(self) -> None:
@@ -306,7 +307,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     @app.post(f"{API_PREFIX}/vehicles/heartbeat", response_model=HeartbeatResponse, tags=["vehicle"])
     def heartbeat(state: StateReport, v: VehicleRecord = Depends(vehicle)) -> HeartbeatResponse:
         states.report(v.vehicle_id, state)
-        active = [lease.lease_id for lease in store.active_leases(v.vehicle_id)]
+        active = sched.heartbeat(v, state.eligible)  # renews resident leases while eligible, else hands them back
         return HeartbeatResponse(server_time=coord.clock.now(), active_leases=active)
 
     async def lease_or_wait(v: VehicleRecord, req: LeaseRequest, request: Request) -> Grant | None:

@@ -65,6 +65,9 @@ class CoordinatorConfig:
     """A long-polling car is woken when work for it appears, made by this coordinator or (on PostgreSQL) another
     replica; it also looks again this often on its own, a safety net (a woken car that could not take the unit it
     was woken for leaves it to the next car that looks)."""
+    gang_hold_s: float = 30.0
+    """A car waiting for a gang to fill keeps its seat while it keeps asking for work; this long after it last
+    asked, the seat goes to another car."""
     driver_claim_ttl_s: float = 6.0
     """Replicas on one database: the replica driving a training job renews its claim every sixth of this; when it
     dies, another takes the job over within this long."""
@@ -91,6 +94,8 @@ class CoordinatorConfig:
             raise InvalidInput(f"max_unit_attempts must be >= 1, got {self.max_unit_attempts}")
         if self.admission_max_delay_s is not None and self.admission_max_delay_s <= 0:
             raise InvalidInput(f"admission_max_delay_s must be > 0 seconds, got {self.admission_max_delay_s}")
+        if self.gang_hold_s <= 0:
+            raise InvalidInput(f"gang_hold_s must be > 0 seconds, got {self.gang_hold_s}")
         if self.admission_interval_s <= 0:
             raise InvalidInput(f"admission_interval_s must be > 0 seconds, got {self.admission_interval_s}")
         if self.long_poll_recheck_s <= 0 or self.max_long_poll_s < 0:

@@ -5,8 +5,10 @@ the generic machinery (:class:`fleetgrid.coordinator.scheduler.Scheduler`) store
 renews, expires and re-issues them, reconciles replicas and meters every closed lease; the driver only says what
 a unit is for a car (:meth:`UnitDriver.grant`), whether a report is acceptable (:meth:`UnitDriver.check_result`,
 called before any state changes), what it was worth (:meth:`UnitDriver.usage`) and what the job's result is
-(:meth:`UnitDriver.assemble`). Federated training, whose work is planned round by round, has its own driver
-(:class:`fleetgrid.coordinator.training.TrainingService`).
+(:meth:`UnitDriver.assemble`). A driver also declares how its units are placed on cars
+(:attr:`UnitDriver.placement`): one car per unit, a gang of cars leased together, or resident on a car with no
+natural end; the scheduler applies it. Federated training, whose work is planned round by round, has its own
+driver (:class:`fleetgrid.coordinator.training.TrainingService`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
-from ..core import Usage
+from ..core import Placement, Usage
 from ..errors import InvalidInput
 from ..protocol import CompleteRequest
 from ..workloads.base import workloads
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from .config import CoordinatorConfig
     from .store import JobRecord, LeaseRecord, Store, UnitRecord
 
-__all__ = ["DriverContext", "Plan", "UnitDriver", "load_unit_drivers"]
+__all__ = ["DriverContext", "Plan", "UnitDriver", "form_gangs", "load_unit_drivers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +70,44 @@ class UnitDriver(ABC):
     requeue: ClassVar[bool] = True
     """Whether a unit whose lease failed, was handed back or expired goes back to the queue (False: it is
     cancelled, and the workload plans that work anew)."""
+    placement: ClassVar[Placement] = Placement.SINGLE
+    """How units are placed on cars. ``RESIDENT``: a lease never completes; it is renewed while its car stays
+    eligible and ends by preemption (its unit goes straight back to the queue for another car) or with the job.
+    Every close is metered with the seconds it was held. ``GANG``: :meth:`plan` puts the units in gangs
+    (:func:`form_gangs`); a gang's units are leased to as many different cars all at once, and when one of those
+    leases ends other than by completion the others are cancelled and the gang's units wait for cars again."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.placement is not Placement.SINGLE and not cls.requeue:
+            raise TypeError(f"{cls.__name__} places its units {cls.placement}, which moves a unit whose lease ends "
+                            "early straight back to the queue; it cannot also set requeue = False")
 
     def __init__(self, ctx: DriverContext) -> None:
         self.ctx = ctx
+
+    def check_placement(self, units: list[UnitRecord]) -> None:
+        """InvalidInput unless the plan's ``units`` fit :attr:`placement`: a GANG workload's are each in a gang of
+        exactly its ``gang_size`` units of one replica (see :func:`form_gangs`); any other workload's in none."""
+        gangs: dict[str, list[UnitRecord]] = {}
+        for unit in units:
+            if unit.gang is not None:
+                gangs.setdefault(unit.gang, []).append(unit)
+        if self.placement is not Placement.GANG:
+            if gangs:
+                raise InvalidInput(f"{self.kind} units are placed {self.placement}, yet its plan puts units in gangs "
+                                   f"({', '.join(sorted(gangs))}); only a gang workload's units form gangs")
+            return
+        loose = [u.unit_id for u in units if u.gang is None]
+        if loose:
+            raise InvalidInput(f"{self.kind} units are leased in gangs, yet units {loose[:4]} are in none")
+        for gang, members in gangs.items():
+            sizes = sorted({str(u.gang_size) for u in members})
+            if sizes != [str(len(members))]:
+                raise InvalidInput(f"gang {gang} has {len(members)} units whose gang_size says {', '.join(sizes)}; "
+                                   "a gang is exactly gang_size units")
+            if any(u.replicas != 1 for u in members):
+                raise InvalidInput(f"gang {gang} has replicated units; a gang's units are computed once, by its cars")
 
     def parse_submit(self, body: dict[str, Any]) -> BaseModel:
         try:
@@ -113,6 +150,16 @@ class UnitDriver(ABC):
     def progress(self, job: JobRecord) -> dict[str, Any] | None:
         """Workload-specific status for ``GET /v1/jobs/{id}`` (None: nothing beyond the unit counts)."""
         return None
+
+
+def form_gangs(units: list[UnitRecord], size: int) -> list[UnitRecord]:
+    """Put ``units`` (in order) in gangs of ``size`` units each, named after the first unit's job; a GANG
+    workload's :meth:`UnitDriver.plan` calls this on the units it planned."""
+    if size < 1 or len(units) % size:
+        raise InvalidInput(f"{len(units)} units do not split into gangs of {size}; plan a multiple of {size} units")
+    for i, unit in enumerate(units):
+        unit.gang, unit.gang_size = f"{unit.job_id}:gang{i // size}", size
+    return units
 
 
 def load_unit_drivers(ctx: DriverContext) -> dict[str, UnitDriver]:

@@ -3,12 +3,17 @@
 The scheduler owns the lifecycle every such workload shares: storing a job's plan, leasing units to cars, renewal,
 expiry and re-issue, checkpoints, replicas and quorums, metering every closed lease, and assembling the result once
 every unit is accepted. What a unit *is* belongs to the workload's driver (:mod:`fleetgrid.coordinator.drivers`),
-found by the job's ``kind``. The store makes each step atomic. Everything here is synchronous: the HTTP layer runs
-it off the event loop and adds the long-poll wait (:class:`~fleetgrid.coordinator.longpoll.LongPolls`).
+found by the job's ``kind``; so does how its units are placed (:class:`~fleetgrid.core.Placement`), which this
+module applies: a resident lease is renewed by its car's heartbeats while the car is eligible, cannot complete,
+and fails over to another car the moment it ends early; a gang's units are leased to k cars all at once, and
+restarted together when one of them leaves. The store makes each step atomic. Everything here is
+synchronous: the HTTP layer runs it off the event loop and adds the long-poll wait
+(:class:`~fleetgrid.coordinator.longpoll.LongPolls`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from ..clock import Clock, WallClock
-from ..core import LeaseState, UnitState, Usage
+from ..core import LeaseState, Placement, UnitState, Usage, held_s
 from ..errors import Conflict, Forbidden, HashMismatch, InvalidInput, LeaseExpired, NotFound
 from ..protocol import CompleteRequest, FailRequest, Grant, JobState, JobStatus, LeaseAck, ProgressReport
 from .artifacts import ArtifactStore, sha256_hex
@@ -32,6 +37,9 @@ __all__ = ["Scheduler"]
 log = logging.getLogger("fleetgrid.coordinator.scheduler")
 
 _FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+_GANG_LOOK_S = 1.0
+"""How often (clock seconds) a process asks the store whether any gang is live, for the lease path to know
+whether to look for gang seats at all (a gang job submitted through this process is known at once)."""
 
 
 @dataclass(slots=True)
@@ -54,7 +62,12 @@ class Scheduler:
         the look-up for them, one query per lease cycle."""
         self.polls = LongPolls()
         """Cars long-polling for work; the app binds it to its event loop. Wakes are safe from any thread."""
+        self.vehicle_eligible: Callable[[str], bool | None] = lambda _vehicle_id: None
+        """Whether a car last said it was eligible, as this process heard (None: it heard nothing, ask the store).
+        A resident lease is renewed only while its car is."""
         self._specs: dict[str, JobRecord] = {}
+        self._gangs = False
+        self._gangs_looked: float | None = None
 
     def _wake(self, units: int = 1) -> None:
         """``units`` new units anyone may take: wake that many waiting cars (not all of them), once the
@@ -68,6 +81,10 @@ class Scheduler:
                                f"{', '.join(sorted(self.drivers))}")
         return driver
 
+    def _placement(self, job: JobRecord) -> Placement:
+        driver = self.drivers.get(job.kind)
+        return driver.placement if driver is not None else Placement.SINGLE
+
     # --- tenants ------------------------------------------------------------------------------------------------
     def submit(self, tenant: str, request: BaseModel) -> JobRecord:
         """Plan a validated submission with its workload's driver and store the job with all its units in one
@@ -75,10 +92,13 @@ class Scheduler:
         driver = self.driver(getattr(request, "kind", "inference"))
         plan = driver.plan(tenant, request, "job-" + uuid.uuid4().hex[:12])
         try:
+            driver.check_placement(plan.units)
             self.store.create_job(plan.job, plan.units, artifacts=plan.artifacts)
         except BaseException:
             self._discard_unrecorded(plan.new_files)
             raise
+        if driver.placement is Placement.GANG:
+            self._gangs = True
         self._wake(len(plan.units))
         return plan.job
 
@@ -110,8 +130,29 @@ class Scheduler:
         job = self.job_for(tenant, job_id)
         if job.state in _FINISHED:
             raise Conflict(f"job {job_id} is already {job.state}; only queued or running jobs can be cancelled")
-        self.store.finish_job(job_id, JobState.CANCELLED, self.clock.now(), error="cancelled by tenant")
+        self._finish(job, JobState.CANCELLED, error="cancelled by tenant")
         return self.job_for(tenant, job_id)
+
+    def _finish(self, job: JobRecord, state: str, *, result_digest: str | None = None,
+                error: str | None = None) -> bool:
+        """Close the job; leases it cancels are metered for the time they were held, unless its units are placed
+        one per car (such a lease ends with its report, and one cut short by the job is not)."""
+        now = self.clock.now()
+        placement = self._placement(job)
+        meter = None
+        if placement is not Placement.SINGLE:
+            def meter(lease: LeaseRecord) -> LedgerRecord:
+                return self._held_row(lease, job, now, accepted=placement is Placement.RESIDENT)
+        return self.store.finish_job(job.job_id, state, now, result_digest=result_digest, error=error, meter=meter)
+
+    def _held_row(self, lease: LeaseRecord, job: JobRecord, now: float, *, accepted: bool,
+                  report: LedgerRecord | None = None) -> LedgerRecord:
+        """The usage row of a lease worth the time it was held: that time as its accelerator-seconds, with the
+        bytes its car ``report``-ed."""
+        seconds = held_s(lease.issued_at, lease.deadline, now, self.config.lease_ttl_s)
+        if report is not None:
+            return dataclasses.replace(report, compute_s=seconds, accepted=accepted, at=now)
+        return _ledger_row(lease, job, Usage(accelerator_s=seconds), now, accepted=accepted)
 
     def result(self, tenant: str, job_id: str) -> tuple[bytes, str]:
         """The job's result and its file suffix."""
@@ -124,12 +165,37 @@ class Scheduler:
 
     # --- vehicles -----------------------------------------------------------------------------------------------
     def lease(self, vehicle: VehicleRecord) -> Grant | None:
+        """The car's next lease: one of a gang that filled since it last asked, else a unit of its own (the lease
+        cycle), else a seat in a forming gang, which it waits in (None) unless its seat was the last one."""
         now = self.clock.now()
-        got = self.store.acquire(vehicle.vehicle_id, now, now + self.config.lease_ttl_s, "lease-" + uuid.uuid4().hex,
+        vehicle_id = vehicle.vehicle_id
+        gangs = self._gangs_live(now)
+        seat = self.store.gang_seat(vehicle_id, now) if gangs else None
+        if seat is not None and seat.lease is not None:
+            return self._grant(seat.lease, seat.unit)
+        got = self.store.acquire(vehicle_id, now, now + self.config.lease_ttl_s, _lease_id(),
                                  offers=self.offers_possible())
-        if got is None:
+        if got is not None:
+            if seat is not None:  # it took other work: its seat goes to another car
+                self.store.drop_holds(vehicle_id)
+            return self._grant(*got)
+        if not gangs:
             return None
-        lease, unit = got
+        joined = self.store.join_gang(vehicle_id, now, now + self.config.gang_hold_s, now + self.config.lease_ttl_s,
+                                      _lease_id)
+        if joined is None or joined.lease is None:
+            return None
+        others = joined.others
+        self.store.after_commit(lambda: self.polls.wake(0, others))  # their leases wait for them to ask
+        return self._grant(joined.lease, joined.unit)
+
+    def _gangs_live(self, now: float) -> bool:
+        looked = self._gangs_looked
+        if looked is None or abs(now - looked) >= _GANG_LOOK_S:
+            self._gangs, self._gangs_looked = self.store.gangs_live(), now
+        return self._gangs
+
+    def _grant(self, lease: LeaseRecord, unit: UnitRecord) -> Grant:
         job = self._job_spec(unit.job_id)
         if job.state == JobState.QUEUED:
             self.store.start_job(job.job_id)
@@ -170,10 +236,42 @@ class Scheduler:
             raise Conflict(f"lease {lease.lease_id} is {lease.state}, not active; lease new work with POST /v1/leases")
 
     def renew(self, vehicle: VehicleRecord, lease_id: str) -> LeaseAck:
-        self._owned(vehicle, lease_id)
+        owned = self._owned(vehicle, lease_id)
+        if self._placement(owned.job) is Placement.RESIDENT and not self._eligible(vehicle.vehicle_id):
+            self._release(owned.lease, LeaseState.HANDED_BACK, preempted=True)
+            raise Conflict(f"lease {lease_id} is resident, renewed only while its car is eligible, and vehicle "
+                           f"{vehicle.vehicle_id} last reported itself ineligible: the lease was handed back and "
+                           "its unit goes to another car; lease again with POST /v1/leases once eligible")
         deadline = self.clock.now() + self.config.lease_ttl_s
         self.store.renew(lease_id, deadline)
         return LeaseAck(lease_id=lease_id, state=LeaseState.ACTIVE, deadline=deadline)
+
+    def _eligible(self, vehicle_id: str) -> bool:
+        known = self.vehicle_eligible(vehicle_id)
+        if known is None:  # its reports reached another replica: what they wrote to the store
+            record = self.store.get_vehicle(vehicle_id)
+            known = record is not None and record.eligible and not record.revoked
+        return known
+
+    def heartbeat(self, vehicle: VehicleRecord, eligible: bool) -> list[str]:
+        """A car's heartbeat: its resident leases are renewed while it is ``eligible``; once it is not, they are
+        handed back (to fail over to another car) and it gives up any seat it holds in a forming gang. Returns the
+        ids of its leases still open."""
+        now = self.clock.now()
+        if not eligible and self._gangs_live(now):
+            self.store.drop_holds(vehicle.vehicle_id)
+        still_open = []
+        for lease in self.store.active_leases(vehicle.vehicle_id):
+            if self._placement(self._job_spec(lease.job_id)) is Placement.RESIDENT:
+                if lease.deadline < now:
+                    self._expire(lease, None)
+                    continue
+                if not eligible:
+                    self._release(lease, LeaseState.HANDED_BACK, preempted=True)
+                    continue
+                self.store.renew(lease.lease_id, now + self.config.lease_ttl_s)
+            still_open.append(lease.lease_id)
+        return still_open
 
     def _check_route(self, owned: _Owned) -> None:
         route = self.driver(owned.job.kind).reports_with
@@ -223,6 +321,11 @@ class Scheduler:
         coordinator; its lease's deadline is judged at that moment (default: now)."""
         owned = self._owned(vehicle, lease_id, active=False)
         self._check_route(owned)
+        if self._placement(owned.job) is Placement.RESIDENT:
+            raise Conflict(f"lease {lease_id} is a resident lease of job {owned.job.job_id}: it has no natural end "
+                           "and is never completed. It ends when its car hands it back (POST "
+                           f"/v1/leases/{lease_id}/fail with handback), when the car stops renewing it or turns "
+                           "ineligible, or when the job is cancelled")
         if owned.lease.state == LeaseState.COMPLETED:
             if owned.lease.result_digest == req.result:
                 # A retried completion counts once; one cut short before assembling has the caller finish it.
@@ -276,19 +379,35 @@ class Scheduler:
         entry = _ledger_row(owned.lease, job, usage, now, accepted=checkpoint is not None or done > 0)
         self._release(owned.lease, target, preempted=req.handback, checkpoint=checkpoint, entry=entry)
         if not req.handback and unit.attempts >= self.config.max_unit_attempts:
-            self.store.finish_job(job.job_id, JobState.FAILED, now,
-                                  error=f"unit {unit.idx} failed {unit.attempts} times; last: {req.reason}")
+            self._finish(job, JobState.FAILED,
+                         error=f"unit {unit.idx} failed {unit.attempts} times; last: {req.reason}")
         return LeaseAck(lease_id=lease_id, state=target)
 
     def _release(self, lease: LeaseRecord, state: str, *, preempted: bool,
                  checkpoint: tuple[int, str] | None = None, entry: LedgerRecord | None = None) -> bool:
         """False if the lease was closed meanwhile (by another request or coordinator): nothing changed."""
-        driver = self.drivers.get(self._job_spec(lease.job_id).kind)
-        released = self.store.release(lease.lease_id, state, self.clock.now(), preempted=preempted,
+        job = self._job_spec(lease.job_id)
+        driver = self.drivers.get(job.kind)
+        now = self.clock.now()
+        placement = self._placement(job)
+        gang_usage = None
+        if placement is Placement.RESIDENT:
+            # Worth the time it was held, however it ends; an expiry is the car leaving, as a hand-back is.
+            entry = self._held_row(lease, job, now, accepted=state != LeaseState.FAILED, report=entry)
+            preempted = preempted or state == LeaseState.EXPIRED
+        elif placement is Placement.GANG:
+            # The gang restarts: its other members' leases are cancelled, each metered for the time it was held
+            # (its work is lost with the gang), as is this one when its car did not say what it did.
+            def gang_usage(other: LeaseRecord) -> LedgerRecord:
+                return self._held_row(other, job, now, accepted=False)
+
+            entry = entry or gang_usage(lease)
+        released = self.store.release(lease.lease_id, state, now, preempted=preempted,
                                       checkpoint=checkpoint, ledger_entry=entry,
-                                      requeue=driver.requeue if driver is not None else True)
+                                      requeue=driver.requeue if driver is not None else True, gang_usage=gang_usage)
         if released:
-            self._wake()
+            unit = self.store.get_unit(lease.unit_id) if placement is Placement.GANG else None
+            self._wake(unit.gang_size if unit is not None and unit.gang_size else 1)  # a gang wakes its k cars
         return released
 
     @staticmethod
@@ -333,8 +452,7 @@ class Scheduler:
                 return self.store.accept_unit(job.job_id, idx, unit.result_digest)
         if all(u.state in (UnitState.DONE, UnitState.CANCELLED) for u in replicas):
             if len(replicas) >= 2 * job.spec["redundancy"]["replicas"] + 1:
-                self.store.finish_job(job.job_id, JobState.FAILED, self.clock.now(),
-                                      error=f"unit {idx}: no {quorum} of {len(done)} replicas agreed")
+                self._finish(job, JobState.FAILED, error=f"unit {idx}: no {quorum} of {len(done)} replicas agreed")
                 return False
             base = replicas[0]
             self.store.add_units([UnitRecord(
@@ -359,7 +477,11 @@ class Scheduler:
         digest = self.artifacts.put_bytes(data)
         now = self.clock.now()
         self.store.add_artifact(digest, len(data), f"tenant:{job.tenant}", now)
-        self.store.finish_job(job.job_id, JobState.DONE, now, result_digest=digest)
+        self._finish(job, JobState.DONE, result_digest=digest)
+
+
+def _lease_id() -> str:
+    return "lease-" + uuid.uuid4().hex
 
 
 def _ledger_row(lease: LeaseRecord, job: JobRecord, usage: Usage, now: float, *, accepted: bool) -> LedgerRecord:

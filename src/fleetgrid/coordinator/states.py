@@ -37,6 +37,12 @@ class VehicleStates:
             data = state.model_dump(mode="json", exclude={"reasons"}) | {"reasons": state.reasons[:4]}
             self._pending[vehicle_id] = (data, state.eligible, now)
 
+    def eligible(self, vehicle_id: str) -> bool | None:
+        """Whether the car's latest report to this process said it was eligible; None if it made none here."""
+        with self._lock:
+            last = self._last.get(vehicle_id)
+        return None if last is None else last[0][3]
+
     def flush(self) -> int:
         """Write every noted state in one transaction; returns how many cars. A failed write keeps them noted."""
         with self._lock:

@@ -9,7 +9,7 @@ from fleetgrid.core.leases import (
     check_lease_transition,
     check_unit_transition,
 )
-from fleetgrid.core.usage import Usage
+from fleetgrid.core.usage import Usage, held_s
 
 __all__ = [
     "CLOSED_LEASE_STATES",
@@ -19,4 +19,5 @@ __all__ = [
     "Usage",
     "check_lease_transition",
     "check_unit_transition",
+    "held_s",
 ]

@@ -11,6 +11,10 @@ lifecycle::
 
     lease:  ACTIVE --> COMPLETED | FAILED | HANDED_BACK | EXPIRED | CANCELLED   (all final)
 
+How units are placed (:class:`Placement`) changes which of these happen, never the states: a RESIDENT lease never
+completes, and a GANG's units go from PENDING to LEASED together and, when one of their leases ends other than by
+completion, back together (the others' leases CANCELLED).
+
 The store applies each transition as a conditional update on the expected current state, so two coordinator
 processes racing on one row cannot both apply it; :func:`check_lease_transition` is what the code asks before it
 tries, and what tests check the table against.
@@ -65,9 +69,14 @@ class Placement(StrEnum):
     SINGLE = "single"
     """One car per unit (batch inference, evaluation, a share of a training round)."""
     GANG = "gang"
-    """k cars leased together, all or nothing, restarted together when one leaves (a model split across cars)."""
+    """k cars leased together, all or nothing, restarted together when one leaves (a model split across cars):
+    no member is leased until k cars are waiting for it, and when one member's lease fails, is handed back, expires
+    or is revoked, the others are cancelled and every member not yet done waits for cars again, all at once (a
+    member's accepted result stays accepted)."""
     RESIDENT = "resident"
-    """No natural end: renewed while the car stays eligible, ended by preemption or by the job (serving)."""
+    """No natural end: renewed while the car stays eligible, ended by preemption or by the job (serving). A
+    completion is refused; a hand-back, a turn to ineligible or an expiry puts the unit straight back in the queue
+    for another car (failover); every close is metered as the seconds the lease was held."""
 
 
 CLOSED_LEASE_STATES = frozenset(LeaseState) - {LeaseState.ACTIVE}

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "ArtifactRecord",
+    "GangSeat",
     "JobRecord",
     "LeaseRecord",
     "LedgerRecord",
@@ -95,6 +96,10 @@ class UnitRecord:
     """A targeted unit not leased by then is no longer on offer (its round loop offers the share elsewhere)."""
     payload: dict[str, Any] | None = None
     """The workload's own description of the unit (a training share's instructions)."""
+    gang: str | None = None
+    """GANG placement: the gang whose units are leased to that many different cars all at once."""
+    gang_size: int | None = None
+    """How many units (cars) the gang has."""
 
     @property
     def items(self) -> int:
@@ -133,6 +138,17 @@ class LedgerRecord:
     """Training examples seen."""
     steps: int = 0
     """Optimizer steps taken."""
+
+
+@dataclass(slots=True)
+class GangSeat:
+    """A car's place in a gang: the member held for it while the gang forms, or its lease once the gang is full."""
+
+    unit: UnitRecord
+    lease: LeaseRecord | None = None
+    """None while the gang forms: the car waits, and no member is leased to anyone."""
+    others: list[str] = field(default_factory=list)
+    """When this car's seat filled the gang: the cars whose leases were issued with its own (to wake)."""
 
 
 @dataclass(slots=True)
@@ -245,9 +261,10 @@ class Store(ABC):
 
     @abstractmethod
     def finish_job(self, job_id: str, state: str, now: float, result_digest: str | None = None,
-                   error: str | None = None) -> bool:
+                   error: str | None = None, *, meter: Callable[[LeaseRecord], LedgerRecord] | None = None) -> bool:
         """Close a queued or running job; its pending and leased units are cancelled, and so are their active
-        leases. False (and no change) if the job was already finished."""
+        leases, each with the usage row ``meter`` makes of it (in the same transaction; none without ``meter``).
+        False (and no change) if the job was already finished."""
 
     @abstractmethod
     def save_checkpoint(self, job_id: str, version: int, digest: str,
@@ -349,10 +366,35 @@ class Store(ABC):
     @abstractmethod
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
                 checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None,
-                requeue: bool = True) -> bool:
+                requeue: bool = True, gang_usage: Callable[[LeaseRecord], LedgerRecord] | None = None) -> bool:
         """Close an active lease (failed / handed_back / expired) and put its unit back to pending for re-issue
         (or, without ``requeue``, cancel it: a training share is offered afresh by its round loop).
-        False, changing nothing, if the lease was closed already (by a completion or another sweep)."""
+        With ``gang_usage``, a unit of a gang restarts its gang: the other members' active leases are cancelled,
+        each with the usage row ``gang_usage`` makes of it, and every member not done goes back to pending.
+        False, changing nothing, if the lease was closed already (by a completion or another sweep), or if its
+        gang is being changed by another transaction that this one (running in a batch) must not wait for."""
+
+    # --- gangs --------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def gangs_live(self) -> bool:
+        """Whether any unit of a gang is pending or leased (else leasing skips the gang look-ups)."""
+
+    @abstractmethod
+    def gang_seat(self, vehicle_id: str, now: float) -> GangSeat | None:
+        """The car's lease of a gang that filled since it last asked (handed over once: a second call does not
+        return it again), else the member held for it while its gang forms, else None."""
+
+    @abstractmethod
+    def join_gang(self, vehicle_id: str, now: float, hold_until: float, deadline: float,
+                  new_lease_id: Callable[[], str]) -> GangSeat | None:
+        """Keep the car's held seat until ``hold_until``, or else take a free seat of the oldest forming gang for
+        it until then; if that was the gang's last free seat, lease every member at once, each to the car holding
+        it (leases named by ``new_lease_id``, due at ``deadline``), and return this car's. None if there is no
+        gang with a free seat. A car holds one seat at a time; no member is leased unless all of its gang is."""
+
+    @abstractmethod
+    def drop_holds(self, vehicle_id: str) -> None:
+        """The car gives up any member held for it (it took other work, or is no longer eligible)."""
 
     @abstractmethod
     def expired_leases(self, now: float) -> list[LeaseRecord]: ...

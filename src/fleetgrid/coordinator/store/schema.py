@@ -117,12 +117,23 @@ units = Table(
     Column("target_vehicle", String(64)),
     Column("offer_expires", Float),
     Column("payload", JSON),
+    # GANG placement: the gang a unit belongs to and how many units (cars) it has; while the gang forms, a pending
+    # member may be held for the car ``vehicle_id`` until ``held_until``; once it is full, a leased member keeps
+    # the time it was leased there until its car picks its lease up (see store/sql_gangs.py).
+    Column("gang", String(96)),
+    Column("gang_size", Integer),
+    Column("held_until", Float),
     Index("ix_units_state_seq", "state", "seq"),
     Index("ix_units_job_idx", "job_id", "idx"),
     # Partial: only offered units are in it, so the queue's own query (target_vehicle IS NULL, by seq) keeps using
     # ix_units_state_seq instead of sorting every pending unit out of this one.
     Index("ix_units_offered", "target_vehicle", "state", postgresql_where=text("target_vehicle IS NOT NULL"),
           sqlite_where=text("target_vehicle IS NOT NULL")),
+    # Partial, as above: units placed one per car are in neither.
+    Index("ix_units_gang", "gang", "idx", postgresql_where=text("gang IS NOT NULL"),
+          sqlite_where=text("gang IS NOT NULL")),
+    Index("ix_units_held", "vehicle_id", postgresql_where=text("held_until IS NOT NULL"),
+          sqlite_where=text("held_until IS NOT NULL")),
 )
 
 result_blobs = Table(

@@ -66,6 +66,7 @@ from .schema import (
     vehicles,
 )
 from .sql_cycle import CycleRows, CycleSQL
+from .sql_gangs import GangRows
 from .sql_offers import OfferRows
 from .sqlite_lock import SQLiteFileLock
 
@@ -142,7 +143,7 @@ def _vehicle(row: Row) -> VehicleRecord:
     return VehicleRecord(**{k: m[k] for k in VehicleRecord.__slots__})
 
 
-class SQLStore(CycleRows, OfferRows, Store):
+class SQLStore(CycleRows, OfferRows, GangRows, Store):
     """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
 
     def __init__(self, url: str, *, create: bool = True, exclusive: bool = True) -> None:
@@ -494,7 +495,7 @@ class SQLStore(CycleRows, OfferRows, Store):
             return [(r.idx, r.result_digest) for r in c.execute(query.order_by(accepted.c.idx))]
 
     def finish_job(self, job_id: str, state: str, now: float, result_digest: str | None = None,
-                   error: str | None = None) -> bool:
+                   error: str | None = None, *, meter: Callable[[LeaseRecord], LedgerRecord] | None = None) -> bool:
         with self._write() as c:
             closed = c.execute(
                 update(jobs).where(jobs.c.job_id == job_id, jobs.c.state.in_(_LIVE_JOB_STATES))
@@ -505,13 +506,21 @@ class SQLStore(CycleRows, OfferRows, Store):
             c.execute(
                 update(units)
                 .where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))
-                .values(state="cancelled")
+                .values(state="cancelled", held_until=None)
             )
-            c.execute(
-                update(leases).where(leases.c.job_id == job_id, leases.c.state == "active")
-                .values(state="cancelled", closed_at=now)
-            )
+            cancel = (update(leases).where(leases.c.job_id == job_id, leases.c.state == "active")
+                      .values(state="cancelled", closed_at=now))
+            if meter is None:
+                c.execute(cancel)
+            else:  # the rows this statement closed, so a lease closed meanwhile by another is not metered twice
+                cancelled = [_lease(r) for r in c.execute(cancel.returning(*leases.c))]
+                self._insert_ledger(c, [meter(lease) for lease in cancelled])
         return True
+
+    @staticmethod
+    def _insert_ledger(c: Connection, entries: Sequence[LedgerRecord]) -> None:
+        if entries:
+            c.execute(insert(ledger), [{k: getattr(e, k) for k in LedgerRecord.__slots__} for e in entries])
 
     def save_checkpoint(self, job_id: str, version: int, digest: str,
                         consumed: Sequence[tuple[int, str]] = (), driver: str | None = None) -> bool:
@@ -561,12 +570,15 @@ class SQLStore(CycleRows, OfferRows, Store):
 
     def release(self, lease_id: str, state: str, now: float, *, preempted: bool,
                 checkpoint: tuple[int, str] | None = None, ledger_entry: LedgerRecord | None = None,
-                requeue: bool = True) -> bool:
+                requeue: bool = True, gang_usage: Callable[[LeaseRecord], LedgerRecord] | None = None) -> bool:
         with self._write() as c:
             row = c.execute(self._q_lease, {"lid": lease_id}).first()
             if row is None:
                 raise NotFound(f"lease {lease_id!r} does not exist")
             lease = _lease(row)
+            gang = self._gang_of(c, lease.unit_id) if gang_usage is not None else None
+            if gang is not None and not self._lock_gang(c, gang):
+                return False  # a batch must not wait for the gang: whoever holds it, or the sweeper, closes it
             if not c.execute(
                 update(leases).where(leases.c.lease_id == lease_id, leases.c.state == "active")
                 .values(state=state, closed_at=now)
@@ -579,11 +591,15 @@ class SQLStore(CycleRows, OfferRows, Store):
             if checkpoint is not None:
                 c.execute(update(units).where(unit_cond, units.c.checkpoint_items <= checkpoint[0]).values(**values))
             c.execute(update(units).where(unit_cond).values(state="pending" if requeue else "cancelled"))
-            if requeue:  # the lease was active, so its unit was leased and is pending now
-                self._announce(c, 1)  # (a unit offered to one car is never re-queued: its driver says requeue=False)
+            requeued = int(requeue)
+            if gang is not None:
+                assert gang_usage is not None
+                requeued = self._restart_gang(c, gang, now, gang_usage)
+            if requeued:  # the lease was active, so its unit (and a gang's others) are pending now
+                self._announce(c, requeued)  # (a unit offered to one car is never re-queued: requeue=False)
             c.execute(
                 update(jobs).where(jobs.c.job_id == lease.job_id)
-                .values(reissued_units=jobs.c.reissued_units + int(requeue),
+                .values(reissued_units=jobs.c.reissued_units + requeued,
                         preemptions=jobs.c.preemptions + int(preempted))
             )
             if ledger_entry is not None:

@@ -82,8 +82,10 @@ class CycleSQL:
             # (no ORDER BY, which would tempt PostgreSQL off the (target_vehicle, state) index).
             "offered": f"SELECT {_cols('', _UNIT)} FROM units WHERE target_vehicle = :vid AND state = {PENDING} "
                        f"AND offer_expires >= :now AND {may_lease} LIMIT 1{skip_locked}",
+            # Units of a gang are leased only all at once (store/sql_gangs.py).
             "candidate": f"SELECT {_cols('', _UNIT)} FROM units WHERE state = {PENDING} AND target_vehicle IS NULL "
-                         f"AND {may_lease} AND (replicas = 1 OR NOT {mine}) ORDER BY seq LIMIT 1{skip_locked}",
+                         f"AND gang IS NULL AND {may_lease} AND (replicas = 1 OR NOT {mine}) "
+                         f"ORDER BY seq LIMIT 1{skip_locked}",
             # FOR SHARE on PostgreSQL: a revocation committing meanwhile waits for this lease to commit.
             "revoked": "SELECT revoked FROM vehicles WHERE vehicle_id = :vid" + (" FOR SHARE" if pg else ""),
             "take_unit": f"UPDATE units SET state = {LEASED}, attempts = attempts + 1, vehicle_id = :vid "
