@@ -25,6 +25,9 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+_QUEUED = "state = 'pending' AND target_vehicle IS NULL AND gang IS NULL"
+"""The units anyone may lease next (pending, offered to no car, in no gang)."""
+
 secrets = Table(
     "secrets",
     metadata,
@@ -134,6 +137,9 @@ units = Table(
           sqlite_where=text("gang IS NOT NULL")),
     Index("ix_units_held", "vehicle_id", postgresql_where=text("held_until IS NOT NULL"),
           sqlite_where=text("held_until IS NOT NULL")),
+    # The queue anyone may take from (store/sql_cycle.py "candidate"): only its pending units, by seq, so leasing
+    # never walks past the units already done (as PostgreSQL did through the primary key).
+    Index("ix_units_queue", "seq", postgresql_where=text(_QUEUED), sqlite_where=text(_QUEUED)),
 )
 
 result_blobs = Table(
