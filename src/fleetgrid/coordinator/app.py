@@ -23,51 +23,47 @@ from typing import Annotated, Any, TypeVar, Union
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Discriminator, Tag, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..clock import Clock, WallClock
-from ..errors import Conflict, FleetgridError, InvalidInput, NotFound
+from ..errors import Conflict, FleetgridError, InvalidInput
 from ..models.registry import list_models
 from ..protocol import (
     API_PREFIX,
     MAX_INLINE_RESULT_BYTES,
-    ArtifactInfo,
     CompleteRequest,
     EnrollRequest,
     EnrollResponse,
     FailRequest,
-    FleetOverview,
     Grant,
     HeartbeatResponse,
     JobState,
     JobStatus,
     LeaseAck,
     LeaseRequest,
-    LedgerEntry,
     ProgressReport,
     StateReport,
-    TenantCreate,
-    TenantCreated,
     TrainSubmit,
     UpdateReport,
-    VehicleSummary,
 )
 from ..vehicle.hardware import get_profile
 from .admission import Admission
-from .artifacts import ArtifactStore, parse_range
-from .auth import Authenticator, bearer, hash_token, new_token, vehicle_credential
+from .artifacts import ArtifactStore
+from .auth import Authenticator, hash_token, vehicle_credential
 from .bootstrap import bootstrap_credentials
 from .config import CoordinatorConfig
 from .drivers import DriverContext, load_unit_drivers
 from .limits import BodyLimit
 from .rounds import with_training
+from .routes.artifacts import artifact_routes
+from .routes.operator import operator_routes
 from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
 from .states import VehicleStates
-from .store import ArtifactRecord, JobRecord, Store, VehicleRecord, open_store
+from .store import JobRecord, Store, VehicleRecord, open_store
 from .training import TrainingService
 
 __all__ = ["Coordinator", "create_app"]
@@ -217,10 +213,10 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     app.state.coordinator = coord
     _install_errors(app)
     _vehicle_routes(app, coord)
-    _artifact_routes(app, coord)
+    artifact_routes(app, coord)
     _tenant_routes(app, coord)
     _training_routes(app, coord)
-    _operator_routes(app, coord)
+    operator_routes(app, coord)
     tenant_admin_routes(app, coord)
 
     app.openapi = _openapi_with_hot_bodies(app)  # type: ignore[method-assign]
@@ -415,61 +411,6 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         return ack
 
 
-def _artifact_routes(app: FastAPI, coord: Coordinator) -> None:
-    store, artifacts = coord.store, coord.artifacts
-
-    def principal(request: Request) -> str:
-        header = request.headers.get("authorization")
-        if bearer(header).startswith("fgv."):
-            return "vehicle:" + coord.auth.vehicle(header).vehicle_id
-        return "tenant:" + coord.auth.tenant(header)
-
-    def readable(who: str, digest: str) -> ArtifactRecord | None:
-        """The artifact's record, if ``who`` may read it."""
-        record = store.get_artifact(digest)
-        if record is None:
-            return None
-        if who in record.owners:
-            return record
-        if who.startswith("vehicle:") and store.vehicle_may_read(who.split(":", 1)[1], digest):
-            return record
-        return None
-
-    @app.put(f"{API_PREFIX}/artifacts/{{digest}}", response_model=ArtifactInfo, tags=["artifacts"],
-             responses={201: {"description": "stored"}, 200: {"description": "already stored"}})
-    async def put_artifact(digest: str, request: Request, response: Response,
-                           who: str = Depends(principal)) -> ArtifactInfo:
-        existed = await asyncio.to_thread(artifacts.exists, digest)
-        size = await artifacts.put_stream(digest, request.stream(), coord.config.max_artifact_bytes)
-        await asyncio.to_thread(store.add_artifact, digest, size, who, coord.clock.now())
-        response.status_code = 200 if existed else 201
-        return ArtifactInfo(digest=digest, size=size)
-
-    @app.api_route(f"{API_PREFIX}/artifacts/{{digest}}", methods=["GET", "HEAD"], tags=["artifacts"],
-                   response_class=StreamingResponse)
-    def get_artifact(digest: str, request: Request, who: str = Depends(principal)):
-        artifacts.path(digest)  # rejects a malformed digest with a 400
-        record = readable(who, digest)
-        if record is None or not artifacts.exists(digest):
-            raise NotFound(f"artifact {digest} does not exist or is not yours to read")
-        size = artifacts.size(digest)
-        rng = parse_range(request.headers.get("range"), size)
-        first, last = rng if rng else (0, size - 1)
-        headers = {"accept-ranges": "bytes", "content-length": str(max(0, last - first + 1)),
-                   "x-content-sha256": digest}
-        status = 200
-        if rng is not None:
-            status = 206
-            headers["content-range"] = f"bytes {first}-{last}/{size}"
-        if request.method == "HEAD" or size == 0:
-            return Response(status_code=status, headers=headers)
-        body = artifacts.iter_range(digest, first, last)
-        jobs = [owner.removeprefix("job:") for owner in record.owners if owner.startswith("job:")]
-        if jobs:  # a training job's global version: the job's progress counts the bytes sent down
-            body = coord.training.counted_down(jobs, body)
-        return StreamingResponse(body, status_code=status, headers=headers, media_type="application/octet-stream")
-
-
 def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
     sched = coord.scheduler
 
@@ -535,70 +476,3 @@ def _training_routes(app: FastAPI, coord: Coordinator) -> None:
         held-out metrics of every global version) and fetch the final model (safetensors) from /result."""
         job = coord.training.submit(t, req)
         return with_training(coord.scheduler.status(job), coord.training.progress(job))
-
-
-def _operator_routes(app: FastAPI, coord: Coordinator) -> None:
-    store = coord.store
-
-    def operator(request: Request) -> None:
-        coord.auth.operator(request.headers.get("authorization"))
-
-    def summaries() -> list[VehicleSummary]:
-        coord.states.flush()  # what the cars said up to now, not up to the last sweep
-        in_flight: dict[str, int] = {}
-        for lease in store.active_leases():
-            in_flight[lease.vehicle_id] = in_flight.get(lease.vehicle_id, 0) + 1
-        now = coord.clock.now()
-        out = []
-        for v in store.list_vehicles():
-            state = v.state or {}
-            online = v.last_seen is not None and now - v.last_seen <= coord.config.online_window_s
-            out.append(VehicleSummary(
-                vehicle_id=v.vehicle_id, name=v.name, hardware=v.hardware, revoked=v.revoked, last_seen=v.last_seen,
-                drive=state.get("drive"), soc=state.get("soc"), network=state.get("network"),
-                eligible=bool(v.eligible and online and not v.revoked), active_leases=in_flight.get(v.vehicle_id, 0),
-            ))
-        return out
-
-    @app.get(f"{API_PREFIX}/fleet", response_model=FleetOverview, tags=["operator"], dependencies=[Depends(operator)])
-    def fleet() -> FleetOverview:
-        vehicles = summaries()
-        now = coord.clock.now()
-        by_state: dict[str, int] = {}
-        online = 0
-        for v in vehicles:
-            if v.last_seen is not None and now - v.last_seen <= coord.config.online_window_s:
-                online += 1
-                by_state[v.drive or "unknown"] = by_state.get(v.drive or "unknown", 0) + 1
-            else:
-                by_state["offline"] = by_state.get("offline", 0) + 1
-        counts = store.counts()
-        return FleetOverview(vehicles=len(vehicles), by_state=by_state, eligible_now=sum(v.eligible for v in vehicles),
-                             online=online, leases_in_flight=counts["leases_in_flight"], jobs=counts["jobs"],
-                             units_pending=counts["units_pending"], long_polling=coord.scheduler.polls.sleeping())
-
-    @app.get(f"{API_PREFIX}/vehicles", response_model=list[VehicleSummary], tags=["operator"],
-             dependencies=[Depends(operator)])
-    def vehicles() -> list[VehicleSummary]:
-        return summaries()
-
-    @app.post(f"{API_PREFIX}/vehicles/{{vehicle_id}}/revoke", tags=["operator"], dependencies=[Depends(operator)])
-    def revoke(vehicle_id: str) -> dict:
-        if not store.revoke_vehicle(vehicle_id):
-            raise NotFound(f"vehicle {vehicle_id!r} does not exist; GET /v1/vehicles lists them")
-        coord.auth.forget_vehicle(vehicle_id)
-        coord.scheduler.release_vehicle(vehicle_id)
-        coord.training.release_vehicle(vehicle_id)
-        return {"vehicle_id": vehicle_id, "revoked": True}
-
-    @app.get(f"{API_PREFIX}/ledger", response_model=list[LedgerEntry], tags=["operator"],
-             dependencies=[Depends(operator)])
-    def ledger() -> list[LedgerEntry]:
-        return [LedgerEntry(**row) for row in store.ledger_totals()]
-
-    @app.post(f"{API_PREFIX}/tenants", status_code=201, response_model=TenantCreated, tags=["operator"],
-              dependencies=[Depends(operator)])
-    def add_tenant(req: TenantCreate) -> TenantCreated:
-        token = new_token("fgt")
-        store.add_tenant(req.name, hash_token(token), coord.clock.now())
-        return TenantCreated(tenant=req.name, token=token)
