@@ -13,6 +13,8 @@
     |   +-- DatabaseInUse       409  a SQLite file another coordinator process already holds
     +-- PayloadTooLarge         413  a request body over the configured limit
     +-- RangeNotSatisfiable     416  a byte range outside the artifact
+    +-- Overloaded              429  nothing can take the request now; try again after ``retry_after_s``
+    +-- Unavailable             503  no car could answer the request in time
     +-- InsufficientStorage     507  the coordinator's disk (or quota) is full; try again later
     +-- TransportError               the agent could not reach the coordinator (never sent over HTTP)
     +-- Preempted                    the worker was stopped because the car became ineligible
@@ -34,10 +36,12 @@ __all__ = [
     "InvalidInput",
     "LeaseExpired",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "Preempted",
     "RangeNotSatisfiable",
     "TransportError",
+    "Unavailable",
     "UnknownModel",
 ]
 
@@ -108,6 +112,24 @@ class PayloadTooLarge(FleetgridError):
 class RangeNotSatisfiable(FleetgridError):
     status = 416
     code = "range_not_satisfiable"
+
+
+class Overloaded(FleetgridError):
+    """Refused now, not wrong: the answer carries ``Retry-After``."""
+
+    status = 429
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(FleetgridError):
+    """No car could answer in time (every replica tried left or failed); the request may be sent again."""
+
+    status = 503
+    code = "unavailable"
 
 
 class InsufficientStorage(FleetgridError):

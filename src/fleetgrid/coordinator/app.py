@@ -15,6 +15,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -167,7 +168,11 @@ def decode_inline(text: str) -> bytes:
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(FleetgridError)
     async def _ours(_request: Request, exc: FleetgridError) -> JSONResponse:
-        return _error_response(exc.status, exc.code, exc.message)
+        response = _error_response(exc.status, exc.code, exc.message)
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            response.headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
