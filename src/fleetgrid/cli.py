@@ -567,6 +567,11 @@ def _register_subcommands() -> None:
     app.command("agent", help="Run the vehicle agent: take work only while the car is free.")(agent_command)
     app.command("simulate", help="Simulate what a fleet of parked cars delivers, hour by hour.")(simulate)
     app.command("demo", help="The main job: coordinator + N cars + a MiniLM embedding job, end to end.")(demo_command)
+    from .workloads.serving.cli import deploy, deployments, undeploy
+
+    app.command("deploy")(deploy)
+    app.command("deployments")(deployments)
+    app.command("undeploy")(undeploy)
 
 
 _register_subcommands()

@@ -19,7 +19,7 @@ import numpy as np
 import pydantic
 import tenacity
 
-from .errors import InvalidInput, TransportError
+from .errors import InvalidInput, NotFound, TransportError
 from .protocol import (
     API_PREFIX,
     FleetOverview,
@@ -33,6 +33,7 @@ from .protocol import (
 )
 from .retry import backoff
 from .wire_errors import error_from_response
+from .workloads.serving.messages import DeploymentStatus
 
 __all__ = ["FleetgridClient", "encode_inputs"]
 
@@ -131,6 +132,24 @@ class FleetgridClient:
 
     def cancel(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(self._call("POST", f"/jobs/{job_id}/cancel").json())
+
+    # --- serving -----------------------------------------------------------------------------------------------
+    def deploy(self, model: str, *, replicas: int = 1, name: str = "") -> JobStatus:
+        """Keep ``model`` resident on ``replicas`` cars, callable as ``name`` (default: the model's name) through
+        the OpenAI-compatible API."""
+        body = {"kind": "serve", "model": model, "replicas": replicas, "name": name}
+        return JobStatus.model_validate(self._call("POST", "/jobs", json=body).json())
+
+    def deployments(self) -> list[DeploymentStatus]:
+        return [DeploymentStatus.model_validate(d) for d in self._call("GET", "/deployments").json()]
+
+    def undeploy(self, name: str) -> JobStatus:
+        """End deployment ``name``: its cars give the model up at their next renewal."""
+        found = [d for d in self.deployments() if d.name == name]
+        if not found:
+            names = sorted(d.name for d in self.deployments())
+            raise NotFound(f"no deployment named {name!r}; yours: {names or 'none'}")
+        return self.cancel(found[0].job_id)
 
     def result_bytes(self, job_id: str) -> bytes:
         return self._call("GET", f"/jobs/{job_id}/result").content

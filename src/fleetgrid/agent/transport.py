@@ -124,6 +124,17 @@ class CoordinatorClient:
         """
         return self._parse(self._send("POST", f"/train/leases/{lease_id}/update", json=report), LeaseAck)
 
+    # --- a workload's own routes ------------------------------------------------------------------------------
+
+    def exchange(self, path: str, body: bytes, model: type[_Model], *, wait_s: float = 0.0) -> tuple[_Model, int]:
+        """POST ``body`` (JSON) to a workload's own route under the API prefix, which may hold the answer up to
+        ``wait_s`` (a long-poll); returns the parsed answer and its size in bytes, for the data plan."""
+        read = self._timeout.read
+        timeout = httpx.Timeout(None if read is None else read + wait_s, connect=self._timeout.connect)
+        response = self._send("POST", path, content=body, headers={"Content-Type": "application/json"},
+                              timeout=timeout)
+        return self._parse(response, model), len(response.content)
+
     # --- artifacts ---------------------------------------------------------------------------------------------
 
     def upload(self, data: bytes) -> str:

@@ -51,6 +51,7 @@ from ..protocol import (
     UpdateReport,
 )
 from ..vehicle.hardware import get_profile
+from ..workloads.base import workloads
 from .admission import Admission
 from .artifacts import ArtifactStore
 from .auth import Authenticator, hash_token, vehicle_credential
@@ -202,9 +203,13 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
         await asyncio.to_thread(coord.training.start)
         sweeper = asyncio.create_task(coord.sweep_forever())
         watcher = asyncio.create_task(coord.admission.watch(lambda: coord.store.batched(lambda: None)))
+        for service in services:
+            await service.start()
         try:
             yield
         finally:
+            for service in services:
+                await service.stop()
             await asyncio.to_thread(coord.training.shutdown)
             for task in (sweeper, watcher):
                 task.cancel()
@@ -223,6 +228,8 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     _training_routes(app, coord)
     operator_routes(app, coord)
     tenant_admin_routes(app, coord)
+    services = [svc for w in workloads() if w.routes is not None
+                if (svc := w.load("routes")(app, coord)) is not None]
 
     app.openapi = _openapi_with_hot_bodies(app)  # type: ignore[method-assign]
 

@@ -135,9 +135,14 @@ class Workload:
     driver: str
     """The coordinator driver class."""
     description: str = ""
+    routes: str | None = None
+    """A function ``(app, coordinator) -> service`` adding the workload's own HTTP routes to the coordinator (a
+    serving API); the service it returns, if any, is started and stopped with the app (``start``/``stop``)."""
 
     def load(self, part: str) -> Any:
         path = getattr(self, part)
+        if path is None:
+            return None
         module, _, attribute = path.partition(":")
         return getattr(importlib.import_module(module), attribute)
 
@@ -184,3 +189,7 @@ register(Workload("train", car="fleetgrid.workloads.federated.car:TrainHandler",
 register(Workload("evaluate", car="fleetgrid.workloads.evaluation.car:EvalHandler",
                   driver="fleetgrid.workloads.evaluation.driver:EvalDriver",
                   description="federated evaluation: a model scored on each car's own data, only metrics travel"))
+register(Workload("serve", car="fleetgrid.workloads.serving.car:ServeHandler",
+                  driver="fleetgrid.workloads.serving.driver:ServingDriver",
+                  routes="fleetgrid.workloads.serving.service:serving_routes",
+                  description="online serving: replicas resident on cars behind an OpenAI-compatible API"))

@@ -124,6 +124,8 @@ class ReplicaChannel:
         self.closed = False
         self.served = 0
         self.failed = 0
+        self.last_sent = -1
+        """The router's send counter when this replica last got a request: ties go to the one idle longest."""
         self._wake = asyncio.Event()
 
     def push(self, request_id: str, payload: Any) -> None:
@@ -170,10 +172,13 @@ class ServingRouter:
         self._hedge_tokens: dict[str, float] = {}
         self._attached: dict[str, asyncio.Event] = {}
         self._ids = itertools.count()
+        self._sends = itertools.count()
         self.hedged = 0
         self.hedges_won = 0
         self.failovers = 0
         self.requests = 0
+        self.served_by_gone: dict[str, int] = {}
+        """Requests answered by replicas since detached, per deployment."""
 
     # --- replicas ------------------------------------------------------------------------------------------------
 
@@ -192,6 +197,9 @@ class ServingRouter:
         channel = self._replicas.get(replica_id)
         return None if channel is None or channel.closed else channel
 
+    def all_replicas(self) -> list[ReplicaChannel]:
+        return list(self._replicas.values())
+
     def replicas(self, deployment: str) -> list[ReplicaChannel]:
         return list(self._by_deployment.get(deployment, {}).values())
 
@@ -201,6 +209,7 @@ class ServingRouter:
         if channel is None:
             return
         channel.close()
+        self.served_by_gone[channel.deployment] = self.served_by_gone.get(channel.deployment, 0) + channel.served
         pool = self._by_deployment.get(channel.deployment, {})
         pool.pop(replica_id, None)
         if not pool:
@@ -287,16 +296,17 @@ class ServingRouter:
               ) -> ReplicaChannel | None:
         candidates = [c for c in self.replicas(deployment) if c.replica_id not in exclude and not c.closed
                       and (over_cap or len(c.in_flight) < self.config.max_in_flight)]
-        return min(candidates, key=lambda c: (len(c.in_flight), c.replica_id), default=None)
+        return min(candidates, key=lambda c: (len(c.in_flight), c.last_sent), default=None)
 
     def _send(self, request: _Request, channel: ReplicaChannel) -> None:
         request.tried.append(channel.replica_id)
         request.live[channel.replica_id] = asyncio.get_running_loop().time()
+        channel.last_sent = next(self._sends)
         channel.push(request.request_id, request.payload)
 
     async def _failover(self, request: _Request) -> None:
-        """Send ``request`` to a replica it has not tried (any, when it has tried them all), waiting for one to
-        connect if none is; fail it once ``max_attempts`` cars have had it."""
+        """Send ``request`` to a replica it has not tried (a car that failed it would fail it again; one that left
+        is gone), waiting for one to connect if none is; fail it once ``max_attempts`` cars have had it."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.config.failover_wait_s
         while not request.result.done() and request.request_id in self._requests:
@@ -305,8 +315,7 @@ class ServingRouter:
                     f"request failed on {len(request.tried)} cars of deployment {request.deployment!r}; last: "
                     f"{request.last_error}"))
                 return
-            channel = (self._pick(request.deployment, request.tried, over_cap=True)
-                       or self._pick(request.deployment, (), over_cap=True))
+            channel = self._pick(request.deployment, request.tried, over_cap=True)
             if channel is not None:
                 self._send(request, channel)
                 return
