@@ -101,7 +101,8 @@ class FleetgridClient:
         return digest
 
     def models(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/models").json()
+        """Your deployments (``deployed: true``) and the registered models, as OpenAI's model objects."""
+        return self._call("GET", "/models").json()["data"]
 
     def submit(self, model: str, inputs: np.ndarray | Sequence[str] | bytes, *, input_format: str | None = None,
                model_file: bytes | Path | None = None, **options: Any) -> JobStatus:

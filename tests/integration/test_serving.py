@@ -77,6 +77,12 @@ def test_openai_client_gets_minilm_embeddings_from_cars_and_a_car_driving_away_f
         fleet.start_agent("car-b")
         wait_for(lambda: connected(coordinator.url, token, MODEL) == 2, 300, "both replicas to connect")
 
+        listed = {m.id: m for m in client.models.list()}
+        assert listed[MODEL].model_extra["deployed"] is True and listed["mnist1d-cnn"].model_extra["deployed"] is False
+        assert client.models.retrieve(MODEL).id == MODEL
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("no-such-model")
+
         got = client.embeddings.create(model=MODEL, input=TEXTS)
         assert [d.index for d in got.data] == list(range(len(TEXTS))) and got.model == MODEL
         vectors = np.array([d.embedding for d in got.data], dtype=np.float32)

@@ -31,7 +31,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..clock import Clock, WallClock
 from ..errors import Conflict, FleetgridError, InvalidInput
-from ..models.registry import list_models
 from ..protocol import (
     API_PREFIX,
     MAX_INLINE_RESULT_BYTES,
@@ -428,14 +427,6 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
 
     def tenant(request: Request) -> str:
         return coord.auth.tenant(request.headers.get("authorization"))
-
-    @app.get(f"{API_PREFIX}/models", tags=["tenant"])
-    def models() -> list[dict]:
-        return [
-            {"name": m.name, "description": m.description, "input": m.input_kind,
-             "item_shape": m.item_shape, "output_shape": m.output_shape, "needs_model_file": m.needs_model_file}
-            for m in list_models()
-        ]
 
     submit_models = {kind: driver.submit_model for kind, driver in sched.drivers.items()} | {"train": TrainSubmit}
     app.state.submit_models = submit_models

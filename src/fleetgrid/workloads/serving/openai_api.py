@@ -132,6 +132,37 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
                             "fgt...)")
         return await asyncio.to_thread(coord.auth.tenant, header)
 
+    async def catalog(who: str) -> list[dict[str, Any]]:
+        from fleetgrid.models.registry import list_models
+
+        deployed = await service.deployments(who, fresh=True)
+        out = [{"id": d.name, "object": "model", "created": d.created, "owned_by": who, "deployed": True,
+                "model": d.model, "replicas": d.replicas} for d in deployed.values()]
+        out += [{"id": m.name, "object": "model", "created": 0, "owned_by": "fleetgrid", "deployed": False,
+                 "description": m.description, "input": m.input_kind, "item_shape": m.item_shape,
+                 "output_shape": m.output_shape, "needs_model_file": m.needs_model_file}
+                for m in list_models() if m.name not in deployed]
+        return out
+
+    @app.get(f"{API_PREFIX}/models", tags=["openai"])
+    async def models(request: Request) -> Response:
+        """OpenAI's model list: your deployments (``deployed: true``, callable now) and the registered models
+        jobs can name."""
+        try:
+            return JSONResponse({"object": "list", "data": await catalog(await tenant(request))})
+        except FleetgridError as exc:
+            return openai_error(exc)
+
+    @app.get(f"{API_PREFIX}/models/{{model}}", tags=["openai"])
+    async def model(model: str, request: Request) -> Response:
+        try:
+            found = [m for m in await catalog(await tenant(request)) if m["id"] == model]
+            if not found:
+                raise NotFound(f"model {model!r} is neither deployed nor registered; GET /v1/models lists them")
+            return JSONResponse(found[0])
+        except FleetgridError as exc:
+            return openai_error(exc)
+
     @app.post(f"{API_PREFIX}/embeddings", tags=["openai"], response_class=JSONResponse,
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": EmbeddingsRequest.model_json_schema()}}}})
