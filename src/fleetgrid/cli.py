@@ -185,6 +185,8 @@ def serve(
                                                        help="Fix the operator token")] = None,
     tenant: Annotated[list[str] | None,
                       typer.Option(help="NAME=TOKEN: a tenant with a fixed token (repeatable)")] = None,
+    serve_hedging: Annotated[bool, typer.Option(
+        help="Serving: also send a request slower than the recent p95 to a second car (<= 5% extra work)")] = True,
 ) -> None:
     """Run the coordinator (embedded SQLite and local artifacts by default).
 
@@ -199,7 +201,8 @@ def serve(
         config = CoordinatorConfig(data_dir=data_dir, database_url=db, lease_ttl_s=lease_ttl,
                                    max_artifact_bytes=max_artifact_bytes, max_long_poll_s=max_long_poll,
                                    long_poll_recheck_s=long_poll_recheck, enroll_token=enroll_token,
-                                   operator_token=operator_token, tenant_tokens=tenants)
+                                   operator_token=operator_token, tenant_tokens=tenants,
+                                   serve_hedging=serve_hedging)
         if db is not None:
             engine_url(db)  # a database URL we cannot serve fails before anything listens
 

@@ -77,6 +77,9 @@ class CoordinatorConfig:
     pause of the process is not overload)."""
     admission_interval_s: float = 0.5
     """How often that lag is measured."""
+    serve_hedging: bool = True
+    """Serving: send a request still unanswered at its deployment's recent p95 latency to a second car too (at most
+    5% of requests; see :mod:`fleetgrid.workloads.serving.router`)."""
     enroll_token: str | None = None
     operator_token: str | None = None
     tenant_tokens: dict[str, str] = field(default_factory=dict)

@@ -206,7 +206,7 @@ def serving_routes(app: FastAPI, coord: Coordinator) -> ServingService:
     """The car's exchange route and the OpenAI-compatible API, on one :class:`ServingService`."""
     from fleetgrid.workloads.serving.openai_api import openai_routes
 
-    service = ServingService(coord)
+    service = ServingService(coord, RouterConfig(hedge=coord.config.serve_hedging))
 
     async def vehicle(request: Request) -> VehicleRecord:
         header = request.headers.get("authorization")
