@@ -37,6 +37,7 @@ from fleetgrid.workloads.training.config import (
     DiLoCoConfig,
     FedAvgConfig,
     LocalTrainingConfig,
+    RobustConfig,
     RoundConfig,
     StrategyConfig,
 )
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="FedAvg rounds (default: as many local steps in total as DiLoCo)",
     )
+    ap.add_argument("--norm-bound", default="adaptive", choices=["adaptive", "off"],
+                    help="each update's norm bounded to 2x the round's median (the default) or not")
+    ap.add_argument("--aggregator", default="mean", choices=["mean", "trimmed_mean", "median"])
     ap.add_argument("--preempt", type=float, default=0.5, help="share of dispatched cars preempted mid-round")
     ap.add_argument("--central-steps", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=0)
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         partial_work="weighted",
     )
 
+    robust = RobustConfig(norm_bound=args.norm_bound, aggregator=args.aggregator)
+
     def diloco(bits: int) -> DiLoCoConfig:
         return DiLoCoConfig(
             local=LocalTrainingConfig(
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 compression=CompressionConfig(bits=bits),
             ),
             rounds=rounds,
+            robust=robust,
             downlink=CompressionConfig(bits=bits),
             lr_decay_versions=decay,
             outer_lr=args.outer_lr,
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             min_reports=2,
             deadline_s=3 * args.fedavg_steps / 5.0,
         ),
+        robust=robust,
         seed=args.seed,
         lr_decay_versions=fedavg_rounds,
     )

@@ -1,6 +1,7 @@
 """Training work on few cars and preempted cars, on a real coordinator process: a lone car trains every shard of the
-split in turn (not one shard again and again), and the job's status counts every preempted share, whether its car
-sent the steps it did as a partial update or handed it back."""
+split in turn (not one shard again and again), the job's status counts every preempted share, whether its car
+sent the steps it did as a partial update or handed it back, and an agent process whose car drives off mid-share
+sends those steps, as the in-process harness's preempted cars do."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fleetgrid.agent.config import AgentConfig
 from fleetgrid.agent.runtime import Agent
 from fleetgrid.clock import WallClock
 from fleetgrid.vehicle.bus import ManualVehicleBus
+from fleetgrid.vehicle.schedule import DaySchedule, VehicleTrace, save_traces
 from fleetgrid.vehicle.state import DriveState, Network
 
 from .conftest import wait_for
@@ -121,3 +123,26 @@ def test_a_partial_update_and_a_handback_each_count_as_a_preemption(fleet, tmp_p
             stop.set()
             runner.join(60)
             tenant.cancel(job.job_id)
+
+
+def test_an_agent_process_whose_car_drives_off_mid_share_sends_the_steps_it_did(fleet, tmp_path):
+    """The car's bus replays a day of one-minute trips every three minutes, four times faster than the wall (30 s
+    parked, 15 s driving, on cellular); a share of a million steps ends only when a trip preempts it."""
+    fleet.start_coordinator()
+    trips = tuple((m, m + 1) for m in range(2, 1438, 3))
+    parked = tuple((end, start) for (_, end), (start, _) in zip(((0, 0), *trips), trips, strict=False))
+    save_traces(tmp_path / "traces.jsonl", [VehicleTrace("car", (DaySchedule(trips=trips, plugged=parked,
+                                                                             wifi=parked, soc_start=0.9),))])
+    clock = ["--clock-speed", "4", "--clock-start", "0", "--clock-origin", str(time.time())]
+    car = fleet.start_agent("car-1", bus=f"trace:{tmp_path / 'traces.jsonl'}#car", extra_args=clock)
+    with fleet.client() as tenant:
+        job = tenant.submit_train("mnist1d-cnn", data={"dataset": "mnist1d", "num_vehicles": 1, "num_samples": 800},
+                                  strategy="fedavg", settings=_settings(clients=1, steps=1_000_000), rounds=1)
+        final = tenant.wait(job.job_id, timeout_s=240)
+    assert final.state == "done", final.error
+    row = final.training.history[1]
+    assert row["partial"] == 1 and 0 < row["steps"] < 1_000_000  # version 1 is the preempted share's steps
+    assert final.training.partial_updates == 1
+    stats = car.stats()
+    assert stats["train_partial_updates"] == 1 and stats["preemptions"] >= 1
+    assert list((car.state_dir / "train").rglob("shard-*.npz"))  # kept for the worker started after the trip

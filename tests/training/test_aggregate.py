@@ -3,10 +3,15 @@ import torch
 
 from fleetgrid.errors import InvalidInput
 from fleetgrid.workloads.training.aggregate import (
+    adaptive_norm_bound,
     client_weight,
+    clip_to_norm,
+    coordinate_median,
+    l2_norm,
     nesterov_step,
     sgd_step,
     staleness_weight,
+    trimmed_mean,
     weighted_mean,
 )
 
@@ -67,3 +72,45 @@ def test_nesterov_step_matches_torch_sgd_nesterov():
         opt.step()
         p, buf = nesterov_step(p, g, buf, lr=0.7, momentum=0.9)
     assert torch.allclose(p, param.detach(), atol=1e-6)
+
+
+def test_clip_to_norm_scales_longer_vectors_down_keeping_their_direction():
+    same, was = clip_to_norm(t(3, 4), 10.0)
+    assert not was and torch.equal(same, t(3, 4))
+    clipped, was = clip_to_norm(t(3, 4), 1.0)  # norm 5 -> 1
+    assert was and torch.allclose(clipped, t(0.6, 0.8))
+    huge, was = clip_to_norm(t(3e38, -3e38), 2.0)  # its float32 norm would overflow to inf
+    assert was and torch.allclose(huge, t(2**0.5, -(2**0.5)))
+    assert l2_norm(t(3e38, 3e38)) == pytest.approx(3e38 * 2**0.5)
+    with pytest.raises(InvalidInput, match="norm bound"):
+        clip_to_norm(t(1.0), float("inf"))
+
+
+def test_adaptive_norm_bound_is_a_multiple_of_the_lower_median():
+    assert adaptive_norm_bound([3.0, 1.0, 2.0], 2.0) == 4.0  # median 2
+    assert adaptive_norm_bound([1.0, 2.0, 3.0, 4.0], 1.5) == 3.0  # lower median 2
+    assert adaptive_norm_bound([1.0, 1e300], 2.0) == 2.0  # a hostile car in a pair does not set the bound
+    with pytest.raises(InvalidInput, match="finite norm"):
+        adaptive_norm_bound([], 2.0)
+    with pytest.raises(InvalidInput, match="multiplier"):
+        adaptive_norm_bound([1.0], 0.0)
+
+
+def test_trimmed_mean_hand_computed():
+    vectors = [t(1, 10), t(2, 20), t(3, 30), t(100, -100)]
+    # n=4, k=1 per end: coordinate 0 keeps [2, 3], coordinate 1 keeps [10, 20]
+    assert torch.equal(trimmed_mean(vectors, 0.25), t(2.5, 15))
+    assert torch.equal(trimmed_mean(vectors, 0.0), t(26.5, -10))  # nothing trimmed: the plain mean
+    assert torch.equal(trimmed_mean([t(1), t(2), t(9)], 0.1), t(2))  # ceil(0.3) = 1 per end: the median
+    assert torch.equal(trimmed_mean([t(1), t(9)], 0.4), t(5))  # never trims the last value away
+    with pytest.raises(InvalidInput, match="trim_fraction"):
+        trimmed_mean(vectors, 0.5)
+    with pytest.raises(InvalidInput, match="one length"):
+        trimmed_mean([t(1), t(1, 2)], 0.1)
+
+
+def test_coordinate_median_hand_computed():
+    assert torch.equal(coordinate_median([t(1, 5), t(3, -1), t(2, 0)]), t(2, 0))
+    assert torch.equal(coordinate_median([t(1), t(4), t(2), t(10)]), t(3))  # even: mean of the middle two
+    with pytest.raises(InvalidInput, match="needs >= 1"):
+        coordinate_median([])

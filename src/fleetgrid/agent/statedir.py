@@ -135,7 +135,8 @@ class StateDir:
         return path
 
     def train_dir(self, job_id: str) -> Path:
-        """The directory that outlives a training job's leases: the global it holds and its uplink residual."""
+        """The directory that outlives a training job's leases: the global it holds, its uplink residual, its
+        shard."""
         path = self.train / _safe_name(job_id)
         path.mkdir(exist_ok=True)
         return path

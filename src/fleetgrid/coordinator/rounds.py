@@ -124,6 +124,9 @@ class LeaseFleet:
             self.run.spent.extend(report.release)
             return report.update
 
+    def max_examples(self, client_id: str) -> int | None:
+        return self.service.example_cap(self.run.data, client_id)
+
     def cancel_outstanding(self) -> None:
         """Close the round: offers withdrawn, open leases cancelled (their late updates get a 409)."""
         self.service.close_round(self.run)

@@ -29,6 +29,7 @@ from ..core import LeaseState, UnitState
 from ..errors import Conflict, FleetgridError, Forbidden, InvalidInput, LeaseExpired, NotFound
 from ..protocol import JobState, LeaseAck, TrainGrant, TrainingProgress, TrainSubmit, UpdateReport
 from ..workloads.training import (
+    DataSpec,
     FlatLayout,
     Strategy,
     TrainInstructions,
@@ -41,8 +42,9 @@ from ..workloads.training import (
     strategy_from_state_bytes,
     to_dict,
 )
+from ..workloads.training.robust import check_examples
 from ..workloads.training.strategies import read_metadata
-from ..workloads.training.tasks import MODELS
+from ..workloads.training.tasks import MODELS, shard_sizes
 from .artifacts import ArtifactStore, sha256_hex
 from .config import CoordinatorConfig
 from .metering import check_compute_s
@@ -360,15 +362,17 @@ class TrainingService:
         run = self.runs.get(job.job_id)
         payload = self.files.read_update(vehicle.vehicle_id, report.update, self._numel_of(job), job.model)
         update = client_update(vehicle.vehicle_id, report, payload)
+        cap = self.example_cap(data_spec(job.spec["data"]), vehicle.vehicle_id)
         if run is not None:
             try:
-                with run.strategy.lock:
-                    run.strategy.accept(update)  # raises InvalidInput / Conflict; the global is not touched
+                with run.strategy.lock:  # raises InvalidInput / Conflict; the global is not touched
+                    run.strategy.accept(update, max_examples=cap)
             except (InvalidInput, Conflict):
                 with self.lock:
                     run.rejected += 1
                 raise
         else:  # another replica drives the job: check what can be checked here; it validates again when folding in
+            check_examples(update, cap)
             self._check_shape(job, payload)
         self.artifacts.put_bytes(record)
         entry = LedgerRecord(
@@ -448,18 +452,27 @@ class TrainingService:
         else several, taken in turn lease by lease, so that a lone car trains on the whole split, not on one shard
         of it again and again. (The turns are the car's, over all its training leases: two jobs it trains at once
         share them out.)"""
-        rank = self._shards.get(vehicle_id)
-        if rank is None:
-            order = sorted(self.store.list_vehicles(), key=lambda v: (v.enrolled_at, v.vehicle_id))
-            self._shards = {v.vehicle_id: i for i, v in enumerate(order)}
-            rank = self._shards.get(vehicle_id, 0)
-        owned = car_shards(rank, len(self._shards), num_shards)
+        owned = self._owned_shards(vehicle_id, num_shards)
         if len(owned) == 1:
             return owned[0]
         with self.lock:
             turn = self._turns.get(vehicle_id, 0)
             self._turns[vehicle_id] = turn + 1
         return owned[turn % len(owned)]
+
+    def _owned_shards(self, vehicle_id: str, num_shards: int) -> list[int]:
+        rank = self._shards.get(vehicle_id)
+        if rank is None:
+            order = sorted(self.store.list_vehicles(), key=lambda v: (v.enrolled_at, v.vehicle_id))
+            self._shards = {v.vehicle_id: i for i, v in enumerate(order)}
+            rank = self._shards.get(vehicle_id, 0)
+        return car_shards(rank, len(self._shards), num_shards)
+
+    def example_cap(self, data: DataSpec, vehicle_id: str) -> int:
+        """The most examples a report of this car may claim: the size of the largest shard it trains on (an honest
+        car reports its shard's size; see ``_shard``)."""
+        sizes = shard_sizes(data)
+        return max(sizes[i] for i in self._owned_shards(vehicle_id, data.num_vehicles))
 
     # --- the round loop -----------------------------------------------------------------------------------------
     def _start(self, job: JobRecord, strategy: Strategy) -> bool:

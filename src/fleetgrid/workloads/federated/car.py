@@ -107,6 +107,7 @@ class TrainHandler(CarHandler):
             model_name=grant.model, global_path=self.folder / _PARAMS, model_digest=grant.model_digest,
             data=grant.data, shard=grant.shard, local=grant.local, seed=grant.seed, round=grant.round,
             base_version=grant.base_version, checkpoint_path=unit / "checkpoint.npz", result_path=unit / "result.npz",
+            shard_cache=self.folder,
         )
         self.local: LocalTrainingConfig | None = None
         self.global_params: np.ndarray | None = None  # (P,) float32, once fetched

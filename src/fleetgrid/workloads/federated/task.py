@@ -1,9 +1,15 @@
 """The worker side of a share of a training round: train the global weights for ``local['steps']`` steps on the
-shard the car builds itself, writing the local weights every few steps (atomic rename) so that a preempted car can
-still send the steps it did."""
+shard the car builds itself, writing the local weights after the first step and every few steps after (atomic
+rename) so that a preempted car can still send the steps it did.
+
+A preemption kills the worker, and the next share starts a fresh one; the car's shard is therefore kept on its
+disk once built, so a restarted worker is training again in the time it takes to import torch, not to regenerate
+its data (MNIST-1D took seconds to tens of seconds on a busy car, long enough for the next trip to catch the share
+before its first step, leaving no partial update to send)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -74,6 +80,8 @@ class TrainTask(WorkerTask):
     checkpoint_path: Path
     """Rewritten (a :class:`TrainState`) every ``max(1, H // 10)`` steps and at least every 0.5 s of training."""
     result_path: Path
+    shard_cache: Path | None = None
+    """A folder that outlives the worker, where the car's shard is kept once built (None: rebuilt per worker)."""
 
     def describe(self, done: int) -> str:
         return f"{self.model_name} at step {done}"
@@ -91,7 +99,7 @@ class TrainTask(WorkerTask):
 
         local = config_from_dict(LocalTrainingConfig, self.local)
         model = cache.get(("train-model", self.model_name), lambda: _build_model(self.model_name, cache.threads))
-        dataset = local_dataset(cache, self.data, self.shard)
+        dataset = local_dataset(cache, self.data, self.shard, self.shard_cache)
         global_params = torch.from_numpy(np.load(self.global_path, allow_pickle=False))
         instructions = TrainInstructions(round=self.round, base_version=self.base_version,
                                          model_digest=self.model_digest, local=local, seed=self.seed)
@@ -108,7 +116,7 @@ class TrainTask(WorkerTask):
         def on_step(steps: int, examples: int, loss_sum: float) -> None:
             nonlocal counts, last_saved
             counts = (steps, examples, loss_sum)
-            if steps % every and time.monotonic() - last_saved < 0.5:
+            if steps > 1 and steps % every and time.monotonic() - last_saved < 0.5:
                 return
             save(self.checkpoint_path)
             last_saved = time.monotonic()
@@ -128,16 +136,32 @@ def _build_model(name: str, threads: int | None) -> Any:
     return build_model(name)
 
 
-def local_dataset(cache: WorkerCache, data: dict[str, Any], shard: int) -> Any:
+def local_dataset(cache: WorkerCache, data: dict[str, Any], shard: int, folder: Path | None = None) -> Any:
     """The car's own shard of ``data``, kept in the worker across tasks (one at a time: a car trains round after
-    round of one job, and regenerating its shard every round would cost seconds)."""
-    from fleetgrid.workloads.training import DataSpec, build_local_dataset
+    round of one job, and regenerating its shard every round would cost seconds), and, given a ``folder``, on disk
+    for the next worker (in-memory arrays only: a text shard is rebuilt from its files)."""
+    from fleetgrid.workloads.training import ArrayDataset, DataSpec, build_local_dataset
+
+    key = json.dumps([data, shard], sort_keys=True)
+    path = None if folder is None else folder / f"shard-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
     def build() -> Any:
+        if path is not None and path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    return ArrayDataset(saved["x"], saved["y"])
+            except (OSError, ValueError, KeyError, errors.InvalidInput):
+                path.unlink(missing_ok=True)  # a torn or foreign file: build it again
         try:
             spec = DataSpec(**data)
         except TypeError as exc:
             raise errors.InvalidInput(f"data spec {data} is not a DataSpec: {exc}") from exc
-        return build_local_dataset(spec, shard)
+        dataset = build_local_dataset(spec, shard)
+        if path is not None and isinstance(dataset, ArrayDataset):
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as fh:
+                np.savez(fh, x=dataset.x.numpy(), y=dataset.y.numpy())
+            os.replace(tmp, path)
+        return dataset
 
-    return cache.replace("local-dataset", json.dumps([data, shard], sort_keys=True), build)
+    return cache.replace("local-dataset", key, build)

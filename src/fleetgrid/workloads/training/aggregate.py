@@ -1,4 +1,5 @@
-"""The pure maths of federated aggregation: weighted means of client deltas, client weights, server optimizers.
+"""The pure maths of federated aggregation: weighted means of client deltas, client weights, server optimizers,
+and the robust pieces (norm clipping, an adaptive bound, trimmed mean, coordinate median).
 
 No I/O, no strategy state: every function maps tensors (and floats) to new tensors, so each is tested against
 hand-computed arrays and the strategies in :mod:`strategies` only decide which function to call with what.
@@ -15,15 +16,22 @@ import torch
 from fleetgrid.errors import InvalidInput
 
 __all__ = [
+    "AGGREGATORS",
     "PARTIAL_WORK_POLICIES",
+    "adaptive_norm_bound",
     "client_weight",
+    "clip_to_norm",
+    "coordinate_median",
+    "l2_norm",
     "nesterov_step",
     "sgd_step",
     "staleness_weight",
+    "trimmed_mean",
     "weighted_mean",
 ]
 
 PARTIAL_WORK_POLICIES = ("weighted", "drop")
+AGGREGATORS = ("mean", "trimmed_mean", "median")
 
 
 def weighted_mean(vectors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -77,3 +85,58 @@ def nesterov_step(
     """DiLoCo's outer step, as ``torch.optim.SGD(nesterov=True)``: ``b = mu b + g; p = p - lr (g + mu b)``."""
     buf = momentum * momentum_buffer + grad
     return params - lr * (grad + momentum * buf), buf
+
+
+def l2_norm(vector: torch.Tensor) -> float:
+    """The L2 norm, accumulated in float64: a float32 vector of values near 3e38 has a finite norm, not inf."""
+    return float(vector.to(torch.float64).norm())
+
+
+def clip_to_norm(vector: torch.Tensor, bound: float) -> tuple[torch.Tensor, bool]:
+    """``vector`` scaled down to L2 norm ``bound`` if it is longer (its direction kept), and whether it was."""
+    if not (bound >= 0 and math.isfinite(bound)):
+        raise InvalidInput(f"a norm bound must be a finite number >= 0, got {bound!r}")
+    norm = l2_norm(vector)
+    if norm <= bound:
+        return vector, False
+    return (vector.to(torch.float64) * (bound / norm)).to(torch.float32), True
+
+
+def adaptive_norm_bound(norms: Sequence[float], multiplier: float) -> float:
+    """``multiplier`` times the lower median of a round's update norms. The lower median of two is the smaller,
+    so one hostile car in a pair cannot set the bound; a car alone sets its own (use a fixed bound for that)."""
+    if len(norms) == 0 or any(not (n >= 0 and math.isfinite(n)) for n in norms):
+        raise InvalidInput(f"need >= 1 finite norm >= 0 to derive a bound, got {list(norms)}")
+    if not (multiplier > 0 and math.isfinite(multiplier)):
+        raise InvalidInput(f"norm multiplier must be a finite number > 0, got {multiplier!r}")
+    return multiplier * sorted(norms)[(len(norms) - 1) // 2]
+
+
+def _stacked(vectors: Sequence[torch.Tensor], what: str) -> torch.Tensor:
+    if len(vectors) == 0:
+        raise InvalidInput(f"{what} needs >= 1 vector, got none")
+    shapes = {tuple(v.shape) for v in vectors}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise InvalidInput(f"{what} needs 1-D vectors of one length, got shapes {sorted(shapes)}")
+    return torch.stack([v.to(torch.float64) for v in vectors])  # (n, P)
+
+
+def trimmed_mean(vectors: Sequence[torch.Tensor], trim_fraction: float) -> torch.Tensor:
+    """Coordinate-wise trimmed mean (Yin et al., 2018): in every coordinate the ``k`` largest and ``k`` smallest
+    values are dropped and the rest averaged, ``k = ceil(trim_fraction * n)`` but at most ``(n - 1) // 2`` so one
+    value is always left (``trim_fraction`` 0 is the plain mean)."""
+    if not 0 <= trim_fraction < 0.5:
+        raise InvalidInput(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
+    stacked = _stacked(vectors, "trimmed_mean")
+    n = stacked.shape[0]
+    k = min(math.ceil(trim_fraction * n - 1e-9), (n - 1) // 2)
+    kept = stacked.sort(dim=0).values[k : n - k]  # (n - 2k, P)
+    return kept.mean(dim=0).to(torch.float32)
+
+
+def coordinate_median(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Coordinate-wise median (Yin et al., 2018); with an even count, the mean of the two middle values."""
+    stacked = _stacked(vectors, "coordinate_median")
+    n = stacked.shape[0]
+    ordered = stacked.sort(dim=0).values
+    return ((ordered[(n - 1) // 2] + ordered[n // 2]) / 2).to(torch.float32)

@@ -1,7 +1,8 @@
 """Every federated-training setting, as keyword-only dataclasses checked in ``__post_init__``.
 
 A job's settings nest: a strategy config holds the car's :class:`LocalTrainingConfig` (which holds its uplink
-:class:`CompressionConfig`), the :class:`RoundConfig` mechanics and the downlink compression. ``to_dict`` /
+:class:`CompressionConfig`), the :class:`RoundConfig` mechanics, the :class:`RobustConfig` defences and the
+downlink compression. ``to_dict`` /
 ``config_from_dict`` make them JSON for the wire and for checkpoints.
 """
 
@@ -14,15 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetgrid.errors import InvalidInput
-from fleetgrid.workloads.training.aggregate import PARTIAL_WORK_POLICIES
+from fleetgrid.workloads.training.aggregate import AGGREGATORS, PARTIAL_WORK_POLICIES
 from fleetgrid.workloads.training.compression import CompressionConfig
 
 __all__ = [
+    "NORM_BOUNDS",
     "OPTIMIZERS",
     "DiLoCoConfig",
     "FedAvgConfig",
     "FedBuffConfig",
     "LocalTrainingConfig",
+    "RobustConfig",
     "RoundConfig",
     "StrategyConfig",
     "config_from_dict",
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adamw")
+NORM_BOUNDS = ("adaptive", "fixed", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,11 +115,49 @@ class RoundConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RobustConfig:
+    """How a round's updates are combined so that one hostile or broken car cannot derail the job. Every strategy
+    applies it in its shared aggregation step; non-finite values and example counts beyond what the car's data can
+    hold are refused before it (see ``Strategy.accept``)."""
+
+    aggregator: str = "mean"
+    """'mean' (weighted by examples and work done), or 'trimmed_mean' / 'median' (coordinate-wise; each usable
+    report counts once, so claiming many examples buys no extra vote)."""
+    trim_fraction: float = 0.1
+    """beta of 'trimmed_mean': the share of reports dropped at each end of every coordinate, in [0, 0.5)."""
+    norm_bound: str = "adaptive"
+    """Each update's L2 norm is clipped before combining: 'adaptive' to ``norm_multiplier`` x the lower median
+    norm of the round's usable reports, 'fixed' to ``max_norm``, or 'off'."""
+    norm_multiplier: float = 2.0
+    """The adaptive bound's multiple of the median norm; >= 1 (below it most honest updates would be clipped)."""
+    max_norm: float | None = None
+    """The fixed bound, > 0; set it with ``norm_bound='fixed'`` and only then."""
+
+    def __post_init__(self) -> None:
+        if self.aggregator not in AGGREGATORS:
+            raise InvalidInput(f"aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
+        if not (isinstance(self.trim_fraction, (int, float)) and 0 <= self.trim_fraction < 0.5):
+            raise InvalidInput(f"trim_fraction must be a share in [0, 0.5), got {self.trim_fraction!r}")
+        if self.norm_bound not in NORM_BOUNDS:
+            raise InvalidInput(f"norm_bound must be one of {NORM_BOUNDS}, got {self.norm_bound!r}")
+        if not (isinstance(self.norm_multiplier, (int, float)) and 1 <= self.norm_multiplier < math.inf):
+            raise InvalidInput(f"norm_multiplier must be a finite number >= 1, got {self.norm_multiplier!r}")
+        if self.norm_bound == "fixed":
+            if not (isinstance(self.max_norm, (int, float)) and 0 < self.max_norm < math.inf):
+                raise InvalidInput(f"norm_bound='fixed' needs max_norm, a finite number > 0; got {self.max_norm!r}")
+        elif self.max_norm is not None:
+            raise InvalidInput(f"max_norm={self.max_norm!r} is used only with norm_bound='fixed', not with "
+                               f"norm_bound={self.norm_bound!r}; set norm_bound='fixed' or drop max_norm")
+
+
+@dataclass(frozen=True, kw_only=True)
 class StrategyConfig:
     """Settings every strategy shares."""
 
     local: LocalTrainingConfig = field(default_factory=LocalTrainingConfig)
     rounds: RoundConfig = field(default_factory=RoundConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    """Norm bounding (on by default) and the aggregation rule; see :class:`RobustConfig`."""
     downlink: CompressionConfig = field(default_factory=CompressionConfig)
     """How each new global version travels to cars that hold the previous one, as a delta (top-k not allowed:
     a sparse downlink would need the coordinator's residual to ever reach the cars)."""

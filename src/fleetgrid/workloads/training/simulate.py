@@ -181,6 +181,10 @@ class SimulatedFleet:
         self._jobs.clear()
         self._events.clear()
 
+    def max_examples(self, client_id: str) -> int | None:
+        car = self.cars.get(client_id)
+        return len(car.dataset) if car is not None else None
+
     # ------------------------------------------------------------------------------------------ internals
 
     def _train(self, car: _Car, job: _Job) -> ClientUpdate | None:

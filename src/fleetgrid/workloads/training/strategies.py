@@ -29,7 +29,6 @@ from fleetgrid.workloads.training.aggregate import (
     nesterov_step,
     sgd_step,
     staleness_weight,
-    weighted_mean,
 )
 from fleetgrid.workloads.training.compression import (
     CompressionConfig,
@@ -52,6 +51,7 @@ from fleetgrid.workloads.training.messages import (
     TrainInstructions,
     params_digest,
 )
+from fleetgrid.workloads.training.robust import check_examples, robust_combine
 
 __all__ = [
     "STRATEGIES",
@@ -89,6 +89,9 @@ class Fleet(Protocol):
 
     def cancel_outstanding(self) -> None:
         """Revoke all work not yet reported (its leases close; late reports will be refused)."""
+
+    def max_examples(self, client_id: str) -> int | None:
+        """The most examples this car's data can hold (a report claiming more is refused), None if unknown."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,8 @@ class Strategy(ABC):
         self._reopened = False  # the next attempt continues round ``self.round`` (see reopen_round)
         self.server_state: dict[str, torch.Tensor] = {}
         self.history: list[dict[str, Any]] = []
+        self.refused = 0
+        """Reports refused as malformed or hostile (InvalidInput) since the last version."""
         self._downlink = ErrorFeedback(self.numel)
         self._deltas: dict[int, bytes] = {}  # version v -> encoded delta from v - 1
         self._snapshots: dict[int, tuple[torch.Tensor, str]] = {}  # recent versions v -> (params, digest)
@@ -189,9 +194,18 @@ class Strategy(ABC):
             seed=_stable_seed(self.config.seed, self.round, client_id),
         )
 
-    def accept(self, update: ClientUpdate) -> AcceptedUpdate:
-        """Validate a report without touching the global. Raises Conflict for a closed round or a too-stale
-        base, InvalidInput for anything malformed (wrong shape, dtype, non-finite values, impossible counts)."""
+    def accept(self, update: ClientUpdate, *, max_examples: int | None = None) -> AcceptedUpdate:
+        """Validate a report without touching the global. Raises Conflict for a closed round or a too-stale base,
+        InvalidInput (counted in ``refused``) for anything malformed (wrong shape, dtype, non-finite values,
+        impossible counts, more examples than ``max_examples``, what the car's data can hold)."""
+        try:
+            return self._validate(update, max_examples)
+        except InvalidInput:
+            with self.lock:  # the coordinator's routes validate reports from other threads
+                self.refused += 1
+            raise
+
+    def _validate(self, update: ClientUpdate, max_examples: int | None) -> AcceptedUpdate:
         staleness = self.version - update.base_version
         if self.closes_rounds and (update.round != self.round or staleness != 0):
             raise Conflict(
@@ -208,6 +222,7 @@ class Strategy(ABC):
                 f"update from {update.client_id!r} reports num_examples={update.num_examples}, "
                 f"examples_seen={update.examples_seen}; need >= 1 and >= 0"
             )
+        check_examples(update, max_examples)
         delta = decode(update.payload)  # raises InvalidInput on a malformed or non-finite payload
         if delta.shape != (self.numel,):
             raise InvalidInput(
@@ -221,15 +236,18 @@ class Strategy(ABC):
         return 0
 
     def aggregate(self, accepted: Sequence[AcceptedUpdate]) -> dict[str, Any]:
-        """Fold validated reports into a new global version; returns a summary (``partial``: reports of work cut
-        short, e.g. by a preemption; ``cars``: how many cars the used reports came from). With no usable report
-        (all weights 0) it raises InvalidInput and leaves everything as it was."""
+        """Fold validated reports into a new global version, combined as ``config.robust`` says; returns a summary
+        (``partial``: reports of work cut short, e.g. by a preemption; ``cars``: how many cars the used reports
+        came from; ``clipped``: deltas whose norm was bounded; ``refused``: reports refused since the last
+        version). With no usable report (all weights 0) it raises InvalidInput and leaves everything as it was."""
         usable = [a for a in accepted if a.weight > 0]
         if not usable:
             raise InvalidInput(f"round {self.round}: no usable update to aggregate ({len(accepted)} all weigh 0)")
-        pseudo_grad = weighted_mean([a.delta for a in usable], [a.weight for a in usable])
+        pseudo_grad, robust = robust_combine([a.delta for a in usable], [a.weight for a in usable],
+                                             self.config.robust)
         target = self.server_step(pseudo_grad)
         self._publish(target)
+        refused, self.refused = self.refused, 0
         return {
             "reports": len(accepted),
             "partial": sum(a.update.steps_done < a.update.steps_planned for a in accepted),
@@ -238,6 +256,8 @@ class Strategy(ABC):
             "steps": sum(a.update.steps_done for a in usable),
             "mean_staleness": sum(a.staleness for a in usable) / len(usable),
             "pseudo_grad_norm": float(pseudo_grad.norm()),
+            "refused": refused,
+            **robust,
         }
 
     def _publish(self, target: torch.Tensor) -> None:
@@ -321,7 +341,7 @@ class Strategy(ABC):
                     if update is None:
                         break
                     try:
-                        accepted.append(self.accept(update))
+                        accepted.append(self.accept(update, max_examples=fleet.max_examples(update.client_id)))
                     except (InvalidInput, Conflict):
                         rejected += 1
                     if not self.closes_rounds:  # asynchronous: a car that reported gets new work at once

@@ -18,7 +18,7 @@ from torch import nn
 from fleetgrid.errors import InvalidInput, UnknownModel
 from fleetgrid.workloads.training.local import ArrayDataset, LocalDataset
 
-__all__ = ["DATASETS", "MODELS", "DataSpec", "build_eval_set", "build_local_dataset", "build_model"]
+__all__ = ["DATASETS", "MODELS", "DataSpec", "build_eval_set", "build_local_dataset", "build_model", "shard_sizes"]
 
 
 def _mnist1d_cnn() -> nn.Module:
@@ -103,6 +103,19 @@ def build_local_dataset(spec: DataSpec, vehicle_index: int) -> LocalDataset:
 
     shards, _ = _text_split(spec.seed, spec.num_vehicles, spec.max_files)
     return TokenWindows.from_files(shards[vehicle_index], spec.block_size)
+
+
+@functools.lru_cache(maxsize=8)
+def shard_sizes(spec: DataSpec) -> tuple[int, ...]:
+    """How many examples each shard of the split holds: what an honest car reports as ``num_examples``, so the
+    coordinator refuses a report claiming more than the car's shard."""
+    if spec.dataset == "mnist1d":
+        from fleetgrid.data.partition import dirichlet_partition
+
+        data = _mnist1d(spec.seed, spec.num_samples)  # the split vehicle_shard takes one shard of
+        return tuple(len(s) for s in dirichlet_partition(data["y"], spec.num_vehicles, alpha=spec.alpha,
+                                                         seed=spec.seed))
+    return tuple(len(build_local_dataset(spec, i)) for i in range(spec.num_vehicles))
 
 
 def build_eval_set(spec: DataSpec, *, max_windows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:

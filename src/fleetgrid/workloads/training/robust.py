@@ -1,0 +1,68 @@
+"""Robust aggregation: what every strategy does between validated reports and its server step, so that a car
+sending a huge, scaled or sign-flipped update cannot derail the job (and claiming more examples than its data
+holds is refused outright). Pure functions over tensors; the maths is in :mod:`aggregate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fleetgrid.errors import InvalidInput
+from fleetgrid.workloads.training.aggregate import (
+    adaptive_norm_bound,
+    clip_to_norm,
+    coordinate_median,
+    l2_norm,
+    trimmed_mean,
+    weighted_mean,
+)
+from fleetgrid.workloads.training.config import RobustConfig
+from fleetgrid.workloads.training.messages import ClientUpdate
+
+__all__ = ["check_examples", "robust_combine"]
+
+
+def check_examples(update: ClientUpdate, max_examples: int | None) -> None:
+    """InvalidInput if ``update`` claims more examples than its car's data can hold (``max_examples``, which the
+    transport knows from the shards it assigned; None when it cannot tell). Such a report is refused rather than
+    weighted at the cap: an honest car reports its shard's size exactly, so a larger claim is a broken or hostile
+    car, and nothing else it reports can be trusted either."""
+    if max_examples is not None and update.num_examples > max_examples:
+        raise InvalidInput(
+            f"update from {update.client_id!r} claims num_examples={update.num_examples}, more than the "
+            f"{max_examples} examples its data shard can hold; at most {max_examples} is accepted"
+        )
+
+
+def robust_combine(
+    deltas: Sequence[torch.Tensor], weights: Sequence[float], config: RobustConfig
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The round's pseudo-gradient from its usable deltas (and their weights, used by 'mean' only): each delta's
+    norm bounded first, then combined by ``config.aggregator``. Also returns the round metrics: ``clipped``
+    (deltas scaled down) and ``norm_bound`` (None when bounding is off)."""
+    if len(deltas) == 0 or len(deltas) != len(weights):
+        raise InvalidInput(f"need >= 1 delta and one weight each, got {len(deltas)} and {len(weights)}")
+    bound: float | None = None
+    if config.norm_bound == "adaptive":
+        bound = adaptive_norm_bound([l2_norm(d) for d in deltas], config.norm_multiplier)
+    elif config.norm_bound == "fixed":
+        assert config.max_norm is not None  # RobustConfig refuses 'fixed' without it
+        bound = float(config.max_norm)
+    clipped = 0
+    if bound is not None:
+        bounded = []
+        for delta in deltas:
+            delta, was_clipped = clip_to_norm(delta, bound)
+            bounded.append(delta)
+            clipped += was_clipped
+        deltas = bounded
+    if config.aggregator == "trimmed_mean":
+        combined = trimmed_mean(deltas, config.trim_fraction)
+    elif config.aggregator == "median":
+        combined = coordinate_median(deltas)
+    else:
+        combined = weighted_mean(deltas, weights)
+    return combined, {"clipped": clipped, "norm_bound": bound}
