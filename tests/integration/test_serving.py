@@ -5,6 +5,8 @@ client as the caller."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -36,10 +38,14 @@ def deploy(url: str, token: str, replicas: int, name: str = "") -> dict:
     return response.json()
 
 
-def connected(url: str, token: str, name: str) -> int:
+def deployment(url: str, token: str, name: str) -> dict:
     response = httpx.get(f"{url}/v1/deployments", headers={"authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.text
-    return next((d["connected"] for d in response.json() if d["name"] == name), 0)
+    return next((d for d in response.json() if d["name"] == name), {"connected": 0})
+
+
+def connected(url: str, token: str, name: str) -> int:
+    return deployment(url, token, name)["connected"]
 
 
 def in_thread_car(tmp_path, coordinator, name: str) -> tuple[Agent, ManualVehicleBus, threading.Event,
@@ -192,3 +198,34 @@ def test_deploy_list_and_undeploy_from_the_command_line(fleet):
     gone = cli("undeploy", "emb")
     assert gone.returncode == 0 and "cancelled" in gone.stdout, gone.stdout + gone.stderr
     assert json.loads(cli("deployments", "--json").stdout) == []
+
+
+def test_a_stalled_car_is_hedged_around_and_then_dropped(fleet, tmp_path):
+    """Car A's worker stops mid-request (SIGSTOP: a car swapped out or throttled to nothing). The request is sent to
+    car B too once it is slower than the deployment's p95, and the client gets B's answer; later requests avoid A,
+    whose stalled copy counts as in flight, until A polls again."""
+    coordinator = fleet.start_coordinator()
+    token = coordinator.credentials().tenants["default"]
+    client = openai.OpenAI(base_url=f"{coordinator.url}/v1", api_key=token, max_retries=0)
+    deploy(coordinator.url, token, replicas=2)
+    agent, _bus, stop, thread = in_thread_car(tmp_path, coordinator, "car-a")
+    stalled = None
+    try:
+        fleet.start_agent("car-b")
+        wait_for(lambda: connected(coordinator.url, token, MODEL) == 2, 300, "both replicas to connect")
+        for i in range(30):  # latencies for the p95, from both cars in turn
+            client.embeddings.create(model=MODEL, input=[TEXTS[i % len(TEXTS)]])
+        assert deployment(coordinator.url, token, MODEL)["hedged"] == 0
+        stalled = agent.worker.pid
+        assert stalled is not None
+        os.kill(stalled, signal.SIGSTOP)
+        for i in range(6):
+            got = client.embeddings.create(model=MODEL, input=[TEXTS[i % len(TEXTS)]])
+            assert len(got.data[0].embedding) == 384
+        status = deployment(coordinator.url, token, MODEL)
+        assert status["hedged"] == 1, status  # the one request car A held; the rest went to car B directly
+    finally:
+        if stalled is not None:
+            os.kill(stalled, signal.SIGCONT)
+        stop.set()
+        thread.join(60)

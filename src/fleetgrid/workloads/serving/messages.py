@@ -97,3 +97,5 @@ class DeploymentStatus(_Strict):
     connected: int = Field(description="replicas polling this coordinator now")
     served: int = Field(description="requests answered since this coordinator started")
     in_flight: int
+    hedged: int = Field(default=0, description="requests also sent to a second car for being slow")
+    failovers: int = Field(default=0, description="requests re-sent because their car left")

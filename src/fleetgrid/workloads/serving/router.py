@@ -134,11 +134,14 @@ class ReplicaChannel:
         self._wake.set()
 
     def cancel(self, request_id: str) -> None:
-        """Call a copy off: drop it if the car has not taken it yet, else tell the car at its next poll."""
-        self.in_flight.discard(request_id)
+        """Call a copy off: drop it if the car has not taken it yet, else tell the car at its next poll. A copy the
+        car took counts as in flight until the car has been told (it is still working on it), so a stalled car
+        does not look idle."""
         before = len(self.queue)
         self.queue = deque(item for item in self.queue if item[0] != request_id)
-        if len(self.queue) == before:
+        if len(self.queue) < before:
+            self.in_flight.discard(request_id)
+        elif request_id in self.in_flight:
             self.cancelled.append(request_id)
             self._wake.set()
 
@@ -157,6 +160,7 @@ class ReplicaChannel:
                 pass
         requests = [self.queue.popleft() for _ in range(min(max_requests, len(self.queue)))]
         cancelled, self.cancelled = self.cancelled, []
+        self.in_flight.difference_update(cancelled)
         if not self.queue and not self.cancelled:
             self._wake.clear()
         return Taken(requests, cancelled, closed=self.closed)
@@ -177,6 +181,8 @@ class ServingRouter:
         self.hedges_won = 0
         self.failovers = 0
         self.requests = 0
+        self.counts: dict[str, dict[str, int]] = {}
+        """Per deployment: requests, hedged, hedges_won, failovers."""
         self.served_by_gone: dict[str, int] = {}
         """Requests answered by replicas since detached, per deployment."""
 
@@ -222,6 +228,7 @@ class ServingRouter:
             request.last_error = f"car {channel.vehicle_id} left ({why})"
             if not request.live:
                 self.failovers += 1
+                self._count(channel.deployment, "failovers")
                 asyncio.get_running_loop().create_task(self._failover(request))
 
     # --- one request ---------------------------------------------------------------------------------------------
@@ -237,6 +244,7 @@ class ServingRouter:
             raise Overloaded(f"deployment {deployment!r} cannot take a request now: {state}; retry after "
                              f"{self.config.retry_after_s:g} s", retry_after_s=self.config.retry_after_s)
         self.requests += 1
+        self._count(deployment, "requests")
         request = _Request(f"r{next(self._ids)}", deployment, payload, validate, loop.create_future())
         self._requests[request.request_id] = request
         self._earn_hedge(deployment)
@@ -280,6 +288,7 @@ class ServingRouter:
                     asyncio.get_running_loop().time() - sent)
                 if request.tried and request.tried[0] != replica_id:
                     self.hedges_won += 1
+                    self._count(request.deployment, "hedges_won")
                 if not request.result.done():
                     request.result.set_result(result)
                 return True
@@ -289,6 +298,10 @@ class ServingRouter:
         if not request.live:
             asyncio.get_running_loop().create_task(self._failover(request))
         return True
+
+    def _count(self, deployment: str, what: str) -> None:
+        counts = self.counts.setdefault(deployment, {})
+        counts[what] = counts.get(what, 0) + 1
 
     # --- placement, failover and hedging -------------------------------------------------------------------------
 
@@ -356,4 +369,5 @@ class ServingRouter:
             return
         self._hedge_tokens[request.deployment] -= 1.0
         self.hedged += 1
+        self._count(request.deployment, "hedged")
         self._send(request, channel)

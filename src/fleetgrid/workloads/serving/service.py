@@ -120,9 +120,11 @@ class ServingService:
     def status(self, deployment: Deployment) -> DeploymentStatus:
         pool = self.router.replicas(deployment.job_id)
         served = sum(c.served for c in pool) + self.router.served_by_gone.get(deployment.job_id, 0)
+        counts = self.router.counts.get(deployment.job_id, {})
         return DeploymentStatus(name=deployment.name, model=deployment.model, job_id=deployment.job_id,
                                 replicas=deployment.replicas, connected=len(pool), served=served,
-                                in_flight=sum(len(c.in_flight) for c in pool))
+                                in_flight=sum(len(c.in_flight) for c in pool), hedged=counts.get("hedged", 0),
+                                failovers=counts.get("failovers", 0))
 
     async def deployment(self, tenant: str, name: str) -> Deployment:
         found = await self.deployments(tenant)
