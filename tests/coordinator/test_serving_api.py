@@ -149,3 +149,21 @@ def test_an_oversized_exchange_is_refused_before_it_is_read(tmp_path):
         assert response.status_code == 413
 
     serve([coord], scenario)
+
+
+def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(tmp_path):
+    coord = coordinator(tmp_path, sqlite(tmp_path), ManualClock(1_000.0), serve_rate_limit_rps=0.5)
+
+    async def scenario(client) -> None:
+        await submit(client, {"kind": "serve", "model": "minilm-l6-v2", "replicas": 1, "name": "emb"})
+        answers = [await client.post("/embeddings", headers=auth(TENANT), json={"model": "emb", "input": "x"})
+                   for _ in range(3)]
+        # A burst of two seconds' worth (at least one) passes the limit (and finds no car yet); the rest is refused.
+        assert [a.status_code for a in answers] == [429, 429, 429]
+        assert "no replica is connected" in answers[0].json()["error"]["message"]
+        limited = answers[-1]
+        assert "rate limit of 0.5 requests/s" in limited.json()["error"]["message"], limited.text
+        assert limited.json()["error"]["type"] == "rate_limit_exceeded"
+        assert int(limited.headers["retry-after"]) >= 1
+
+    serve([coord], scenario)

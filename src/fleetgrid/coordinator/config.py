@@ -77,6 +77,9 @@ class CoordinatorConfig:
     pause of the process is not overload)."""
     admission_interval_s: float = 0.5
     """How often that lag is measured."""
+    serve_rate_limit_rps: float = 100.0
+    """Serving: requests per second one tenant may send (a token bucket holding two seconds' worth); past it, 429
+    with ``Retry-After``."""
     serve_hedging: bool = True
     """Serving: send a request still unanswered at its deployment's recent p95 latency to a second car too (at most
     5% of requests; see :mod:`fleetgrid.workloads.serving.router`)."""
@@ -87,6 +90,8 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
+        if not self.serve_rate_limit_rps > 0:
+            raise InvalidInput(f"serve_rate_limit_rps must be > 0 requests per second, got {self.serve_rate_limit_rps}")
         if self.lease_ttl_s <= 0:
             raise InvalidInput(f"lease_ttl_s must be > 0 seconds, got {self.lease_ttl_s}")
         if self.max_json_bytes < 1024 or self.max_artifact_bytes < 1024:

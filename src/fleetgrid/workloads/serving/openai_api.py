@@ -170,6 +170,7 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
         """OpenAI's embeddings: each input's vector from a car holding the deployed model."""
         try:
             who = await tenant(request)
+            service.limit.admit(who, asyncio.get_running_loop().time())
             body: EmbeddingsRequest = await _parse(EmbeddingsRequest, request)
             texts = body.texts()
             deployment = await service.deployment(who, body.model)

@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 
 from fleetgrid.core import LeaseState
-from fleetgrid.errors import Conflict, InvalidInput, NotFound
+from fleetgrid.errors import Conflict, InvalidInput, NotFound, Overloaded
 from fleetgrid.protocol import API_PREFIX
 from fleetgrid.workloads.serving.driver import LIVE_JOB_STATES
 from fleetgrid.workloads.serving.messages import (
@@ -86,10 +86,30 @@ class Deployment:
         return validate
 
 
+class RateLimit:
+    """A token bucket per tenant: ``rate`` requests a second, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, loop time)
+
+    def admit(self, tenant: str, now: float) -> None:
+        tokens, then = self._buckets.get(tenant, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens < 1.0:
+            self._buckets[tenant] = (tokens, now)
+            wait = (1.0 - tokens) / self.rate
+            raise Overloaded(f"tenant {tenant!r} is over its serving rate limit of {self.rate:g} requests/s; retry "
+                             f"after {wait:.2f} s", retry_after_s=wait)
+        self._buckets[tenant] = (tokens - 1.0, now)
+
+
 class ServingService:
     def __init__(self, coord: Coordinator, config: RouterConfig | None = None) -> None:
         self.coord = coord
         self.router = ServingRouter(config)
+        rate = coord.config.serve_rate_limit_rps
+        self.limit = RateLimit(rate, burst=max(1.0, 2 * rate))
         self._deployments: dict[str, tuple[float, dict[str, Deployment]]] = {}
         self._watch: asyncio.Task[None] | None = None
         self._last_poll: dict[str, float] = {}
