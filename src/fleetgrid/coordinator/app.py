@@ -1,6 +1,6 @@
 """The coordinator's HTTP API: vehicle, tenant and operator routes over the scheduler and store.
 
-Errors from :mod:`fleetgrid.errors` are mapped to status codes in one place (:func:`_error_response`); request
+Errors from :mod:`fleetgrid.errors` are mapped to status codes in one place (:mod:`.http_errors`); request
 validation errors become readable 422s that name the field. No route answers 500 to anything a client can send.
 
 The event loop only waits: routes that are synchronous through and through are plain ``def`` (FastAPI runs them in
@@ -23,10 +23,8 @@ from typing import Annotated, Any, TypeVar, Union
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Discriminator, Tag, ValidationError
 from pydantic.json_schema import models_json_schema
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..clock import Clock, WallClock
 from ..errors import Conflict, FleetgridError, InvalidInput
@@ -56,9 +54,13 @@ from .auth import Authenticator, hash_token, vehicle_credential
 from .bootstrap import bootstrap_credentials
 from .config import CoordinatorConfig
 from .drivers import DriverContext, load_unit_drivers
+from .http_errors import install_error_handlers
 from .limits import BodyLimit
+from .metrics import CoordinatorMetrics
+from .observe import RequestObserver, note_principal
 from .rounds import with_training
 from .routes.artifacts import artifact_routes
+from .routes.operations import operations_routes
 from .routes.operator import operator_routes
 from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
@@ -66,7 +68,7 @@ from .states import VehicleStates
 from .store import JobRecord, Store, VehicleRecord, open_store
 from .training import TrainingService
 
-__all__ = ["Coordinator", "create_app"]
+__all__ = ["Coordinator", "create_app", "fastapi_of"]
 
 log = logging.getLogger("fleetgrid.coordinator")
 
@@ -92,6 +94,9 @@ class Coordinator:
         self.states = VehicleStates(self.store, self.clock, refresh_s=min(10.0, config.online_window_s / 3))
         self.scheduler.vehicle_eligible = self.states.eligible
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
+        self.metrics = CoordinatorMetrics(self)
+        self.scheduler.lease_granted = self.metrics.lease_granted
+        self.scheduler.lease_closed = self.training.lease_closed = self.metrics.lease_closed
 
     async def sweep_forever(self) -> None:
         while True:
@@ -107,37 +112,6 @@ class Coordinator:
         self.states.flush()
         self.scheduler.expire_due(grace_s=self.admission.delay_s)
         self.training.expire_due()
-
-
-def _error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
-
-
-def _validation_message(request: Request, exc: RequestValidationError) -> str:
-    parts = []
-    tagged = getattr(request.app.state, "submit_models", {})
-    for err in exc.errors()[:8]:
-        raw = tuple(err.get("loc", ()))
-        parts_ = [p for i, p in enumerate(raw) if p != "body" and not (i == 1 and raw[0] == "body" and p in tagged)]
-        loc = ".".join(str(p) for p in parts_) or "body"
-        if err.get("type") == "extra_forbidden":
-            accepted = _accepted_fields(request, raw)
-            parts.append(f"unknown field {loc!r}" + (f" (accepted: {', '.join(accepted)})" if accepted else ""))
-        elif err.get("type") == "json_invalid":
-            parts.append(f"body is not valid JSON ({err.get('msg')})")
-        else:
-            parts.append(f"{loc}: {err.get('msg')}")
-    return "; ".join(parts) + ". See /docs for the schema."
-
-
-def _accepted_fields(request: Request, loc: tuple) -> list[str]:
-    route = request.scope.get("route")
-    body = getattr(route, "body_field", None)
-    model = getattr(request.state, "body_model", None) or getattr(getattr(body, "field_info", None), "annotation", None)
-    tagged = getattr(request.app.state, "submit_models", {})
-    if len(loc) > 1 and loc[0] == "body" and loc[1] in tagged:  # a member of the job submission union
-        model = tagged[loc[1]]
-    return sorted(getattr(model, "model_fields", {}) or [])
 
 
 def _tagged_union(models: dict[str, type[BaseModel]]) -> Any:
@@ -164,23 +138,10 @@ def decode_inline(text: str) -> bytes:
     return data
 
 
-def _install_errors(app: FastAPI) -> None:
-    @app.exception_handler(FleetgridError)
-    async def _ours(_request: Request, exc: FleetgridError) -> JSONResponse:
-        return _error_response(exc.status, exc.code, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(422, "invalid_request", _validation_message(request, exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error_response(exc.status_code, "http_error", str(exc.detail))
-
-
 def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = None,
-               coordinator: Coordinator | None = None) -> BodyLimit:
-    """The coordinator as an ASGI app: the FastAPI routes (``.app``) behind the request-body limit."""
+               coordinator: Coordinator | None = None) -> RequestObserver:
+    """The coordinator as an ASGI app: the FastAPI routes (:func:`fastapi_of`) behind the request-body limit,
+    behind the request observer (request ids, metrics, request log)."""
     coord = coordinator or Coordinator(config or CoordinatorConfig(), clock)
 
     @contextlib.asynccontextmanager
@@ -211,13 +172,14 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan,
                   description="Schedules work onto parked cars; see the README for the protocol.")
     app.state.coordinator = coord
-    _install_errors(app)
+    install_error_handlers(app)
     _vehicle_routes(app, coord)
     artifact_routes(app, coord)
     _tenant_routes(app, coord)
     _training_routes(app, coord)
     operator_routes(app, coord)
     tenant_admin_routes(app, coord)
+    operations_routes(app, coord)
 
     app.openapi = _openapi_with_hot_bodies(app)  # type: ignore[method-assign]
 
@@ -225,7 +187,15 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
+    limited = BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
+    return RequestObserver(limited, coord.metrics, access_log=coord.config.log_format == "json")
+
+
+def fastapi_of(app: Any) -> FastAPI:
+    """The FastAPI application inside :func:`create_app`'s layers (for its lifespan or state)."""
+    while not isinstance(app, FastAPI):
+        app = app.app
+    return app
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -286,7 +256,9 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     async def vehicle(request: Request) -> VehicleRecord:
         header = request.headers.get("authorization")
         found = coord.auth.cached_vehicle(header)  # on the event loop only while no store call is needed
-        return found if found is not None else await asyncio.to_thread(coord.auth.vehicle, header)
+        found = found if found is not None else await asyncio.to_thread(coord.auth.vehicle, header)
+        note_principal(request.scope, "vehicle")
+        return found
 
     @app.post(f"{API_PREFIX}/vehicles/enroll", status_code=201, response_model=EnrollResponse, tags=["vehicle"])
     def enroll(req: EnrollRequest) -> EnrollResponse:
@@ -415,7 +387,9 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
     sched = coord.scheduler
 
     def tenant(request: Request) -> str:
-        return coord.auth.tenant(request.headers.get("authorization"))
+        name = coord.auth.tenant(request.headers.get("authorization"))
+        note_principal(request.scope, "tenant")
+        return name
 
     @app.get(f"{API_PREFIX}/models", tags=["tenant"])
     def models() -> list[dict]:
@@ -468,7 +442,9 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
 
 def _training_routes(app: FastAPI, coord: Coordinator) -> None:
     def tenant(request: Request) -> str:
-        return coord.auth.tenant(request.headers.get("authorization"))
+        name = coord.auth.tenant(request.headers.get("authorization"))
+        note_principal(request.scope, "tenant")
+        return name
 
     @app.post(f"{API_PREFIX}/train/jobs", status_code=201, response_model=JobStatus, tags=["tenant"])
     def submit_train(req: TrainSubmit, t: str = Depends(tenant)) -> JobStatus:

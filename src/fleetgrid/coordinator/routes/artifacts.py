@@ -13,6 +13,7 @@ from ...errors import NotFound
 from ...protocol import API_PREFIX, ArtifactInfo
 from ..artifacts import parse_range
 from ..auth import bearer
+from ..observe import note_principal
 
 if TYPE_CHECKING:
     from ..app import Coordinator
@@ -26,9 +27,10 @@ def artifact_routes(app: FastAPI, coord: Coordinator) -> None:
 
     def principal(request: Request) -> str:
         header = request.headers.get("authorization")
-        if bearer(header).startswith("fgv."):
-            return "vehicle:" + coord.auth.vehicle(header).vehicle_id
-        return "tenant:" + coord.auth.tenant(header)
+        kind = "vehicle" if bearer(header).startswith("fgv.") else "tenant"
+        who = coord.auth.vehicle(header).vehicle_id if kind == "vehicle" else coord.auth.tenant(header)
+        note_principal(request.scope, kind)
+        return f"{kind}:{who}"
 
     def readable(who: str, digest: str) -> ArtifactRecord | None:
         """The artifact's record, if ``who`` may read it."""

@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI, Request
 
 from ...errors import NotFound
 from ...protocol import API_PREFIX, TenantSummary
+from ..observe import note_principal
 
 if TYPE_CHECKING:
     from ..app import Coordinator
@@ -21,6 +22,7 @@ def tenant_admin_routes(app: FastAPI, coord: Coordinator) -> None:
 
     def operator(request: Request) -> None:
         coord.auth.operator(request.headers.get("authorization"))
+        note_principal(request.scope, "operator")
 
     @app.get(f"{API_PREFIX}/tenants", response_model=list[TenantSummary], tags=["operator"],
              dependencies=[Depends(operator)])
