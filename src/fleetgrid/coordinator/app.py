@@ -64,6 +64,7 @@ from .routes.operations import operations_routes
 from .routes.operator import operator_routes
 from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
+from .security import accepts, document
 from .states import VehicleStates
 from .store import JobRecord, Store, VehicleRecord, open_store
 from .training import TrainingService
@@ -230,6 +231,7 @@ def _openapi_with_hot_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
             known = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, definition in defs.get("$defs", {}).items():
                 known.setdefault(name, definition)
+            document(schema, app.routes)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -253,6 +255,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         """Run ``fn`` in the store's next group-committed transaction; its result once that committed."""
         return await asyncio.wrap_future(store.batched(fn))
 
+    @accepts("vehicle")
     async def vehicle(request: Request) -> VehicleRecord:
         header = request.headers.get("authorization")
         found = coord.auth.cached_vehicle(header)  # on the event loop only while no store call is needed
@@ -261,6 +264,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         return found
 
     @app.post(f"{API_PREFIX}/vehicles/enroll", status_code=201, response_model=EnrollResponse, tags=["vehicle"])
+    @accepts(errors=(401,))  # the fleet enrollment token is in the body, not a bearer credential
     def enroll(req: EnrollRequest) -> EnrollResponse:
         coord.auth.enrollment(req.enrollment_token)
         profile = get_profile(req.hardware)
@@ -306,6 +310,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     # dependency solving); ``openapi_extra`` documents it. See ``_hot_body``.
     @app.post(f"{API_PREFIX}/leases", response_model=Grant, tags=["vehicle"],
               responses={204: {"description": "no work within wait_s"}}, openapi_extra=_hot_body(LeaseRequest))
+    @accepts("vehicle")
     async def lease(request: Request) -> Response:
         v = await vehicle(request)
         req = await _parse(LeaseRequest, request)
@@ -326,6 +331,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"],
               openapi_extra=_hot_body(CompleteRequest))
+    @accepts("vehicle")
     async def complete(lease_id: str, request: Request) -> Response:
         arrived = coord.clock.now()  # the deadline is judged by this, not by when its turn came
         v = await vehicle(request)
@@ -386,12 +392,14 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
     sched = coord.scheduler
 
+    @accepts("tenant")
     def tenant(request: Request) -> str:
         name = coord.auth.tenant(request.headers.get("authorization"))
         note_principal(request.scope, "tenant")
         return name
 
     @app.get(f"{API_PREFIX}/models", tags=["tenant"])
+    @accepts()  # public: what the coordinator can run
     def models() -> list[dict]:
         return [
             {"name": m.name, "description": m.description, "input": m.input_kind,
@@ -441,6 +449,7 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
 
 
 def _training_routes(app: FastAPI, coord: Coordinator) -> None:
+    @accepts("tenant")
     def tenant(request: Request) -> str:
         name = coord.auth.tenant(request.headers.get("authorization"))
         note_principal(request.scope, "tenant")

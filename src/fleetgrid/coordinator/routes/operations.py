@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from ..metrics import CONTENT_TYPE
 from ..observe import note_principal
+from ..security import accepts
 
 if TYPE_CHECKING:
     from ..app import Coordinator
@@ -21,6 +22,7 @@ __all__ = ["operations_routes"]
 
 
 def operations_routes(app: FastAPI, coord: Coordinator) -> None:
+    @accepts("operator")
     def operator(request: Request) -> None:
         coord.auth.operator(request.headers.get("authorization"))
         note_principal(request.scope, "operator")
