@@ -170,7 +170,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
             await asyncio.to_thread(stop_listening)
             await asyncio.to_thread(coord.states.flush)
 
-    app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Schedules work onto parked cars; see the README for the protocol.")
     app.state.coordinator = coord
     install_error_handlers(app)
