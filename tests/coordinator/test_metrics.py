@@ -105,9 +105,13 @@ async def scrape(client: httpx.AsyncClient) -> dict:
     return samples(r.text)
 
 
-def test_lease_cycles_latency_errors_and_the_fleet_are_scraped(coord, clock):
-    """Five units, four cars: one lease completed, one failed, one handed back, one expired (and completed too
-    late: a 409), one car driving; every counter and gauge says so."""
+def test_lease_cycles_latency_errors_and_the_fleet_are_scraped(tmp_path, clock, store_url):
+    """Five units, six cars: one lease completed, one failed, one handed back, one expired (and completed too
+    late: a 409), one held, one car driving; every counter and gauge says so, on either store."""
+    config = CoordinatorConfig(data_dir=tmp_path, database_url=store_url, enroll_token=ENROLL,
+                               operator_token=OPERATOR, tenant_tokens={"acme": TENANT}, lease_ttl_s=30.0,
+                               sweep_interval_s=3600.0)
+    coord = Coordinator(config, clock=clock)
 
     async def scenario(client: httpx.AsyncClient) -> None:
         inputs = npy(X)
@@ -164,7 +168,10 @@ def test_lease_cycles_latency_errors_and_the_fleet_are_scraped(coord, clock):
         clock.advance(61.0)  # nobody has spoken for longer than the online window
         assert value(await scrape(client), "fleetgrid_vehicles", state="offline") == 6
 
-    serve(coord, scenario)
+    try:
+        serve(coord, scenario)
+    finally:
+        coord.store.close()
 
 
 def test_metrics_need_the_operator_token_as_a_bearer(coord):
