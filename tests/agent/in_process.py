@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fleetgrid.agent.transport import CoordinatorClient
 from fleetgrid.client import FleetgridClient
 from fleetgrid.clock import Clock, ManualClock
-from fleetgrid.coordinator.app import Coordinator, create_app, fastapi_of
+from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.server import bind
 from fleetgrid.protocol import EnrollRequest, LeaseAck, LeaseGrant
@@ -163,7 +163,7 @@ class LiveCoordinator:
         config = CoordinatorConfig(data_dir=data_dir, **(defaults | settings))
         self.coordinator = Coordinator(config, self.clock)
         app = create_app(coordinator=self.coordinator)
-        self.fastapi = fastapi_of(app)
+        self.fastapi = app.app
         self.tap = WireTap(wrap(app) if wrap is not None else app)
         self.url = "http://coordinator.test"
         self.transport: httpx.BaseTransport | None = None

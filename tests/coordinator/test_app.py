@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from fleetgrid.coordinator.app import Coordinator, create_app, fastapi_of
+from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.store import LedgerRecord
 from fleetgrid.protocol import JobSubmit
@@ -53,7 +53,7 @@ def serve(coord: Coordinator, scenario: Callable[[httpx.AsyncClient], Awaitable[
     app = create_app(coordinator=coord)
 
     async def main() -> None:
-        async with fastapi_of(app).router.lifespan_context(fastapi_of(app)):
+        async with app.app.router.lifespan_context(app.app):
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://coordinator/v1", timeout=30) as client:
                 await scenario(client)

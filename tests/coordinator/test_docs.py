@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from fleetgrid.coordinator.app import Coordinator, create_app, fastapi_of
+from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.security import SCHEMES
 from harness import ENROLL, OPERATOR, TENANT, start_coordinator
@@ -29,7 +29,7 @@ def openapi(tmp_path: Path) -> dict:
 
     async def fetch() -> dict:
         transport = httpx.ASGITransport(app=app)
-        async with fastapi_of(app).router.lifespan_context(fastapi_of(app)):
+        async with app.app.router.lifespan_context(app.app):
             async with httpx.AsyncClient(transport=transport, base_url="http://coordinator") as client:
                 r = await client.get("/openapi.json")
                 assert r.status_code == 200

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetgrid.clock import ManualClock
-from fleetgrid.coordinator.app import Coordinator, create_app, fastapi_of
+from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.logs import JsonFormatter
 from fleetgrid.coordinator.store import JobRecord
@@ -73,7 +73,7 @@ def serve(coord: Coordinator, scenario) -> None:
     app = create_app(coordinator=coord)
 
     async def main() -> None:
-        async with fastapi_of(app).router.lifespan_context(fastapi_of(app)):
+        async with app.app.router.lifespan_context(app.app):
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://coordinator", timeout=30) as client:
                 await scenario(client)

@@ -69,7 +69,7 @@ from .states import VehicleStates
 from .store import JobRecord, Store, VehicleRecord, open_store
 from .training import TrainingService
 
-__all__ = ["Coordinator", "create_app", "fastapi_of"]
+__all__ = ["Coordinator", "create_app"]
 
 log = logging.getLogger("fleetgrid.coordinator")
 
@@ -141,8 +141,8 @@ def decode_inline(text: str) -> bytes:
 
 def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = None,
                coordinator: Coordinator | None = None) -> RequestObserver:
-    """The coordinator as an ASGI app: the FastAPI routes (:func:`fastapi_of`) behind the request-body limit,
-    behind the request observer (request ids, metrics, request log)."""
+    """The coordinator as an ASGI app: the FastAPI routes (``.app``) behind the request-body limit, behind the
+    request observer (request ids, metrics, request log)."""
     coord = coordinator or Coordinator(config or CoordinatorConfig(), clock)
 
     @contextlib.asynccontextmanager
@@ -189,14 +189,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
         return {"status": "ok"}
 
     limited = BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
-    return RequestObserver(limited, coord.metrics, access_log=coord.config.log_format == "json")
-
-
-def fastapi_of(app: Any) -> FastAPI:
-    """The FastAPI application inside :func:`create_app`'s layers (for its lifespan or state)."""
-    while not isinstance(app, FastAPI):
-        app = app.app
-    return app
+    return RequestObserver(limited, coord.metrics, access_log=coord.config.log_format == "json", app=app)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -53,8 +53,12 @@ class RequestObserver:
     ``access_log``. The principal kind logged is what the route's credential check noted (:func:`note_principal`);
     a token is never logged."""
 
-    def __init__(self, app: ASGIApp, metrics: CoordinatorMetrics, *, access_log: bool = False) -> None:
-        self.app = app
+    def __init__(self, handler: ASGIApp, metrics: CoordinatorMetrics, *, access_log: bool = False,
+                 app: Any = None) -> None:
+        self.handler = handler
+        """What answers the request (the layers below this one)."""
+        self.app = app if app is not None else handler
+        """The application at the bottom of the layers (its lifespan and state are what callers look for)."""
         self.metrics = metrics
         self.access_log = access_log
         self._templates: dict[Any, str] | None = None
@@ -75,7 +79,7 @@ class RequestObserver:
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.handler(scope, receive, send)
             return
         started = time.perf_counter()
         request_id = _client_id(scope["headers"]) or f"{self._prefix}{next(self._ids):x}"
@@ -92,7 +96,7 @@ class RequestObserver:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.handler(scope, receive, send_with_id)
         except Exception:
             status = 500
             state.setdefault("error_code", "internal")
