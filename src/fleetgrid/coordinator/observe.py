@@ -3,9 +3,9 @@ error code, and (with JSON logs on) leaves one log line.
 
 The request id is the client's ``X-Request-ID`` when that is sane (1 to 128 of ``A-Z a-z 0-9 . _ : / + = -``), so a
 proxy's id carries through; otherwise a fresh one: a random prefix per process (replicas differ) and a counter, a
-tenth of the cost of a UUID. It goes back in the response's ``X-Request-ID`` header and in
-every error body (see :func:`note_error`). The work per request is a few dictionary look-ups and one histogram
-observation: the lease cycle is the coordinator's hot path.
+tenth of the cost of a UUID. It goes back in the response's ``X-Request-ID`` header and in every error body (see
+:func:`note_error`). The work per request is a few dictionary look-ups and one histogram observation: the lease
+cycle is the coordinator's hot path.
 """
 
 from __future__ import annotations
