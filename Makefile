@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: demo test check install install-test postgres bench clean
+.PHONY: demo test check install install-test postgres chromium bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,13 +40,20 @@ postgres:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
 	    { echo "could not install PostgreSQL; install the 'postgresql' package and retry" >&2; exit 1; }; }
 
+# The API docs' browser tests drive Debian's chromium through Playwright (never Playwright's own browser download).
+chromium:
+	@test -x /usr/bin/chromium || \
+	  { echo "installing chromium (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	    { echo "could not install chromium; install the 'chromium' package and retry" >&2; exit 1; }; }
+
 # The linter and the type checker over src/ (configured in pyproject.toml); .ci/run runs this before the tests.
 check: install-test
 	$(VENV)/bin/ruff check src
 	$(VENV)/bin/mypy src
 
 # pytest exits 5 when it collects no tests; make treats that as the failure it is.
-test: install-test postgres
+test: install-test postgres chromium
 	$(PY) -m pytest -q
 
 # bench/coordinator.py starts a throwaway PostgreSQL server, as the store tests do.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 from collections.abc import Iterator
@@ -187,6 +188,9 @@ def serve(
                       typer.Option(help="NAME=TOKEN: a tenant with a fixed token (repeatable)")] = None,
     serve_hedging: Annotated[bool, typer.Option(
         help="Serving: also send a request slower than the recent p95 to a second car (<= 5% extra work)")] = True,
+    log_format: Annotated[str, typer.Option(
+        envvar="FLEETGRID_LOG_FORMAT",
+        help="'text', or 'json': every log record and one line per request (with its X-Request-ID) as JSON")] = "text",
 ) -> None:
     """Run the coordinator (embedded SQLite and local artifacts by default).
 
@@ -201,12 +205,16 @@ def serve(
         config = CoordinatorConfig(data_dir=data_dir, database_url=db, lease_ttl_s=lease_ttl,
                                    max_artifact_bytes=max_artifact_bytes, max_long_poll_s=max_long_poll,
                                    long_poll_recheck_s=long_poll_recheck, enroll_token=enroll_token,
-                                   operator_token=operator_token, tenant_tokens=tenants,
+                                   operator_token=operator_token, tenant_tokens=tenants, log_format=log_format,
                                    serve_hedging=serve_hedging)
         if db is not None:
             engine_url(db)  # a database URL we cannot serve fails before anything listens
 
         def listening(url: str) -> None:
+            if log_format == "json":  # every line a JSON object, for the log pipeline
+                logging.getLogger("fleetgrid.coordinator").info(
+                    "listening", extra={"fields": {"url": url, "credentials": str(config.credentials_path)}})
+                return
             err.print(f"fleetgrid coordinator listening on {url} (API docs: {url}/docs); Ctrl-C stops it")
             err.print(f"tokens for cars, the operator and tenants are in {config.credentials_path}; show them "
                       f"with: {_credentials_command(data_dir)}")

@@ -82,6 +82,7 @@ class _Wire(BaseModel):
 class ErrorBody(_Wire):
     error: str = Field(description="machine-readable code, e.g. 'hash_mismatch'")
     message: str = Field(description="what was wrong and what would be accepted")
+    request_id: str | None = Field(default=None, description="the request's X-Request-ID, to find it in the logs")
 
 
 # --- artifacts -------------------------------------------------------------------------------------------------

@@ -9,18 +9,18 @@ import pydantic
 from fleetgrid import errors
 from fleetgrid.protocol import ErrorBody
 
-__all__ = ["error_from_response"]
+__all__ = ["WIRE_ERRORS", "error_from_response"]
 
 #: Errors the coordinator can answer with: every errors.py class that has an HTTP status (TransportError and
 #: Preempted keep the base's 500 because they never cross the wire).
-_WIRE_ERRORS: tuple[type[errors.FleetgridError], ...] = tuple(
+WIRE_ERRORS: tuple[type[errors.FleetgridError], ...] = tuple(
     cls
     for cls in (getattr(errors, name) for name in errors.__all__)
     if issubclass(cls, errors.FleetgridError) and cls.status != errors.FleetgridError.status
 )
-_BY_CODE = {cls.code: cls for cls in _WIRE_ERRORS}
+_BY_CODE = {cls.code: cls for cls in WIRE_ERRORS}
 # Only branch roots stand for a status, so an unknown code under 409 is a Conflict, not a LeaseExpired.
-_BY_STATUS = {cls.status: cls for cls in _WIRE_ERRORS if cls.__bases__ == (errors.FleetgridError,)}
+_BY_STATUS = {cls.status: cls for cls in WIRE_ERRORS if cls.__bases__ == (errors.FleetgridError,)}
 
 
 def error_from_response(response: httpx.Response) -> errors.FleetgridError:

@@ -1,6 +1,6 @@
 """The coordinator's HTTP API: vehicle, tenant and operator routes over the scheduler and store.
 
-Errors from :mod:`fleetgrid.errors` are mapped to status codes in one place (:func:`_error_response`); request
+Errors from :mod:`fleetgrid.errors` are mapped to status codes in one place (:mod:`.http_errors`); request
 validation errors become readable 422s that name the field. No route answers 500 to anything a client can send.
 
 The event loop only waits: routes that are synchronous through and through are plain ``def`` (FastAPI runs them in
@@ -15,7 +15,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +23,8 @@ from typing import Annotated, Any, TypeVar, Union
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Discriminator, Tag, ValidationError
 from pydantic.json_schema import models_json_schema
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..clock import Clock, WallClock
 from ..errors import Conflict, FleetgridError, InvalidInput
@@ -57,12 +54,17 @@ from .auth import Authenticator, hash_token, vehicle_credential
 from .bootstrap import bootstrap_credentials
 from .config import CoordinatorConfig
 from .drivers import DriverContext, load_unit_drivers
+from .http_errors import install_error_handlers
 from .limits import BodyLimit
+from .metrics import CoordinatorMetrics
+from .observe import RequestObserver, note_principal
 from .rounds import with_training
 from .routes.artifacts import artifact_routes
+from .routes.operations import operations_routes
 from .routes.operator import operator_routes
 from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
+from .security import accepts, document
 from .states import VehicleStates
 from .store import JobRecord, Store, VehicleRecord, open_store
 from .training import TrainingService
@@ -93,6 +95,9 @@ class Coordinator:
         self.states = VehicleStates(self.store, self.clock, refresh_s=min(10.0, config.online_window_s / 3))
         self.scheduler.vehicle_eligible = self.states.eligible
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
+        self.metrics = CoordinatorMetrics(self)
+        self.scheduler.lease_granted = self.metrics.lease_granted
+        self.scheduler.lease_closed = self.training.lease_closed = self.metrics.lease_closed
 
     async def sweep_forever(self) -> None:
         while True:
@@ -108,37 +113,6 @@ class Coordinator:
         self.states.flush()
         self.scheduler.expire_due(grace_s=self.admission.delay_s)
         self.training.expire_due()
-
-
-def _error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
-
-
-def _validation_message(request: Request, exc: RequestValidationError) -> str:
-    parts = []
-    tagged = getattr(request.app.state, "submit_models", {})
-    for err in exc.errors()[:8]:
-        raw = tuple(err.get("loc", ()))
-        parts_ = [p for i, p in enumerate(raw) if p != "body" and not (i == 1 and raw[0] == "body" and p in tagged)]
-        loc = ".".join(str(p) for p in parts_) or "body"
-        if err.get("type") == "extra_forbidden":
-            accepted = _accepted_fields(request, raw)
-            parts.append(f"unknown field {loc!r}" + (f" (accepted: {', '.join(accepted)})" if accepted else ""))
-        elif err.get("type") == "json_invalid":
-            parts.append(f"body is not valid JSON ({err.get('msg')})")
-        else:
-            parts.append(f"{loc}: {err.get('msg')}")
-    return "; ".join(parts) + ". See /docs for the schema."
-
-
-def _accepted_fields(request: Request, loc: tuple) -> list[str]:
-    route = request.scope.get("route")
-    body = getattr(route, "body_field", None)
-    model = getattr(request.state, "body_model", None) or getattr(getattr(body, "field_info", None), "annotation", None)
-    tagged = getattr(request.app.state, "submit_models", {})
-    if len(loc) > 1 and loc[0] == "body" and loc[1] in tagged:  # a member of the job submission union
-        model = tagged[loc[1]]
-    return sorted(getattr(model, "model_fields", {}) or [])
 
 
 def _tagged_union(models: dict[str, type[BaseModel]]) -> Any:
@@ -165,27 +139,10 @@ def decode_inline(text: str) -> bytes:
     return data
 
 
-def _install_errors(app: FastAPI) -> None:
-    @app.exception_handler(FleetgridError)
-    async def _ours(_request: Request, exc: FleetgridError) -> JSONResponse:
-        response = _error_response(exc.status, exc.code, exc.message)
-        retry_after = getattr(exc, "retry_after_s", None)
-        if retry_after is not None:
-            response.headers["retry-after"] = str(max(1, math.ceil(retry_after)))
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(422, "invalid_request", _validation_message(request, exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error_response(exc.status_code, "http_error", str(exc.detail))
-
-
 def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = None,
-               coordinator: Coordinator | None = None) -> BodyLimit:
-    """The coordinator as an ASGI app: the FastAPI routes (``.app``) behind the request-body limit."""
+               coordinator: Coordinator | None = None) -> RequestObserver:
+    """The coordinator as an ASGI app: the FastAPI routes (``.app``) behind the request-body limit, behind the
+    request observer (request ids, metrics, request log)."""
     coord = coordinator or Coordinator(config or CoordinatorConfig(), clock)
 
     @contextlib.asynccontextmanager
@@ -217,16 +174,17 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
             await asyncio.to_thread(stop_listening)
             await asyncio.to_thread(coord.states.flush)
 
-    app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="fleetgrid coordinator", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Schedules work onto parked cars; see the README for the protocol.")
     app.state.coordinator = coord
-    _install_errors(app)
+    install_error_handlers(app)
     _vehicle_routes(app, coord)
     artifact_routes(app, coord)
     _tenant_routes(app, coord)
     _training_routes(app, coord)
     operator_routes(app, coord)
     tenant_admin_routes(app, coord)
+    operations_routes(app, coord)
     services = [svc for w in workloads() if w.routes is not None
                 if (svc := w.load("routes")(app, coord)) is not None]
 
@@ -236,7 +194,8 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
+    limited = BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
+    return RequestObserver(limited, coord.metrics, access_log=coord.config.log_format == "json", app=app)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -271,6 +230,7 @@ def _openapi_with_hot_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
             known = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, definition in defs.get("$defs", {}).items():
                 known.setdefault(name, definition)
+            document(schema, app.routes)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -294,12 +254,16 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         """Run ``fn`` in the store's next group-committed transaction; its result once that committed."""
         return await asyncio.wrap_future(store.batched(fn))
 
+    @accepts("vehicle")
     async def vehicle(request: Request) -> VehicleRecord:
         header = request.headers.get("authorization")
         found = coord.auth.cached_vehicle(header)  # on the event loop only while no store call is needed
-        return found if found is not None else await asyncio.to_thread(coord.auth.vehicle, header)
+        found = found if found is not None else await asyncio.to_thread(coord.auth.vehicle, header)
+        note_principal(request.scope, "vehicle")
+        return found
 
     @app.post(f"{API_PREFIX}/vehicles/enroll", status_code=201, response_model=EnrollResponse, tags=["vehicle"])
+    @accepts(errors=(401,))  # the fleet enrollment token is in the body, not a bearer credential
     def enroll(req: EnrollRequest) -> EnrollResponse:
         coord.auth.enrollment(req.enrollment_token)
         profile = get_profile(req.hardware)
@@ -345,6 +309,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
     # dependency solving); ``openapi_extra`` documents it. See ``_hot_body``.
     @app.post(f"{API_PREFIX}/leases", response_model=Grant, tags=["vehicle"],
               responses={204: {"description": "no work within wait_s"}}, openapi_extra=_hot_body(LeaseRequest))
+    @accepts("vehicle")
     async def lease(request: Request) -> Response:
         v = await vehicle(request)
         req = await _parse(LeaseRequest, request)
@@ -365,6 +330,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"],
               openapi_extra=_hot_body(CompleteRequest))
+    @accepts("vehicle")
     async def complete(lease_id: str, request: Request) -> Response:
         arrived = coord.clock.now()  # the deadline is judged by this, not by when its turn came
         v = await vehicle(request)
@@ -425,8 +391,11 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
     sched = coord.scheduler
 
+    @accepts("tenant")
     def tenant(request: Request) -> str:
-        return coord.auth.tenant(request.headers.get("authorization"))
+        name = coord.auth.tenant(request.headers.get("authorization"))
+        note_principal(request.scope, "tenant")
+        return name
 
     submit_models = {kind: driver.submit_model for kind, driver in sched.drivers.items()} | {"train": TrainSubmit}
     app.state.submit_models = submit_models
@@ -470,8 +439,11 @@ def _tenant_routes(app: FastAPI, coord: Coordinator) -> None:
 
 
 def _training_routes(app: FastAPI, coord: Coordinator) -> None:
+    @accepts("tenant")
     def tenant(request: Request) -> str:
-        return coord.auth.tenant(request.headers.get("authorization"))
+        name = coord.auth.tenant(request.headers.get("authorization"))
+        note_principal(request.scope, "tenant")
+        return name
 
     @app.post(f"{API_PREFIX}/train/jobs", status_code=201, response_model=JobStatus, tags=["tenant"])
     def submit_train(req: TrainSubmit, t: str = Depends(tenant)) -> JobStatus:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidInput
+from .logs import LOG_FORMATS
 
 __all__ = ["CoordinatorConfig", "Credentials"]
 
@@ -83,6 +84,9 @@ class CoordinatorConfig:
     serve_hedging: bool = True
     """Serving: send a request still unanswered at its deployment's recent p95 latency to a second car too (at most
     5% of requests; see :mod:`fleetgrid.workloads.serving.router`)."""
+    log_format: str = "text"
+    """'text' (uvicorn's own format, no request log) or 'json': every log record as one JSON line, plus one line
+    per request (method, route template, status, duration, request id, principal kind; never a token)."""
     enroll_token: str | None = None
     operator_token: str | None = None
     tenant_tokens: dict[str, str] = field(default_factory=dict)
@@ -109,6 +113,8 @@ class CoordinatorConfig:
         if self.long_poll_recheck_s <= 0 or self.max_long_poll_s < 0:
             raise InvalidInput(f"long_poll_recheck_s must be > 0 and max_long_poll_s >= 0 seconds, got "
                                f"{self.long_poll_recheck_s} and {self.max_long_poll_s}")
+        if self.log_format not in LOG_FORMATS:
+            raise InvalidInput(f"log format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
         if self.auth_cache_ttl_s < 0:
             raise InvalidInput(f"auth_cache_ttl_s must be >= 0 seconds (0 disables the cache), "
                                f"got {self.auth_cache_ttl_s}")

@@ -6,6 +6,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .observe import note_error
+
 __all__ = ["BodyLimit"]
 
 Scope = dict[str, Any]
@@ -32,7 +34,7 @@ class BodyLimit:
         limit = self.max_artifact if streaming else self.max_json
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._refuse(send, limit)
+            await self._refuse(scope, send, limit)
             return
         if streaming:
             await self.app(scope, receive, send)
@@ -46,7 +48,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                await self._refuse(send, limit)
+                await self._refuse(scope, send, limit)
                 return
             if not message.get("more_body", False):
                 break
@@ -63,11 +65,12 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     @staticmethod
-    async def _refuse(send: Callable[[Message], Awaitable[None]], limit: int) -> None:
+    async def _refuse(scope: Scope, send: Callable[[Message], Awaitable[None]], limit: int) -> None:
         body = json.dumps({
             "error": "payload_too_large",
             "message": f"request body exceeds the {limit}-byte limit for this route; send a smaller body"
             + (" (large inputs go to PUT /v1/artifacts/{sha256})" if limit < 1 << 24 else ""),
+            "request_id": note_error(scope, "payload_too_large"),
         }).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

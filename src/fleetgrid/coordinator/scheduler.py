@@ -14,6 +14,7 @@ synchronous: the HTTP layer runs it off the event loop and adds the long-poll wa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -65,6 +66,9 @@ class Scheduler:
         self.vehicle_eligible: Callable[[str], bool | None] = lambda _vehicle_id: None
         """Whether a car last said it was eligible, as this process heard (None: it heard nothing, ask the store).
         A resident lease is renewed only while its car is."""
+        self.lease_granted: Callable[[str, int], None] = lambda kind, n: None
+        self.lease_closed: Callable[[str, str], None] = lambda kind, outcome: None
+        """Told (workload kind, leases made / outcome) once a grant or a close committed: the metrics."""
         self._specs: dict[str, JobRecord] = {}
         self._gangs = False
         self._gangs_looked: float | None = None
@@ -178,7 +182,7 @@ class Scheduler:
         if got is not None:
             if seat is not None:  # it took other work: its seat goes to another car
                 self.store.drop_holds(vehicle_id)
-            return self._grant(*got)
+            return self._grant(*got, issued=1)
         if not gangs:
             return None
         joined = self.store.join_gang(vehicle_id, now, now + self.config.gang_hold_s, now + self.config.lease_ttl_s,
@@ -187,7 +191,7 @@ class Scheduler:
             return None
         others = joined.others
         self.store.after_commit(lambda: self.polls.wake(0, others))  # their leases wait for them to ask
-        return self._grant(joined.lease, joined.unit)
+        return self._grant(joined.lease, joined.unit, issued=1 + len(others))  # the last member makes every lease
 
     def _gangs_live(self, now: float) -> bool:
         looked = self._gangs_looked
@@ -195,11 +199,13 @@ class Scheduler:
             self._gangs, self._gangs_looked = self.store.gangs_live(), now
         return self._gangs
 
-    def _grant(self, lease: LeaseRecord, unit: UnitRecord) -> Grant:
+    def _grant(self, lease: LeaseRecord, unit: UnitRecord, *, issued: int = 0) -> Grant:
         job = self._job_spec(unit.job_id)
         if job.state == JobState.QUEUED:
             self.store.start_job(job.job_id)
             job.state = JobState.RUNNING
+        if issued:
+            self.store.after_commit(functools.partial(self.lease_granted, job.kind, issued))
         return self.driver(job.kind).grant(job, unit, lease)
 
     def _job_spec(self, job_id: str) -> JobRecord:
@@ -350,6 +356,7 @@ class Scheduler:
         entry = _ledger_row(owned.lease, job, usage, now, accepted=True)
         quorum = (job.spec.get("redundancy") or {}).get("quorum", 1)
         after = self.store.complete(owned.lease, unit, req.result, entry, now, accept=quorum <= 1, blob=inline)
+        self.store.after_commit(functools.partial(self.lease_closed, job.kind, LeaseState.COMPLETED.value))
         if quorum > 1 and self._quorum(after, unit.idx, quorum):
             after = self.store.get_job(job.job_id) or after
         return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED), after
@@ -406,6 +413,7 @@ class Scheduler:
                                       checkpoint=checkpoint, ledger_entry=entry,
                                       requeue=driver.requeue if driver is not None else True, gang_usage=gang_usage)
         if released:
+            self.store.after_commit(functools.partial(self.lease_closed, job.kind, str(state)))
             unit = self.store.get_unit(lease.unit_id) if placement is Placement.GANG else None
             self._wake(unit.gang_size if unit is not None and unit.gang_size else 1)  # a gang wakes its k cars
         return released

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
+from uvicorn.config import LOGGING_CONFIG
 
 from ..errors import InvalidInput
 from .app import Coordinator, create_app
 from .config import CoordinatorConfig
+from .logs import log_config
 
 __all__ = ["bind", "check_tls", "serve"]
 
@@ -34,7 +36,7 @@ def serve(config: CoordinatorConfig, host: str = "127.0.0.1", port: int = 8787, 
         uv_config = uvicorn.Config(
             create_app(coordinator=coordinator), log_level=log_level, access_log=False,
             ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
-            timeout_keep_alive=30, backlog=4096,
+            timeout_keep_alive=30, backlog=4096, log_config=log_config(config.log_format, log_level) or LOGGING_CONFIG,
         )
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -13,9 +13,27 @@ from typing import Any
 
 from ..clock import Clock
 from ..protocol import StateReport
-from .store import Store
+from .store import Store, VehicleRecord
 
-__all__ = ["VehicleStates"]
+__all__ = ["CAR_STATES", "VehicleStates", "car_state"]
+
+CAR_STATES = ("revoked", "offline", "working", "eligible", "driving", "charging", "parked")
+"""What a car is doing, as the fleet's gauges count it: each car is in the first of these that applies."""
+
+
+def car_state(vehicle: VehicleRecord, now: float, online_window_s: float, *, working: bool) -> str:
+    """The car's place in :data:`CAR_STATES`: ``working`` if it holds a lease, else what its last report said
+    (``offline`` when it said nothing within ``online_window_s``)."""
+    if vehicle.revoked:
+        return "revoked"
+    if vehicle.last_seen is None or now - vehicle.last_seen > online_window_s:
+        return "offline"
+    if working:
+        return "working"
+    if vehicle.eligible:
+        return "eligible"
+    drive = (vehicle.state or {}).get("drive")
+    return drive if drive in ("driving", "charging") else "parked"
 
 
 class VehicleStates:

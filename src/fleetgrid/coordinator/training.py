@@ -100,6 +100,8 @@ class TrainingService:
         self._numel: dict[str, int] = {}
         self.files = TrainingArtifacts(store, artifacts, clock)
         """The jobs' global versions and the cars' updates in the artifact store."""
+        self.lease_closed: Callable[[str, str], None] = lambda kind, outcome: None
+        """Told ('train', 'completed') once an update's report closed its lease: the metrics."""
         self.any_live = True
         """Whether a training job is live (any replica's): refreshed with the claims every tick; while False no
         unit is offered to a particular car, so leasing need not look for one."""
@@ -382,6 +384,7 @@ class TrainingService:
         )
         self.store.complete(lease, unit, digest, entry, self.clock.now(),
                             artifact=(len(record), job_owner(job.job_id)))
+        self.store.after_commit(lambda: self.lease_closed(job.kind, LeaseState.COMPLETED.value))
         if run is not None:
             with self.lock:
                 run.bytes_up += len(payload)

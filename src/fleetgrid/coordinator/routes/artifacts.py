@@ -13,6 +13,8 @@ from ...errors import NotFound
 from ...protocol import API_PREFIX, ArtifactInfo
 from ..artifacts import parse_range
 from ..auth import bearer
+from ..observe import note_principal
+from ..security import accepts
 
 if TYPE_CHECKING:
     from ..app import Coordinator
@@ -24,11 +26,13 @@ __all__ = ["artifact_routes"]
 def artifact_routes(app: FastAPI, coord: Coordinator) -> None:
     store, artifacts = coord.store, coord.artifacts
 
+    @accepts("vehicle", "tenant")
     def principal(request: Request) -> str:
         header = request.headers.get("authorization")
-        if bearer(header).startswith("fgv."):
-            return "vehicle:" + coord.auth.vehicle(header).vehicle_id
-        return "tenant:" + coord.auth.tenant(header)
+        kind = "vehicle" if bearer(header).startswith("fgv.") else "tenant"
+        who = coord.auth.vehicle(header).vehicle_id if kind == "vehicle" else coord.auth.tenant(header)
+        note_principal(request.scope, kind)
+        return f"{kind}:{who}"
 
     def readable(who: str, digest: str) -> ArtifactRecord | None:
         """The artifact's record, if ``who`` may read it."""
@@ -43,6 +47,7 @@ def artifact_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @app.put(f"{API_PREFIX}/artifacts/{{digest}}", response_model=ArtifactInfo, tags=["artifacts"],
              responses={201: {"description": "stored"}, 200: {"description": "already stored"}})
+    @accepts(errors=(507,))  # a full disk
     async def put_artifact(digest: str, request: Request, response: Response,
                            who: str = Depends(principal)) -> ArtifactInfo:
         existed = await asyncio.to_thread(artifacts.exists, digest)
@@ -51,8 +56,10 @@ def artifact_routes(app: FastAPI, coord: Coordinator) -> None:
         response.status_code = 200 if existed else 201
         return ArtifactInfo(digest=digest, size=size)
 
-    @app.api_route(f"{API_PREFIX}/artifacts/{{digest}}", methods=["GET", "HEAD"], tags=["artifacts"],
-                   response_class=StreamingResponse)
+    # GET and HEAD as two routes, each with its own OpenAPI operation id.
+    @app.head(f"{API_PREFIX}/artifacts/{{digest}}", tags=["artifacts"], response_class=StreamingResponse)
+    @app.get(f"{API_PREFIX}/artifacts/{{digest}}", tags=["artifacts"], response_class=StreamingResponse)
+    @accepts(errors=(416,))  # a Range past the end
     def get_artifact(digest: str, request: Request, who: str = Depends(principal)):
         artifacts.path(digest)  # rejects a malformed digest with a 400
         record = readable(who, digest)

@@ -9,6 +9,8 @@ from fastapi import Depends, FastAPI, Request
 from ...errors import NotFound
 from ...protocol import API_PREFIX, FleetOverview, LedgerEntry, TenantCreate, TenantCreated, VehicleSummary
 from ..auth import hash_token, new_token
+from ..observe import note_principal
+from ..security import accepts
 
 if TYPE_CHECKING:
     from ..app import Coordinator
@@ -19,8 +21,10 @@ __all__ = ["operator_routes"]
 def operator_routes(app: FastAPI, coord: Coordinator) -> None:
     store = coord.store
 
+    @accepts("operator")
     def operator(request: Request) -> None:
         coord.auth.operator(request.headers.get("authorization"))
+        note_principal(request.scope, "operator")
 
     def summaries() -> list[VehicleSummary]:
         coord.states.flush()  # what the cars said up to now, not up to the last sweep

@@ -8,6 +8,8 @@ from fastapi import Depends, FastAPI, Request
 
 from ...errors import NotFound
 from ...protocol import API_PREFIX, TenantSummary
+from ..observe import note_principal
+from ..security import accepts
 
 if TYPE_CHECKING:
     from ..app import Coordinator
@@ -19,8 +21,10 @@ __all__ = ["tenant_admin_routes"]
 def tenant_admin_routes(app: FastAPI, coord: Coordinator) -> None:
     store = coord.store
 
+    @accepts("operator")
     def operator(request: Request) -> None:
         coord.auth.operator(request.headers.get("authorization"))
+        note_principal(request.scope, "operator")
 
     @app.get(f"{API_PREFIX}/tenants", response_model=list[TenantSummary], tags=["operator"],
              dependencies=[Depends(operator)])

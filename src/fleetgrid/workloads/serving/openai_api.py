@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fleetgrid.coordinator.security import accepts
 from fleetgrid.errors import AuthError, FleetgridError, InvalidInput, NotFound, Overloaded
 from fleetgrid.protocol import API_PREFIX
 from fleetgrid.workloads.serving.messages import MAX_INPUT_CHARS, MAX_INPUTS
@@ -145,6 +146,7 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
         return out
 
     @app.get(f"{API_PREFIX}/models", tags=["openai"])
+    @accepts("tenant")
     async def models(request: Request) -> Response:
         """OpenAI's model list: your deployments (``deployed: true``, callable now) and the registered models
         jobs can name."""
@@ -154,6 +156,7 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
             return openai_error(exc)
 
     @app.get(f"{API_PREFIX}/models/{{model}}", tags=["openai"])
+    @accepts("tenant")
     async def model(model: str, request: Request) -> Response:
         try:
             found = [m for m in await catalog(await tenant(request)) if m["id"] == model]
@@ -166,6 +169,7 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
     @app.post(f"{API_PREFIX}/embeddings", tags=["openai"], response_class=JSONResponse,
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": EmbeddingsRequest.model_json_schema()}}}})
+    @accepts("tenant", errors=(400, 404, 429, 503))
     async def embeddings(request: Request) -> Response:
         """OpenAI's embeddings: each input's vector from a car holding the deployed model."""
         try:

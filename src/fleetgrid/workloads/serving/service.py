@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 
+from fleetgrid.coordinator.security import accepts
 from fleetgrid.core import LeaseState
 from fleetgrid.errors import Conflict, InvalidInput, NotFound, Overloaded
 from fleetgrid.protocol import API_PREFIX
@@ -230,6 +231,7 @@ def serving_routes(app: FastAPI, coord: Coordinator) -> ServingService:
 
     service = ServingService(coord, RouterConfig(hedge=coord.config.serve_hedging))
 
+    @accepts("vehicle")
     async def vehicle(request: Request) -> VehicleRecord:
         header = request.headers.get("authorization")
         found = coord.auth.cached_vehicle(header)
@@ -240,6 +242,7 @@ def serving_routes(app: FastAPI, coord: Coordinator) -> ServingService:
         """A replica's long-poll: deliver answers, then wait up to ``wait_s`` for requests."""
         return await service.exchange(v, lease_id, body)
 
+    @accepts("tenant")
     async def tenant(request: Request) -> str:
         return await asyncio.to_thread(coord.auth.tenant, request.headers.get("authorization"))
 
