@@ -19,8 +19,8 @@ from fleetgrid.coordinator.security import SCHEMES
 from harness import ENROLL, OPERATOR, TENANT, start_coordinator
 
 CHROMIUM = Path("/usr/bin/chromium")
-PUBLIC = {("POST", "/v1/vehicles/enroll"), ("GET", "/v1/models")}
-"""Operations that take no bearer credential: enrolling (the fleet token is in the body), the model list."""
+PUBLIC = {("POST", "/v1/vehicles/enroll")}
+"""Operations that take no bearer credential: enrolling (the fleet token is in the body)."""
 
 
 def openapi(tmp_path: Path) -> dict:
@@ -60,8 +60,7 @@ def test_every_operation_declares_its_credentials_and_its_errors(tmp_path):
                 assert op["security"] and all(set(req) <= set(schemes) for req in op["security"]), key
                 assert "401" in op["responses"], key
             errors = {status: r for status, r in op["responses"].items() if status.startswith("4")}
-            if key != ("GET", "/v1/models"):  # it takes no input and no credential: nothing to refuse
-                assert errors, f"{key} declares no 4xx answer"
+            assert errors, f"{key} declares no 4xx answer"
             for status, answer in errors.items():
                 assert answer["content"]["application/json"]["schema"] == error_ref, (key, status)
     assert ("GET", "/metrics") in seen and ("POST", "/v1/leases") in seen
