@@ -135,10 +135,16 @@ class FleetgridClient:
         return JobStatus.model_validate(self._call("POST", f"/jobs/{job_id}/cancel").json())
 
     # --- serving -----------------------------------------------------------------------------------------------
-    def deploy(self, model: str, *, replicas: int = 1, name: str = "") -> JobStatus:
+    def deploy(self, model: str, *, replicas: int = 1, name: str = "", weights: str | None = None,
+               from_job: str | None = None) -> JobStatus:
         """Keep ``model`` resident on ``replicas`` cars, callable as ``name`` (default: the model's name) through
-        the OpenAI-compatible API."""
-        body = {"kind": "serve", "model": model, "replicas": replicas, "name": name}
+        the OpenAI-compatible API. A generative model ('charlm') serves ``weights`` (an artifact digest) or the
+        result of the finished training job ``from_job``."""
+        body: dict[str, Any] = {"kind": "serve", "model": model, "replicas": replicas, "name": name}
+        if weights is not None:
+            body["weights"] = weights
+        if from_job is not None:
+            body["from_job"] = from_job
         return JobStatus.model_validate(self._call("POST", "/jobs", json=body).json())
 
     def deployments(self) -> list[DeploymentStatus]:

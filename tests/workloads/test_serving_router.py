@@ -253,3 +253,59 @@ def test_router_config_rejects_values_out_of_range() -> None:
         RouterConfig(hedge_ratio=-0.1)
     with pytest.raises(InvalidInput, match="max_in_flight"):
         RouterConfig(max_in_flight=0)
+
+
+def piece(answer: Any) -> tuple[int, str, str | None]:
+    offset, text, finish = answer
+    if not isinstance(text, str):
+        raise InvalidInput("no text")
+    return offset, text, finish
+
+
+def test_a_stream_continues_on_another_car_after_the_text_already_delivered() -> None:
+    async def main() -> None:
+        router = ServingRouter()
+        a = router.attach("lm", "lease-a", "car-a")
+        b = router.attach("lm", "lease-b", "car-b")
+        b.last_sent = 10**9  # car A gets the stream first
+        got: list[tuple[str, str | None]] = []
+
+        async def client() -> None:
+            async for item in router.stream("lm", lambda prefix: {"prompt": "p", "prefix": prefix}, piece):
+                got.append(item)
+
+        reading = asyncio.create_task(client())
+        [(rid, payload)] = (await a.take(8, 5.0)).requests
+        assert payload == {"prompt": "p", "prefix": ""}
+        assert router.answer("lease-a", rid, (0, "hello", None))
+        assert not router.answer("lease-a", rid, (0, "hello", None))  # the same piece again: dropped
+        assert router.answer("lease-a", rid, (5, " wor", None))
+        while len(got) < 2:
+            await asyncio.sleep(0)
+        router.detach("lease-a", "trip started")  # mid-answer
+        [(rid_b, payload_b)] = (await b.take(8, 5.0)).requests
+        assert rid_b == rid and payload_b == {"prompt": "p", "prefix": "hello wor"}
+        assert not router.answer("lease-a", rid, (9, "ld", None))  # car A, gone: its late piece is not taken
+        assert not router.answer("lease-b", rid, (3, "lo wor", None))  # overlapping what the client has: dropped
+        assert router.answer("lease-b", rid, (9, "ld!", "length"))
+        await reading
+        assert got == [("hello", None), (" wor", None), ("ld!", "length")]
+        assert "".join(t for t, _ in got) == "hello world!"
+        assert b.served == 1 and not b.in_flight and router.failovers == 1
+
+    run(main)
+
+
+def test_a_bad_piece_moves_the_stream_and_a_stream_with_no_car_left_fails() -> None:
+    async def main() -> None:
+        router = ServingRouter(RouterConfig(failover_wait_s=0.2))
+        a = router.attach("lm", "lease-a", "car-a")
+        stream = router.stream("lm", lambda prefix: prefix, piece)
+        first = asyncio.ensure_future(stream.__anext__())
+        [(rid, _)] = (await a.take(8, 5.0)).requests
+        assert router.answer("lease-a", rid, (0, 42, None))  # not text: refused, and no other car to go to
+        with pytest.raises(Unavailable, match="no replica of deployment 'lm' left"):
+            await first
+        assert a.failed == 1
+
+    run(main)

@@ -17,12 +17,17 @@ __all__ = ["deploy", "deployments", "undeploy"]
 def deploy(model: Annotated[str, typer.Argument(help="A text-embedding model, e.g. minilm-l6-v2")],
            replicas: Annotated[int, typer.Option(min=1, max=256, help="Cars holding the model at once")] = 1,
            name: Annotated[str, typer.Option(help="What clients call it (default: the model's name)")] = "",
+           from_job: Annotated[str | None, typer.Option(
+               help="charlm: serve this finished training job's model")] = None,
+           weights: Annotated[str | None, typer.Option(
+               help="charlm: serve these weights (the sha256 of an artifact of yours)")] = None,
            as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None,
            data_dir: DataDir = DEFAULT_DATA_DIR, ca: CA = None) -> None:
-    """Serve MODEL from parked cars behind the OpenAI-compatible API (POST /v1/embeddings)."""
+    """Serve MODEL from parked cars behind the OpenAI-compatible API: /v1/embeddings for an embedding model,
+    /v1/completions and /v1/chat/completions for charlm (a fleet-trained model: --from-job)."""
     try:
         with _client(url, token, data_dir, ca) as client:
-            job = client.deploy(model, replicas=replicas, name=name)
+            job = client.deploy(model, replicas=replicas, name=name, weights=weights, from_job=from_job)
     except FleetgridError as exc:
         _fail(exc)
     if as_json:

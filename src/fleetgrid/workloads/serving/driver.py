@@ -9,11 +9,11 @@ from typing import Any, NoReturn
 from fleetgrid.coordinator.drivers import Plan, UnitDriver
 from fleetgrid.coordinator.store import JobRecord, LeaseRecord, UnitRecord
 from fleetgrid.core import Placement
-from fleetgrid.errors import Conflict, InvalidInput
-from fleetgrid.protocol import Grant, WorkGrant
+from fleetgrid.errors import Conflict, FleetgridError, InvalidInput, NotFound
+from fleetgrid.protocol import ArtifactRef, Grant, WorkGrant
 from fleetgrid.workloads.serving.messages import ServeGrant, ServeSubmit
 
-__all__ = ["LIVE_JOB_STATES", "ServingDriver", "servable"]
+__all__ = ["GENERATIVE", "LIVE_JOB_STATES", "ServingDriver", "servable"]
 
 LIVE_JOB_STATES = ("queued", "running")
 NO_INPUT = "0" * 64
@@ -22,16 +22,23 @@ EXCHANGE_WAIT_S = 1.0
 """A replica's long-poll: short, so a car that turns ineligible while idle hands back within about a second."""
 
 
+GENERATIVE = ("charlm",)
+"""Models served for text generation (completions, chat): the character-level LM a fleet training job makes."""
+
+
 def servable(model: str) -> None:
-    """InvalidInput unless ``model`` is a registered model that can be served: text in, one vector out."""
+    """InvalidInput unless ``model`` can be served: a registered text-embedding model (text in, one vector out) or
+    a generative one (:data:`GENERATIVE`)."""
     from fleetgrid.models.registry import get_model_spec, list_models
 
+    if model in GENERATIVE:
+        return
     spec = get_model_spec(model)  # UnknownModel names the registered ones
     if spec.input_kind != "text" or spec.output_shape is None or len(spec.output_shape) != 1:
         accepted = [m.name for m in list_models() if m.input_kind == "text" and m.output_shape is not None
                     and len(m.output_shape) == 1]
         raise InvalidInput(f"model {model!r} takes {spec.input_kind} and is not served yet; models that can be "
-                           f"served (text embeddings): {accepted}")
+                           f"served: text embeddings {accepted}, text generation {list(GENERATIVE)}")
 
 
 class ServingDriver(UnitDriver):
@@ -47,16 +54,62 @@ class ServingDriver(UnitDriver):
             if job.kind == self.kind and job.name == name and job.state in LIVE_JOB_STATES:
                 raise Conflict(f"deployment {name!r} already exists (job {job.job_id}); undeploy it first or pick "
                                "another name")
+        weights = self._weights(tenant, request)
         job = JobRecord(job_id=job_id, tenant=tenant, name=name, kind=self.kind, model=request.model,
-                        spec=request.model_dump(mode="json") | {"name": name}, items=request.replicas,
-                        units_total=request.replicas, created_at=self.ctx.clock.now())
+                        spec=request.model_dump(mode="json") | {"name": name, "weights": weights},
+                        items=request.replicas, units_total=request.replicas, created_at=self.ctx.clock.now())
+        # A generative model's weights are the units' input: so the cars holding its replicas may read them.
         units = [UnitRecord(unit_id=f"{job_id}:{i}:0", job_id=job_id, idx=i, replica=0, start_item=i,
-                            end_item=i + 1, input_digest=NO_INPUT, input_format="none")
+                            end_item=i + 1, input_digest=weights or NO_INPUT,
+                            input_format="safetensors" if weights else "none")
                  for i in range(request.replicas)]
         return Plan(job, units)
 
+    def _weights(self, tenant: str, request: ServeSubmit) -> str | None:
+        """The digest of a generative model's weights (checked to load), None for an embedding model."""
+        if request.model not in GENERATIVE:
+            if request.weights or request.from_job:
+                raise InvalidInput(f"model {request.model!r} ships its weights; weights and from_job are for "
+                                   f"{list(GENERATIVE)}")
+            return None
+        store = self.ctx.store
+        digest = request.weights
+        if request.from_job is not None:
+            job = store.get_job(request.from_job)
+            if job is None or job.tenant != tenant:
+                raise NotFound(f"job {request.from_job} does not exist or is not yours")
+            if job.kind != "train" or job.model != request.model or job.result_digest is None:
+                raise InvalidInput(f"job {request.from_job} is not a finished {request.model} training job; serve a "
+                                   "training job's result once it is done")
+            digest = job.result_digest
+        if digest is None:
+            raise InvalidInput(f"model {request.model!r} needs its weights: name a finished training job (from_job) "
+                               "or an artifact of yours (weights)")
+        record = store.get_artifact(digest)
+        owners = record.owners if record is not None else []
+        if request.from_job is None and f"tenant:{tenant}" not in owners:
+            raise InvalidInput(f"weights artifact {digest} is not yours; upload it with PUT /v1/artifacts/{digest}")
+        self._check_weights(request.model, digest)
+        return digest
+
+    def _check_weights(self, model: str, digest: str) -> None:
+        from safetensors.torch import load
+
+        from fleetgrid.workloads.training import build_model
+
+        try:
+            build_model(model).load_state_dict(load(self.ctx.artifacts.read_bytes(digest)))
+        except FleetgridError:
+            raise
+        except Exception as exc:  # safetensors and torch raise several types on a file of another model
+            raise InvalidInput(f"weights {digest[:12]}... are not a safetensors state dict of {model!r}: {exc}"
+                               ) from exc
+
     def grant(self, job: JobRecord, unit: UnitRecord, lease: LeaseRecord) -> Grant:
-        spec = ServeGrant(deployment=job.name, model=job.model, max_batch=MAX_BATCH, wait_s=EXCHANGE_WAIT_S)
+        digest = job.spec.get("weights")
+        weights = ArtifactRef(digest=digest, size=self.ctx.artifacts.size(digest)) if digest else None
+        spec = ServeGrant(deployment=job.name, model=job.model, max_batch=MAX_BATCH, wait_s=EXCHANGE_WAIT_S,
+                          weights=weights)
         return WorkGrant(kind=self.kind, lease_id=lease.lease_id, job_id=job.job_id, unit_index=unit.idx,
                          spec=spec.model_dump(), deadline=lease.deadline,
                          renew_every_s=self.ctx.config.lease_ttl_s / 3)

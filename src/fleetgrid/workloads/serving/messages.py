@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleetgrid.protocol import ArtifactRef, Digest
 
 __all__ = [
     "DEPLOYMENT_NAME",
@@ -13,6 +15,11 @@ __all__ = [
     "MAX_ANSWER_BYTES",
     "MAX_INPUTS",
     "MAX_INPUT_CHARS",
+    "MAX_PROMPT_CHARS",
+    "MAX_NEW_TOKENS",
+    "GenerateParams",
+    "CHUNK_CHARS",
+    "ReplicaStatus",
     "ServeAnswer",
     "ServeExchange",
     "ServeGrant",
@@ -26,6 +33,12 @@ MAX_INPUTS = 64
 """Texts one embeddings request may carry."""
 MAX_INPUT_CHARS = 8192
 """Characters one text may have (the model reads its first 256 word pieces; a longer text is refused, not cut)."""
+MAX_PROMPT_CHARS = 4096
+"""Characters a generation prompt may have (the character model reads the last 64 of prompt and answer)."""
+MAX_NEW_TOKENS = 2048
+"""Characters one generation may add."""
+CHUNK_CHARS = 256
+"""Characters one streamed piece of an answer may carry."""
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 """The most one exchange may carry back from a car: 64 requests of 64 texts of 384 float32s, with room."""
 
@@ -40,8 +53,13 @@ class ServeSubmit(_Strict):
     kind: Literal["serve"] = "serve"
     name: str = Field(default="", pattern=r"^$|" + DEPLOYMENT_NAME,
                       description="what clients call it (the OpenAI API's 'model'); default: the model's name")
-    model: str = Field(description="a registered text-embedding model, e.g. 'minilm-l6-v2'")
+    model: str = Field(description="a registered text-embedding model, e.g. 'minilm-l6-v2', or 'charlm' (text "
+                       "generation)")
     replicas: int = Field(default=1, ge=1, le=256, description="cars holding the model resident at once")
+    weights: Digest | None = Field(default=None, description="charlm: an artifact of yours holding its weights as "
+                                   "safetensors (a training job's result, e.g.)")
+    from_job: str | None = Field(default=None, max_length=64,
+                                 description="charlm: serve the result of this finished training job of yours")
 
 
 class ServeGrant(_Strict):
@@ -49,13 +67,38 @@ class ServeGrant(_Strict):
 
     deployment: str
     model: str
-    max_batch: int = Field(ge=1, description="texts the car runs in one forward pass at most")
+    max_batch: int = Field(ge=1, description="texts (or sequences) the car runs in one forward pass at most")
     wait_s: float = Field(gt=0, description="how long one exchange waits for requests")
+    weights: ArtifactRef | None = Field(default=None, description="a generative model's weights, to fetch")
+    chunk_tokens: int = Field(default=16, ge=1, le=CHUNK_CHARS,
+                              description="characters generated between two exchanges: the streaming grain")
+
+
+class GenerateParams(_Strict):
+    """One generation: ``prompt`` continued by up to ``max_tokens`` characters. ``prefix`` is what an earlier car
+    already generated (and the client already has): the car continues after it."""
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    max_tokens: int = Field(ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list, max_length=4)
+    seed: int | None = None
+    prefix: str = Field(default="", max_length=MAX_NEW_TOKENS)
 
 
 class ServeRequest(_Strict):
+    """One request for a car: ``texts`` to embed, or a generation."""
+
     request_id: str = Field(max_length=64)
-    texts: list[str] = Field(min_length=1, max_length=MAX_INPUTS)
+    texts: list[str] = Field(default_factory=list, max_length=MAX_INPUTS)
+    generate: GenerateParams | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ServeRequest:
+        if bool(self.texts) == (self.generate is not None):
+            raise ValueError("a request holds either texts to embed or a generation, not both or neither")
+        return self
 
 
 class ServeWork(_Strict):
@@ -68,12 +111,17 @@ class ServeWork(_Strict):
 
 
 class ServeAnswer(_Strict):
-    """One request's answer: its texts' embeddings (row-major float32, little-endian, base64), or an error."""
+    """One request's answer: its texts' embeddings (row-major float32, little-endian, base64); or the next piece of
+    a generation (``text`` from character ``offset`` of the answer on, ``finish_reason`` on its last piece); or an
+    error."""
 
     request_id: str = Field(max_length=64)
     vectors: str | None = Field(default=None, description="base64 of rows x dim float32s")
     rows: int = Field(default=0, ge=0, le=MAX_INPUTS)
     dim: int = Field(default=0, ge=0, le=65_536)
+    text: str | None = Field(default=None, max_length=CHUNK_CHARS)
+    offset: int = Field(default=0, ge=0, le=MAX_NEW_TOKENS)
+    finish_reason: Literal["stop", "length"] | None = None
     error: str | None = Field(default=None, max_length=1000)
 
 
@@ -85,6 +133,12 @@ class ServeExchange(_Strict):
     answers: list[ServeAnswer] = Field(default_factory=list, max_length=256)
     wait_s: float = Field(default=1.0, ge=0, le=30)
     leaving: bool = False
+
+
+class ReplicaStatus(_Strict):
+    vehicle_id: str
+    in_flight: int
+    served: int
 
 
 class DeploymentStatus(_Strict):
@@ -99,3 +153,4 @@ class DeploymentStatus(_Strict):
     in_flight: int
     hedged: int = Field(default=0, description="requests also sent to a second car for being slow")
     failovers: int = Field(default=0, description="requests re-sent because their car left")
+    cars: list[ReplicaStatus] = Field(default_factory=list, description="the replicas connected now")

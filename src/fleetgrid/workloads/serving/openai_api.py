@@ -178,6 +178,7 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
             body: EmbeddingsRequest = await _parse(EmbeddingsRequest, request)
             texts = body.texts()
             deployment = await service.deployment(who, body.model)
+            deployment.require(generates=False)
             if body.dimensions is not None and body.dimensions != deployment.dim:
                 raise _Param("dimensions", f"model {body.model!r} gives {deployment.dim} dimensions; send "
                              f"dimensions={deployment.dim} or leave it out")

@@ -27,9 +27,9 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from fleetgrid.errors import InvalidInput, Overloaded, Unavailable
 
@@ -101,6 +101,11 @@ class _Request:
     live: dict[str, float] = field(default_factory=dict)
     """Replica id -> loop time sent, for the copies not yet answered or lost."""
     last_error: str = ""
+    pieces: asyncio.Queue[Any] | None = None
+    """A streamed request: its answer's pieces, in order, as they arrive (then None, or the error)."""
+    make_payload: Callable[[str], Any] | None = None
+    """A streamed request: the payload that continues after the text already delivered (for failover)."""
+    delivered: str = ""
 
 
 @dataclass(frozen=True)
@@ -239,10 +244,8 @@ class ServingRouter:
         loop = asyncio.get_running_loop()
         first = self._pick(deployment, exclude=())
         if first is None:
-            pool = self.replicas(deployment)
-            state = "no replica is connected" if not pool else f"all {len(pool)} replicas are busy"
-            raise Overloaded(f"deployment {deployment!r} cannot take a request now: {state}; retry after "
-                             f"{self.config.retry_after_s:g} s", retry_after_s=self.config.retry_after_s)
+            self._refuse(deployment)
+        assert first is not None
         self.requests += 1
         self._count(deployment, "requests")
         request = _Request(f"r{next(self._ids)}", deployment, payload, validate, loop.create_future())
@@ -256,17 +259,27 @@ class ServingRouter:
             why = f"; {request.last_error}" if request.last_error else ""
             raise Unavailable(f"no valid answer from deployment {deployment!r} within {self.config.timeout_s:g} s "
                               f"({len(request.tried)} car(s) tried{why})") from None
-        finally:  # answered, failed, timed out, or the client went away: call every copy off
+        finally:
             if hedge is not None:
                 hedge.cancel()
-            self._requests.pop(request.request_id, None)
-            for replica_id in list(request.live):
-                channel = self._replicas.get(replica_id)
-                if channel is not None:
-                    channel.cancel(request.request_id)
-            request.live.clear()
-            if not request.result.done():
-                request.result.cancel()
+            self._forget(request)
+
+    def _refuse(self, deployment: str) -> NoReturn:
+        pool = self.replicas(deployment)
+        state = "no replica is connected" if not pool else f"all {len(pool)} replicas are busy"
+        raise Overloaded(f"deployment {deployment!r} cannot take a request now: {state}; retry after "
+                         f"{self.config.retry_after_s:g} s", retry_after_s=self.config.retry_after_s)
+
+    def _forget(self, request: _Request) -> None:
+        """Answered, failed, timed out, or the client went away: call every copy off."""
+        self._requests.pop(request.request_id, None)
+        for replica_id in list(request.live):
+            channel = self._replicas.get(replica_id)
+            if channel is not None:
+                channel.cancel(request.request_id)
+        request.live.clear()
+        if not request.result.done():
+            request.result.cancel()
 
     def answer(self, replica_id: str, request_id: str, answer: Any = None, error: str | None = None) -> bool:
         """A car's answer to one request. False (and nothing changes) when the request was not sent to this
@@ -275,6 +288,8 @@ class ServingRouter:
         request = self._requests.get(request_id)
         if channel is None or request is None or replica_id not in request.live:
             return False
+        if request.pieces is not None and error is None:
+            return self._piece(channel, request, answer)
         channel.in_flight.discard(request_id)
         sent = request.live.pop(replica_id)
         if error is None:
@@ -298,6 +313,72 @@ class ServingRouter:
         if not request.live:
             asyncio.get_running_loop().create_task(self._failover(request))
         return True
+
+    def _piece(self, channel: ReplicaChannel, request: _Request, answer: Any) -> bool:
+        """The next piece of a streamed answer: delivered if it continues exactly where the client is (a piece
+        from before a failover, or repeated, is dropped); the last piece ends the request."""
+        assert request.pieces is not None
+        try:
+            offset, text, finish = request.validate(answer)
+        except InvalidInput as exc:
+            channel.in_flight.discard(request.request_id)
+            request.live.pop(channel.replica_id, None)
+            channel.failed += 1
+            request.last_error = f"car {channel.vehicle_id}: invalid answer: {exc.message}"
+            if not request.live:
+                asyncio.get_running_loop().create_task(self._failover(request))
+            return True
+        if offset != len(request.delivered):
+            return False
+        request.delivered += text
+        request.pieces.put_nowait((text, finish))
+        if finish is not None:
+            channel.in_flight.discard(request.request_id)
+            request.live.pop(channel.replica_id, None)
+            channel.served += 1
+            if not request.result.done():
+                request.result.set_result(request.delivered)
+        return True
+
+    def _fail(self, request: _Request, exc: Exception) -> None:
+        if not request.result.done():
+            request.result.set_exception(exc)
+            request.result.exception()  # retrieved here: a stream reads the error from its queue instead
+        if request.pieces is not None:
+            request.pieces.put_nowait(exc)
+
+    async def stream(self, deployment: str, make_payload: Callable[[str], Any],
+                     validate: Callable[[Any], tuple[int, str, str | None]]
+                     ) -> AsyncGenerator[tuple[str, str | None], None]:
+        """Send a streamed request (``make_payload('')``) and yield its answer's pieces ``(text, finish_reason)``
+        as they arrive; the last has a finish reason. A car that leaves mid-answer hands the request to another,
+        told to continue after the text already delivered (``make_payload(delivered)``): no piece is lost or sent
+        twice. Streams are not hedged. Raises as :meth:`call` does."""
+        loop = asyncio.get_running_loop()
+        first = self._pick(deployment, exclude=())
+        if first is None:
+            self._refuse(deployment)
+        self.requests += 1
+        self._count(deployment, "requests")
+        request = _Request(f"r{next(self._ids)}", deployment, make_payload(""), validate, loop.create_future(),
+                           pieces=asyncio.Queue(), make_payload=make_payload)
+        self._requests[request.request_id] = request
+        assert first is not None and request.pieces is not None
+        self._send(request, first)
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(request.pieces.get(), self.config.timeout_s)
+                except TimeoutError:
+                    raise Unavailable(f"deployment {deployment!r} sent nothing for {self.config.timeout_s:g} s "
+                                      f"({len(request.tried)} car(s) tried)") from None
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if item[1] is not None:
+                    return
+        finally:
+            self._forget(request)
 
     def _count(self, deployment: str, what: str) -> None:
         counts = self.counts.setdefault(deployment, {})
@@ -324,17 +405,19 @@ class ServingRouter:
         give_up = loop.time() + self.config.failover_wait_s
         while not request.result.done() and request.request_id in self._requests:
             if len(request.tried) >= self.config.max_attempts:
-                request.result.set_exception(Unavailable(
+                self._fail(request, Unavailable(
                     f"request failed on {len(request.tried)} cars of deployment {request.deployment!r}; last: "
                     f"{request.last_error}"))
                 return
             channel = self._pick(request.deployment, request.tried, over_cap=True)
             if channel is not None:
+                if request.make_payload is not None:  # a stream continues after what the client already has
+                    request.payload = request.make_payload(request.delivered)
                 self._send(request, channel)
                 return
             left = give_up - loop.time()
             if left <= 0:
-                request.result.set_exception(Unavailable(
+                self._fail(request, Unavailable(
                     f"no replica of deployment {request.deployment!r} left to answer ({request.last_error})"))
                 return
             attached = self._attached.setdefault(request.deployment, asyncio.Event())

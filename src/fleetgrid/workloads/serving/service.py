@@ -24,9 +24,11 @@ from fleetgrid.coordinator.security import accepts
 from fleetgrid.core import LeaseState
 from fleetgrid.errors import Conflict, InvalidInput, NotFound, Overloaded
 from fleetgrid.protocol import API_PREFIX
-from fleetgrid.workloads.serving.driver import LIVE_JOB_STATES
+from fleetgrid.workloads.serving.driver import GENERATIVE, LIVE_JOB_STATES
 from fleetgrid.workloads.serving.messages import (
     DeploymentStatus,
+    GenerateParams,
+    ReplicaStatus,
     ServeAnswer,
     ServeExchange,
     ServeRequest,
@@ -60,9 +62,46 @@ class Deployment:
         self.job_id, self.name, self.model = job.job_id, job.name, job.model
         self.replicas = job.units_total
         self.created = int(job.created_at)
-        shape = get_model_spec(job.model).output_shape
-        assert shape is not None and len(shape) == 1  # the driver deploys nothing else
-        self.dim = shape[0]
+        self.generates = job.model in GENERATIVE
+        """A text-generation deployment (completions, chat) rather than embeddings."""
+        self.dim = 0
+        if not self.generates:
+            shape = get_model_spec(job.model).output_shape
+            assert shape is not None and len(shape) == 1  # the driver deploys nothing else
+            self.dim = shape[0]
+
+    def require(self, generates: bool) -> None:
+        """InvalidInput unless the deployment does what the route asks of it."""
+        if generates and not self.generates:
+            raise InvalidInput(f"model {self.name!r} serves embeddings ({self.model}); completions and chat need a "
+                               f"generative deployment ({list(GENERATIVE)})")
+        if not generates and self.generates:
+            raise InvalidInput(f"model {self.name!r} generates text ({self.model}); embeddings need an embedding "
+                               "model such as minilm-l6-v2")
+
+    @staticmethod
+    def piece_validator(max_tokens: int) -> Callable[[Any], tuple[int, str, str | None]]:
+        """Checks a car's piece of a generated answer: characters the model can produce, within ``max_tokens``,
+        at least one unless it ends the answer, and 'length' only where the budget ends."""
+        from fleetgrid.data.text import VOCAB
+
+        alphabet = set(VOCAB.chars[1:])
+
+        def validate(answer: Any) -> tuple[int, str, str | None]:
+            if not isinstance(answer, ServeAnswer) or answer.text is None:
+                raise InvalidInput("the answer holds no text")
+            text, end = answer.text, answer.offset + len(answer.text)
+            if not set(text) <= alphabet:
+                raise InvalidInput("the answer holds characters the model cannot produce")
+            if end > max_tokens:
+                raise InvalidInput(f"the answer runs to {end} characters; the request allows {max_tokens}")
+            if answer.finish_reason is None and not text:
+                raise InvalidInput("an empty piece that does not end the answer")
+            if answer.finish_reason == "length" and end != max_tokens:
+                raise InvalidInput(f"the answer says it reached its length at {end} of {max_tokens} characters")
+            return answer.offset, text, answer.finish_reason
+
+        return validate
 
     def validator(self, texts: list[str]) -> Callable[[Any], np.ndarray]:
         """Checks a car's answer to ``texts``: one finite row of ``dim`` float32s per text."""
@@ -145,7 +184,9 @@ class ServingService:
         return DeploymentStatus(name=deployment.name, model=deployment.model, job_id=deployment.job_id,
                                 replicas=deployment.replicas, connected=len(pool), served=served,
                                 in_flight=sum(len(c.in_flight) for c in pool), hedged=counts.get("hedged", 0),
-                                failovers=counts.get("failovers", 0))
+                                failovers=counts.get("failovers", 0),
+                                cars=[ReplicaStatus(vehicle_id=c.vehicle_id, in_flight=len(c.in_flight),
+                                                    served=c.served) for c in pool])
 
     async def deployment(self, tenant: str, name: str) -> Deployment:
         found = await self.deployments(tenant)
@@ -187,7 +228,7 @@ class ServingService:
             return ServeWork(closed=True)
         taken = await channel.take(TAKE_REQUESTS, body.wait_s)
         self._last_poll[lease_id] = asyncio.get_running_loop().time()
-        return ServeWork(requests=[ServeRequest(request_id=rid, texts=texts) for rid, texts in taken.requests],
+        return ServeWork(requests=[_request(rid, payload) for rid, payload in taken.requests],
                          cancelled=taken.cancelled, closed=taken.closed)
 
     async def _watch_replicas(self) -> None:
@@ -225,8 +266,15 @@ class ServingService:
         return out
 
 
+def _request(request_id: str, payload: list[str] | GenerateParams) -> ServeRequest:
+    if isinstance(payload, GenerateParams):
+        return ServeRequest(request_id=request_id, generate=payload)
+    return ServeRequest(request_id=request_id, texts=payload)
+
+
 def serving_routes(app: FastAPI, coord: Coordinator) -> ServingService:
     """The car's exchange route and the OpenAI-compatible API, on one :class:`ServingService`."""
+    from fleetgrid.workloads.serving.generation import generation_routes
     from fleetgrid.workloads.serving.openai_api import openai_routes
 
     service = ServingService(coord, RouterConfig(hedge=coord.config.serve_hedging))
@@ -252,4 +300,5 @@ def serving_routes(app: FastAPI, coord: Coordinator) -> ServingService:
         return [service.status(d) for d in (await service.deployments(who, fresh=True)).values()]
 
     openai_routes(app, coord, service)
+    generation_routes(app, coord, service)
     return service
