@@ -59,6 +59,7 @@ from .drivers import DriverContext, load_unit_drivers
 from .limits import BodyLimit
 from .rounds import with_training
 from .routes.artifacts import artifact_routes
+from .routes.billing import billing_routes
 from .routes.operator import operator_routes
 from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
@@ -91,6 +92,7 @@ class Coordinator:
                                    interval_s=config.admission_interval_s)
         self.states = VehicleStates(self.store, self.clock, refresh_s=min(10.0, config.online_window_s / 3))
         self.scheduler.vehicle_eligible = self.states.eligible
+        self.scheduler.vehicle_plugged_in = self.states.plugged_in
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
 
     async def sweep_forever(self) -> None:
@@ -218,6 +220,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     _training_routes(app, coord)
     operator_routes(app, coord)
     tenant_admin_routes(app, coord)
+    billing_routes(app, coord)
 
     app.openapi = _openapi_with_hot_bodies(app)  # type: ignore[method-assign]
 
