@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from fleetgrid.coordinator.store import JobRecord, LedgerRecord, UnitRecord, VehicleRecord, open_store
+from fleetgrid.coordinator.store.billing_base import RefusalRecord
 from fleetgrid.errors import AuthError, Conflict, LeaseExpired, NotFound
 
 D1, D2, D3 = "a" * 64, "b" * 64, "c" * 64
@@ -390,3 +391,21 @@ def test_rejected_usage_is_marked_once_on_completed_leases_only(store):
     assert store.reject_usage([other.unit_id], "no quorum") == 0  # still leased: nothing was metered
     assert store.reject_usage([], "nothing") == 0
     assert [ln.rejected for ln in store.usage_lines(0.0, 10.0)] == ["no quorum"]
+
+
+def test_refused_updates_are_rejected_lines_until_their_lease_is_metered(store):
+    _vehicle(store, "v-1")
+    _job(store, n_units=1)
+    store.add_owner("alice", "ha", "0.2", 0.0)
+    store.attach_car("alice", "v-1")
+    store.record_refusal(RefusalRecord(lease_id="t9", vehicle_id="v-1", job_id="job-1", at=50.0, reason="stale",
+                                       compute_s=12.0, steps=4, examples=64))
+    store.record_refusal(RefusalRecord(lease_id="t9", vehicle_id="v-1", job_id="job-1", at=55.0, reason="shape",
+                                       compute_s=13.0, steps=4, examples=64))  # the latest refusal stands
+    (line,) = store.usage_lines(0.0, 100.0, owner="alice")
+    assert (line.lease_id, line.rejected, line.accelerator_s, line.steps, line.examples, line.at) == (
+        "t9", "training update refused: shape", 13.0, 4, 64, 55.0)
+    assert store.usage_lines(0.0, 100.0, tenant="acme") == [line] and store.usage_lines(60.0, 100.0) == []
+    store.record_ledger(LedgerRecord(lease_id="t9", vehicle_id="v-1", job_id="job-1", items=0, compute_s=20.0,
+                                     cellular_bytes=0, wifi_bytes=0, at=70.0, steps=4, workload="train"))
+    assert [(ln.lease_id, ln.rejected, ln.at) for ln in store.usage_lines(0.0, 100.0)] == [("t9", None, 70.0)]

@@ -10,7 +10,7 @@ from typing import Any
 
 from ...billing.lines import UsageLine
 
-__all__ = ["BillingState", "OwnerRecord", "PriceListRecord"]
+__all__ = ["BillingState", "OwnerRecord", "PriceListRecord", "RefusalRecord"]
 
 
 @dataclass(slots=True)
@@ -29,6 +29,20 @@ class PriceListRecord:
     operator_fee: str
     prices: dict[str, Any]
     set_at: float
+
+
+@dataclass(slots=True)
+class RefusalRecord:
+    """A training update the strategy refused: what the car spent on it, and why it is not paid."""
+
+    lease_id: str
+    vehicle_id: str
+    job_id: str
+    at: float
+    reason: str
+    compute_s: float = 0.0
+    steps: int = 0
+    examples: int = 0
 
 
 class BillingState(ABC):
@@ -68,7 +82,13 @@ class BillingState(ABC):
     def usage_lines(self, start: float, end: float, *, owner: str | None = None,
                     tenant: str | None = None) -> list[UsageLine]:
         """Usage rows closed in ``[start, end)`` with their car's hardware and owner and their job's tenant: of
-        the cars of ``owner`` only, or of the jobs of ``tenant`` only, when given; ordered by time, then lease."""
+        the cars of ``owner`` only, or of the jobs of ``tenant`` only, when given; ordered by time, then lease.
+        Refused updates (see :meth:`record_refusal`) come last, as rows rejected with their reason."""
+
+    @abstractmethod
+    def record_refusal(self, refusal: RefusalRecord) -> None:
+        """Keep a refused update (the latest refusal of a lease stands). :meth:`usage_lines` returns it as a
+        rejected row while its lease has no usage row of its own (a corrected report later is paid as usual)."""
 
     @abstractmethod
     def reject_usage(self, unit_ids: Sequence[str], reason: str) -> int:

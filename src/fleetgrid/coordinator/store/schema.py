@@ -225,6 +225,22 @@ owner_cars = Table(
     Index("ix_owner_cars_owner", "owner"),
 )
 
+refused_updates = Table(
+    "refused_updates",
+    metadata,
+    # A training update the strategy refused (stale, wrong shape, ...): its lease stays open for a corrected report,
+    # so it writes no usage row; this keeps what the car spent on it, for its owner's statement to say it is unpaid.
+    Column("lease_id", String(64), primary_key=True),
+    Column("vehicle_id", String(64), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("compute_s", Float, nullable=False),
+    Column("steps", BigInteger, nullable=False),
+    Column("examples", BigInteger, nullable=False),
+    Index("ix_refused_updates_at", "at"),
+)
+
 price_lists = Table(
     "price_lists",
     metadata,
@@ -237,4 +253,4 @@ price_lists = Table(
 )
 
 __all__ = ["accepted", "artifact_owners", "artifacts", "jobs", "leases", "ledger", "metadata", "owner_cars", "owners",
-           "price_lists", "result_blobs", "secrets", "tenants", "units", "vehicles"]
+           "price_lists", "refused_updates", "result_blobs", "secrets", "tenants", "units", "vehicles"]

@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from ...billing.lines import UsageLine
 from ...errors import Conflict, NotFound
-from .billing_base import OwnerRecord, PriceListRecord
-from .schema import jobs, leases, ledger, owner_cars, owners, price_lists, vehicles
+from .billing_base import OwnerRecord, PriceListRecord, RefusalRecord
+from .schema import jobs, leases, ledger, owner_cars, owners, price_lists, refused_updates, vehicles
 
 __all__ = ["BillingRows"]
 
@@ -112,13 +112,43 @@ class BillingRows:
             query = query.where(jobs.c.tenant == tenant)
         with self._read() as c:
             rows = c.execute(query).all()
-        return [UsageLine(lease_id=r.lease_id, vehicle_id=r.vehicle_id, hardware=r.hardware, job_id=r.job_id,
-                          tenant=r.tenant, workload=r.workload or "", at=r.at, accelerator_s=r.compute_s,
-                          held_s=max(0.0, r.held_s or 0.0), items=r.items, examples=r.examples, steps=r.steps,
-                          tokens=r.tokens, cellular_bytes=r.cellular_bytes, wifi_bytes=r.wifi_bytes,
-                          accepted=bool(r.accepted), rejected=r.rejected, plugged_in=r.plugged_in, owner=r.owner,
-                          job_name=r.job_name)
-                for r in rows]
+            refused = c.execute(self._refusals_query(start, end, owner, tenant)).all()
+        lines = [UsageLine(lease_id=r.lease_id, vehicle_id=r.vehicle_id, hardware=r.hardware, job_id=r.job_id,
+                           tenant=r.tenant, workload=r.workload or "", at=r.at, accelerator_s=r.compute_s,
+                           held_s=max(0.0, r.held_s or 0.0), items=r.items, examples=r.examples, steps=r.steps,
+                           tokens=r.tokens, cellular_bytes=r.cellular_bytes, wifi_bytes=r.wifi_bytes,
+                           accepted=bool(r.accepted), rejected=r.rejected, plugged_in=r.plugged_in, owner=r.owner,
+                           job_name=r.job_name)
+                 for r in rows]
+        return lines + [UsageLine(lease_id=r.lease_id, vehicle_id=r.vehicle_id, hardware=r.hardware, job_id=r.job_id,
+                                  tenant=r.tenant, workload=r.kind, at=r.at, accelerator_s=r.compute_s,
+                                  steps=r.steps, examples=r.examples, rejected=f"training update refused: {r.reason}",
+                                  owner=r.owner, job_name=r.name)
+                        for r in refused]
+
+    @staticmethod
+    def _refusals_query(start: float, end: float, owner: str | None, tenant: str | None) -> Any:
+        metered = select(ledger.c.lease_id).where(ledger.c.lease_id == refused_updates.c.lease_id).exists()
+        query = (
+            select(refused_updates, vehicles.c.hardware, jobs.c.tenant, jobs.c.kind, jobs.c.name, owner_cars.c.owner)
+            .select_from(refused_updates.join(vehicles, vehicles.c.vehicle_id == refused_updates.c.vehicle_id)
+                         .join(jobs, jobs.c.job_id == refused_updates.c.job_id)
+                         .outerjoin(owner_cars, owner_cars.c.vehicle_id == refused_updates.c.vehicle_id))
+            .where(refused_updates.c.at >= start, refused_updates.c.at < end, ~metered)
+            .order_by(refused_updates.c.at, refused_updates.c.lease_id)
+        )
+        if owner is not None:
+            query = query.where(owner_cars.c.owner == owner)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        return query
+
+    def record_refusal(self, refusal: RefusalRecord) -> None:
+        values = {k: getattr(refusal, k) for k in RefusalRecord.__slots__}
+        with self._write() as c:
+            if not c.execute(update(refused_updates).where(refused_updates.c.lease_id == refusal.lease_id)
+                             .values(**values)).rowcount:
+                c.execute(insert(refused_updates).values(**values))
 
     def reject_usage(self, unit_ids: Sequence[str], reason: str) -> int:
         if not unit_ids:
