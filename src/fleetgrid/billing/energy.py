@@ -7,6 +7,7 @@ project, imported here, never copied.
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal
 
 from fleetgrid.errors import InvalidInput
@@ -48,11 +49,16 @@ def usage_energy_wh(hardware: str, accelerator_s: float, held_s: float, plugged_
     (not known) counts as on battery: the statement never claims losses it cannot show."""
     if accelerator_s < 0 or held_s < 0:
         raise InvalidInput(f"usage seconds must be >= 0, got accelerator_s={accelerator_s}, held_s={held_s}")
-    board_w = get_profile(hardware).watts
+    board_w = _board_w(hardware)
     wh = (board_w * accelerator_s + awake_w * max(held_s, accelerator_s)) / 3600.0
     if plugged_in:
         wh /= charging_efficiency
     return wh
+
+
+@functools.lru_cache(maxsize=64)
+def _board_w(hardware: str) -> float:
+    return get_profile(hardware).watts
 
 
 def energy_cost_micro(wh: float, tariff_per_kwh: Decimal) -> int:

@@ -3,6 +3,7 @@ pure maths that turns one usage row into a charge, a fee and an owner credit, ex
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class RowCharge:
     credit: int
 
 
+@functools.lru_cache(maxsize=64)
 def hardware_factor(hardware: str) -> Decimal:
     """How many reference-computer seconds one second of ``hardware`` is worth: the ratio of INT8 peaks."""
     return Decimal(repr(get_profile(hardware).int8_tops)) / Decimal(repr(get_profile(REFERENCE_HARDWARE).int8_tops))
@@ -109,9 +111,17 @@ def charge_row(price: WorkloadPrice, operator_fee: Decimal, *, hardware: str, ac
                tokens: int, steps: int, examples: int) -> RowCharge:
     """The tenant's charge for one row (exact, then rounded once, half to even, to a micro-unit), the operator's
     fee on it (rounded likewise) and the owner's credit: the rest, so the three reconcile by construction."""
-    exact = (price.per_accelerator_s * Decimal(repr(float(accelerator_s))) * hardware_factor(hardware)
-             + price.per_item * items + price.per_1k_tokens * tokens / 1000
-             + price.per_step * steps + price.per_example * examples)
+    exact = Decimal(0)
+    if price.per_accelerator_s and accelerator_s:  # (only the units priced: a statement prices many rows)
+        exact += price.per_accelerator_s * Decimal(repr(float(accelerator_s))) * hardware_factor(hardware)
+    if price.per_item and items:
+        exact += price.per_item * items
+    if price.per_1k_tokens and tokens:
+        exact += price.per_1k_tokens * tokens / 1000
+    if price.per_step and steps:
+        exact += price.per_step * steps
+    if price.per_example and examples:
+        exact += price.per_example * examples
     charge = to_micro(exact)
     fee = int((charge * operator_fee).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
     return RowCharge(charge=charge, fee=fee, credit=charge - fee)
