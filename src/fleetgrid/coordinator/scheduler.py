@@ -63,10 +63,10 @@ class Scheduler:
         self.polls = LongPolls()
         """Cars long-polling for work; the app binds it to its event loop. Wakes are safe from any thread."""
         self.vehicle_eligible: Callable[[str], bool | None] = lambda _vehicle_id: None
-        self.vehicle_plugged_in: Callable[[str], bool | None] = lambda _vehicle_id: None
-        """Whether the car last said it was plugged in (None: not known); each usage row records it (billing)."""
         """Whether a car last said it was eligible, as this process heard (None: it heard nothing, ask the store).
         A resident lease is renewed only while its car is."""
+        self.vehicle_plugged_in: Callable[[str], bool | None] = lambda _vehicle_id: None
+        """Whether a car last said it was plugged in (None: not known); each usage row records it (billing)."""
         self._specs: dict[str, JobRecord] = {}
         self._gangs = False
         self._gangs_looked: float | None = None
