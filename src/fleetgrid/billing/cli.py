@@ -225,7 +225,9 @@ def bill_csv(bill: TenantBillView) -> str:
 
 
 def _print_statement(st: OwnerStatementView) -> None:
-    money = lambda micro: format_micro(micro, st.currency)  # noqa: E731
+    def money(micro: int) -> str:
+        return format_micro(micro, st.currency)
+
     t = Table(title=f"{st.owner}, {st.month}: {len(st.cars)} car(s), {st.hours_lent:.2f} h lent")
     for col in ("workload", "leases", "items", "examples", "steps", "accel. s", "charged", "fee", "earned"):
         t.add_column(col, justify="left" if col == "workload" else "right")

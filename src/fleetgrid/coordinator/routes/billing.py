@@ -3,6 +3,7 @@ the payout export. Owners see only their own cars and statements; a car of anoth
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -72,8 +73,6 @@ def billing_routes(app: FastAPI, coord: Coordinator) -> None:
 
     def the_month(month: str | None) -> str:
         if month is None:
-            import time
-
             return time.strftime("%Y-%m", time.gmtime(coord.clock.now()))
         return check_month(month)
 
