@@ -10,7 +10,6 @@ import pytest
 from fleetgrid.billing import (
     PriceList,
     WorkloadPrice,
-    allocate,
     charge_row,
     check_currency,
     check_month,
@@ -52,15 +51,6 @@ def test_rounding_is_half_to_even_and_formatting_exact():
     assert to_micro(Decimal("0.0000025")) == 2 and to_micro(Decimal("1.2345674")) == 1_234_567
     assert format_micro(1_234_500, "USD") == "1.234500 USD"
     assert format_micro(-5, "EUR") == "-0.000005 EUR"
-
-
-def test_largest_remainder_allocation_keeps_every_micro_unit():
-    assert allocate(10, [1, 1, 1]) == [4, 3, 3]
-    assert allocate(100, [1, 2]) == [33, 67]  # remainders 1/3 and 2/3: the left-over unit goes to the second
-    assert allocate(7, [0, 0]) == [4, 3]
-    assert allocate(0, []) == []
-    with pytest.raises(InvalidInput):
-        allocate(-1, [1])
 
 
 def test_a_row_is_charged_exactly_and_fee_plus_credit_is_the_charge():

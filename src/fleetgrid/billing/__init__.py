@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .energy import AWAKE_W, CHARGING_EFFICIENCY, DEFAULT_TARIFF, check_tariff, energy_cost_micro, usage_energy_wh
 from .lines import UsageLine
-from .money import MICRO, allocate, check_currency, format_micro, parse_decimal, to_micro
+from .money import MICRO, check_currency, format_micro, parse_decimal, to_micro
 from .prices import PriceList, RowCharge, WorkloadPrice, charge_row, hardware_factor
 from .statements import (
     OwnerStatement,
@@ -29,7 +29,6 @@ __all__ = [
     "TenantBill",
     "UsageLine",
     "WorkloadPrice",
-    "allocate",
     "charge_row",
     "check_currency",
     "check_month",

@@ -1,14 +1,16 @@
 """Money as integer micro-units of a currency (10**-6 of its major unit), never floats: parsing decimal prices,
-validating ISO 4217 codes, rounding exactly, and splitting an amount without losing a micro-unit."""
+validating ISO 4217 codes, rounding exactly.
+
+No amount is ever split: a row's charge is rounded once, its fee once, and the owner's credit is the difference,
+so credits and fees add up to the charges exactly without an allocation step (largest remainder or other)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from fleetgrid.errors import InvalidInput
 
-__all__ = ["ISO_4217", "MICRO", "allocate", "check_currency", "format_micro", "parse_decimal", "to_micro"]
+__all__ = ["ISO_4217", "MICRO", "check_currency", "format_micro", "parse_decimal", "to_micro"]
 
 MICRO = 1_000_000
 """Micro-units per major unit (per dollar, per euro): every amount fleetgrid stores or sums is an int of these."""
@@ -69,23 +71,3 @@ def format_micro(micro: int, currency: str, places: int = 6) -> str:
     whole, frac = divmod(abs(micro), MICRO)
     digits = f"{frac:06d}"[:places]
     return f"{sign}{whole}.{digits} {currency}" if places else f"{sign}{whole} {currency}"
-
-
-def allocate(total: int, weights: Sequence[int]) -> list[int]:
-    """Split ``total`` micro-units in proportion to non-negative integer ``weights`` by the largest-remainder
-    method: every share is the floor of its exact share, and the micro-units left over go one each to the largest
-    remainders (ties to the earliest), so the shares sum to ``total`` exactly. All-zero weights split evenly."""
-    if total < 0 or any(w < 0 for w in weights):
-        raise InvalidInput("allocate takes a total >= 0 and weights >= 0")
-    if not weights:
-        if total:
-            raise InvalidInput(f"cannot allocate {total} micro-units over no shares")
-        return []
-    weights = list(weights) if sum(weights) > 0 else [1] * len(weights)
-    denominator = sum(weights)
-    floors = [total * w // denominator for w in weights]
-    remainders = [total * w % denominator for w in weights]
-    left = total - sum(floors)
-    for i in sorted(range(len(weights)), key=lambda i: (-remainders[i], i))[:left]:
-        floors[i] += 1
-    return floors
