@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -92,13 +92,15 @@ class BillingRows:
     # --- usage --------------------------------------------------------------------------------------------------
     def usage_lines(self, start: float, end: float, *, owner: str | None = None,
                     tenant: str | None = None) -> list[UsageLine]:
+        # The columns in UsageLine's field order: each row becomes a line positionally (by name, reading a
+        # month of rows cost more than the query).
         held = func.coalesce(leases.c.closed_at, ledger.c.at) - leases.c.issued_at
         query = (
             select(ledger.c.lease_id, ledger.c.vehicle_id, vehicles.c.hardware, ledger.c.job_id, jobs.c.tenant,
-                   func.coalesce(ledger.c.workload, jobs.c.kind).label("workload"), ledger.c.at,
-                   ledger.c.compute_s, held.label("held_s"), ledger.c["items"], ledger.c.examples, ledger.c.steps,
+                   func.coalesce(ledger.c.workload, jobs.c.kind, ""), ledger.c.at, ledger.c.compute_s,
+                   case((held > 0, held), else_=0.0), ledger.c["items"], ledger.c.examples, ledger.c.steps,
                    ledger.c.tokens, ledger.c.cellular_bytes, ledger.c.wifi_bytes, ledger.c.accepted,
-                   ledger.c.rejected, ledger.c.plugged_in, owner_cars.c.owner, jobs.c.name.label("job_name"))
+                   ledger.c.rejected, ledger.c.plugged_in, owner_cars.c.owner, jobs.c.name)
             .select_from(ledger.join(vehicles, vehicles.c.vehicle_id == ledger.c.vehicle_id)
                          .join(jobs, jobs.c.job_id == ledger.c.job_id)
                          .outerjoin(owner_cars, owner_cars.c.vehicle_id == ledger.c.vehicle_id)
@@ -111,15 +113,8 @@ class BillingRows:
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
         with self._read() as c:
-            rows = c.execute(query).all()
+            lines = [UsageLine(*row) for row in c.execute(query)]
             refused = c.execute(self._refusals_query(start, end, owner, tenant)).all()
-        lines = [UsageLine(lease_id=r.lease_id, vehicle_id=r.vehicle_id, hardware=r.hardware, job_id=r.job_id,
-                           tenant=r.tenant, workload=r.workload or "", at=r.at, accelerator_s=r.compute_s,
-                           held_s=max(0.0, r.held_s or 0.0), items=r.items, examples=r.examples, steps=r.steps,
-                           tokens=r.tokens, cellular_bytes=r.cellular_bytes, wifi_bytes=r.wifi_bytes,
-                           accepted=bool(r.accepted), rejected=r.rejected, plugged_in=r.plugged_in, owner=r.owner,
-                           job_name=r.job_name)
-                 for r in rows]
         return lines + [UsageLine(lease_id=r.lease_id, vehicle_id=r.vehicle_id, hardware=r.hardware, job_id=r.job_id,
                                   tenant=r.tenant, workload=r.kind, at=r.at, accelerator_s=r.compute_s,
                                   steps=r.steps, examples=r.examples, rejected=f"training update refused: {r.reason}",
