@@ -1,5 +1,5 @@
 """The ``fleetgrid`` command: serve, credentials, tenant, agent, submit, status, result, cancel, fleet, models,
-corpus, simulate, demo.
+corpus, simulate, demo, operator, owner.
 
 Heavy imports happen inside each command, so ``fleetgrid --help`` is instant. Every bad input ends with exit code 2
 and one line naming the problem and what is accepted, never a traceback.
@@ -572,12 +572,15 @@ def corpus(out: Annotated[Path, typer.Option(help="JSON Lines file to write")] =
 def _register_subcommands() -> None:
     """Commands whose code lives in their own packages (each imports its heavy parts only when run)."""
     from .agent.cli import agent_command
+    from .billing.cli import register as register_billing
     from .demo import demo_command
     from .sim.cli import simulate
 
     app.command("agent", help="Run the vehicle agent: take work only while the car is free.")(agent_command)
     app.command("simulate", help="Simulate what a fleet of parked cars delivers, hour by hour.")(simulate)
     app.command("demo", help="The main job: coordinator + N cars + a MiniLM embedding job, end to end.")(demo_command)
+    register_billing(app)
+
     from .workloads.serving.cli import deploy, deployments, undeploy
 
     app.command("deploy")(deploy)

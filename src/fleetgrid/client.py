@@ -19,6 +19,7 @@ import numpy as np
 import pydantic
 import tenacity
 
+from .billing.protocol import OwnerCreated, OwnerStatementView, OwnerSummary, PriceListView, TenantBillView
 from .errors import InvalidInput, NotFound, TransportError
 from .protocol import (
     API_PREFIX,
@@ -218,6 +219,39 @@ class FleetgridClient:
 
     def revoke_tenant(self, name: str) -> TenantSummary:
         return TenantSummary.model_validate(self._call("POST", f"/tenants/{name}/revoke").json())
+
+    # --- billing ------------------------------------------------------------------------------------------------
+    def set_prices(self, currency: str, operator_fee: str, prices: dict[str, dict[str, str]]) -> PriceListView:
+        body = {"currency": currency, "operator_fee": operator_fee, "prices": prices}
+        return PriceListView.model_validate(self._call("PUT", "/prices", json=body).json())
+
+    def prices(self) -> PriceListView:
+        return PriceListView.model_validate(self._call("GET", "/prices").json())
+
+    def add_owner(self, name: str, tariff: str | None = None) -> str:
+        """A new owner's token, seen only this once."""
+        body = {"name": name} | ({"tariff": tariff} if tariff is not None else {})
+        return OwnerCreated.model_validate(self._call("POST", "/owners", json=body).json()).token
+
+    def owners(self) -> list[OwnerSummary]:
+        return [OwnerSummary.model_validate(o) for o in self._call("GET", "/owners").json()]
+
+    def attach_car(self, owner: str, vehicle_id: str) -> OwnerSummary:
+        r = self._call("POST", f"/owners/{owner}/cars", json={"vehicle_id": vehicle_id})
+        return OwnerSummary.model_validate(r.json())
+
+    def owner_statement(self, month: str | None = None, owner: str | None = None) -> OwnerStatementView:
+        """The calling owner's statement; with ``owner`` (and the operator token), that owner's."""
+        path = "/owner/statement" if owner is None else f"/owners/{owner}/statement"
+        r = self._call("GET", path, params={"month": month} if month else None)
+        return OwnerStatementView.model_validate(r.json())
+
+    def tenant_bill(self, month: str | None = None) -> TenantBillView:
+        return TenantBillView.model_validate(self._call("GET", "/bill", params={"month": month} if month else None)
+                                             .json())
+
+    def payouts(self, month: str | None = None) -> str:
+        return self._call("GET", "/payouts", params={"month": month} if month else None).text
 
 
 def _read_model_file(path: str | Path) -> bytes:

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from fleetgrid.coordinator.store import JobRecord, LedgerRecord, UnitRecord, VehicleRecord, open_store
+from fleetgrid.coordinator.store.billing_base import RefusalRecord
 from fleetgrid.errors import AuthError, Conflict, LeaseExpired, NotFound
 
 D1, D2, D3 = "a" * 64, "b" * 64, "c" * 64
@@ -312,3 +313,99 @@ def test_progress_of_a_closed_lease_is_ignored(store):
     store.acquire("v-1", 4.0, 5.0, "l1")
     store.record_progress("l0", 5, D3)  # the old holder's late report must not touch the unit's new lease
     assert store.get_unit(lease.unit_id).checkpoint_items == 0
+
+
+# --- billing ------------------------------------------------------------------------------------------------------
+def test_owners_attach_cars_once_and_one_owner_per_car(store):
+    _vehicle(store, "v-1")
+    _vehicle(store, "v-2")
+    store.add_owner("alice", "ha", "0.1747", 1.0)
+    store.add_owner("bob", "hb", "0.30", 2.0)
+    with pytest.raises(Conflict, match="alice"):
+        store.add_owner("alice", "hx", "0.1", 3.0)
+    assert (store.owner_by_token_hash("ha"), store.owner_by_token_hash("nope")) == ("alice", None)
+    store.attach_car("alice", "v-2")
+    store.attach_car("alice", "v-1")
+    store.attach_car("alice", "v-1")  # again: no change
+    with pytest.raises(Conflict, match="alice"):
+        store.attach_car("bob", "v-1")
+    with pytest.raises(NotFound, match="v-9"):
+        store.attach_car("bob", "v-9")
+    with pytest.raises(NotFound, match="carol"):
+        store.attach_car("carol", "v-1")
+    assert store.get_owner("alice").cars == ["v-1", "v-2"] and store.get_owner("bob").cars == []
+    assert store.get_owner("carol") is None
+    assert store.set_owner_tariff("bob", "0.25") and not store.set_owner_tariff("carol", "0.25")
+    assert [(o.name, o.tariff, o.cars) for o in store.list_owners()] == [("alice", "0.1747", ["v-1", "v-2"]),
+                                                                        ("bob", "0.25", [])]
+
+
+def test_price_lists_are_kept_in_order(store):
+    assert store.price_lists() == []
+    assert store.add_price_list("USD", "0.15", {"inference": {"per_item": "0.00001"}}, 10.0) == 1
+    assert store.add_price_list("USD", "0.2", {"train": {"per_step": "0.001"}}, 20.0) == 2
+    lists = store.price_lists()
+    assert [(p.version, p.operator_fee, p.set_at) for p in lists] == [(1, "0.15", 10.0), (2, "0.2", 20.0)]
+    assert lists[1].prices == {"train": {"per_step": "0.001"}}
+
+
+def test_usage_lines_join_owner_hardware_tenant_and_hold_time(store):
+    _vehicle(store, "v-1")
+    _vehicle(store, "v-2")
+    _job(store, n_units=3)
+    store.add_owner("alice", "ha", "0.2", 0.0)
+    store.attach_car("alice", "v-1")
+    lease, unit = store.acquire("v-1", 100.0, 200.0, "l0")
+    lease, unit, _ = store.lease_context("l0")
+    entry = LedgerRecord(lease_id="l0", vehicle_id="v-1", job_id="job-1", items=10, compute_s=30.0,
+                         cellular_bytes=0, wifi_bytes=5, at=160.0, workload="inference", tokens=7, plugged_in=True)
+    store.complete(lease, unit, D2, entry, 160.0, accept=True)
+    store.record_ledger(LedgerRecord(lease_id="t0", vehicle_id="v-2", job_id="job-1", items=0, compute_s=4.0,
+                                     cellular_bytes=0, wifi_bytes=0, at=170.0, steps=3, accepted=False))
+    store.record_ledger(LedgerRecord(lease_id="t1", vehicle_id="v-1", job_id="job-1", items=1, compute_s=1.0,
+                                     cellular_bytes=0, wifi_bytes=0, at=300.0))
+    lines = store.usage_lines(100.0, 300.0)
+    assert [(ln.lease_id, ln.owner, ln.hardware, ln.tenant, ln.workload) for ln in lines] == [
+        ("l0", "alice", "ai4", "acme", "inference"), ("t0", None, "ai4", "acme", "inference")]
+    l0, t0 = lines
+    assert (l0.held_s, l0.accelerator_s, l0.items, l0.tokens, l0.plugged_in, l0.job_name) == (
+        60.0, 30.0, 10, 7, True, "job-1")
+    assert (t0.held_s, t0.steps, t0.accepted, t0.plugged_in) == (0.0, 3, False, None)
+    assert [ln.lease_id for ln in store.usage_lines(0.0, 1000.0, owner="alice")] == ["l0", "t1"]
+    assert store.usage_lines(0.0, 1000.0, owner="bob") == []
+    assert len(store.usage_lines(0.0, 1000.0, tenant="acme")) == 3
+    assert store.usage_lines(0.0, 1000.0, tenant="other") == []
+
+
+def test_rejected_usage_is_marked_once_on_completed_leases_only(store):
+    _vehicle(store, "v-1")
+    _vehicle(store, "v-2")
+    _job(store, n_units=1, replicas=2)
+    for vid, lid in (("v-1", "l1"), ("v-2", "l2")):
+        store.acquire(vid, 1.0, 50.0, lid)
+    lease, unit, _ = store.lease_context("l1")
+    store.complete(lease, unit, D2, _ledger("l1"), 5.0)
+    assert store.reject_usage([unit.unit_id], "no quorum") == 1
+    assert store.reject_usage([unit.unit_id], "again") == 0  # the first reason stands
+    other = store.lease_context("l2")[1]
+    assert store.reject_usage([other.unit_id], "no quorum") == 0  # still leased: nothing was metered
+    assert store.reject_usage([], "nothing") == 0
+    assert [ln.rejected for ln in store.usage_lines(0.0, 10.0)] == ["no quorum"]
+
+
+def test_refused_updates_are_rejected_lines_until_their_lease_is_metered(store):
+    _vehicle(store, "v-1")
+    _job(store, n_units=1)
+    store.add_owner("alice", "ha", "0.2", 0.0)
+    store.attach_car("alice", "v-1")
+    store.record_refusal(RefusalRecord(lease_id="t9", vehicle_id="v-1", job_id="job-1", at=50.0, reason="stale",
+                                       compute_s=12.0, steps=4, examples=64))
+    store.record_refusal(RefusalRecord(lease_id="t9", vehicle_id="v-1", job_id="job-1", at=55.0, reason="shape",
+                                       compute_s=13.0, steps=4, examples=64))  # the latest refusal stands
+    (line,) = store.usage_lines(0.0, 100.0, owner="alice")
+    assert (line.lease_id, line.rejected, line.accelerator_s, line.steps, line.examples, line.at) == (
+        "t9", "training update refused: shape", 13.0, 4, 64, 55.0)
+    assert store.usage_lines(0.0, 100.0, tenant="acme") == [line] and store.usage_lines(60.0, 100.0) == []
+    store.record_ledger(LedgerRecord(lease_id="t9", vehicle_id="v-1", job_id="job-1", items=0, compute_s=20.0,
+                                     cellular_bytes=0, wifi_bytes=0, at=70.0, steps=4, workload="train"))
+    assert [(ln.lease_id, ln.rejected, ln.at) for ln in store.usage_lines(0.0, 100.0)] == [("t9", None, 70.0)]

@@ -60,6 +60,7 @@ from .metrics import CoordinatorMetrics
 from .observe import RequestObserver, note_principal
 from .rounds import with_training
 from .routes.artifacts import artifact_routes
+from .routes.billing import billing_routes
 from .routes.operations import operations_routes
 from .routes.operator import operator_routes
 from .routes.tenants import tenant_admin_routes
@@ -94,6 +95,7 @@ class Coordinator:
                                    interval_s=config.admission_interval_s)
         self.states = VehicleStates(self.store, self.clock, refresh_s=min(10.0, config.online_window_s / 3))
         self.scheduler.vehicle_eligible = self.states.eligible
+        self.scheduler.vehicle_plugged_in = self.states.plugged_in
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
         self.metrics = CoordinatorMetrics(self)
         self.scheduler.lease_granted = self.metrics.lease_granted
@@ -185,6 +187,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     operator_routes(app, coord)
     tenant_admin_routes(app, coord)
     operations_routes(app, coord)
+    billing_routes(app, coord)
     services = [svc for w in workloads() if w.routes is not None
                 if (svc := w.load("routes")(app, coord)) is not None]
 

@@ -17,7 +17,10 @@ from ..clock import Clock, WallClock
 from ..errors import AuthError
 from .store import Store, VehicleRecord
 
-__all__ = ["Authenticator", "bearer", "hash_token", "new_token", "vehicle_credential"]
+__all__ = ["OWNER_TOKEN_PREFIX", "Authenticator", "bearer", "hash_token", "new_token", "vehicle_credential"]
+
+OWNER_TOKEN_PREFIX = "fgown"
+"""Owner tokens read ``fgown_<secret>`` (``fgo_`` is the operator's, ``fgt_`` a tenant's, ``fgv.`` a car's)."""
 
 T = TypeVar("T")
 
@@ -75,6 +78,7 @@ class Authenticator:
         clock = clock or WallClock()
         self._tenants: _Cache[str] = _Cache(clock, ttl_s)
         self._vehicles: _Cache[VehicleRecord] = _Cache(clock, ttl_s)
+        self._owners: _Cache[str] = _Cache(clock, ttl_s)
 
     def tenant(self, header: str | None) -> str:
         token_hash = hash_token(bearer(header))
@@ -85,6 +89,21 @@ class Authenticator:
                 raise AuthError("unknown or revoked tenant token; use one `fleetgrid credentials` shows or one "
                                 "`fleetgrid tenant add NAME` printed")
             self._tenants.put(token_hash, name)
+        return name
+
+    def owner(self, header: str | None) -> str:
+        """The owner a ``fgown_`` token belongs to."""
+        token = bearer(header)
+        if not token.startswith(OWNER_TOKEN_PREFIX + "_"):
+            raise AuthError(f"not an owner token; owner routes need the '{OWNER_TOKEN_PREFIX}_...' token "
+                            "`fleetgrid owner add NAME` printed")
+        token_hash = hash_token(token)
+        name = self._owners.get(token_hash)
+        if name is None:
+            name = self.store.owner_by_token_hash(token_hash)
+            if name is None:
+                raise AuthError("unknown owner token; use the one `fleetgrid owner add NAME` printed")
+            self._owners.put(token_hash, name)
         return name
 
     def operator(self, header: str | None) -> None:

@@ -69,6 +69,8 @@ class Scheduler:
         self.lease_granted: Callable[[str, int], None] = lambda kind, n: None
         self.lease_closed: Callable[[str, str], None] = lambda kind, outcome: None
         """Told (workload kind, leases made / outcome) once a grant or a close committed: the metrics."""
+        self.vehicle_plugged_in: Callable[[str], bool | None] = lambda _vehicle_id: None
+        """Whether a car last said it was plugged in (None: not known); each usage row records it (billing)."""
         self._specs: dict[str, JobRecord] = {}
         self._gangs = False
         self._gangs_looked: float | None = None
@@ -149,6 +151,10 @@ class Scheduler:
                 return self._held_row(lease, job, now, accepted=placement is Placement.RESIDENT)
         return self.store.finish_job(job.job_id, state, now, result_digest=result_digest, error=error, meter=meter)
 
+    def _row(self, lease: LeaseRecord, job: JobRecord, usage: Usage, now: float, *, accepted: bool) -> LedgerRecord:
+        return _ledger_row(lease, job, usage, now, accepted=accepted,
+                           plugged_in=self.vehicle_plugged_in(lease.vehicle_id))
+
     def _held_row(self, lease: LeaseRecord, job: JobRecord, now: float, *, accepted: bool,
                   report: LedgerRecord | None = None) -> LedgerRecord:
         """The usage row of a lease worth the time it was held: that time as its accelerator-seconds, with the
@@ -156,7 +162,7 @@ class Scheduler:
         seconds = held_s(lease.issued_at, lease.deadline, now, self.config.lease_ttl_s)
         if report is not None:
             return dataclasses.replace(report, compute_s=seconds, accepted=accepted, at=now)
-        return _ledger_row(lease, job, Usage(accelerator_s=seconds), now, accepted=accepted)
+        return self._row(lease, job, Usage(accelerator_s=seconds), now, accepted=accepted)
 
     def result(self, tenant: str, job_id: str) -> tuple[bytes, str]:
         """The job's result and its file suffix."""
@@ -353,7 +359,7 @@ class Scheduler:
         driver.check_result(job, unit, data)
         now = self.clock.now()
         usage = driver.usage(job, unit, req, data, owned.lease.resumed_items)
-        entry = _ledger_row(owned.lease, job, usage, now, accepted=True)
+        entry = self._row(owned.lease, job, usage, now, accepted=True)
         quorum = (job.spec.get("redundancy") or {}).get("quorum", 1)
         after = self.store.complete(owned.lease, unit, req.result, entry, now, accept=quorum <= 1, blob=inline)
         self.store.after_commit(functools.partial(self.lease_closed, job.kind, LeaseState.COMPLETED.value))
@@ -383,7 +389,7 @@ class Scheduler:
                    computed_items(req.done_items, owned.lease.resumed_items) if checkpoint else 0)
         usage = Usage(items=done, accelerator_s=req.compute_s, cellular_bytes=req.cellular_bytes,
                       wifi_bytes=req.wifi_bytes)
-        entry = _ledger_row(owned.lease, job, usage, now, accepted=checkpoint is not None or done > 0)
+        entry = self._row(owned.lease, job, usage, now, accepted=checkpoint is not None or done > 0)
         self._release(owned.lease, target, preempted=req.handback, checkpoint=checkpoint, entry=entry)
         if not req.handback and unit.attempts >= self.config.max_unit_attempts:
             self._finish(job, JobState.FAILED,
@@ -433,7 +439,7 @@ class Scheduler:
         entry = None
         if items > 0:
             job = self._job_spec(lease.job_id)
-            entry = _ledger_row(lease, job, Usage(items=items), self.clock.now(), accepted=True)
+            entry = self._row(lease, job, Usage(items=items), self.clock.now(), accepted=True)
         return self._release(lease, LeaseState.EXPIRED, preempted=False, entry=entry)
 
     def release_vehicle(self, vehicle_id: str) -> None:
@@ -457,9 +463,14 @@ class Scheduler:
         for unit, data in done:
             if sum(driver.agree(job, data, other) for _, other in done) >= quorum:
                 assert unit.result_digest is not None
+                # Replicas that disagree with the accepted result are not paid (again when a late one reports).
+                self.store.reject_usage([u.unit_id for u, other in done if not driver.agree(job, data, other)],
+                                        f"unit {idx}: the result disagreed with the quorum of {quorum}")
                 return self.store.accept_unit(job.job_id, idx, unit.result_digest)
         if all(u.state in (UnitState.DONE, UnitState.CANCELLED) for u in replicas):
             if len(replicas) >= 2 * job.spec["redundancy"]["replicas"] + 1:
+                self.store.reject_usage([u.unit_id for u, _ in done], f"unit {idx}: no {quorum} of "
+                                        f"{len(done)} replicas agreed")
                 self._finish(job, JobState.FAILED, error=f"unit {idx}: no {quorum} of {len(done)} replicas agreed")
                 return False
             base = replicas[0]
@@ -492,9 +503,10 @@ def _lease_id() -> str:
     return "lease-" + uuid.uuid4().hex
 
 
-def _ledger_row(lease: LeaseRecord, job: JobRecord, usage: Usage, now: float, *, accepted: bool) -> LedgerRecord:
+def _ledger_row(lease: LeaseRecord, job: JobRecord, usage: Usage, now: float, *, accepted: bool,
+                plugged_in: bool | None = None) -> LedgerRecord:
     """The usage row a closed lease writes."""
     return LedgerRecord(lease_id=lease.lease_id, vehicle_id=lease.vehicle_id, job_id=job.job_id, items=usage.items,
                         compute_s=usage.accelerator_s, cellular_bytes=usage.cellular_bytes,
                         wifi_bytes=usage.wifi_bytes, at=now, accepted=accepted, workload=job.kind,
-                        examples=usage.examples, steps=usage.steps)
+                        examples=usage.examples, steps=usage.steps, plugged_in=plugged_in)

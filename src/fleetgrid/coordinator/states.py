@@ -61,6 +61,12 @@ class VehicleStates:
             last = self._last.get(vehicle_id)
         return None if last is None else last[0][3]
 
+    def plugged_in(self, vehicle_id: str) -> bool | None:
+        """Whether the car's latest report to this process said it was plugged in; None if it made none here."""
+        with self._lock:
+            last = self._last.get(vehicle_id)
+        return None if last is None else last[0][2]
+
     def flush(self) -> int:
         """Write every noted state in one transaction; returns how many cars. A failed write keeps them noted."""
         with self._lock:

@@ -63,6 +63,7 @@ from .rounds import (
     reached,
 )
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
+from .store.billing_base import RefusalRecord
 from .train_artifacts import TrainingArtifacts, job_owner, read_record, report_holds, update_record
 
 __all__ = ["TrainingService"]
@@ -369,9 +370,13 @@ class TrainingService:
             try:
                 with run.strategy.lock:  # raises InvalidInput / Conflict; the global is not touched
                     run.strategy.accept(update, max_examples=cap)
-            except (InvalidInput, Conflict):
+            except (InvalidInput, Conflict) as exc:
                 with self.lock:
                     run.rejected += 1
+                self.store.record_refusal(RefusalRecord(  # unpaid, and its car's owner is told why
+                    lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=job.job_id, at=self.clock.now(),
+                    reason=exc.message, compute_s=report.compute_s, steps=report.steps_done,
+                    examples=report.examples_seen))
                 raise
         else:  # another replica drives the job: check what can be checked here; it validates again when folding in
             check_examples(update, cap)

@@ -16,6 +16,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .billing_base import BillingState
+
 __all__ = [
     "ArtifactRecord",
     "GangSeat",
@@ -138,6 +140,12 @@ class LedgerRecord:
     """Training examples seen."""
     steps: int = 0
     """Optimizer steps taken."""
+    tokens: int = 0
+    """Tokens generated or read (priced per 1,000)."""
+    rejected: str | None = None
+    """Why work the car reported is not paid (its replica lost the quorum); None while it stands."""
+    plugged_in: bool | None = None
+    """Whether the car was plugged in when the lease closed, as it last said; None if not known."""
 
 
 @dataclass(slots=True)
@@ -159,7 +167,7 @@ class ArtifactRecord:
     owners: list[str] = field(default_factory=list)
 
 
-class Store(ABC):
+class Store(BillingState, ABC):
     """Everything the coordinator must not lose. Implementations must make each method atomic."""
 
     # --- secrets and tenants ------------------------------------------------------------------------------------

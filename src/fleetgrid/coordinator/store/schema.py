@@ -197,8 +197,60 @@ ledger = Table(
     Column("workload", String(16)),
     Column("examples", BigInteger, nullable=False, default=0, server_default="0"),
     Column("steps", BigInteger, nullable=False, default=0, server_default="0"),
+    # Billing: tokens metered (priced per 1,000), why reported work is not paid (its replica lost the quorum),
+    # and whether the car was plugged in while it worked (charging losses; NULL: not known).
+    Column("tokens", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("rejected", Text),
+    Column("plugged_in", Boolean),
     Index("ix_ledger_vehicle", "vehicle_id"),
+    Index("ix_ledger_at", "at"),
+    Index("ix_ledger_job", "job_id"),
 )
 
-__all__ = ["accepted", "artifact_owners", "artifacts", "jobs", "leases", "ledger", "metadata", "result_blobs",
-           "secrets", "tenants", "units", "vehicles"]
+owners = Table(
+    "owners",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("token_hash", String(128), nullable=False, unique=True),
+    # Electricity price per kWh in the price list's currency, a decimal string (money is never a float).
+    Column("tariff", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+owner_cars = Table(
+    "owner_cars",
+    metadata,
+    Column("vehicle_id", String(64), ForeignKey("vehicles.vehicle_id"), primary_key=True),
+    Column("owner", String(64), ForeignKey("owners.name"), nullable=False),
+    Index("ix_owner_cars_owner", "owner"),
+)
+
+refused_updates = Table(
+    "refused_updates",
+    metadata,
+    # A training update the strategy refused (stale, wrong shape, ...): its lease stays open for a corrected report,
+    # so it writes no usage row; this keeps what the car spent on it, for its owner's statement to say it is unpaid.
+    Column("lease_id", String(64), primary_key=True),
+    Column("vehicle_id", String(64), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("compute_s", Float, nullable=False),
+    Column("steps", BigInteger, nullable=False),
+    Column("examples", BigInteger, nullable=False),
+    Index("ix_refused_updates_at", "at"),
+)
+
+price_lists = Table(
+    "price_lists",
+    metadata,
+    # Every list the operator set, kept: a row is priced by the list in force when it closed.
+    Column("version", Integer, primary_key=True, autoincrement=True),
+    Column("currency", String(3), nullable=False),
+    Column("operator_fee", String(32), nullable=False),
+    Column("prices", JSON, nullable=False),
+    Column("set_at", Float, nullable=False),
+)
+
+__all__ = ["accepted", "artifact_owners", "artifacts", "jobs", "leases", "ledger", "metadata", "owner_cars", "owners",
+           "price_lists", "refused_updates", "result_blobs", "secrets", "tenants", "units", "vehicles"]
