@@ -63,6 +63,19 @@ def test_every_operation_declares_its_credentials_and_its_errors(tmp_path):
             assert errors, f"{key} declares no 4xx answer"
             for status, answer in errors.items():
                 assert answer["content"]["application/json"]["schema"] == error_ref, (key, status)
+    # Every reference resolves inside the document (ReDoc renders nothing when one does not).
+    defined = set(schema["components"]["schemas"])
+
+    def refs(node):  # every "$ref" in the document
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from ([value] if key == "$ref" else refs(value))
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    dangling = {r for r in refs(schema) if r.removeprefix("#/components/schemas/") not in defined}
+    assert not dangling, dangling
     assert ("GET", "/metrics") in seen and ("POST", "/v1/leases") in seen
     assert schema["paths"]["/metrics"]["get"]["security"] == [{"operator": []}]
     assert schema["paths"]["/v1/leases"]["post"]["security"] == [{"vehicle": []}]  # the hot route, no Depends

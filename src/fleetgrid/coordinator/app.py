@@ -205,7 +205,7 @@ M = TypeVar("M", bound=BaseModel)
 _HOT_BODIES: list[type[BaseModel]] = []
 
 
-def _hot_body(model: type[BaseModel]) -> dict[str, Any]:
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI request body of a route that parses ``model`` itself (:func:`_parse`); the model's schema joins
     the document's components (:func:`_openapi_with_hot_bodies`)."""
     if model not in _HOT_BODIES:
@@ -309,9 +309,9 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
                 sched.polls.leave(ticket)
 
     # The two routes of the lease cycle read their body themselves (one pydantic pass over the raw JSON, no
-    # dependency solving); ``openapi_extra`` documents it. See ``_hot_body``.
+    # dependency solving); ``openapi_extra`` documents it. See ``body_schema``.
     @app.post(f"{API_PREFIX}/leases", response_model=Grant, tags=["vehicle"],
-              responses={204: {"description": "no work within wait_s"}}, openapi_extra=_hot_body(LeaseRequest))
+              responses={204: {"description": "no work within wait_s"}}, openapi_extra=body_schema(LeaseRequest))
     @accepts("vehicle")
     async def lease(request: Request) -> Response:
         v = await vehicle(request)
@@ -332,7 +332,7 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         return sched.progress(v, lease_id, req)
 
     @app.post(f"{API_PREFIX}/leases/{{lease_id}}/complete", response_model=LeaseAck, tags=["vehicle"],
-              openapi_extra=_hot_body(CompleteRequest))
+              openapi_extra=body_schema(CompleteRequest))
     @accepts("vehicle")
     async def complete(lease_id: str, request: Request) -> Response:
         arrived = coord.clock.now()  # the deadline is judged by this, not by when its turn came

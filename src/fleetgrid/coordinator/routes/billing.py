@@ -35,6 +35,7 @@ from ...billing.statements import OwnerStatement
 from ...errors import AuthError, Conflict, NotFound
 from ...protocol import API_PREFIX
 from ..auth import OWNER_TOKEN_PREFIX, hash_token, new_token
+from ..security import accepts
 from ..store.billing_base import OwnerRecord
 
 if TYPE_CHECKING:
@@ -52,15 +53,19 @@ Month = Query(default=None, description="YYYY-MM (UTC); default: the current mon
 def billing_routes(app: FastAPI, coord: Coordinator) -> None:
     store = coord.store
 
+    @accepts("operator")
     def operator(request: Request) -> None:
         coord.auth.operator(request.headers.get("authorization"))
 
+    @accepts("owner")
     def owner(request: Request) -> str:
         return coord.auth.owner(request.headers.get("authorization"))
 
+    @accepts("tenant")
     def tenant(request: Request) -> str:
         return coord.auth.tenant(request.headers.get("authorization"))
 
+    @accepts("operator", "tenant")
     def operator_or_tenant(request: Request) -> None:
         try:
             coord.auth.operator(request.headers.get("authorization"))

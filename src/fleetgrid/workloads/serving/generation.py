@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetgrid.coordinator.app import body_schema
 from fleetgrid.coordinator.security import accepts
 from fleetgrid.errors import AuthError, FleetgridError, InvalidInput
 from fleetgrid.protocol import API_PREFIX
@@ -164,16 +165,14 @@ def generation_routes(app: FastAPI, coord: Coordinator, service: ServingService)
         return JSONResponse(answer.whole(finish))
 
     @app.post(f"{API_PREFIX}/completions", tags=["openai"], response_class=JSONResponse,
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": CompletionRequest.model_json_schema()}}}})
+              openapi_extra=body_schema(CompletionRequest))
     @accepts("tenant", errors=(400, 404, 429, 503))
     async def completions(request: Request) -> Response:
         """OpenAI's completions (``stream: true`` for server-sent events) from cars holding the model."""
         return await generate(request, CompletionRequest)
 
     @app.post(f"{API_PREFIX}/chat/completions", tags=["openai"], response_class=JSONResponse,
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": ChatRequest.model_json_schema()}}}})
+              openapi_extra=body_schema(ChatRequest))
     @accepts("tenant", errors=(400, 404, 429, 503))
     async def chat(request: Request) -> Response:
         """OpenAI's chat completions (``stream: true`` for server-sent events) from cars holding the model."""

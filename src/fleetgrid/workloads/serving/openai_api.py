@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fleetgrid.coordinator.app import body_schema
 from fleetgrid.coordinator.security import accepts
 from fleetgrid.errors import AuthError, FleetgridError, InvalidInput, NotFound, Overloaded
 from fleetgrid.protocol import API_PREFIX
@@ -167,8 +168,7 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
             return openai_error(exc)
 
     @app.post(f"{API_PREFIX}/embeddings", tags=["openai"], response_class=JSONResponse,
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": EmbeddingsRequest.model_json_schema()}}}})
+              openapi_extra=body_schema(EmbeddingsRequest))
     @accepts("tenant", errors=(400, 404, 429, 503))
     async def embeddings(request: Request) -> Response:
         """OpenAI's embeddings: each input's vector from a car holding the deployed model."""
