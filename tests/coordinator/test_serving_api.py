@@ -12,7 +12,7 @@ import pytest
 from fleetgrid.clock import ManualClock
 from harness import TENANT
 
-from .placement_kit import auth, coordinator, enroll, lease, serve, submit
+from .placement_kit import auth, coordinator, enroll, lease, serve, submit, usage_rows
 
 DIM = 384
 
@@ -133,6 +133,14 @@ def test_a_replica_handed_back_is_closed_and_a_leaving_car_hands_its_requests_on
         await poll(client, b, gb["lease_id"], [{"request_id": again["request_id"], "vectors": vectors(1),
                                                 "rows": 1, "dim": DIM}])
         assert (await call).status_code == 200
+        assert (await client.post(f"/leases/{gb['lease_id']}/fail", headers=auth(b),
+                                  json={"reason": "preempted: driving", "handback": True})).status_code == 200
+
+        # Each replica's usage row: car b answered the request (one word: 3 word pieces), car a nothing.
+        rows = usage_rows(coord)
+        assert (rows[gb["lease_id"]].items, rows[gb["lease_id"]].tokens) == (1, 3)
+        assert (rows[ga["lease_id"]].items, rows[ga["lease_id"]].tokens) == (0, 0)
+        assert rows[gb["lease_id"]].workload == "serve" and rows[gb["lease_id"]].accepted
 
     serve([coord], scenario)
 

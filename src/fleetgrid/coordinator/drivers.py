@@ -139,6 +139,11 @@ class UnitDriver(ABC):
         return Usage(accelerator_s=report.compute_s, cellular_bytes=report.cellular_bytes,
                      wifi_bytes=report.wifi_bytes)
 
+    def held_usage(self, lease: LeaseRecord) -> Usage:
+        """What a lease placed RESIDENT or in a GANG delivered beyond the time it was held (its usage row's
+        accelerator-seconds), as the coordinator counted it: e.g. the requests a serving replica answered."""
+        return Usage()
+
     def agree(self, job: JobRecord, a: bytes, b: bytes) -> bool:
         """Whether two replicas' results of one unit agree (for a quorum)."""
         return a == b

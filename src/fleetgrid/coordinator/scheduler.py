@@ -160,9 +160,12 @@ class Scheduler:
         """The usage row of a lease worth the time it was held: that time as its accelerator-seconds, with the
         bytes its car ``report``-ed."""
         seconds = held_s(lease.issued_at, lease.deadline, now, self.config.lease_ttl_s)
+        driver = self.drivers.get(job.kind)
+        served = driver.held_usage(lease) if driver is not None else Usage()
         if report is not None:
-            return dataclasses.replace(report, compute_s=seconds, accepted=accepted, at=now)
-        return self._row(lease, job, Usage(accelerator_s=seconds), now, accepted=accepted)
+            return dataclasses.replace(report, compute_s=seconds, accepted=accepted, at=now,
+                                       items=report.items + served.items, tokens=report.tokens + served.tokens)
+        return self._row(lease, job, dataclasses.replace(served, accelerator_s=seconds), now, accepted=accepted)
 
     def result(self, tenant: str, job_id: str) -> tuple[bytes, str]:
         """The job's result and its file suffix."""
@@ -509,4 +512,4 @@ def _ledger_row(lease: LeaseRecord, job: JobRecord, usage: Usage, now: float, *,
     return LedgerRecord(lease_id=lease.lease_id, vehicle_id=lease.vehicle_id, job_id=job.job_id, items=usage.items,
                         compute_s=usage.accelerator_s, cellular_bytes=usage.cellular_bytes,
                         wifi_bytes=usage.wifi_bytes, at=now, accepted=accepted, workload=job.kind,
-                        examples=usage.examples, steps=usage.steps, plugged_in=plugged_in)
+                        examples=usage.examples, steps=usage.steps, tokens=usage.tokens, plugged_in=plugged_in)

@@ -18,6 +18,8 @@ class Usage:
     """Training or evaluation examples processed on the car."""
     steps: int = 0
     """Optimizer steps taken on the car."""
+    tokens: int = 0
+    """Tokens the car processed for clients (serving: word pieces embedded, characters generated)."""
     accelerator_s: float = 0.0
     """Seconds the car's computer worked on the lease (as the car reports it, bounded by the lease's duration)."""
     cellular_bytes: int = 0

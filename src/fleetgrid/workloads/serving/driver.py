@@ -4,11 +4,12 @@ the deployment is cancelled (``fleetgrid undeploy``)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, NoReturn
 
-from fleetgrid.coordinator.drivers import Plan, UnitDriver
+from fleetgrid.coordinator.drivers import DriverContext, Plan, UnitDriver
 from fleetgrid.coordinator.store import JobRecord, LeaseRecord, UnitRecord
-from fleetgrid.core import Placement
+from fleetgrid.core import Placement, Usage
 from fleetgrid.errors import Conflict, InvalidInput, NotFound
 from fleetgrid.protocol import ArtifactRef, Grant, WorkGrant
 from fleetgrid.workloads.serving.messages import ServeGrant, ServeSubmit
@@ -41,11 +42,41 @@ def servable(model: str) -> None:
                            f"served: text embeddings {accepted}, text generation {list(GENERATIVE)}")
 
 
+class ServedCounts:
+    """Requests answered and tokens processed per replica (lease), as this coordinator's router counted them;
+    taken into the lease's usage row when it closes. Shared by the router (event loop, adding) and the driver
+    (store threads, taking): a lock keeps each replica's count whole."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    def add(self, lease_id: str, requests: int, tokens: int) -> None:
+        with self._lock:
+            done, seen = self._counts.get(lease_id, (0, 0))
+            self._counts[lease_id] = (done + requests, seen + tokens)
+
+    def take(self, lease_id: str) -> tuple[int, int]:
+        with self._lock:
+            return self._counts.pop(lease_id, (0, 0))
+
+
 class ServingDriver(UnitDriver):
     kind = "serve"
     submit_model = ServeSubmit
     placement = Placement.RESIDENT
     result_suffix = "json"
+
+    def __init__(self, ctx: DriverContext) -> None:
+        super().__init__(ctx)
+        self.served = ServedCounts()
+
+    def held_usage(self, lease: LeaseRecord) -> Usage:
+        """Requests the replica answered (items) and tokens it processed: embedded word pieces, or characters
+        generated. Counted by this coordinator process; a replica's lease closed by another replica (several on
+        one PostgreSQL) is metered for its time only."""
+        requests, tokens = self.served.take(lease.lease_id)
+        return Usage(items=requests, tokens=tokens)
 
     def plan(self, tenant: str, request: ServeSubmit, job_id: str) -> Plan:
         servable(request.model)

@@ -182,11 +182,11 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
             if body.dimensions is not None and body.dimensions != deployment.dim:
                 raise _Param("dimensions", f"model {body.model!r} gives {deployment.dim} dimensions; send "
                              f"dimensions={deployment.dim} or leave it out")
+            tokens = sum(_pieces(t) for t in texts)
             vectors = await _unless_gone(request, service.router.call(
-                deployment.job_id, texts, deployment.validator(texts)))
+                deployment.job_id, texts, deployment.validator(texts), tokens=tokens))
         except FleetgridError as exc:
             return openai_error(exc)
-        tokens = sum(_pieces(t) for t in texts)
         return JSONResponse({
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": _encoded(row, body.encoding_format)}

@@ -103,6 +103,8 @@ class _Request:
     last_error: str = ""
     pieces: asyncio.Queue[Any] | None = None
     """A streamed request: its answer's pieces, in order, as they arrive (then None, or the error)."""
+    tokens: int = 0
+    """What answering it is worth, in tokens (metered to the car whose answer wins)."""
     make_payload: Callable[[str], Any] | None = None
     """A streamed request: the payload that continues after the text already delivered (for failover)."""
     delivered: str = ""
@@ -189,6 +191,8 @@ class ServingRouter:
         self.counts: dict[str, dict[str, int]] = {}
         """Per deployment: requests, hedged, hedges_won, failovers."""
         self.served_by_gone: dict[str, int] = {}
+        self.on_served: Callable[[str, int, int], None] = lambda replica_id, requests, tokens: None
+        """Told (replica, requests answered, tokens) as answers are accepted: the usage ledger's counts."""
         """Requests answered by replicas since detached, per deployment."""
 
     # --- replicas ------------------------------------------------------------------------------------------------
@@ -238,7 +242,7 @@ class ServingRouter:
 
     # --- one request ---------------------------------------------------------------------------------------------
 
-    async def call(self, deployment: str, payload: Any, validate: Callable[[Any], Any]) -> Any:
+    async def call(self, deployment: str, payload: Any, validate: Callable[[Any], Any], *, tokens: int = 0) -> Any:
         """Send ``payload`` to a replica of ``deployment`` and return ``validate(answer)`` of the first valid
         answer. Raises Overloaded (none can take it now), Unavailable (no valid answer in time)."""
         loop = asyncio.get_running_loop()
@@ -248,7 +252,7 @@ class ServingRouter:
         assert first is not None
         self.requests += 1
         self._count(deployment, "requests")
-        request = _Request(f"r{next(self._ids)}", deployment, payload, validate, loop.create_future())
+        request = _Request(f"r{next(self._ids)}", deployment, payload, validate, loop.create_future(), tokens=tokens)
         self._requests[request.request_id] = request
         self._earn_hedge(deployment)
         self._send(request, first)
@@ -299,6 +303,7 @@ class ServingRouter:
                 error = f"invalid answer: {exc.message}"
             else:
                 channel.served += 1
+                self.on_served(replica_id, 1, request.tokens)
                 self._latency.setdefault(request.deployment, LatencyWindow()).add(
                     asyncio.get_running_loop().time() - sent)
                 if request.tried and request.tried[0] != replica_id:
@@ -332,6 +337,7 @@ class ServingRouter:
             return False
         request.delivered += text
         request.pieces.put_nowait((text, finish))
+        self.on_served(channel.replica_id, int(finish is not None), len(text))
         if finish is not None:
             channel.in_flight.discard(request.request_id)
             request.live.pop(channel.replica_id, None)

@@ -278,6 +278,7 @@ def serving_routes(app: FastAPI, coord: Coordinator) -> ServingService:
     from fleetgrid.workloads.serving.openai_api import openai_routes
 
     service = ServingService(coord, RouterConfig(hedge=coord.config.serve_hedging))
+    service.router.on_served = coord.scheduler.driver("serve").served.add  # type: ignore[attr-defined]
 
     @accepts("vehicle")
     async def vehicle(request: Request) -> VehicleRecord:
