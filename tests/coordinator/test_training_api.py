@@ -91,7 +91,7 @@ def status(api, job_id: str) -> dict:
     return r.json()
 
 
-def wait_version(api, job_id: str, version: int, timeout_s: float = 30.0) -> dict:
+def wait_version(api, job_id: str, version: int, timeout_s: float = 120.0) -> dict:
     until = time.monotonic() + timeout_s
     while time.monotonic() < until:
         s = status(api, job_id)
