@@ -137,11 +137,13 @@ class FleetgridClient:
 
     # --- serving -----------------------------------------------------------------------------------------------
     def deploy(self, model: str, *, replicas: int = 1, name: str = "", weights: str | None = None,
-               from_job: str | None = None) -> JobStatus:
+               from_job: str | None = None, max_replicas: int | None = None, spares: int = 0) -> JobStatus:
         """Keep ``model`` resident on ``replicas`` cars, callable as ``name`` (default: the model's name) through
         the OpenAI-compatible API. A generative model ('charlm') serves ``weights`` (an artifact digest) or the
-        result of the finished training job ``from_job``."""
-        body: dict[str, Any] = {"kind": "serve", "model": model, "replicas": replicas, "name": name}
+        result of the finished training job ``from_job``. With ``max_replicas`` the count scales with demand between
+        ``replicas`` and it; ``spares`` warm replicas are kept beyond what demand needs."""
+        body: dict[str, Any] = {"kind": "serve", "model": model, "replicas": replicas, "name": name,
+                                "max_replicas": max_replicas, "spares": spares}
         if weights is not None:
             body["weights"] = weights
         if from_job is not None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fleetgrid.clock import ManualClock
+from fleetgrid.workloads.serving.autoscale import desired_replicas
 from harness import TENANT
 
 from .placement_kit import auth, coordinator, enroll, lease, serve, submit, usage_rows
@@ -173,5 +174,69 @@ def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(tmp_path):
         assert "rate limit of 0.5 requests/s" in limited.json()["error"]["message"], limited.text
         assert limited.json()["error"]["type"] == "rate_limit_exceeded"
         assert int(limited.headers["retry-after"]) >= 1
+
+    serve([coord], scenario)
+
+
+@pytest.mark.parametrize(("demand", "spares", "wanted"), [
+    (0.0, 0, 1), (3.9, 0, 1), (4.0, 0, 1), (4.1, 0, 2), (9.0, 1, 4), (100.0, 1, 5), (0.0, 2, 3),
+])
+def test_desired_replicas_follow_demand_between_floor_and_ceiling(demand, spares, wanted):
+    assert desired_replicas(floor=1, ceiling=5, spares=spares, demand=demand, target=4.0) == wanted
+    assert desired_replicas(floor=3, ceiling=5, spares=0, demand=demand, target=4.0) >= 3
+
+
+def test_a_deployment_scales_up_with_requests_in_flight_and_down_after_a_quiet_spell(tmp_path, store_url):
+    clock = ManualClock(1_000.0)
+    coord = coordinator(tmp_path, store_url, clock)
+
+    def live_units(job_id: str) -> list:
+        return [u for u in coord.store.units_of(job_id) if u.state in ("pending", "leased")]
+
+    async def scenario(client) -> None:
+        cars = [await enroll(client, name) for name in "abc"]
+        job = await submit(client, {"kind": "serve", "model": "minilm-l6-v2", "name": "emb", "replicas": 1,
+                                    "max_replicas": 3, "spares": 1})
+        assert len(live_units(job["job_id"])) == 2  # the floor and its warm spare
+        grants = [(await lease(client, car)).json() for car in cars[:2]]
+        for car, grant in zip(cars, grants, strict=False):
+            await poll(client, car, grant["lease_id"])
+        service = coord.services["serve"]
+
+        # Six requests in flight on two cars (which sit on them): short of cars, one more replica is added.
+        calls = [asyncio.create_task(client.post("/embeddings", headers=auth(TENANT),
+                                                 json={"model": "emb", "input": "x"})) for _ in range(6)]
+        taken = {}
+        for car, grant in zip(cars, grants, strict=False):
+            taken[grant["lease_id"]] = (car, (await poll(client, car, grant["lease_id"], wait_s=5)).json())
+        while sum(len(w["requests"]) for _, w in taken.values()) < 6:
+            for lease_id, (car, work) in taken.items():
+                more = (await poll(client, car, lease_id, wait_s=1)).json()
+                work["requests"] += more["requests"]
+        for _ in range(4):  # the smoothed demand climbs past one replica's worth of four requests
+            await asyncio.to_thread(service.autoscaler.look)
+        assert len(live_units(job["job_id"])) == 3
+        third = (await lease(client, cars[2])).json()
+        assert third["kind"] == "serve" and third["spec"]["deployment"] == "emb"
+        assert (await lease(client, cars[2])).status_code == 204  # the ceiling: no fourth
+
+        for lease_id, (car, work) in taken.items():
+            await poll(client, car, lease_id, [{"request_id": r["request_id"], "vectors": vectors(1), "rows": 1,
+                                                "dim": DIM} for r in work["requests"]])
+        assert [(await c).status_code for c in calls] == [200] * 6
+
+        # Quiet: one replica (plus its spare) is enough; after 30 s of that, the idlest replica is retired.
+        for _ in range(10):
+            await asyncio.to_thread(service.autoscaler.look)
+        assert len(live_units(job["job_id"])) == 3
+        clock.advance(31.0)
+        await asyncio.to_thread(service.autoscaler.look)
+        left = live_units(job["job_id"])
+        assert len(left) == 2
+        retired = next(u for u in coord.store.units_of(job["job_id"]) if u.state == "cancelled")
+        holder = retired.vehicle_id
+        closed = [g for g in [*grants, third] if coord.store.get_lease(g["lease_id"]).vehicle_id == holder]
+        assert coord.store.get_lease(closed[0]["lease_id"]).state == "cancelled"
+        assert closed[0]["lease_id"] in usage_rows(coord)  # metered for the time it was held
 
     serve([coord], scenario)

@@ -90,6 +90,8 @@ class Coordinator:
         drivers = load_unit_drivers(DriverContext(self.store, self.artifacts, config, self.clock))
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
         self.training: TrainingService = drivers["train"].service  # type: ignore[attr-defined]
+        self.services: dict[str, Any] = {}
+        """Per workload kind, the service behind its own routes (started and stopped with the app)."""
         self.scheduler.offers_possible = lambda: self.training.any_live
         self.admission = Admission(config.admission_max_delay_s or max(1.0, config.lease_ttl_s / 4),
                                    interval_s=config.admission_interval_s)
@@ -188,8 +190,10 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     tenant_admin_routes(app, coord)
     operations_routes(app, coord)
     billing_routes(app, coord)
-    services = [svc for w in workloads() if w.routes is not None
-                if (svc := w.load("routes")(app, coord)) is not None]
+    for workload in workloads():  # a workload's own routes (serving's API), and the service behind them
+        if workload.routes is not None and (service := workload.load("routes")(app, coord)) is not None:
+            coord.services[workload.kind] = service
+    services = list(coord.services.values())
 
     app.openapi = _openapi_with_hot_bodies(app)  # type: ignore[method-assign]
 

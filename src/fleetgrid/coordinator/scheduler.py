@@ -167,6 +167,12 @@ class Scheduler:
                                        items=report.items + served.items, tokens=report.tokens + served.tokens)
         return self._row(lease, job, dataclasses.replace(served, accelerator_s=seconds), now, accepted=accepted)
 
+    def retire(self, job: JobRecord, unit_id: str) -> bool:
+        """Cancel one live unit of a RESIDENT job (a replica no longer needed), its lease metered for the time held
+        and what it served; False if the unit was no longer live."""
+        now = self.clock.now()
+        return self.store.retire_unit(unit_id, now, lambda lease: self._held_row(lease, job, now, accepted=True))
+
     def result(self, tenant: str, job_id: str) -> tuple[bytes, str]:
         """The job's result and its file suffix."""
         job = self.job_for(tenant, job_id)

@@ -306,6 +306,11 @@ class Store(BillingState, ABC):
         """The job's done units whose results were not yet marked consumed, oldest first."""
 
     @abstractmethod
+    def retire_unit(self, unit_id: str, now: float, meter: Callable[[LeaseRecord], LedgerRecord]) -> bool:
+        """Cancel one pending or leased unit (a serving replica no longer needed) and its active lease, which
+        ``meter`` turns into its usage row, in one transaction; False if the unit was not live."""
+
+    @abstractmethod
     def next_unit_idx(self, job_id: str) -> int:
         """One more than the job's largest unit index (0 for none)."""
 

@@ -1,5 +1,6 @@
-"""The SQL store's rows for work offered to one car (training shares) and for which replica drives a job: a
-mixin of :class:`fleetgrid.coordinator.store.sql.SQLStore`, kept apart from the lease cycle."""
+"""The SQL store's rows for work offered to one car (training shares), units added to or retired from a running
+job (serving replicas), and which replica drives a job: a mixin of :class:`fleetgrid.coordinator.store.sql.SQLStore`,
+kept apart from the lease cycle."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from contextlib import AbstractContextManager
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from .base import UnitRecord
+from .base import LeaseRecord, LedgerRecord, UnitRecord
 from .schema import accepted, jobs, leases, units, vehicles
+from .sql_gangs import _lease
 
 __all__ = ["OfferRows"]
 
@@ -22,6 +24,7 @@ class OfferRows:
     _write: Callable[[], AbstractContextManager[Connection]]
     _read: Callable[[], AbstractContextManager[Connection]]
     add_units: Callable[[list[UnitRecord]], None]
+    _insert_ledger: Callable[[Connection, list[LedgerRecord]], None]
 
     def offer_units(self, unit_list: list[UnitRecord]) -> None:
         self.add_units(unit_list)
@@ -44,6 +47,18 @@ class OfferRows:
                 update(units).where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))
                 .values(state="cancelled")
             ).rowcount
+
+    def retire_unit(self, unit_id: str, now: float, meter: Callable[[LeaseRecord], LedgerRecord]) -> bool:
+        with self._write() as c:
+            retired = c.execute(update(units).where(units.c.unit_id == unit_id,
+                                                    units.c.state.in_(("pending", "leased")))
+                                .values(state="cancelled")).rowcount
+            if not retired:
+                return False
+            closed = c.execute(update(leases).where(leases.c.unit_id == unit_id, leases.c.state == "active")
+                               .values(state="cancelled", closed_at=now).returning(*leases.c))
+            self._insert_ledger(c, [meter(_lease(row)) for row in closed])
+            return True
 
     def cancel_expired_offers(self, now: float) -> int:
         with self._write() as c:

@@ -15,7 +15,10 @@ __all__ = ["deploy", "deployments", "undeploy"]
 
 
 def deploy(model: Annotated[str, typer.Argument(help="A text-embedding model, e.g. minilm-l6-v2")],
-           replicas: Annotated[int, typer.Option(min=1, max=256, help="Cars holding the model at once")] = 1,
+           replicas: Annotated[int, typer.Option(min=1, max=256, help="Cars holding the model (the floor)")] = 1,
+           max_replicas: Annotated[int | None, typer.Option(
+               min=1, max=256, help="Scale up to this many cars with demand (default: a fixed count)")] = None,
+           spares: Annotated[int, typer.Option(min=0, max=64, help="Warm replicas kept beyond demand")] = 0,
            name: Annotated[str, typer.Option(help="What clients call it (default: the model's name)")] = "",
            from_job: Annotated[str | None, typer.Option(
                help="charlm: serve this finished training job's model")] = None,
@@ -27,7 +30,8 @@ def deploy(model: Annotated[str, typer.Argument(help="A text-embedding model, e.
     /v1/completions and /v1/chat/completions for charlm (a fleet-trained model: --from-job)."""
     try:
         with _client(url, token, data_dir, ca) as client:
-            job = client.deploy(model, replicas=replicas, name=name, weights=weights, from_job=from_job)
+            job = client.deploy(model, replicas=replicas, name=name, weights=weights, from_job=from_job,
+                                max_replicas=max_replicas, spares=spares)
     except FleetgridError as exc:
         _fail(exc)
     if as_json:

@@ -14,7 +14,7 @@ from fleetgrid.errors import Conflict, InvalidInput, NotFound
 from fleetgrid.protocol import ArtifactRef, Grant, WorkGrant
 from fleetgrid.workloads.serving.messages import ServeGrant, ServeSubmit
 
-__all__ = ["GENERATIVE", "LIVE_JOB_STATES", "ServingDriver", "servable"]
+__all__ = ["GENERATIVE", "LIVE_JOB_STATES", "ServingDriver", "replica_unit", "servable"]
 
 LIVE_JOB_STATES = ("queued", "running")
 NO_INPUT = "0" * 64
@@ -40,6 +40,15 @@ def servable(model: str) -> None:
                     and len(m.output_shape) == 1]
         raise InvalidInput(f"model {model!r} takes {spec.input_kind} and is not served yet; models that can be "
                            f"served: text embeddings {accepted}, text generation {list(GENERATIVE)}")
+
+
+def replica_unit(job: JobRecord, idx: int) -> UnitRecord:
+    """Replica ``idx`` of a deployment. A generative model's weights are the unit's input: so the car holding the
+    replica may read them."""
+    weights = job.spec.get("weights")
+    return UnitRecord(unit_id=f"{job.job_id}:{idx}:0", job_id=job.job_id, idx=idx, replica=0, start_item=idx,
+                      end_item=idx + 1, input_digest=weights or NO_INPUT,
+                      input_format="safetensors" if weights else "none")
 
 
 class ServedCounts:
@@ -86,15 +95,13 @@ class ServingDriver(UnitDriver):
                 raise Conflict(f"deployment {name!r} already exists (job {job.job_id}); undeploy it first or pick "
                                "another name")
         weights = self._weights(tenant, request)
+        ceiling = request.max_replicas or request.replicas
+        first = min(ceiling, request.replicas + request.spares)
         job = JobRecord(job_id=job_id, tenant=tenant, name=name, kind=self.kind, model=request.model,
-                        spec=request.model_dump(mode="json") | {"name": name, "weights": weights},
-                        items=request.replicas, units_total=request.replicas, created_at=self.ctx.clock.now())
-        # A generative model's weights are the units' input: so the cars holding its replicas may read them.
-        units = [UnitRecord(unit_id=f"{job_id}:{i}:0", job_id=job_id, idx=i, replica=0, start_item=i,
-                            end_item=i + 1, input_digest=weights or NO_INPUT,
-                            input_format="safetensors" if weights else "none")
-                 for i in range(request.replicas)]
-        return Plan(job, units)
+                        spec=request.model_dump(mode="json") | {"name": name, "weights": weights,
+                                                                "max_replicas": ceiling},
+                        items=first, units_total=first, created_at=self.ctx.clock.now())
+        return Plan(job, [replica_unit(job, i) for i in range(first)])
 
     def _weights(self, tenant: str, request: ServeSubmit) -> str | None:
         """The digest of a generative model's weights (checked to load), None for an embedding model."""

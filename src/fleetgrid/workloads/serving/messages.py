@@ -55,7 +55,18 @@ class ServeSubmit(_Strict):
                       description="what clients call it (the OpenAI API's 'model'); default: the model's name")
     model: str = Field(description="a registered text-embedding model, e.g. 'minilm-l6-v2', or 'charlm' (text "
                        "generation)")
-    replicas: int = Field(default=1, ge=1, le=256, description="cars holding the model resident at once")
+    replicas: int = Field(default=1, ge=1, le=256, description="cars holding the model resident at once: the floor")
+    max_replicas: int | None = Field(default=None, ge=1, le=256, description="the ceiling the replica count scales "
+                                     "up to with demand (default: replicas, a fixed count)")
+    spares: int = Field(default=0, ge=0, le=64, description="warm replicas kept beyond what demand needs (within "
+                        "the ceiling), so a car that drives away is replaced by one already holding the model")
+
+    @model_validator(mode="after")
+    def _ceiling(self) -> ServeSubmit:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below replicas {self.replicas}; the ceiling must "
+                             "be at least the floor")
+        return self
     weights: Digest | None = Field(default=None, description="charlm: an artifact of yours holding its weights as "
                                    "safetensors (a training job's result, e.g.)")
     from_job: str | None = Field(default=None, max_length=64,

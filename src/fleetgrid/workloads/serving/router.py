@@ -269,6 +269,7 @@ class ServingRouter:
             self._forget(request)
 
     def _refuse(self, deployment: str) -> NoReturn:
+        self._count(deployment, "refused")  # a sign the deployment is short of cars (see autoscale.py)
         pool = self.replicas(deployment)
         state = "no replica is connected" if not pool else f"all {len(pool)} replicas are busy"
         raise Overloaded(f"deployment {deployment!r} cannot take a request now: {state}; retry after "

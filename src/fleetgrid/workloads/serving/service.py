@@ -24,6 +24,7 @@ from fleetgrid.coordinator.security import accepts
 from fleetgrid.core import LeaseState
 from fleetgrid.errors import Conflict, InvalidInput, NotFound, Overloaded
 from fleetgrid.protocol import API_PREFIX
+from fleetgrid.workloads.serving.autoscale import Autoscaler
 from fleetgrid.workloads.serving.driver import GENERATIVE, LIVE_JOB_STATES
 from fleetgrid.workloads.serving.messages import (
     DeploymentStatus,
@@ -151,6 +152,7 @@ class ServingService:
         rate = coord.config.serve_rate_limit_rps
         self.limit = RateLimit(rate, burst=max(1.0, 2 * rate))
         self._deployments: dict[str, tuple[float, dict[str, Deployment]]] = {}
+        self.autoscaler = Autoscaler(coord, self.router)
         self._watch: asyncio.Task[None] | None = None
         self._last_poll: dict[str, float] = {}
 
@@ -239,9 +241,7 @@ class ServingService:
             await asyncio.sleep(WATCH_S)
             try:
                 leases = [c.replica_id for c in self.router.all_replicas()]
-                if not leases:
-                    continue
-                closed = await asyncio.to_thread(self._closed, leases)
+                closed = await asyncio.to_thread(self._closed, leases) if leases else set()
                 now = loop.time()
                 for lease_id in leases:
                     channel = self.router.channel(lease_id)
@@ -253,6 +253,7 @@ class ServingService:
                         self.router.detach(lease_id, f"its car has not polled for {STALE_S:g} s")
                 for lease_id in [k for k in self._last_poll if self.router.channel(k) is None]:
                     del self._last_poll[lease_id]
+                await asyncio.to_thread(self.autoscaler.look)
             except Exception:  # the watch must outlive a database hiccup; the next tick tries again
                 log.exception("watching serving replicas failed")
 
