@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds for every task (default: per task)")
     ap.add_argument("--local-steps", type=int, default=None, help="H for every peer (default: shipped default)")
     ap.add_argument("--ceiling-factor", type=float, default=None, help="ceiling steps / budget steps")
+    ap.add_argument("--num-samples", type=int, default=None, help="MNIST-1D samples generated (default 10000)")
+    ap.add_argument("--max-files", type=int, default=None, help="stdlib files the char LM reads (default: all)")
     ap.add_argument("--png", default=None, help="write quality vs bytes moved per cell to this PNG")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -311,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
-    overrides = {k: v for k, v in (("rounds", args.rounds), ("local_steps", args.local_steps),
-                                   ("ceiling_factor", args.ceiling_factor)) if v is not None}
+    overrides = {k: getattr(args, k) for k in ("rounds", "local_steps", "ceiling_factor", "num_samples", "max_files")
+                 if getattr(args, k) is not None}
     budgets = {t: dataclasses.replace(b, **overrides) for t, b in budgets.items()}
     if args.quick:
         cell_list = [Cell("mnist1d", a, 16, True) for a in (0.3, 0.1)] + [Cell("charlm", None, 8, True)]
