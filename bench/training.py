@@ -15,6 +15,12 @@ worker sends and receives its float32 gradient: a ring all-reduce moves ~2x the 
 ``2 x params x 4 B x steps``). Prints a table and, with ``--json``, one JSON object on the last line.
 
     python bench/training.py --json
+
+Any point of ``bench/training_matrix.py``'s MNIST-1D matrix runs end to end through real processes with
+``--alpha`` (Dirichlet concentration of the label split), ``--cars`` (agent processes; half of them take trips)
+and ``--seed`` (data, split, the strategies' seed and the trips), e.g. 16 cars at alpha 0.3, seed 7:
+
+    python bench/training.py --alpha 0.3 --cars 16 --clients 10 --seed 7 --json
 """
 
 from __future__ import annotations
