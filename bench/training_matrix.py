@@ -104,8 +104,8 @@ class Cell:
 
 
 BUDGETS = {"mnist1d": Budget(rounds=30), "charlm": Budget(rounds=10)}
-QUICK_BUDGETS = {"mnist1d": Budget(rounds=10), "charlm": Budget(rounds=3, local_steps=10, max_files=40,
-                                                                 eval_windows=256, ceiling_factor=2.0)}
+QUICK_BUDGETS = {"mnist1d": Budget(rounds=8, ceiling_factor=2.0),
+                 "charlm": Budget(rounds=2, local_steps=8, max_files=40, eval_windows=256, ceiling_factor=1.0)}
 
 
 def shipped_config(label: str, budget: Budget, cars: int | None, seed: int) -> tuple[str, StrategyConfig, int]:
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print a last line of JSON")
     ap.add_argument("--quick", action="store_true", help="a subset: MNIST-1D alpha 0.3 and 0.1, 16 cars, churn on, "
-                    "seed 0, 10 rounds, and one tiny char LM cell (8 cars, 3 rounds of H=10, 40 files)")
+                    "seed 0, 8 rounds, and one tiny char LM cell (4 cars, 2 rounds of H=8, 40 files)")
     ap.add_argument("--tasks", type=_csv(str), default=list(TASKS))
     ap.add_argument("--alphas", type=_csv(float), default=[0.1, 0.3, 1.0])
     ap.add_argument("--cars", type=_csv(int), default=[8, 16, 64])
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                  if getattr(args, k) is not None}
     budgets = {t: dataclasses.replace(b, **overrides) for t, b in budgets.items()}
     if args.quick:
-        cell_list = [Cell("mnist1d", a, 16, True) for a in (0.3, 0.1)] + [Cell("charlm", None, 8, True)]
+        cell_list = [Cell("mnist1d", a, 16, True) for a in (0.3, 0.1)] + [Cell("charlm", None, 4, True)]
         cell_list = [c for c in cell_list if c.task in args.tasks]
         seeds = [0]
     else:

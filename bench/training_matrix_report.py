@@ -61,8 +61,9 @@ def print_table(rows: list[dict], budgets: dict) -> None:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    """Quality vs bytes moved (log x), one panel per cell: fleetgrid strategies with min-max bars, Flower as
-    points, centralized (same steps) as a solid line and the ceiling as a dashed one."""
+    """Quality vs bytes moved (log x; perplexity on log y too), one panel per cell: fleetgrid strategies with
+    min-max bars, Flower as hollow points, centralized (same steps) as a solid line and the ceiling as a dashed
+    one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +91,9 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_xscale("log")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("bytes moved (up + down)")
-        ax.set_ylabel("accuracy %" if percent == 100 else "perplexity")
+        ax.set_ylabel("accuracy %" if percent == 100 else "perplexity (log)")
+        if percent == 1:  # a diverged peer's perplexity would flatten every other point
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(by_cell):]:
