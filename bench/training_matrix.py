@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -175,22 +176,31 @@ def _advance(bar: tqdm | None) -> None:
         bar.update()
 
 
-def _flower_runs(cell: Cell, seed: int, budget: Budget, labels: list[str], bar, step) -> dict:
+@functools.cache
+def _flower():
+    """bench/flower_peers.py, or None (said once) where Flower is not installed."""
     try:
-        from flower_peers import FlowerBudget, run_flower
+        import flower_peers
     except ImportError as exc:
         print(f"Flower columns skipped: Flower is not installed ({exc}); pip install -e '.[bench]'", file=sys.stderr)
+        return None
+    return flower_peers
+
+
+def _flower_runs(cell: Cell, seed: int, budget: Budget, labels: list[str], bar, step) -> dict:
+    flower = _flower()
+    if flower is None:
         for _ in labels:
             _advance(bar)
         return {}
     _, config, _ = shipped_config("fedavg_fp32", budget, cell.cars, seed)
-    fb = FlowerBudget(rounds=budget.rounds, cohort=min(cell.cars, config.rounds.cohort_size),
+    fb = flower.FlowerBudget(rounds=budget.rounds, cohort=min(cell.cars, config.rounds.cohort_size),
                       local=dataclasses.replace(config.local, compression=CompressionConfig()),
                       preempt_prob=0.5 if cell.churn else 0.0)
     out = {}
     for label in labels:
         step(label)
-        out[label] = run_flower(label, TASKS[cell.task], cell.spec(budget, seed), fb, seed=seed,
+        out[label] = flower.run_flower(label, TASKS[cell.task], cell.spec(budget, seed), fb, seed=seed,
                                 eval_windows=budget.eval_windows)
         _advance(bar)
     return out

@@ -39,6 +39,7 @@ def test_shipped_config_changes_only_the_budget():
 def test_micro_cell_reports_every_figure(capsys):
     budget = tm.Budget(rounds=2, local_steps=4, num_samples=1000, ceiling_factor=1.5)
     peers = ["diloco_int4", "fedavg_fp32", "fedbuff", "flower_fedavg"]
+    tm._flower.cache_clear()  # says once per process that Flower is missing
     rows, runs = tm.run_matrix([tm.Cell("mnist1d", 0.3, 4, True)], [0], {"mnist1d": budget}, peers, progress=False)
     by_peer = {r["peer"]: r for r in rows}
     if not HAS_FLOWER:
