@@ -25,8 +25,8 @@ import time
 import warnings
 from dataclasses import dataclass
 
-scratch = tempfile.mkdtemp(prefix="flwr-bench-")
-for _key, _value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_HOME": scratch}.items():
+_scratch = tempfile.mkdtemp(prefix="flwr-bench-")
+for _key, _value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_HOME": _scratch}.items():
     os.environ.setdefault(_key, _value)  # before Flower is imported: it phones home and writes under $HOME
 
 import numpy as np  # noqa: E402
@@ -128,7 +128,6 @@ class InProcessProxy(ClientProxy):
 
     def __init__(self, cid: str, client: CarClient) -> None:
         super().__init__(cid)
-        self.numpy_client = client
         self.client = client.to_client()
 
     def fit(self, ins: FitIns, timeout, group_id) -> FitRes:
