@@ -15,6 +15,12 @@ worker sends and receives its float32 gradient: a ring all-reduce moves ~2x the 
 ``2 x params x 4 B x steps``). Prints a table and, with ``--json``, one JSON object on the last line.
 
     python bench/training.py --json
+
+Any point of ``bench/training_matrix.py``'s MNIST-1D matrix runs end to end through real processes with
+``--alpha`` (Dirichlet concentration of the label split), ``--cars`` (agent processes; half of them take trips)
+and ``--seed`` (data, split, the strategies' seed and the trips), e.g. 16 cars at alpha 0.3, seed 7:
+
+    python bench/training.py --alpha 0.3 --cars 16 --clients 10 --seed 7 --json
 """
 
 from __future__ import annotations
@@ -45,10 +51,11 @@ SPEED = 60.0  # simulated seconds per wall second: a one-minute trip stops a car
 
 def centralized(data: dict, steps: int, seed: int) -> dict:
     """The limit: one process, all the training data, AdamW with a cosine schedule (batch 64)."""
-    from training_local import centralized as train_centrally
+    from training_runs import TASKS
+    from training_runs import centralized as train_centrally
 
-    started = time.perf_counter()
-    return train_centrally(DataSpec(**data), steps, seed) | {"wall_s": round(time.perf_counter() - started, 1)}
+    result = train_centrally(TASKS["mnist1d"], DataSpec(**data), steps, seed)
+    return result | {"wall_s": result["seconds"]}
 
 
 def trip_traces(path: Path, cars: int, preempted: int, mean_gap_min: float, trip_min: int, seed: int) -> list[str]:

@@ -13,9 +13,10 @@ Eight cars, 20 rounds of H=300, within 1.5 points of centralized on seeds 0-2 (D
 
 ``sync_dp_bytes`` is what synchronous data-parallel training would move for the same optimizer steps: every
 worker sends and receives its full float32 gradient every step (a ring all-reduce moves ~2x the model per worker),
-so ``sync_dp_bytes = 2 x params x 4 bytes x (sum over reports of local steps done)``. ``reduction`` is
-``sync_dp_bytes / (bytes_up + bytes_down)``, with every byte the fleet moved counted: first full-model downloads,
-downloads to cars that were then revoked or preempted, partial uploads.
+so ``sync_dp_bytes = 2 x params x 4 bytes x (sum over reports of local steps done)``. ``reduction_vs_sync_dp``
+is ``sync_dp_bytes / (bytes_up + bytes_down)``, with every byte the fleet moved counted as
+``bench/training_runs.py`` says: one full float32 model per car that took part (although cars build version 0
+locally), downloads to cars that were then revoked or preempted, partial and refused uploads.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import json
 import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 
 os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
 
 import torch
+from training_runs import TASKS, centralized, fleet_run
 
 from fleetgrid.workloads.training.compression import CompressionConfig
 from fleetgrid.workloads.training.config import (
@@ -41,11 +42,10 @@ from fleetgrid.workloads.training.config import (
     RoundConfig,
     StrategyConfig,
 )
-from fleetgrid.workloads.training.flat import FlatLayout
-from fleetgrid.workloads.training.local import ArrayDataset, evaluate_model, make_evaluator
-from fleetgrid.workloads.training.simulate import SimulatedFleet, SimulationConfig
-from fleetgrid.workloads.training.strategies import make_strategy
-from fleetgrid.workloads.training.tasks import DataSpec, build_eval_set, build_local_dataset, build_model
+from fleetgrid.workloads.training.simulate import SimulationConfig
+from fleetgrid.workloads.training.tasks import DataSpec
+
+MNIST1D = TASKS["mnist1d"]
 
 
 @dataclass(frozen=True)
@@ -56,63 +56,10 @@ class FleetRun:
     rounds: int
 
 
-def centralized(spec: DataSpec, steps: int, seed: int) -> dict:
-    """The limit: one machine, all the training data, AdamW with a cosine schedule."""
-    from fleetgrid.workloads.training.tasks import _mnist1d
-
-    data = _mnist1d(spec.seed, spec.num_samples)
-    train = ArrayDataset(data["x"], data["y"])
-    model = build_model("mnist1d-cnn", seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        x, y = train.sample_batch(gen, 64)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    x_test, y_test = build_eval_set(spec)
-    return {
-        "label": "centralized",
-        **evaluate_model(model, x_test, y_test),
-        "bytes_up": 0,
-        "bytes_down": 0,
-        "steps": steps,
-    }
-
-
 def federated(run: FleetRun, spec: DataSpec, sim: SimulationConfig, seed: int) -> dict:
-    datasets = [build_local_dataset(spec, i) for i in range(spec.num_vehicles)]
-    x_test, y_test = build_eval_set(spec)
-    model = build_model("mnist1d-cnn", seed=seed)
-    params = FlatLayout.of(model).flatten(model)
-    strategy = make_strategy(run.strategy, params, run.config)
-    fleet = SimulatedFleet(model, datasets, sim, initial_params=params)  # cars build version 0 from the seed
-    history = strategy.run(fleet, run.rounds, evaluate_fn=make_evaluator(build_model("mnist1d-cnn"), x_test, y_test))
-    stats = fleet.stats()
-    numel = params.numel()
-    sync_dp = 2 * numel * 4 * stats["steps"]
-    moved = stats["bytes_up"] + stats["bytes_down"]
-    return {
-        "label": run.label,
-        "accuracy": history[-1]["accuracy"],
-        "loss": history[-1]["loss"],
-        "best_accuracy": max(h["accuracy"] for h in history),
-        "bytes_up": stats["bytes_up"],
-        "bytes_down": stats["bytes_down"],
-        "sync_dp_bytes": sync_dp,
-        "reduction": sync_dp / moved,
-        "steps": stats["steps"],
-        "rounds": run.rounds,
-        "dispatched": stats["dispatched"],
-        "preempted": stats["preempted"],
-        "revoked": stats["revoked"],
-        "params": numel,
-        "accuracy_curve": [round(h["accuracy"], 4) for h in history],
-    }
+    r = fleet_run(MNIST1D, run.label, run.strategy, run.config, spec, sim, run.rounds, seed=seed)
+    curve = r.pop("quality_curve")
+    return r | {"best_accuracy": max(curve), "rounds": run.rounds, "accuracy_curve": curve}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,14 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(",")) if args.only else None
 
     results = []
-    t0 = time.perf_counter()
     if only is None or "centralized" in only:
-        results.append(centralized(spec, args.central_steps, args.seed) | {"seconds": time.perf_counter() - t0})
+        results.append(centralized(MNIST1D, spec, args.central_steps, args.seed))
     for run in runs:
         if only is not None and run.label not in only:
             continue
-        t = time.perf_counter()
-        results.append(federated(run, spec, sim, args.seed) | {"seconds": time.perf_counter() - t})
+        results.append(federated(run, spec, sim, args.seed))
         print(f"  {run.label}: {results[-1]['accuracy']:.4f} in {results[-1]['seconds']:.0f}s", file=sys.stderr)
 
     central = next((r["accuracy"] for r in results if r["label"] == "centralized"), None)
@@ -245,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['label']:<14}{r['accuracy']:>8.4f}{r.get('best_accuracy', r['accuracy']):>8.4f}"
             f"{r.get('rounds', '-'):>8}{r['steps']:>9}{r['bytes_up']:>12,}{r['bytes_down']:>12,}"
-            f"{r.get('sync_dp_bytes', 0):>16,}{r.get('reduction', 0):>10.0f}x{r['seconds']:>7.0f}s"
+            f"{r.get('sync_dp_bytes', 0):>16,}{r.get('reduction_vs_sync_dp', 0):>10.0f}x{r['seconds']:>7.0f}s"
         )
     summary = {"centralized_accuracy": central, "sync_dp_formula": "2 * params * 4 bytes * sum(local steps done)"}
     if fed and central is not None:
@@ -257,11 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                     (flower_like["bytes_up"] + flower_like["bytes_down"]) / (r["bytes_up"] + r["bytes_down"]), 2
                 )
             print(
-                f"{r['label']}: {r['points_vs_centralized']:+.2f} points vs centralized, {r['reduction']:.0f}x fewer "
-                f"bytes than sync DP, {r.get('bytes_vs_fedavg_fp32', float('nan'))}x fewer than FedAvg fp32"
+                f"{r['label']}: {r['points_vs_centralized']:+.2f} points vs centralized, "
+                f"{r['reduction_vs_sync_dp']:.0f}x fewer bytes than sync DP, "
+                f"{r.get('bytes_vs_fedavg_fp32', float('nan'))}x fewer than FedAvg fp32"
             )
         # The targets: within 1.5 points of centralized while moving >= 500x fewer bytes than sync DP.
-        meeting = [r for r in fed if r["reduction"] >= 500]
+        meeting = [r for r in fed if r["reduction_vs_sync_dp"] >= 500]
         best = max(meeting or fed, key=lambda r: r["accuracy"])
         summary |= {
             "best_fleet_at_500x": best["label"] if meeting else None,

@@ -1,0 +1,354 @@
+"""Every fleetgrid strategy's shipped defaults over a matrix of fleets, against Flower and centralized training.
+
+Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet alpha, cars, churn) and seed:
+
+- fleetgrid ``diloco_int4``, ``diloco_int8``, ``fedavg_fp32``, ``fedbuff``: each strategy's config class with its
+  defaults, changed only in the budget every peer shares (rounds, local steps H), the seed, the compression the
+  label names, and the reports wanted per round, capped so the over-selected cohort fits a small fleet
+  (``min(default, cars // over_selection)``). FedBuff gets ``rounds x reports per round / K`` versions: as many
+  reports as a synchronous strategy. No setting is tuned per cell;
+- Flower ``flower_fedavg``, ``flower_fedadam``, ``flower_fedprox`` (``bench/flower_peers.py``; skipped with a
+  message where Flower is not installed): Flower's defaults, the same rounds, H, partition, batch order and cars
+  asked per round, the cars' local loop being fleetgrid FedAvg's;
+- ``centralized``: all cars' data on one machine, AdamW lr 3e-3 with a cosine schedule, batch as the cars', for the
+  budget's optimizer steps, ``rounds x reports per round x H`` (a synchronous fleet with churn does fewer, as its
+  partial reports count; Flower trains every car it asks, 1.3x as many without churn); ``ceiling``: the same for
+  ``--ceiling-factor`` times the steps of the default cohort.
+
+Churn "on" preempts half of the dispatched cars at a random step (they report partial work; Flower's fail). The char
+LM is split by source file, so alpha does not apply to it (its rows show alpha "-"). Bytes are counted as
+``bench/training_runs.py`` says: every upload sent (refused ones too), every download (revoked and retried work
+too), plus one full float32 model per fleetgrid car that took part, which fleetgrid cars actually build locally
+(``bytes_down_measured`` leaves it out); ``sync_dp_bytes = 2 x params x 4 B x local steps done``.
+
+Per row: mean, min and max over seeds of quality (accuracy, or perplexity for the char LM) and held-out loss, bytes
+up and down, quality relative to centralized and to the ceiling (points for accuracy, a ratio for perplexity),
+``sync_dp_bytes / bytes moved``, and ``bytes_vs_flower``: Flower FedAvg's bytes until its global first matched the
+row's final quality (all its bytes if it never did) over the row's bytes. The issue's targets are checked per row.
+
+    python bench/training_matrix.py --json                     # the whole matrix (hours on 2 cores)
+    python bench/training_matrix.py --quick --json --png m.png  # a subset in minutes
+    python bench/training_matrix.py --tasks mnist1d --alphas 0.3 --cars 16 --churn on --seeds 0 \\
+        --strategies diloco_int4,flower_fedavg                  # one cell
+
+``bench/training.py`` runs a point of the matrix through the real coordinator and agents
+(``--alpha``, ``--cars``, ``--seed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
+
+import torch
+from tqdm import tqdm
+from training_matrix_report import plot, print_table
+from training_runs import TASKS, Task, centralized, fleet_run
+
+from fleetgrid.workloads.training.compression import CompressionConfig
+from fleetgrid.workloads.training.config import DiLoCoConfig, FedAvgConfig, FedBuffConfig, StrategyConfig, to_dict
+from fleetgrid.workloads.training.simulate import SimulationConfig
+from fleetgrid.workloads.training.tasks import DataSpec
+
+FLEET_PEERS = {  # label -> (strategy, config class, bits on both links)
+    "diloco_int4": ("diloco", DiLoCoConfig, 4),
+    "diloco_int8": ("diloco", DiLoCoConfig, 8),
+    "fedavg_fp32": ("fedavg", FedAvgConfig, None),
+    "fedbuff": ("fedbuff", FedBuffConfig, None),
+}
+FLOWER_PEERS = ("flower_fedavg", "flower_fedadam", "flower_fedprox")
+PEERS = (*FLEET_PEERS, *FLOWER_PEERS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """What every peer of a task gets; nothing here is a strategy setting."""
+
+    rounds: int
+    """Global versions of a synchronous strategy (Flower rounds too)."""
+    local_steps: int | None = None
+    """H for every peer; None keeps the shipped default."""
+    num_samples: int = 10000
+    """MNIST-1D samples generated (80% train)."""
+    max_files: int | None = None
+    """Standard-library files the char LM reads (None: all)."""
+    eval_windows: int = 512
+    """Held-out char LM windows."""
+    ceiling_factor: float = 4.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    alpha: float | None
+    cars: int
+    churn: bool
+
+    def spec(self, budget: Budget, seed: int) -> DataSpec:
+        return DataSpec(dataset=TASKS[self.task].dataset, num_vehicles=self.cars, seed=seed,
+                        alpha=self.alpha or 1.0, num_samples=budget.num_samples, max_files=budget.max_files)
+
+    @property
+    def key(self) -> dict:
+        return {"task": self.task, "alpha": self.alpha, "cars": self.cars, "churn": self.churn}
+
+
+BUDGETS = {"mnist1d": Budget(rounds=30), "charlm": Budget(rounds=10)}
+QUICK_BUDGETS = {"mnist1d": Budget(rounds=8, ceiling_factor=2.0),
+                 "charlm": Budget(rounds=2, local_steps=8, max_files=40, eval_windows=256, ceiling_factor=1.0)}
+
+
+def shipped_config(label: str, budget: Budget, cars: int | None, seed: int) -> tuple[str, StrategyConfig, int]:
+    """(strategy, config, versions) for ``label``: the config class's defaults with the budget applied, on a
+    fleet of ``cars`` (None: one large enough for the default cohort)."""
+    strategy, cls, bits = FLEET_PEERS[label]
+    default = cls()
+    rounds = default.rounds
+    wanted = rounds.clients_per_round
+    if cars is not None:
+        wanted = max(rounds.min_reports, min(wanted, int(cars / rounds.over_selection)))
+    local = default.local
+    if budget.local_steps is not None:
+        local = dataclasses.replace(local, steps=budget.local_steps)
+    if bits is not None:
+        local = dataclasses.replace(local, compression=dataclasses.replace(local.compression, bits=bits))
+    changes: dict = {"local": local, "rounds": dataclasses.replace(rounds, clients_per_round=wanted), "seed": seed}
+    if bits is not None:
+        changes["downlink"] = dataclasses.replace(default.downlink, bits=bits)
+    config = dataclasses.replace(default, **changes)
+    versions = budget.rounds
+    if isinstance(config, FedBuffConfig):  # as many usable reports as a synchronous strategy gets
+        versions = math.ceil(budget.rounds * wanted / config.buffer_size)
+    return strategy, config, versions
+
+
+def budget_steps(budget: Budget, cars: int | None) -> int:
+    """The optimizer steps a synchronous fleet's budget holds: rounds x reports per round x H."""
+    _, config, _ = shipped_config("diloco_int4", budget, cars, 0)
+    return budget.rounds * config.rounds.clients_per_round * config.local.steps
+
+
+def run_seed(cell: Cell, seed: int, budget: Budget, peers: list[str], cache: dict, bar: tqdm | None) -> dict:
+    """Every wanted peer on one cell and seed: {label: result}; centralized runs are cached across cells."""
+    task = TASKS[cell.task]
+    spec = cell.spec(budget, seed)
+    sim = SimulationConfig(preempt_prob=0.5 if cell.churn else 0.0, seed=seed)
+    out: dict[str, dict] = {}
+
+    def step(label: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{cell.task} a={cell.alpha} cars={cell.cars} churn={cell.churn} s={seed} {label}")
+
+    for label in peers:
+        if label in FLEET_PEERS:
+            step(label)
+            strategy, config, versions = shipped_config(label, budget, cell.cars, seed)
+            out[label] = fleet_run(task, label, strategy, config, spec, sim, versions, seed=seed,
+                                   eval_windows=budget.eval_windows, evaluate_every_version=False)
+            _advance(bar)
+    if any(p in FLOWER_PEERS for p in peers):
+        out |= _flower_runs(cell, seed, budget, [p for p in peers if p in FLOWER_PEERS], bar, step)
+    batch = DiLoCoConfig().local.batch_size
+    ceiling = int(budget.ceiling_factor * budget_steps(budget, None))
+    for label, n in (("centralized", budget_steps(budget, cell.cars)), ("ceiling", ceiling)):
+        step(label)
+        key = (cell.task, seed, n, batch, budget.num_samples, budget.max_files, budget.eval_windows)
+        if key not in cache:
+            cache[key] = centralized(task, spec, n, seed, batch_size=batch, eval_windows=budget.eval_windows)
+        out[label] = cache[key] | {"label": label}
+        _advance(bar)
+    return out
+
+
+def _advance(bar: tqdm | None) -> None:
+    if bar is not None:
+        bar.update()
+
+
+@functools.cache
+def _flower():
+    """bench/flower_peers.py, or None (said once) where Flower is not installed."""
+    try:
+        import flower_peers
+    except ImportError as exc:
+        print(f"Flower columns skipped: Flower is not installed ({exc}); pip install -e '.[bench]'", file=sys.stderr)
+        return None
+    return flower_peers
+
+
+def _flower_runs(cell: Cell, seed: int, budget: Budget, labels: list[str], bar, step) -> dict:
+    flower = _flower()
+    if flower is None:
+        for _ in labels:
+            _advance(bar)
+        return {}
+    _, config, _ = shipped_config("fedavg_fp32", budget, cell.cars, seed)
+    fb = flower.FlowerBudget(rounds=budget.rounds, cohort=min(cell.cars, config.rounds.cohort_size),
+                      local=dataclasses.replace(config.local, compression=CompressionConfig()),
+                      preempt_prob=0.5 if cell.churn else 0.0)
+    out = {}
+    for label in labels:
+        step(label)
+        out[label] = flower.run_flower(label, TASKS[cell.task], cell.spec(budget, seed), fb, seed=seed,
+                                eval_windows=budget.eval_windows)
+        _advance(bar)
+    return out
+
+
+def compare(task: Task, runs: dict[str, dict]) -> None:
+    """Add each peer's quality vs centralized and the ceiling, and its bytes vs Flower's at equal quality."""
+    central, ceiling = runs["centralized"]["quality"], runs["ceiling"]["quality"]
+    for label, r in runs.items():
+        if label in ("centralized", "ceiling"):
+            continue
+        r["vs_centralized"] = r["quality"] / central
+        r["vs_ceiling"] = r["quality"] / ceiling
+        if task.metric == "accuracy":
+            r["points_vs_centralized"] = 100 * (r["quality"] - central)
+            r["points_vs_ceiling"] = 100 * (r["quality"] - ceiling)
+        flower = runs.get("flower_fedavg")
+        if flower is not None and label != "flower_fedavg":
+            reached = next((b for q, b in flower["curve"] if task.at_least_as_good(q, r["quality"])), None)
+            r["flower_reached_quality"] = reached is not None
+            r["bytes_vs_flower"] = (reached or flower["bytes_up"] + flower["bytes_down"]) / (
+                r["bytes_up"] + r["bytes_down"])
+
+
+def summarize(cell: Cell, seeds: list[dict[str, dict]]) -> list[dict]:
+    """One row per peer: mean, min and max over seeds of every figure."""
+    rows = []
+    fields = ("quality", "accuracy", "loss", "bytes_up", "bytes_down", "bytes_down_measured", "steps",
+              "vs_centralized", "vs_ceiling", "points_vs_centralized", "points_vs_ceiling", "reduction_vs_sync_dp",
+              "bytes_vs_flower", "seconds")
+    for label in seeds[0]:
+        row = {**cell.key, "peer": label, "seeds": len(seeds)}
+        for f in fields:
+            values = [s[label][f] for s in seeds if f in s[label]]
+            if values:
+                row[f] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+                          "std": statistics.pstdev(values)}
+        reached = [s[label]["flower_reached_quality"] for s in seeds if "flower_reached_quality" in s[label]]
+        if reached:
+            row["flower_reached_quality"] = sum(reached)
+        row["targets"] = targets(cell, row) if label in FLEET_PEERS else {}
+        rows.append(row)
+    return rows
+
+
+def targets(cell: Cell, row: dict) -> dict[str, bool]:
+    """The issue's targets, on the row's mean (quality) and on its worst seed (bytes)."""
+    out = {}
+    if "points_vs_centralized" in row:
+        allowed = 1.5 if (cell.alpha or 1.0) >= 0.3 else 3.0
+        out[f"within_{allowed}_points"] = row["points_vs_centralized"]["mean"] >= -allowed
+    elif "vs_centralized" in row:
+        out["perplexity_within_15%"] = row["vs_centralized"]["mean"] <= 1.15
+    if "reduction_vs_sync_dp" in row:
+        out["500x_vs_sync_dp"] = row["reduction_vs_sync_dp"]["min"] >= 500
+    if "bytes_vs_flower" in row:
+        out["4x_vs_flower_at_quality"] = row["bytes_vs_flower"]["min"] >= 4
+    return out
+
+
+def cells(tasks: list[str], alphas: list[float], cars: list[int], churn: list[bool]) -> list[Cell]:
+    out = []
+    for task in tasks:
+        for alpha in (alphas if TASKS[task].dataset == "mnist1d" else [None]):
+            out += [Cell(task, alpha, n, c) for n in cars for c in churn]
+    return out
+
+
+def run_matrix(cell_list: list[Cell], seeds: list[int], budgets: dict[str, Budget], peers: list[str],
+               *, progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """(rows, runs): the per-peer summaries of every cell, and every single run behind them."""
+    cache: dict = {}
+    rows, runs = [], []
+    work = len(cell_list) * len(seeds) * (len(peers) + 2)
+    with tqdm(total=work, desc="matrix", unit="run", disable=not progress, file=sys.stderr) as bar:
+        for cell in cell_list:
+            per_seed = []
+            for seed in seeds:
+                result = run_seed(cell, seed, budgets[cell.task], peers, cache, bar)
+                compare(TASKS[cell.task], result)
+                per_seed.append(result)
+                runs += [{**cell.key, "seed": seed, **r} for r in result.values()]
+            rows += summarize(cell, per_seed)
+    return rows, runs
+
+
+def _csv(kind):
+    return lambda text: [kind(x) for x in text.split(",") if x]
+
+
+def _churn(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ValueError(f"churn is 'on' or 'off', got {text!r}")
+    return text == "on"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print a last line of JSON")
+    ap.add_argument("--quick", action="store_true", help="a subset: MNIST-1D alpha 0.3 and 0.1, 16 cars, churn on, "
+                    "seed 0, 8 rounds, and one tiny char LM cell (4 cars, 2 rounds of H=8, 40 files)")
+    ap.add_argument("--tasks", type=_csv(str), default=list(TASKS))
+    ap.add_argument("--alphas", type=_csv(float), default=[0.1, 0.3, 1.0])
+    ap.add_argument("--cars", type=_csv(int), default=[8, 16, 64])
+    ap.add_argument("--churn", type=_csv(_churn), default=[False, True],
+                    help="comma-separated 'off' (no preemption) and/or 'on' (half the dispatched cars preempted)")
+    ap.add_argument("--seeds", type=_csv(int), default=[0, 1, 2])
+    ap.add_argument("--strategies", type=_csv(str), default=list(PEERS), help=f"peers to run, from {list(PEERS)}")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds for every task (default: per task)")
+    ap.add_argument("--local-steps", type=int, default=None, help="H for every peer (default: shipped default)")
+    ap.add_argument("--ceiling-factor", type=float, default=None, help="ceiling steps / budget steps")
+    ap.add_argument("--num-samples", type=int, default=None, help="MNIST-1D samples generated (default 10000)")
+    ap.add_argument("--max-files", type=int, default=None, help="stdlib files the char LM reads (default: all)")
+    ap.add_argument("--png", default=None, help="write quality vs bytes moved per cell to this PNG")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.strategies) - set(PEERS)) + sorted(set(args.tasks) - set(TASKS))
+    if unknown:
+        ap.error(f"unknown strategies or tasks {unknown}; accepted: {list(PEERS)} and {list(TASKS)}")
+    torch.set_num_threads(1)
+
+    budgets = QUICK_BUDGETS if args.quick else BUDGETS
+    overrides = {k: getattr(args, k) for k in ("rounds", "local_steps", "ceiling_factor", "num_samples", "max_files")
+                 if getattr(args, k) is not None}
+    budgets = {t: dataclasses.replace(b, **overrides) for t, b in budgets.items()}
+    if args.quick:
+        cell_list = [Cell("mnist1d", a, 16, True) for a in (0.3, 0.1)] + [Cell("charlm", None, 4, True)]
+        cell_list = [c for c in cell_list if c.task in args.tasks]
+        seeds = [0]
+    else:
+        cell_list, seeds = cells(args.tasks, args.alphas, args.cars, args.churn), args.seeds
+
+    started = time.perf_counter()
+    rows, runs = run_matrix(cell_list, seeds, budgets, args.strategies, progress=not args.no_progress)
+    wall = time.perf_counter() - started
+    print_table(rows, budgets)
+    print(f"wall time: {wall:.0f} s")
+    if args.png:
+        plot(rows, args.png)
+        print(f"figure: {args.png}")
+    if args.json:
+        configs = {t: {label: to_dict(shipped_config(label, b, 16, 0)[1]) for label in FLEET_PEERS}
+                   for t, b in budgets.items()}
+        print(json.dumps({"benchmark": "training_matrix", "args": vars(args), "wall_s": round(wall, 1),
+                          "budgets": {t: dataclasses.asdict(b) for t, b in budgets.items()},
+                          "configs_16_cars": configs, "rows": rows, "runs": runs}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

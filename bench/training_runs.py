@@ -1,0 +1,186 @@
+"""The runs the training benchmarks compare, in this process: centralized training and a simulated fleet.
+
+``bench/training_local.py`` and ``bench/training_matrix.py`` share them (``bench/training.py`` uses the
+centralized run too), so every benchmark trains and counts bytes the same way:
+
+- ``bytes_down`` counts one full float32 model per car that took part, although fleetgrid cars build version 0
+  locally from the job's seed and download nothing for it (Flower sends it; counting it keeps the comparison
+  fair). ``bytes_down_measured`` is what the fleet actually moved, without that.
+- Uploads are counted when the car sends them, so a report the strategy then refuses still counts, as do
+  downloads to cars whose work was revoked, preempted or retried.
+- ``sync_dp_bytes = 2 x params x 4 bytes x (local steps done)``: what synchronous data-parallel training moves
+  for the same optimizer steps (a ring all-reduce moves ~2x the float32 gradient per worker per step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fleetgrid.workloads.training.compression import CompressionConfig, encode
+from fleetgrid.workloads.training.config import StrategyConfig
+from fleetgrid.workloads.training.flat import FlatLayout
+from fleetgrid.workloads.training.local import evaluate_model, make_evaluator
+from fleetgrid.workloads.training.simulate import SimulatedFleet, SimulationConfig
+from fleetgrid.workloads.training.strategies import make_strategy
+from fleetgrid.workloads.training.tasks import DataSpec, build_eval_set, build_local_dataset, build_model
+
+__all__ = ["TASKS", "Task", "centralized", "eval_set", "fleet_run", "full_model_bytes", "sync_dp_bytes"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A model and its data, and the one number its quality is judged by."""
+
+    name: str
+    model: str
+    """A name in ``tasks.MODELS``."""
+    dataset: str
+    """A name in ``tasks.DATASETS``."""
+    metric: str
+    """'accuracy' (higher is better) or 'perplexity' (exp of the held-out loss; lower is better)."""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
+
+    def quality(self, metrics: dict[str, float]) -> float:
+        return metrics["accuracy"] if self.metric == "accuracy" else math.exp(metrics["loss"])
+
+    def at_least_as_good(self, a: float, b: float) -> bool:
+        """Whether quality ``a`` is equal to or better than ``b``."""
+        return a >= b if self.higher_is_better else a <= b
+
+
+TASKS = {
+    "mnist1d": Task("mnist1d", "mnist1d-cnn", "mnist1d", "accuracy"),
+    "charlm": Task("charlm", "charlm", "stdlib_text", "perplexity"),
+}
+
+
+def sync_dp_bytes(params: int, steps: int) -> int:
+    return 2 * params * 4 * steps
+
+
+def full_model_bytes(params: torch.Tensor) -> int:
+    """What one full float32 snapshot of ``params`` weighs on the wire (the header included)."""
+    return len(encode(params, CompressionConfig()))
+
+
+def eval_set(task: Task, spec: DataSpec, max_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out set every peer of a benchmark cell is scored on (``max_windows`` caps the text one)."""
+    return build_eval_set(spec, max_windows=max_windows) if task.dataset == "stdlib_text" else build_eval_set(spec)
+
+
+def centralized(
+    task: Task,
+    spec: DataSpec,
+    steps: int,
+    seed: int,
+    *,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    eval_windows: int = 2048,
+) -> dict:
+    """One machine holding every car's data (a fleet of one car), AdamW with a cosine schedule."""
+    started = time.perf_counter()
+    train = build_local_dataset(dataclasses.replace(spec, num_vehicles=1), 0)
+    model = build_model(task.model, seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        x, y = train.sample_batch(gen, batch_size)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    metrics = evaluate_model(model, *eval_set(task, spec, eval_windows))
+    return {
+        "label": "centralized",
+        **metrics,
+        "quality": task.quality(metrics),
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "steps": steps,
+        "batch_size": batch_size,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+class _MeteredFleet(SimulatedFleet):
+    """The simulated fleet, also remembering which cars were ever given work (each would have fetched v0)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.took_part: set[str] = set()
+
+    def dispatch(self, assignments, strategy) -> None:
+        self.took_part.update(assignments)
+        super().dispatch(assignments, strategy)
+
+
+def fleet_run(
+    task: Task,
+    label: str,
+    strategy: str,
+    config: StrategyConfig,
+    spec: DataSpec,
+    sim: SimulationConfig,
+    versions: int,
+    *,
+    seed: int,
+    eval_windows: int = 2048,
+    evaluate_every_version: bool = True,
+) -> dict:
+    """``strategy`` with ``config`` on a simulated fleet of ``spec.num_vehicles`` cars until global version
+    ``versions``; the model starts from ``seed``. Without ``evaluate_every_version`` only the final global is
+    scored (a text model's evaluation costs as much as many training steps)."""
+    started = time.perf_counter()
+    datasets = [build_local_dataset(spec, i) for i in range(spec.num_vehicles)]
+    x_test, y_test = eval_set(task, spec, eval_windows)
+    model = build_model(task.model, seed=seed)
+    params = FlatLayout.of(model).flatten(model)
+    strat = make_strategy(strategy, params, config)
+    fleet = _MeteredFleet(model, datasets, sim, initial_params=params)  # cars build version 0 from the seed
+    evaluate = make_evaluator(build_model(task.model), x_test, y_test)
+    history = strat.run(fleet, versions, evaluate_fn=evaluate if evaluate_every_version else None)
+    final = history[-1] if evaluate_every_version else evaluate(strat.params)
+    stats = fleet.stats()
+    initial = len(fleet.took_part) * full_model_bytes(params)
+    bytes_down = stats["bytes_down"] + initial
+    moved = stats["bytes_up"] + bytes_down
+    sync_dp = sync_dp_bytes(params.numel(), stats["steps"])
+    out = {
+        "label": label,
+        "strategy": strategy,
+        "accuracy": final["accuracy"],
+        "loss": final["loss"],
+        "quality": task.quality(final),
+        "bytes_up": stats["bytes_up"],
+        "bytes_down": bytes_down,
+        "bytes_down_measured": stats["bytes_down"],
+        "initial_download_bytes": initial,
+        "sync_dp_bytes": sync_dp,
+        "reduction_vs_sync_dp": sync_dp / moved,
+        "steps": stats["steps"],
+        "versions": versions,
+        "retries": sum(h.get("attempts", 1) - 1 for h in history[1:]),
+        "rejected": sum(h.get("rejected", 0) for h in history[1:]),
+        "dispatched": stats["dispatched"],
+        "preempted": stats["preempted"],
+        "revoked": stats["revoked"],
+        "cars_took_part": len(fleet.took_part),
+        "params": params.numel(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if evaluate_every_version:
+        out["quality_curve"] = [round(task.quality(h), 4) for h in history]
+    return out

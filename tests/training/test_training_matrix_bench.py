@@ -1,0 +1,80 @@
+"""bench/training_matrix.py on a micro cell, so the benchmark cannot rot; Flower is optional and skipped if absent."""
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleetgrid.workloads.training.config import DiLoCoConfig, FedBuffConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import training_matrix as tm  # noqa: E402
+
+HAS_FLOWER = importlib.util.find_spec("flwr") is not None
+
+
+def test_shipped_config_changes_only_the_budget():
+    budget = tm.Budget(rounds=3, local_steps=7)
+    _, config, versions = tm.shipped_config("diloco_int4", budget, cars=8, seed=5)
+    default = DiLoCoConfig()
+    assert versions == 3
+    assert config.local.steps == 7 and config.local.compression.bits == 4 and config.downlink.bits == 4
+    assert config.rounds.cohort_size <= 8 and config.seed == 5
+    untouched = dataclasses.replace(
+        config, local=default.local, downlink=default.downlink, rounds=default.rounds, seed=default.seed
+    )
+    assert untouched == default  # outer lr, momentum, schedules: all as shipped
+    assert dataclasses.replace(config.local, steps=default.local.steps, compression=default.local.compression) == (
+        default.local
+    )
+    _, fedbuff, fedbuff_versions = tm.shipped_config("fedbuff", budget, cars=64, seed=0)
+    assert fedbuff_versions * fedbuff.buffer_size >= 3 * fedbuff.rounds.clients_per_round
+    assert fedbuff.buffer_size == FedBuffConfig().buffer_size
+
+
+def test_micro_cell_reports_every_figure(capsys):
+    budget = tm.Budget(rounds=2, local_steps=4, num_samples=1000, ceiling_factor=1.5)
+    peers = ["diloco_int4", "fedavg_fp32", "fedbuff", "flower_fedavg"]
+    tm._flower.cache_clear()  # says once per process that Flower is missing
+    rows, runs = tm.run_matrix([tm.Cell("mnist1d", 0.3, 4, True)], [0], {"mnist1d": budget}, peers, progress=False)
+    by_peer = {r["peer"]: r for r in rows}
+    if not HAS_FLOWER:
+        assert "Flower columns skipped" in capsys.readouterr().err
+        assert "flower_fedavg" not in by_peer
+    assert {"diloco_int4", "fedavg_fp32", "fedbuff", "centralized", "ceiling"} <= set(by_peer)
+    for label in ("diloco_int4", "fedavg_fp32", "fedbuff"):
+        row = by_peer[label]
+        assert 0 <= row["accuracy"]["min"] <= row["accuracy"]["max"] <= 1
+        assert row["bytes_up"]["min"] > 0 and row["bytes_down"]["min"] > 0
+        # version 0 is counted as one full float32 download per car that took part
+        assert row["bytes_down"]["mean"] > row["bytes_down_measured"]["mean"]
+        assert row["vs_centralized"]["mean"] > 0 and "points_vs_ceiling" in row
+        assert row["reduction_vs_sync_dp"]["mean"] > 0
+        assert set(row["targets"]) >= {"within_1.5_points", "500x_vs_sync_dp"}
+        assert ("bytes_vs_flower" in row) == HAS_FLOWER
+    assert by_peer["ceiling"]["steps"]["mean"] > by_peer["centralized"]["steps"]["mean"]
+    assert len(runs) == len(rows)  # one seed: one run per row
+
+
+def test_cli_json_and_figure_on_a_tiny_char_lm(tmp_path, capsys):
+    png = tmp_path / "m.png"
+    argv = ["--tasks", "charlm", "--cars", "4", "--churn", "off", "--seeds", "0", "--strategies", "diloco_int8",
+            "--rounds", "1", "--local-steps", "2", "--max-files", "20", "--ceiling-factor", "1", "--json",
+            "--no-progress", "--png", str(png)]
+    assert tm.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["benchmark"] == "training_matrix"
+    row = next(r for r in out["rows"] if r["peer"] == "diloco_int8")
+    assert row["alpha"] is None and row["quality"]["mean"] > 1  # perplexity
+    assert "perplexity_within_15%" in row["targets"]
+    assert png.stat().st_size > 0
+
+
+def test_cell_selection_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        tm.main(["--strategies", "fedsgd"])
+    assert [c.alpha for c in tm.cells(["mnist1d", "charlm"], [0.1, 1.0], [8], [True])] == [0.1, 1.0, None]
