@@ -83,6 +83,37 @@ def test_diloco_outer_nesterov_two_rounds():
     assert torch.allclose(s.params, t(-0.355, -0.9))
 
 
+def test_fedadam_server_step_two_rounds():
+    s = make_strategy("fedadam", t(1, 1), {"server_lr": 0.1, "beta1": 0.5, "beta2": 0.5, "tau": 1.0})
+    fold(s, update(s, [2, 0]))
+    # m = [1, 0]; v = [2, 0]; p = [1, 1] - 0.1 * m / (sqrt(v) + 1)
+    assert torch.allclose(s.params, t(1 - 0.1 / (2**0.5 + 1), 1))
+    fold(s, update(s, [2, 0]))
+    # m = 0.5 + 1 = 1.5; v = 1 + 2 = 3: a repeated direction steps further than the first time
+    assert torch.allclose(s.server_state["first"], t(1.5, 0)) and torch.allclose(s.server_state["second"], t(3, 0))
+    assert s.name == "fedadam" and strategy_from_state_bytes(s.state_bytes()).server_state.keys() == {"first", "second"}
+    with pytest.raises(InvalidInput, match="server_optimizer"):
+        make_strategy("fedadam", t(0.0), {"server_optimizer": "sgd"})
+
+
+def test_outer_lr_warms_up_and_decays_over_the_run():
+    config = DiLoCoConfig(outer_lr=1.0, outer_momentum=0.0, server_warmup_versions=1, server_lr_floor=0.0,
+                          robust=RobustConfig(norm_bound="off"))
+    s = DiLoCo(t(0.0), config)
+    s.planned_versions = 3
+    steps = []
+    for _ in range(3):
+        before = float(s.params)
+        fold(s, update(s, [1.0]))
+        steps.append(before - float(s.params))
+    # warm-up 1/2, then cosine from version 1 to 3: 1 at version 1, 0.5 at version 2
+    assert steps == pytest.approx([0.5, 1.0, 0.5])
+    with pytest.raises(InvalidInput, match="server_lr_floor"):
+        DiLoCoConfig(server_lr_floor=2.0)
+    with pytest.raises(InvalidInput, match="server_warmup_versions"):
+        FedAvgConfig(server_warmup_versions=-1)
+
+
 def test_fedbuff_down_weights_stale_updates():
     # Norm bounding off: the lower median of norms 4 and 0 would clip both deltas to 0 (see test_robust.py).
     s = FedBuff(t(0.0), FedBuffConfig(buffer_size=2, concurrency=4, staleness_exponent=0.5,

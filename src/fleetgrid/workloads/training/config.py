@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetgrid.errors import InvalidInput
-from fleetgrid.workloads.training.aggregate import AGGREGATORS, PARTIAL_WORK_POLICIES
+from fleetgrid.workloads.training.aggregate import AGGREGATORS, PARTIAL_WORK_POLICIES, SERVER_OPTIMIZERS
 from fleetgrid.workloads.training.compression import CompressionConfig
 
 __all__ = [
     "NORM_BOUNDS",
     "OPTIMIZERS",
     "DiLoCoConfig",
+    "FedAdamConfig",
     "FedAvgConfig",
     "FedBuffConfig",
     "LocalTrainingConfig",
@@ -55,6 +56,9 @@ class LocalTrainingConfig:
     """Examples per local step; >= 1."""
     grad_clip: float | None = 1.0
     """Global gradient-norm clip, or None for none."""
+    prox_mu: float = 0.0
+    """FedProx's proximal term (Li et al., 2020): ``prox_mu / 2 * ||w - w_global||^2`` is added to the local
+    loss, pulling a car on skewed data back toward the global; >= 0, 0 is off."""
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     """How the car compresses its delta for the uplink."""
 
@@ -73,6 +77,8 @@ class LocalTrainingConfig:
             raise InvalidInput(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise InvalidInput(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if not (isinstance(self.prox_mu, (int, float)) and 0 <= self.prox_mu < math.inf):
+            raise InvalidInput(f"prox_mu must be a finite number >= 0, got {self.prox_mu!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,8 +172,19 @@ class StrategyConfig:
     lr_decay_versions: int | None = None
     """Cosine-decay the cars' lr from ``local.lr`` to a tenth of it over this many global versions (DiLoCo
     decays its inner lr the same way); None keeps it constant."""
+    server_warmup_versions: int = 0
+    """Ramp the server (outer) learning rate up linearly over this many versions; >= 0, 0 is none."""
+    server_lr_floor: float | None = None
+    """Cosine-decay the server (outer) learning rate, after the warm-up, to this share of it at the last version
+    of the run (the ``num_versions`` given to ``Strategy.run``); in [0, 1], or None to keep it constant."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.server_warmup_versions, int) or self.server_warmup_versions < 0:
+            raise InvalidInput(f"server_warmup_versions must be an integer >= 0, got {self.server_warmup_versions!r}")
+        if self.server_lr_floor is not None and not (
+            isinstance(self.server_lr_floor, (int, float)) and 0 <= self.server_lr_floor <= 1
+        ):
+            raise InvalidInput(f"server_lr_floor must be a share in [0, 1] or None, got {self.server_lr_floor!r}")
         if self.lr_decay_versions is not None and (
             not isinstance(self.lr_decay_versions, int) or self.lr_decay_versions < 1
         ):
@@ -188,6 +205,31 @@ class FedAvgConfig(StrategyConfig):
         super().__post_init__()
         if not self.server_lr > 0:
             raise InvalidInput(f"server_lr must be > 0, got {self.server_lr!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedAdamConfig(FedAvgConfig):
+    server_lr: float = 0.01
+    """The server Adam/Yogi step size (Reddi et al. sweep 10^-2.5 .. 10^0); > 0."""
+    server_optimizer: str = "adam"
+    """'adam' (FedAdam) or 'yogi' (FedYogi: the second moment grows additively, so it forgets a large early
+    pseudo-gradient more slowly)."""
+    beta1: float = 0.9
+    """First-moment decay in [0, 1)."""
+    beta2: float = 0.99
+    """Second-moment decay in [0, 1)."""
+    tau: float = 1e-3
+    """The adaptivity: added to sqrt(v) before dividing, > 0; bounds a coordinate's step near lr * m / tau."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise InvalidInput(f"server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}")
+        for name in ("beta1", "beta2"):
+            if not (isinstance(getattr(self, name), (int, float)) and 0 <= getattr(self, name) < 1):
+                raise InvalidInput(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not (isinstance(self.tau, (int, float)) and 0 < self.tau < math.inf):
+            raise InvalidInput(f"tau must be a finite number > 0, got {self.tau!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -109,6 +109,7 @@ def train_locally(
     layout.load(model, global_params)
     generator = torch.Generator().manual_seed(instructions.seed)
     optimizer = _make_optimizer(model, config)
+    anchors = [p.detach().clone() for p in model.parameters()] if config.prox_mu > 0 else []
     model.train()
     steps = examples = 0
     loss_sum = 0.0
@@ -119,8 +120,12 @@ def train_locally(
             break
         x, y = dataset.sample_batch(generator, config.batch_size)
         loss = loss_fn(model(x), y)
+        objective = loss
+        if anchors:  # FedProx: mu/2 ||w - w_global||^2 keeps a car near the global on skewed data
+            drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchors, strict=True))
+            objective = loss + 0.5 * config.prox_mu * drift
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
