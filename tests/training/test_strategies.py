@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -187,6 +189,10 @@ def test_downloads_full_delta_and_dedup():
 def test_make_strategy_by_name_and_settings_validation():
     s = make_strategy("diloco", t(0, 0), {"outer_lr": 0.5, "local": {"steps": 3, "optimizer": "adamw", "lr": 1e-3}})
     assert isinstance(s, DiLoCo) and s.config.local.steps == 3
+    # A partial nested setting keeps the rest of the strategy's own default, not the nested class's.
+    partial = make_strategy("diloco", t(0, 0), {"local": {"steps": 7, "compression": {"bits": 4}}}).config.local
+    assert partial == dataclasses.replace(DiLoCoConfig().local, steps=7, compression=CompressionConfig(bits=4))
+    assert make_strategy("fedavg", t(0, 0), {"local": {"steps": 7}}).config.local.momentum == FedAvgConfig().local.momentum
     for name, settings, match in [
         ("fedprox", None, "unknown strategy"),
         ("diloco", {"local": {"steps": 0}}, "H"),

@@ -289,7 +289,8 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a (nested) config dataclass from ``to_dict`` output, validating every level; unknown keys and
-    wrong types raise InvalidInput naming the field."""
+    wrong types raise InvalidInput naming the field. A nested dict may be partial: what it leaves out keeps the
+    default of the class that holds it (``{"local": {"steps": 200}}`` keeps DiLoCo's inner AdamW)."""
     if not isinstance(data, dict):
         raise InvalidInput(f"{cls.__name__} settings must be a JSON object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -301,9 +302,25 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     for key, value in data.items():
         hint = hints[key]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = config_from_dict(hint, value)
+            value = config_from_dict(hint, _merged(_field_default(cls, key), value))
         kwargs[key] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise InvalidInput(f"bad {cls.__name__} settings {data}: {exc}") from exc
+
+
+def _field_default(cls: type, name: str) -> dict[str, Any]:
+    """The JSON of field ``name``'s default on ``cls`` ({} if it has none)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return to_dict(f.default_factory())
+    return to_dict(f.default) if dataclasses.is_dataclass(f.default) else {}
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s keys laid over it, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
