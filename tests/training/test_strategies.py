@@ -260,3 +260,12 @@ def test_a_round_offers_no_share_once_it_has_its_reports():
     fleet = ScriptedFleet()
     s.run(fleet, 2)
     assert fleet.offers == [1, 1, 2, 2] and s.version == 2
+
+
+def test_the_server_lr_decays_over_the_versions_run_was_asked_for():
+    # One report per version, delta [1, 1]; the cosine runs from 1 at version 0 to 0.5 at version 1 of 2.
+    config = FedAvgConfig(rounds=RoundConfig(clients_per_round=1, over_selection=1.0), server_lr_floor=0.0,
+                          robust=RobustConfig(norm_bound="off"))
+    s = FedAvg(t(0, 0), config)
+    s.run(ScriptedFleet(), 2)
+    assert s.planned_versions == 2 and torch.allclose(s.params, t(-1.5, -1.5))
