@@ -430,7 +430,7 @@ def _nested(pairs: list[tuple[list[str], Any]]) -> dict[str, Any]:
 @submit_app.command("train")
 def submit_train(
     model: Annotated[str, typer.Option(help="Trainable model: 'mnist1d-cnn' or 'charlm'")] = "mnist1d-cnn",
-    strategy: Annotated[str, typer.Option(help="fedavg, diloco or fedbuff")] = "fedavg",
+    strategy: Annotated[str, typer.Option(help="fedavg, fedadam, diloco or fedbuff")] = "fedavg",
     rounds: Annotated[int, typer.Option(help="Global versions to train for")] = 10,
     dataset: Annotated[str | None, typer.Option(help="mnist1d or stdlib_text (default: the model's)")] = None,
     shards: Annotated[int, typer.Option(help="Shards the data is split into (one per car)")] = 8,

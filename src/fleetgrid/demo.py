@@ -307,8 +307,8 @@ def _submit_training(client, config: DemoConfig, deadline_s: float):
     """DiLoCo on the MNIST-1D CNN: one non-IID shard per car (Dirichlet alpha 1), compressed both ways."""
     bits = config.train_bits
     settings = {
-        "local": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "steps": config.train_steps, "batch_size": 32,
-                  "compression": {"bits": bits}},
+        "local": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 0.0, "prox_mu": 0.0,
+                  "steps": config.train_steps, "batch_size": 32, "compression": {"bits": bits}},
         "downlink": {"bits": bits},
         "rounds": {"clients_per_round": max(2, config.cars // 2), "over_selection": 1.3, "min_reports": 1,
                    "deadline_s": deadline_s, "max_retries": 20},

@@ -321,7 +321,7 @@ class TrainSubmit(_Wire):
     name: str = Field(default="", max_length=200)
     model: str = Field(description="built-in trainable model: 'mnist1d-cnn' or 'charlm'")
     data: dict = Field(default_factory=dict, description="DataSpec: dataset, num_vehicles (shards), alpha, seed, ...")
-    strategy: str = Field(default="fedavg", description="'fedavg', 'diloco' or 'fedbuff'")
+    strategy: str = Field(default="fedavg", description="'fedavg', 'fedadam', 'diloco' or 'fedbuff'")
     settings: dict = Field(default_factory=dict, description="the strategy's config as JSON (nested: local, rounds)")
     rounds: int = Field(default=10, ge=1, le=100_000, description="stop after this many global versions")
     target_metric: dict[str, float] | None = Field(

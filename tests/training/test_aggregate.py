@@ -1,14 +1,18 @@
+import math
+
 import pytest
 import torch
 
 from fleetgrid.errors import InvalidInput
 from fleetgrid.workloads.training.aggregate import (
     adaptive_norm_bound,
+    adaptive_step,
     client_weight,
     clip_to_norm,
     coordinate_median,
     l2_norm,
     nesterov_step,
+    schedule_scale,
     sgd_step,
     staleness_weight,
     trimmed_mean,
@@ -72,6 +76,32 @@ def test_nesterov_step_matches_torch_sgd_nesterov():
         opt.step()
         p, buf = nesterov_step(p, g, buf, lr=0.7, momentum=0.9)
     assert torch.allclose(p, param.detach(), atol=1e-6)
+
+
+def test_adaptive_step_adam_and_yogi_hand_computed():
+    kw = dict(lr=0.1, beta1=0.5, beta2=0.75, tau=0.5)
+    p, m, v = adaptive_step(t(1.0, 1.0), t(2.0, -2.0), t(0.0, 0.0), t(0.0, 8.0), kind="adam", **kw)
+    # m = 0.5 * 0 + 0.5 * g = [1, -1]; v = 0.75 * [0, 8] + 0.25 * 4 = [1, 7]; p = 1 - 0.1 * m / (sqrt(v) + 0.5)
+    assert torch.allclose(m, t(1, -1)) and torch.allclose(v, t(1, 7))
+    assert torch.allclose(p, t(1 - 0.1 / 1.5, 1 + 0.1 / (7**0.5 + 0.5)))
+    _, _, v = adaptive_step(t(1.0, 1.0), t(2.0, -2.0), t(0.0, 0.0), t(0.0, 8.0), kind="yogi", **kw)
+    # Yogi: v - 0.25 * g^2 * sign(v - g^2) = [0 + 1, 8 - 1]: it grows toward g^2 and shrinks toward it additively
+    assert torch.allclose(v, t(1, 7))
+    _, _, v = adaptive_step(t(0.0), t(1.0), t(0.0), t(100.0), kind="yogi", **kw)
+    assert torch.allclose(v, t(99.75))  # Adam would forget geometrically: 0.75 * 100 + 0.25 = 75.25
+    with pytest.raises(InvalidInput, match="server optimizer"):
+        adaptive_step(t(0.0), t(1.0), t(0.0), t(0.0), kind="sgd", **kw)
+
+
+def test_schedule_scale_warms_up_then_cosine_decays_to_the_floor():
+    assert [schedule_scale(v, None, warmup=3, floor=0.0) for v in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    # cosine from version 2 (after 2 warm-up versions) to version 6: 1, (1 + cos(pi/4))/2 .. floor at the end
+    got = [schedule_scale(v, 6, warmup=2, floor=0.2) for v in range(2, 7)]
+    want = [0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    assert got == pytest.approx(want) and got[-1] == pytest.approx(0.2)
+    assert schedule_scale(9, 6, warmup=0, floor=0.1) == pytest.approx(0.1)  # a longer run stays at the floor
+    with pytest.raises(InvalidInput):
+        schedule_scale(0, 6, warmup=0, floor=1.5)
 
 
 def test_clip_to_norm_scales_longer_vectors_down_keeping_their_direction():

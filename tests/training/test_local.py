@@ -52,3 +52,23 @@ def test_same_lease_is_reproducible_and_error_feedback_is_carried():
     ef = ErrorFeedback(g.numel())
     train_locally(model, g, ds, ins, client_id="c", error_feedback=ef)
     assert np.abs(ef.residual).sum() > 0
+
+
+def test_fedprox_term_keeps_the_car_near_the_global():
+    import dataclasses
+
+    import pytest
+
+    from fleetgrid.errors import InvalidInput
+
+    def drift(mu):
+        model, g, ds, ins = setup(steps=20, bits=None)
+        ins = dataclasses.replace(ins, local=dataclasses.replace(ins.local, prox_mu=mu))
+        r = train_locally(model, g, ds, ins, client_id="c")
+        return float(np.linalg.norm(decode(r.update.payload))), r.train_loss
+
+    free, _ = drift(0.0)
+    held, loss = drift(100.0)
+    assert held < 0.5 * free and np.isfinite(loss)
+    with pytest.raises(InvalidInput, match="prox_mu"):
+        LocalTrainingConfig(prox_mu=-1.0)

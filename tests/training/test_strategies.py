@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,37 @@ def test_diloco_outer_nesterov_two_rounds():
     assert torch.allclose(s.params, t(-0.355, -0.9))
 
 
+def test_fedadam_server_step_two_rounds():
+    s = make_strategy("fedadam", t(1, 1), {"server_lr": 0.1, "beta1": 0.5, "beta2": 0.5, "tau": 1.0})
+    fold(s, update(s, [2, 0]))
+    # m = [1, 0]; v = [2, 0]; p = [1, 1] - 0.1 * m / (sqrt(v) + 1)
+    assert torch.allclose(s.params, t(1 - 0.1 / (2**0.5 + 1), 1))
+    fold(s, update(s, [2, 0]))
+    # m = 0.5 + 1 = 1.5; v = 1 + 2 = 3: a repeated direction steps further than the first time
+    assert torch.allclose(s.server_state["first"], t(1.5, 0)) and torch.allclose(s.server_state["second"], t(3, 0))
+    assert s.name == "fedadam" and strategy_from_state_bytes(s.state_bytes()).server_state.keys() == {"first", "second"}
+    with pytest.raises(InvalidInput, match="server_optimizer"):
+        make_strategy("fedadam", t(0.0), {"server_optimizer": "sgd"})
+
+
+def test_outer_lr_warms_up_and_decays_over_the_run():
+    config = DiLoCoConfig(outer_lr=1.0, outer_momentum=0.0, server_warmup_versions=1, server_lr_floor=0.0,
+                          robust=RobustConfig(norm_bound="off"))
+    s = DiLoCo(t(0.0), config)
+    s.planned_versions = 3
+    steps = []
+    for _ in range(3):
+        before = float(s.params)
+        fold(s, update(s, [1.0]))
+        steps.append(before - float(s.params))
+    # warm-up 1/2, then cosine from version 1 to 3: 1 at version 1, 0.5 at version 2
+    assert steps == pytest.approx([0.5, 1.0, 0.5])
+    with pytest.raises(InvalidInput, match="server_lr_floor"):
+        DiLoCoConfig(server_lr_floor=2.0)
+    with pytest.raises(InvalidInput, match="server_warmup_versions"):
+        FedAvgConfig(server_warmup_versions=-1)
+
+
 def test_fedbuff_down_weights_stale_updates():
     # Norm bounding off: the lower median of norms 4 and 0 would clip both deltas to 0 (see test_robust.py).
     s = FedBuff(t(0.0), FedBuffConfig(buffer_size=2, concurrency=4, staleness_exponent=0.5,
@@ -156,6 +189,10 @@ def test_downloads_full_delta_and_dedup():
 def test_make_strategy_by_name_and_settings_validation():
     s = make_strategy("diloco", t(0, 0), {"outer_lr": 0.5, "local": {"steps": 3, "optimizer": "adamw", "lr": 1e-3}})
     assert isinstance(s, DiLoCo) and s.config.local.steps == 3
+    # A partial nested setting keeps the rest of the strategy's own default, not the nested class's.
+    partial = make_strategy("diloco", t(0, 0), {"local": {"steps": 7, "compression": {"bits": 4}}}).config.local
+    assert partial == dataclasses.replace(DiLoCoConfig().local, steps=7, compression=CompressionConfig(bits=4))
+    assert make_strategy("fedavg", t(0, 0), {"local": {"steps": 7}}).config.local.momentum == FedAvgConfig().local.momentum
     for name, settings, match in [
         ("fedprox", None, "unknown strategy"),
         ("diloco", {"local": {"steps": 0}}, "H"),
@@ -223,3 +260,12 @@ def test_a_round_offers_no_share_once_it_has_its_reports():
     fleet = ScriptedFleet()
     s.run(fleet, 2)
     assert fleet.offers == [1, 1, 2, 2] and s.version == 2
+
+
+def test_the_server_lr_decays_over_the_versions_run_was_asked_for():
+    # One report per version, delta [1, 1]; the cosine runs from 1 at version 0 to 0.5 at version 1 of 2.
+    config = FedAvgConfig(rounds=RoundConfig(clients_per_round=1, over_selection=1.0), server_lr_floor=0.0,
+                          robust=RobustConfig(norm_bound="off"))
+    s = FedAvg(t(0, 0), config)
+    s.run(ScriptedFleet(), 2)
+    assert s.planned_versions == 2 and torch.allclose(s.params, t(-1.5, -1.5))

@@ -1,6 +1,6 @@
 """Federated training on the fleet: each car trains on data that never leaves it; only compressed deltas travel.
 
-The public facade. Strategies (FedAvg, DiLoCo, FedBuff) own the global model and never see a transport; the
+The public facade. Strategies (FedAvg, FedAdam, DiLoCo, FedBuff) own the global model and never see a transport; the
 coordinator drives them through the :class:`Fleet` protocol (``simulate.SimulatedFleet`` does so in process),
 and a car runs :func:`train_locally` on the shard it builds from a :class:`DataSpec`.
 """
@@ -14,6 +14,7 @@ from fleetgrid.workloads.training.compression import (
 )
 from fleetgrid.workloads.training.config import (
     DiLoCoConfig,
+    FedAdamConfig,
     FedAvgConfig,
     FedBuffConfig,
     LocalTrainingConfig,
@@ -43,6 +44,7 @@ from fleetgrid.workloads.training.strategies import (
     STRATEGIES,
     AcceptedUpdate,
     DiLoCo,
+    FedAdam,
     FedAvg,
     FedBuff,
     Fleet,
@@ -67,6 +69,8 @@ __all__ = [
     "DiLoCo",
     "DiLoCoConfig",
     "ErrorFeedback",
+    "FedAdam",
+    "FedAdamConfig",
     "FedAvg",
     "FedAvgConfig",
     "FedBuff",

@@ -18,12 +18,15 @@ from fleetgrid.errors import InvalidInput
 __all__ = [
     "AGGREGATORS",
     "PARTIAL_WORK_POLICIES",
+    "SERVER_OPTIMIZERS",
     "adaptive_norm_bound",
+    "adaptive_step",
     "client_weight",
     "clip_to_norm",
     "coordinate_median",
     "l2_norm",
     "nesterov_step",
+    "schedule_scale",
     "sgd_step",
     "staleness_weight",
     "trimmed_mean",
@@ -32,6 +35,7 @@ __all__ = [
 
 PARTIAL_WORK_POLICIES = ("weighted", "drop")
 AGGREGATORS = ("mean", "trimmed_mean", "median")
+SERVER_OPTIMIZERS = ("adam", "yogi")
 
 
 def weighted_mean(vectors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -85,6 +89,50 @@ def nesterov_step(
     """DiLoCo's outer step, as ``torch.optim.SGD(nesterov=True)``: ``b = mu b + g; p = p - lr (g + mu b)``."""
     buf = momentum * momentum_buffer + grad
     return params - lr * (grad + momentum * buf), buf
+
+
+def adaptive_step(
+    params: torch.Tensor,
+    grad: torch.Tensor,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    tau: float,
+    kind: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FedAdam / FedYogi's server step (Reddi et al., 2021, Algorithm 2), on the pseudo-gradient ``grad``:
+    ``m = b1 m + (1 - b1) g``; Adam ``v = b2 v + (1 - b2) g^2``, Yogi ``v = v - (1 - b2) g^2 sign(v - g^2)``;
+    ``p = p - lr m / (sqrt(v) + tau)``. No bias correction, as in the paper: ``tau`` (the adaptivity) bounds the
+    first steps. Returns ``(params, m, v)``."""
+    if kind not in SERVER_OPTIMIZERS:
+        raise InvalidInput(f"server optimizer must be one of {SERVER_OPTIMIZERS}, got {kind!r}")
+    m = beta1 * first + (1 - beta1) * grad
+    g2 = grad * grad
+    if kind == "adam":
+        v = beta2 * second + (1 - beta2) * g2
+    else:
+        v = second - (1 - beta2) * g2 * torch.sign(second - g2)
+    return params - lr * m / (v.sqrt() + tau), m, v
+
+
+def schedule_scale(version: int, total: int | None, *, warmup: int, floor: float) -> float:
+    """The factor on a base learning rate for the step that makes version ``version + 1``: a linear warm-up over
+    the first ``warmup`` versions (from ``1 / (warmup + 1)``), then, if ``total`` is known, a cosine from 1 down to
+    ``floor`` at version ``total``; constant 1 after the warm-up otherwise."""
+    if version < 0 or warmup < 0 or not 0 <= floor <= 1 or (total is not None and total < 1):
+        raise InvalidInput(
+            f"need version >= 0, warmup >= 0, floor in [0, 1], total >= 1 or None; "
+            f"got version={version}, warmup={warmup}, floor={floor}, total={total}"
+        )
+    if version < warmup:
+        return (version + 1) / (warmup + 1)
+    if total is None or total <= warmup:
+        return 1.0
+    frac = min((version - warmup) / (total - warmup), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def l2_norm(vector: torch.Tensor) -> float:

@@ -79,6 +79,9 @@ class LocalResult:
 
 
 def _make_optimizer(model: nn.Module, config: LocalTrainingConfig) -> torch.optim.Optimizer:
+    # A fresh optimizer every lease: its state is reset on purpose. With over-selection and churn a car rarely
+    # trains two versions running, so moments kept from its last lease would describe an older global; keeping
+    # them would also mean storing them on the car across leases (not tried: no measurement says it would pay).
     if config.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -109,6 +112,7 @@ def train_locally(
     layout.load(model, global_params)
     generator = torch.Generator().manual_seed(instructions.seed)
     optimizer = _make_optimizer(model, config)
+    anchors = [p.detach().clone() for p in model.parameters()] if config.prox_mu > 0 else []
     model.train()
     steps = examples = 0
     loss_sum = 0.0
@@ -119,8 +123,12 @@ def train_locally(
             break
         x, y = dataset.sample_batch(generator, config.batch_size)
         loss = loss_fn(model(x), y)
+        objective = loss
+        if anchors:  # FedProx: mu/2 ||w - w_global||^2 keeps a car near the global on skewed data
+            drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchors, strict=True))
+            objective = loss + 0.5 * config.prox_mu * drift
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()

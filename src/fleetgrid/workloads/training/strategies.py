@@ -1,62 +1,41 @@
-"""Federated strategies: one abstract class with a few small hooks and one round loop, free of any transport.
+"""The federated strategies, each the :class:`~base.Strategy` round loop with one hook or two overridden.
 
-:class:`Strategy` owns the global model (a flat float32 vector), validates every report before it can touch it,
-publishes each new version as a compressed delta, and checkpoints to safetensors bytes. Subclasses change one
-thing each: :class:`FedAvg` the server step, :class:`DiLoCo` swaps it for outer Nesterov momentum,
-:class:`FedBuff` keeps cars busy and weighs stale updates down. The transport is the :class:`Fleet` protocol:
-an in-process simulation today (:mod:`simulate`), the coordinator's leases later.
+:class:`FedAvg` steps the server by the averaged delta, :class:`FedAdam` swaps that step for Adam or Yogi,
+:class:`DiLoCo` for outer Nesterov momentum, and :class:`FedBuff` keeps cars busy and weighs stale updates down.
+Strategies are looked up by name here and resumed from their checkpoints.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
-import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from fleetgrid.errors import Conflict, InvalidInput
+from fleetgrid.errors import InvalidInput
 from fleetgrid.workloads.training.aggregate import (
-    client_weight,
+    adaptive_step,
     nesterov_step,
     sgd_step,
     staleness_weight,
 )
-from fleetgrid.workloads.training.compression import (
-    CompressionConfig,
-    ErrorFeedback,
-    decode,
-    encode,
-)
+from fleetgrid.workloads.training.base import AcceptedUpdate, Fleet, Strategy, read_metadata
 from fleetgrid.workloads.training.config import (
     DiLoCoConfig,
+    FedAdamConfig,
     FedAvgConfig,
     FedBuffConfig,
     StrategyConfig,
     config_from_dict,
-    local_config_at,
-    to_dict,
 )
-from fleetgrid.workloads.training.messages import (
-    ClientUpdate,
-    ModelDownload,
-    TrainInstructions,
-    params_digest,
-)
-from fleetgrid.workloads.training.robust import check_examples, robust_combine
+from fleetgrid.workloads.training.messages import ClientUpdate, params_digest
 
 __all__ = [
     "STRATEGIES",
     "AcceptedUpdate",
     "DiLoCo",
+    "FedAdam",
     "FedAvg",
     "FedBuff",
     "Fleet",
@@ -66,356 +45,6 @@ __all__ = [
     "strategy_from_state_bytes",
 ]
 
-EvaluateFn = Callable[[torch.Tensor], Mapping[str, float]]
-
-
-class Fleet(Protocol):
-    """The transport a round loop drives: who is free, hand out work, wait for reports, call work off."""
-
-    def now(self) -> float:
-        """Seconds on the fleet's clock."""
-
-    def idle_clients(self) -> list[str]:
-        """Cars eligible for new work now, in a stable order."""
-
-    def busy_count(self) -> int:
-        """Cars holding work that has not reported yet."""
-
-    def dispatch(self, assignments: Mapping[str, TrainInstructions], strategy: Strategy) -> None:
-        """Start each car on its instructions; the car fetches its model with ``strategy.download``."""
-
-    def next_update(self, deadline: float) -> ClientUpdate | None:
-        """The next report to arrive no later than ``deadline``, or None if none will."""
-
-    def cancel_outstanding(self) -> None:
-        """Revoke all work not yet reported (its leases close; late reports will be refused)."""
-
-    def max_examples(self, client_id: str) -> int | None:
-        """The most examples this car's data can hold (a report claiming more is refused), None if unknown."""
-
-
-@dataclass(frozen=True)
-class AcceptedUpdate:
-    """A report that passed validation: its decoded delta and the weight the strategy gave it."""
-
-    update: ClientUpdate
-    delta: torch.Tensor
-    weight: float
-    staleness: int
-
-
-class Strategy(ABC):
-    """A federated optimizer over a flat float32 global model. Hooks: ``configure_round``, ``client_weight``,
-    ``server_step``, ``evaluate``; the rest (validation, versioning, downloads, checkpoints, the loop) is shared.
-    """
-
-    name: ClassVar[str]
-    config_class: ClassVar[type[StrategyConfig]]
-    closes_rounds: ClassVar[bool] = True
-    """Synchronous strategies revoke stragglers at round end and refuse reports for any other round."""
-    keep_versions: ClassVar[int] = 16
-    """How many recent downlink deltas are kept, so a car a few versions behind downloads deltas only."""
-
-    def __init__(self, initial_params: torch.Tensor, config: StrategyConfig) -> None:
-        if not isinstance(config, self.config_class):
-            raise InvalidInput(
-                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
-            )
-        if (
-            not isinstance(initial_params, torch.Tensor)
-            or initial_params.dtype != torch.float32
-            or initial_params.dim() != 1
-            or not torch.isfinite(initial_params).all()
-        ):
-            raise InvalidInput("initial params must be a finite 1-D float32 tensor (FlatLayout.flatten of the model)")
-        self.config = config
-        self.params = initial_params.detach().clone()
-        self.version = 0
-        self.round = 0
-        self._reopened = False  # the next attempt continues round ``self.round`` (see reopen_round)
-        self.server_state: dict[str, torch.Tensor] = {}
-        self.history: list[dict[str, Any]] = []
-        self.refused = 0
-        """Reports refused as malformed or hostile (InvalidInput) since the last version."""
-        self._downlink = ErrorFeedback(self.numel)
-        self._deltas: dict[int, bytes] = {}  # version v -> encoded delta from v - 1
-        self._snapshots: dict[int, tuple[torch.Tensor, str]] = {}  # recent versions v -> (params, digest)
-        self._digest = params_digest(self.params)
-        self._rng = random.Random(config.seed)
-        self.lock = threading.RLock()
-        """Held while the round loop changes the global; a transport validating reports or serving downloads
-        from other threads takes it too."""
-
-    @property
-    def numel(self) -> int:
-        return int(self.params.numel())
-
-    @property
-    def digest(self) -> str:
-        return self._digest
-
-    # ------------------------------------------------------------------------------------------------- hooks
-
-    def configure_round(self, idle_clients: Sequence[str], busy: int) -> list[str]:
-        """Which idle cars get work now. Default: random idle cars, up to the over-selected cohort size less the
-        cars already working on (or done with) this round."""
-        k = min(self.config.rounds.cohort_size - busy, len(idle_clients))
-        return self._rng.sample(list(idle_clients), k) if k > 0 else []
-
-    def client_weight(self, update: ClientUpdate, staleness: int) -> float:
-        """A report's aggregation weight. Default: examples, times the share of planned steps (or 0 if dropped)."""
-        return client_weight(
-            num_examples=update.num_examples,
-            steps_done=update.steps_done,
-            steps_planned=update.steps_planned,
-            partial_work=self.config.rounds.partial_work,
-        )
-
-    @abstractmethod
-    def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
-        """The new global params from the weighted-mean delta ``global - local``; may update ``server_state``."""
-
-    def round_complete(self, accepted: Sequence[AcceptedUpdate]) -> bool:
-        """Whether to stop waiting and aggregate. Default: enough usable reports."""
-        return sum(a.weight > 0 for a in accepted) >= self.config.rounds.clients_per_round
-
-    def evaluate(self, evaluate_fn: EvaluateFn | None) -> dict[str, float]:
-        """Held-out metrics of the current global."""
-        return dict(evaluate_fn(self.params)) if evaluate_fn is not None else {}
-
-    # ------------------------------------------------------------------------------------- work and reports
-
-    def instructions(self, client_id: str) -> TrainInstructions:
-        return TrainInstructions(
-            round=self.round,
-            base_version=self.version,
-            model_digest=self._digest,
-            local=local_config_at(self.config, self.version),
-            seed=_stable_seed(self.config.seed, self.round, client_id),
-        )
-
-    def accept(self, update: ClientUpdate, *, max_examples: int | None = None) -> AcceptedUpdate:
-        """Validate a report without touching the global. Raises Conflict for a closed round or a too-stale base,
-        InvalidInput (counted in ``refused``) for anything malformed (wrong shape, dtype, non-finite values,
-        impossible counts, more examples than ``max_examples``, what the car's data can hold)."""
-        try:
-            return self._validate(update, max_examples)
-        except InvalidInput:
-            with self.lock:  # the coordinator's routes validate reports from other threads
-                self.refused += 1
-            raise
-
-    def _validate(self, update: ClientUpdate, max_examples: int | None) -> AcceptedUpdate:
-        staleness = self.version - update.base_version
-        if self.closes_rounds and (update.round != self.round or staleness != 0):
-            raise Conflict(
-                f"update from {update.client_id!r} is for round {update.round} (version "
-                f"{update.base_version}); only round {self.round} (version {self.version}) is open"
-            )
-        if not 0 <= staleness <= self.max_staleness:
-            raise Conflict(
-                f"update from {update.client_id!r} trained on version {update.base_version}, "
-                f"{staleness} behind version {self.version}; at most {self.max_staleness} is accepted"
-            )
-        if update.num_examples < 1 or update.examples_seen < 0:
-            raise InvalidInput(
-                f"update from {update.client_id!r} reports num_examples={update.num_examples}, "
-                f"examples_seen={update.examples_seen}; need >= 1 and >= 0"
-            )
-        check_examples(update, max_examples)
-        delta = decode(update.payload)  # raises InvalidInput on a malformed or non-finite payload
-        if delta.shape != (self.numel,):
-            raise InvalidInput(
-                f"update from {update.client_id!r} has shape {delta.shape}; the model needs ({self.numel},)"
-            )
-        weight = self.client_weight(update, staleness)
-        return AcceptedUpdate(update, torch.from_numpy(np.array(delta, dtype=np.float32)), weight, staleness)
-
-    @property
-    def max_staleness(self) -> int:
-        return 0
-
-    def aggregate(self, accepted: Sequence[AcceptedUpdate]) -> dict[str, Any]:
-        """Fold validated reports into a new global version, combined as ``config.robust`` says; returns a summary
-        (``partial``: reports of work cut short, e.g. by a preemption; ``cars``: how many cars the used reports
-        came from; ``clipped``: deltas whose norm was bounded; ``refused``: reports refused since the last
-        version). With no usable report (all weights 0) it raises InvalidInput and leaves everything as it was."""
-        usable = [a for a in accepted if a.weight > 0]
-        if not usable:
-            raise InvalidInput(f"round {self.round}: no usable update to aggregate ({len(accepted)} all weigh 0)")
-        pseudo_grad, robust = robust_combine([a.delta for a in usable], [a.weight for a in usable],
-                                             self.config.robust)
-        target = self.server_step(pseudo_grad)
-        self._publish(target)
-        refused, self.refused = self.refused, 0
-        return {
-            "reports": len(accepted),
-            "partial": sum(a.update.steps_done < a.update.steps_planned for a in accepted),
-            "cars": len({a.update.client_id for a in usable}),
-            "used": len(usable),
-            "steps": sum(a.update.steps_done for a in usable),
-            "mean_staleness": sum(a.staleness for a in usable) / len(usable),
-            "pseudo_grad_norm": float(pseudo_grad.norm()),
-            "refused": refused,
-            **robust,
-        }
-
-    def _publish(self, target: torch.Tensor) -> None:
-        """Make ``target`` (as exactly as the downlink codec carries it) the next version."""
-        blob, sent = self._downlink.compress(target - self.params, self.config.downlink)
-        if not self.closes_rounds:  # cars of an asynchronous strategy may still be sent the version they were given
-            self._snapshots[self.version] = (self.params, self._digest)
-            self._snapshots.pop(self.version - self.max_staleness - 1, None)
-        self.params = self.params + torch.from_numpy(sent.reshape(-1))
-        self.version += 1
-        self._digest = params_digest(self.params)
-        self._deltas[self.version] = blob
-        self._deltas.pop(self.version - self.keep_versions, None)
-
-    def downlink_delta(self, version: int) -> bytes | None:
-        """The encoded delta that took version ``version - 1`` to ``version``, while it is among the last
-        ``keep_versions`` (None for older ones, for version 0, and for those made before a restart)."""
-        return self._deltas.get(version)
-
-    def download(self, held_version: int | None, version: int | None = None) -> ModelDownload:
-        """What a car holding ``held_version`` must fetch for ``version`` (default: the current one): nothing,
-        deltas or a snapshot. An asynchronous strategy also serves the few versions its cars may still train on;
-        an older one raises Conflict."""
-        target = self.version if version is None else version
-        if target == self.version:
-            params, digest = self.params, self._digest
-        elif target in self._snapshots:
-            params, digest = self._snapshots[target]
-        else:
-            raise Conflict(f"global version {target} is no longer served (current: {self.version}); lease new work")
-        if held_version == target:
-            return ModelDownload(from_version=held_version, version=target, digest=digest, full=None)
-        if (
-            held_version is not None
-            and 0 <= held_version < target
-            and all(v in self._deltas for v in range(held_version + 1, target + 1))
-        ):
-            deltas = tuple(self._deltas[v] for v in range(held_version + 1, target + 1))
-            if sum(map(len, deltas)) < 4 * self.numel:
-                return ModelDownload(from_version=held_version, version=target, digest=digest, full=None,
-                                     deltas=deltas)
-        return ModelDownload(from_version=None, version=target, digest=digest,
-                             full=encode(params, CompressionConfig()))
-
-    # -------------------------------------------------------------------------------------------- the loop
-
-    def run(
-        self,
-        fleet: Fleet,
-        num_versions: int,
-        *,
-        evaluate_fn: EvaluateFn | None = None,
-        on_version: Callable[[Strategy], None] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Drive rounds until the global reaches ``num_versions``; after each, evaluate and call ``on_version``
-        (the place to checkpoint). A round that ends with fewer than ``min_reports`` usable reports is
-        abandoned, the global untouched, and retried up to ``max_retries`` times before Conflict is raised."""
-        if not self.history:
-            self.history.append({"version": 0, **self.evaluate(evaluate_fn)})
-        rc = self.config.rounds
-        while self.version < num_versions:
-            for attempt in range(rc.max_retries + 1):  # noqa: B007 (read after the loop: the attempt that succeeded)
-                with self.lock:
-                    if self._reopened:
-                        self._reopened = False
-                    else:
-                        self.round += 1
-                self._dispatch(fleet)
-                deadline = fleet.now() + rc.deadline_s
-                accepted: list[AcceptedUpdate] = []
-                rejected = 0
-                poll_s = getattr(fleet, "poll_s", None)
-                while not self.round_complete(accepted):
-                    if poll_s is None:
-                        update = fleet.next_update(deadline)
-                    else:  # a live fleet: cars turn up mid-round, so top the cohort up between short waits
-                        update = fleet.next_update(min(deadline, fleet.now() + poll_s))
-                        if update is None and fleet.now() < deadline:
-                            self._dispatch(fleet, reported=len(accepted) + rejected)
-                            continue
-                    if update is None:
-                        break
-                    try:
-                        accepted.append(self.accept(update, max_examples=fleet.max_examples(update.client_id)))
-                    except (InvalidInput, Conflict):
-                        rejected += 1
-                    if not self.closes_rounds:  # asynchronous: a car that reported gets new work at once
-                        self._dispatch(fleet)
-                    elif poll_s is not None and not self.round_complete(accepted):  # a complete round wants no more
-                        self._dispatch(fleet, reported=len(accepted) + rejected)
-                if self.closes_rounds:
-                    fleet.cancel_outstanding()
-                if sum(a.weight > 0 for a in accepted) >= rc.min_reports:
-                    with self.lock:
-                        summary = self.aggregate(accepted)
-                    break
-            else:
-                raise Conflict(
-                    f"version {self.version + 1} abandoned {rc.max_retries + 1} times: fewer than "
-                    f"min_reports={rc.min_reports} usable reports by each deadline"
-                )
-            record = {
-                "version": self.version,
-                "round": self.round,
-                "attempts": attempt + 1,
-                "rejected": rejected,
-                "time": fleet.now(),
-                **summary,
-                **self.evaluate(evaluate_fn),
-            }
-            with self.lock:
-                self.history.append(record)
-            if on_version is not None:
-                on_version(self)
-        return self.history
-
-    def reopen_round(self, round_: int) -> None:
-        """Continue round attempt ``round_`` (after a restart, the one the acknowledged reports and the shares
-        still out on cars quote) instead of starting a new one: reports for it are accepted from now on."""
-        with self.lock:
-            self.round, self._reopened = round_, True
-
-    def _dispatch(self, fleet: Fleet, *, reported: int = 0) -> None:
-        """Offer work to the cars ``configure_round`` picks; ``reported`` cars of this round already count as
-        busy, so a top-up never asks more cars than the cohort."""
-        chosen = self.configure_round(fleet.idle_clients(), fleet.busy_count() + reported)
-        if chosen:
-            fleet.dispatch({c: self.instructions(c) for c in chosen}, self)
-
-    # ------------------------------------------------------------------------------------------- checkpoint
-
-    def state_bytes(self, extra: Mapping[str, Any] | None = None) -> bytes:
-        """Everything needed to resume: global params, server optimizer state, downlink residual, counters,
-        config and metric history, as one safetensors blob (metadata holds the JSON)."""
-        tensors = {"params": self.params.contiguous(), "downlink_residual": torch.from_numpy(self._downlink.residual)}
-        tensors |= {f"server.{k}": v.contiguous() for k, v in self.server_state.items()}
-        meta = {
-            "strategy": self.name,
-            "version": self.version,
-            "round": self.round,
-            "config": to_dict(self.config),
-            "history": self.history,
-            "rng": _rng_state_to_json(self._rng.getstate()),
-            **(extra or {}),
-        }
-        # One metadata key holding sorted JSON: safetensors orders several keys arbitrarily, and a checkpoint
-        # should hash the same for the same state (artifacts are deduplicated by hash).
-        return st_save(tensors, metadata={"fleetgrid": json.dumps(meta, sort_keys=True)})
-
-
-def _stable_seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
-def _rng_state_to_json(state: tuple) -> list:
-    return [state[0], list(state[1]), state[2]]
-
-
 class FedAvg(Strategy):
     """McMahan et al.: the new global is the example-weighted mean of local models (server SGD, lr 1)."""
 
@@ -424,7 +53,7 @@ class FedAvg(Strategy):
     config: FedAvgConfig  # Strategy.__init__ refuses any other config class
 
     def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
-        return sgd_step(self.params, pseudo_grad, self.config.server_lr)
+        return sgd_step(self.params, pseudo_grad, self.config.server_lr * self.server_lr_scale())
 
 
 class DiLoCo(Strategy):
@@ -438,7 +67,7 @@ class DiLoCo(Strategy):
     def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
         buf = self.server_state.get("momentum", torch.zeros_like(self.params))
         target, self.server_state["momentum"] = nesterov_step(
-            self.params, pseudo_grad, buf, self.config.outer_lr, self.config.outer_momentum
+            self.params, pseudo_grad, buf, self.config.outer_lr * self.server_lr_scale(), self.config.outer_momentum
         )
         return target
 
@@ -467,7 +96,27 @@ class FedBuff(FedAvg):
         return sum(a.weight > 0 for a in accepted) >= self.config.buffer_size
 
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, DiLoCo, FedBuff)}
+class FedAdam(FedAvg):
+    """Reddi et al. (2021): FedAvg whose server step is Adam, or Yogi (``config.server_optimizer``), on the mean
+    delta. Plain averaging moves every coordinate by one server lr; on non-IID cars a few coordinates carry most
+    of the disagreement, and the per-coordinate scale steps those less."""
+
+    name = "fedadam"
+    config_class = FedAdamConfig
+    config: FedAdamConfig  # Strategy.__init__ refuses any other config class
+
+    def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        zeros = torch.zeros_like(self.params)
+        target, self.server_state["first"], self.server_state["second"] = adaptive_step(
+            self.params, pseudo_grad, self.server_state.get("first", zeros), self.server_state.get("second", zeros),
+            lr=c.server_lr * self.server_lr_scale(), beta1=c.beta1, beta2=c.beta2, tau=c.tau,
+            kind=c.server_optimizer,
+        )
+        return target
+
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, DiLoCo, FedBuff, FedAdam)}
 
 
 def make_strategy(
@@ -485,13 +134,6 @@ def make_strategy(
     else:
         config = config_from_dict(cls.config_class, dict(settings))
     return cls(initial_params, config)
-
-
-def read_metadata(blob: bytes) -> dict[str, Any]:
-    """The JSON fleetgrid stores in a safetensors file's metadata (a checkpoint's or a final model's), read from
-    the header alone; KeyError / ValueError if there is none."""
-    header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 header length, then the JSON header
-    return json.loads(json.loads(blob[8 : 8 + header_len])["__metadata__"]["fleetgrid"])
 
 
 def strategy_from_state_bytes(blob: bytes) -> Strategy:
