@@ -477,10 +477,11 @@ class TrainingService:
         return car_shards(rank, len(self._shards), num_shards)
 
     def example_cap(self, data: DataSpec, vehicle_id: str) -> int:
-        """The most examples a report of this car may claim: the size of the largest shard it trains on (an honest
-        car reports its shard's size; see ``_shard``)."""
-        sizes = shard_sizes(data)
-        return max(sizes[i] for i in self._owned_shards(vehicle_id, data.num_vehicles))
+        """The most examples a report may claim: the size of the job's largest shard (an honest car reports its
+        shard's size). Not the shard this process would give the car now: that map lives in memory, so after a
+        restart (or on another replica) a car's acknowledged update from before would be checked against another
+        shard and an honest report refused, leaving its round short of reports."""
+        return max(shard_sizes(data))
 
     # --- the round loop -----------------------------------------------------------------------------------------
     def _start(self, job: JobRecord, strategy: Strategy) -> bool:
