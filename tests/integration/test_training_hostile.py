@@ -115,9 +115,9 @@ def test_a_hostile_car_among_real_agents_cannot_stop_or_derail_a_job(fleet, tmp_
 
     outcomes = dict(hostile.outcomes)
     assert "num_examples: Input should be less than or equal to" in outcomes["claims 1e15 examples"]  # the wire's
-    shard = len(build_local_dataset(DataSpec(**DATA), 2))
-    assert (f"claims num_examples=1000000000, more than the {shard} examples its data shard can hold; at most "
-            f"{shard} is accepted") in outcomes["claims 1e9 examples"]
+    largest = max(len(build_local_dataset(DataSpec(**DATA), i)) for i in range(DATA["num_vehicles"]))
+    assert (f"claims num_examples=1000000000, more than the {largest} examples a car's data shard can hold; at "
+            f"most {largest} is accepted") in outcomes["claims 1e9 examples"]
     assert outcomes["huge"] == "accepted" and outcomes["scaled x100, sign-flipped"] == "accepted"
 
     t = final.training

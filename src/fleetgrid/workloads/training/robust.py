@@ -33,7 +33,7 @@ def check_examples(update: ClientUpdate, max_examples: int | None) -> None:
     if max_examples is not None and update.num_examples > max_examples:
         raise InvalidInput(
             f"update from {update.client_id!r} claims num_examples={update.num_examples}, more than the "
-            f"{max_examples} examples its data shard can hold; at most {max_examples} is accepted"
+            f"{max_examples} examples a car's data shard can hold; at most {max_examples} is accepted"
         )
 
 
