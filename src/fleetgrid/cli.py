@@ -575,17 +575,13 @@ def _register_subcommands() -> None:
     from .billing.cli import register as register_billing
     from .demo import demo_command
     from .sim.cli import simulate
+    from .workloads.serving.cli import register as register_serving
 
     app.command("agent", help="Run the vehicle agent: take work only while the car is free.")(agent_command)
     app.command("simulate", help="Simulate what a fleet of parked cars delivers, hour by hour.")(simulate)
     app.command("demo", help="The main job: coordinator + N cars + a MiniLM embedding job, end to end.")(demo_command)
     register_billing(app)
-
-    from .workloads.serving.cli import deploy, deployments, undeploy
-
-    app.command("deploy")(deploy)
-    app.command("deployments")(deployments)
-    app.command("undeploy")(undeploy)
+    register_serving(app)
 
 
 _register_subcommands()

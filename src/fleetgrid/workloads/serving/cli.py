@@ -11,7 +11,7 @@ from rich.table import Table
 from fleetgrid.cli import CA, DEFAULT_DATA_DIR, DEFAULT_URL, AsJson, DataDir, Token, Url, _client, _fail, console
 from fleetgrid.errors import FleetgridError
 
-__all__ = ["deploy", "deployments", "undeploy"]
+__all__ = ["deploy", "deployments", "register", "undeploy"]
 
 
 def deploy(model: Annotated[str, typer.Argument(help="A text-embedding model, e.g. minilm-l6-v2")],
@@ -75,3 +75,9 @@ def undeploy(name: Annotated[str, typer.Argument(help="The deployment to end")],
     except FleetgridError as exc:
         _fail(exc)
     console.print(f"undeployed {name} (job {job.job_id} {job.state})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``deploy``, ``deployments`` and ``undeploy`` to the ``fleetgrid`` command."""
+    for command in (deploy, deployments, undeploy):
+        app.command()(command)
