@@ -29,8 +29,8 @@ _scratch = tempfile.mkdtemp(prefix="flwr-bench-")
 for _key, _value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_HOME": _scratch}.items():
     os.environ.setdefault(_key, _value)  # before Flower is imported: it phones home and writes under $HOME
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from flower_fedavg import _to_arrays, _to_flat  # noqa: E402 - one conversion for both Flower benches
 from flwr.client import NumPyClient  # noqa: E402
 from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters  # noqa: E402
 from flwr.server import Server, SimpleClientManager  # noqa: E402
@@ -60,19 +60,6 @@ class FlowerBudget:
     preempt_prob: float = 0.0
     proximal_mu: float = 0.01
     """FedProx's mu, which Flower leaves to the user (Li et al. try 0.001-1)."""
-
-
-def _to_arrays(layout: FlatLayout, flat: torch.Tensor) -> list[np.ndarray]:
-    arrays, offset = [], 0
-    for shape in layout.shapes:
-        n = int(torch.Size(shape).numel())
-        arrays.append(flat[offset : offset + n].reshape(shape).numpy().copy())
-        offset += n
-    return arrays
-
-
-def _to_flat(arrays: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.float32).reshape(-1) for a in arrays]))
 
 
 def _wire_bytes(parameters: Parameters) -> int:

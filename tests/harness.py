@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
+
+import numpy as np
 
 from fleetgrid.localfleet import CoordinatorProcess
 
-__all__ = ["ENROLL", "OPERATOR", "OTHER_TENANT", "TENANT", "start_coordinator"]
+__all__ = ["ENROLL", "OPERATOR", "OTHER_TENANT", "TENANT", "auth", "npy", "sha", "start_coordinator"]
 
 ENROLL = "fge_test-enroll-token"
 OPERATOR = "fgo_test-operator-token"
@@ -21,3 +25,17 @@ def start_coordinator(data_dir: Path, *, lease_ttl_s: float = 30.0, max_artifact
             "--enroll-token", ENROLL, "--operator-token", OPERATOR,
             "--tenant", f"acme={TENANT}", "--tenant", f"other={OTHER_TENANT}"]
     return CoordinatorProcess(Path(data_dir), extra_args=args, tls=tls).start()
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
-import hashlib
-import io
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -20,23 +18,9 @@ from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.store import LedgerRecord
 from fleetgrid.protocol import JobSubmit
 from fleetgrid.workloads.inputs import encode_items
-from harness import ENROLL, OPERATOR, TENANT
+from harness import ENROLL, OPERATOR, TENANT, auth, npy, sha
 
 X = np.random.default_rng(2).normal(size=(50, 40)).astype(np.float32)
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import io
 import json
 import logging
 import re
@@ -23,26 +21,12 @@ from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.logs import JsonFormatter
 from fleetgrid.coordinator.store import JobRecord
-from harness import ENROLL, OPERATOR, TENANT
+from harness import ENROLL, OPERATOR, TENANT, auth, npy, sha
 
 X = np.random.default_rng(3).normal(size=(40, 40)).astype(np.float32)
 PARKED = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}
 DRIVING = {"drive": "driving", "soc": 0.8, "network": "cellular", "plugged_in": False, "eligible": False,
            "reasons": ["driving"]}
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

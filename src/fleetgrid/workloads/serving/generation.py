@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetgrid.coordinator.app import body_schema
 from fleetgrid.coordinator.security import accepts
-from fleetgrid.errors import AuthError, FleetgridError, InvalidInput
+from fleetgrid.errors import FleetgridError, InvalidInput
 from fleetgrid.protocol import API_PREFIX
 from fleetgrid.workloads.serving.messages import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, GenerateParams
-from fleetgrid.workloads.serving.openai_api import _Param, _parse, _unless_gone, openai_error
+from fleetgrid.workloads.serving.openai_api import _parse, _unless_gone, bad_param, openai_error
 
 if TYPE_CHECKING:
     from fleetgrid.coordinator.app import Coordinator
@@ -47,13 +47,13 @@ class _Sampling(BaseModel):
 
     def params(self, prompt: str, default_max: int) -> GenerateParams:
         if self.n != 1:
-            raise _Param("n", f"n={self.n}: one answer per request is served; send n=1 (or leave it out)")
+            raise bad_param("n", f"n={self.n}: one answer per request is served; send n=1 (or leave it out)")
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise _Param("prompt", f"the prompt has {len(prompt)} characters, over the context length of "
+            raise bad_param("prompt", f"the prompt has {len(prompt)} characters, over the context length of "
                          f"{MAX_PROMPT_CHARS} (the model reads the last 64)")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > 4 or any(not s or len(s) > 64 for s in stop):
-            raise _Param("stop", "stop takes up to 4 non-empty strings of at most 64 characters")
+            raise bad_param("stop", "stop takes up to 4 non-empty strings of at most 64 characters")
         return GenerateParams(prompt=prompt, max_tokens=self.max_tokens or default_max, temperature=self.temperature,
                               top_p=self.top_p, stop=stop, seed=self.seed)
 
@@ -65,7 +65,7 @@ class CompletionRequest(_Sampling):
         if isinstance(self.prompt, str):
             return self.prompt
         if len(self.prompt) != 1:
-            raise _Param("prompt", f"prompt holds {len(self.prompt)} strings; send one")
+            raise bad_param("prompt", f"prompt holds {len(self.prompt)} strings; send one")
         return self.prompt[0]
 
 
@@ -121,15 +121,9 @@ class _Answer:
 
 
 def generation_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> None:
-    async def tenant(request: Request) -> str:
-        header = request.headers.get("authorization")
-        if header is None:
-            raise AuthError("no API key: send your fleetgrid tenant token as the API key")
-        return await asyncio.to_thread(coord.auth.tenant, header)
-
     async def generate(request: Request, model: type[CompletionRequest | ChatRequest]) -> Response:
         try:
-            who = await tenant(request)
+            who = await service.tenant(request)
             service.limit.admit(who, asyncio.get_running_loop().time())
             body = await _parse(model, request)
             deployment = await service.deployment(who, body.model)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetgrid.coordinator.app import body_schema
 from fleetgrid.coordinator.security import accepts
-from fleetgrid.errors import AuthError, FleetgridError, InvalidInput, NotFound, Overloaded
+from fleetgrid.errors import FleetgridError, InvalidInput, NotFound, Overloaded
 from fleetgrid.protocol import API_PREFIX
 from fleetgrid.workloads.serving.messages import MAX_INPUT_CHARS, MAX_INPUTS
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from fleetgrid.coordinator.app import Coordinator
     from fleetgrid.workloads.serving.service import ServingService
 
-__all__ = ["EmbeddingsRequest", "openai_error", "openai_routes"]
+__all__ = ["EmbeddingsRequest", "bad_param", "openai_error", "openai_routes"]
 
 T = TypeVar("T")
 
@@ -48,22 +48,22 @@ class EmbeddingsRequest(BaseModel):
     def texts(self) -> list[str]:
         texts = [self.input] if isinstance(self.input, str) else self.input
         if not texts:
-            raise _Param("input", "input is an empty list; send 1 to "
+            raise bad_param("input", "input is an empty list; send 1 to "
                          f"{MAX_INPUTS} non-empty strings")
         if not all(isinstance(t, str) for t in texts):
-            raise _Param("input", "input holds token ids; this API takes text: send 1 to "
+            raise bad_param("input", "input holds token ids; this API takes text: send 1 to "
                          f"{MAX_INPUTS} strings")
         if len(texts) > MAX_INPUTS:
-            raise _Param("input", f"input holds {len(texts)} strings; at most {MAX_INPUTS} per request")
+            raise bad_param("input", f"input holds {len(texts)} strings; at most {MAX_INPUTS} per request")
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
-                raise _Param(f"input[{i}]", f"input[{i}] is empty; every input must be a non-empty string")
+                raise bad_param(f"input[{i}]", f"input[{i}] is empty; every input must be a non-empty string")
             if len(text) > MAX_INPUT_CHARS:
-                raise _Param(f"input[{i}]", f"input[{i}] has {len(text)} characters; at most {MAX_INPUT_CHARS}")
+                raise bad_param(f"input[{i}]", f"input[{i}] has {len(text)} characters; at most {MAX_INPUT_CHARS}")
         return texts  # type: ignore[return-value]
 
 
-def _Param(param: str, message: str) -> InvalidInput:  # noqa: N802 - raised like the class it makes
+def bad_param(param: str, message: str) -> InvalidInput:
     """A bad value of one body field: an InvalidInput that names it as OpenAI's ``param``."""
     exc = InvalidInput(message)
     exc.param = param  # type: ignore[attr-defined]
@@ -101,8 +101,8 @@ async def _parse(model: type[BaseModel], request: Request) -> Any:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or "body"
         if first["type"] == "extra_forbidden":
-            raise _Param(param, f"unknown parameter {param!r}; accepted: {sorted(model.model_fields)}") from None
-        raise _Param(param, f"{param}: {first['msg']}") from None
+            raise bad_param(param, f"unknown parameter {param!r}; accepted: {sorted(model.model_fields)}") from None
+        raise bad_param(param, f"{param}: {first['msg']}") from None
 
 
 async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
@@ -127,13 +127,6 @@ async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
 
 
 def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> None:
-    async def tenant(request: Request) -> str:
-        header = request.headers.get("authorization")
-        if header is None:
-            raise AuthError("no API key: send your fleetgrid tenant token as the API key (Authorization: Bearer "
-                            "fgt...)")
-        return await asyncio.to_thread(coord.auth.tenant, header)
-
     async def catalog(who: str) -> list[dict[str, Any]]:
         from fleetgrid.models.registry import list_models
 
@@ -152,7 +145,7 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
         """OpenAI's model list: your deployments (``deployed: true``, callable now) and the registered models
         jobs can name."""
         try:
-            return JSONResponse({"object": "list", "data": await catalog(await tenant(request))})
+            return JSONResponse({"object": "list", "data": await catalog(await service.tenant(request))})
         except FleetgridError as exc:
             return openai_error(exc)
 
@@ -160,7 +153,7 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
     @accepts("tenant")
     async def model(model: str, request: Request) -> Response:
         try:
-            found = [m for m in await catalog(await tenant(request)) if m["id"] == model]
+            found = [m for m in await catalog(await service.tenant(request)) if m["id"] == model]
             if not found:
                 raise NotFound(f"model {model!r} is neither deployed nor registered; GET /v1/models lists them")
             return JSONResponse(found[0])
@@ -173,14 +166,14 @@ def openai_routes(app: FastAPI, coord: Coordinator, service: ServingService) -> 
     async def embeddings(request: Request) -> Response:
         """OpenAI's embeddings: each input's vector from a car holding the deployed model."""
         try:
-            who = await tenant(request)
+            who = await service.tenant(request)
             service.limit.admit(who, asyncio.get_running_loop().time())
             body: EmbeddingsRequest = await _parse(EmbeddingsRequest, request)
             texts = body.texts()
             deployment = await service.deployment(who, body.model)
             deployment.require(generates=False)
             if body.dimensions is not None and body.dimensions != deployment.dim:
-                raise _Param("dimensions", f"model {body.model!r} gives {deployment.dim} dimensions; send "
+                raise bad_param("dimensions", f"model {body.model!r} gives {deployment.dim} dimensions; send "
                              f"dimensions={deployment.dim} or leave it out")
             tokens = sum(_pieces(t) for t in texts)
             vectors = await _unless_gone(request, service.router.call(

@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, Request
 
 from fleetgrid.coordinator.security import accepts
 from fleetgrid.core import LeaseState
-from fleetgrid.errors import Conflict, InvalidInput, NotFound, Overloaded
+from fleetgrid.errors import AuthError, Conflict, InvalidInput, NotFound, Overloaded
 from fleetgrid.protocol import API_PREFIX
 from fleetgrid.workloads.serving.autoscale import Autoscaler
 from fleetgrid.workloads.serving.driver import GENERATIVE, LIVE_JOB_STATES
@@ -167,6 +167,14 @@ class ServingService:
 
     # --- deployments, for clients ------------------------------------------------------------------------------
 
+    async def tenant(self, request: Request) -> str:
+        """The tenant whose token is the request's API key (the store is asked off the event loop)."""
+        header = request.headers.get("authorization")
+        if header is None:
+            raise AuthError("no API key: send your fleetgrid tenant token as the API key (Authorization: Bearer "
+                            "fgt...)")
+        return await asyncio.to_thread(self.coord.auth.tenant, header)
+
     async def deployments(self, tenant: str, *, fresh: bool = False) -> dict[str, Deployment]:
         """The tenant's live deployments by name (read from the store at most every couple of seconds, unless
         ``fresh``)."""
@@ -294,7 +302,7 @@ def serving_routes(app: FastAPI, coord: Coordinator) -> ServingService:
 
     @accepts("tenant")
     async def tenant(request: Request) -> str:
-        return await asyncio.to_thread(coord.auth.tenant, request.headers.get("authorization"))
+        return await service.tenant(request)
 
     @app.get(f"{API_PREFIX}/deployments", response_model=list[DeploymentStatus], tags=["tenant"])
     async def deployments(who: str = Depends(tenant)) -> list[DeploymentStatus]:
