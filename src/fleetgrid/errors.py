@@ -14,6 +14,7 @@
     +-- PayloadTooLarge         413  a request body over the configured limit
     +-- RangeNotSatisfiable     416  a byte range outside the artifact
     +-- Overloaded              429  nothing can take the request now; try again after ``retry_after_s``
+    |   +-- RateLimited         429  too many failed credentials or enrollments from one address, car or token
     +-- Unavailable             503  no car could answer the request in time
     +-- InsufficientStorage     507  the coordinator's disk (or quota) is full; try again later
     +-- TransportError               the agent could not reach the coordinator (never sent over HTTP)
@@ -40,6 +41,7 @@ __all__ = [
     "PayloadTooLarge",
     "Preempted",
     "RangeNotSatisfiable",
+    "RateLimited",
     "TransportError",
     "Unavailable",
     "UnknownModel",
@@ -123,6 +125,12 @@ class Overloaded(FleetgridError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RateLimited(Overloaded):
+    """Refused before being checked: this client failed authentication (or enrolled) too often lately."""
+
+    code = "rate_limited"
 
 
 class Unavailable(FleetgridError):

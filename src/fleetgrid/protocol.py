@@ -106,6 +106,10 @@ class EnrollRequest(_Wire):
     enrollment_token: str = Field(min_length=1, max_length=512)
     name: str = Field(min_length=1, max_length=128, description="the car's display name, e.g. its VIN suffix")
     hardware: str = Field(description="hardware profile preset: 'hw3', 'ai4' or 'ai5'")
+    public_key: str | None = Field(
+        default=None, max_length=64,
+        description="the car's Ed25519 public key, 32 raw bytes base64url-encoded: every later request must then "
+                    "be signed with its private key (X-Fleetgrid-Signature); omitted: the bearer credential alone")
 
 
 class EnrollResponse(_Wire):

@@ -170,7 +170,9 @@ class LiveCoordinator:
         """Into the app in this process (:func:`in_process`); None when it listens on :attr:`url`."""
 
     def car(self, credential: str | None = None, **options: Any) -> CoordinatorClient:
-        """The agent's client for this coordinator."""
+        """The agent's client for this coordinator; it signs with the coordinator's (manual) clock's time, as a real
+        car signs with a wall clock that agrees with the coordinator's."""
+        options.setdefault("now", self.clock.now)
         return CoordinatorClient(self.url, credential, transport=self.transport, **options)
 
     def tenant(self) -> FleetgridClient:

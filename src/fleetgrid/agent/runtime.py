@@ -28,6 +28,7 @@ from fleetgrid.agent.statedir import AgentStats, Enrollment, StateDir
 from fleetgrid.agent.transport import CoordinatorClient
 from fleetgrid.agent.worker import WorkerProcess
 from fleetgrid.clock import Clock
+from fleetgrid.identity.signing import CarKey
 from fleetgrid.protocol import (
     EnrollRequest,
     FailRequest,
@@ -120,13 +121,18 @@ class Agent:
 
     def _enroll(self) -> None:
         enrollment = self.dir.load_enrollment()
+        key = CarKey.load(self.dir.key_path)
         if enrollment is None:
             if self.config.enrollment_token is None:
                 raise errors.AuthError(
                     f"{self.dir.root} holds no credential and no enrollment token was given; pass --enroll-token"
                 )
+            if key is None:  # saved before enrolling: a crash in between never leaves a car without its key
+                key = CarKey.generate()
+                key.save(self.dir.key_path)
             request = EnrollRequest(
-                enrollment_token=self.config.enrollment_token, name=self.config.name, hardware=self.config.hardware
+                enrollment_token=self.config.enrollment_token, name=self.config.name, hardware=self.config.hardware,
+                public_key=key.public_text,
             )
             response = self.link.retrying(lambda: self.client.enroll(request), until_stopped=True)
             enrollment = Enrollment(response.vehicle_id, response.credential, self.config.coordinator)
@@ -134,7 +140,11 @@ class Agent:
             log.info("enrolled as vehicle %s", enrollment.vehicle_id)
         elif enrollment.coordinator != self.config.coordinator:
             log.warning("credential in %s was issued by %s", self.dir.root, enrollment.coordinator)
-        self.client.credential = enrollment.credential
+        if key is None:
+            log.warning("vehicle %s enrolled before car keys: its requests are not signed. Delete %s and enroll "
+                        "again to give it a key", enrollment.vehicle_id, self.dir.root / "enrollment.json")
+        self.client.credential, self.client.key = enrollment.credential, key
+        self.client.vehicle_id = enrollment.vehicle_id
         self.vehicle_id = enrollment.vehicle_id
 
     def _step(self) -> None:

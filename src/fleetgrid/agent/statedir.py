@@ -1,4 +1,5 @@
-"""What the agent keeps on the car's disk: its credential, data-plan counts, stats, model caches and work files.
+"""What the agent keeps on the car's disk: its credential and key, data-plan counts, stats, model caches and work
+files.
 
 Secrets and counts are written owner-only (0600) by atomic rename, so a power cut never leaves half a file.
 """
@@ -114,6 +115,11 @@ class StateDir:
 
     def save_enrollment(self, enrollment: Enrollment) -> None:
         self._write("enrollment.json", asdict(enrollment))
+
+    @property
+    def key_path(self) -> Path:
+        """The car's Ed25519 private key (PEM, 0600), made at enrollment; its public half is the coordinator's."""
+        return self.root / "car_key.pem"
 
     def load_plan(self, policy: OwnerPolicy, clock: Clock) -> DataPlan:
         data = self._read("dataplan.json")

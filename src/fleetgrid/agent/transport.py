@@ -9,8 +9,10 @@ training job's global versions and updates included) travel that way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Self, TypeVar
@@ -19,6 +21,7 @@ import httpx
 import pydantic
 
 from fleetgrid import errors
+from fleetgrid.identity.signing import UNSIGNED_PAYLOAD, CarKey, body_hash
 from fleetgrid.protocol import (
     API_PREFIX,
     ArtifactInfo,
@@ -49,6 +52,8 @@ class CoordinatorClient:
     ``verify`` is True (system CAs), False (no TLS check: tests only) or the path of a CA bundle. ``timeout_s`` bounds
     each request; a lease long-poll is given ``wait_s`` on top. ``transport`` replaces the network (tests pass an
     ``httpx.MockTransport``). The client is safe to share between the agent's threads, like the httpx client it wraps.
+    With ``key`` and ``vehicle_id`` set, every authenticated request carries a signature by the car's key
+    (:mod:`fleetgrid.identity.signing`) over its method, path, body and the time ``now()`` reads.
     """
 
     def __init__(
@@ -60,11 +65,16 @@ class CoordinatorClient:
         timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
         transport: httpx.BaseTransport | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise errors.InvalidInput(f"coordinator URL {base_url!r} must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
         self.credential = credential
+        self.key: CarKey | None = None
+        """Set (with ``vehicle_id``) once enrolled with a key: every request is then signed with it."""
+        self.vehicle_id: str | None = None
+        self._now = now
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._http = httpx.Client(
             base_url=self.base_url + API_PREFIX, verify=verify, timeout=self._timeout, transport=transport
@@ -187,8 +197,10 @@ class CoordinatorClient:
     ) -> int:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         moved = 0
+        request = self._signed(self._http.build_request("GET", f"/artifacts/{digest}",
+                                                        headers=headers | self._auth_headers()))
         try:
-            with self._http.stream("GET", f"/artifacts/{digest}", headers=headers | self._auth_headers()) as response:
+            with contextlib.closing(self._http.send(request, stream=True)) as response:
                 if response.status_code == 416 and offset:
                     return 0  # the partial file already holds every byte; the hash check decides
                 if response.status_code not in (200, 206):
@@ -234,10 +246,11 @@ class CoordinatorClient:
             content = json.model_dump_json().encode()
             all_headers["Content-Type"] = "application/json"
         try:
-            response = self._http.request(
+            request = self._http.build_request(
                 method, path, content=content, headers=all_headers,
                 timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
             )
+            response = self._http.send(self._signed(request) if auth else request)
         except httpx.HTTPError as exc:
             raise errors.TransportError(
                 f"{method} {self.base_url}{API_PREFIX}{path} failed: {type(exc).__name__}: {exc}"
@@ -245,6 +258,17 @@ class CoordinatorClient:
         if not response.is_success:
             raise error_from_response(response)
         return response
+
+    def _signed(self, request: httpx.Request) -> httpx.Request:
+        """``request`` with the car's signature header, once it has a key. An artifact upload is signed without
+        its body (:data:`UNSIGNED_PAYLOAD`: its path names the sha256 of its bytes)."""
+        if self.key is None or self.vehicle_id is None:
+            return request
+        upload = request.method == "PUT" and request.url.path.startswith(f"{API_PREFIX}/artifacts/")
+        digest = UNSIGNED_PAYLOAD if upload else body_hash(request.content)
+        target = request.url.raw_path.decode("ascii")
+        request.headers.update(self.key.sign(self.vehicle_id, request.method, target, digest, self._now()))
+        return request
 
     @staticmethod
     def _parse(response: httpx.Response, model: type[_Model]) -> _Model:

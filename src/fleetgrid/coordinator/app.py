@@ -28,6 +28,7 @@ from pydantic.json_schema import models_json_schema
 
 from ..clock import Clock, WallClock
 from ..errors import Conflict, FleetgridError, InvalidInput
+from ..identity.signing import load_public_key
 from ..protocol import (
     API_PREFIX,
     MAX_INLINE_RESULT_BYTES,
@@ -50,7 +51,8 @@ from ..vehicle.hardware import get_profile
 from ..workloads.base import workloads
 from .admission import Admission
 from .artifacts import ArtifactStore
-from .auth import Authenticator, hash_token, vehicle_credential
+from .auth import Authenticator, car, hash_token, vehicle_credential
+from .auth_gate import AuthFailureGate, client_address
 from .bootstrap import bootstrap_credentials
 from .config import CoordinatorConfig
 from .drivers import DriverContext, load_unit_drivers
@@ -58,9 +60,11 @@ from .http_errors import install_error_handlers
 from .limits import BodyLimit
 from .metrics import CoordinatorMetrics
 from .observe import RequestObserver, note_principal
+from .ratelimit import RateLimiter
 from .rounds import with_training
 from .routes.artifacts import artifact_routes
 from .routes.billing import billing_routes
+from .routes.identity import identity_routes
 from .routes.operations import operations_routes
 from .routes.operator import operator_routes
 from .routes.tenants import tenant_admin_routes
@@ -86,7 +90,14 @@ class Coordinator:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store or open_store(config.db_url)
         self.artifacts = ArtifactStore(config.artifacts_path, small=self.store.result_blob)
-        self.auth = Authenticator(self.store, self.clock, config.auth_cache_ttl_s)
+        self.auth = Authenticator(self.store, self.clock, config.auth_cache_ttl_s,
+                                  car_failures=config.auth_failure_limit, skew_s=config.signature_skew_s,
+                                  max_nonces=config.max_nonces, require_keys=config.require_car_keys,
+                                  max_keys=config.rate_limit_keys)
+        self.auth_failures = RateLimiter(config.auth_failure_limit, self.clock, what="failed authentications",
+                                         max_keys=config.rate_limit_keys)
+        self.enrollments = RateLimiter(config.enroll_limit, self.clock, what="enrollments",
+                                       max_keys=config.rate_limit_keys)
         drivers = load_unit_drivers(DriverContext(self.store, self.artifacts, config, self.clock))
         self.scheduler = Scheduler(self.store, self.artifacts, config, self.clock, drivers=drivers)
         self.training: TrainingService = drivers["train"].service  # type: ignore[attr-defined]
@@ -189,6 +200,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     operator_routes(app, coord)
     tenant_admin_routes(app, coord)
     operations_routes(app, coord)
+    identity_routes(app, coord)
     billing_routes(app, coord)
     for workload in workloads():  # a workload's own routes (serving's API), and the service behind them
         if workload.routes is not None and (service := workload.load("routes")(app, coord)) is not None:
@@ -202,7 +214,8 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
         return {"status": "ok"}
 
     limited = BodyLimit(app, max_json=coord.config.max_json_bytes, max_artifact=coord.config.max_artifact_bytes)
-    return RequestObserver(limited, coord.metrics, access_log=coord.config.log_format == "json", app=app)
+    gated = AuthFailureGate(limited, coord.auth_failures)
+    return RequestObserver(gated, coord.metrics, access_log=coord.config.log_format == "json", app=app)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -263,22 +276,30 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
 
     @accepts("vehicle")
     async def vehicle(request: Request) -> VehicleRecord:
-        header = request.headers.get("authorization")
-        found = coord.auth.cached_vehicle(header)  # on the event loop only while no store call is needed
-        found = found if found is not None else await asyncio.to_thread(coord.auth.vehicle, header)
+        found = await car(coord.auth, request)
         note_principal(request.scope, "vehicle")
         return found
 
     @app.post(f"{API_PREFIX}/vehicles/enroll", status_code=201, response_model=EnrollResponse, tags=["vehicle"])
-    @accepts(errors=(401,))  # the fleet enrollment token is in the body, not a bearer credential
-    def enroll(req: EnrollRequest) -> EnrollResponse:
-        coord.auth.enrollment(req.enrollment_token)
+    @accepts(errors=(401, 429))  # the fleet enrollment token is in the body, not a bearer credential
+    def enroll(req: EnrollRequest, request: Request) -> EnrollResponse:
+        """Trade an enrollment token for a car id and credential. Tokens the operator issued are limited (uses,
+        expiry, rate per address and per token); the bootstrap token is not."""
+        if req.public_key is not None:
+            load_public_key(req.public_key)  # a malformed key is a 400 before any use of the token is spent
         profile = get_profile(req.hardware)
         vehicle_id = "v-" + uuid.uuid4().hex[:12]
         credential = vehicle_credential(vehicle_id)
+        now = coord.clock.now()
         record = VehicleRecord(vehicle_id=vehicle_id, name=req.name, hardware=profile.name,
-                               credential_hash=hash_token(credential), enrolled_at=coord.clock.now())
-        store.add_vehicle(record)
+                               credential_hash=hash_token(credential), enrolled_at=now, public_key=req.public_key)
+        if coord.auth.enrollment(req.enrollment_token):
+            store.add_vehicle(record)
+        else:
+            token_hash = hash_token(req.enrollment_token)
+            coord.enrollments.take("address:" + client_address(request.scope))
+            coord.enrollments.take("token:" + token_hash)
+            store.enroll_with_token(token_hash, record, now)
         coord.auth.remember_vehicle(record)  # its first lease request needs no store call to authenticate
         return EnrollResponse(vehicle_id=vehicle_id, credential=credential)
 

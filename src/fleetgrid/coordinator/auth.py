@@ -8,21 +8,85 @@ work at once anyway, since leasing checks the revoked flag in the store.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from starlette.requests import Request
+
 from ..clock import Clock, WallClock
-from ..errors import AuthError
+from ..errors import AuthError, Forbidden
+from ..identity.signing import SIGNATURE_HEADER, UNSIGNED_PAYLOAD, body_hash
+from .car_proof import ProofChecker
+from .ratelimit import RateLimit, RateLimiter
 from .store import Store, VehicleRecord
 
-__all__ = ["OWNER_TOKEN_PREFIX", "Authenticator", "bearer", "hash_token", "new_token", "vehicle_credential"]
+__all__ = [
+    "OWNER_TOKEN_PREFIX",
+    "WRONG_CAR",
+    "Authenticator",
+    "CarRequest",
+    "car",
+    "car_unread",
+    "bearer",
+    "hash_token",
+    "new_token",
+    "vehicle_credential",
+]
 
 OWNER_TOKEN_PREFIX = "fgown"
 """Owner tokens read ``fgown_<secret>`` (``fgo_`` is the operator's, ``fgt_`` a tenant's, ``fgv.`` a car's)."""
 
+WRONG_CAR = "unknown vehicle or wrong credential; use the credential (and key) this car enrolled with, or enroll again"
+"""The one answer to an unknown car id, a wrong secret and a wrong signature alike: ids cannot be probed."""
+_NO_CAR = "0" * 64  # no sha256 hex digest of a token is this
+
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CarRequest:
+    """What a car's request proves itself with: its bearer credential and signature header, and what was signed."""
+
+    authorization: str | None
+    signature: str | None = None
+    method: str = "GET"
+    target: str = "/"
+    """Path and query, as sent."""
+    digest: str = body_hash(b"")
+    """sha256 (hex) of the body, or :data:`~fleetgrid.identity.signing.UNSIGNED_PAYLOAD` (an artifact upload)."""
+
+    @classmethod
+    def of(cls, request: Request, digest: str) -> CarRequest:
+        query = request.url.query
+        target = request.url.path + ("?" + query if query else "")
+        headers = request.headers
+        return cls(headers.get("authorization"), headers.get(SIGNATURE_HEADER), request.method, target, digest)
+
+
+_HASH_ON_LOOP = 64 << 10
+"""Bodies up to this size are hashed on the event loop (tens of microseconds); larger ones in a thread."""
+
+
+async def car(auth: Authenticator, request: Request) -> VehicleRecord:
+    """The car that sent ``request`` (its body read and hashed for the signature; an artifact upload's is not:
+    see :data:`~fleetgrid.identity.signing.UNSIGNED_PAYLOAD`). The store is asked off the event loop, only when the
+    car is not cached."""
+    body = await request.body()
+    digest = body_hash(body) if len(body) <= _HASH_ON_LOOP else await asyncio.to_thread(body_hash, body)
+    req = CarRequest.of(request, digest)
+    found = auth.cached_vehicle(req)
+    return found if found is not None else await asyncio.to_thread(auth.vehicle, req)
+
+
+def car_unread(auth: Authenticator, request: Request) -> VehicleRecord:
+    """The car that sent ``request`` without reading its body: a GET or HEAD (an empty body), or an artifact upload
+    (its path names the sha256 of its bytes). Call it off the event loop."""
+    digest = UNSIGNED_PAYLOAD if request.method == "PUT" else body_hash(b"")
+    return auth.vehicle(CarRequest.of(request, digest))
 
 
 def new_token(prefix: str) -> str:
@@ -73,9 +137,16 @@ class _Cache(Generic[T]):
 class Authenticator:
     """Resolves bearer tokens to tenants, vehicles or the operator; found ones are cached for ``ttl_s``."""
 
-    def __init__(self, store: Store, clock: Clock | None = None, ttl_s: float = 5.0) -> None:
+    def __init__(self, store: Store, clock: Clock | None = None, ttl_s: float = 5.0, *,
+                 car_failures: RateLimit | None = None, skew_s: float = 60.0, max_nonces: int = 200_000,
+                 require_keys: bool = False, max_keys: int = 100_000) -> None:
         self.store = store
         clock = clock or WallClock()
+        self.car_failures = RateLimiter(car_failures or RateLimit(burst=30, per_s=0.5), clock,
+                                        what="failed authentications for this vehicle id", max_keys=max_keys)
+        self.proofs = ProofChecker(clock, skew_s=skew_s, max_nonces=max_nonces)
+        self.require_keys = require_keys
+        store.watch_vehicles(self.forget_vehicle)  # a suspension by anyone through this store holds at once
         self._tenants: _Cache[str] = _Cache(clock, ttl_s)
         self._vehicles: _Cache[VehicleRecord] = _Cache(clock, ttl_s)
         self._owners: _Cache[str] = _Cache(clock, ttl_s)
@@ -111,44 +182,63 @@ class Authenticator:
         if expected is None or not hmac.compare_digest(hash_token(bearer(header)), expected):
             raise AuthError("not the operator token; operator routes need the operator credential")
 
-    def vehicle(self, header: str | None) -> VehicleRecord:
-        token, vehicle_id = self._vehicle_token(header)
+    def vehicle(self, req: CarRequest) -> VehicleRecord:
+        """The car that sent ``req``: its bearer credential, then (for a car that enrolled with a key) its signature
+        over the request. An unknown car and a wrong secret or signature get one and the same answer, so car ids
+        cannot be probed; failures are counted per claimed car (:class:`RateLimited` once too many)."""
+        token, vehicle_id = self._vehicle_token(req.authorization)
         vehicle = self._vehicles.get(vehicle_id)
         if vehicle is None:
             vehicle = self.store.get_vehicle(vehicle_id)
-            if vehicle is None:
-                raise AuthError(f"unknown vehicle {vehicle_id!r}; enroll again with the fleet enrollment token")
-            self._vehicles.put(vehicle.vehicle_id, vehicle)
-        return self._check_vehicle(token, vehicle)
+            if vehicle is not None:
+                self._vehicles.put(vehicle.vehicle_id, vehicle)
+        return self._check_vehicle(token, vehicle_id, vehicle, req)
 
-    def cached_vehicle(self, header: str | None) -> VehicleRecord | None:
+    def cached_vehicle(self, req: CarRequest) -> VehicleRecord | None:
         """:meth:`vehicle` without touching the store: None when the vehicle is not cached (then call that, off
         the event loop). Errors are raised as :meth:`vehicle` raises them."""
-        token, vehicle_id = self._vehicle_token(header)
+        token, vehicle_id = self._vehicle_token(req.authorization)
         vehicle = self._vehicles.get(vehicle_id)
-        return self._check_vehicle(token, vehicle) if vehicle is not None else None
+        return self._check_vehicle(token, vehicle_id, vehicle, req) if vehicle is not None else None
 
     @staticmethod
     def _vehicle_token(header: str | None) -> tuple[str, str]:
         token = bearer(header)
         parts = token.split(".")
-        if len(parts) != 3 or parts[0] != "fgv":
+        if len(parts) != 3 or parts[0] != "fgv" or not parts[1]:
             raise AuthError(
                 "malformed vehicle credential; expected the 'fgv.<vehicle_id>.<secret>' issued at enrollment")
         return token, parts[1]
 
-    @staticmethod
-    def _check_vehicle(token: str, vehicle: VehicleRecord) -> VehicleRecord:
-        if not hmac.compare_digest(hash_token(token), vehicle.credential_hash):
-            raise AuthError(f"wrong credential for vehicle {vehicle.vehicle_id}")
+    def _check_vehicle(self, token: str, vehicle_id: str, vehicle: VehicleRecord | None,
+                       req: CarRequest) -> VehicleRecord:
+        self.car_failures.check(vehicle_id)
+        # An unknown car costs the same hash comparison as a known one, and answers the same words.
+        expected = vehicle.credential_hash if vehicle is not None else _NO_CAR
+        if not hmac.compare_digest(hash_token(token), expected) or vehicle is None:
+            self.car_failures.spend(vehicle_id)
+            raise AuthError(WRONG_CAR)
         if vehicle.revoked:
             raise AuthError(f"vehicle {vehicle.vehicle_id}'s credential was revoked; enroll again to get a new one")
+        if vehicle.public_key is not None:
+            try:
+                self.proofs.check(vehicle_id, vehicle.public_key, req.method, req.target, req.digest, req.signature)
+            except AuthError:
+                self.car_failures.spend(vehicle_id)
+                raise
+        elif self.require_keys:
+            raise AuthError(f"vehicle {vehicle_id} enrolled without a key, and this coordinator requires signed "
+                            "requests; enroll the car again (a current agent makes its key at enrollment)")
+        if vehicle.suspended_at is not None:
+            raise Forbidden(f"vehicle {vehicle_id} is suspended ({vehicle.suspended_reason}); the fleet operator "
+                            f"can lift it (POST /v1/vehicles/{vehicle_id}/unsuspend)")
         return vehicle
 
-    def enrollment(self, token: str) -> None:
+    def enrollment(self, token: str) -> bool:
+        """Whether ``token`` is the bootstrap enrollment token (the one in the coordinator's configuration or
+        credentials.json); tokens the operator issued are checked, and spent, by the store as the car is added."""
         expected = self.store.get_secret("enroll")
-        if expected is None or not hmac.compare_digest(hash_token(token), expected):
-            raise AuthError("wrong fleet enrollment token; ask the fleet operator for the current one")
+        return expected is not None and hmac.compare_digest(hash_token(token), expected)
 
     def remember_vehicle(self, vehicle: VehicleRecord) -> None:
         self._vehicles.put(vehicle.vehicle_id, vehicle)

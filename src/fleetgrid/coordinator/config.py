@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import InvalidInput
 from .logs import LOG_FORMATS
+from .ratelimit import RateLimit
 
 __all__ = ["CoordinatorConfig", "Credentials"]
 
@@ -87,7 +88,26 @@ class CoordinatorConfig:
     log_format: str = "text"
     """'text' (uvicorn's own format, no request log) or 'json': every log record as one JSON line, plus one line
     per request (method, route template, status, duration, request id, principal kind; never a token)."""
+    auth_failure_limit: RateLimit = field(default_factory=lambda: RateLimit(burst=30, per_s=0.5))
+    """Failed authentications (any 401) allowed per client address: a burst, then one per 2 s; past it, 429 with
+    ``Retry-After`` before any credential is checked. The same limit applies per claimed vehicle id."""
+    enroll_limit: RateLimit = field(default_factory=lambda: RateLimit(burst=30, per_s=0.5))
+    """Enrollments with an issued token, per client address and per token. The bootstrap token (below) is the
+    operator's own and not limited, so scripts and benchmarks can enroll thousands of cars from one host."""
+    rate_limit_keys: int = 100_000
+    """Most addresses (or car ids, or tokens) each limiter remembers; past it the least recently seen are
+    forgotten (bounded memory under a spray of addresses)."""
+    signature_skew_s: float = 60.0
+    """A signed car request whose timestamp is further than this from the coordinator's clock is refused (and a
+    nonce is remembered this long, to refuse replays)."""
+    max_nonces: int = 200_000
+    """Most nonces remembered; past it the oldest are forgotten and requests as old are refused (never replayed)."""
+    require_car_keys: bool = False
+    """Refuse cars that enrolled before car keys (bearer secret only) with a 401 telling them to enroll again.
+    Off by default: such cars keep working on their bearer secret alone."""
     enroll_token: str | None = None
+    """The bootstrap enrollment token: accepted for any number of enrollments, never expires; rotate it by
+    restarting with another. Give cars tokens issued with POST /v1/enrollment-tokens instead where you can."""
     operator_token: str | None = None
     tenant_tokens: dict[str, str] = field(default_factory=dict)
     """Fixed tokens (for tests and demos); missing ones are generated at first start."""
@@ -115,6 +135,9 @@ class CoordinatorConfig:
                                f"{self.long_poll_recheck_s} and {self.max_long_poll_s}")
         if self.log_format not in LOG_FORMATS:
             raise InvalidInput(f"log format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+        if self.signature_skew_s <= 0 or self.max_nonces < 1 or self.rate_limit_keys < 1:
+            raise InvalidInput(f"signature_skew_s must be > 0 and max_nonces, rate_limit_keys >= 1, got "
+                               f"{self.signature_skew_s}, {self.max_nonces}, {self.rate_limit_keys}")
         if self.auth_cache_ttl_s < 0:
             raise InvalidInput(f"auth_cache_ttl_s must be >= 0 seconds (0 disables the cache), "
                                f"got {self.auth_cache_ttl_s}")

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from ...errors import NotFound
 from ...protocol import API_PREFIX, ArtifactInfo
 from ..artifacts import parse_range
-from ..auth import bearer
+from ..auth import bearer, car_unread
 from ..observe import note_principal
 from ..security import accepts
 
@@ -30,7 +30,7 @@ def artifact_routes(app: FastAPI, coord: Coordinator) -> None:
     def principal(request: Request) -> str:
         header = request.headers.get("authorization")
         kind = "vehicle" if bearer(header).startswith("fgv.") else "tenant"
-        who = coord.auth.vehicle(header).vehicle_id if kind == "vehicle" else coord.auth.tenant(header)
+        who = car_unread(coord.auth, request).vehicle_id if kind == "vehicle" else coord.auth.tenant(header)
         note_principal(request.scope, kind)
         return f"{kind}:{who}"
 

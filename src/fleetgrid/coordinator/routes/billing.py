@@ -110,6 +110,7 @@ def billing_routes(app: FastAPI, coord: Coordinator) -> None:
                            "statements add amounts across price lists, so the currency cannot change")
         body = plist.to_json()
         version = store.add_price_list(plist.currency, body["operator_fee"], body["prices"], now)
+        store.append_audit("operator", "prices.set", f"price list {version}", {"currency": plist.currency}, now)
         return PriceListView(version=version, set_at=now, **body)
 
     @app.get(f"{API_PREFIX}/prices", response_model=PriceListView, tags=["billing"],

@@ -70,6 +70,7 @@ def operator_routes(app: FastAPI, coord: Coordinator) -> None:
         if not store.revoke_vehicle(vehicle_id):
             raise NotFound(f"vehicle {vehicle_id!r} does not exist; GET /v1/vehicles lists them")
         coord.auth.forget_vehicle(vehicle_id)
+        store.append_audit("operator", "vehicle.revoke", vehicle_id, {}, coord.clock.now())
         coord.scheduler.release_vehicle(vehicle_id)
         coord.training.release_vehicle(vehicle_id)
         return {"vehicle_id": vehicle_id, "revoked": True}
@@ -84,4 +85,5 @@ def operator_routes(app: FastAPI, coord: Coordinator) -> None:
     def add_tenant(req: TenantCreate) -> TenantCreated:
         token = new_token("fgt")
         store.add_tenant(req.name, hash_token(token), coord.clock.now())
+        store.append_audit("operator", "tenant.add", req.name, {}, coord.clock.now())
         return TenantCreated(tenant=req.name, token=token)

@@ -39,6 +39,7 @@ def tenant_admin_routes(app: FastAPI, coord: Coordinator) -> None:
         if token_hash is None:
             raise NotFound(f"tenant {name!r} does not exist; GET /v1/tenants (fleetgrid tenant list) lists them")
         coord.auth.forget_tenant(token_hash)
+        store.append_audit("operator", "tenant.revoke", name, {}, coord.clock.now())
         if coord.credentials.tenants.pop(name, None) is not None:
             coord.credentials.save(coord.config.credentials_path)  # else the next start would restore its token
         return _summary(store, name)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .billing_base import BillingState
+from .identity_base import IdentityState
 
 __all__ = [
     "ArtifactRecord",
@@ -49,6 +50,11 @@ class VehicleRecord:
     last_seen: float | None = None
     state: dict[str, Any] | None = None
     eligible: bool = False
+    public_key: str | None = None
+    """The car's Ed25519 public key (base64url), sent at enrollment; None for cars enrolled before keys."""
+    suspended_at: float | None = None
+    """Set while the car is suspended (by the operator or automatically): every request of it is refused."""
+    suspended_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -167,7 +173,7 @@ class ArtifactRecord:
     owners: list[str] = field(default_factory=list)
 
 
-class Store(BillingState, ABC):
+class Store(BillingState, IdentityState, ABC):
     """Everything the coordinator must not lose. Implementations must make each method atomic."""
 
     # --- secrets and tenants ------------------------------------------------------------------------------------

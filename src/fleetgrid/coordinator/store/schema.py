@@ -55,6 +55,34 @@ vehicles = Table(
     Column("last_seen", Float),
     Column("state", JSON),
     Column("eligible", Boolean, nullable=False, default=False),
+    Column("public_key", String(64)),
+    Column("suspended_at", Float),
+    Column("suspended_reason", Text),
+)
+
+enrollment_tokens = Table(
+    "enrollment_tokens",
+    metadata,
+    Column("token_id", String(32), primary_key=True),
+    Column("token_hash", String(128), nullable=False, unique=True),
+    Column("label", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("uses", Integer),
+    Column("used", Integer, nullable=False, default=0),
+    Column("expires_at", Float),
+    Column("revoked_at", Float),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("details", JSON, nullable=False),
 )
 
 artifacts = Table(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 
+from fleetgrid.coordinator.auth import car
 from fleetgrid.coordinator.security import accepts
 from fleetgrid.core import LeaseState
 from fleetgrid.errors import AuthError, Conflict, InvalidInput, NotFound, Overloaded
@@ -291,9 +292,7 @@ def serving_routes(app: FastAPI, coord: Coordinator) -> ServingService:
 
     @accepts("vehicle")
     async def vehicle(request: Request) -> VehicleRecord:
-        header = request.headers.get("authorization")
-        found = coord.auth.cached_vehicle(header)
-        return found if found is not None else await asyncio.to_thread(coord.auth.vehicle, header)
+        return await car(coord.auth, request)
 
     @app.post(f"{API_PREFIX}/serve/leases/{{lease_id}}/exchange", response_model=ServeWork, tags=["vehicle"])
     async def exchange(lease_id: str, body: ServeExchange, v: VehicleRecord = Depends(vehicle)) -> ServeWork:
