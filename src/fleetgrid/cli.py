@@ -571,17 +571,17 @@ def corpus(out: Annotated[Path, typer.Option(help="JSON Lines file to write")] =
 
 def _register_subcommands() -> None:
     """Commands whose code lives in their own packages (each imports its heavy parts only when run)."""
+    from importlib import import_module
+
     from .agent.cli import agent_command
-    from .billing.cli import register as register_billing
     from .demo import demo_command
     from .sim.cli import simulate
-    from .workloads.serving.cli import register as register_serving
 
     app.command("agent", help="Run the vehicle agent: take work only while the car is free.")(agent_command)
     app.command("simulate", help="Simulate what a fleet of parked cars delivers, hour by hour.")(simulate)
     app.command("demo", help="The main job: coordinator + N cars + a MiniLM embedding job, end to end.")(demo_command)
-    register_billing(app)
-    register_serving(app)
+    for package in ("billing", "workloads.serving", "identity"):  # billing's first: it makes `fleetgrid operator`
+        import_module(f"fleetgrid.{package}.cli").register(app)
 
 
 _register_subcommands()

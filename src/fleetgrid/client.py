@@ -21,6 +21,7 @@ import tenacity
 
 from .billing.protocol import OwnerCreated, OwnerStatementView, OwnerSummary, PriceListView, TenantBillView
 from .errors import InvalidInput, NotFound, TransportError
+from .identity.protocol import AuditEntry, EnrollmentTokenIssued, EnrollmentTokenView, VehicleSuspension
 from .protocol import (
     API_PREFIX,
     FleetOverview,
@@ -221,6 +222,30 @@ class FleetgridClient:
 
     def revoke_tenant(self, name: str) -> TenantSummary:
         return TenantSummary.model_validate(self._call("POST", f"/tenants/{name}/revoke").json())
+
+    # --- identity -----------------------------------------------------------------------------------------------
+    def issue_enrollment_token(self, *, uses: int | None = 1, expires_in_s: float | None = None,
+                               label: str = "") -> EnrollmentTokenIssued:
+        """A new enrollment token (in ``.token``, seen only this once): ``uses`` None for any number."""
+        body = {"uses": uses, "expires_in_s": expires_in_s, "label": label}
+        return EnrollmentTokenIssued.model_validate(self._call("POST", "/enrollment-tokens", json=body).json())
+
+    def enrollment_tokens(self) -> list[EnrollmentTokenView]:
+        return [EnrollmentTokenView.model_validate(t) for t in self._call("GET", "/enrollment-tokens").json()]
+
+    def revoke_enrollment_token(self, token_id: str) -> EnrollmentTokenView:
+        return EnrollmentTokenView.model_validate(self._call("DELETE", f"/enrollment-tokens/{token_id}").json())
+
+    def suspend(self, vehicle_id: str, reason: str) -> VehicleSuspension:
+        r = self._call("POST", f"/vehicles/{vehicle_id}/suspend", json={"reason": reason})
+        return VehicleSuspension.model_validate(r.json())
+
+    def unsuspend(self, vehicle_id: str) -> VehicleSuspension:
+        return VehicleSuspension.model_validate(self._call("POST", f"/vehicles/{vehicle_id}/unsuspend").json())
+
+    def audit(self, *, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        params: dict[str, int] = {"limit": limit} | ({"before": before} if before is not None else {})
+        return [AuditEntry.model_validate(e) for e in self._call("GET", "/audit", params=params).json()]
 
     # --- billing ------------------------------------------------------------------------------------------------
     def set_prices(self, currency: str, operator_fee: str, prices: dict[str, dict[str, str]]) -> PriceListView:
