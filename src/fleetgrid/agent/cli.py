@@ -97,11 +97,14 @@ def agent_command(
     coordinator: Annotated[str, typer.Option(envvar="FLEETGRID_URL", help="Coordinator base URL.")] = (
         "http://127.0.0.1:8787"
     ),
-    state_dir: Annotated[Path, typer.Option(help="Credential, data plan, stats, model cache (kept 0600/0700).")] = Path(
+    state_dir: Annotated[Path, typer.Option(help="Credential, key, data plan, stats, models (kept 0600/0700).")] = Path(
         "fleetgrid-agent"
     ),
     enroll_token: Annotated[
-        str | None, typer.Option(envvar="FLEETGRID_ENROLL_TOKEN", help="One-time token; not needed once enrolled.")
+        str | None, typer.Option(
+            envvar="FLEETGRID_ENROLL_TOKEN",
+            help="Enrollment token from the operator (`fleetgrid operator enrollment-tokens issue`: single-use "
+            "unless issued for more); needed only to enroll. Enrolling makes the car's key, STATE_DIR/car_key.pem.")
     ] = None,
     name: Annotated[str, typer.Option(help="The car's display name.")] = "fleetgrid-car",
     hardware: Annotated[str, typer.Option(help="Hardware profile: hw3, ai4 or ai5.")] = "ai4",

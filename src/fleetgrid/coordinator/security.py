@@ -23,7 +23,8 @@ __all__ = ["SCHEMES", "accepts", "document"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 SCHEMES: dict[str, str] = {
-    "vehicle": "A car's credential, 'fgv.<vehicle_id>.<secret>', which POST /v1/vehicles/enroll returns.",
+    "vehicle": "A car's credential, 'fgv.<vehicle_id>.<secret>', which POST /v1/vehicles/enroll returns. A car that "
+               "enrolled with a public key also signs every request (X-Fleetgrid-Signature; see the README).",
     "tenant": "A tenant's token (fgt_...): `fleetgrid credentials` shows the default tenant's, `fleetgrid tenant "
               "add NAME` makes another.",
     "operator": "The operator token (fgo_...) in DATA_DIR/credentials.json (`fleetgrid credentials`). Also what a "
@@ -107,7 +108,7 @@ def _error_statuses(route: APIRoute, method: str, operation: dict[str, Any],
     takes_input = bool(operation.get("parameters")) or "requestBody" in operation
     statuses: set[int] = set(marked[1]) if marked is not None else set()
     if marked is not None and marked[0]:
-        statuses.add(401)
+        statuses |= {401, 429}  # 429: the address (or car id) failed authentication too often lately
     if "{" in route.path_format:
         statuses.add(404)
         if marked is not None and "vehicle" in marked[0]:
@@ -142,5 +143,6 @@ _REASONS = {
     413: "request body over the limit",
     416: "byte range outside the artifact",
     422: "request does not match the schema",
+    429: "too many failed authentications (or enrollments) lately; try again after Retry-After",
     507: "the coordinator's storage is full; try again later",
 }
