@@ -106,3 +106,26 @@ def test_the_tenant_wait_still_ends_at_its_timeout_when_the_coordinator_stays_do
     client._http = httpx.Client(base_url=client.base_url, transport=httpx.MockTransport(handler))
     with pytest.raises(errors.TransportError, match="refused"):
         client.wait("job-1", timeout_s=0.2, poll_s=0.01)
+
+
+def test_a_429_is_tried_again_no_sooner_than_its_retry_after(tmp_path):
+    """A rate-limited car (its address failed authentication too often, an enrollment token's rate) waits and tries
+    again rather than giving up: the agent must not stop because someone else flooded the coordinator."""
+    from fleetgrid.wire_errors import error_from_response
+
+    answer = httpx.Response(429, headers={"retry-after": "7"}, request=httpx.Request("POST", "http://c/v1/leases"),
+                            json={"error": "rate_limited", "message": "too many failed authentications",
+                                  "request_id": None})
+    refused = error_from_response(answer)
+    assert isinstance(refused, errors.RateLimited) and refused.retry_after_s == 7.0
+    link, slept = _link(tmp_path, poll_s=0.5)
+    calls = []
+
+    def limited() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise refused
+        return "ok"
+
+    assert link.retrying(limited, attempts=5) == "ok"
+    assert len(slept) == 2 and all(s >= 7.0 for s in slept)

@@ -36,9 +36,18 @@ def error_from_response(response: httpx.Response) -> errors.FleetgridError:
     except (pydantic.ValidationError, ValueError):
         code, message = "", response.text[:200] or response.reason_phrase
     cls = _BY_CODE.get(code)
-    if cls is not None and cls.status == response.status_code:
-        return cls(message)
-    cls = _BY_STATUS.get(response.status_code)
+    if cls is None or cls.status != response.status_code:
+        cls = _BY_STATUS.get(response.status_code)
+    if cls is not None and issubclass(cls, errors.Overloaded):  # keep when to try again
+        return cls(message, retry_after_s=_retry_after(response))
     if cls is not None:
         return cls(message)
     return errors.TransportError(f"{where} answered {response.status_code} ({code or 'no error code'}): {message}")
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The answer's ``Retry-After`` in seconds (1 when absent or not a number of seconds)."""
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0

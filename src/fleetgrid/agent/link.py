@@ -94,16 +94,22 @@ class Link:
         return retry.delay_s(self.backoff, failures)
 
     def retrying(self, call: Callable[[], _T], *, attempts: int = ATTEMPTS, until_stopped: bool = False) -> _T:
-        """``call()``, tried again after a network error (``attempts`` times, or until stopped), with jittered
-        exponential back-off between tries. Setting the stop event cuts a wait short and raises the next failure."""
+        """``call()``, tried again after a network error or a 429 (``attempts`` times, or until stopped), with
+        jittered exponential back-off between tries (at least the 429's ``Retry-After``). Setting the stop event
+        cuts a wait short and raises the next failure."""
         stop: tenacity.stop.stop_base = tenacity.stop_when_event_set(self.stop)
         if not until_stopped:
             stop = stop | tenacity.stop_after_attempt(attempts)
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(errors.TransportError), stop=stop, wait=self.backoff,
+            retry=tenacity.retry_if_exception_type((errors.TransportError, errors.Overloaded)), stop=stop,
+            wait=self._wait,
             sleep=self.sleep, after=self._count_failure, before_sleep=_log_retry, reraise=True,
         )
         return retrying(call)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        failed = state.outcome.exception() if state.outcome is not None else None
+        return max(self.backoff(state), getattr(failed, "retry_after_s", 0.0))
 
     def _count_failure(self, _state: tenacity.RetryCallState) -> None:
         self.stats.transport_errors += 1
@@ -214,7 +220,8 @@ class Link:
 def _log_retry(state: tenacity.RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None
     wait = state.next_action.sleep if state.next_action is not None else 0.0
-    log.warning("coordinator unreachable (%s); trying again in %.1f s, at %s", exc, wait,
+    what = "coordinator refused for now" if isinstance(exc, errors.Overloaded) else "coordinator unreachable"
+    log.warning("%s (%s); trying again in %.1f s, at %s", what, exc, wait,
                 time.strftime("%H:%M:%S", time.localtime(time.time() + wait)))
 
 

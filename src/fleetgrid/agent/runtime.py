@@ -99,6 +99,10 @@ class Agent:
                 try:
                     self._step()
                     failures = 0
+                except errors.Overloaded as exc:  # e.g. rate-limited: refused for now, not for good
+                    delay = max(exc.retry_after_s, self.link.backoff_s(1))
+                    log.warning("coordinator refused for now (%s); trying again in %.1f s", exc, delay)
+                    self.link.sleep(delay)
                 except errors.TransportError as exc:
                     failures += 1
                     self.stats.transport_errors += 1
@@ -193,7 +197,7 @@ class Agent:
             self.worker.stop()
             self.stats.leases_lost += 1
             log.warning("lease %s is gone on the coordinator: %s", grant.lease_id, exc)
-        except (errors.TransportError, errors.AuthError):
+        except (errors.TransportError, errors.AuthError, errors.Overloaded):
             self.worker.stop()
             raise  # the coordinator will reissue the unit when the lease expires
         except errors.FleetgridError as exc:
