@@ -42,6 +42,7 @@ OWNER_TOKEN_PREFIX = "fgown"
 
 WRONG_CAR = "unknown vehicle or wrong credential; use the credential (and key) this car enrolled with, or enroll again"
 """The one answer to an unknown car id, a wrong secret and a wrong signature alike: ids cannot be probed."""
+_MAX_ID = 64
 _NO_CAR = "0" * 64  # no sha256 hex digest of a token is this
 
 T = TypeVar("T")
@@ -205,7 +206,7 @@ class Authenticator:
     def _vehicle_token(header: str | None) -> tuple[str, str]:
         token = bearer(header)
         parts = token.split(".")
-        if len(parts) != 3 or parts[0] != "fgv" or not parts[1]:
+        if len(parts) != 3 or parts[0] != "fgv" or not 0 < len(parts[1]) <= _MAX_ID:  # ids key bounded memory
             raise AuthError(
                 "malformed vehicle credential; expected the 'fgv.<vehicle_id>.<secret>' issued at enrollment")
         return token, parts[1]
