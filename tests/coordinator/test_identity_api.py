@@ -200,7 +200,7 @@ def test_enrollments_with_one_issued_token_are_rate_limited(coord, clock):
 
 
 def test_signed_requests_refuse_replays_tampering_staleness_and_missing_signatures(coord, clock):
-    async def scenario(client: httpx.AsyncClient) -> None:
+    async def scenario(client: httpx.AsyncClient, thief_address: httpx.AsyncClient) -> None:
         car = await keyed_car(client, clock)
         body = httpx.Request("POST", "/", json=PARKED).content
         headers = car.headers("POST", "/vehicles/heartbeat", body)
@@ -215,6 +215,9 @@ def test_signed_requests_refuse_replays_tampering_staleness_and_missing_signatur
         assert r.status_code == 401 and "more than 60 s apart" in r.json()["message"]
         other_route = car.headers("POST", "/leases", body)  # signed for another path
         assert (await car.heartbeat(other_route, body)).status_code == 401
+        replays = [(await thief_address.post("/vehicles/heartbeat", content=body, headers=headers)).status_code
+                   for _ in range(40)]
+        assert replays[0] == 401 and replays[-1] == 429  # the replayer's address is limited, not the car's id
         unsigned = await client.post("/vehicles/heartbeat", json=PARKED, headers=auth(car.credential))
         assert unsigned.status_code == 401 and "must be signed" in unsigned.json()["message"]
         thief = CarKey.generate()  # the stolen bearer secret with another key
@@ -222,7 +225,7 @@ def test_signed_requests_refuse_replays_tampering_staleness_and_missing_signatur
         assert (await forged.heartbeat()).status_code == 401
         assert (await car.heartbeat()).status_code == 200
 
-    serve(coord, scenario)
+    serve(coord, scenario, addresses=2)
 
 
 def test_a_car_without_a_key_keeps_working_unless_keys_are_required(coord, clock, tmp_path):
@@ -237,6 +240,9 @@ def test_a_car_without_a_key_keeps_working_unless_keys_are_required(coord, clock
         bad_key = await client.post("/vehicles/enroll", json={"enrollment_token": ENROLL, "name": "c",
                                                               "hardware": "ai4", "public_key": "abc"})
         assert bad_key.status_code == 400 and "32 bytes" in bad_key.json()["message"]
+        coord.config.require_car_keys = True
+        keyless = await enroll(client, ENROLL)
+        assert keyless.status_code == 400 and "requires car keys" in keyless.json()["message"]
 
     serve(coord, scenario)
 

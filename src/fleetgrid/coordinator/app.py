@@ -287,6 +287,9 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         expiry, rate per address and per token); the bootstrap token is not."""
         if req.public_key is not None:
             load_public_key(req.public_key)  # a malformed key is a 400 before any use of the token is spent
+        elif coord.config.require_car_keys:
+            raise InvalidInput("this coordinator requires car keys: send public_key (an Ed25519 public key, 32 raw "
+                               "bytes base64url-encoded); a current agent makes one at enrollment")
         profile = get_profile(req.hardware)
         vehicle_id = "v-" + uuid.uuid4().hex[:12]
         credential = vehicle_credential(vehicle_id)
