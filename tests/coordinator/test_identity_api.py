@@ -281,3 +281,24 @@ def test_a_suspended_car_is_refused_at_once_and_the_audit_log_says_who(coord, cl
         assert (await client.get("/audit", headers=auth(TENANT))).status_code == 401
 
     serve(coord, scenario)
+
+
+def test_a_path_and_query_are_verified_as_sent(coord, clock):
+    """The car signs the path as it goes on the wire (percent-encoded) with its query; the coordinator checks that
+    text, not the path decoded for routing."""
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        car = await keyed_car(client, clock)
+        request = client.build_request("GET", f"/artifacts/{'0' * 64}", params={"x": "a b/c"})
+        sent = request.url.raw_path.decode()
+        assert sent.startswith("/v1/artifacts/") and "?x=a" in sent and " " not in sent
+        request.headers.update(car.key.sign(car.vehicle_id, "GET", sent, body_hash(b""), clock.now()))
+        request.headers.update(auth(car.credential))
+        r = await client.send(request)
+        assert r.status_code == 404, r.text  # authenticated: no such artifact
+        decoded = car.key.sign(car.vehicle_id, "GET", f"/v1/artifacts/{'0' * 64}?x=a b/c", body_hash(b""),
+                               clock.now())
+        request.headers.update(decoded)
+        assert (await client.send(request)).status_code == 401
+
+    serve(coord, scenario)

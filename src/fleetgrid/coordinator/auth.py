@@ -64,8 +64,11 @@ class CarRequest:
 
     @classmethod
     def of(cls, request: Request, digest: str) -> CarRequest:
-        query = request.url.query
-        target = request.url.path + ("?" + query if query else "")
+        # The path as it was sent (percent-encoding and all), as the car signed it, not as decoded for routing.
+        raw = request.scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else request.url.path
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        target = path + ("?" + query if query else "")
         headers = request.headers
         return cls(headers.get("authorization"), headers.get(SIGNATURE_HEADER), request.method, target, digest)
 
