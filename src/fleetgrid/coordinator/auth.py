@@ -143,6 +143,9 @@ class Authenticator:
             raise AuthError(f"wrong credential for vehicle {vehicle.vehicle_id}")
         if vehicle.revoked:
             raise AuthError(f"vehicle {vehicle.vehicle_id}'s credential was revoked; enroll again to get a new one")
+        if vehicle.suspended:
+            raise AuthError(f"vehicle {vehicle.vehicle_id}'s credential is suspended: {vehicle.suspended_reason}; "
+                            "ask the fleet operator to review it")
         return vehicle
 
     def enrollment(self, token: str) -> None:

@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..reputation import Reputation, Verdict
 from .billing_base import BillingState
 
 __all__ = [
@@ -49,6 +50,9 @@ class VehicleRecord:
     last_seen: float | None = None
     state: dict[str, Any] | None = None
     eligible: bool = False
+    suspended: bool = False
+    """Suspended automatically when its results were caught wrong (refused like a revoked credential)."""
+    suspended_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -198,6 +202,36 @@ class Store(BillingState, ABC):
     @abstractmethod
     def revoke_vehicle(self, vehicle_id: str) -> bool:
         """Returns False if there is no such vehicle."""
+
+    @abstractmethod
+    def suspend_vehicle(self, vehicle_id: str, reason: str, actor: str) -> bool:
+        """Suspend a car's credential (``actor``: who decided, e.g. 'reputation'); False if there is no such car or
+        it was suspended already (the first reason stands)."""
+
+    # --- reputation (coordinator/reputation.py) -----------------------------------------------------------------
+    @abstractmethod
+    def get_reputation(self, vehicle_id: str) -> Reputation:
+        """The car's counters (all zero if none of its results was ever checked)."""
+
+    @abstractmethod
+    def list_reputations(self) -> list[Reputation]:
+        """Every car's counters that any check touched, by vehicle id."""
+
+    @abstractmethod
+    def record_verdicts(self, verdicts: Sequence[tuple[str, Verdict]], now: float) -> None:
+        """Apply (vehicle id, verdict) pairs as increments to the cars' counters in one transaction (see
+        :meth:`Reputation.after`): racing coordinators never lose one."""
+
+    @abstractmethod
+    def unverified_results(self, vehicle_id: str, kinds: Sequence[str]) -> list[UnitRecord]:
+        """The car's accepted results that no other result confirmed (the only done replica of their unit), in
+        running jobs of ``kinds``: what is recomputed when the car is caught."""
+
+    @abstractmethod
+    def reopen_unit(self, job_id: str, idx: int, replica: UnitRecord) -> bool:
+        """Withdraw the accepted result of unit ``idx`` of a running job (its done count drops by one) and add
+        ``replica`` to compute it again, atomically; False (nothing changed) if it was not accepted or the job is
+        no longer running."""
 
     @abstractmethod
     def report_state(self, vehicle_id: str, state: dict[str, Any], eligible: bool, now: float) -> None: ...

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     text,
 )
 
@@ -55,6 +56,10 @@ vehicles = Table(
     Column("last_seen", Float),
     Column("state", JSON),
     Column("eligible", Boolean, nullable=False, default=False),
+    # Suspended automatically when its results are caught wrong (coordinator/reputation.py); refused like a revoked
+    # credential, but kept apart so an operator can tell the two and reinstate a suspended car.
+    Column("suspended", Boolean, nullable=False, default=False, server_default=false()),
+    Column("suspended_reason", Text),
 )
 
 artifacts = Table(
@@ -252,5 +257,17 @@ price_lists = Table(
     Column("set_at", Float, nullable=False),
 )
 
+reputations = Table(
+    "reputations",
+    metadata,
+    # One row per car whose results were ever checked (coordinator/reputation.py): counters, updated by increments.
+    Column("vehicle_id", String(64), ForeignKey("vehicles.vehicle_id"), primary_key=True),
+    Column("agreed", Integer, nullable=False, default=0),
+    Column("streak", Integer, nullable=False, default=0),
+    Column("faults", Integer, nullable=False, default=0),
+    Column("implausible", Integer, nullable=False, default=0),
+    Column("updated_at", Float),
+)
+
 __all__ = ["accepted", "artifact_owners", "artifacts", "jobs", "leases", "ledger", "metadata", "owner_cars", "owners",
-           "price_lists", "refused_updates", "result_blobs", "secrets", "tenants", "units", "vehicles"]
+           "price_lists", "refused_updates", "reputations", "result_blobs", "secrets", "tenants", "units", "vehicles"]

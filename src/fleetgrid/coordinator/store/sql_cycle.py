@@ -68,7 +68,8 @@ class CycleSQL:
         RUNNING, QUEUED = f"'{JobState.RUNNING}'", f"'{JobState.QUEUED}'"
         skip_locked = " FOR UPDATE OF units SKIP LOCKED" if pg else ""
         ignore, on_conflict = ("", " ON CONFLICT DO NOTHING") if pg else (" OR IGNORE", "")
-        may_lease = "EXISTS (SELECT 1 FROM vehicles WHERE vehicles.vehicle_id = :vid AND NOT vehicles.revoked)"
+        may_lease = ("EXISTS (SELECT 1 FROM vehicles WHERE vehicles.vehicle_id = :vid AND NOT vehicles.revoked "
+                     "AND NOT vehicles.suspended)")
         mine = ("EXISTS (SELECT 1 FROM leases JOIN units AS other ON other.unit_id = leases.unit_id "
                 "WHERE other.job_id = units.job_id AND other.idx = units.idx AND leases.vehicle_id = :vid "
                 f"AND leases.state IN ({ACTIVE}, {COMPLETED}))")
@@ -87,7 +88,7 @@ class CycleSQL:
                          f"AND gang IS NULL AND {may_lease} AND (replicas = 1 OR NOT {mine}) "
                          f"ORDER BY seq LIMIT 1{skip_locked}",
             # FOR SHARE on PostgreSQL: a revocation committing meanwhile waits for this lease to commit.
-            "revoked": "SELECT revoked FROM vehicles WHERE vehicle_id = :vid" + (" FOR SHARE" if pg else ""),
+            "revoked": "SELECT revoked, suspended FROM vehicles WHERE vehicle_id = :vid" + (" FOR SHARE" if pg else ""),
             "take_unit": f"UPDATE units SET state = {LEASED}, attempts = attempts + 1, vehicle_id = :vid "
                          f"WHERE unit_id = :uid AND state = {PENDING}",
             "insert_lease": f"INSERT INTO leases ({_cols('', _LEASE)}) VALUES ({_cols(':', _LEASE)})",
@@ -213,6 +214,9 @@ class CycleRows:
             raise NotFound(f"vehicle {vehicle_id!r} is not enrolled; enroll it before leasing work")
         if row[0]:
             raise AuthError(f"vehicle {vehicle_id}'s credential was revoked; enroll again to get a new one")
+        if row[1]:
+            raise AuthError(f"vehicle {vehicle_id}'s credential is suspended (its results were caught wrong); "
+                            "ask the fleet operator to review it")
 
     def start_job(self, job_id: str) -> None:
         with self._write() as c:

@@ -1,0 +1,100 @@
+"""The SQL store's rows for trust in cars: reputation counters, automatic suspension, and the re-opening of a caught
+car's unconfirmed results (a mixin of :class:`fleetgrid.coordinator.store.sql.SQLStore`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import aliased
+
+from ..reputation import Reputation, Verdict
+from .base import UnitRecord
+from .schema import accepted, jobs, reputations, units, vehicles
+
+__all__ = ["ReputationRows"]
+
+_COUNTERS = ("agreed", "streak", "faults", "implausible")
+
+
+def _reputation(row: Any) -> Reputation:
+    m = row._mapping
+    return Reputation(m["vehicle_id"], m["agreed"], m["streak"], m["faults"], m["implausible"], m["updated_at"])
+
+
+class ReputationRows:
+    _write: Callable[[], AbstractContextManager[Connection]]
+    _read: Callable[[], AbstractContextManager[Connection]]
+    _announce_units: Callable[[Connection, Sequence[UnitRecord]], None]
+    _unit_values: Callable[[UnitRecord], dict[str, Any]]
+
+    def suspend_vehicle(self, vehicle_id: str, reason: str, actor: str) -> bool:
+        with self._write() as c:
+            suspend = (update(vehicles).where(vehicles.c.vehicle_id == vehicle_id, vehicles.c.suspended.is_(False))
+                       .values(suspended=True, suspended_reason=f"{reason} (by {actor})"))
+            return c.execute(suspend).rowcount > 0
+
+    def get_reputation(self, vehicle_id: str) -> Reputation:
+        with self._read() as c:
+            row = c.execute(select(reputations).where(reputations.c.vehicle_id == vehicle_id)).first()
+        return _reputation(row) if row is not None else Reputation(vehicle_id)
+
+    def list_reputations(self) -> list[Reputation]:
+        with self._read() as c:
+            return [_reputation(r) for r in c.execute(select(reputations).order_by(reputations.c.vehicle_id))]
+
+    def record_verdicts(self, verdicts: Sequence[tuple[str, Verdict]], now: float) -> None:
+        if not verdicts:
+            return
+        with self._write() as c:
+            for vehicle_id, verdict in verdicts:
+                # Created at zero first, then changed by increments: the change is one statement on the row, so
+                # two coordinators recording verdicts for one car at once both count.
+                known = select(reputations.c.vehicle_id).where(reputations.c.vehicle_id == vehicle_id)
+                if c.execute(known).first() is None:
+                    c.execute(insert(reputations).values(vehicle_id=vehicle_id, agreed=0, streak=0, faults=0,
+                                                         implausible=0, updated_at=now))
+                c.execute(update(reputations).where(reputations.c.vehicle_id == vehicle_id)
+                          .values(updated_at=now, **_increments(verdict)))
+
+    def unverified_results(self, vehicle_id: str, kinds: Sequence[str]) -> list[UnitRecord]:
+        other = aliased(units)
+        confirmations = (select(func.count()).select_from(other)
+                         .where(other.c.job_id == units.c.job_id, other.c.idx == units.c.idx, other.c.state == "done")
+                         .scalar_subquery())
+        query = (
+            select(units)
+            .join(jobs, jobs.c.job_id == units.c.job_id)
+            .join(accepted, and_(accepted.c.job_id == units.c.job_id, accepted.c.idx == units.c.idx,
+                                 accepted.c.result_digest == units.c.result_digest))
+            .where(units.c.vehicle_id == vehicle_id, units.c.state == "done", jobs.c.state == "running",
+                   jobs.c.kind.in_(list(kinds)), confirmations == 1)
+            .order_by(units.c.seq)
+        )
+        with self._read() as c:
+            return [UnitRecord(**{k: r._mapping[k] for k in UnitRecord.__slots__}) for r in c.execute(query)]
+
+    def reopen_unit(self, job_id: str, idx: int, replica: UnitRecord) -> bool:
+        with self._write() as c:
+            taken = c.execute(delete(accepted).where(
+                accepted.c.job_id == job_id, accepted.c.idx == idx,
+                select(jobs.c.job_id).where(jobs.c.job_id == job_id, jobs.c.state == "running").exists(),
+            )).rowcount
+            if not taken:
+                return False
+            c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=jobs.c.units_done - 1))
+            c.execute(insert(units), [self._unit_values(replica)])
+            self._announce_units(c, [replica])
+        return True
+
+
+def _increments(verdict: Verdict) -> dict[str, Any]:
+    r = reputations.c
+    if verdict is Verdict.AGREED:
+        return {"agreed": r.agreed + 1, "streak": r.streak + 1}
+    if verdict is Verdict.FAULT:
+        return {"faults": r.faults + 1, "streak": 0}
+    return {"implausible": r.implausible + 1, "streak": r.streak // 2}
