@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from agent.fake_models import ITEM, expected  # registers fake-summax
 from fleetgrid.clock import ManualClock
 from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.reputation import TrustPolicy
-
-from agent.fake_models import ITEM, expected  # registers fake-summax
 
 ENROLL, OPERATOR, TENANT = "fge_verify-enroll", "fgo_verify-operator", "fgt_verify-tenant"
 PARKED = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}

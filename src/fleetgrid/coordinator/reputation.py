@@ -1,30 +1,33 @@
 """How far the coordinator trusts each car's results: a reputation per car and the adaptive spot-check policy
 (BOINC's adaptive replication) that decides which results are verified before a tenant may see them.
 
-The policy, as the scheduler applies it to every result of a verifiable workload (batch inference) whose tenant
-asked for no replication of its own:
+The policy, as the scheduler applies it (:mod:`fleetgrid.coordinator.verification`) to every result of a
+verifiable workload (batch inference) whose tenant asked for no replication of its own:
 
 - A car is *untrusted* until ``trust_after`` of its results in a row were confirmed by another car. Every result
-  of an untrusted car is verified before it is accepted: the unit gets a second replica, leased to another car,
-  and the result is accepted only when two results agree within the workload's tolerance (a third replica breaks
-  a tie). Nothing an untrusted car computed reaches a tenant unconfirmed.
+  of an untrusted car is verified before it is accepted: the unit gets a second replica, leased to another car
+  before any other work, and the result is accepted only when two results agree within the workload's tolerance
+  (a third replica breaks a tie). Nothing an untrusted car computed reaches a tenant unconfirmed.
 - A trusted car's result is spot-checked with probability :meth:`TrustPolicy.check_rate`, which falls as its
-  streak of confirmed results grows (``trust_after / streak``, never below ``floor_rate``); an unchecked result is
-  accepted at once. A fault (a result that the other replicas outvoted) resets the streak: the car is untrusted
-  again, so every following result is checked until it earns trust anew.
+  streak of confirmed results grows (``(trust_after / streak)**2``, never below ``floor_rate``); an unchecked
+  result is accepted at once. The extra compute is thus about ``2.2 * trust_after`` replicas per car once (its
+  warm-up), then ``floor_rate`` of its results.
+- A fault (a result outvoted by two agreeing ones) resets the car's streak, so every following result of it is
+  checked until it earns trust anew, and withdraws its accepted results that no other car confirmed in jobs still
+  running: their units are computed again before those jobs' results are assembled, and are not paid.
 - A car is *caught* (:meth:`TrustPolicy.should_suspend`) at ``max_faults`` faults, or as soon as it has more
-  faults than confirmed results (a new car whose first checked result is wrong). A caught car's credential is
-  suspended, its results not yet confirmed by another car in jobs still running are recomputed (their units
-  re-opened, the job's result not assembled before they are done), and its refuted work is not paid.
-- Reports that fail the coordinator's cross-checks (:mod:`fleetgrid.coordinator.metering`: more compute or bytes
-  than the coordinator saw) are clamped to what it saw and halve the car's streak, so an implausible car is
-  checked more often.
+  faults than confirmed results (a new car whose first checked result is wrong): its credential is suspended
+  (leases refused, its work in flight re-issued) and its results no longer count in any comparison.
+- Reports that fail the coordinator's cross-checks (:func:`fleetgrid.coordinator.metering.cross_check`: more
+  compute or bytes than the coordinator saw) are clamped to what it saw and halve the car's streak, so an
+  implausible car is checked more often.
 
-Why no wrong item reaches a tenant: an untrusted car's results are all verified; a trusted car's unchecked result
-is released at once, so a car that cheats only after earning trust can slip a result through; its next spot check
-catches it, and every result of it still in a running job is recomputed then. Results of jobs that already
-finished are the residual risk, bounded by ``floor_rate`` and ``trust_after``; tenants who want none replicate
-explicitly (``redundancy``).
+What this guarantees: no result of an untrusted car reaches a tenant unconfirmed, and a trusted car that starts
+cheating loses every unconfirmed result in running jobs at its first caught fault. What it does not: a trusted
+car's unchecked wrong result in a job that finished before the car was caught was delivered; the chance of that
+is bounded by the check rate (``floor_rate`` at least). Tenants who can accept none replicate explicitly
+(``redundancy``). Colluding cars that return the same wrong result agree with each other; known-answer units
+and placing replicas on cars of different owners are the remedies (not done yet).
 
 Pure: the store keeps the counters (:class:`Reputation`), this module only reads them.
 """
@@ -76,7 +79,7 @@ class Reputation:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrustPolicy:
-    trust_after: int = 5
+    trust_after: int = 3
     """Confirmed results in a row before a car's results are released without a check."""
     floor_rate: float = 0.05
     """The lowest spot-check rate, however long a car's streak."""
@@ -96,10 +99,11 @@ class TrustPolicy:
 
     def check_rate(self, rep: Reputation) -> float:
         """The probability that a result of this car is verified before it is accepted: 1 until it is trusted,
-        then falling as ``trust_after / streak`` to ``floor_rate``."""
+        then falling as ``(trust_after / streak)**2`` to ``floor_rate`` (quadratic: the sum of the checks over a
+        long streak stays bounded, ~1.2 * trust_after, where ``1 / streak`` would grow with its logarithm)."""
         if not self.trusted(rep):
             return 1.0
-        return max(self.floor_rate, min(1.0, self.trust_after / rep.streak))
+        return max(self.floor_rate, min(1.0, (self.trust_after / rep.streak) ** 2))
 
     def needs_check(self, rep: Reputation, draw: float) -> bool:
         """Whether to verify this result; ``draw`` is uniform in [0, 1), drawn by the coordinator where no car

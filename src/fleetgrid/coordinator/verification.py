@@ -79,7 +79,7 @@ class Verifier:
         if len(replicas) >= MAX_REPLICAS:
             return Settled(accepted=False)  # the scheduler fails the job
         base = replicas[0]
-        self.store.add_units([UnitRecord(
+        self.store.add_urgent_units([UnitRecord(
             unit_id=f"{job.job_id}:{idx}:{len(replicas)}", job_id=job.job_id, idx=idx, replica=len(replicas),
             start_item=base.start_item, end_item=base.end_item, input_digest=base.input_digest,
             input_format=base.input_format, replicas=2,  # 2: no car that computed this unit may take the copy

@@ -228,10 +228,15 @@ class Store(BillingState, ABC):
         running jobs of ``kinds``: what is recomputed when the car is caught."""
 
     @abstractmethod
+    def add_urgent_units(self, units: list[UnitRecord]) -> None:
+        """Add units that any car asking for work gets before every other pending unit (a replica verifying a
+        result: the sooner it is done, the sooner the car that computed the result is trusted or caught)."""
+
+    @abstractmethod
     def reopen_unit(self, job_id: str, idx: int, replica: UnitRecord) -> bool:
         """Withdraw the accepted result of unit ``idx`` of a running job (its done count drops by one) and add
-        ``replica`` to compute it again, atomically; False (nothing changed) if it was not accepted or the job is
-        no longer running."""
+        ``replica`` to compute it again, urgent (see :meth:`add_urgent_units`), atomically; False (nothing
+        changed) if it was not accepted or the job is no longer running."""
 
     @abstractmethod
     def report_state(self, vehicle_id: str, state: dict[str, Any], eligible: bool, now: float) -> None: ...

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
@@ -17,7 +17,9 @@ from .schema import accepted, jobs, reputations, units, vehicles
 
 __all__ = ["ReputationRows"]
 
-_COUNTERS = ("agreed", "streak", "faults", "implausible")
+_URGENT_LOCK = 0x66_6C_65_65_74_01
+"""PostgreSQL advisory lock taken while a transaction numbers units ahead of the queue, so two coordinators never
+pick the same number."""
 
 
 def _reputation(row: Any) -> Reputation:
@@ -77,6 +79,10 @@ class ReputationRows:
         with self._read() as c:
             return [UnitRecord(**{k: r._mapping[k] for k in UnitRecord.__slots__}) for r in c.execute(query)]
 
+    def add_urgent_units(self, unit_list: list[UnitRecord]) -> None:
+        with self._write() as c:
+            self._insert_first(c, unit_list)
+
     def reopen_unit(self, job_id: str, idx: int, replica: UnitRecord) -> bool:
         with self._write() as c:
             taken = c.execute(delete(accepted).where(
@@ -86,9 +92,17 @@ class ReputationRows:
             if not taken:
                 return False
             c.execute(update(jobs).where(jobs.c.job_id == job_id).values(units_done=jobs.c.units_done - 1))
-            c.execute(insert(units), [self._unit_values(replica)])
-            self._announce_units(c, [replica])
+            self._insert_first(c, [replica])
         return True
+
+    def _insert_first(self, c: Connection, unit_list: list[UnitRecord]) -> None:
+        """Insert units numbered below every unit there is, so the queue (which leases by number) hands them out
+        before any other."""
+        if c.dialect.name == "postgresql":
+            c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _URGENT_LOCK})
+        lowest = min(0, int(c.execute(select(func.min(units.c.seq))).scalar() or 0))
+        c.execute(insert(units), [self._unit_values(u) | {"seq": lowest - 1 - i} for i, u in enumerate(unit_list)])
+        self._announce_units(c, unit_list)
 
 
 def _increments(verdict: Verdict) -> dict[str, Any]:

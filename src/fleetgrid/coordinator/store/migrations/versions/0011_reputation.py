@@ -18,9 +18,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("vehicles") as batch:
-        batch.add_column(sa.Column("suspended", sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch.add_column(sa.Column("suspended_reason", sa.Text()))
+    # Plain ADD COLUMN, not a batch (which on SQLite copies the table and drops the old one: refused while leases
+    # and owners' cars point at vehicles).
+    op.add_column("vehicles", sa.Column("suspended", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("vehicles", sa.Column("suspended_reason", sa.Text()))
     op.create_table(
         "reputations",
         sa.Column("vehicle_id", sa.String(64), sa.ForeignKey("vehicles.vehicle_id"), primary_key=True),
@@ -34,6 +35,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("reputations")
-    with op.batch_alter_table("vehicles") as batch:
-        batch.drop_column("suspended_reason")
-        batch.drop_column("suspended")
+    op.drop_column("vehicles", "suspended_reason")
+    op.drop_column("vehicles", "suspended")
