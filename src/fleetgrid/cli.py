@@ -188,6 +188,8 @@ def serve(
                       typer.Option(help="NAME=TOKEN: a tenant with a fixed token (repeatable)")] = None,
     serve_hedging: Annotated[bool, typer.Option(
         help="Serving: also send a request slower than the recent p95 to a second car (<= 5% extra work)")] = True,
+    verify_results: Annotated[bool, typer.Option(help="Verify inference results on other cars (spot checks once "
+                                                      "a car is trusted), suspend cars caught wrong; 2+ cars")] = False,
     log_format: Annotated[str, typer.Option(
         envvar="FLEETGRID_LOG_FORMAT",
         help="'text', or 'json': every log record and one line per request (with its X-Request-ID) as JSON")] = "text",
@@ -206,7 +208,7 @@ def serve(
                                    max_artifact_bytes=max_artifact_bytes, max_long_poll_s=max_long_poll,
                                    long_poll_recheck_s=long_poll_recheck, enroll_token=enroll_token,
                                    operator_token=operator_token, tenant_tokens=tenants, log_format=log_format,
-                                   serve_hedging=serve_hedging)
+                                   serve_hedging=serve_hedging, verify_results=verify_results)
         if db is not None:
             engine_url(db)  # a database URL we cannot serve fails before anything listens
 
@@ -575,11 +577,13 @@ def _register_subcommands() -> None:
     from .billing.cli import register as register_billing
     from .demo import demo_command
     from .sim.cli import simulate
+    from .trust_cli import register as register_trust
     from .workloads.serving.cli import register as register_serving
 
     app.command("agent", help="Run the vehicle agent: take work only while the car is free.")(agent_command)
     app.command("simulate", help="Simulate what a fleet of parked cars delivers, hour by hour.")(simulate)
     app.command("demo", help="The main job: coordinator + N cars + a MiniLM embedding job, end to end.")(demo_command)
+    register_trust()
     register_billing(app)
     register_serving(app)
 

@@ -21,7 +21,8 @@ from .protocol import OwnerStatementView, TenantBillView
 
 __all__ = ["operator_app", "owner_app", "register"]
 
-operator_app = typer.Typer(no_args_is_help=True, help="Operator billing: the price list and the payout export.")
+operator_app = typer.Typer(no_args_is_help=True,
+                           help="Operator: the price list, the payout export, cars' reputations.")
 owner_app = typer.Typer(no_args_is_help=True, help="Owners: add one, attach cars, read a month's statement.")
 
 Month = Annotated[str | None, typer.Option("--month", help="YYYY-MM (UTC); default: the current month.")]
