@@ -36,6 +36,7 @@ def _auth(token: str) -> dict[str, str]:
 class Fleet:
     def __init__(self, api: TestClient, coord: Coordinator, clock: ManualClock) -> None:
         self.api, self.coord, self.clock = api, coord, clock
+        self.last_grant: dict = {}
 
     def enroll(self, name: str) -> str:
         r = self.api.post("/v1/vehicles/enroll", json={"enrollment_token": ENROLL, "name": name, "hardware": "ai4"})
@@ -57,7 +58,7 @@ class Fleet:
         r = self.api.post("/v1/leases", json={"state": PARKED}, headers=_auth(cred))
         if r.status_code != 200:
             return None
-        grant = r.json()
+        grant = self.last_grant = r.json()
         items = np.load(io.BytesIO(self.api.get(f"/v1/artifacts/{grant['input']['digest']}",
                                                 headers=_auth(cred)).content))
         out = expected(items)
@@ -165,6 +166,39 @@ def test_a_car_that_cheats_once_trusted_is_caught_and_its_released_results_recom
     assert _run_to_end(fleet, job_id, [a, b])["state"] == "done"
     assert store.get_vehicle(_vehicle_id(sneak)).suspended  # type: ignore[union-attr]
     np.testing.assert_allclose(fleet.result(job_id), expected(X[:8]), rtol=1e-6)
+
+
+def test_a_new_car_is_first_given_a_known_answer_and_caught_by_it(fleet):
+    a, b = fleet.enroll("a"), fleet.enroll("b")
+    job_id = fleet.submit(X)
+    for _ in range(3):  # a few units confirmed by both cars: answers the coordinator knows
+        fleet.work(a)
+        fleet.work(b)
+    done_before = fleet.job(job_id)["units_done"]
+    assert done_before >= 1
+    store, regular = fleet.coord.store, dict(fleet.last_grant)
+
+    def probed() -> dict:
+        unit = store.lease_context(fleet.last_grant["lease_id"])[1]  # type: ignore[index]
+        assert unit.payload and "known_answer" in unit.payload, unit  # a copy of a confirmed unit ...
+        assert store.accepted_results(job_id)[unit.idx] == (unit.idx, unit.payload["known_answer"])
+        return fleet.last_grant
+
+    honest = fleet.enroll("newcomer")
+    assert fleet.work(honest) == 200
+    grant = probed()
+    assert set(grant) == set(regular) and grant["job_id"] == job_id  # ... granted like any unit
+    assert store.get_reputation(_vehicle_id(honest)).agreed == 1  # passed: counts towards its trust
+
+    cheat = fleet.enroll("cheat")
+    assert fleet.work(cheat, cheat=True) == 200
+    probed()
+    assert store.get_vehicle(_vehicle_id(cheat)).suspended  # type: ignore[union-attr]
+    assert "known answer" in (store.get_vehicle(_vehicle_id(cheat)).suspended_reason or "")  # type: ignore[union-attr]
+    assert fleet.job(job_id)["units_done"] == done_before  # the check changed no result
+    assert all(r.rejected for r in store.usage_lines(0.0, 1e12) if r.vehicle_id == _vehicle_id(cheat))
+    assert _run_to_end(fleet, job_id, [a, b, honest])["state"] == "done"
+    np.testing.assert_allclose(fleet.result(job_id), expected(X), rtol=1e-6)
 
 
 def test_implausible_reports_are_clamped_and_lower_the_reputation(fleet):

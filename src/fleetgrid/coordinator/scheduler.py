@@ -198,8 +198,10 @@ class Scheduler:
         seat = self.store.gang_seat(vehicle_id, now) if gangs else None
         if seat is not None and seat.lease is not None:
             return self._grant(seat.lease, seat.unit)
-        got = self.store.acquire(vehicle_id, now, now + self.config.lease_ttl_s, _lease_id(),
-                                 offers=self.offers_possible())
+        offers = self.offers_possible()
+        if self.verifier is not None and self.verifier.probe(vehicle_id, now, self.config.lease_ttl_s):
+            offers = True  # a known-answer unit is on offer to this car
+        got = self.store.acquire(vehicle_id, now, now + self.config.lease_ttl_s, _lease_id(), offers=offers)
         if got is not None:
             if seat is not None:  # it took other work: its seat goes to another car
                 self.store.drop_holds(vehicle_id)
@@ -386,7 +388,7 @@ class Scheduler:
         if quorum > 1 and self._quorum(after, unit.idx, quorum):
             after = self.store.get_job(job.job_id) or after
         elif verifier is not None and not accept:
-            settled = verifier.settle(after, unit.idx)
+            settled = verifier.settle(after, unit)
             if settled.replicas_added:
                 self._wake(settled.replicas_added)
             elif not settled.accepted and verifier.exhausted(after, unit.idx):

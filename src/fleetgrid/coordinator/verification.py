@@ -21,12 +21,14 @@ from .drivers import UnitDriver
 from .reputation import TrustPolicy, Verdict
 from .store import JobRecord, Store, UnitRecord
 
-__all__ = ["MAX_REPLICAS", "WITHDRAWN", "Verifier"]
+__all__ = ["MAX_REPLICAS", "PROBE", "WITHDRAWN", "Verifier"]
 
 log = logging.getLogger("fleetgrid.coordinator.verification")
 
 MAX_REPLICAS = 5
 """Copies of one unit computed before, with no two agreeing, its job fails (as a tenant's quorum does)."""
+PROBE = "known_answer"
+"""A known-answer unit's payload key: the digest of the confirmed result the car's must agree with."""
 WITHDRAWN = "withdrawn"
 """A recomputing replica's payload key naming the replica whose accepted result it replaces (which no longer
 counts)."""
@@ -49,6 +51,31 @@ class Verifier:
         """Told once a car was suspended (the scheduler releases its leases, the app forgets its credential)."""
         self.checks = 0
         """Replicas this process added to verify a result (the extra compute), for the metrics and the bench."""
+        self._probed: set[str] = set()
+        """Cars this process offered a known-answer unit, or found already judged (no probe needed)."""
+
+    def probe(self, vehicle_id: str, now: float, ttl_s: float) -> bool:
+        """Offer a car that was never judged a known-answer unit as its first work: a copy of a unit whose result
+        two cars confirmed, in a running job, that the car never leased (it looks like any unit). True when one is
+        on offer to it now (the lease that follows must look at offers)."""
+        if vehicle_id in self._probed:
+            return False
+        rep = self.store.get_reputation(vehicle_id)
+        if rep.agreed or rep.faults or rep.implausible:
+            self._probed.add(vehicle_id)
+            return False
+        known = self.store.known_answer(vehicle_id, self._kinds())
+        if known is None or known.result_digest is None:
+            return False  # nothing confirmed yet: its results are verified by replicas instead
+        replicas = self.store.units_of(known.job_id, known.idx)
+        self.store.offer_units([UnitRecord(
+            unit_id=f"{known.job_id}:{known.idx}:{len(replicas)}", job_id=known.job_id, idx=known.idx,
+            replica=len(replicas), start_item=known.start_item, end_item=known.end_item,
+            input_digest=known.input_digest, input_format=known.input_format, replicas=2,
+            target_vehicle=vehicle_id, offer_expires=now + ttl_s, payload={PROBE: known.result_digest})])
+        self._probed.add(vehicle_id)
+        self.checks += 1
+        return True
 
     def applies(self, job: JobRecord) -> bool:
         driver = self.drivers.get(job.kind)
@@ -62,8 +89,12 @@ class Verifier:
             return False  # it verifies (or is verified by) another result: settle decides
         return not self.policy.needs_check(self.store.get_reputation(vehicle_id), self.draw())
 
-    def settle(self, job: JobRecord, idx: int) -> Settled:
-        """Accept unit ``idx`` once two counted results agree, or ask for one more replica."""
+    def settle(self, job: JobRecord, completed: UnitRecord) -> Settled:
+        """Judge a known-answer unit's result against the known one; else accept ``completed``'s unit once two
+        counted results agree, or ask for one more replica."""
+        if (completed.payload or {}).get(PROBE):
+            return self._judge(job, completed)
+        idx = completed.idx
         driver = self.drivers[job.kind]
         replicas = self.store.units_of(job.job_id, idx)
         counted = self._counted(replicas)
@@ -76,7 +107,7 @@ class Verifier:
                 return self._accept(job, idx, unit, agreeing, done)
         if any(u.state in (UnitState.PENDING, UnitState.LEASED) for u in replicas):
             return Settled(accepted=False)  # a replica is on its way
-        if len(replicas) >= MAX_REPLICAS:
+        if len(_copies(replicas)) >= MAX_REPLICAS:
             return Settled(accepted=False)  # the scheduler fails the job
         base = replicas[0]
         self.store.add_urgent_units([UnitRecord(
@@ -88,7 +119,7 @@ class Verifier:
         return Settled(accepted=False, replicas_added=1)
 
     def exhausted(self, job: JobRecord, idx: int) -> bool:
-        replicas = self.store.units_of(job.job_id, idx)
+        replicas = _copies(self.store.units_of(job.job_id, idx))
         return len(replicas) >= MAX_REPLICAS and all(u.state in (UnitState.DONE, UnitState.CANCELLED)
                                                      for u in replicas)
 
@@ -114,6 +145,24 @@ class Verifier:
                 self.recompute(vehicle_id)
         return Settled(accepted=accepted, suspended=caught)
 
+    def _judge(self, job: JobRecord, probe: UnitRecord) -> Settled:
+        """A known-answer unit came back: the car agrees with the known result or is at fault. The unit's result
+        was accepted before, so nothing is accepted here; a right answer is paid as the work it was."""
+        known = self.artifacts.read_bytes((probe.payload or {})[PROBE])
+        right = self.drivers[job.kind].agree(job, self._read(probe), known)
+        vehicle_id = probe.vehicle_id
+        if vehicle_id is None:
+            return Settled(accepted=False)
+        self.store.record_verdicts([(vehicle_id, Verdict.AGREED if right else Verdict.FAULT)], self.now())
+        if right:
+            return Settled(accepted=False)
+        self.store.reject_usage([probe.unit_id], f"unit {probe.idx}: a known-answer check, answered wrong")
+        if self._caught(vehicle_id):
+            self.suspend(vehicle_id, f"unit {probe.idx} of job {job.job_id}: a known answer, answered wrong")
+            return Settled(accepted=False, suspended=(vehicle_id,))
+        self.recompute(vehicle_id)
+        return Settled(accepted=False)
+
     def implausible(self, vehicle_id: str, problems: list[str]) -> None:
         """A report failed the cross-checks: lower the car's reputation."""
         log.warning("vehicle %s reported implausibly: %s", vehicle_id, "; ".join(problems))
@@ -130,9 +179,8 @@ class Verifier:
     def recompute(self, vehicle_id: str) -> int:
         """Withdraw the car's accepted results that no other car confirmed, in running jobs, and have each unit
         computed again (the withdrawn result no longer counts, and is not paid); returns how many."""
-        kinds = [kind for kind, driver in self.drivers.items() if driver.verifiable]
         reopened = 0
-        for unit in self.store.unverified_results(vehicle_id, kinds):
+        for unit in self.store.unverified_results(vehicle_id, self._kinds()):
             replicas = self.store.units_of(unit.job_id, unit.idx)
             replica = UnitRecord(
                 unit_id=f"{unit.job_id}:{unit.idx}:{len(replicas)}", job_id=unit.job_id, idx=unit.idx,
@@ -146,11 +194,15 @@ class Verifier:
                 reopened += 1
         return reopened
 
+    def _kinds(self) -> list[str]:
+        return [kind for kind, driver in self.drivers.items() if driver.verifiable]
+
     def _counted(self, replicas: list[UnitRecord], exclude: str | None = None) -> list[UnitRecord]:
-        """The done replicas whose results count: not ``exclude``, not withdrawn, not from a suspended car."""
+        """The done replicas whose results count: not ``exclude``, not withdrawn, not a known-answer check, not
+        from a suspended car."""
         withdrawn = _withdrawn(replicas) | {exclude}
-        return [u for u in replicas if u.state == UnitState.DONE and u.result_digest and u.unit_id not in withdrawn
-                and not (u.vehicle_id and self._suspended(u.vehicle_id))]
+        return [u for u in _copies(replicas) if u.state == UnitState.DONE and u.result_digest
+                and u.unit_id not in withdrawn and not (u.vehicle_id and self._suspended(u.vehicle_id))]
 
     def _suspended(self, vehicle_id: str) -> bool:
         vehicle = self.store.get_vehicle(vehicle_id)
@@ -167,3 +219,8 @@ class Verifier:
 def _withdrawn(replicas: list[UnitRecord]) -> set[str | None]:
     """The replicas whose accepted results were withdrawn (each named by the replica recomputing it)."""
     return {(u.payload or {}).get(WITHDRAWN) for u in replicas}
+
+
+def _copies(replicas: list[UnitRecord]) -> list[UnitRecord]:
+    """The replicas that compute the unit for its job (not known-answer checks of a car)."""
+    return [u for u in replicas if not (u.payload or {}).get(PROBE)]

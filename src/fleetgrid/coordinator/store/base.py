@@ -228,6 +228,12 @@ class Store(BillingState, ABC):
         running jobs of ``kinds``: what is recomputed when the car is caught."""
 
     @abstractmethod
+    def known_answer(self, vehicle_id: str, kinds: Sequence[str]) -> UnitRecord | None:
+        """A done replica of a unit whose accepted result at least two results confirmed, in a running job of
+        ``kinds``, of a unit the car never leased (the latest such): a unit whose answer the coordinator knows
+        and the car cannot have seen."""
+
+    @abstractmethod
     def add_urgent_units(self, units: list[UnitRecord]) -> None:
         """Add units that any car asking for work gets before every other pending unit (a replica verifying a
         result: the sooner it is done, the sooner the car that computed the result is trusted or caught)."""

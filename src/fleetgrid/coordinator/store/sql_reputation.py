@@ -13,7 +13,7 @@ from sqlalchemy.orm import aliased
 
 from ..reputation import Reputation, Verdict
 from .base import UnitRecord
-from .schema import accepted, jobs, reputations, units, vehicles
+from .schema import accepted, jobs, leases, reputations, units, vehicles
 
 __all__ = ["ReputationRows"]
 
@@ -78,6 +78,27 @@ class ReputationRows:
         )
         with self._read() as c:
             return [UnitRecord(**{k: r._mapping[k] for k in UnitRecord.__slots__}) for r in c.execute(query)]
+
+    def known_answer(self, vehicle_id: str, kinds: Sequence[str]) -> UnitRecord | None:
+        other, mine = aliased(units), aliased(units)
+        confirmations = (select(func.count()).select_from(other)
+                         .where(other.c.job_id == units.c.job_id, other.c.idx == units.c.idx, other.c.state == "done")
+                         .scalar_subquery())
+        seen = (select(leases.c.lease_id).join(mine, mine.c.unit_id == leases.c.unit_id)
+                .where(mine.c.job_id == units.c.job_id, mine.c.idx == units.c.idx, leases.c.vehicle_id == vehicle_id)
+                .exists())
+        query = (
+            select(units)
+            .join(jobs, jobs.c.job_id == units.c.job_id)
+            .join(accepted, and_(accepted.c.job_id == units.c.job_id, accepted.c.idx == units.c.idx,
+                                 accepted.c.result_digest == units.c.result_digest))
+            .where(units.c.state == "done", jobs.c.state == "running", jobs.c.kind.in_(list(kinds)),
+                   confirmations >= 2, ~seen)
+            .order_by(units.c.seq.desc()).limit(1)
+        )
+        with self._read() as c:
+            row = c.execute(query).first()
+        return UnitRecord(**{k: row._mapping[k] for k in UnitRecord.__slots__}) if row is not None else None
 
     def add_urgent_units(self, unit_list: list[UnitRecord]) -> None:
         with self._write() as c:
