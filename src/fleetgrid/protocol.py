@@ -292,8 +292,9 @@ class Redundancy(_Wire):
 
     replicas: int = Field(default=1, ge=1, le=7)
     quorum: int = Field(default=1, ge=1, le=7)
-    atol: float = Field(default=1e-4, ge=0.0)
-    rtol: float = Field(default=1e-3, ge=0.0)
+    # Finite: an infinite tolerance would make any two results agree, garbage included.
+    atol: float = Field(default=1e-4, ge=0.0, allow_inf_nan=False)
+    rtol: float = Field(default=1e-3, ge=0.0, allow_inf_nan=False)
 
 
 class JobSubmit(_Wire):

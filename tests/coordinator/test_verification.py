@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 
 import numpy as np
 import pytest
@@ -231,3 +232,32 @@ def test_without_verification_a_unit_is_computed_once(tmp_path):
             assert len(coord.store.units_of(job_id)) == 2
     finally:
         coord.store.close()
+
+
+def test_a_non_finite_result_is_refused_unpaid_and_the_unit_stays_with_its_car(fleet):
+    a = fleet.enroll("a")
+    job_id = fleet.submit(X[:8])
+    r = fleet.api.post("/v1/leases", json={"state": PARKED}, headers=_auth(a))
+    grant = r.json()
+    for bad in (np.full((4, 2), np.nan, np.float32), np.full((4, 2), np.inf, np.float32)):
+        data = _npy(bad)
+        body = {"result": hashlib.sha256(data).hexdigest(), "inline": base64.b64encode(data).decode()}
+        refused = fleet.api.post(f"/v1/leases/{grant['lease_id']}/complete", json=body, headers=_auth(a))
+        assert refused.status_code == 400, refused.text
+        assert "NaN or infinity" in refused.json()["message"]
+    assert fleet.coord.store.usage_lines(0.0, 1e12) == []  # nothing metered, nothing paid
+    assert fleet.coord.store.get_lease(grant["lease_id"]).state == "active"  # type: ignore[union-attr]
+    assert fleet.job(job_id)["units_done"] == 0
+
+
+@pytest.mark.parametrize("tolerance", [{"atol": "Infinity"}, {"rtol": "Infinity"}, {"atol": "NaN"}])
+def test_an_infinite_tolerance_is_refused_as_it_would_make_any_results_agree(fleet, tolerance):
+    data = _npy(X)
+    digest = hashlib.sha256(data).hexdigest()
+    fleet.api.put(f"/v1/artifacts/{digest}", content=data, headers=_auth(TENANT))
+    body = {"model": "fake-summax", "inputs": digest, "input_format": "npy",
+            "redundancy": {"replicas": 2, "quorum": 2, **tolerance}}
+    r = fleet.api.post("/v1/jobs", content=json.dumps(body, allow_nan=True), headers={
+        **_auth(TENANT), "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "redundancy" in r.json()["message"] and "finite" in r.json()["message"]
