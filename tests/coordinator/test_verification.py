@@ -1,4 +1,4 @@
-"""Verified inference results through the whole HTTP stack (in process, real SQLite store, manual clock): a car that
+"""Verified inference results through the whole HTTP stack (in process, SQLite and PostgreSQL, manual clock): a car that
 returns plausible wrong results is caught, suspended and not paid, its results are recomputed, and the tenant's
 result holds only right rows; reports claiming more than the coordinator saw lower a car's reputation."""
 
@@ -82,9 +82,9 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path):
+def fleet(tmp_path, store_url):
     clock = ManualClock(1_000_000.0)
-    config = CoordinatorConfig(data_dir=tmp_path, enroll_token=ENROLL, operator_token=OPERATOR,
+    config = CoordinatorConfig(data_dir=tmp_path, database_url=store_url, enroll_token=ENROLL, operator_token=OPERATOR,
                                tenant_tokens={"acme": TENANT}, verify_results=True,
                                trust=TrustPolicy(trust_after=2, floor_rate=0.05))
     coord = Coordinator(config, clock)
