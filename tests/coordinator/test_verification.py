@@ -189,6 +189,7 @@ def test_a_new_car_is_first_given_a_known_answer_and_caught_by_it(fleet):
     assert fleet.work(honest) == 200
     grant = probed()
     assert set(grant) == set(regular) and grant["job_id"] == job_id  # ... granted like any unit
+    assert grant["replica"] == 0
     assert store.get_reputation(_vehicle_id(honest)).agreed == 1  # passed: counts towards its trust
 
     cheat = fleet.enroll("cheat")

@@ -229,7 +229,11 @@ class Scheduler:
             job.state = JobState.RUNNING
         if issued:
             self.store.after_commit(functools.partial(self.lease_granted, job.kind, issued))
-        return self.driver(job.kind).grant(job, unit, lease)
+        grant = self.driver(job.kind).grant(job, unit, lease)
+        if self.verifier is not None and unit.replica and self.verifier.applies(job):
+            # A car must not tell a check (a verifying copy, a known answer) from any other unit.
+            grant = grant.model_copy(update={"replica": 0})
+        return grant
 
     def _job_spec(self, job_id: str) -> JobRecord:
         """A job's immutable part (kind, model, spec), cached: every lease needs it. Its counters here are stale."""

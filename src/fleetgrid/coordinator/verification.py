@@ -50,7 +50,7 @@ class Verifier:
         self.vehicle_suspended: Callable[[str], None] = lambda vehicle_id: None
         """Told once a car was suspended (the scheduler releases its leases, the app forgets its credential)."""
         self.checks = 0
-        """Replicas this process added to verify a result (the extra compute), for the metrics and the bench."""
+        """Copies this process added to check a car (verifying replicas, recomputations, known answers)."""
         self._probed: set[str] = set()
         """Cars this process offered a known-answer unit, or found already judged (no probe needed)."""
 

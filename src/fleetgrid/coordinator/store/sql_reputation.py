@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
@@ -57,8 +58,14 @@ class ReputationRows:
                 # two coordinators recording verdicts for one car at once both count.
                 known = select(reputations.c.vehicle_id).where(reputations.c.vehicle_id == vehicle_id)
                 if c.execute(known).first() is None:
-                    c.execute(insert(reputations).values(vehicle_id=vehicle_id, agreed=0, streak=0, faults=0,
-                                                         implausible=0, updated_at=now))
+                    row = {"vehicle_id": vehicle_id, "agreed": 0, "streak": 0, "faults": 0, "implausible": 0,
+                           "updated_at": now}
+                    # Another coordinator may create the row meanwhile: then its row stands, and the increment
+                    # below applies to it.
+                    if c.dialect.name == "postgresql":
+                        c.execute(pg_insert(reputations).values(**row).on_conflict_do_nothing())
+                    else:
+                        c.execute(insert(reputations).prefix_with("OR IGNORE").values(**row))
                 c.execute(update(reputations).where(reputations.c.vehicle_id == vehicle_id)
                           .values(updated_at=now, **_increments(verdict)))
 
