@@ -104,8 +104,8 @@ class Verifier:
             if len(agreeing) >= 2:
                 withdrawn = _withdrawn(replicas)
                 done = [u for u in replicas if u.state == UnitState.DONE and u.unit_id not in withdrawn]
-                return self._accept(job, idx, unit, agreeing, done)
-        if any(u.state in (UnitState.PENDING, UnitState.LEASED) for u in replicas):
+                return self._accept(job, unit, agreeing, done, completed)
+        if any(u.state in (UnitState.PENDING, UnitState.LEASED) for u in _copies(replicas)):
             return Settled(accepted=False)  # a replica is on its way
         if len(_copies(replicas)) >= MAX_REPLICAS:
             return Settled(accepted=False)  # the scheduler fails the job
@@ -123,14 +123,21 @@ class Verifier:
         return len(replicas) >= MAX_REPLICAS and all(u.state in (UnitState.DONE, UnitState.CANCELLED)
                                                      for u in replicas)
 
-    def _accept(self, job: JobRecord, idx: int, unit: UnitRecord, agreeing: list[UnitRecord],
-                done: list[UnitRecord]) -> Settled:
+    def _accept(self, job: JobRecord, unit: UnitRecord, agreeing: list[UnitRecord], done: list[UnitRecord],
+                completed: UnitRecord) -> Settled:
+        """Accept ``unit``'s result, which ``agreeing`` share; every other of the ``done`` replicas is outvoted.
+        If the unit was accepted before (``completed`` came in late), only ``completed``'s car is judged: the
+        others were, when it was accepted."""
         assert unit.result_digest is not None
+        idx = unit.idx
         agreed = {u.unit_id for u in agreeing}
         outvoted = [u for u in done if u.unit_id not in agreed]
+        accepted = self.store.accept_unit(job.job_id, idx, unit.result_digest)
+        if not accepted:
+            agreeing = [u for u in agreeing if u.unit_id == completed.unit_id]
+            outvoted = [u for u in outvoted if u.unit_id == completed.unit_id]
         self.store.reject_usage([u.unit_id for u in outvoted],
                                 f"unit {idx}: the result disagreed with two cars' agreeing results")
-        accepted = self.store.accept_unit(job.job_id, idx, unit.result_digest)
         now = self.now()
         verdicts = [(u.vehicle_id, Verdict.AGREED) for u in agreeing if u.vehicle_id]
         verdicts += [(u.vehicle_id, Verdict.FAULT) for u in outvoted
