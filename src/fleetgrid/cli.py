@@ -188,6 +188,7 @@ def serve(
                       typer.Option(help="NAME=TOKEN: a tenant with a fixed token (repeatable)")] = None,
     serve_hedging: Annotated[bool, typer.Option(
         help="Serving: also send a request slower than the recent p95 to a second car (<= 5% extra work)")] = True,
+    verify_results: Annotated[bool, typer.Option(help="Check results on other cars; suspend cheats")] = False,
     log_format: Annotated[str, typer.Option(
         envvar="FLEETGRID_LOG_FORMAT",
         help="'text', or 'json': every log record and one line per request (with its X-Request-ID) as JSON")] = "text",
@@ -206,7 +207,7 @@ def serve(
                                    max_artifact_bytes=max_artifact_bytes, max_long_poll_s=max_long_poll,
                                    long_poll_recheck_s=long_poll_recheck, enroll_token=enroll_token,
                                    operator_token=operator_token, tenant_tokens=tenants, log_format=log_format,
-                                   serve_hedging=serve_hedging)
+                                   serve_hedging=serve_hedging, verify_results=verify_results)
         if db is not None:
             engine_url(db)  # a database URL we cannot serve fails before anything listens
 
@@ -580,8 +581,8 @@ def _register_subcommands() -> None:
     app.command("agent", help="Run the vehicle agent: take work only while the car is free.")(agent_command)
     app.command("simulate", help="Simulate what a fleet of parked cars delivers, hour by hour.")(simulate)
     app.command("demo", help="The main job: coordinator + N cars + a MiniLM embedding job, end to end.")(demo_command)
-    for package in ("billing", "workloads.serving", "identity"):  # billing's first: it makes `fleetgrid operator`
-        import_module(f"fleetgrid.{package}.cli").register(app)
+    for module in ("billing.cli", "workloads.serving.cli", "identity.cli", "trust_cli"):  # billing's makes `operator`
+        import_module(f"fleetgrid.{module}").register(app)
 
 
 _register_subcommands()

@@ -31,6 +31,7 @@ from .protocol import (
     TenantCreated,
     TenantSummary,
     TrainSubmit,
+    VehicleReputation,
     VehicleSummary,
 )
 from .retry import backoff
@@ -209,6 +210,12 @@ class FleetgridClient:
 
     def ledger(self) -> list[LedgerEntry]:
         return [LedgerEntry.model_validate(v) for v in self._call("GET", "/ledger").json()]
+
+    def reputations(self, vehicle_id: str | None = None) -> list[VehicleReputation]:
+        """One car's reputation, or every checked or suspended car's."""
+        if vehicle_id is not None:
+            return [VehicleReputation.model_validate(self._call("GET", f"/vehicles/{vehicle_id}/reputation").json())]
+        return [VehicleReputation.model_validate(v) for v in self._call("GET", "/reputation").json()]
 
     def revoke(self, vehicle_id: str) -> None:
         self._call("POST", f"/vehicles/{vehicle_id}/revoke")

@@ -50,6 +50,7 @@ __all__ = [
     "TrainSubmit",
     "TrainingProgress",
     "UpdateReport",
+    "VehicleReputation",
     "VehicleSummary",
     "WorkGrant",
     "is_digest",
@@ -295,8 +296,9 @@ class Redundancy(_Wire):
 
     replicas: int = Field(default=1, ge=1, le=7)
     quorum: int = Field(default=1, ge=1, le=7)
-    atol: float = Field(default=1e-4, ge=0.0)
-    rtol: float = Field(default=1e-3, ge=0.0)
+    # Finite: an infinite tolerance would make any two results agree, garbage included.
+    atol: float = Field(default=1e-4, ge=0.0, allow_inf_nan=False)
+    rtol: float = Field(default=1e-3, ge=0.0, allow_inf_nan=False)
 
 
 class JobSubmit(_Wire):
@@ -412,6 +414,20 @@ class VehicleSummary(_Wire):
     network: str | None
     eligible: bool
     active_leases: int
+
+
+class VehicleReputation(_Wire):
+    """How far the coordinator trusts a car's results (see fleetgrid.coordinator.reputation)."""
+
+    vehicle_id: str
+    agreed: int = Field(description="results of the car that another car's result confirmed")
+    streak: int = Field(description="confirmed results since its last fault (halved by an implausible report)")
+    faults: int = Field(description="results of the car that other cars' agreeing results outvoted")
+    implausible: int = Field(description="reports that claimed more compute or bytes than the coordinator saw")
+    trusted: bool = Field(description="whether its results are released without a check (spot-checked instead)")
+    check_rate: float = Field(description="the probability that its next result is verified first")
+    suspended: bool
+    suspended_reason: str | None = None
 
 
 class LedgerEntry(_Wire):

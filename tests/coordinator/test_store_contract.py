@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fleetgrid.coordinator.store import JobRecord, LedgerRecord, UnitRecord, VehicleRecord, open_store
 from fleetgrid.coordinator.store.billing_base import RefusalRecord
-from fleetgrid.errors import AuthError, Conflict, LeaseExpired, NotFound
+from fleetgrid.errors import AuthError, Conflict, Forbidden, LeaseExpired, NotFound
 
 D1, D2, D3 = "a" * 64, "b" * 64, "c" * 64
 
@@ -409,3 +409,78 @@ def test_refused_updates_are_rejected_lines_until_their_lease_is_metered(store):
     store.record_ledger(LedgerRecord(lease_id="t9", vehicle_id="v-1", job_id="job-1", items=0, compute_s=20.0,
                                      cellular_bytes=0, wifi_bytes=0, at=70.0, steps=4, workload="train"))
     assert [(ln.lease_id, ln.rejected, ln.at) for ln in store.usage_lines(0.0, 100.0)] == [("t9", None, 70.0)]
+
+
+def test_reputation_counters_change_by_verdict(store):
+    from fleetgrid.coordinator.reputation import Reputation, Verdict
+
+    _vehicle(store, "v-1")
+    _vehicle(store, "v-2")
+    assert store.get_reputation("v-1") == Reputation("v-1")  # never checked: all zero
+    store.record_verdicts([("v-1", Verdict.AGREED)] * 5 + [("v-2", Verdict.AGREED)], 10.0)
+    store.record_verdicts([("v-1", Verdict.IMPLAUSIBLE)], 11.0)
+    assert store.get_reputation("v-1") == Reputation("v-1", agreed=5, streak=2, implausible=1, updated_at=11.0)
+    store.record_verdicts([("v-1", Verdict.FAULT)], 12.0)
+    rep = store.get_reputation("v-1")
+    assert (rep.agreed, rep.streak, rep.faults) == (5, 0, 1)
+    assert rep == Reputation("v-1", 5, 2, 0, 1, 11.0).after(Verdict.FAULT, 12.0)  # the store applies the same rule
+    assert [r.vehicle_id for r in store.list_reputations()] == ["v-1", "v-2"]
+    store.record_verdicts([], 13.0)  # nothing to do
+
+
+def test_a_suspended_vehicle_keeps_its_first_reason_and_is_refused_leases(store):
+    _vehicle(store, "v-1")
+    _job(store, n_units=2)
+    assert store.suspend_vehicle("v-1", "caught", "reputation")
+    assert not store.suspend_vehicle("v-1", "again", "operator")  # suspended already: the first reason stands
+    with pytest.raises(NotFound):
+        store.suspend_vehicle("v-nobody", "caught", "reputation")
+    vehicle = store.get_vehicle("v-1")
+    assert vehicle.suspended and vehicle.suspended_reason == "caught"
+    assert [(a.actor, a.action, a.target) for a in store.audit_log()][:1] == [("reputation", "vehicle.suspend", "v-1")]
+    with pytest.raises(Forbidden, match="suspended"):
+        store.acquire("v-1", 1.0, 50.0, "l1")
+
+
+def test_a_reopened_unit_is_withdrawn_and_computed_again(store):
+    _vehicle(store, "v-1")
+    _vehicle(store, "v-2")
+    _job(store, n_units=2)
+    store.start_job("job-1")
+    for vid, lid in (("v-1", "l1"), ("v-2", "l2")):
+        store.acquire(vid, 1.0, 50.0, lid)
+    for lid, digest in (("l1", D2), ("l2", D3)):
+        lease, unit, _ = store.lease_context(lid)
+        store.complete(lease, unit, digest, _ledger(lid, lease.vehicle_id), 5.0, accept=True)
+    assert store.get_job("job-1").units_done == 2
+    mine = store.unverified_results("v-1", ["inference"])
+    assert [(u.idx, u.result_digest) for u in mine] == [(0, D2)]
+    assert store.unverified_results("v-1", ["train"]) == []
+    again = UnitRecord(unit_id="job-1:0:1", job_id="job-1", idx=0, replica=1, start_item=0, end_item=10,
+                       input_digest=D1, input_format="npy", replicas=2, payload={"withdrawn": "job-1:0:0"})
+    assert store.reopen_unit("job-1", 0, again)
+    assert not store.reopen_unit("job-1", 0, again)  # withdrawn already: nothing changes
+    assert store.get_job("job-1").units_done == 1
+    assert store.accepted_results("job-1") == [(1, D3)]
+    assert store.unverified_results("v-1", ["inference"]) == []
+    assert store.acquire("v-1", 6.0, 50.0, "l3") is None  # v-1 computed unit 0: the copy is for another car
+    lease, unit = store.acquire("v-2", 6.0, 50.0, "l4")
+    assert unit.unit_id == "job-1:0:1" and unit.payload == {"withdrawn": "job-1:0:0"}
+    # A unit with two done results is confirmed: not the car's unverified work any more.
+    store.complete(lease, unit, D2, _ledger("l4", "v-2"), 7.0, accept=True)
+    assert store.unverified_results("v-1", ["inference"]) == []
+    store.finish_job("job-1", "done", 8.0)
+    assert not store.reopen_unit("job-1", 1, again)  # a finished job's results stay as they are
+
+
+def test_urgent_units_are_leased_before_every_other(store):
+    _vehicle(store, "v-1")
+    _job(store, n_units=3)
+    urgent = [UnitRecord(unit_id=f"job-1:{i}:1", job_id="job-1", idx=i, replica=1, start_item=10 * i,
+                         end_item=10 * i + 10, input_digest=D1, input_format="npy", replicas=2) for i in (2, 1)]
+    store.add_urgent_units(urgent[:1])
+    store.add_urgent_units(urgent[1:])
+    taken = [store.acquire("v-1", 1.0, 50.0, f"l{i}")[1].unit_id for i in range(3)]
+    # The latest urgent unit first, then the one before, then the queue in its order. (Replicas of one unit go to
+    # different cars only when a car computed one already: this car took none of units 1 and 2 yet.)
+    assert taken == ["job-1:1:1", "job-1:2:1", "job-1:0:0"]

@@ -22,7 +22,7 @@ from .protocol import OwnerStatementView, TenantBillView
 __all__ = ["operator_app", "owner_app", "register"]
 
 operator_app = typer.Typer(no_args_is_help=True, help="Operator commands: prices and payouts; enrollment tokens, "
-                                                          "suspensions and the audit log.")
+                                                          "suspensions, reputations and the audit log.")
 owner_app = typer.Typer(no_args_is_help=True, help="Owners: add one, attach cars, read a month's statement.")
 
 Month = Annotated[str | None, typer.Option("--month", help="YYYY-MM (UTC); default: the current month.")]

@@ -104,6 +104,8 @@ class Coordinator:
         self.services: dict[str, Any] = {}
         """Per workload kind, the service behind its own routes (started and stopped with the app)."""
         self.scheduler.offers_possible = lambda: self.training.any_live
+        if self.scheduler.verifier is not None:
+            self.scheduler.verifier.vehicle_suspended = self._suspended
         self.admission = Admission(config.admission_max_delay_s or max(1.0, config.lease_ttl_s / 4),
                                    interval_s=config.admission_interval_s)
         self.states = VehicleStates(self.store, self.clock, refresh_s=min(10.0, config.online_window_s / 3))
@@ -113,6 +115,12 @@ class Coordinator:
         self.metrics = CoordinatorMetrics(self)
         self.scheduler.lease_granted = self.metrics.lease_granted
         self.scheduler.lease_closed = self.training.lease_closed = self.metrics.lease_closed
+
+    def _suspended(self, vehicle_id: str) -> None:
+        """A car was suspended for wrong results: refuse its cached credential and re-issue its work now."""
+        self.auth.forget_vehicle(vehicle_id)
+        self.scheduler.release_vehicle(vehicle_id)
+        self.training.release_vehicle(vehicle_id)
 
     async def sweep_forever(self) -> None:
         while True:

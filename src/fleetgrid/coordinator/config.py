@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import InvalidInput
 from .logs import LOG_FORMATS
 from .ratelimit import RateLimit
+from .reputation import TrustPolicy
 
 __all__ = ["CoordinatorConfig", "Credentials"]
 
@@ -85,6 +86,13 @@ class CoordinatorConfig:
     serve_hedging: bool = True
     """Serving: send a request still unanswered at its deployment's recent p95 latency to a second car too (at most
     5% of requests; see :mod:`fleetgrid.workloads.serving.router`)."""
+    verify_results: bool = False
+    """Verify batch inference results before a tenant sees them (:mod:`fleetgrid.coordinator.reputation`): an
+    untrusted car's results are confirmed by another car's, a trusted car's spot-checked, a caught car suspended
+    and its unconfirmed results recomputed. Needs at least two cars able to take a job's units. Off: a unit is
+    computed once unless its job asks for ``redundancy``."""
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
+    """How fast a car earns trust and how often a trusted car is checked (with ``verify_results``)."""
     log_format: str = "text"
     """'text' (uvicorn's own format, no request log) or 'json': every log record as one JSON line, plus one line
     per request (method, route template, status, duration, request id, principal kind; never a token)."""

@@ -70,6 +70,9 @@ class UnitDriver(ABC):
     requeue: ClassVar[bool] = True
     """Whether a unit whose lease failed, was handed back or expired goes back to the queue (False: it is
     cancelled, and the workload plans that work anew)."""
+    verifiable: ClassVar[bool] = False
+    """Whether :meth:`agree` compares two cars' results of one unit meaningfully (within the workload's
+    tolerance), so that results can be verified by replication (:mod:`fleetgrid.coordinator.verification`)."""
     placement: ClassVar[Placement] = Placement.SINGLE
     """How units are placed on cars. ``RESIDENT``: a lease never completes; it is renewed while its car stays
     eligible and ends by preemption (its unit goes straight back to the queue for another car) or with the job.

@@ -30,8 +30,9 @@ from .artifacts import ArtifactStore, sha256_hex
 from .config import CoordinatorConfig
 from .drivers import UnitDriver
 from .longpoll import LongPolls
-from .metering import check_compute_s, computed_items
+from .metering import Seen, check_compute_s, computed_items, cross_check
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
+from .verification import Verifier
 
 __all__ = ["Scheduler"]
 
@@ -71,6 +72,11 @@ class Scheduler:
         """Told (workload kind, leases made / outcome) once a grant or a close committed: the metrics."""
         self.vehicle_plugged_in: Callable[[str], bool | None] = lambda _vehicle_id: None
         """Whether a car last said it was plugged in (None: not known); each usage row records it (billing)."""
+        self.verifier: Verifier | None = None
+        """With ``config.verify_results``: results are verified before they are accepted (see verification.py)."""
+        if config.verify_results:
+            self.verifier = Verifier(store, artifacts, self.drivers, config.trust, self.clock.now)
+            self.verifier.vehicle_suspended = self.release_vehicle
         self._specs: dict[str, JobRecord] = {}
         self._gangs = False
         self._gangs_looked: float | None = None
@@ -192,8 +198,10 @@ class Scheduler:
         seat = self.store.gang_seat(vehicle_id, now) if gangs else None
         if seat is not None and seat.lease is not None:
             return self._grant(seat.lease, seat.unit)
-        got = self.store.acquire(vehicle_id, now, now + self.config.lease_ttl_s, _lease_id(),
-                                 offers=self.offers_possible())
+        offers = self.offers_possible()
+        if self.verifier is not None and self.verifier.probe(vehicle_id, now, self.config.lease_ttl_s):
+            offers = True  # a known-answer unit is on offer to this car
+        got = self.store.acquire(vehicle_id, now, now + self.config.lease_ttl_s, _lease_id(), offers=offers)
         if got is not None:
             if seat is not None:  # it took other work: its seat goes to another car
                 self.store.drop_holds(vehicle_id)
@@ -221,7 +229,11 @@ class Scheduler:
             job.state = JobState.RUNNING
         if issued:
             self.store.after_commit(functools.partial(self.lease_granted, job.kind, issued))
-        return self.driver(job.kind).grant(job, unit, lease)
+        grant = self.driver(job.kind).grant(job, unit, lease)
+        if self.verifier is not None and unit.replica and self.verifier.applies(job):
+            # A car must not tell a check (a verifying copy, a known answer) from any other unit.
+            grant = grant.model_copy(update={"replica": 0})
+        return grant
 
     def _job_spec(self, job_id: str) -> JobRecord:
         """A job's immutable part (kind, model, spec), cached: every lease needs it. Its counters here are stale."""
@@ -367,14 +379,39 @@ class Scheduler:
             data = self._vehicle_artifact(vehicle, req.result, "result")
         driver.check_result(job, unit, data)
         now = self.clock.now()
-        usage = driver.usage(job, unit, req, data, owned.lease.resumed_items)
+        usage, implausible = cross_check(driver.usage(job, unit, req, data, owned.lease.resumed_items),
+                                         self._seen(owned, len(data), now))
         entry = self._row(owned.lease, job, usage, now, accepted=True)
         quorum = (job.spec.get("redundancy") or {}).get("quorum", 1)
-        after = self.store.complete(owned.lease, unit, req.result, entry, now, accept=quorum <= 1, blob=inline)
+        verifier = self.verifier if self.verifier is not None and self.verifier.applies(job) else None
+        accept = quorum <= 1 and (verifier is None or verifier.release_now(job, unit, vehicle.vehicle_id))
+        after = self.store.complete(owned.lease, unit, req.result, entry, now, accept=accept, blob=inline)
         self.store.after_commit(functools.partial(self.lease_closed, job.kind, LeaseState.COMPLETED.value))
+        if implausible and self.verifier is not None:
+            self.verifier.implausible(vehicle.vehicle_id, implausible)
         if quorum > 1 and self._quorum(after, unit.idx, quorum):
             after = self.store.get_job(job.job_id) or after
+        elif verifier is not None and not accept:
+            settled = verifier.settle(after, unit)
+            if settled.replicas_added:
+                self._wake(settled.replicas_added)
+            elif not settled.accepted and verifier.exhausted(after, unit.idx):
+                self._finish(after, JobState.FAILED, error=f"unit {unit.idx}: no two of its results agreed")
+            after = self.store.get_job(job.job_id) or after
         return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED), after
+
+    def _seen(self, owned: _Owned, result_bytes: int, now: float) -> Seen:
+        """What this coordinator saw of a lease being completed: how long it was held, and the bytes it had to
+        move (its unit's inputs, the job's model file, the checkpoint it resumed from, its result)."""
+        digests = [owned.unit.input_digest, owned.job.spec.get("model_file"),
+                   owned.unit.checkpoint_digest if owned.lease.resumed_items else None]
+        served = 0
+        for digest in filter(None, digests):
+            try:
+                served += self.artifacts.size(digest)
+            except NotFound:  # a small result's blob, or an input kept elsewhere: not served from a file
+                continue
+        return Seen(held_s=max(0.0, now - owned.lease.issued_at), payload_bytes=served + result_bytes)
 
     def fail(self, vehicle: VehicleRecord, lease_id: str, req: FailRequest) -> LeaseAck:
         owned = self._owned(vehicle, lease_id, active=False)

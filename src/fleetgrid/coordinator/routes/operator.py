@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI, Request
 
 from ...errors import NotFound
-from ...protocol import API_PREFIX, FleetOverview, LedgerEntry, TenantCreate, TenantCreated, VehicleSummary
+from ...protocol import (
+    API_PREFIX,
+    FleetOverview,
+    LedgerEntry,
+    TenantCreate,
+    TenantCreated,
+    VehicleReputation,
+    VehicleSummary,
+)
 from ..auth import hash_token, new_token
 from ..observe import note_principal
 from ..security import accepts
@@ -64,6 +72,31 @@ def operator_routes(app: FastAPI, coord: Coordinator) -> None:
              dependencies=[Depends(operator)])
     def vehicles() -> list[VehicleSummary]:
         return summaries()
+
+    def reputation(vehicle_id: str) -> VehicleReputation:
+        vehicle = store.get_vehicle(vehicle_id)
+        if vehicle is None:
+            raise NotFound(f"vehicle {vehicle_id!r} does not exist; GET /v1/vehicles lists them")
+        rep, policy = store.get_reputation(vehicle_id), coord.config.trust
+        return VehicleReputation(vehicle_id=vehicle_id, agreed=rep.agreed, streak=rep.streak, faults=rep.faults,
+                                 implausible=rep.implausible, trusted=policy.trusted(rep),
+                                 check_rate=policy.check_rate(rep), suspended=vehicle.suspended,
+                                 suspended_reason=vehicle.suspended_reason)
+
+    @app.get(f"{API_PREFIX}/vehicles/{{vehicle_id}}/reputation", response_model=VehicleReputation,
+             tags=["operator"], dependencies=[Depends(operator)])
+    def vehicle_reputation(vehicle_id: str) -> VehicleReputation:
+        """How far the coordinator trusts a car's results: checks passed and failed, its spot-check rate, and
+        whether it was suspended for wrong results."""
+        return reputation(vehicle_id)
+
+    @app.get(f"{API_PREFIX}/reputation", response_model=list[VehicleReputation], tags=["operator"],
+             dependencies=[Depends(operator)])
+    def reputations() -> list[VehicleReputation]:
+        """Every car whose results were ever checked, or that was suspended."""
+        ids = {r.vehicle_id for r in store.list_reputations()}
+        ids |= {v.vehicle_id for v in store.list_vehicles() if v.suspended}
+        return [reputation(vehicle_id) for vehicle_id in sorted(ids)]
 
     @app.post(f"{API_PREFIX}/vehicles/{{vehicle_id}}/revoke", tags=["operator"], dependencies=[Depends(operator)])
     def revoke(vehicle_id: str) -> dict:

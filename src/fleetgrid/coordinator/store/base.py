@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..reputation import Reputation, Verdict
 from .billing_base import BillingState
 from .identity_base import IdentityState
 
@@ -55,6 +56,10 @@ class VehicleRecord:
     suspended_at: float | None = None
     """Set while the car is suspended (by the operator or automatically): every request of it is refused."""
     suspended_reason: str | None = None
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspended_at is not None
 
 
 @dataclass(slots=True)
@@ -204,6 +209,42 @@ class Store(BillingState, IdentityState, ABC):
     @abstractmethod
     def revoke_vehicle(self, vehicle_id: str) -> bool:
         """Returns False if there is no such vehicle."""
+
+    # --- reputation (coordinator/reputation.py) -----------------------------------------------------------------
+    @abstractmethod
+    def get_reputation(self, vehicle_id: str) -> Reputation:
+        """The car's counters (all zero if none of its results was ever checked)."""
+
+    @abstractmethod
+    def list_reputations(self) -> list[Reputation]:
+        """Every car's counters that any check touched, by vehicle id."""
+
+    @abstractmethod
+    def record_verdicts(self, verdicts: Sequence[tuple[str, Verdict]], now: float) -> None:
+        """Apply (vehicle id, verdict) pairs as increments to the cars' counters in one transaction (see
+        :meth:`Reputation.after`): racing coordinators never lose one."""
+
+    @abstractmethod
+    def unverified_results(self, vehicle_id: str, kinds: Sequence[str]) -> list[UnitRecord]:
+        """The car's accepted results that no other result confirmed (the only done replica of their unit), in
+        running jobs of ``kinds``: what is recomputed when the car is caught."""
+
+    @abstractmethod
+    def known_answer(self, vehicle_id: str, kinds: Sequence[str]) -> UnitRecord | None:
+        """A done replica of a unit whose accepted result at least two results confirmed, in a running job of
+        ``kinds``, of a unit the car never leased (the latest such): a unit whose answer the coordinator knows
+        and the car cannot have seen."""
+
+    @abstractmethod
+    def add_urgent_units(self, units: list[UnitRecord]) -> None:
+        """Add units that any car asking for work gets before every other pending unit (a replica verifying a
+        result: the sooner it is done, the sooner the car that computed the result is trusted or caught)."""
+
+    @abstractmethod
+    def reopen_unit(self, job_id: str, idx: int, replica: UnitRecord) -> bool:
+        """Withdraw the accepted result of unit ``idx`` of a running job (its done count drops by one) and add
+        ``replica`` to compute it again, urgent (see :meth:`add_urgent_units`), atomically; False (nothing
+        changed) if it was not accepted or the job is no longer running."""
 
     @abstractmethod
     def report_state(self, vehicle_id: str, state: dict[str, Any], eligible: bool, now: float) -> None: ...

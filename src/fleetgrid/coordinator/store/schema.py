@@ -280,5 +280,17 @@ price_lists = Table(
     Column("set_at", Float, nullable=False),
 )
 
+reputations = Table(
+    "reputations",
+    metadata,
+    # One row per car whose results were ever checked (coordinator/reputation.py): counters, updated by increments.
+    Column("vehicle_id", String(64), ForeignKey("vehicles.vehicle_id"), primary_key=True),
+    Column("agreed", Integer, nullable=False, default=0),
+    Column("streak", Integer, nullable=False, default=0),
+    Column("faults", Integer, nullable=False, default=0),
+    Column("implausible", Integer, nullable=False, default=0),
+    Column("updated_at", Float),
+)
+
 __all__ = ["accepted", "artifact_owners", "artifacts", "jobs", "leases", "ledger", "metadata", "owner_cars", "owners",
-           "price_lists", "refused_updates", "result_blobs", "secrets", "tenants", "units", "vehicles"]
+           "price_lists", "refused_updates", "reputations", "result_blobs", "secrets", "tenants", "units", "vehicles"]

@@ -65,6 +65,7 @@ from .sql_cycle import CycleRows, CycleSQL
 from .sql_gangs import GangRows
 from .sql_identity import IdentityRows
 from .sql_offers import OfferRows
+from .sql_reputation import ReputationRows
 from .sqlite_lock import SQLiteFileLock
 
 __all__ = ["POOL_SIZE", "SQLStore", "engine_url"]
@@ -140,7 +141,7 @@ def _vehicle(row: Row) -> VehicleRecord:
     return VehicleRecord(**{k: m[k] for k in VehicleRecord.__slots__})
 
 
-class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, IdentityRows, Store):
+class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, IdentityRows, ReputationRows, Store):
     """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
 
     def __init__(self, url: str, *, create: bool = True, exclusive: bool = True) -> None:

@@ -39,6 +39,7 @@ class InferenceDriver(UnitDriver):
     kind = "inference"
     submit_model = JobSubmit
     result_suffix = "npy"
+    verifiable = True
 
     # --- planning ---------------------------------------------------------------------------------------------
     def plan(self, tenant: str, request: JobSubmit, job_id: str) -> Plan:
