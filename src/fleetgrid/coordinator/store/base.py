@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .billing_base import BillingState
+from .history_base import FleetHistory
 
 __all__ = [
     "ArtifactRecord",
@@ -167,7 +168,7 @@ class ArtifactRecord:
     owners: list[str] = field(default_factory=list)
 
 
-class Store(BillingState, ABC):
+class Store(BillingState, FleetHistory, ABC):
     """Everything the coordinator must not lose. Implementations must make each method atomic."""
 
     # --- secrets and tenants ------------------------------------------------------------------------------------

@@ -66,6 +66,18 @@ class BillingState(ABC):
         """False (and no change) if there is no such owner."""
 
     @abstractmethod
+    def owner_policy(self, name: str) -> dict[str, Any] | None:
+        """The policy the owner set for their cars (OwnerPolicy's JSON); None if none was set (or no owner)."""
+
+    @abstractmethod
+    def set_owner_policy(self, name: str, policy: dict[str, Any]) -> bool:
+        """Store the owner's policy (already validated); False (and no change) if there is no such owner."""
+
+    @abstractmethod
+    def vehicle_policy(self, vehicle_id: str) -> dict[str, Any] | None:
+        """The policy of the car's owner, for its heartbeat; None when the car has no owner or they set none."""
+
+    @abstractmethod
     def attach_car(self, owner: str, vehicle_id: str) -> None:
         """Make ``owner`` the owner of an enrolled car (again: no change). NotFound for an unknown owner or car;
         Conflict, changing nothing, if another owner has it."""

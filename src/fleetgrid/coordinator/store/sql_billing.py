@@ -59,6 +59,20 @@ class BillingRows:
         with self._write() as c:
             return c.execute(update(owners).where(owners.c.name == name).values(tariff=tariff)).rowcount > 0
 
+    def owner_policy(self, name: str) -> dict[str, Any] | None:
+        with self._read() as c:
+            return c.execute(select(owners.c.policy).where(owners.c.name == name)).scalar()
+
+    def set_owner_policy(self, name: str, policy: dict[str, Any]) -> bool:
+        with self._write() as c:
+            return c.execute(update(owners).where(owners.c.name == name).values(policy=policy)).rowcount > 0
+
+    def vehicle_policy(self, vehicle_id: str) -> dict[str, Any] | None:
+        with self._read() as c:
+            return c.execute(select(owners.c.policy)
+                             .select_from(owner_cars.join(owners, owners.c.name == owner_cars.c.owner))
+                             .where(owner_cars.c.vehicle_id == vehicle_id)).scalar()
+
     def attach_car(self, owner: str, vehicle_id: str) -> None:
         try:
             with self._write() as c:
