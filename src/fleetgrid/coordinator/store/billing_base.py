@@ -91,11 +91,13 @@ class BillingState(ABC):
         """Every price list set, oldest first."""
 
     @abstractmethod
-    def usage_lines(self, start: float, end: float, *, owner: str | None = None,
-                    tenant: str | None = None) -> list[UsageLine]:
+    def usage_lines(self, start: float, end: float, *, owner: str | None = None, tenant: str | None = None,
+                    ordered: bool = True) -> list[UsageLine]:
         """Usage rows closed in ``[start, end)`` with their car's hardware and owner and their job's tenant: of
-        the cars of ``owner`` only, or of the jobs of ``tenant`` only, when given; ordered by time, then lease.
-        Refused updates (see :meth:`record_refusal`) come last, as rows rejected with their reason."""
+        the cars of ``owner`` only, or of the jobs of ``tenant`` only, when given; ordered by time, then lease
+        (``ordered=False``: in the order the database finds them, for sums that do not depend on it: sorting a
+        month of the whole fleet's rows is most of the payout export's time). Refused updates (see
+        :meth:`record_refusal`) come last, as rows rejected with their reason."""
 
     @abstractmethod
     def record_refusal(self, refusal: RefusalRecord) -> None:
