@@ -218,7 +218,7 @@ def test_the_policy_form_says_what_is_wrong_and_needs_its_form_token(fleet, brow
     beat = fleet["api"].post("/v1/vehicles/heartbeat", json={"drive": "parked", "soc": 0.5, "network": "wifi",
                                                              "plugged_in": False, "eligible": True},
                              headers=auth(bob_car))
-    assert beat.status_code == 200 and beat.json()["policy"] is None, beat.text
+    assert beat.status_code == 200 and "policy" not in beat.json(), beat.text
     # Without the form token (a cross-site form, or a forged request with the cookie): refused.
     with httpx.Client(base_url=fleet["url"]) as client:
         client.cookies.set("fleetgrid_session", v.cookie()["value"])
@@ -241,6 +241,6 @@ def test_the_policy_form_says_what_is_wrong_and_needs_its_form_token(fleet, brow
     beat = fleet["api"].post("/v1/vehicles/heartbeat", json={"drive": "parked", "soc": 0.5, "network": "wifi",
                                                              "plugged_in": False, "eligible": True},
                              headers=auth(alice_car))
-    assert beat.json()["policy"] is None
+    assert "policy" not in beat.json()
     v.errors = [e for e in v.errors if "400" not in e]
     v.clean()

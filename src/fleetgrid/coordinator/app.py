@@ -289,7 +289,10 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         coord.auth.remember_vehicle(record)  # its first lease request needs no store call to authenticate
         return EnrollResponse(vehicle_id=vehicle_id, credential=credential)
 
-    @app.post(f"{API_PREFIX}/vehicles/heartbeat", response_model=HeartbeatResponse, tags=["vehicle"])
+    # No policy, no key: an agent from before owner policies reached cars (its wire models forbid unknown keys)
+    # keeps working until its owner saves one.
+    @app.post(f"{API_PREFIX}/vehicles/heartbeat", response_model=HeartbeatResponse, tags=["vehicle"],
+              response_model_exclude_none=True)
     def heartbeat(state: StateReport, v: VehicleRecord = Depends(vehicle)) -> HeartbeatResponse:
         states.report(v.vehicle_id, state)
         active = sched.heartbeat(v, state.eligible)  # renews resident leases while eligible, else hands them back

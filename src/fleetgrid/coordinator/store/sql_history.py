@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from .schema import car_state_samples
 
@@ -20,10 +21,13 @@ class HistoryRows:
 
     def record_car_states(self, at: float, counts: Mapping[str, int], keep_since: float) -> None:
         t = car_state_samples
-        with self._write() as c:
-            c.execute(delete(t).where((t.c.at < keep_since) | (t.c.at == at)))
-            if counts:
-                c.execute(insert(t), [{"at": at, "state": s, "cars": int(n)} for s, n in sorted(counts.items())])
+        try:
+            with self._write() as c:
+                c.execute(delete(t).where((t.c.at < keep_since) | (t.c.at == at)))
+                if counts:
+                    c.execute(insert(t), [{"at": at, "state": s, "cars": int(n)} for s, n in sorted(counts.items())])
+        except IntegrityError:
+            pass  # another replica on this database took the same sample meanwhile: one is enough
 
     def car_state_history(self, since: float) -> list[tuple[float, dict[str, int]]]:
         t = car_state_samples
