@@ -58,6 +58,10 @@ def price_lines(lines: Iterable[UsageLine], price_lists: Sequence[PriceList]) ->
     ordered = sorted(price_lists, key=lambda p: (p.set_at, p.version))
     starts = [p.set_at for p in ordered]
     out = []
+    # A row whose accelerator-seconds are not priced has a charge that is a pure function of its price list,
+    # workload and counts: rows alike (a training job's steps, a fixed batch of items) are priced once, exactly
+    # as each would be. (Priced seconds are floats, nearly never repeated: not kept.)
+    charges: dict[tuple, RowCharge] = {}
     for line in lines:
         energy = usage_energy_wh(line.hardware, line.accelerator_s, line.held_s, line.plugged_in)
         i = bisect.bisect_right(starts, line.at) - 1
@@ -73,9 +77,17 @@ def price_lines(lines: Iterable[UsageLine], price_lists: Sequence[PriceList]) ->
             unpaid = f"the price list has no price for workload {line.workload!r}"
         else:
             plist = ordered[i]
-            money = charge_row(plist.prices[line.workload], plist.operator_fee, hardware=line.hardware,
-                               accelerator_s=line.accelerator_s, items=line.items, tokens=line.tokens,
-                               steps=line.steps, examples=line.examples)
+            price = plist.prices[line.workload]
+            key = (i, line.workload, line.items, line.tokens, line.steps, line.examples)
+            timed = bool(price.per_accelerator_s and line.accelerator_s)
+            cached = None if timed else charges.get(key)
+            if cached is None:
+                cached = charge_row(price, plist.operator_fee, hardware=line.hardware,
+                                    accelerator_s=line.accelerator_s, items=line.items, tokens=line.tokens,
+                                    steps=line.steps, examples=line.examples)
+                if not timed:
+                    charges[key] = cached
+            money = cached
         out.append(PricedLine(line, money, energy, unpaid))
     return out
 
