@@ -23,7 +23,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "web"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    """A coordinator with two owners (alice: two cars, bob: one), and a job for each of two tenants."""
+    """A coordinator with two owners (alice: two cars, bob: one), an inference job for each of two tenants and a
+    training job of one."""
     proc = start_coordinator(tmp_path_factory.mktemp("coord"))
     api = httpx.Client(base_url=proc.url, timeout=30)
     cars = {}
@@ -48,6 +49,13 @@ def fleet(tmp_path_factory):
                                        "name": f"{tenant}-embeddings"}, headers=auth(token))
         assert r.status_code == 201, r.text
         jobs[tenant] = r.json()["job_id"]
+    body = {"model": "mnist1d-cnn", "name": "acme-training", "strategy": "fedavg", "rounds": 2,
+            "data": {"dataset": "mnist1d", "num_vehicles": 2, "alpha": 1.0, "num_samples": 300},
+            "settings": {"local": {"steps": 2, "batch_size": 16},
+                         "rounds": {"clients_per_round": 1, "over_selection": 1.0, "deadline_s": 60}}}
+    r = api.post("/v1/train/jobs", json=body, headers=auth(TENANT))
+    assert r.status_code == 201, r.text
+    jobs["training"] = r.json()["job_id"]
     yield {"proc": proc, "url": proc.url, "api": api, "cars": cars, "owners": owners, "jobs": jobs}
     api.close()
     proc.stop()
@@ -134,6 +142,14 @@ def test_the_operator_sees_the_fleet_chart_and_every_tenants_jobs(fleet, browser
     assert int(v.page.inner_text("#counts .tile >> nth=0").split()[0]) == 3
     jobs = v.page.inner_text("table.jobs")
     assert "acme-embeddings" in jobs and "other-embeddings" in jobs
+    # The training job's version 0 is scored on the held-out set as its driver starts: its accuracy is listed.
+    for _ in range(300):
+        if "accuracy by version: v0 0." in v.page.inner_text("tr:has-text('acme-training')"):
+            break
+        v.page.wait_for_timeout(200)
+        v.goto("/dashboard/fleet")
+    else:
+        raise AssertionError("the training job's version-0 accuracy never appeared on the fleet page")
     v.shot("operator-fleet")
     v.clean()
 
