@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
@@ -134,6 +134,9 @@ class StateReport(_Wire):
 class HeartbeatResponse(_Wire):
     server_time: float
     active_leases: list[str] = Field(description="lease ids the coordinator still holds open for this car")
+    policy: dict[str, Any] | None = Field(
+        default=None, description="the owner policy (OwnerPolicy's fields) the car's owner set on the coordinator; "
+        "the car applies it from now on. Absent: none set there, the car keeps its own")
 
 
 class LeaseRequest(_Wire):

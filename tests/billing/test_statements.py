@@ -8,7 +8,16 @@ from decimal import Decimal
 
 import pytest
 
-from fleetgrid.billing import PriceList, UsageLine, month_bounds, owner_statement, payout_csv, price_lines, tenant_bill
+from fleetgrid.billing import (
+    PriceList,
+    UsageLine,
+    month_bounds,
+    owner_statement,
+    payout_csv,
+    payout_statements,
+    price_lines,
+    tenant_bill,
+)
 
 NOV = month_bounds("2026-11")[0]
 PRICES = PriceList.parse("USD", "0.15", {"inference": {"per_item": "0.00001", "per_accelerator_s": "0.0002"},
@@ -110,3 +119,26 @@ def test_charges_credits_and_fees_reconcile_to_the_micro_unit(seed):
         assert (p.money.charge == 0) or p.unpaid is None  # nothing unpaid is ever charged
     rows = payout_csv(statements).splitlines()[1:]
     assert sum(int(r.split(",")[4]) for r in rows) + sum(st.fee for st in statements) == charged
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_the_payout_export_matches_each_owners_statement_whatever_the_row_order(seed):
+    """The export reads the month unordered (sorting the whole fleet's rows was most of its time): each owner's
+    row must still equal the statement that owner sees, to the micro-unit, energy and hours included."""
+    rng = random.Random(seed)
+    lines, lists, owners = _random_month(rng)
+    priced = price_lines(lines, lists)
+    shuffled = priced[:]
+    rng.shuffle(shuffled)
+    tariff = Decimal("0.25")
+    exported = payout_statements("2026-11", [(o, cars, tariff) for o, cars in owners.items()], shuffled,
+                                 currency="EUR")
+    for st in exported:
+        alone = owner_statement(st.owner, "2026-11", owners[st.owner], [p for p in priced if p.line.owner == st.owner],
+                                currency="EUR", tariff_per_kwh=tariff)
+        assert (st.gross, st.fee, st.charges, st.energy_cost, st.net) == \
+            (alone.gross, alone.fee, alone.charges, alone.energy_cost, alone.net)
+        assert st.energy_wh == alone.energy_wh and st.hours_lent == alone.hours_lent
+    one_by_one = [owner_statement(o, "2026-11", cars, priced, currency="EUR", tariff_per_kwh=tariff)
+                  for o, cars in owners.items()]
+    assert payout_csv(exported) == payout_csv(one_by_one)

@@ -484,3 +484,29 @@ def test_urgent_units_are_leased_before_every_other(store):
     # The latest urgent unit first, then the one before, then the queue in its order. (Replicas of one unit go to
     # different cars only when a car computed one already: this car took none of units 1 and 2 yet.)
     assert taken == ["job-1:1:1", "job-1:2:1", "job-1:0:0"]
+
+
+def test_car_state_samples_are_kept_in_order_replaced_and_pruned(store):
+    store.record_car_states(100.0, {"eligible": 2, "driving": 1}, keep_since=0.0)
+    store.record_car_states(400.0, {"eligible": 1, "working": 2}, keep_since=0.0)
+    store.record_car_states(400.0, {"eligible": 3}, keep_since=0.0)  # the same sample again: replaced
+    assert store.car_state_history(0.0) == [(100.0, {"driving": 1, "eligible": 2}), (400.0, {"eligible": 3})]
+    assert store.car_state_history(101.0) == [(400.0, {"eligible": 3})]
+    store.record_car_states(700.0, {"offline": 4}, keep_since=300.0)  # retention: older samples are dropped
+    assert store.car_state_history(0.0) == [(400.0, {"eligible": 3}), (700.0, {"offline": 4})]
+
+
+def test_an_owners_policy_reaches_their_cars_only(store):
+    for vid in ("v-a", "v-b", "v-none"):
+        _vehicle(store, vid)
+    store.add_owner("alice", "ha", "0.20", 0.0)
+    store.add_owner("bob", "hb", "0.20", 0.0)
+    store.attach_car("alice", "v-a")
+    store.attach_car("bob", "v-b")
+    assert store.owner_policy("alice") is None and store.vehicle_policy("v-a") is None
+    policy = {"opt_in": True, "min_soc": 0.3, "allowed_hours": [22, 7]}
+    assert store.set_owner_policy("alice", policy)
+    assert store.owner_policy("alice") == policy == store.vehicle_policy("v-a")
+    assert store.vehicle_policy("v-b") is None and store.vehicle_policy("v-none") is None
+    assert not store.set_owner_policy("carol", policy)
+    assert store.vehicle_policy("v-missing") is None

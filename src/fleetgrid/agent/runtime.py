@@ -18,6 +18,7 @@ import logging
 import signal
 import threading
 import time
+from typing import Any
 
 from fleetgrid import errors
 from fleetgrid.agent.config import AgentConfig
@@ -37,6 +38,7 @@ from fleetgrid.protocol import (
     StateReport,
 )
 from fleetgrid.vehicle.bus import VehicleBus
+from fleetgrid.vehicle.policy import OwnerPolicy
 from fleetgrid.workloads.base import car_handler
 
 __all__ = ["Agent", "run_agent"]
@@ -262,12 +264,27 @@ class Agent:
         except errors.FleetgridError as exc:
             log.debug("heartbeat failed: %s", exc)  # the main loop says when the coordinator is unreachable
             return
+        if answer.policy is not None:
+            self._apply_policy(answer.policy)
         if held is not None and held.lease_id not in answer.active_leases:
             # Closed on the coordinator (a training round ended, the job was cancelled)? Renew now: its answer says
             # for sure, and a lease that is gone stops its work at once rather than at the next renewal.
             with self._lock:
                 if self._lease is held:
                     self._next_renew = time.monotonic()
+
+    def _apply_policy(self, data: dict[str, Any]) -> None:
+        """The owner's policy from the coordinator: eligibility and the data plan follow it from the next reading
+        on. One the car cannot accept (a newer field, a bad value) is logged and the current one kept."""
+        try:
+            policy = OwnerPolicy.from_json(data)
+        except errors.InvalidInput as exc:
+            log.warning("the coordinator sent an owner policy this agent cannot apply (%s); keeping the current one",
+                        exc.message)
+            return
+        if policy != self.monitor.policy:
+            log.info("owner policy updated from the coordinator: %s", policy.to_json())
+            self.monitor.policy = self.plan.policy = policy
 
     def _renew(self, lease: Grant) -> None:
         try:

@@ -14,6 +14,7 @@ from .statements import (
     month_bounds,
     owner_statement,
     payout_csv,
+    payout_statements,
     price_lines,
     tenant_bill,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "owner_statement",
     "parse_decimal",
     "payout_csv",
+    "payout_statements",
     "price_lines",
     "tenant_bill",
     "to_micro",

@@ -8,6 +8,7 @@ import bisect
 import calendar
 import csv
 import io
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from .money import format_micro
 from .prices import PriceList, RowCharge, charge_row
 
 __all__ = ["JobCharge", "OwnerStatement", "PricedLine", "TenantBill", "Unpaid", "WorkloadTotals", "check_month",
-           "month_bounds", "owner_statement", "payout_csv", "price_lines", "tenant_bill"]
+           "month_bounds", "owner_statement", "payout_csv", "payout_statements", "price_lines",
+           "tenant_bill"]
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 NOT_ACCEPTED = "not accepted: the lease failed or its work was lost (a gang restarted)"
@@ -56,6 +58,10 @@ def price_lines(lines: Iterable[UsageLine], price_lists: Sequence[PriceList]) ->
     ordered = sorted(price_lists, key=lambda p: (p.set_at, p.version))
     starts = [p.set_at for p in ordered]
     out = []
+    # A row whose accelerator-seconds are not priced has a charge that is a pure function of its price list,
+    # workload and counts: rows alike (a training job's steps, a fixed batch of items) are priced once, exactly
+    # as each would be. (Priced seconds are floats, nearly never repeated: not kept.)
+    charges: dict[tuple, RowCharge] = {}
     for line in lines:
         energy = usage_energy_wh(line.hardware, line.accelerator_s, line.held_s, line.plugged_in)
         i = bisect.bisect_right(starts, line.at) - 1
@@ -71,9 +77,17 @@ def price_lines(lines: Iterable[UsageLine], price_lists: Sequence[PriceList]) ->
             unpaid = f"the price list has no price for workload {line.workload!r}"
         else:
             plist = ordered[i]
-            money = charge_row(plist.prices[line.workload], plist.operator_fee, hardware=line.hardware,
-                               accelerator_s=line.accelerator_s, items=line.items, tokens=line.tokens,
-                               steps=line.steps, examples=line.examples)
+            price = plist.prices[line.workload]
+            key = (i, line.workload, line.items, line.tokens, line.steps, line.examples)
+            timed = bool(price.per_accelerator_s and line.accelerator_s)
+            cached = None if timed else charges.get(key)
+            if cached is None:
+                cached = charge_row(price, plist.operator_fee, hardware=line.hardware,
+                                    accelerator_s=line.accelerator_s, items=line.items, tokens=line.tokens,
+                                    steps=line.steps, examples=line.examples)
+                if not timed:
+                    charges[key] = cached
+            money = cached
         out.append(PricedLine(line, money, energy, unpaid))
     return out
 
@@ -146,13 +160,16 @@ def owner_statement(owner: str, month: str, cars: Sequence[str], priced: Iterabl
                         cars=sorted(mine))
     work: dict[str, WorkloadTotals] = {}
     unpaid: dict[str, Unpaid] = {}
-    held_s = 0.0
+    # Exact float sums (fsum): the same rows give the same hours and energy, so the same energy cost to the
+    # micro-unit, in whatever order they come (the payout export reads them unordered).
+    held_s: list[float] = []
+    energy_wh: list[float] = []
     for p in priced:
         ln = p.line
         if ln.vehicle_id not in mine:
             continue
-        held_s += max(ln.held_s, ln.accelerator_s)
-        st.energy_wh += p.energy_wh
+        held_s.append(max(ln.held_s, ln.accelerator_s))
+        energy_wh.append(p.energy_wh)
         if p.unpaid is not None:
             u = unpaid.setdefault(p.unpaid, Unpaid(p.unpaid))
             u.leases += 1
@@ -161,7 +178,8 @@ def owner_statement(owner: str, month: str, cars: Sequence[str], priced: Iterabl
             u.accelerator_s += ln.accelerator_s
             continue
         work.setdefault(ln.workload, WorkloadTotals(ln.workload)).add(p)
-    st.hours_lent = held_s / 3600.0
+    st.hours_lent = math.fsum(held_s) / 3600.0
+    st.energy_wh = math.fsum(energy_wh)
     st.work = [work[k] for k in sorted(work)]
     st.unpaid = [unpaid[k] for k in sorted(unpaid)]
     st.charges = sum(w.charge for w in st.work)
@@ -219,6 +237,17 @@ def tenant_bill(tenant: str, month: str, priced: Iterable[PricedLine], *, curren
         j.charge += p.money.charge
     return TenantBill(tenant=tenant, month=check_month(month), currency=currency,
                       jobs=[jobs[k] for k in sorted(jobs)])
+
+
+def payout_statements(month: str, owners: Iterable[tuple[str, Sequence[str], Decimal]],
+                      priced: Iterable[PricedLine], *, currency: str) -> list[OwnerStatement]:
+    """Every owner's statement for the month from one pass over the whole fleet's priced rows (in any order):
+    ``owners`` is (name, cars, tariff per kWh) for each owner, in the export's order."""
+    by_owner: dict[str | None, list[PricedLine]] = {}
+    for p in priced:
+        by_owner.setdefault(p.line.owner, []).append(p)
+    return [owner_statement(name, month, cars, by_owner.get(name, ()), currency=currency, tariff_per_kwh=tariff)
+            for name, cars, tariff in owners]
 
 
 PAYOUT_COLUMNS = ("owner", "month", "currency", "amount", "amount_micro", "charges_micro", "fee_micro",

@@ -48,6 +48,7 @@ from ..protocol import (
     UpdateReport,
 )
 from ..vehicle.hardware import get_profile
+from ..web import dashboard_routes
 from ..workloads.base import workloads
 from .admission import Admission
 from .artifacts import ArtifactStore
@@ -56,6 +57,7 @@ from .auth_gate import AuthFailureGate, client_address
 from .bootstrap import bootstrap_credentials
 from .config import CoordinatorConfig
 from .drivers import DriverContext, load_unit_drivers
+from .history import CarStateSampler
 from .http_errors import install_error_handlers
 from .limits import BodyLimit
 from .metrics import CoordinatorMetrics
@@ -113,6 +115,8 @@ class Coordinator:
         self.scheduler.vehicle_plugged_in = self.states.plugged_in
         self.credentials = bootstrap_credentials(self.store, config, self.clock)
         self.metrics = CoordinatorMetrics(self)
+        self.history = CarStateSampler(self.store, self.clock, interval_s=config.state_sample_interval_s,
+                                       keep_s=config.state_history_s, online_window_s=config.online_window_s)
         self.scheduler.lease_granted = self.metrics.lease_granted
         self.scheduler.lease_closed = self.training.lease_closed = self.metrics.lease_closed
 
@@ -132,10 +136,12 @@ class Coordinator:
 
     def sweep(self) -> None:
         """Write the cars' noted states; close every lease past its deadline, inference and training (with the
-        coordinator's own delay as grace: a completion may be waiting in its queue)."""
+        coordinator's own delay as grace: a completion may be waiting in its queue); count the cars by state when
+        a sample is due (the dashboard's history)."""
         self.states.flush()
         self.scheduler.expire_due(grace_s=self.admission.delay_s)
         self.training.expire_due()
+        self.history.maybe_sample()
 
 
 def _tagged_union(models: dict[str, type[BaseModel]]) -> Any:
@@ -210,6 +216,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     operations_routes(app, coord)
     identity_routes(app, coord)
     billing_routes(app, coord)
+    dashboard_routes(app, coord)
     for workload in workloads():  # a workload's own routes (serving's API), and the service behind them
         if workload.routes is not None and (service := workload.load("routes")(app, coord)) is not None:
             coord.services[workload.kind] = service
@@ -314,11 +321,15 @@ def _vehicle_routes(app: FastAPI, coord: Coordinator) -> None:
         coord.auth.remember_vehicle(record)  # its first lease request needs no store call to authenticate
         return EnrollResponse(vehicle_id=vehicle_id, credential=credential)
 
-    @app.post(f"{API_PREFIX}/vehicles/heartbeat", response_model=HeartbeatResponse, tags=["vehicle"])
+    # No policy, no key: an agent from before owner policies reached cars (its wire models forbid unknown keys)
+    # keeps working until its owner saves one.
+    @app.post(f"{API_PREFIX}/vehicles/heartbeat", response_model=HeartbeatResponse, tags=["vehicle"],
+              response_model_exclude_none=True)
     def heartbeat(state: StateReport, v: VehicleRecord = Depends(vehicle)) -> HeartbeatResponse:
         states.report(v.vehicle_id, state)
         active = sched.heartbeat(v, state.eligible)  # renews resident leases while eligible, else hands them back
-        return HeartbeatResponse(server_time=coord.clock.now(), active_leases=active)
+        return HeartbeatResponse(server_time=coord.clock.now(), active_leases=active,
+                                 policy=store.vehicle_policy(v.vehicle_id))
 
     async def lease_or_wait(v: VehicleRecord, req: LeaseRequest, request: Request) -> Grant | None:
         """Lease work of any workload (a share of a training round offered to this car first), waiting up to

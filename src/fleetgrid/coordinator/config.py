@@ -93,6 +93,10 @@ class CoordinatorConfig:
     computed once unless its job asks for ``redundancy``."""
     trust: TrustPolicy = field(default_factory=TrustPolicy)
     """How fast a car earns trust and how often a trusted car is checked (with ``verify_results``)."""
+    state_sample_interval_s: float = 300.0
+    """How often the cars are counted by state for the dashboard's last-24-hours chart (one small row per state)."""
+    state_history_s: float = 86400.0
+    """How long those counts are kept; older samples are deleted as new ones are taken."""
     log_format: str = "text"
     """'text' (uvicorn's own format, no request log) or 'json': every log record as one JSON line, plus one line
     per request (method, route template, status, duration, request id, principal kind; never a token)."""
@@ -141,6 +145,9 @@ class CoordinatorConfig:
         if self.long_poll_recheck_s <= 0 or self.max_long_poll_s < 0:
             raise InvalidInput(f"long_poll_recheck_s must be > 0 and max_long_poll_s >= 0 seconds, got "
                                f"{self.long_poll_recheck_s} and {self.max_long_poll_s}")
+        if not (self.state_sample_interval_s > 0 and self.state_history_s >= self.state_sample_interval_s):
+            raise InvalidInput(f"state_sample_interval_s must be > 0 and state_history_s at least that, got "
+                               f"{self.state_sample_interval_s} and {self.state_history_s} seconds")
         if self.log_format not in LOG_FORMATS:
             raise InvalidInput(f"log format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
         if self.signature_skew_s <= 0 or self.max_nonces < 1 or self.rate_limit_keys < 1:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .states import CAR_STATES, car_state
+from .states import CAR_STATES, count_car_states
 
 if TYPE_CHECKING:
     from .app import Coordinator
@@ -126,11 +126,7 @@ class FleetCollector:
         yield from self._training()
 
     def _vehicles(self) -> Metric:
-        active: set[str] = {lease.vehicle_id for lease in self.coord.store.active_leases()}
-        now, window = self.coord.clock.now(), self.coord.config.online_window_s
-        by_state = dict.fromkeys(CAR_STATES, 0)
-        for v in self.coord.store.list_vehicles():
-            by_state[car_state(v, now, window, working=v.vehicle_id in active)] += 1
+        by_state = count_car_states(self.coord.store, self.coord.clock.now(), self.coord.config.online_window_s)
         family = GaugeMetricFamily(
             "fleetgrid_vehicles", "Enrolled cars by state (fleet-wide); each car counts once, in the first of "
             "revoked, offline, working, eligible, driving, charging, parked that applies.", labels=["state"])

@@ -16,6 +16,7 @@ from ...billing import (
     month_bounds,
     owner_statement,
     payout_csv,
+    payout_statements,
     price_lines,
     tenant_bill,
 )
@@ -160,13 +161,9 @@ def billing_routes(app: FastAPI, coord: Coordinator) -> None:
         chosen = the_month(month)
         lists = price_lists()
         start, end = month_bounds(chosen)
-        priced = price_lines(store.usage_lines(start, end), lists)
-        by_owner: dict[str | None, list] = {}
-        for p in priced:
-            by_owner.setdefault(p.line.owner, []).append(p)
-        currency = lists[-1].currency if lists else DEFAULT_CURRENCY
-        rows = [owner_statement(o.name, chosen, o.cars, by_owner.get(o.name, []), currency=currency,
-                                tariff_per_kwh=check_tariff(o.tariff)) for o in store.list_owners()]
+        priced = price_lines(store.usage_lines(start, end, ordered=False), lists)
+        owners = [(o.name, o.cars, check_tariff(o.tariff)) for o in store.list_owners()]
+        rows = payout_statements(chosen, owners, priced, currency=lists[-1].currency if lists else DEFAULT_CURRENCY)
         return Response(payout_csv(rows), media_type="text/csv",
                         headers={"content-disposition": f'attachment; filename="payouts-{chosen}.csv"'})
 

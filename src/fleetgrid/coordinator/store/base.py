@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from ..reputation import Reputation, Verdict
 from .billing_base import BillingState
+from .history_base import FleetHistory
 from .identity_base import IdentityState
 
 __all__ = [
@@ -178,7 +179,7 @@ class ArtifactRecord:
     owners: list[str] = field(default_factory=list)
 
 
-class Store(BillingState, IdentityState, ABC):
+class Store(BillingState, IdentityState, FleetHistory, ABC):
     """Everything the coordinator must not lose. Implementations must make each method atomic."""
 
     # --- secrets and tenants ------------------------------------------------------------------------------------

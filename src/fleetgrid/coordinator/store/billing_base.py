@@ -66,6 +66,18 @@ class BillingState(ABC):
         """False (and no change) if there is no such owner."""
 
     @abstractmethod
+    def owner_policy(self, name: str) -> dict[str, Any] | None:
+        """The policy the owner set for their cars (OwnerPolicy's JSON); None if none was set (or no owner)."""
+
+    @abstractmethod
+    def set_owner_policy(self, name: str, policy: dict[str, Any]) -> bool:
+        """Store the owner's policy (already validated); False (and no change) if there is no such owner."""
+
+    @abstractmethod
+    def vehicle_policy(self, vehicle_id: str) -> dict[str, Any] | None:
+        """The policy of the car's owner, for its heartbeat; None when the car has no owner or they set none."""
+
+    @abstractmethod
     def attach_car(self, owner: str, vehicle_id: str) -> None:
         """Make ``owner`` the owner of an enrolled car (again: no change). NotFound for an unknown owner or car;
         Conflict, changing nothing, if another owner has it."""
@@ -79,11 +91,13 @@ class BillingState(ABC):
         """Every price list set, oldest first."""
 
     @abstractmethod
-    def usage_lines(self, start: float, end: float, *, owner: str | None = None,
-                    tenant: str | None = None) -> list[UsageLine]:
+    def usage_lines(self, start: float, end: float, *, owner: str | None = None, tenant: str | None = None,
+                    ordered: bool = True) -> list[UsageLine]:
         """Usage rows closed in ``[start, end)`` with their car's hardware and owner and their job's tenant: of
-        the cars of ``owner`` only, or of the jobs of ``tenant`` only, when given; ordered by time, then lease.
-        Refused updates (see :meth:`record_refusal`) come last, as rows rejected with their reason."""
+        the cars of ``owner`` only, or of the jobs of ``tenant`` only, when given; ordered by time, then lease
+        (``ordered=False``: in the order the database finds them, for sums that do not depend on it: sorting a
+        month of the whole fleet's rows is most of the payout export's time). Refused updates (see
+        :meth:`record_refusal`) come last, as rows rejected with their reason."""
 
     @abstractmethod
     def record_refusal(self, refusal: RefusalRecord) -> None:

@@ -243,6 +243,9 @@ owners = Table(
     # Electricity price per kWh in the price list's currency, a decimal string (money is never a float).
     Column("tariff", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
+    # The owner's policy for their cars (OwnerPolicy's JSON), sent to each car with its heartbeat; NULL: none set
+    # here, the car keeps its own.
+    Column("policy", JSON),
 )
 
 owner_cars = Table(
@@ -269,6 +272,16 @@ refused_updates = Table(
     Index("ix_refused_updates_at", "at"),
 )
 
+car_state_samples = Table(
+    "car_state_samples",
+    metadata,
+    # How many cars were in each state (CAR_STATES) at a sample time: the dashboard's last-24-hours chart. One row
+    # per state and sample, kept for a bounded time (the sampler deletes older ones).
+    Column("at", Float, primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("cars", Integer, nullable=False),
+)
+
 price_lists = Table(
     "price_lists",
     metadata,
@@ -292,5 +305,25 @@ reputations = Table(
     Column("updated_at", Float),
 )
 
-__all__ = ["accepted", "artifact_owners", "artifacts", "jobs", "leases", "ledger", "metadata", "owner_cars", "owners",
-           "price_lists", "refused_updates", "reputations", "result_blobs", "secrets", "tenants", "units", "vehicles"]
+__all__ = [
+    "accepted",
+    "artifact_owners",
+    "artifacts",
+    "audit_log",
+    "car_state_samples",
+    "enrollment_tokens",
+    "jobs",
+    "leases",
+    "ledger",
+    "metadata",
+    "owner_cars",
+    "owners",
+    "price_lists",
+    "refused_updates",
+    "reputations",
+    "result_blobs",
+    "secrets",
+    "tenants",
+    "units",
+    "vehicles",
+]

@@ -63,6 +63,7 @@ from .sql_artifacts import ArtifactRows
 from .sql_billing import BillingRows
 from .sql_cycle import CycleRows, CycleSQL
 from .sql_gangs import GangRows
+from .sql_history import HistoryRows
 from .sql_identity import IdentityRows
 from .sql_offers import OfferRows
 from .sql_reputation import ReputationRows
@@ -141,7 +142,8 @@ def _vehicle(row: Row) -> VehicleRecord:
     return VehicleRecord(**{k: m[k] for k in VehicleRecord.__slots__})
 
 
-class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, IdentityRows, ReputationRows, Store):
+class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, IdentityRows, ReputationRows, HistoryRows,
+               Store):
     """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
 
     def __init__(self, url: str, *, create: bool = True, exclusive: bool = True) -> None:

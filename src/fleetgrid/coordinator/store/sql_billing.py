@@ -59,6 +59,20 @@ class BillingRows:
         with self._write() as c:
             return c.execute(update(owners).where(owners.c.name == name).values(tariff=tariff)).rowcount > 0
 
+    def owner_policy(self, name: str) -> dict[str, Any] | None:
+        with self._read() as c:
+            return c.execute(select(owners.c.policy).where(owners.c.name == name)).scalar()
+
+    def set_owner_policy(self, name: str, policy: dict[str, Any]) -> bool:
+        with self._write() as c:
+            return c.execute(update(owners).where(owners.c.name == name).values(policy=policy)).rowcount > 0
+
+    def vehicle_policy(self, vehicle_id: str) -> dict[str, Any] | None:
+        with self._read() as c:
+            return c.execute(select(owners.c.policy)
+                             .select_from(owner_cars.join(owners, owners.c.name == owner_cars.c.owner))
+                             .where(owner_cars.c.vehicle_id == vehicle_id)).scalar()
+
     def attach_car(self, owner: str, vehicle_id: str) -> None:
         try:
             with self._write() as c:
@@ -90,8 +104,8 @@ class BillingRows:
                     for r in c.execute(select(price_lists).order_by(price_lists.c.version))]
 
     # --- usage --------------------------------------------------------------------------------------------------
-    def usage_lines(self, start: float, end: float, *, owner: str | None = None,
-                    tenant: str | None = None) -> list[UsageLine]:
+    def usage_lines(self, start: float, end: float, *, owner: str | None = None, tenant: str | None = None,
+                    ordered: bool = True) -> list[UsageLine]:
         # The columns in UsageLine's field order: each row becomes a line positionally (by name, reading a
         # month of rows cost more than the query).
         held = func.coalesce(leases.c.closed_at, ledger.c.at) - leases.c.issued_at
@@ -106,8 +120,9 @@ class BillingRows:
                          .outerjoin(owner_cars, owner_cars.c.vehicle_id == ledger.c.vehicle_id)
                          .outerjoin(leases, leases.c.lease_id == ledger.c.lease_id))
             .where(ledger.c.at >= start, ledger.c.at < end)
-            .order_by(ledger.c.at, ledger.c.lease_id)
         )
+        if ordered:
+            query = query.order_by(ledger.c.at, ledger.c.lease_id)
         if owner is not None:
             query = query.where(owner_cars.c.owner == owner)
         if tenant is not None:

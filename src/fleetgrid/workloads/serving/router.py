@@ -438,6 +438,11 @@ class ServingRouter:
         tokens = self._hedge_tokens.get(deployment, 1.0) + self.config.hedge_ratio
         self._hedge_tokens[deployment] = min(tokens, 1.0 + 10 * self.config.hedge_ratio)
 
+    def latency_s(self, deployment: str, q: float) -> float | None:
+        """The ``q`` quantile of the deployment's recent latencies on this replica (seconds); None before any."""
+        window = self._latency.get(deployment)
+        return window.quantile(q) if window is not None else None
+
     def hedge_after_s(self, deployment: str) -> float | None:
         """When a request of ``deployment`` is hedged now (seconds after it was sent), or None: too few samples."""
         window = self._latency.get(deployment)
