@@ -36,29 +36,9 @@ from sqlalchemy.sql.dml import Insert
 
 from ...errors import Conflict, InvalidInput, NotFound
 from . import migrate, notify
-from .base import (
-    JobRecord,
-    LeaseRecord,
-    LedgerRecord,
-    OnWork,
-    Store,
-    TenantRecord,
-    UnitRecord,
-    VehicleRecord,
-)
+from .base import JobRecord, LeaseRecord, LedgerRecord, OnWork, Store, TenantRecord, UnitRecord, VehicleRecord
 from .group_commit import GroupCommit
-from .schema import (
-    accepted,
-    artifact_owners,
-    artifacts,
-    jobs,
-    leases,
-    ledger,
-    secrets,
-    tenants,
-    units,
-    vehicles,
-)
+from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, secrets, tenants, units, vehicles
 from .sql_artifacts import ArtifactRows
 from .sql_billing import BillingRows
 from .sql_cycle import CycleRows, CycleSQL
