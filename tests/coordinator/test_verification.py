@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from agent.fake_models import ITEM, expected  # registers fake-summax
+from fake_models import ITEM, expected  # registers fake-summax
 from fleetgrid.clock import ManualClock
 from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig

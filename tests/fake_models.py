@@ -1,6 +1,6 @@
 """Fake models for the agent's tests: a numpy model that may be slowed down, and the real registry's runner slowed.
 
-The worker's spawned child imports the runner factories from here (the parent puts this directory on its
+The worker's spawned child imports the runner factories from here (tests/conftest.py puts this directory on
 sys.path), so everything is module-level. ``fake-summax`` is registered with the model registry on import, so the
 in-process coordinator plans jobs of it as it would of any registered model.
 """
