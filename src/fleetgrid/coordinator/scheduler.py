@@ -405,10 +405,11 @@ class Scheduler:
     def _checked(self, owned: _Owned, vehicle: VehicleRecord, usage: Usage, result_bytes: int,
                  now: float) -> tuple[Usage, list[Implausible]]:
         """``usage`` a car reported for a lease being closed, held to what this coordinator saw of it: how long it
-        was held, the bytes it had to move (its unit's inputs, the job's model file, the checkpoint it resumed
-        from, its result or checkpoint), and the least time the car's hardware needs for the items it claims."""
+        was held, the bytes it had to move (its unit's inputs, the job's model file, the unit's checkpoint: the one
+        it resumed from or one it reported progress with; its result or checkpoint), and the least time the car's
+        hardware needs for the items it claims."""
         sizes = [self._size(digest) for digest in (owned.unit.input_digest, owned.job.spec.get("model_file"),
-                                                   owned.unit.checkpoint_digest if owned.lease.resumed_items else None)]
+                                                   owned.unit.checkpoint_digest)]
         read = sizes[0] * min(1.0, usage.items / owned.unit.items) if owned.unit.items else 0  # the part computed
         seen = Seen(held_s=max(0.0, now - owned.lease.issued_at), payload_bytes=sum(sizes) + result_bytes,
                     fastest_s=fastest_s(vehicle.hardware, usage, model=owned.job.model, input_bytes=int(read)))

@@ -103,8 +103,8 @@ class TrainingService:
         self.files = TrainingArtifacts(store, artifacts, clock)
         """The jobs' global versions and the cars' updates in the artifact store."""
         self.lease_closed: Callable[[str, str], None] = lambda kind, outcome: None
-        self.reports = ReportCheck(store, clock.now)
         """Told ('train', 'completed') once an update's report closed its lease: the metrics."""
+        self.reports = ReportCheck(store, clock.now)
         self.any_live = True
         """Whether a training job is live (any replica's): refreshed with the claims every tick; while False no
         unit is offered to a particular car, so leasing need not look for one."""

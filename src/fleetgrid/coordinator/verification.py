@@ -51,9 +51,9 @@ class Verifier:
         self.draw = draw or random.SystemRandom().random
         """Uniform in [0, 1): which trusted results are spot-checked; a car cannot predict it."""
         self.vehicle_suspended: Callable[[str], None] = lambda vehicle_id: None
+        """Told once a car was suspended (the scheduler releases its leases, the app forgets its credential)."""
         self.judged: Callable[[str], None] = lambda outcome: None
         """Told each verdict on a car's result as an outcome (:data:`OUTCOMES`): the metrics."""
-        """Told once a car was suspended (the scheduler releases its leases, the app forgets its credential)."""
         self.checks = 0
         """Copies this process added to check a car (verifying replicas, recomputations, known answers)."""
         self._probed: set[str] = set()
