@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleetgrid.coordinator.metering import Seen, cross_check
+from fleetgrid.coordinator.reports import fastest_s
 from fleetgrid.coordinator.reputation import Reputation, TrustPolicy, Verdict
 from fleetgrid.coordinator.throughput import Work, min_seconds, work_of
 from fleetgrid.core import Usage
@@ -99,3 +100,15 @@ def test_work_claimed_faster_than_the_hardware_can_is_cut_to_what_it_could_do():
     assert (clamped.items, clamped.steps, clamped.tokens) == (10_000, 0, 5)  # (0.1 + 0.01) / 11 of each
     assert clamped.accelerator_s == 0.1
     assert cross_check(usage, Seen(held_s=1.0, payload_bytes=0, fastest_s=0.11)) == (usage, [])  # timer grace
+
+
+def test_a_million_minilm_items_in_a_tenth_of_a_second_is_no_hw3s_but_may_be_an_ai5s():
+    claim = Usage(items=1_000_000, accelerator_s=0.1)  # 4.2e13 operations at least
+    on_hw3 = fastest_s("hw3", claim, model="minilm-l6-v2", input_bytes=0)
+    assert on_hw3 == pytest.approx(4.2e13 / (144e12 * 2))  # 0.146 s: more than claimed
+    clamped, problems = cross_check(claim, Seen(held_s=1.0, payload_bytes=0, fastest_s=on_hw3))
+    assert [p.reason for p in problems] == ["throughput"] and clamped.items == int(1e6 * 0.11 / on_hw3)
+    on_ai5 = fastest_s("ai5", claim, model="minilm-l6-v2", input_bytes=0)
+    assert cross_check(claim, Seen(held_s=1.0, payload_bytes=0, fastest_s=on_ai5)) == (claim, [])
+    assert fastest_s("no-such-board", claim, model="minilm-l6-v2", input_bytes=0) == 0.0  # nothing to hold it to
+    assert fastest_s("ai4", claim, model="torchscript", input_bytes=768_000_000) == pytest.approx(1e-3)  # bytes only
