@@ -426,7 +426,8 @@ class VehicleReputation(_Wire):
     agreed: int = Field(description="results of the car that another car's result confirmed")
     streak: int = Field(description="confirmed results since its last fault (halved by an implausible report)")
     faults: int = Field(description="results of the car that other cars' agreeing results outvoted")
-    implausible: int = Field(description="reports that claimed more compute or bytes than the coordinator saw")
+    implausible: int = Field(description="reports that claimed more compute or bytes than the coordinator saw, "
+                                         "or work faster than the car's hardware can do it")
     trusted: bool = Field(description="whether its results are released without a check (spot-checked instead)")
     check_rate: float = Field(description="the probability that its next result is verified first")
     suspended: bool

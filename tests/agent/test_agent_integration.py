@@ -80,6 +80,8 @@ def test_a_preempted_unit_is_handed_back_and_resumed_to_the_local_result(server,
     assert stats.units_done == 1 and stats.preemptions == 1 and len(stats.preemption_latencies_ms) == 1
     assert 0 < stats.items_resumed < 240, "the second lease resumed from the handed-back checkpoint"
     assert stats.wifi_bytes > x.nbytes and stats.cellular_bytes == 0
+    # A real car's reports, a hand-back with its checkpoint and a resumed completion, pass every cross-check.
+    assert [r.implausible for r in server.coordinator.store.list_reputations()] in ([], [0])
 
 
 def test_the_agent_command_enrolls_works_and_exits_cleanly_on_sigterm(server, tmp_path):

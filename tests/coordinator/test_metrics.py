@@ -15,13 +15,20 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
 
 from fleetgrid.clock import ManualClock
 from fleetgrid.coordinator.app import Coordinator, create_app
 from fleetgrid.coordinator.config import CoordinatorConfig
 from fleetgrid.coordinator.logs import JsonFormatter
+from fleetgrid.coordinator.metrics import BANDS, route_kind
+from fleetgrid.coordinator.ratelimit import RateLimit
+from fleetgrid.coordinator.reputation import TrustPolicy
 from fleetgrid.coordinator.store import JobRecord
+from fleetgrid.coordinator.verification import OUTCOMES
 from harness import ENROLL, OPERATOR, TENANT, auth, npy, sha
+
+from . import test_verification as verification
 
 X = np.random.default_rng(3).normal(size=(40, 40)).astype(np.float32)
 PARKED = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}
@@ -249,3 +256,90 @@ def test_a_bad_log_format_is_refused(tmp_path):
 
     with pytest.raises(InvalidInput, match="log format 'yaml'"):
         CoordinatorConfig(data_dir=tmp_path, log_format="yaml")
+
+
+def test_trust_outcomes_implausible_reports_suspensions_and_reputation_bands_move(tmp_path, store_url):
+    """Cars checked against each other and against known answers, two cheating, one over-reporting its bytes: each
+    verdict, suspension and implausible claim is counted, and the cars fall into their reputation bands."""
+    clock = ManualClock(1_000_000.0)
+    config = CoordinatorConfig(data_dir=tmp_path, database_url=store_url, enroll_token=verification.ENROLL,
+                               operator_token=OPERATOR, tenant_tokens={"acme": verification.TENANT},
+                               verify_results=True, trust=TrustPolicy(trust_after=2, floor_rate=0.05))
+    coord = Coordinator(config, clock)
+
+    def scraped(fleet: verification.Fleet) -> dict:
+        r = fleet.api.get("/metrics", headers=auth(OPERATOR))
+        assert r.status_code == 200, r.text
+        return samples(r.text)
+
+    try:
+        with TestClient(create_app(coordinator=coord)) as api:
+            fleet = verification.Fleet(api, coord, clock)
+            a, b = fleet.enroll("a"), fleet.enroll("b")
+            fleet.enroll("idle")
+            before = scraped(fleet)
+            job_id = fleet.submit(verification.X)  # 12 units
+            for _ in range(3):  # units confirmed by both cars: answers the coordinator knows
+                fleet.work(a)
+                fleet.work(b)
+            newcomer = fleet.enroll("newcomer")
+            assert fleet.work(newcomer) == 200  # a known answer, answered right
+            assert fleet.work(fleet.enroll("cheat"), cheat=True) == 200  # a known answer, answered wrong
+            assert fleet.work(fleet.enroll("liar"), cheat=True, wifi_bytes=1 << 30) == 200  # and 1 GiB for 48 B
+            assert fleet.work(newcomer, cheat=True) == 200  # checked (not yet trusted) by a replica
+            for _ in range(40):
+                if fleet.job(job_id)["state"] != "running":
+                    break
+                fleet.work(a)
+                fleet.work(b)
+            after = scraped(fleet)
+    finally:
+        coord.store.close()
+
+    for outcome in OUTCOMES:
+        assert value(before, "fleetgrid_verification_outcomes_total", outcome=outcome) == 0, outcome
+    for reason in ("compute_s", "bytes", "throughput"):
+        assert value(before, "fleetgrid_implausible_reports_total", reason=reason) == 0, reason
+    assert value(before, "fleetgrid_automatic_suspensions_total") == 0
+    assert value(before, "fleetgrid_vehicles_by_reputation", band="unjudged") == 3
+
+    assert value(after, "fleetgrid_verification_outcomes_total", outcome="agreed") >= 2
+    assert value(after, "fleetgrid_verification_outcomes_total", outcome="disagreed") == 1
+    assert value(after, "fleetgrid_verification_outcomes_total", outcome="known_answer_passed") == 1
+    assert value(after, "fleetgrid_verification_outcomes_total", outcome="known_answer_failed") == 2
+    assert value(after, "fleetgrid_automatic_suspensions_total") == 2
+    assert value(after, "fleetgrid_implausible_reports_total", reason="bytes") == 1
+    assert value(after, "fleetgrid_implausible_reports_total", reason="throughput") == 0
+    bands = {band: value(after, "fleetgrid_vehicles_by_reputation", band=band) for band in BANDS}
+    assert bands == {"unjudged": 1, "untrusted": 1, "trusted": 2, "suspended": 2}, bands
+
+
+def test_rate_limited_requests_are_counted_by_route_kind(tmp_path, clock):
+    """Two wrong credentials empty the address's bucket: every request from it then gets 429, counted by what it
+    was after (a car's lease, an enrollment), and nothing else is."""
+    config = CoordinatorConfig(data_dir=tmp_path, enroll_token=ENROLL, operator_token=OPERATOR,
+                               tenant_tokens={"acme": TENANT}, auth_failure_limit=RateLimit(burst=2, per_s=0.001))
+    coord = Coordinator(config, clock=clock)
+    answers: list[int] = []
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        baseline = samples((await client.get("/metrics", headers=auth(OPERATOR))).text)
+        assert value(baseline, "fleetgrid_rate_limited_requests_total", route_kind="car") == 0
+        for _ in range(3):
+            answers.append((await client.post("/v1/leases", json={"state": PARKED},
+                                              headers=auth("fgv_nobody.nobody.x"))).status_code)
+        answers.append((await client.post("/v1/vehicles/enroll", json={
+            "enrollment_token": ENROLL, "name": "late", "hardware": "ai4"})).status_code)
+        clock.advance(2000.0)  # the bucket refills: the operator may scrape again
+        found = samples((await client.get("/metrics", headers=auth(OPERATOR))).text)
+        assert value(found, "fleetgrid_rate_limited_requests_total", route_kind="car") == 1
+        assert value(found, "fleetgrid_rate_limited_requests_total", route_kind="enroll") == 1
+        assert value(found, "fleetgrid_rate_limited_requests_total", route_kind="serving") == 0
+
+    try:
+        serve(coord, scenario)
+    finally:
+        coord.store.close()
+    assert answers == [401, 401, 429, 429]
+    assert [route_kind(p) for p in ("/v1/leases/l-1/renew", "/v1/embeddings", "/login", "/v1/jobs", "/x")] == [
+        "car", "serving", "login", "other", "other"]

@@ -246,6 +246,16 @@ def test_ledger_totals_never_overflow(store):
     assert 1e308 <= row["compute_s"] < float("inf")
 
 
+def test_ledger_totals_of_a_time_range_count_the_rows_closed_in_it(store):
+    for i, (vid, at) in enumerate([("v-1", 10.0), ("v-1", 20.0), ("v-2", 20.0), ("v-1", 30.0)]):
+        store.record_ledger(LedgerRecord(lease_id=f"r-{i}", vehicle_id=vid, job_id="job-1", items=i + 1,
+                                         compute_s=1.0, cellular_bytes=0, wifi_bytes=0, at=at))
+    assert [(r["vehicle_id"], r["units"], r["items"]) for r in store.ledger_totals(20.0, 30.0)] == [
+        ("v-1", 1, 2), ("v-2", 1, 3)]  # [start, end): 30.0 is the next range's
+    assert [(r["vehicle_id"], r["items"]) for r in store.ledger_totals()] == [("v-1", 7), ("v-2", 3)]
+    assert store.ledger_totals(40.0, 50.0) == []
+
+
 def test_a_job_is_stored_with_its_shards_or_not_at_all(store):
     store.add_tenant("acme", "hash-acme", 0.0)
     job = JobRecord(job_id="job-s", tenant="acme", name="s", kind="inference", model="mnist1d-cnn", spec={},

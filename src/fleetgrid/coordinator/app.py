@@ -119,9 +119,13 @@ class Coordinator:
                                        keep_s=config.state_history_s, online_window_s=config.online_window_s)
         self.scheduler.lease_granted = self.metrics.lease_granted
         self.scheduler.lease_closed = self.training.lease_closed = self.metrics.lease_closed
+        self.scheduler.reports.counted = self.training.reports.counted = self.metrics.implausible
+        if self.scheduler.verifier is not None:
+            self.scheduler.verifier.judged = self.metrics.verdict
 
     def _suspended(self, vehicle_id: str) -> None:
         """A car was suspended for wrong results: refuse its cached credential and re-issue its work now."""
+        self.metrics.suspension()
         self.auth.forget_vehicle(vehicle_id)
         self.scheduler.release_vehicle(vehicle_id)
         self.training.release_vehicle(vehicle_id)

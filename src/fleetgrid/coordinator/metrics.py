@@ -5,10 +5,12 @@ of figure, which matter once the coordinator runs as several replicas on one Pos
 
 - **Per replica** (sum them over the scrape targets): the counters and histograms this process moves as it answers
   (``fleetgrid_leases_granted_total``, ``fleetgrid_leases_closed_total``, ``fleetgrid_http_request_duration_seconds``,
-  ``fleetgrid_errors_total``), the cars long-polling this process, and each training job's version and accuracy,
-  reported by the one replica driving its rounds.
+  ``fleetgrid_errors_total``, and the trust counters: verification outcomes, implausible reports by reason,
+  automatic suspensions, rate-limited requests by route kind), the cars long-polling this process, and each
+  training job's version and accuracy, reported by the one replica driving its rounds.
 - **Fleet-wide** (every replica reports the same figure; take one, e.g. ``max``): what is read from the database
-  at scrape time, cars by state, jobs by state, units pending, leases in flight, the ledger's bytes per link.
+  at scrape time, cars by state and by reputation band, jobs by state, units pending, leases in flight, the
+  ledger's bytes per link.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .metering import REASONS
+from .reputation import TrustPolicy
 from .states import CAR_STATES, count_car_states
+from .verification import OUTCOMES
 
 if TYPE_CHECKING:
     from .app import Coordinator
 
-__all__ = ["CONTENT_TYPE", "CoordinatorMetrics"]
+__all__ = ["BANDS", "CONTENT_TYPE", "ROUTE_KINDS", "CoordinatorMetrics", "reputation_bands", "route_kind"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -35,6 +40,48 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 UNMATCHED = "unmatched"
 """The route label of a request no route matched (any path a client makes up counts here, keeping the labels
 bounded)."""
+
+
+ROUTE_KINDS = ("enroll", "car", "serving", "login", "other")
+"""What a rate-limited request was after, by path: a car enrolling, a car's own routes (leases, heartbeats, training
+and serving leases), a tenant's serving requests, the dashboard's login, anything else (wrong credentials on any
+route)."""
+_SERVING_PATHS = ("/v1/embeddings", "/v1/completions", "/v1/chat/completions")
+_CAR_PREFIXES = ("/v1/leases", "/v1/vehicles/heartbeat", "/v1/train/leases", "/v1/serve/leases")
+
+BANDS = ("unjudged", "untrusted", "trusted", "suspended")
+"""Cars by reputation: never checked; checked but not (or no longer) trusted, so every result is checked; trusted
+(spot-checked at a falling rate); suspended for wrong results or by an operator. Revoked cars are not counted."""
+
+
+def route_kind(path: str) -> str:
+    """The :data:`ROUTE_KINDS` entry of a request path (a label with a few values, whatever paths clients make up)."""
+    if path == "/v1/vehicles/enroll":
+        return "enroll"
+    if path.startswith(_CAR_PREFIXES):
+        return "car"
+    if path in _SERVING_PATHS:
+        return "serving"
+    if path == "/login":
+        return "login"
+    return "other"
+
+
+def reputation_bands(coord: Coordinator, policy: TrustPolicy) -> dict[str, int]:
+    """Enrolled cars (not revoked) by :data:`BANDS`."""
+    reputations = {r.vehicle_id: r for r in coord.store.list_reputations()}
+    bands = dict.fromkeys(BANDS, 0)
+    for vehicle in coord.store.list_vehicles():
+        if vehicle.revoked:
+            continue
+        rep = reputations.get(vehicle.vehicle_id)
+        if vehicle.suspended:
+            bands["suspended"] += 1
+        elif rep is None or not (rep.agreed or rep.faults or rep.implausible):
+            bands["unjudged"] += 1
+        else:
+            bands["trusted" if policy.trusted(rep) else "untrusted"] += 1
+    return bands
 
 
 class CoordinatorMetrics:
@@ -58,6 +105,24 @@ class CoordinatorMetrics:
         self.errors = Counter(
             "fleetgrid_errors", "Error answers (status >= 400) this replica gave, by error code and status.",
             ["code", "status"], registry=self.registry)
+        self.verification = Counter(
+            "fleetgrid_verification_outcomes", "Verdicts on cars' results this replica reached, by outcome: agreed "
+            "or disagreed with a replica's, a known-answer unit passed or failed.", ["outcome"], registry=self.registry)
+        self.implausible_reports = Counter(
+            "fleetgrid_implausible_reports", "Claims in cars' usage reports that failed a cross-check, by reason: "
+            "compute_s (more than the lease was held), bytes (more than it could move), throughput (work faster "
+            "than the car's hardware can do it).", ["reason"], registry=self.registry)
+        self.suspensions = Counter(
+            "fleetgrid_automatic_suspensions", "Cars this replica suspended for wrong results.", registry=self.registry)
+        self.rate_limited = Counter(
+            "fleetgrid_rate_limited_requests", "Requests this replica answered 429, by route kind (enroll, car, "
+            "serving, login, other).", ["route_kind"], registry=self.registry)
+        for outcome in OUTCOMES:  # every series from the first scrape, at 0
+            self.verification.labels(outcome)
+        for reason in REASONS:
+            self.implausible_reports.labels(reason)
+        for kind in ROUTE_KINDS:
+            self.rate_limited.labels(kind)
         # labels() takes a lock and checks its arguments: the lease cycle keeps the children it made instead.
         self._observers: dict[tuple[str, str], Histogram] = {}
         self._granted: dict[tuple[str], Counter] = {}
@@ -75,6 +140,18 @@ class CoordinatorMetrics:
 
     def error(self, code: str, status: int) -> None:
         self.errors.labels(code, str(status)).inc()
+
+    def verdict(self, outcome: str) -> None:
+        self.verification.labels(outcome).inc()
+
+    def implausible(self, reason: str) -> None:
+        self.implausible_reports.labels(reason).inc()
+
+    def suspension(self) -> None:
+        self.suspensions.inc()
+
+    def refused_for_rate(self, path: str) -> None:
+        self.rate_limited.labels(route_kind(path)).inc()
 
     def lease_granted(self, kind: str, n: int = 1) -> None:
         child = self._granted.get((kind,))
@@ -124,6 +201,11 @@ class FleetCollector:
                                 value=coord.scheduler.polls.sleeping())
         yield from self._ledger()
         yield from self._training()
+        bands = GaugeMetricFamily("fleetgrid_vehicles_by_reputation", "Enrolled cars by reputation band "
+                                  "(fleet-wide): unjudged, untrusted, trusted, suspended.", labels=["band"])
+        for band, n in reputation_bands(coord, coord.config.trust).items():
+            bands.add_metric([band], n)
+        yield bands
 
     def _vehicles(self) -> Metric:
         by_state = count_car_states(self.coord.store, self.coord.clock.now(), self.coord.config.online_window_s)

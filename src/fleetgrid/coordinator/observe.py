@@ -108,6 +108,8 @@ class RequestObserver:
             self.metrics.observe_request(scope["method"], template, seconds)
             if status >= 400:
                 self.metrics.error(state.get("error_code") or f"http_{status}", status)
+                if status == 429:
+                    self.metrics.refused_for_rate(scope["path"])
             if self.access_log:
                 access_log.info("request", extra={"fields": {
                     "request_id": request_id, "method": scope["method"], "route": template, "status": status,

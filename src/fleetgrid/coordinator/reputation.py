@@ -19,8 +19,8 @@ verifiable workload (batch inference) whose tenant asked for no replication of i
   faults than confirmed results (a new car whose first checked result is wrong): its credential is suspended
   (leases refused, its work in flight re-issued) and its results no longer count in any comparison.
 - Reports that fail the coordinator's cross-checks (:func:`fleetgrid.coordinator.metering.cross_check`: more
-  compute or bytes than the coordinator saw) are clamped to what it saw and halve the car's streak, so an
-  implausible car is checked more often.
+  compute or bytes than the coordinator saw, or work done faster than the car's hardware can) are clamped to what
+  it saw and halve the car's streak, so an implausible car is checked more often.
 
 What this guarantees: no result of an untrusted car reaches a tenant unconfirmed, and a trusted car that starts
 cheating loses every unconfirmed result in running jobs at its first caught fault. What it does not: a trusted

@@ -30,7 +30,8 @@ from .artifacts import ArtifactStore, sha256_hex
 from .config import CoordinatorConfig
 from .drivers import UnitDriver
 from .longpoll import LongPolls
-from .metering import Seen, check_compute_s, computed_items, cross_check
+from .metering import Implausible, Seen, check_compute_s, computed_items
+from .reports import ReportCheck, fastest_s
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
 from .verification import Verifier
 
@@ -72,6 +73,8 @@ class Scheduler:
         """Told (workload kind, leases made / outcome) once a grant or a close committed: the metrics."""
         self.vehicle_plugged_in: Callable[[str], bool | None] = lambda _vehicle_id: None
         """Whether a car last said it was plugged in (None: not known); each usage row records it (billing)."""
+        self.reports = ReportCheck(store, self.clock.now)
+        """Cars' reports held to what this coordinator saw; an implausible one lowers the car's reputation."""
         self.verifier: Verifier | None = None
         """With ``config.verify_results``: results are verified before they are accepted (see verification.py)."""
         if config.verify_results:
@@ -379,16 +382,15 @@ class Scheduler:
             data = self._vehicle_artifact(vehicle, req.result, "result")
         driver.check_result(job, unit, data)
         now = self.clock.now()
-        usage, implausible = cross_check(driver.usage(job, unit, req, data, owned.lease.resumed_items),
-                                         self._seen(owned, len(data), now))
+        usage, implausible = self._checked(owned, vehicle, driver.usage(job, unit, req, data,
+                                                                        owned.lease.resumed_items), len(data), now)
         entry = self._row(owned.lease, job, usage, now, accepted=True)
         quorum = (job.spec.get("redundancy") or {}).get("quorum", 1)
         verifier = self.verifier if self.verifier is not None and self.verifier.applies(job) else None
         accept = quorum <= 1 and (verifier is None or verifier.release_now(job, unit, vehicle.vehicle_id))
         after = self.store.complete(owned.lease, unit, req.result, entry, now, accept=accept, blob=inline)
         self.store.after_commit(functools.partial(self.lease_closed, job.kind, LeaseState.COMPLETED.value))
-        if implausible and self.verifier is not None:
-            self.verifier.implausible(vehicle.vehicle_id, implausible)
+        self.reports.record(vehicle.vehicle_id, implausible)
         if quorum > 1 and self._quorum(after, unit.idx, quorum):
             after = self.store.get_job(job.job_id) or after
         elif verifier is not None and not accept:
@@ -400,18 +402,24 @@ class Scheduler:
             after = self.store.get_job(job.job_id) or after
         return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED), after
 
-    def _seen(self, owned: _Owned, result_bytes: int, now: float) -> Seen:
-        """What this coordinator saw of a lease being completed: how long it was held, and the bytes it had to
-        move (its unit's inputs, the job's model file, the checkpoint it resumed from, its result)."""
-        digests = [owned.unit.input_digest, owned.job.spec.get("model_file"),
-                   owned.unit.checkpoint_digest if owned.lease.resumed_items else None]
-        served = 0
-        for digest in filter(None, digests):
-            try:
-                served += self.artifacts.size(digest)
-            except NotFound:  # a small result's blob, or an input kept elsewhere: not served from a file
-                continue
-        return Seen(held_s=max(0.0, now - owned.lease.issued_at), payload_bytes=served + result_bytes)
+    def _checked(self, owned: _Owned, vehicle: VehicleRecord, usage: Usage, result_bytes: int,
+                 now: float) -> tuple[Usage, list[Implausible]]:
+        """``usage`` a car reported for a lease being closed, held to what this coordinator saw of it: how long it
+        was held, the bytes it had to move (its unit's inputs, the job's model file, the unit's checkpoint: the one
+        it resumed from or one it reported progress with; its result or checkpoint), and the least time the car's
+        hardware needs for the items it claims."""
+        sizes = [self._size(digest) for digest in (owned.unit.input_digest, owned.job.spec.get("model_file"),
+                                                   owned.unit.checkpoint_digest)]
+        read = sizes[0] * min(1.0, usage.items / owned.unit.items) if owned.unit.items else 0  # the part computed
+        seen = Seen(held_s=max(0.0, now - owned.lease.issued_at), payload_bytes=sum(sizes) + result_bytes,
+                    fastest_s=fastest_s(vehicle.hardware, usage, model=owned.job.model, input_bytes=int(read)))
+        return self.reports.check(usage, seen)
+
+    def _size(self, digest: str | None) -> int:
+        try:
+            return self.artifacts.size(digest) if digest else 0
+        except NotFound:  # a small result's blob, or an input kept elsewhere: not served from a file
+            return 0
 
     def fail(self, vehicle: VehicleRecord, lease_id: str, req: FailRequest) -> LeaseAck:
         owned = self._owned(vehicle, lease_id, active=False)
@@ -433,10 +441,13 @@ class Scheduler:
         # items beyond the checkpoint this lease resumed from are its own, and whoever resumes is not paid them.
         done = max(self._checkpointed(owned.lease, unit),
                    computed_items(req.done_items, owned.lease.resumed_items) if checkpoint else 0)
-        usage = Usage(items=done, accelerator_s=req.compute_s, cellular_bytes=req.cellular_bytes,
-                      wifi_bytes=req.wifi_bytes)
+        usage, implausible = self._checked(
+            owned, vehicle, Usage(items=done, accelerator_s=req.compute_s, cellular_bytes=req.cellular_bytes,
+                                  wifi_bytes=req.wifi_bytes),
+            self._size(req.checkpoint) if checkpoint is not None else 0, now)
         entry = self._row(owned.lease, job, usage, now, accepted=checkpoint is not None or done > 0)
-        self._release(owned.lease, target, preempted=req.handback, checkpoint=checkpoint, entry=entry)
+        if self._release(owned.lease, target, preempted=req.handback, checkpoint=checkpoint, entry=entry):
+            self.reports.record(vehicle.vehicle_id, implausible)
         if not req.handback and unit.attempts >= self.config.max_unit_attempts:
             self._finish(job, JobState.FAILED,
                          error=f"unit {unit.idx} failed {unit.attempts} times; last: {req.reason}")

@@ -48,6 +48,7 @@ from ..workloads.training.tasks import MODELS, shard_sizes
 from .artifacts import ArtifactStore, sha256_hex
 from .config import CoordinatorConfig
 from .metering import check_compute_s
+from .reports import ReportCheck
 from .rounds import (
     LeaseFleet,
     Report,
@@ -103,6 +104,7 @@ class TrainingService:
         """The jobs' global versions and the cars' updates in the artifact store."""
         self.lease_closed: Callable[[str, str], None] = lambda kind, outcome: None
         """Told ('train', 'completed') once an update's report closed its lease: the metrics."""
+        self.reports = ReportCheck(store, clock.now)
         self.any_live = True
         """Whether a training job is live (any replica's): refreshed with the claims every tick; while False no
         unit is offered to a particular car, so leasing need not look for one."""
@@ -382,13 +384,16 @@ class TrainingService:
             check_examples(update, cap)
             self._check_shape(job, payload)
         self.artifacts.put_bytes(record)
+        usage, implausible = self.reports.check_update(vehicle, lease, unit, job.model, report,
+                                                       len(payload) + len(record))
         entry = LedgerRecord(
             lease_id=lease_id, vehicle_id=vehicle.vehicle_id, job_id=job.job_id, items=0, workload="train",
-            examples=report.examples_seen, steps=report.steps_done, compute_s=report.compute_s,
-            cellular_bytes=report.cellular_bytes, wifi_bytes=report.wifi_bytes, at=self.clock.now(),
+            examples=usage.examples, steps=usage.steps, compute_s=usage.accelerator_s,
+            cellular_bytes=usage.cellular_bytes, wifi_bytes=usage.wifi_bytes, at=self.clock.now(),
         )
         self.store.complete(lease, unit, digest, entry, self.clock.now(),
                             artifact=(len(record), job_owner(job.job_id)))
+        self.reports.record(vehicle.vehicle_id, implausible)
         self.store.after_commit(lambda: self.lease_closed(job.kind, LeaseState.COMPLETED.value))
         if run is not None:
             with self.lock:

@@ -21,12 +21,15 @@ from .drivers import UnitDriver
 from .reputation import TrustPolicy, Verdict
 from .store import JobRecord, Store, UnitRecord
 
-__all__ = ["MAX_REPLICAS", "PROBE", "WITHDRAWN", "Verifier"]
+__all__ = ["MAX_REPLICAS", "OUTCOMES", "PROBE", "WITHDRAWN", "Verifier"]
 
 log = logging.getLogger("fleetgrid.coordinator.verification")
 
 MAX_REPLICAS = 5
 """Copies of one unit computed before, with no two agreeing, its job fails (as a tenant's quorum does)."""
+OUTCOMES = ("agreed", "disagreed", "known_answer_passed", "known_answer_failed")
+"""What :attr:`Verifier.judged` is told: a car's result confirmed or outvoted by a replica, a known-answer unit
+answered right or wrong."""
 PROBE = "known_answer"
 """A known-answer unit's payload key: the digest of the confirmed result the car's must agree with."""
 WITHDRAWN = "withdrawn"
@@ -49,6 +52,8 @@ class Verifier:
         """Uniform in [0, 1): which trusted results are spot-checked; a car cannot predict it."""
         self.vehicle_suspended: Callable[[str], None] = lambda vehicle_id: None
         """Told once a car was suspended (the scheduler releases its leases, the app forgets its credential)."""
+        self.judged: Callable[[str], None] = lambda outcome: None
+        """Told each verdict on a car's result as an outcome (:data:`OUTCOMES`): the metrics."""
         self.checks = 0
         """Copies this process added to check a car (verifying replicas, recomputations, known answers)."""
         self._probed: set[str] = set()
@@ -143,6 +148,8 @@ class Verifier:
         verdicts += [(u.vehicle_id, Verdict.FAULT) for u in outvoted
                      if u.vehicle_id and not self._suspended(u.vehicle_id)]
         self.store.record_verdicts(verdicts, now)
+        for _, verdict in verdicts:
+            self.judged("agreed" if verdict is Verdict.AGREED else "disagreed")
         faulted = sorted({v for v, verdict in verdicts if verdict is Verdict.FAULT})
         caught = tuple(v for v in faulted if self._caught(v))
         for vehicle_id in faulted:
@@ -161,6 +168,7 @@ class Verifier:
         if vehicle_id is None:
             return Settled(accepted=False)
         self.store.record_verdicts([(vehicle_id, Verdict.AGREED if right else Verdict.FAULT)], self.now())
+        self.judged("known_answer_passed" if right else "known_answer_failed")
         if right:
             return Settled(accepted=False)
         self.store.reject_usage([probe.unit_id], f"unit {probe.idx}: a known-answer check, answered wrong")
@@ -169,11 +177,6 @@ class Verifier:
             return Settled(accepted=False, suspended=(vehicle_id,))
         self.recompute(vehicle_id)
         return Settled(accepted=False)
-
-    def implausible(self, vehicle_id: str, problems: list[str]) -> None:
-        """A report failed the cross-checks: lower the car's reputation."""
-        log.warning("vehicle %s reported implausibly: %s", vehicle_id, "; ".join(problems))
-        self.store.record_verdicts([(vehicle_id, Verdict.IMPLAUSIBLE)], self.now())
 
     def suspend(self, vehicle_id: str, reason: str) -> int:
         """Suspend a caught car and recompute its unconfirmed results in running jobs; returns how many."""

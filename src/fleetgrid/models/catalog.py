@@ -40,6 +40,7 @@ MNIST1D_CNN = ModelSpec(
     needs_model_file=False,
     extra=None,
     loader=LazyLoader("fleetgrid.models.mnist1d_cnn", "load_runner"),
+    ops_per_item=1.0e5,  # 101,440 FLOPs for one item, by torch.utils.flop_counter
 )
 
 TORCHSCRIPT = ModelSpec(

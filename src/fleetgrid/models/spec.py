@@ -43,10 +43,16 @@ class ModelSpec:
     """The pip extra that provides the model's dependencies (``pip install 'fleetgrid[<extra>]'``), if any."""
     loader: Callable[[Path | None], Runner]
     """Builds a runner; called with the model file's path (``None`` for built-ins)."""
+    ops_per_item: float = 0.0
+    """Arithmetic operations one item's forward pass takes at the least (multiply and add counted apart, as
+    ``torch.utils.flop_counter`` counts them); 0 when not known (a user's model). The coordinator holds a car's
+    reported compute-seconds to what its hardware needs for that many (:mod:`fleetgrid.coordinator.throughput`)."""
 
     def __post_init__(self) -> None:
         if self.input_kind not in ("array", "text"):
             raise ValueError(f"model {self.name!r}: input_kind {self.input_kind!r}; expected 'array' or 'text'")
+        if not self.ops_per_item >= 0.0:
+            raise ValueError(f"model {self.name!r}: ops_per_item {self.ops_per_item!r}; expected a number >= 0")
         if self.default_batch_size < 1 or self.default_unit_items < self.default_batch_size:
             raise ValueError(
                 f"model {self.name!r}: default_batch_size {self.default_batch_size} and default_unit_items "

@@ -13,12 +13,15 @@ from ..billing.statements import OwnerStatement
 from ..coordinator.states import CAR_STATES, count_car_states
 from ..coordinator.store import JobRecord
 from ..vehicle.policy import OwnerPolicy
+from ..workloads.serving.driver import LIVE_JOB_STATES
+from ..workloads.serving.router import nearest_rank
 
 if TYPE_CHECKING:
     from ..coordinator.app import Coordinator
 
-__all__ = ["CHART_STATES", "CarUsage", "FleetPage", "JobRow", "OwnerPage", "UsagePage", "fleet_page", "job_rows",
-           "owner_page", "usage_page"]
+__all__ = ["ALL_MONTHS", "CHART_STATES", "CarUsage", "FleetPage", "JobRow", "OwnerPage", "ServedModel", "UsagePage",
+           "fleet_page", "job_rows", "owner_page", "recent_months", "serving_rows",
+           "usage_page"]
 
 CHART_STATES = ("eligible", "working", "driving", "charging", "parked", "offline")
 """The states the last-24-hours chart draws (revoked cars are left out: they never come back)."""
@@ -49,6 +52,42 @@ class JobRow:
 
 
 @dataclass(slots=True)
+class ServedModel:
+    """Latency of one model's live deployments, over the requests this replica answered last (up to 512 per
+    deployment: the router's window)."""
+
+    model: str
+    deployments: int
+    replicas: int
+    """Replicas connected to this coordinator replica."""
+    requests: int
+    """Requests in the window."""
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+def serving_rows(coord: Coordinator, jobs: list[JobRecord]) -> list[ServedModel]:
+    """Per served model (the live serving jobs among ``jobs``), its p50 and p95 latency over the recent window."""
+    serving = coord.services.get("serve")
+    by_model: dict[str, list[JobRecord]] = {}
+    for job in jobs:
+        if job.kind == "serve" and job.state in LIVE_JOB_STATES:
+            by_model.setdefault(job.model, []).append(job)
+    rows = []
+    for model, deployed in sorted(by_model.items()):
+        latencies: list[float] = []
+        replicas = 0
+        if serving is not None:
+            for job in deployed:
+                latencies += serving.router.recent_latencies(job.job_id)
+                replicas += len(serving.router.replicas(job.job_id))
+        p50, p95 = (nearest_rank(latencies, q) for q in (0.5, 0.95))
+        rows.append(ServedModel(model, len(deployed), replicas, len(latencies),
+                                p50 * 1000 if p50 is not None else None, p95 * 1000 if p95 is not None else None))
+    return rows
+
+
+@dataclass(slots=True)
 class FleetPage:
     now: float
     counts: dict[str, int]
@@ -57,6 +96,7 @@ class FleetPage:
     script)."""
     jobs: list[JobRow]
     totals: dict[str, Any]
+    serving: list[ServedModel] = field(default_factory=list)
 
 
 def job_rows(coord: Coordinator, jobs: list[JobRecord]) -> list[JobRow]:
@@ -86,8 +126,9 @@ def fleet_page(coord: Coordinator) -> FleetPage:
     for state in CHART_STATES:
         history[state] = [c.get(state, 0) for _, c in samples]
     totals = coord.store.counts()
+    jobs = coord.store.list_jobs()
     return FleetPage(now=now, counts={s: counts.get(s, 0) for s in CAR_STATES}, history=history,
-                     jobs=job_rows(coord, coord.store.list_jobs()),
+                     jobs=job_rows(coord, jobs), serving=serving_rows(coord, jobs),
                      totals={"cars": sum(counts.values()), "units_pending": totals["units_pending"],
                              "leases_in_flight": totals["leases_in_flight"]})
 
@@ -112,14 +153,31 @@ class UsagePage:
     """One page of cars, busiest first."""
     page: int
     pages: int
+    month: str
+    """The month shown (YYYY-MM, UTC), or :data:`ALL_MONTHS`."""
+    months: list[str] = field(default_factory=list)
+    """The months to choose from: this one and the ones before it, newest first."""
 
 
-def usage_page(coord: Coordinator, page: int) -> UsagePage:
-    """Usage since the ledger began, per owner and (a page at a time) per car: one grouped query."""
+ALL_MONTHS = "all"
+"""The usage page's month for every row since the ledger began."""
+
+
+def recent_months(coord: Coordinator) -> list[str]:
+    """This month (UTC) and the ones before it, newest first: those the pages offer."""
+    return _months_back(coord.clock.now(), MONTHS_SHOWN)
+
+
+def usage_page(coord: Coordinator, page: int, month: str | None = None) -> UsagePage:
+    """Usage in ``month`` (YYYY-MM, UTC; default this month; :data:`ALL_MONTHS`: since the ledger began), per
+    owner and (a page at a time) per car: one grouped query. InvalidInput for a month that is not one."""
+    months = recent_months(coord)
+    month = months[0] if month is None else month.strip()
+    start, end = (None, None) if month == ALL_MONTHS else month_bounds(month)
     owner_of = {vid: o.name for o in coord.store.list_owners() for vid in o.cars}
     cars = [CarUsage(r["vehicle_id"], owner_of.get(r["vehicle_id"], "-"), r["units"], r["items"], r["steps"],
                      r["compute_s"] / 3600, r["cellular_bytes"] / 1e6, r["wifi_bytes"] / 1e6)
-            for r in coord.store.ledger_totals()]
+            for r in coord.store.ledger_totals(start, end)]
     cars.sort(key=lambda c: (-c.accelerator_h, c.vehicle_id))
     owners: dict[str, CarUsage] = {}
     for c in cars:
@@ -132,7 +190,8 @@ def usage_page(coord: Coordinator, page: int) -> UsagePage:
     pages = max(1, -(-len(cars) // CARS_PER_PAGE))
     page = min(max(page, 1), pages)
     return UsagePage(owners=sorted(owners.values(), key=lambda o: (-o.accelerator_h, o.owner)),
-                     cars=cars[(page - 1) * CARS_PER_PAGE:page * CARS_PER_PAGE], page=page, pages=pages)
+                     cars=cars[(page - 1) * CARS_PER_PAGE:page * CARS_PER_PAGE], page=page, pages=pages,
+                     month=month, months=months)
 
 
 @dataclass(slots=True)

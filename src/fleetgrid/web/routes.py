@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 
 from ..billing.money import format_micro
 from ..errors import AuthError, InvalidInput
-from .pages import fleet_page, job_rows, owner_page, usage_page
+from .pages import fleet_page, job_rows, owner_page, recent_months, usage_page
 from .policy_form import PolicyForm
 from .session import COOKIE, SESSION_MAX_AGE_S, Role, Session, Sessions
 
@@ -125,12 +125,16 @@ def dashboard_routes(app: FastAPI, coord: Coordinator) -> None:
         return render(request, "fleet.html", session=session, page=page)
 
     @app.get("/dashboard/usage", include_in_schema=False)
-    async def usage(request: Request, page: int = 1) -> Response:
+    async def usage(request: Request, page: int = 1, month: str | None = None) -> Response:
         session = await gate(request, "operator")
         if isinstance(session, Response):
             return session
-        data = await asyncio.to_thread(usage_page, coord, page)
-        return render(request, "usage.html", session=session, page=data)
+        try:
+            data = await asyncio.to_thread(usage_page, coord, page, month)
+        except InvalidInput as exc:  # a month that is not one: the form again, saying what is accepted
+            return render(request, "usage.html", status=400, session=session, page=None,
+                          months=recent_months(coord), error=exc.message)
+        return render(request, "usage.html", session=session, page=data, months=data.months)
 
     @app.get("/dashboard/jobs", include_in_schema=False)
     async def jobs(request: Request) -> Response:

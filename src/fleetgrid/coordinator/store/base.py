@@ -466,9 +466,9 @@ class Store(BillingState, IdentityState, FleetHistory, ABC):
 
     # --- metering and overview ----------------------------------------------------------------------------------
     @abstractmethod
-    def ledger_totals(self) -> list[dict[str, Any]]:
+    def ledger_totals(self, start: float | None = None, end: float | None = None) -> list[dict[str, Any]]:
         """Per-vehicle sums: units, items, compute_s, cellular_bytes, wifi_bytes (Python ints and a finite float,
-        whatever the rows hold: a sum never overflows)."""
+        whatever the rows hold: a sum never overflows), of the rows closed in ``[start, end)`` (default: all)."""
 
     @abstractmethod
     def counts(self) -> dict[str, Any]:

@@ -532,7 +532,7 @@ class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, Identi
             if c.execute(select(ledger.c.lease_id).where(ledger.c.lease_id == entry.lease_id)).first() is None:
                 c.execute(insert(ledger).values(**{k: getattr(entry, k) for k in LedgerRecord.__slots__}))
 
-    def ledger_totals(self) -> list[dict[str, Any]]:
+    def ledger_totals(self, start: float | None = None, end: float | None = None) -> list[dict[str, Any]]:
         total = functools.partial(_sum_without_overflow, self.engine.dialect.name)
         query = (
             select(
@@ -548,6 +548,10 @@ class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, Identi
             .group_by(ledger.c.vehicle_id)
             .order_by(ledger.c.vehicle_id)
         )
+        if start is not None:
+            query = query.where(ledger.c.at >= start)
+        if end is not None:
+            query = query.where(ledger.c.at < end)
         with self._read() as c:
             rows = [dict(r._mapping) for r in c.execute(query)]
         for row in rows:

@@ -27,13 +27,13 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from fleetgrid.errors import InvalidInput, Overloaded, Unavailable
 
-__all__ = ["LatencyWindow", "ReplicaChannel", "RouterConfig", "ServingRouter", "Taken"]
+__all__ = ["LatencyWindow", "ReplicaChannel", "RouterConfig", "ServingRouter", "Taken", "nearest_rank"]
 
 log = logging.getLogger("fleetgrid.serving")
 
@@ -83,10 +83,18 @@ class LatencyWindow:
 
     def quantile(self, q: float) -> float | None:
         """The ``q`` quantile (nearest rank), or None with no samples."""
-        if not self._values:
-            return None
-        ordered = sorted(self._values)
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+        return nearest_rank(self._values, q)
+
+    def values(self) -> list[float]:
+        return list(self._values)
+
+
+def nearest_rank(values: Iterable[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` by nearest rank (one of the values), or None when there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 @dataclass
@@ -442,6 +450,11 @@ class ServingRouter:
         """The ``q`` quantile of the deployment's recent latencies on this replica (seconds); None before any."""
         window = self._latency.get(deployment)
         return window.quantile(q) if window is not None else None
+
+    def recent_latencies(self, deployment: str) -> list[float]:
+        """The deployment's last answered requests' latencies (seconds), as the window holds them."""
+        window = self._latency.get(deployment)
+        return window.values() if window is not None else []
 
     def hedge_after_s(self, deployment: str) -> float | None:
         """When a request of ``deployment`` is hedged now (seconds after it was sent), or None: too few samples."""
