@@ -15,6 +15,7 @@ from fleetgrid.workloads.training.secagg.coordinator import AggregateResult, Pha
 from fleetgrid.workloads.training.secagg.driver import Dropouts, RoundOutcome, run_round
 from fleetgrid.workloads.training.secagg.encoding import (
     Quantization,
+    clip_norm,
     decode_sum,
     modulus_bits,
     pack,
@@ -54,6 +55,7 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "choose_degree",
+    "clip_norm",
     "decode_sum",
     "modulus_bits",
     "neighbour_graph",
