@@ -9,6 +9,7 @@ Cars drop by not answering: each ``close_*`` call ends a phase with whoever answ
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,7 +77,7 @@ class SecAggCoordinator:
         if car is not None:
             self.plan.member(car)
 
-    def _neighbours_in(self, car: str, alive: set[str] | dict) -> set[str]:
+    def _neighbours_in(self, car: str, alive: Collection[str]) -> set[str]:
         return {c for c in self.plan.graph[car] if c in alive}
 
     def _require_holders(self, dealers: set[str], holders: set[str], what: str) -> None:

@@ -108,6 +108,7 @@ class RoundPlan:
 
     @property
     def nbytes(self) -> int:
+        # the ids, then seed, vector_length, clip, bound, bits, max_dropout
         return _id_nbytes(self.round_id, *self.cohort) + 32 + 4 + 8 + 8 + 1 + 8
 
 
