@@ -2,6 +2,7 @@
 calibration of sigma from a target epsilon, distributed noise summing to the central variance, the bound on a sum,
 and a simulated job that reports epsilon every round and stops when its budget is spent."""
 
+import dataclasses
 import math
 
 import dp_accounting
@@ -10,7 +11,8 @@ import pytest
 import torch
 from dp_accounting import pld, rdp
 
-from fleetgrid.errors import InvalidInput
+from fleetgrid.errors import Conflict, InvalidInput
+from fleetgrid.workloads.training.compression import CompressionConfig, decode, encode
 from fleetgrid.workloads.training.config import (
     FedAvgConfig,
     LocalTrainingConfig,
@@ -190,3 +192,27 @@ def test_privacy_settings_round_trip_through_json():
     partial = config_from_dict(FedAvgConfig, {"privacy": {"mode": "central", "clip": 1.0, "noise_multiplier": 1.0},
                                               "robust": {"norm_bound": "off"}})
     assert partial.privacy.delta == 1e-5 and partial.privacy.accountant == "rdp"
+
+
+class UnclippedCarFleet(SimulatedFleet):
+    """car-0 skips the clip its instructions ask for and sends its update scaled up 100 times."""
+
+    def _train(self, car, job):
+        update = super()._train(car, job)
+        if car.client_id != "car-0" or update is None:
+            return update
+        return dataclasses.replace(update, payload=encode(100 * decode(update.payload), CompressionConfig()))
+
+
+def test_a_sum_that_fails_its_norm_check_is_retried_and_never_folded_in():
+    model = build_model("mnist1d-cnn", seed=0)
+    p0 = FlatLayout.of(model).flatten(model)
+    datasets = [build_local_dataset(SPEC, i) for i in range(SPEC.num_vehicles)]
+    fleet = UnclippedCarFleet(model, datasets, SimulationConfig(seed=1), initial_params=p0)
+    config = FedAvgConfig(local=LocalTrainingConfig(steps=2, batch_size=16), robust=RobustConfig(norm_bound="off"),
+                          privacy=PrivacyConfig(mode="distributed", clip=0.05, noise_multiplier=0.01),
+                          rounds=RoundConfig(clients_per_round=8, over_selection=1.0, deadline_s=60.0, max_retries=1))
+    strategy = FedAvg(p0, config)
+    with pytest.raises(Conflict, match="abandoned 2 times.*a sum of updates that failed its norm check"):
+        strategy.run(fleet, 1)
+    assert strategy.version == 0 and torch.equal(strategy.params, p0) and strategy.refused == 16

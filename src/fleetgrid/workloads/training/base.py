@@ -221,7 +221,9 @@ class Strategy(ABC):
         p = self.config.privacy
         if not p.enabled:
             return None
-        return {"mode": p.mode, "epsilon": self.epsilon(), "delta": p.delta, "epsilon_budget": p.epsilon_budget,
+        # each version's record holds its epsilon: no accountant run here (progress is read under the lock)
+        spent = next((float(r["epsilon"]) for r in reversed(self.history) if "epsilon" in r), 0.0)
+        return {"mode": p.mode, "epsilon": spent, "delta": p.delta, "epsilon_budget": p.epsilon_budget,
                 "noise_multiplier": self.noise_multiplier, "clip": p.clip, "accountant": p.accountant,
                 "sampling_rate": self.sampling_rate, "stopped_on_budget": self.stopped_on_budget}
 
@@ -406,13 +408,18 @@ class Strategy(ABC):
                 if self.closes_rounds:
                     fleet.cancel_outstanding()
                 if sum(a.weight > 0 for a in accepted) >= rc.min_reports:
-                    with self.lock:
-                        summary = self.aggregate(accepted)
-                    break
+                    try:
+                        with self.lock:
+                            summary = self.aggregate(accepted)
+                        break
+                    except InvalidInput:  # a sum that fails its check (some car did not clip): retry the round
+                        with self.lock:
+                            self.refused += len(accepted)
             else:
                 raise Conflict(
                     f"version {self.version + 1} abandoned {rc.max_retries + 1} times: fewer than "
-                    f"min_reports={rc.min_reports} usable reports by each deadline"
+                    f"min_reports={rc.min_reports} usable reports by each deadline, or a sum of updates that failed "
+                    "its norm check"
                 )
             record = {
                 "version": self.version,
