@@ -63,6 +63,8 @@ class VectorFleet:
         self.shapes = [p.shape for _, p in self.model.named_parameters()]
         self.queue: deque[ClientUpdate] = deque()
         self.clock = 0.0
+        self.diverged = 0
+        """Cars whose local training diverged (non-finite weights) and so sent nothing."""
 
     def now(self) -> float:
         return self.clock
@@ -105,6 +107,9 @@ class VectorFleet:
             flat -= local.lr * step(flat, self.x[idx], self.y[idx])  # full-batch GD on each car's examples
         deltas = start - flat  # (C, P): global - local
         for car, ins, delta in zip(ids, assignments.values(), deltas, strict=True):
+            if not bool(torch.isfinite(delta).all()):  # its local steps diverged: the worker fails, nothing is sent
+                self.diverged += 1
+                continue
             sent = private_delta(delta, ins.local)  # the car's clip (and distributed noise), as a real car does
             self.queue.append(ClientUpdate(
                 client_id=car, round=ins.round, base_version=ins.base_version,
@@ -131,6 +136,7 @@ def one_run(fleet: VectorFleet, evaluate, *, rounds: int, cohort: int, privacy: 
         rounds=RoundConfig(clients_per_round=cohort, over_selection=1.0, deadline_s=1e9),
         robust=RobustConfig(norm_bound="off"), privacy=privacy, outer_lr=0.7, outer_momentum=0.9)
     strategy = DiLoCo(p0, config)
+    fleet.diverged = 0
     t0 = time.perf_counter()
     history = strategy.run(fleet, rounds, evaluate_fn=evaluate)
     report = strategy.privacy_report() or {}
@@ -143,6 +149,7 @@ def one_run(fleet: VectorFleet, evaluate, *, rounds: int, cohort: int, privacy: 
         "accuracy": history[-1]["accuracy"],
         "loss": history[-1]["loss"],
         "versions": strategy.version,
+        "diverged_cars": fleet.diverged,
         "clipped_share": (sum(h.get("clipped", 0) for h in history[1:]) / max(1, strategy.version * cohort)
                           if privacy.enabled else None),
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -199,7 +206,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result = {"quick": args.quick, **run(args.quick)}
     cols = ["mode", "target_epsilon", "noise_multiplier", "epsilon", "accuracy", "points_vs_non_private",
-            "clipped_share", "versions", "wall_s"]
+            "clipped_share", "diverged_cars", "versions", "wall_s"]
     print(f"{result['cars']} cars, {result['cohort']} a round (q = {result['sampling_rate']:g}), {result['rounds']} "
           f"rounds, clip {result['clip']}, delta {result['delta']:g}")
     print("  ".join(f"{c:>22}" for c in cols))

@@ -362,7 +362,9 @@ class Strategy(ABC):
     ) -> list[dict[str, Any]]:
         """Drive rounds until the global reaches ``num_versions``; after each, evaluate and call ``on_version``
         (the place to checkpoint). A round that ends with fewer than ``min_reports`` usable reports is
-        abandoned, the global untouched, and retried up to ``max_retries`` times before Conflict is raised."""
+        abandoned, the global untouched, and retried up to ``max_retries`` times before Conflict is raised (so is
+        one whose sum fails its norm check). A private run stops early, ``stopped_on_budget`` set, before a round
+        that would spend more than ``privacy.epsilon_budget``."""
         self.planned_versions = num_versions
         privacy = self.config.privacy
         if privacy.target_epsilon is not None and self.noise_multiplier is None:
