@@ -11,9 +11,10 @@ only the fleet is a vectorised stand-in for SimulatedFleet (one ``torch.func`` c
 60,000 car-rounds one at a time would take hours on two cores. Reports travel as the real compressed payloads and
 pass the strategy's validation.
 
-Rows: the non-private run, then central DP with the noise multiplier calibrated to epsilon 1, 3 and 8 at delta 1e-5
-over the planned rounds (RDP accountant, Poisson sampling, the privacy unit one car's whole data). Target: epsilon 8
-within 3 accuracy points of the non-private run. Prints a table and, last, one JSON line; writes
+Rows: the non-private run (fleetgrid's default adaptive norm bound, 2x the round's median norm), then central DP
+with the noise multiplier calibrated to epsilon 1, 3 and 8 at delta 1e-5 over the planned rounds (RDP accountant,
+Poisson sampling, the privacy unit one car's whole data). Target: epsilon 8 within 3 accuracy points of the
+non-private run. Prints a table and, last, one JSON line; writes
 bench/results/trust_dp.json. ``run(quick)`` is what bench/trust.py composes.
 """
 
@@ -134,7 +135,10 @@ def one_run(fleet: VectorFleet, evaluate, *, rounds: int, cohort: int, privacy: 
     config = DiLoCoConfig(
         local=LocalTrainingConfig(optimizer="sgd", lr=0.3, momentum=0.0, steps=10, batch_size=EXAMPLES_PER_CAR),
         rounds=RoundConfig(clients_per_round=cohort, over_selection=1.0, deadline_s=1e9),
-        robust=RobustConfig(norm_bound="off"), privacy=privacy, outer_lr=0.7, outer_momentum=0.9)
+        # DP's clip bounds every update; without DP, fleetgrid's default adaptive bound does (with no bound at all,
+        # one car in 2,000 whose local steps blew up to a huge finite update wrecked the non-private global)
+        robust=RobustConfig(norm_bound="off") if privacy.enabled else RobustConfig(),
+        privacy=privacy, outer_lr=0.7, outer_momentum=0.9)
     strategy = DiLoCo(p0, config)
     fleet.diverged = 0
     t0 = time.perf_counter()
