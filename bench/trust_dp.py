@@ -14,8 +14,8 @@ pass the strategy's validation.
 Rows: the non-private run (fleetgrid's default adaptive norm bound, 2x the round's median norm), then central DP
 with the noise multiplier calibrated to epsilon 1, 3 and 8 at delta 1e-5 over the planned rounds (RDP accountant,
 Poisson sampling, the privacy unit one car's whole data). Target: epsilon 8 within 3 accuracy points of the
-non-private run. Prints a table and, last, one JSON line; writes
-bench/results/trust_dp.json. ``run(quick)`` is what bench/trust.py composes.
+non-private run. Prints a table and, last, one JSON line; writes bench/results/trust_dp.json (``--quick``:
+trust_dp_quick.json). ``run(quick)`` is what bench/trust.py composes.
 """
 
 from __future__ import annotations
@@ -218,9 +218,10 @@ def main() -> None:
         print("  ".join(f"{(f'{v:.4g}' if isinstance(v, float) else str(v)):>22}" for v in (row[c] for c in cols)))
     print(f"epsilon 8 is {result['eps8_points_below_non_private']} points below non-private (target <= 3): "
           f"{'met' if result['met'] else 'NOT met'}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    out = RESULTS.with_name("trust_dp_quick.json") if args.quick else RESULTS  # a quick run keeps the full figures
+    out.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(result, allow_nan=False)
-    RESULTS.write_text(line + "\n")
+    out.write_text(line + "\n")
     print(line)
 
 
