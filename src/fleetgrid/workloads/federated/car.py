@@ -262,11 +262,16 @@ class TrainHandler(CarHandler):
         return True
 
     def _payload(self, state: TrainState) -> tuple[bytes, ErrorFeedback]:
-        """The compressed delta ``global - local``, and the residual to keep once the coordinator accepts it."""
+        """The compressed delta ``global - local`` (clipped, and noised for distributed DP, as the grant's
+        ``local`` says), and the residual to keep once the coordinator accepts it. Called once per update sent:
+        a second noise draw of the same update would average the noise away."""
+        import torch
+
         from fleetgrid.workloads.training import ErrorFeedback
+        from fleetgrid.workloads.training.local import private_delta
 
         assert self.global_params is not None and self.local is not None
-        delta = self.global_params - state.params  # (P,) pseudo-gradient
+        delta = private_delta(torch.from_numpy(self.global_params - state.params), self.local).numpy()  # (P,)
         feedback = ErrorFeedback(delta.size)
         try:
             residual = np.load(self.folder / _RESIDUAL, allow_pickle=False)
