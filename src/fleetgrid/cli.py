@@ -14,7 +14,7 @@ import os
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -402,82 +402,6 @@ def submit_infer(
         _fail(exc)
 
 
-def _setting(text: str) -> tuple[list[str], Any]:
-    """``local.steps=50`` -> (["local", "steps"], 50): the value is read as JSON, else kept as a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise InvalidInput(
-            f"--set {text!r}: expected KEY=VALUE, e.g. --set local.steps=50 or --set rounds.deadline_s=120"
-        )
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    return key.split("."), value
-
-
-def _nested(pairs: list[tuple[list[str], Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path, value in pairs:
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise InvalidInput(f"--set {'.'.join(path)}: {part} was already given a value")
-        node[path[-1]] = value
-    return out
-
-
-@submit_app.command("train")
-def submit_train(
-    model: Annotated[str, typer.Option(help="Trainable model: 'mnist1d-cnn' or 'charlm'")] = "mnist1d-cnn",
-    strategy: Annotated[str, typer.Option(help="fedavg, fedadam, diloco or fedbuff")] = "fedavg",
-    rounds: Annotated[int, typer.Option(help="Global versions to train for")] = 10,
-    dataset: Annotated[str | None, typer.Option(help="mnist1d or stdlib_text (default: the model's)")] = None,
-    shards: Annotated[int, typer.Option(help="Shards the data is split into (one per car)")] = 8,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration of the label split (mnist1d)")] = 0.5,
-    steps: Annotated[int | None, typer.Option(help="H: local steps per round on each car")] = None,
-    bits: Annotated[int | None, typer.Option(help="Quantize updates and model deltas to 4 or 8 bits")] = None,
-    clients: Annotated[int | None, typer.Option(help="Reports wanted per round")] = None,
-    target_accuracy: Annotated[float | None, typer.Option(help="Stop once held-out accuracy reaches this")] = None,
-    setting: Annotated[list[str] | None, typer.Option("--set", help="Strategy setting KEY=VALUE, dotted for "
-                                                         "nested ones, e.g. local.lr=0.02 (repeatable)")] = None,
-    name: str = "",
-    wait: Annotated[bool, typer.Option(help="Follow the job, then save the trained model")] = False,
-    out: Annotated[Path | None, typer.Option(help="Where --wait saves the model (.safetensors)")] = None,
-    url: Url = DEFAULT_URL, token: Token = None, data_dir: DataDir = DEFAULT_DATA_DIR, ca: CA = None,
-) -> None:
-    """Submit a federated training job: each car trains on data it derives itself; only compressed updates travel."""
-    try:
-        pairs = [_setting(t) for t in setting or []]
-        if steps is not None:
-            pairs.append((["local", "steps"], steps))
-        if bits is not None:
-            pairs += [(["local", "compression", "bits"], bits), (["downlink", "bits"], bits)]
-        if clients is not None:
-            pairs.append((["rounds", "clients_per_round"], clients))
-        data = {"dataset": dataset or ("stdlib_text" if model == "charlm" else "mnist1d"),
-                "num_vehicles": shards, "alpha": alpha}
-        target = {"accuracy": target_accuracy} if target_accuracy is not None else None
-        if wait and out is not None:
-            _out_path(out)
-        with _client(url, token, data_dir, ca) as client:
-            status = client.submit_train(model, data=data, strategy=strategy, settings=_nested(pairs),
-                                         rounds=rounds, target_metric=target, name=name or f"{strategy} {model}")
-            console.print(f"submitted {status.job_id}: {strategy} on {model}, {rounds} rounds over {shards} shards")
-            if wait:
-                with _following(status.job_id, out or Path(f"{status.job_id}.safetensors"), url, data_dir):
-                    final = views.watch_versions(client, status.job_id, rounds, console)
-                if final.state != "done":
-                    err.print(f"job {final.state}: {final.error}")
-                    raise typer.Exit(1)
-                path = out or Path(f"{status.job_id}.safetensors")
-                _write(path, client.result_bytes(status.job_id))
-                console.print(f"model saved to {path}")
-    except FleetgridError as exc:
-        _fail(exc)
-
-
 @app.command()
 def status(
     job_id: Annotated[str | None, typer.Argument(help="A job id; omit to list your jobs")] = None,
@@ -581,7 +505,8 @@ def _register_subcommands() -> None:
     app.command("agent", help="Run the vehicle agent: take work only while the car is free.")(agent_command)
     app.command("simulate", help="Simulate what a fleet of parked cars delivers, hour by hour.")(simulate)
     app.command("demo", help="The main job: coordinator + N cars + a MiniLM embedding job, end to end.")(demo_command)
-    for module in ("billing.cli", "workloads.serving.cli", "identity.cli", "trust_cli"):  # billing's makes `operator`
+    # billing's makes `operator`; train_cli adds `submit train`
+    for module in ("billing.cli", "workloads.serving.cli", "identity.cli", "trust_cli", "train_cli"):
         import_module(f"fleetgrid.{module}").register(app)
 
 

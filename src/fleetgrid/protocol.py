@@ -48,6 +48,7 @@ __all__ = [
     "TenantSummary",
     "TrainGrant",
     "TrainSubmit",
+    "PrivacyProgress",
     "TrainingProgress",
     "UpdateReport",
     "VehicleReputation",
@@ -339,6 +340,20 @@ class TrainSubmit(_Wire):
     eval_max: int = Field(default=2048, ge=1, le=100_000, description="held-out examples scored after each round")
 
 
+class PrivacyProgress(_Wire):
+    """A differentially private training job's privacy so far. The unit is one car's whole data (user-level DP)."""
+
+    mode: str = Field(description="'central' (the coordinator adds the noise) or 'distributed' (each car adds a share)")
+    epsilon: float | None = Field(description="epsilon spent at delta by the versions so far (null: unbounded)")
+    delta: float
+    epsilon_budget: float | None = Field(default=None, description="the job stops before spending more")
+    noise_multiplier: float | None = Field(description="sigma: the sum's noise std over clip (null until calibrated)")
+    clip: float = Field(description="the L2 bound on one car's update")
+    accountant: str = Field(default="rdp", description="'rdp' or 'pld'")
+    sampling_rate: float = Field(default=1.0, description="q, the chance a given car is asked in a round")
+    stopped_on_budget: bool = Field(default=False, description="the job ended (done) because its budget was spent")
+
+
 class TrainingProgress(_Wire):
     version: int
     target_versions: int
@@ -355,6 +370,8 @@ class TrainingProgress(_Wire):
                                  "sending the steps it did) in the versions so far")
     handbacks: int = Field(default=0, description="shares handed back unfinished, with no update (a car "
                            "preempted before it trained, or that could not send)")
+    privacy: PrivacyProgress | None = Field(default=None, description="differential privacy spent so far; null "
+                                            "when the job runs without it")
 
 
 class JobState(StrEnum):

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .client import FleetgridClient
     from .errors import TransportError
     from .models.spec import ModelSpec
-    from .protocol import FleetOverview, JobStatus, TenantSummary, TrainingProgress, VehicleSummary
+    from .protocol import FleetOverview, JobStatus, PrivacyProgress, TenantSummary, TrainingProgress, VehicleSummary
 
 __all__ = ["fleet_table", "job_table", "model_table", "tenant_table", "training_lines", "vehicle_table",
            "version_line", "watch_items", "watch_versions"]
@@ -67,9 +67,22 @@ def training_lines(job: JobStatus) -> list[str]:
     t = job.training
     if t is None or not t.history:
         return []
-    return [version_line(t.history[-1], t),
-            f"preemptions: {job.preemptions} ({_count(t.partial_updates, 'partial update')} in the versions so far, "
-            f"{_count(t.handbacks, 'share')} handed back)"]
+    lines = [version_line(t.history[-1], t),
+             f"preemptions: {job.preemptions} ({_count(t.partial_updates, 'partial update')} in the versions so far, "
+             f"{_count(t.handbacks, 'share')} handed back)"]
+    if t.privacy is not None:
+        lines.append(privacy_line(t.privacy))
+    return lines
+
+
+def privacy_line(p: PrivacyProgress) -> str:
+    """A private job's privacy in a line: (epsilon, delta) spent, the budget, and the mechanism's sigma and clip."""
+    eps = "unbounded" if p.epsilon is None else f"{p.epsilon:.3g}"
+    budget = f" of budget {p.epsilon_budget:g}" if p.epsilon_budget is not None else ""
+    sigma = "-" if p.noise_multiplier is None else f"{p.noise_multiplier:.3g}"
+    stopped = "  (stopped: budget spent)" if p.stopped_on_budget else ""
+    return (f"privacy ({p.mode} DP, per car): epsilon {eps}{budget} at delta {p.delta:g}  sigma {sigma}  "
+            f"clip {p.clip:g}  q {p.sampling_rate:.3g}  {p.accountant}{stopped}")
 
 
 def _count(n: int, thing: str) -> str:

@@ -123,7 +123,7 @@ def test_a_fixed_bound_clips_every_longer_update():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"aggregator": "mode"}, r"aggregator must be one of \('mean', 'trimmed_mean', 'median'\), got 'mode'"),
+        ({"aggregator": "mode"}, r"aggregator must be one of \('mean', 'trimmed_mean', 'median', 'krum'\), got 'mode'"),
         ({"trim_fraction": 0.5}, r"trim_fraction must be a share in \[0, 0.5\), got 0.5"),
         ({"norm_bound": "tight"}, r"norm_bound must be one of \('adaptive', 'fixed', 'off'\)"),
         ({"norm_multiplier": 0.5}, r"norm_multiplier must be a finite number >= 1, got 0.5"),
@@ -147,7 +147,7 @@ def test_robust_settings_round_trip_through_json_and_checkpoints():
     with pytest.raises(InvalidInput, match=r"unknown RobustConfig setting\(s\) \['clip'\]"):
         make_strategy("fedavg", torch.zeros(P), {"robust": {"clip": 1.0}})
     with pytest.raises(InvalidInput, match="aggregator must be one of"):
-        make_strategy("fedbuff", torch.zeros(P), {"robust": {"aggregator": "krum"}})
+        make_strategy("fedbuff", torch.zeros(P), {"robust": {"aggregator": "bulyan"}})
 
 
 class HostileFleet(SimulatedFleet):

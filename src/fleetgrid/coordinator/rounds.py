@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors.torch import save as st_save
 
 from ..errors import InvalidInput
-from ..protocol import JobStatus, TrainingProgress, TrainSubmit, UpdateReport
+from ..protocol import JobStatus, PrivacyProgress, TrainingProgress, TrainSubmit, UpdateReport
 from ..workloads.training import (
     ClientUpdate,
     DataSpec,
@@ -146,7 +146,8 @@ def final_model_bytes(model_name: str, strategy: Strategy, counters: Mapping[str
     with strategy.lock:
         FlatLayout.of(model).load(model, strategy.params)
         meta = {"model": model_name, "strategy": strategy.name, "version": strategy.version,
-                "round": strategy.round, "history": jsonable(strategy.history), **(counters or {})}
+                "round": strategy.round, "history": jsonable(strategy.history),
+                "privacy": _finite(strategy.privacy_report()), **(counters or {})}
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     return st_save(tensors, metadata={"fleetgrid": json.dumps(meta, sort_keys=True)})
 
@@ -201,6 +202,21 @@ def car_shards(rank: int, cars: int, num_shards: int) -> list[int]:
 def partial_updates(history: list[dict[str, Any]]) -> int:
     """Reports of shares cut short (a preempted car sending the steps it did) in the versions of ``history``."""
     return sum(int(row.get("partial") or 0) for row in history)
+
+
+def privacy_progress(report: Mapping[str, Any] | None) -> PrivacyProgress | None:
+    """A strategy's ``privacy_report`` (live, or as a checkpoint stored it) on the wire; an unbounded epsilon is
+    null there (JSON has no infinity)."""
+    if not report:
+        return None
+    return PrivacyProgress.model_validate(_finite(report))
+
+
+def _finite(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``row`` with non-finite floats (an unbounded epsilon) as None."""
+    if row is None:
+        return None
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 def with_training(status: JobStatus, progress: TrainingProgress) -> JobStatus:

@@ -61,6 +61,7 @@ from .rounds import (
     final_model_bytes,
     jsonable,
     partial_updates,
+    privacy_progress,
     reached,
 )
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
@@ -238,11 +239,13 @@ class TrainingService:
             with s.lock:
                 history = list(s.history)
                 version, rnd = s.version, s.round
+                privacy = s.privacy_report()
             return TrainingProgress(
                 version=version, target_versions=job.units_total, round=rnd, strategy=s.name,
                 bytes_up=run.bytes_up, bytes_down=run.bytes_down, reports=run.reports, rejected=run.rejected,
                 checkpoint=job.checkpoint_digest, history=jsonable(history), driver=self.replica,
                 partial_updates=partial_updates(history), handbacks=job.preemptions,
+                privacy=privacy_progress(privacy),
             )
         meta = self._checkpoint_meta(job)
         return TrainingProgress(
@@ -251,6 +254,7 @@ class TrainingService:
             bytes_down=meta.get("bytes_down", 0), reports=meta.get("reports", 0), rejected=meta.get("rejected", 0),
             checkpoint=job.checkpoint_digest, history=jsonable(meta.get("history", [])), driver=job.driver,
             partial_updates=partial_updates(meta.get("history", [])), handbacks=job.preemptions,
+            privacy=privacy_progress(meta.get("privacy")),
         )
 
     def _checkpoint_meta(self, job: JobRecord) -> dict[str, Any]:

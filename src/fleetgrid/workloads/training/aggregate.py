@@ -1,5 +1,5 @@
 """The pure maths of federated aggregation: weighted means of client deltas, client weights, server optimizers,
-and the robust pieces (norm clipping, an adaptive bound, trimmed mean, coordinate median).
+and the robust pieces (norm clipping, an adaptive bound, trimmed mean, coordinate median, (Multi-)Krum).
 
 No I/O, no strategy state: every function maps tensors (and floats) to new tensors, so each is tested against
 hand-computed arrays and the strategies in :mod:`strategies` only decide which function to call with what.
@@ -24,6 +24,7 @@ __all__ = [
     "client_weight",
     "clip_to_norm",
     "coordinate_median",
+    "krum_selected",
     "l2_norm",
     "nesterov_step",
     "schedule_scale",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 PARTIAL_WORK_POLICIES = ("weighted", "drop")
-AGGREGATORS = ("mean", "trimmed_mean", "median")
+AGGREGATORS = ("mean", "trimmed_mean", "median", "krum")
 SERVER_OPTIMIZERS = ("adam", "yogi")
 
 
@@ -188,3 +189,22 @@ def coordinate_median(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
     n = stacked.shape[0]
     ordered = stacked.sort(dim=0).values
     return ((ordered[(n - 1) // 2] + ordered[n // 2]) / 2).to(torch.float32)
+
+
+def krum_selected(vectors: Sequence[torch.Tensor], f: int, m: int = 1) -> list[int]:
+    """(Multi-)Krum (Blanchard et al., 2017): the indices of the ``m`` vectors with the lowest scores, a vector's
+    score being the sum of squared distances to its ``n - f - 2`` nearest others; ties go to the lower index.
+    Needs ``n >= 2f + 3`` (so the honest majority dominates every score) and ``1 <= m <= n - f``."""
+    stacked = _stacked(vectors, "krum")
+    n = stacked.shape[0]
+    if not isinstance(f, int) or f < 0 or n < 2 * f + 3:
+        raise InvalidInput(
+            f"Krum with byzantine f={f!r} needs n >= 2f + 3 = {2 * f + 3} updates, got n={n}; "
+            f"use f <= {max((n - 3) // 2, 0)} or wait for more reports"
+        )
+    if not isinstance(m, int) or not 1 <= m <= n - f:
+        raise InvalidInput(f"multi-Krum m must be an integer in [1, n - f = {n - f}], got {m!r}")
+    dist = torch.cdist(stacked, stacked, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (n, n) squared
+    nearest = dist.sort(dim=1).values[:, 1 : n - f - 1]  # (n, n - f - 2), column 0 is the vector itself
+    scores = nearest.sum(dim=1).tolist()
+    return sorted(range(n), key=lambda i: (scores[i], i))[:m]

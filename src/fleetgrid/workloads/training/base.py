@@ -9,6 +9,7 @@ simulation (:mod:`simulate`) or the coordinator's leases.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -23,19 +24,25 @@ import torch
 from safetensors.torch import save as st_save
 
 from fleetgrid.errors import Conflict, InvalidInput
-from fleetgrid.workloads.training.aggregate import client_weight, schedule_scale
+from fleetgrid.workloads.training.aggregate import client_weight, clip_to_norm, schedule_scale
 from fleetgrid.workloads.training.compression import (
     CompressionConfig,
     ErrorFeedback,
     decode,
     encode,
 )
-from fleetgrid.workloads.training.config import StrategyConfig, local_config_at, to_dict
+from fleetgrid.workloads.training.config import LocalTrainingConfig, StrategyConfig, local_config_at, to_dict
 from fleetgrid.workloads.training.messages import (
     ClientUpdate,
     ModelDownload,
     TrainInstructions,
     params_digest,
+)
+from fleetgrid.workloads.training.privacy import (
+    calibrate_noise_multiplier,
+    car_noise_std,
+    epsilon_spent,
+    private_combine,
 )
 from fleetgrid.workloads.training.robust import check_examples, robust_combine
 
@@ -114,6 +121,10 @@ class Strategy(ABC):
         self.history: list[dict[str, Any]] = []
         self.refused = 0
         """Reports refused as malformed or hostile (InvalidInput) since the last version."""
+        self.noise_multiplier: float | None = config.privacy.noise_multiplier
+        """DP's sigma; calibrated from ``privacy.target_epsilon`` over the planned versions when ``run`` starts."""
+        self.stopped_on_budget = False
+        """The run ended early because another round would have spent more than ``privacy.epsilon_budget``."""
         self._downlink = ErrorFeedback(self.numel)
         self._deltas: dict[int, bytes] = {}  # version v -> encoded delta from v - 1
         self._snapshots: dict[int, tuple[torch.Tensor, str]] = {}  # recent versions v -> (params, digest)
@@ -173,9 +184,51 @@ class Strategy(ABC):
             round=self.round,
             base_version=self.version,
             model_digest=self._digest,
-            local=local_config_at(self.config, self.version),
+            local=self._car_clipping(local_config_at(self.config, self.version)),
             seed=_stable_seed(self.config.seed, self.round, client_id),
         )
+
+    def _car_clipping(self, local: LocalTrainingConfig) -> LocalTrainingConfig:
+        """``local`` with the clip (and, for distributed DP, the noise) each car applies to its own update: the
+        privacy clip, or under secure aggregation without DP the fixed norm bound."""
+        privacy, robust = self.config.privacy, self.config.robust
+        if privacy.enabled:
+            noise = 0.0
+            if privacy.mode == "distributed":
+                assert privacy.clip is not None and self.noise_multiplier is not None  # PrivacyConfig, run()
+                noise = car_noise_std(noise_multiplier=self.noise_multiplier, clip=privacy.clip,
+                                      cars=self.config.rounds.clients_per_round)
+            return dataclasses.replace(local, update_clip=privacy.clip, update_noise_std=noise)
+        if self.config.secure_aggregation and robust.norm_bound == "fixed":
+            return dataclasses.replace(local, update_clip=robust.max_norm)
+        return local
+
+    # ------------------------------------------------------------------------------------------ privacy
+
+    @property
+    def sampling_rate(self) -> float:
+        return self.config.privacy.sampling_rate(self.config.rounds.cohort_size)
+
+    def epsilon(self, extra_rounds: int = 0) -> float:
+        """Epsilon spent (at ``privacy.delta``) by the versions so far, plus ``extra_rounds`` more at sigma."""
+        p = self.config.privacy
+        sigmas = [float(r["dp_sigma"]) for r in self.history if "dp_sigma" in r]
+        sigmas += [self.noise_multiplier or 0.0] * extra_rounds
+        return epsilon_spent(sigmas, q=self.sampling_rate, delta=p.delta, accountant=p.accountant)
+
+    def privacy_report(self) -> dict[str, Any] | None:
+        """The job's privacy so far (None when DP is off): epsilon at delta, the budget, sigma, clip, mode."""
+        p = self.config.privacy
+        if not p.enabled:
+            return None
+        return {"mode": p.mode, "epsilon": self.epsilon(), "delta": p.delta, "epsilon_budget": p.epsilon_budget,
+                "noise_multiplier": self.noise_multiplier, "clip": p.clip, "accountant": p.accountant,
+                "sampling_rate": self.sampling_rate, "stopped_on_budget": self.stopped_on_budget}
+
+    def _budget_spent(self) -> bool:
+        """Whether one more round would take epsilon past ``privacy.epsilon_budget``."""
+        budget = self.config.privacy.epsilon_budget
+        return budget is not None and self.epsilon(extra_rounds=1) > budget
 
     def accept(self, update: ClientUpdate, *, max_examples: int | None = None) -> AcceptedUpdate:
         """Validate a report without touching the global. Raises Conflict for a closed round or a too-stale base,
@@ -226,8 +279,18 @@ class Strategy(ABC):
         usable = [a for a in accepted if a.weight > 0]
         if not usable:
             raise InvalidInput(f"round {self.round}: no usable update to aggregate ({len(accepted)} all weigh 0)")
-        pseudo_grad, robust = robust_combine([a.delta for a in usable], [a.weight for a in usable],
-                                             self.config.robust)
+        privacy = self.config.privacy
+        if privacy.enabled:
+            assert self.noise_multiplier is not None  # given, or calibrated when run() started
+            bounded = [a.delta for a in usable]
+            if self.config.robust.norm_bound == "fixed":  # a data-independent bound below the clip keeps the analysis
+                assert self.config.robust.max_norm is not None
+                bounded = [clip_to_norm(d, self.config.robust.max_norm)[0] for d in bounded]
+            pseudo_grad, robust = private_combine(bounded, privacy, noise_multiplier=self.noise_multiplier,
+                                                  expected_cars=self.config.rounds.clients_per_round)
+        else:
+            pseudo_grad, robust = robust_combine([a.delta for a in usable], [a.weight for a in usable],
+                                                 self.config.robust)
         target = self.server_step(pseudo_grad)
         self._publish(target)
         refused, self.refused = self.refused, 0
@@ -299,10 +362,18 @@ class Strategy(ABC):
         (the place to checkpoint). A round that ends with fewer than ``min_reports`` usable reports is
         abandoned, the global untouched, and retried up to ``max_retries`` times before Conflict is raised."""
         self.planned_versions = num_versions
+        privacy = self.config.privacy
+        if privacy.target_epsilon is not None and self.noise_multiplier is None:
+            self.noise_multiplier = calibrate_noise_multiplier(
+                privacy.target_epsilon, rounds=num_versions, q=self.sampling_rate, delta=privacy.delta,
+                accountant=privacy.accountant)
         if not self.history:
             self.history.append({"version": 0, **self.evaluate(evaluate_fn)})
         rc = self.config.rounds
         while self.version < num_versions:
+            if privacy.enabled and self._budget_spent():
+                self.stopped_on_budget = True
+                break
             for attempt in range(rc.max_retries + 1):  # noqa: B007 (read after the loop: the attempt that succeeded)
                 with self.lock:
                     if self._reopened:
@@ -352,6 +423,10 @@ class Strategy(ABC):
                 **summary,
                 **self.evaluate(evaluate_fn),
             }
+            if privacy.enabled:
+                record["epsilon"] = epsilon_spent(
+                    [float(r["dp_sigma"]) for r in [*self.history, record] if "dp_sigma" in r],
+                    q=self.sampling_rate, delta=privacy.delta, accountant=privacy.accountant)
             with self.lock:
                 self.history.append(record)
             if on_version is not None:
@@ -385,6 +460,9 @@ class Strategy(ABC):
             "config": to_dict(self.config),
             "history": self.history,
             "rng": _rng_state_to_json(self._rng.getstate()),
+            "noise_multiplier": self.noise_multiplier,
+            "stopped_on_budget": self.stopped_on_budget,
+            "privacy": self.privacy_report(),
             **(extra or {}),
         }
         # One metadata key holding sorted JSON: safetensors orders several keys arbitrarily, and a checkpoint

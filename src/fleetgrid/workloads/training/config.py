@@ -12,11 +12,13 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from fleetgrid.errors import InvalidInput
 from fleetgrid.workloads.training.aggregate import AGGREGATORS, PARTIAL_WORK_POLICIES, SERVER_OPTIMIZERS
+from fleetgrid.workloads.training.combinations import check_combination
 from fleetgrid.workloads.training.compression import CompressionConfig
+from fleetgrid.workloads.training.privacy import PrivacyConfig
 
 __all__ = [
     "NORM_BOUNDS",
@@ -26,6 +28,7 @@ __all__ = [
     "FedAvgConfig",
     "FedBuffConfig",
     "LocalTrainingConfig",
+    "PrivacyConfig",
     "RobustConfig",
     "RoundConfig",
     "StrategyConfig",
@@ -61,6 +64,11 @@ class LocalTrainingConfig:
     loss, pulling a car on skewed data back toward the global; >= 0, 0 is off."""
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     """How the car compresses its delta for the uplink."""
+    update_clip: float | None = None
+    """The L2 bound the car clips its delta to before sending it, or None. Set by the strategy (from the privacy
+    clip, or under secure aggregation the fixed norm bound), not by hand: a bound the coordinator cannot apply."""
+    update_noise_std: float = 0.0
+    """Gaussian noise per coordinate the car adds to its clipped delta (distributed DP); set by the strategy."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -79,6 +87,14 @@ class LocalTrainingConfig:
             raise InvalidInput(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if not (isinstance(self.prox_mu, (int, float)) and 0 <= self.prox_mu < math.inf):
             raise InvalidInput(f"prox_mu must be a finite number >= 0, got {self.prox_mu!r}")
+        if self.update_clip is not None and not (
+            isinstance(self.update_clip, (int, float)) and 0 < self.update_clip < math.inf
+        ):
+            raise InvalidInput(f"update_clip must be a finite number > 0 or None, got {self.update_clip!r}")
+        if not (isinstance(self.update_noise_std, (int, float)) and 0 <= self.update_noise_std < math.inf):
+            raise InvalidInput(f"update_noise_std must be a finite number >= 0, got {self.update_noise_std!r}")
+        if self.update_noise_std > 0 and self.update_clip is None:
+            raise InvalidInput("update_noise_std > 0 needs update_clip: noise on an unclipped update protects nothing")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,7 +144,8 @@ class RobustConfig:
 
     aggregator: str = "mean"
     """'mean' (weighted by examples and work done), or 'trimmed_mean' / 'median' (coordinate-wise; each usable
-    report counts once, so claiming many examples buys no extra vote)."""
+    report counts once, so claiming many examples buys no extra vote), or 'krum' ((Multi-)Krum: the mean of the
+    ``multi_krum`` updates closest to their neighbours, each counted once)."""
     trim_fraction: float = 0.1
     """beta of 'trimmed_mean': the share of reports dropped at each end of every coordinate, in [0, 0.5)."""
     norm_bound: str = "adaptive"
@@ -138,6 +155,10 @@ class RobustConfig:
     """The adaptive bound's multiple of the median norm; >= 1 (below it most honest updates would be clipped)."""
     max_norm: float | None = None
     """The fixed bound, > 0; set it with ``norm_bound='fixed'`` and only then."""
+    byzantine: int = 1
+    """f of 'krum': the hostile updates a round must survive; a round needs n >= 2f + 3 usable reports."""
+    multi_krum: int = 1
+    """m of 'krum': how many selected updates are averaged (1 is Krum, more is Multi-Krum); <= n - f."""
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -146,6 +167,10 @@ class RobustConfig:
             raise InvalidInput(f"trim_fraction must be a share in [0, 0.5), got {self.trim_fraction!r}")
         if self.norm_bound not in NORM_BOUNDS:
             raise InvalidInput(f"norm_bound must be one of {NORM_BOUNDS}, got {self.norm_bound!r}")
+        if not isinstance(self.byzantine, int) or self.byzantine < 0:
+            raise InvalidInput(f"byzantine f must be an integer >= 0, got {self.byzantine!r}")
+        if not isinstance(self.multi_krum, int) or self.multi_krum < 1:
+            raise InvalidInput(f"multi_krum m must be an integer >= 1, got {self.multi_krum!r}")
         if not (isinstance(self.norm_multiplier, (int, float)) and 1 <= self.norm_multiplier < math.inf):
             raise InvalidInput(f"norm_multiplier must be a finite number >= 1, got {self.norm_multiplier!r}")
         if self.norm_bound == "fixed":
@@ -177,6 +202,13 @@ class StrategyConfig:
     server_lr_floor: float | None = None
     """Cosine-decay the server (outer) learning rate, after the warm-up, to this share of it at the last version
     of the run (the ``num_versions`` given to ``Strategy.run``); in [0, 1], or None to keep it constant."""
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """Differential privacy (DP-FedAvg, user-level); off by default. See :mod:`privacy`."""
+    secure_aggregation: bool = False
+    """Cars' updates are masked so that the coordinator sees only their sum: each car clips its own update and
+    only the combinations :func:`combinations.check_combination` allows are accepted."""
+    asynchronous: ClassVar[bool] = False
+    """The strategy folds single updates as they arrive (FedBuff): no cohort for DP or secure aggregation."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.server_warmup_versions, int) or self.server_warmup_versions < 0:
@@ -194,6 +226,9 @@ class StrategyConfig:
                 "downlink compression accepts bits in {4, 8, None} only; got topk_fraction="
                 f"{self.downlink.topk_fraction} (use top-k on the uplink)"
             )
+        if not isinstance(self.secure_aggregation, bool):
+            raise InvalidInput(f"secure_aggregation must be true or false, got {self.secure_aggregation!r}")
+        check_combination(self, asynchronous=self.asynchronous)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,6 +299,7 @@ class DiLoCoConfig(StrategyConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class FedBuffConfig(FedAvgConfig):
+    asynchronous: ClassVar[bool] = True
     buffer_size: int = 4
     """K: the global is updated every K usable updates, whenever they arrive; >= 1."""
     concurrency: int = 8

@@ -16,10 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleetgrid.errors import InvalidInput
+from fleetgrid.workloads.training.aggregate import clip_to_norm
 from fleetgrid.workloads.training.compression import ErrorFeedback
 from fleetgrid.workloads.training.config import LocalTrainingConfig
 from fleetgrid.workloads.training.flat import FlatLayout
 from fleetgrid.workloads.training.messages import ClientUpdate, TrainInstructions
+from fleetgrid.workloads.training.privacy import gaussian_noise
 
 __all__ = [
     "ArrayDataset",
@@ -28,6 +30,7 @@ __all__ = [
     "cross_entropy_loss",
     "evaluate_model",
     "make_evaluator",
+    "private_delta",
     "train_locally",
 ]
 
@@ -139,7 +142,7 @@ def train_locally(
             on_step(steps, examples, loss_sum)
     if steps == 0:
         return LocalResult(None, 0, 0, preempted, float("nan"), 0)
-    delta = (global_params - layout.flatten(model)).numpy()  # (P,) pseudo-gradient: global - local
+    delta = private_delta(global_params - layout.flatten(model), config).numpy()  # (P,) pseudo-gradient
     if error_feedback is None:
         error_feedback = ErrorFeedback(delta.size)
     payload, _ = error_feedback.compress(delta, config.compression)
@@ -155,6 +158,17 @@ def train_locally(
         train_loss=loss_sum / steps,
     )
     return LocalResult(update, steps, examples, preempted, loss_sum / steps, len(payload))
+
+
+def private_delta(delta: torch.Tensor, config: LocalTrainingConfig) -> torch.Tensor:
+    """The car's side of clipping and distributed DP: ``delta`` clipped to ``config.update_clip`` (if set), plus
+    ``N(0, update_noise_std^2)`` per coordinate from a secret seed (noise the coordinator could regenerate would
+    protect nothing)."""
+    if config.update_clip is not None:
+        delta, _ = clip_to_norm(delta, config.update_clip)
+    if config.update_noise_std > 0:
+        delta = (delta.to(torch.float64) + gaussian_noise(delta.shape, config.update_noise_std)).to(torch.float32)
+    return delta
 
 
 @torch.no_grad()

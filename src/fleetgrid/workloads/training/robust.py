@@ -15,6 +15,7 @@ from fleetgrid.workloads.training.aggregate import (
     adaptive_norm_bound,
     clip_to_norm,
     coordinate_median,
+    krum_selected,
     l2_norm,
     trimmed_mean,
     weighted_mean,
@@ -63,6 +64,9 @@ def robust_combine(
         combined = trimmed_mean(deltas, config.trim_fraction)
     elif config.aggregator == "median":
         combined = coordinate_median(deltas)
+    elif config.aggregator == "krum":
+        chosen = krum_selected(deltas, config.byzantine, config.multi_krum)
+        combined = weighted_mean([deltas[i] for i in chosen], [1.0] * len(chosen))
     else:
         combined = weighted_mean(deltas, weights)
     return combined, {"clipped": clipped, "norm_bound": bound}

@@ -150,6 +150,8 @@ def strategy_from_state_bytes(blob: bytes) -> Strategy:
     strategy.version = int(meta["version"])
     strategy.round = int(meta["round"])
     strategy.history = meta["history"]
+    strategy.noise_multiplier = meta.get("noise_multiplier", strategy.noise_multiplier)
+    strategy.stopped_on_budget = bool(meta.get("stopped_on_budget", False))
     strategy._downlink.residual = tensors["downlink_residual"].numpy().copy()
     strategy.server_state = {k.removeprefix("server."): v for k, v in tensors.items() if k.startswith("server.")}
     strategy._digest = params_digest(strategy.params)
