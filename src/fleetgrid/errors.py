@@ -5,12 +5,14 @@
     |   +-- UnknownModel        400  a model name that is not registered
     |   +-- InputShapeError     400  inputs whose shape or dtype the model does not accept
     |   +-- HashMismatch        400  an upload whose bytes do not hash to the digest it was sent under
+    |   +-- DishonestShare      400  a secure-aggregation share that does not match its dealer's commitment
     +-- AuthError               401  a missing, malformed, unknown or revoked credential
     +-- Forbidden               403  a valid caller touching what is not theirs
     +-- NotFound                404  a job, lease, vehicle or artifact that does not exist (for this caller)
     +-- Conflict                409  a request that contradicts state: a closed lease, a cancelled job
     |   +-- LeaseExpired        409  a lease whose deadline has passed
     |   +-- DatabaseInUse       409  a SQLite file another coordinator process already holds
+    |   +-- TooFewSurvivors     409  a secure-aggregation round that lost more cars than it can recover from
     +-- PayloadTooLarge         413  a request body over the configured limit
     +-- RangeNotSatisfiable     416  a byte range outside the artifact
     +-- Overloaded              429  nothing can take the request now; try again after ``retry_after_s``
@@ -29,6 +31,7 @@ __all__ = [
     "AuthError",
     "Conflict",
     "DatabaseInUse",
+    "DishonestShare",
     "FleetgridError",
     "Forbidden",
     "HashMismatch",
@@ -42,6 +45,7 @@ __all__ = [
     "Preempted",
     "RangeNotSatisfiable",
     "RateLimited",
+    "TooFewSurvivors",
     "TransportError",
     "Unavailable",
     "UnknownModel",
@@ -76,6 +80,16 @@ class HashMismatch(InvalidInput):
     code = "hash_mismatch"
 
 
+class DishonestShare(InvalidInput):
+    """A car revealed (or dealt) a secret share that its commitment says is wrong; ``car_ids`` names the cars."""
+
+    code = "dishonest_share"
+
+    def __init__(self, message: str, car_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.car_ids = car_ids
+
+
 class AuthError(FleetgridError):
     status = 401
     code = "unauthorized"
@@ -104,6 +118,12 @@ class DatabaseInUse(Conflict):
     """Raised at start-up, never over HTTP: SQLite serves one coordinator process; replicas need PostgreSQL."""
 
     code = "database_in_use"
+
+
+class TooFewSurvivors(Conflict):
+    """Too many cars of a secure-aggregation round dropped for its secrets to be rebuilt: the round is void."""
+
+    code = "too_few_survivors"
 
 
 class PayloadTooLarge(FleetgridError):

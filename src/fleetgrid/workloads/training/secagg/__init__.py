@@ -1,0 +1,66 @@
+"""Secure aggregation with dropouts (Bonawitz et al. 2017, with SecAgg+'s sparse neighbour graph, Bell et al.
+2020): the coordinator learns the sum of a cohort's quantized updates and nothing about any one of them, and still
+gets the exact sum when up to a declared fraction of the cohort drops mid-round.
+
+    plan = RoundPlan(round_id=..., cohort=sorted(ids), vector_length=P, quantization=Quantization(...), seed=...)
+    coordinator: SecAggCoordinator(plan)    car: SecAggCar(car_id, plan), quantize(update, plan.quantization, rng)
+
+``run_round`` drives both in process. Modules: ``shamir`` (secret sharing), ``graph`` (k, t and neighbours),
+``keys`` (X25519 / HKDF / AES-GCM / commitments), ``encoding`` (the integer domain), ``messages``, ``car``,
+``coordinator``, ``driver``.
+"""
+
+from fleetgrid.workloads.training.secagg.car import SecAggCar
+from fleetgrid.workloads.training.secagg.coordinator import AggregateResult, Phase, SecAggCoordinator
+from fleetgrid.workloads.training.secagg.driver import Dropouts, RoundOutcome, run_round
+from fleetgrid.workloads.training.secagg.encoding import (
+    Quantization,
+    decode_sum,
+    modulus_bits,
+    pack,
+    prg_mask,
+    quantize,
+    sum_norm_bound,
+    unpack,
+)
+from fleetgrid.workloads.training.secagg.graph import choose_degree, neighbour_graph
+from fleetgrid.workloads.training.secagg.messages import (
+    EncryptedShare,
+    KeyAdvertisement,
+    MaskedInput,
+    NeighbourKeys,
+    RoundPlan,
+    ShareBundle,
+    SharesForCar,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+
+__all__ = [
+    "AggregateResult",
+    "Dropouts",
+    "EncryptedShare",
+    "KeyAdvertisement",
+    "MaskedInput",
+    "NeighbourKeys",
+    "Phase",
+    "Quantization",
+    "RoundOutcome",
+    "RoundPlan",
+    "SecAggCar",
+    "SecAggCoordinator",
+    "ShareBundle",
+    "SharesForCar",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "choose_degree",
+    "decode_sum",
+    "modulus_bits",
+    "neighbour_graph",
+    "pack",
+    "prg_mask",
+    "quantize",
+    "run_round",
+    "sum_norm_bound",
+    "unpack",
+]
