@@ -20,7 +20,7 @@ from fleetgrid.secagg_wire import (
     plan_from_wire,
 )
 from fleetgrid.workloads.training.secagg import SecAggCar, decode_sum, quantize
-from harness import ENROLL, TENANT, start_coordinator
+from harness import ENROLL, OPERATOR, TENANT, start_coordinator
 
 PARKED = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}
 DATA = {"dataset": "mnist1d", "num_vehicles": 5, "alpha": 1.0, "num_samples": 600}
@@ -51,18 +51,19 @@ def enroll(api, name: str) -> str:
     return r.json()["credential"]
 
 
-def submit(api, rounds: int = 1, **settings) -> str:
+def submit(api, rounds: int = 1, max_retries: int = 0, **settings) -> str:
     body = {"model": "mnist1d-cnn", "data": DATA, "strategy": "fedavg", "rounds": rounds,
             "settings": {"local": {"steps": 2, "batch_size": 16}, "secure_aggregation": True,
                          "robust": {"norm_bound": "fixed", "max_norm": 1.0},
                          "rounds": {"clients_per_round": CARS, "over_selection": 1.0, "min_reports": 3,
-                                    "deadline_s": 60, "secagg_phase_s": 3.0, "max_retries": 0}, **settings}}
+                                    "deadline_s": 60, "secagg_phase_s": 3.0, "max_retries": max_retries}, **settings}}
     r = api.post("/train/jobs", json=body, headers=auth(TENANT))
     assert r.status_code in (200, 201), r.text
     return r.json()["job_id"]
 
 
 def lease(api, cred: str, job_id: str) -> dict:
+    """Long-poll for a share of ``job_id``: the round is offered once every car of the cohort is asking."""
     for _ in range(30):
         r = api.post("/leases", json={"state": PARKED, "wait_s": 5.0}, headers=auth(cred))
         assert r.status_code in (200, 204), r.text
@@ -74,12 +75,15 @@ def lease(api, cred: str, job_id: str) -> dict:
     raise AssertionError(f"no share of {job_id}")
 
 
-def fetch(api, cred: str, lease_id: str, phase: str) -> SecAggDownlink:
-    """Poll the car's part of ``phase`` until the coordinator reached it (it answers at once either way)."""
+def fetch(api, cred: str, lease_id: str, phase: str, *, closed_ok: bool = False) -> SecAggDownlink | None:
+    """Poll the car's part of ``phase`` until the coordinator reached it (it answers at once either way); None if
+    the round closed without this car and ``closed_ok``."""
     import time
 
     while True:
         r = api.get(f"/train/leases/{lease_id}/secagg/{phase}", headers=auth(cred))
+        if closed_ok and r.status_code == 409:
+            return None
         assert r.status_code == 200, r.text
         down = SecAggDownlink.model_validate(r.json())
         if down.ready:
@@ -87,12 +91,19 @@ def fetch(api, cred: str, lease_id: str, phase: str) -> SecAggDownlink:
         time.sleep(down.retry_after_s)  # the protocol's pacing, as a car follows it: no assertion rides on it
 
 
+def _ready(down: SecAggDownlink | None) -> SecAggDownlink:
+    assert down is not None
+    return down
+
+
 def fake_update(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 0.01, n).astype(np.float32)
 
 
-def run_car(server, cred: str, job_id: str, seed: int, *, stop_after_masking: bool = False) -> np.ndarray:
-    """A car's whole secure round over HTTP; returns its quantized update (what the sum must contain)."""
+def run_car(server, cred: str, job_id: str, seed: int, *, stop_after_masking: bool = False,
+            stop_after_sharing: bool = False, lie: bool = False) -> np.ndarray | None:
+    """A car's whole secure round over HTTP; returns its quantized update (what the sum must contain), None if the
+    round closed without it. ``lie``: flip a bit of every share it reveals."""
     with client(server) as api:
         grant = lease(api, cred, job_id)
         lease_id, wire = grant["lease_id"], SecAggPlan.model_validate(grant["secagg"])
@@ -103,10 +114,12 @@ def run_car(server, cred: str, job_id: str, seed: int, *, stop_after_masking: bo
         r = api.post(f"{base}/advertise", json=KeyAdvertisementBody.of(me.advertise()).model_dump(),
                      headers=auth(cred))
         assert r.status_code == 200, r.text
-        bundle = me.share_keys(fetch(api, cred, lease_id, "share").neighbour_keys(wire.member))
+        bundle = me.share_keys(_ready(fetch(api, cred, lease_id, "share")).neighbour_keys(wire.member))
         body = ShareBundleBody(shares=[_share(s) for s in bundle.shares])
         assert api.post(f"{base}/share", json=body.model_dump(), headers=auth(cred)).status_code == 200
-        me.receive_shares(fetch(api, cred, lease_id, "masked").shares_for(wire.member))
+        if stop_after_sharing:
+            return None
+        me.receive_shares(_ready(fetch(api, cred, lease_id, "masked")).shares_for(wire.member))
         payload = me.masked_input(q).payload
         digest = hashlib.sha256(payload).hexdigest()
         assert api.put(f"/artifacts/{digest}", content=payload, headers=auth(cred)).status_code in (200, 201)
@@ -116,10 +129,28 @@ def run_car(server, cred: str, job_id: str, seed: int, *, stop_after_masking: bo
         assert r.status_code == 200, r.text
         if stop_after_masking:
             return q
-        answer = me.unmask(fetch(api, cred, lease_id, "unmask").unmask_request(wire.member))
-        r = api.post(f"{base}/unmask", json=UnmaskBody.of(answer).model_dump(), headers=auth(cred))
-        assert r.status_code == 200, r.text
+        asked = fetch(api, cred, lease_id, "unmask", closed_ok=True)
+        if asked is None:  # the round was abandoned: too many others dropped
+            return None
+        answer = me.unmask(asked.unmask_request(wire.member))
+        body = UnmaskBody.of(answer)
+        if lie:
+            body = UnmaskBody(mask_key_shares={c: _flip(y) for c, y in body.mask_key_shares.items()},
+                              seed_shares={c: _flip(y) for c, y in body.seed_shares.items()})
+        r = api.post(f"{base}/unmask", json=body.model_dump(), headers=auth(cred))
+        if lie:
+            assert r.status_code == 400 and r.json()["error"] == "dishonest_share", r.text
+        else:
+            assert r.status_code == 200, r.text
         return q
+
+
+def _flip(share: str) -> str:
+    import base64
+
+    raw = bytearray(base64.b64decode(share))
+    raw[-1] ^= 1
+    return base64.b64encode(bytes(raw)).decode()
 
 
 def _share(s):
@@ -147,27 +178,70 @@ def wait_done(api, job_id: str) -> dict:
 
 def test_a_secure_round_sums_exactly_with_a_car_lost_after_masking(server):
     with client(server) as api:
-        creds = [enroll(api, f"sec-{i}") for i in range(CARS)]
-        job_id = submit(api)
-        for cred in creds:  # every car asks for work, so the round finds its full cohort
-            api.post("/leases", json={"state": PARKED, "wait_s": 0}, headers=auth(cred))
-        with ThreadPoolExecutor(CARS) as pool:
-            futures = [pool.submit(run_car, server, cred, job_id, i, stop_after_masking=i == 0)
-                       for i, cred in enumerate(creds)]
-            quantized = [f.result() for f in futures]
-        status = wait_done(api, job_id)
+        quantized, status = start_round(server, api, submit, stop_after_masking={0})
     assert status["state"] == "done", status
     training = status["training"]
     assert training["secure_aggregation"] is True
     row = training["history"][-1]
     assert (row["secagg_asked"], row["secagg_dropped"], row["cars"]) == (CARS, 1, CARS)
+    assert row["pseudo_grad_norm"] == expected_norm(quantized)  # the exact sum: one unit off anywhere shows
+
+
+def start_round(server, api, job_id_of, **modes) -> tuple[list, dict]:
+    """Five cars through one secure round (car ``i`` in the modes' lists behaves so); returns what each car returned
+    and the finished job's status."""
+    creds = [enroll(api, f"car-{i}") for i in range(CARS)]
+    job_id = job_id_of(api)
+    with ThreadPoolExecutor(CARS) as pool:
+        futures = [pool.submit(run_car, server, cred, job_id, i, **{m: i in who for m, who in modes.items()})
+                   for i, cred in enumerate(creds)]
+        returned = [f.result() for f in futures]
+    return returned, wait_done(api, job_id)
+
+
+def expected_norm(quantized: list[np.ndarray]) -> float:
+    """The norm of the mean update the exact sum of these quantized updates decodes to, as the strategy takes it."""
     plain = np.sum(np.stack([q.astype(np.uint64) for q in quantized]), axis=0)  # (P,) exact integer sum
-    grid = plan_grid(status)
-    mean = (torch.from_numpy(decode_sum(plain, CARS, grid)).to(torch.float64) / CARS).to(torch.float32)
-    assert row["pseudo_grad_norm"] == float(mean.norm())
+    n = len(quantized)
+    return float((torch.from_numpy(decode_sum(plain, n, plan_grid())).to(torch.float64) / n).to(torch.float32).norm())
 
 
-def plan_grid(status: dict):
+def test_too_many_dropouts_abandon_the_round_and_the_job_goes_on(server):
+    """Two of five cars lost after dealing shares is more than max_dropout 0.3 allows: that attempt makes no model
+    step; the next attempt, with every car, does."""
+    with client(server) as api:
+        first: list = []
+        creds = [enroll(api, f"drop-{i}") for i in range(CARS)]
+        job_id = submit(api, max_retries=1)
+        for attempt, dropping in enumerate([{0, 1}, set()]):
+            with ThreadPoolExecutor(CARS) as pool:
+                futures = [pool.submit(run_car, server, cred, job_id, 10 * attempt + i,
+                                       stop_after_sharing=i in dropping) for i, cred in enumerate(creds)]
+                returned = [f.result() for f in futures]
+            if attempt == 0:
+                first = returned
+        status = wait_done(api, job_id)
+    assert first == [None] * CARS, "no car's input may be summed in an abandoned round"
+    assert status["state"] == "done", status
+    history = status["training"]["history"]
+    assert [h["version"] for h in history] == [0, 1] and history[1]["attempts"] == 2, history
+    assert history[1]["pseudo_grad_norm"] == expected_norm(returned)
+
+
+def test_a_car_lying_in_unmasking_is_named_and_the_sum_stays_exact(server):
+    with client(server) as api:
+        quantized, status = start_round(server, api, submit, lie={2})
+        names = {v["name"]: v["vehicle_id"] for v in api.get("/vehicles", headers=auth(OPERATOR)).json()}
+        liar, honest = (api.get(f"/vehicles/{names[n]}/reputation", headers=auth(OPERATOR)).json()
+                        for n in ("car-2", "car-1"))
+    assert status["state"] == "done", status
+    row = status["training"]["history"][-1]
+    assert row["secagg_dishonest"] == 1 and row["cars"] == CARS
+    assert row["pseudo_grad_norm"] == expected_norm(quantized)
+    assert (liar["implausible"], honest["implausible"]) == (1, 0), (liar, honest)
+
+
+def plan_grid():
     """The round's grid, as the coordinator derives it from the job's settings."""
     from fleetgrid.workloads.training import FedAvgConfig, FlatLayout, build_model, config_from_dict
     from fleetgrid.workloads.training.secure import round_quantization
@@ -183,8 +257,6 @@ def test_cars_speaking_out_of_turn_or_for_another_lease_get_4xx(server):
     with client(server) as api:
         creds = [enroll(api, f"turn-{i}") for i in range(CARS)]
         job_id = submit(api)
-        for cred in creds:
-            api.post("/leases", json={"state": PARKED, "wait_s": 0}, headers=auth(cred))
         with ThreadPoolExecutor(CARS) as pool:
             grants = list(pool.map(lambda c: lease(client(server), c, job_id), creds))
         (mine, theirs), cred = grants[:2], creds[0]

@@ -117,7 +117,9 @@ class SecureRounds:
                 return None
             if len(cohort) < rounds.clients_per_round:
                 return None
-            plan = RoundPlan(round_id=f"{run.job.job_id}:r{strategy.round}", cohort=tuple(sorted(cohort)),
+            # a fresh id per plan: a share offered before a restart (same round number) can never join this one
+            round_id = f"{run.job.job_id}:r{strategy.round}:{secrets.token_hex(4)}"
+            plan = RoundPlan(round_id=round_id, cohort=tuple(sorted(cohort)),
                              vector_length=strategy.numel, max_dropout=rounds.secagg_max_dropout,
                              quantization=round_quantization(strategy.config, strategy.numel,
                                                              strategy.noise_multiplier),
