@@ -101,15 +101,18 @@ def fake_update(n: int, seed: int) -> np.ndarray:
 
 
 def run_car(server, cred: str, job_id: str, seed: int, *, stop_after_masking: bool = False,
-            stop_after_sharing: bool = False, lie: bool = False) -> np.ndarray | None:
+            stop_after_sharing: bool = False, lie: bool = False, unclipped: bool = False) -> np.ndarray | None:
     """A car's whole secure round over HTTP; returns its quantized update (what the sum must contain), None if the
-    round closed without it. ``lie``: flip a bit of every share it reveals."""
+    round closed without it. ``lie``: flip a bit of every share it reveals; ``unclipped``: send the largest update
+    the grid holds."""
     with client(server) as api:
         grant = lease(api, cred, job_id)
         lease_id, wire = grant["lease_id"], SecAggPlan.model_validate(grant["secagg"])
         plan = plan_from_wire(wire)
         me = SecAggCar(wire.member, plan)
         q = quantize(fake_update(plan.vector_length, seed), plan.quantization, np.random.default_rng(seed))
+        if unclipped:  # every coordinate at the top of the grid: a norm far past the clip
+            q = np.full_like(q, plan.quantization.levels)
         base = f"/train/leases/{lease_id}/secagg"
         r = api.post(f"{base}/advertise", json=KeyAdvertisementBody.of(me.advertise()).model_dump(),
                      headers=auth(cred))
@@ -206,22 +209,25 @@ def expected_norm(quantized: list[np.ndarray]) -> float:
     return float((torch.from_numpy(decode_sum(plain, n, plan_grid())).to(torch.float64) / n).to(torch.float32).norm())
 
 
-def test_too_many_dropouts_abandon_the_round_and_the_job_goes_on(server):
-    """Two of five cars lost after dealing shares is more than max_dropout 0.3 allows: that attempt makes no model
-    step; the next attempt, with every car, does."""
+@pytest.mark.parametrize(("mode", "cars"), [("stop_after_sharing", {0, 1}), ("unclipped", {3})])
+def test_a_void_round_makes_no_model_step_and_the_job_goes_on(server, mode, cars):
+    """Two of five cars lost after dealing shares is more than max_dropout 0.3 allows, and a car that does not clip
+    makes the sum longer than the clips allow: either way that attempt makes no model step; the next attempt,
+    with every car honest and present, does."""
     with client(server) as api:
         first: list = []
-        creds = [enroll(api, f"drop-{i}") for i in range(CARS)]
+        creds = [enroll(api, f"void-{i}") for i in range(CARS)]
         job_id = submit(api, max_retries=1)
-        for attempt, dropping in enumerate([{0, 1}, set()]):
+        for attempt, who in enumerate([cars, set()]):
             with ThreadPoolExecutor(CARS) as pool:
-                futures = [pool.submit(run_car, server, cred, job_id, 10 * attempt + i,
-                                       stop_after_sharing=i in dropping) for i, cred in enumerate(creds)]
+                futures = [pool.submit(run_car, server, cred, job_id, 10 * attempt + i, **{mode: i in who})
+                           for i, cred in enumerate(creds)]
                 returned = [f.result() for f in futures]
             if attempt == 0:
                 first = returned
         status = wait_done(api, job_id)
-    assert first == [None] * CARS, "no car's input may be summed in an abandoned round"
+    if mode == "stop_after_sharing":
+        assert first == [None] * CARS, "the round was abandoned before unmasking"
     assert status["state"] == "done", status
     history = status["training"]["history"]
     assert [h["version"] for h in history] == [0, 1] and history[1]["attempts"] == 2, history

@@ -397,8 +397,11 @@ class Strategy(ABC):
                 if self.config.secure_aggregation and isinstance(fleet, SecureFleet):  # only the sum is seen
                     secure = fleet.secure_round(self, deadline, lambda: self._dispatch(fleet))
                     if secure is not None and secure.cars >= rc.min_reports:
-                        with self.lock:
-                            summary = self.aggregate_sum(secure)
+                        try:
+                            with self.lock:
+                                summary = self.aggregate_sum(secure)
+                        except InvalidInput:  # longer than the clips allow: some car cheated; the round is void
+                            continue
                         break
                     continue
                 poll_s = getattr(fleet, "poll_s", None)
