@@ -272,12 +272,13 @@ class TrainingService:
 
     def available(self, run: Run) -> list[str]:
         """Cars to offer a share of the round: those asking for work lately, less those busy with this job. With
-        replicas, cars asking another replica count too (seen eligible within the online window)."""
+        replicas, cars asking another replica count too (seen eligible within the online window), except for a
+        secure round: only this replica holds its messages, so it asks only cars that talk to it."""
         now = self.clock.now()
         busy = set(self.store.live_offers(run.job.job_id, now))
         with self.lock:
             asked = {v for v, at in self._asked.items() if now - at <= self.available_window_s}
-        if not self.store.single_process:
+        if not self.store.single_process and not run.strategy.config.secure_aggregation:
             asked |= set(self.store.recently_eligible(now - self.config.online_window_s))
         return sorted(asked - busy)
 
