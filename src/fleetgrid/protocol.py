@@ -42,6 +42,7 @@ __all__ = [
     "ModelRef",
     "ProgressReport",
     "Redundancy",
+    "SecAggPlan",
     "StateReport",
     "TenantCreate",
     "TenantCreated",
@@ -179,6 +180,21 @@ class ModelDelta(_Wire):
     size: int = Field(ge=0)
 
 
+class SecAggPlan(_Wire):
+    """A secure-aggregation round's plan, as the car gets it in its grant (``secagg.RoundPlan`` on the wire): the
+    cohort whose masks cancel, the grid every update is quantized on, and how many may drop. Bytes are base64."""
+
+    round_id: str = Field(min_length=1, max_length=200)
+    cohort: list[str] = Field(min_length=3, max_length=4096, description="the cars of the round, sorted")
+    member: str = Field(description="this car's id in the cohort")
+    vector_length: int = Field(ge=1, le=1 << 31)
+    clip: float = Field(gt=0, allow_inf_nan=False, description="the L2 norm the update is clipped to")
+    bound: float = Field(gt=0, allow_inf_nan=False, description="each coordinate is clamped to [-bound, bound]")
+    bits: int = Field(ge=1, le=24, description="bits per quantized coordinate")
+    max_dropout: float = Field(ge=0, lt=0.5)
+    seed: str = Field(min_length=44, max_length=44, description="32 bytes, base64: orders the neighbour graph")
+
+
 class TrainGrant(_Wire):
     """One car's share of one training round: train the global ``base_version`` for ``local['steps']`` steps on the
     shard it builds itself from ``data`` and ``shard``, then upload the compressed delta as an artifact and report
@@ -205,6 +221,8 @@ class TrainGrant(_Wire):
     shard: int = Field(ge=0, description="which shard of the data spec is this car's")
     deadline: float
     renew_every_s: float
+    secagg: SecAggPlan | None = Field(default=None, description="set when the job runs secure aggregation: the "
+                                      "update is masked and sent through /v1/train/leases/{id}/secagg/{phase}")
 
 
 class WorkGrant(_Wire):
@@ -372,6 +390,8 @@ class TrainingProgress(_Wire):
                            "preempted before it trained, or that could not send)")
     privacy: PrivacyProgress | None = Field(default=None, description="differential privacy spent so far; null "
                                             "when the job runs without it")
+    secure_aggregation: bool = Field(default=False, description="each round's updates are masked: the coordinator "
+                                     "sees only their sum; the history's secagg_dropped counts each round's dropouts")
 
 
 class JobState(StrEnum):

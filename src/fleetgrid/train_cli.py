@@ -65,6 +65,17 @@ def privacy_pairs(*, mode: str | None, clip: float | None, noise: float | None, 
     return pairs
 
 
+def secure_pairs(secure: bool, dp_mode: str | None, max_norm: float) -> list[tuple[list[str], Any]]:
+    """The settings ``--secure-aggregation`` stands for. Each car must clip its own update to a norm the
+    coordinator knows (it sees only the sum): DP's clip when DP is on, else a fixed norm bound of ``max_norm``."""
+    if not secure:
+        return []
+    pairs: list[tuple[list[str], Any]] = [(["secure_aggregation"], True)]
+    if dp_mode in (None, "none"):
+        pairs += [(["robust", "norm_bound"], "fixed"), (["robust", "max_norm"], max_norm)]
+    return pairs
+
+
 def submit_train(
     model: Annotated[str, typer.Option(help="Trainable model: 'mnist1d-cnn' or 'charlm'")] = "mnist1d-cnn",
     strategy: Annotated[str, typer.Option(help="fedavg, fedadam, diloco or fedbuff")] = "fedavg",
@@ -89,6 +100,10 @@ def submit_train(
     dp_delta: Annotated[float | None, typer.Option(help="DP: the delta epsilon is reported at (default 1e-5)")] = None,
     dp_budget: Annotated[float | None, typer.Option(help="DP: stop (done) before a round would spend more than "
                                                          "this epsilon")] = None,
+    secure_aggregation: Annotated[bool, typer.Option(help="Mask every update so the coordinator sees only each "
+                                                          "round's sum (needs >= 3 cars a round)")] = False,
+    secagg_clip: Annotated[float, typer.Option(help="Secure aggregation without DP: the L2 norm each car clips "
+                                                    "its update to")] = 5.0,
     setting: Annotated[list[str] | None, typer.Option("--set", help="Strategy setting KEY=VALUE, dotted for "
                                                          "nested ones, e.g. local.lr=0.02 (repeatable)")] = None,
     name: str = "",
@@ -101,6 +116,7 @@ def submit_train(
     try:
         pairs = privacy_pairs(mode=dp_mode, clip=dp_clip, noise=dp_noise, target_epsilon=dp_target_epsilon,
                               delta=dp_delta, budget=dp_budget)
+        pairs += secure_pairs(secure_aggregation, dp_mode, secagg_clip)
         pairs += [_setting(t) for t in setting or []]  # after the flags: --set has the last word
         if steps is not None:
             pairs.append((["local", "steps"], steps))

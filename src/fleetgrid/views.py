@@ -59,6 +59,8 @@ def version_line(row: dict[str, Any], t: TrainingProgress) -> str:
         updates = f"{_count(row['cars'], 'car')}, {updates}"
     if row.get("partial"):
         updates += f" ({row['partial']} partial)"
+    if "secagg_asked" in row:  # a secure round: only the sum was seen; who of the cohort was lost on the way
+        updates += f" (secure: {row['secagg_dropped']} of {row['secagg_asked']} dropped)"
     return f"{head} {metrics}  {updates}  up {_bytes(t.bytes_up)} down {_bytes(t.bytes_down)} so far"
 
 
@@ -72,6 +74,10 @@ def training_lines(job: JobStatus) -> list[str]:
              f"{_count(t.handbacks, 'share')} handed back)"]
     if t.privacy is not None:
         lines.append(privacy_line(t.privacy))
+    if t.secure_aggregation:
+        dropped = sum(int(row.get("secagg_dropped") or 0) for row in t.history)
+        lines.append(f"secure aggregation: on (the coordinator sees only each round's sum); {_count(dropped, 'car')} "
+                     "dropped mid-round in the versions so far")
     return lines
 
 

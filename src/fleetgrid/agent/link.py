@@ -280,6 +280,10 @@ class CarLink:
     def upload(self, data: bytes, *, attempts: int = ATTEMPTS, until_stopped: bool = False) -> str:
         return self._link.upload(data, self.traffic, attempts=attempts, until_stopped=until_stopped)
 
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, waking at once if the agent is told to stop."""
+        self._link.sleep(seconds)
+
     def charge(self, nbytes: int) -> Network:
         return self._link.charge(nbytes, self.traffic)
 

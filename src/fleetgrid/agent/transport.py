@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import httpx
 import pydantic
@@ -39,6 +39,9 @@ from fleetgrid.protocol import (
     is_digest,
 )
 from fleetgrid.wire_errors import error_from_response
+
+if TYPE_CHECKING:
+    from fleetgrid.secagg_wire import SecAggDownlink
 
 __all__ = ["CoordinatorClient", "error_from_response"]
 
@@ -133,6 +136,21 @@ class CoordinatorClient:
         the car. Idempotent on the coordinator, so a retry after a lost answer is safe.
         """
         return self._parse(self._send("POST", f"/train/leases/{lease_id}/update", json=report), LeaseAck)
+
+    def secagg_send(self, lease_id: str, phase: str, body: pydantic.BaseModel) -> int:
+        """POST a training lease's secure-aggregation message of ``phase``; returns the bytes sent and received.
+        :class:`Conflict` when the round moved on without this car (it dropped) or closed."""
+        sent = body.model_dump_json().encode()
+        response = self._send("POST", f"/train/leases/{lease_id}/secagg/{phase}", content=sent,
+                              headers={"Content-Type": "application/json"})
+        return len(sent) + len(response.content)
+
+    def secagg_fetch(self, lease_id: str, phase: str) -> tuple[SecAggDownlink, int]:
+        """GET this car's part of ``phase`` (``ready: false`` until the coordinator reached it), and its size."""
+        from fleetgrid.secagg_wire import SecAggDownlink  # torch comes with it: only a training car needs it
+
+        response = self._send("GET", f"/train/leases/{lease_id}/secagg/{phase}")
+        return self._parse(response, SecAggDownlink), len(response.content)
 
     # --- a workload's own routes ------------------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ from .routes.billing import billing_routes
 from .routes.identity import identity_routes
 from .routes.operations import operations_routes
 from .routes.operator import operator_routes
+from .routes.secagg import secagg_routes
 from .routes.tenants import tenant_admin_routes
 from .scheduler import Scheduler
 from .security import accepts, document
@@ -215,6 +216,7 @@ def create_app(config: CoordinatorConfig | None = None, clock: Clock | None = No
     artifact_routes(app, coord)
     _tenant_routes(app, coord)
     _training_routes(app, coord)
+    secagg_routes(app, coord)
     operator_routes(app, coord)
     tenant_admin_routes(app, coord)
     operations_routes(app, coord)

@@ -9,7 +9,7 @@ import json
 import math
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from ..workloads.training import (
     TrainInstructions,
     build_model,
 )
+from ..workloads.training.secure import SecureSum
 from .store import JobRecord
 
 if TYPE_CHECKING:
@@ -105,7 +106,16 @@ class LeaseFleet:
         return len(self.service.store.live_offers(self.run.job.job_id, self.now()))
 
     def dispatch(self, assignments: Mapping[str, TrainInstructions], strategy: Strategy) -> None:
-        self.service.offer(self.run, assignments)
+        if not strategy.config.secure_aggregation:
+            self.service.offer(self.run, assignments)
+            return
+        plan = self.service.secure.open(self.run, strategy, sorted(assignments))
+        if plan is not None:  # the cohort is fixed once offered: no top-ups of a secure round
+            self.service.offer(self.run, assignments, secagg=plan)
+
+    def secure_round(self, strategy: Strategy, deadline: float, redispatch: Callable[[], None]) -> SecureSum | None:
+        """A round under secure aggregation (see :mod:`.secure_rounds`)."""
+        return self.service.secure.drive(self.run, strategy, deadline, redispatch, self.poll_s)
 
     def next_update(self, deadline: float) -> ClientUpdate | None:
         while True:

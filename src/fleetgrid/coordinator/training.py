@@ -43,6 +43,7 @@ from ..workloads.training import (
     to_dict,
 )
 from ..workloads.training.robust import check_examples
+from ..workloads.training.secagg import RoundPlan
 from ..workloads.training.strategies import read_metadata
 from ..workloads.training.tasks import MODELS, shard_sizes
 from .artifacts import ArtifactStore, sha256_hex
@@ -64,6 +65,7 @@ from .rounds import (
     privacy_progress,
     reached,
 )
+from .secure_rounds import SecureRounds, check_secure_job
 from .store import JobRecord, LeaseRecord, LedgerRecord, Store, UnitRecord, VehicleRecord
 from .store.billing_base import RefusalRecord
 from .train_artifacts import TrainingArtifacts, job_owner, read_record, report_holds, update_record
@@ -106,6 +108,7 @@ class TrainingService:
         self.lease_closed: Callable[[str, str], None] = lambda kind, outcome: None
         """Told ('train', 'completed') once an update's report closed its lease: the metrics."""
         self.reports = ReportCheck(store, clock.now)
+        self.secure = SecureRounds(self)  # the secure-aggregation rounds of the jobs this replica drives
         self.any_live = True
         """Whether a training job is live (any replica's): refreshed with the claims every tick; while False no
         unit is offered to a particular car, so leasing need not look for one."""
@@ -118,6 +121,7 @@ class TrainingService:
         data = data_spec(req.data)
         init = FlatLayout.of(model := build_model(req.model, seed=req.init_seed)).flatten(model)
         strategy = make_strategy(req.strategy, init, req.settings)
+        check_secure_job(strategy)
         try:  # the cars build their shards from this spec: one that cannot be built fails here, not on every car
             local = build_local_dataset(data, 0)
             x, _ = build_eval_set(data, max_windows=req.eval_max)
@@ -153,10 +157,6 @@ class TrainingService:
             self._keeper = threading.Thread(target=self._keep, name="fleetgrid-train-keeper", daemon=True)
             self._keeper.start()
         return taken
-
-    def resume_all(self) -> int:
-        """Restart the round loop of every live training job not driven elsewhere; returns how many."""
-        return self.take_over()
 
     def _keep(self) -> None:
         while not self._halt.wait(self.claim_ttl_s / 6):
@@ -245,7 +245,7 @@ class TrainingService:
                 bytes_up=run.bytes_up, bytes_down=run.bytes_down, reports=run.reports, rejected=run.rejected,
                 checkpoint=job.checkpoint_digest, history=jsonable(history), driver=self.replica,
                 partial_updates=partial_updates(history), handbacks=job.preemptions,
-                privacy=privacy_progress(privacy),
+                privacy=privacy_progress(privacy), secure_aggregation=s.config.secure_aggregation,
             )
         meta = self._checkpoint_meta(job)
         return TrainingProgress(
@@ -255,6 +255,7 @@ class TrainingService:
             checkpoint=job.checkpoint_digest, history=jsonable(meta.get("history", [])), driver=job.driver,
             partial_updates=partial_updates(meta.get("history", [])), handbacks=job.preemptions,
             privacy=privacy_progress(meta.get("privacy")),
+            secure_aggregation=bool(job.spec.get("settings", {}).get("secure_aggregation")),
         )
 
     def _checkpoint_meta(self, job: JobRecord) -> dict[str, Any]:
@@ -271,17 +272,19 @@ class TrainingService:
 
     def available(self, run: Run) -> list[str]:
         """Cars to offer a share of the round: those asking for work lately, less those busy with this job. With
-        replicas, cars asking another replica count too (seen eligible within the online window)."""
+        replicas, cars asking another replica count too (seen eligible within the online window), except for a
+        secure round: only this replica holds its messages, so it asks only cars that talk to it."""
         now = self.clock.now()
         busy = set(self.store.live_offers(run.job.job_id, now))
         with self.lock:
             asked = {v for v, at in self._asked.items() if now - at <= self.available_window_s}
-        if not self.store.single_process:
+        if not self.store.single_process and not run.strategy.config.secure_aggregation:
             asked |= set(self.store.recently_eligible(now - self.config.online_window_s))
         return sorted(asked - busy)
 
-    def offer(self, run: Run, assignments: Mapping[str, TrainInstructions]) -> None:
-        """Offer each car its share of the round: a unit only that car may lease, until the offer expires."""
+    def offer(self, run: Run, assignments: Mapping[str, TrainInstructions], secagg: RoundPlan | None = None) -> None:
+        """Offer each car its share of the round: a unit only that car may lease, until the offer expires (with
+        ``secagg``, the secure round's plan)."""
         published = self.files.publish(run)
         now = self.clock.now()
         job_id = run.job.job_id
@@ -296,7 +299,8 @@ class TrainingService:
                 end_item=ins.local.steps, input_digest=files["snapshot"]["digest"], input_format="train",
                 target_vehicle=vehicle_id, offer_expires=now + self.offer_ttl_s,
                 payload={"round": ins.round, "base_version": ins.base_version, "model_digest": ins.model_digest,
-                         "local": to_dict(ins.local), "seed": ins.seed, "files": files},
+                         "local": to_dict(ins.local), "seed": ins.seed, "files": files}
+                | self.secure.payload(secagg, vehicle_id),
             ))
         self.store.offer_units(offers)
         self.notify(list(assignments))
@@ -313,7 +317,7 @@ class TrainingService:
             model_digest=ins["model_digest"], snapshot=files["snapshot"], deltas=files["deltas"], model=job.model,
             local=ins["local"], seed=ins["seed"],
             data=to_dict(data), shard=self._shard(lease.vehicle_id, data.num_vehicles), deadline=lease.deadline,
-            renew_every_s=self.config.lease_ttl_s / 3,
+            renew_every_s=self.config.lease_ttl_s / 3, secagg=ins.get("secagg"),
         )
 
     def _owned(self, vehicle: VehicleRecord, lease_id: str) -> tuple[LeaseRecord, UnitRecord, JobRecord]:
@@ -358,6 +362,7 @@ class TrainingService:
                 return LeaseAck(lease_id=lease_id, state=LeaseState.COMPLETED)  # a retried report counts once
             raise Conflict(f"lease {lease_id} already reported a different update; a lease reports once")
         self._require_active(lease, unit)
+        self.secure.refuse_plain(lease_id, unit)
         check_compute_s(report.compute_s, lease_id=lease_id, issued_at=lease.issued_at, now=self.clock.now(),
                         slack_s=self.config.compute_slack_s)
         ins = unit.payload or {}

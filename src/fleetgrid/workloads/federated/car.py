@@ -134,7 +134,10 @@ class TrainHandler(CarHandler):
         state = load_train_state(self.task.result_path)
         if state is None:
             raise errors.FleetgridError(f"the worker finished lease {grant.lease_id} but wrote no result")
-        self._deliver(state)
+        if grant.secagg is not None:
+            self._deliver_secure(state)
+        else:
+            self._deliver(state)
 
     def hand_back(self, why: str) -> None:
         """The car was preempted (or the agent is stopping): send the steps done as a partial update if the link
@@ -144,7 +147,7 @@ class TrainHandler(CarHandler):
         state = None
         if self.global_params is not None:  # training started: the worker may have left weights to report
             state = load_train_state(self.task.result_path) or load_train_state(self.task.checkpoint_path)
-        if state is not None and state.steps_done > 0:
+        if state is not None and state.steps_done > 0 and self.grant.secagg is None:  # never in clear if secure
             assert self.local is not None  # set before training starts
             log.info("lease %s %s after %d of %d steps; sending the update of those steps", self.grant.lease_id,
                      reason, state.steps_done, self.local.steps)
@@ -238,6 +241,19 @@ class TrainHandler(CarHandler):
         self._accepted(state, feedback, preempted=False)
         self.accepted = True
         car.grant_next(ack.next_lease)
+
+    def _deliver_secure(self, state: TrainState) -> None:
+        """Send the finished update masked, through the round's secure aggregation (see :mod:`.secure_car`)."""
+        from fleetgrid.workloads.federated.secure_car import SecureDelivery
+
+        assert self.global_params is not None and self.local is not None
+        delivery = SecureDelivery(self.car, self.grant, self.local)
+        if delivery.run(self.global_params - state.params, state, self.compute_s):
+            self.accepted = True
+            self.car.stats.train_updates += 1
+            self.car.stats.compute_s += self.compute_s
+        else:
+            self.car.stats.updates_refused += 1
 
     def _send_partial(self, state: TrainState) -> bool:
         """One try at uploading and reporting ``state``'s update now, if the data plan allows it on the current

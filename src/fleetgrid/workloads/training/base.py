@@ -45,6 +45,7 @@ from fleetgrid.workloads.training.privacy import (
     private_combine,
 )
 from fleetgrid.workloads.training.robust import check_examples, robust_combine
+from fleetgrid.workloads.training.secure import SecureFleet, SecureSum, secure_mean
 
 __all__ = ["AcceptedUpdate", "EvaluateFn", "Fleet", "Strategy", "read_metadata"]
 
@@ -308,6 +309,15 @@ class Strategy(ABC):
             **robust,
         }
 
+    def aggregate_sum(self, secure: SecureSum) -> dict[str, Any]:
+        """Fold a secure round's exact sum into a new global version (see :func:`secure.secure_mean`)."""
+        pseudo_grad, metrics = secure_mean(self.config, secure, noise_multiplier=self.noise_multiplier)
+        self._publish(self.server_step(pseudo_grad))
+        refused, self.refused = self.refused, 0
+        return {"reports": secure.cars, "partial": 0, "cars": secure.cars, "used": secure.cars,
+                "steps": secure.steps, "mean_staleness": 0.0, "pseudo_grad_norm": float(pseudo_grad.norm()),
+                "refused": refused, **metrics}
+
     def _publish(self, target: torch.Tensor) -> None:
         """Make ``target`` (as exactly as the downlink codec carries it) the next version."""
         blob, sent = self._downlink.compress(target - self.params, self.config.downlink)
@@ -388,6 +398,16 @@ class Strategy(ABC):
                 deadline = fleet.now() + rc.deadline_s
                 accepted: list[AcceptedUpdate] = []
                 rejected = 0
+                if self.config.secure_aggregation and isinstance(fleet, SecureFleet):  # only the sum is seen
+                    secure = fleet.secure_round(self, deadline, lambda: self._dispatch(fleet))
+                    if secure is not None and secure.cars >= rc.min_reports:
+                        try:
+                            with self.lock:
+                                summary = self.aggregate_sum(secure)
+                        except InvalidInput:  # longer than the clips allow: some car cheated; the round is void
+                            continue
+                        break
+                    continue
                 poll_s = getattr(fleet, "poll_s", None)
                 while not self.round_complete(accepted):
                     if poll_s is None:

@@ -113,6 +113,12 @@ class RoundConfig:
     """Abandoned attempts retried before the round loop gives up with a Conflict; >= 0."""
     partial_work: str = "weighted"
     """A preempted car's partial delta: 'weighted' by steps done / planned, or 'drop'ped."""
+    secagg_max_dropout: float = 0.3
+    """Under secure aggregation: the share of the cohort that may drop mid-round with the sum still recovered, in
+    [0, 0.5); more dropouts abandon the round."""
+    secagg_phase_s: float = 30.0
+    """Under secure aggregation: seconds each phase after training (share keys, masked input, unmasking) waits for
+    the cohort; a car missing at a phase's end counts as dropped. > 0."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.clients_per_round, int) or self.clients_per_round < 1:
@@ -130,6 +136,10 @@ class RoundConfig:
             raise InvalidInput(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
         if self.partial_work not in PARTIAL_WORK_POLICIES:
             raise InvalidInput(f"partial_work must be one of {PARTIAL_WORK_POLICIES}, got {self.partial_work!r}")
+        if not (isinstance(self.secagg_max_dropout, (int, float)) and 0 <= self.secagg_max_dropout < 0.5):
+            raise InvalidInput(f"secagg_max_dropout must be a fraction in [0, 0.5), got {self.secagg_max_dropout!r}")
+        if not (isinstance(self.secagg_phase_s, (int, float)) and 0 < self.secagg_phase_s < math.inf):
+            raise InvalidInput(f"secagg_phase_s must be a finite number of seconds > 0, got {self.secagg_phase_s!r}")
 
     @property
     def cohort_size(self) -> int:
