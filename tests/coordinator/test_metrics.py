@@ -182,7 +182,8 @@ def test_training_version_and_accuracy_come_from_the_job_this_replica_drives(coo
     job = JobRecord(job_id="j-train", tenant="acme", name="t", kind="train", model="mnist1d-mlp", spec={},
                     items=0, units_total=10, created_at=0.0, state="running")
     strategy = SimpleNamespace(lock=threading.Lock(), version=3, round=3, name="fedavg",
-                               history=[{"version": 0, "accuracy": 0.1}, {"version": 3, "accuracy": 0.72}])
+                               history=[{"version": 0, "accuracy": 0.1}, {"version": 3, "accuracy": 0.72}],
+                               privacy_report=lambda: None, config=SimpleNamespace(secure_aggregation=False))
     coord.training.runs[job.job_id] = SimpleNamespace(job=job, strategy=strategy, bytes_up=0, bytes_down=0,
                                                       reports=0, rejected=0)
     found = samples(coord.metrics.render().decode())
