@@ -72,6 +72,9 @@ def test_a_private_job_reports_epsilon_per_version_and_stops_done_on_its_budget(
     ({**SETTINGS, "privacy": {"mode": "central", "clip": 0.5}}, "needs exactly one of noise_multiplier"),
     ({"secure_aggregation": True}, "cannot see the individual norms"),
     ({"robust": {"aggregator": "krum", "byzantine": 1}}, "needs n >= 2f + 3 = 5 updates every round"),
+    ({"secure_aggregation": True, "robust": {"norm_bound": "off"}}, "norm_bound='fixed' with max_norm"),
+    ({"secure_aggregation": True, "robust": {"norm_bound": "fixed", "max_norm": 1.0},
+      "rounds": {"clients_per_round": 2, "min_reports": 2}}, "secure aggregation needs clients_per_round >= 3"),
 ])
 def test_privacy_and_robust_settings_that_do_not_compose_are_400s(api, settings, needle):
     r = submit(api, settings)
