@@ -1,6 +1,6 @@
 """Privacy and trust, one run: secure aggregation, differential privacy, poisoning under secure aggregation, cheating.
 
-    python bench/trust.py [--quick] [--json] [--only secagg,dp,cheating]
+    python bench/trust.py [--quick] [--json] [--only secagg,secagg_fleet,dp,cheating]
 
 Each section is its own benchmark with a ``run(quick)`` function; this one runs them in turn and prints one table
 per section, then one JSON object on the last line holding every section's figures and whether its targets were met:
@@ -8,6 +8,9 @@ per section, then one JSON object on the last line holding every section's figur
 - ``secagg`` and ``poisoned_secagg`` (bench/trust_secagg.py): bytes and wall time per round with secure
   aggregation vs without, cohorts of 8 and 32 with 0/10/30% dropouts; accuracy vs the unmasked run; 10% of cars
   sending scaled or sign-flipped updates while secure aggregation is on, vs the clean run.
+- ``secagg_fleet`` (bench/trust_secagg_fleet.py): the same through a real coordinator process and a cohort of 8
+  agent processes (6 with --quick): bytes and wall time per round, secure vs the same job plain, with 0, 1 and 2
+  cars of the cohort frozen after masking in every round; accuracy vs the plain run.
 - ``dp`` (bench/trust_dp.py): final accuracy and epsilon at delta 1e-5 for noise multipliers giving epsilon about
   1, 3 and 8, beside the non-private run.
 - ``cheating`` (bench/trust_cheating.py): 10% of inference cars return wrong results through the real coordinator
@@ -28,7 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-SECTIONS = {"secagg": "trust_secagg", "dp": "trust_dp", "cheating": "trust_cheating"}
+SECTIONS = {"secagg": "trust_secagg", "secagg_fleet": "trust_secagg_fleet", "dp": "trust_dp",
+            "cheating": "trust_cheating"}
 """Section name -> the module whose ``run(quick) -> dict`` measures it."""
 
 
