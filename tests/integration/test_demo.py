@@ -112,7 +112,10 @@ def _descendants(pid: int) -> set[int]:
 def test_ctrl_c_stops_every_process_removes_the_folder_and_exits_130(tmp_path):
     if not Path("/proc/self/stat").exists():
         pytest.skip("no /proc to list the processes the demo started")
-    proc = subprocess.Popen([sys.executable, "-m", "fleetgrid", *REDUCED], stdout=subprocess.PIPE,
+    # Far more training than the test waits for: on a starved machine the demo could otherwise finish its reduced
+    # jobs before this process reads its first progress line, and Ctrl-C would come too late to test anything.
+    endless = ("demo", "--cars", "2", "--items", "96", "--train-rounds", "100000")
+    proc = subprocess.Popen([sys.executable, "-m", "fleetgrid", *endless], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=demo_env(tmp_path), start_new_session=True)
     lines: list[str] = []
     try:

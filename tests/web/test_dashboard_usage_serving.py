@@ -33,15 +33,27 @@ def _last_month() -> tuple[str, float]:
 def _answer_embeddings(api: httpx.Client, car: str, lease_id: str) -> None:
     """What a serving car does, scripted: take each request and answer it with unit-length vectors."""
     def ask(into: dict) -> None:
-        into["r"] = api.post("/v1/embeddings", headers=auth(TENANT), json={"model": "emb", "input": ["hi"]})
+        until = time.monotonic() + 120
+        while True:  # a 429 until the replica's first exchange connects it: retry when told, as a client would
+            r = api.post("/v1/embeddings", headers=auth(TENANT), json={"model": "emb", "input": ["hi"]})
+            if r.status_code != 429 or time.monotonic() > until:
+                break
+            time.sleep(float(r.headers.get("Retry-After", "0.1")))
+        into["r"] = r
 
     for _ in range(SERVED):
         call: dict = {}
         asking = threading.Thread(target=ask, args=(call,))
         asking.start()
-        work = api.post(f"/v1/serve/leases/{lease_id}/exchange", headers=auth(car),
-                        json={"answers": [], "wait_s": 20}).json()
-        [request] = work["requests"]
+        requests: list = []
+        until = time.monotonic() + 120  # a long poll may come back empty (the request not sent yet on a busy machine)
+        while not requests:
+            assert time.monotonic() < until, "the tenant's request never reached the serving car"
+            r = api.post(f"/v1/serve/leases/{lease_id}/exchange", headers=auth(car),
+                         json={"answers": [], "wait_s": 20})
+            assert r.status_code == 200, r.text
+            requests = r.json()["requests"]
+        [request] = requests
         vector = np.zeros((1, DIM), "<f4")
         vector[0, 0] = 1.0
         r = api.post(f"/v1/serve/leases/{lease_id}/exchange", headers=auth(car), json={
