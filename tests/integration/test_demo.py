@@ -115,8 +115,11 @@ def test_ctrl_c_stops_every_process_removes_the_folder_and_exits_130(tmp_path):
     # Far more training than the test waits for: on a starved machine the demo could otherwise finish its reduced
     # jobs before this process reads its first progress line, and Ctrl-C would come too late to test anything.
     endless = ("demo", "--cars", "2", "--items", "96", "--train-rounds", "100000")
+    # Ctrl-C as a terminal delivers it: a test run started in the background (`make test &`) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler in the demo at all.
     proc = subprocess.Popen([sys.executable, "-m", "fleetgrid", *endless], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=demo_env(tmp_path), start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, env=demo_env(tmp_path), start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     try:
         for line in proc.stdout:  # until its first progress line: by then every process is up and working
