@@ -4,27 +4,17 @@ reputation is lowered."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
-from harness import OPERATOR, start_coordinator
+from harness import OPERATOR
 
+from .test_billing_training import api  # noqa: F401  (the fixture: a real coordinator process, its /v1 client)
 from .test_training_api import auth, enroll, global_params, lease, post_update, submit, train
 
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def api(tmp_path):
-    proc = start_coordinator(tmp_path / "coord", lease_ttl_s=30.0)
-    try:
-        with httpx.Client(base_url=proc.url + "/v1", timeout=30) as http:
-            yield http
-    finally:
-        proc.stop()
-
-
-def test_an_update_reporting_ten_times_the_bytes_is_clamped_and_lowers_the_reputation(api):
+def test_an_update_reporting_ten_times_the_bytes_is_clamped_and_lowers_the_reputation(api):  # noqa: F811
     settings = {"local": {"steps": 2, "batch_size": 16},
                 "rounds": {"clients_per_round": 1, "over_selection": 1.0, "deadline_s": 600}}
     job_id = submit(api, settings=settings).json()["job_id"]
