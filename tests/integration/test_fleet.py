@@ -38,14 +38,17 @@ def test_fleet_result_equals_a_local_run(fleet):
 
 
 def test_agent_killed_mid_unit_and_the_job_still_completes(fleet, tmp_path):
-    model = slow_model_file(tmp_path / "slow.pt", seconds_per_batch=0.25)
+    # One unit of 10 batches of nominally 0.5 s each: the kill below lands while the victim still holds it, however
+    # fast the machine. (The model's loop count is calibrated on this machine, and a calibration taken while the
+    # machine was busy runs several times faster later: two short units used to finish before the kill.)
+    model = slow_model_file(tmp_path / "slow.pt", seconds_per_batch=0.5)
     x = X[:160]
     fleet.start_coordinator(extra_args=["--lease-ttl", "3"])
     victim = fleet.start_agent("victim")
     with fleet.client() as client, fleet.operator() as op:
-        job = client.submit("torchscript", x, model_file=model, unit_items=80, batch_size=16)
-        wait_for(lambda: any(v.active_leases for v in op.vehicles()), 60, "the victim to lease a unit")
-        time.sleep(1.5)  # mid-unit: a few batches done, several to go
+        job = client.submit("torchscript", x, model_file=model, unit_items=160, batch_size=16)
+        wait_for(lambda: any(v.active_leases for v in op.vehicles()), 60, "the victim to lease the unit")
+        time.sleep(1.0)  # mid-unit: the worker started, batches to go
         victim.kill()
         assert client.job(job.job_id).state == "running"
         fleet.start_agent("rescuer")
