@@ -65,6 +65,7 @@ def test_downlinks_are_per_car_and_a_closed_round_keeps_only_its_verdicts(store)
     store.open_secagg_round("job-1", "job-1:r0:aa", "advertising", 1.0)
     seq = store.post_secagg_message(up("car-a"), "advertising").seq
     store.rule_secagg_messages([(seq, SECAGG_TAKEN, None)])
+    store.post_secagg_message(up("car-c"), "advertising")  # never ruled on: refused when the round closes
     store.put_secagg_downlinks([
         SecAggMessage(round_id="job-1:r0:aa", vehicle_id="car-a", direction="down", phase="share", body="{}"),
         SecAggMessage(round_id="job-1:r0:aa", vehicle_id="car-b", direction="down", phase="share", body=None,
@@ -77,6 +78,8 @@ def test_downlinks_are_per_car_and_a_closed_round_keeps_only_its_verdicts(store)
     assert store.secagg_message("job-1:r0:aa", "car-a", "down", "share") is None
     kept = store.secagg_message("job-1:r0:aa", "car-a", "up", "advertise")
     assert (kept.verdict, kept.body) == (SECAGG_TAKEN, None)
+    late = store.secagg_message("job-1:r0:aa", "car-c", "up", "advertise")
+    assert late.verdict == "conflict" and "closed before" in late.reason
     with pytest.raises(Conflict, match="closed"):
         store.post_secagg_message(up("car-b"), "advertising")
     with pytest.raises(Conflict, match="not open"):

@@ -79,5 +79,5 @@ class SecAggState(ABC):
 
     @abstractmethod
     def close_secagg_round(self, round_id: str) -> None:
-        """End the round: no message is taken any more, downlinks and message bodies are dropped; the verdicts
-        stay until the job's next round opens or the job ends."""
+        """End the round: no message is taken any more, one not ruled on yet is refused (``conflict``), downlinks
+        and message bodies are dropped; the verdicts stay until the job's next round opens or the job ends."""

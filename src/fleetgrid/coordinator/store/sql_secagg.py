@@ -67,10 +67,11 @@ class SecAggRows:
                         t.c.round_id == message.round_id, t.c.vehicle_id == message.vehicle_id,
                         t.c.direction == "up", t.c.phase == message.phase)).first() is not None:
                     return None
-                seq = c.execute(insert(t).values(**_row(message, found.job_id))).inserted_primary_key[0]
+                key = c.execute(insert(t).values(**_row(message, found.job_id))).inserted_primary_key
+                assert key is not None
         except IntegrityError:  # the same car's racing twin got there first
             return None
-        message.seq = int(seq)
+        message.seq = int(key[0])
         return message
 
     def secagg_uplinks(self, round_id: str, after_seq: int) -> list[SecAggMessage]:
@@ -111,4 +112,7 @@ class SecAggRows:
         with self._write() as c:
             c.execute(update(r).where(r.c.round_id == round_id).values(phase=SECAGG_CLOSED))
             c.execute(delete(t).where(t.c.round_id == round_id, t.c.direction == "down"))
+            c.execute(update(t).where(t.c.round_id == round_id, t.c.verdict.is_(None))
+                      .values(verdict=Conflict.code, reason=f"secure round {round_id!r} closed before this message "
+                                                           "was taken; lease new work"))
             c.execute(update(t).where(t.c.round_id == round_id).values(body=None))
