@@ -1,13 +1,15 @@
 """Two coordinators on one PostgreSQL database: a secure round's messages go through the shared store, so cars that
 talk only to the replica NOT driving the job, or to either replica request by request, complete the round with the
-exact sum, and a car revealing a wrong share is still answered 400 and named."""
+exact sum, and a car revealing a wrong share is still answered 400 and named; a round its driver left open when it
+died is abandoned by the replica taking over, which runs a fresh one."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -88,77 +90,108 @@ class Car:
         raise AssertionError(f"car {self.i}: {phase} never ready")
 
 
-def _secure_round(postgres_url, tmp_path, route: str, liar: int | None) -> tuple[dict, list[Car]]:
-    """Five cars through one secure round of a job the first replica drives, each request sent where ``route``
-    says: ``other`` (always the replica not driving), ``alternate`` (the replicas in turn). Returns the finished
-    job's status and the cars."""
+@contextmanager
+def _replicas(postgres_url, tmp_path) -> Iterator[tuple[Coordinator, Coordinator, TestClient, TestClient]]:
     clock = ManualClock(1_000_000.0)
     config = CoordinatorConfig(data_dir=tmp_path, database_url=postgres_url, enroll_token=ENROLL,
                                operator_token=OPERATOR, tenant_tokens={"acme": TENANT})
     first, second = Coordinator(config, clock), Coordinator(config, clock)
     try:
         with TestClient(create_app(coordinator=first)) as a, TestClient(create_app(coordinator=second)) as b:
-            via = (lambda step: b) if route == "other" else (lambda step: (a, b)[step % 2])
-            cars = [Car(i, b.post("/v1/vehicles/enroll", json={"enrollment_token": ENROLL, "name": f"car-{i}",
-                                                                "hardware": "ai4"}).json(), via)
-                    for i in range(CARS)]
-            r = a.post("/v1/train/jobs", json={"model": "mnist1d-cnn", "strategy": "fedavg", "rounds": 1,
-                                               "data": {"dataset": "mnist1d", "num_vehicles": CARS,
-                                                        "num_samples": 300},
-                                               "settings": SETTINGS}, headers=_bearer(TENANT))
-            assert r.status_code == 201, r.text
-            job_id = r.json()["job_id"]
-            assert first.training.runs.get(job_id) is not None and job_id not in second.training.runs  # a drives
-            until = time.monotonic() + 60
-            while not all(c.grant for c in cars) and time.monotonic() < until:  # the round is offered to them all
-                for car in (c for c in cars if not c.grant):
-                    r = car.api().post("/v1/leases", json={"state": PARKED, "wait_s": 0}, headers=car.cred)
-                    assert r.status_code in (200, 204), r.text
-                    if r.status_code == 200:
-                        car.grant = r.json()
-                time.sleep(0.05)
-            assert all(c.grant.get("job_id") == job_id and c.grant.get("secagg") for c in cars), "round not offered"
-            for car in cars:
-                car.begin()
-                r = car.post("advertise", KeyAdvertisementBody.of(car.me.advertise()).model_dump())
-                assert r.status_code == 200, r.text
-            for car in cars:
-                bundle = car.me.share_keys(car.fetch("share").neighbour_keys(car.member))
-                body = ShareBundleBody(shares=[EncryptedShareBody.of(s) for s in bundle.shares])
-                assert car.post("share", body.model_dump()).status_code == 200
-            for car in cars:
-                car.me.receive_shares(car.fetch("masked").shares_for(car.member))
-                payload = car.me.masked_input(car.q).payload
-                digest = hashlib.sha256(payload).hexdigest()
-                assert car.api().put(f"/v1/artifacts/{digest}", content=payload,
-                                     headers=car.cred).status_code in (200, 201)
-                report = {"update": digest, "round": car.grant["round"], "base_version": car.grant["base_version"],
-                          "num_examples": 10, "steps_done": 2, "steps_planned": 2, "examples_seen": 32}
-                r = car.post("masked", {"report": report})
-                assert r.status_code == 200, r.text
-                assert car.post("masked", {"report": report}).status_code == 409  # once per car and phase
-            for car in cars:
-                body = UnmaskBody.of(car.me.unmask(car.fetch("unmask").unmask_request(car.member)))
-                if car.i == liar:
-                    body = UnmaskBody(mask_key_shares={c: _flip(y) for c, y in body.mask_key_shares.items()},
-                                      seed_shares={c: _flip(y) for c, y in body.seed_shares.items()})
-                r = car.post("unmask", body.model_dump())
-                if car.i == liar:
-                    assert r.status_code == 400 and r.json()["error"] == "dishonest_share", r.text
-                else:
-                    assert r.status_code == 200, r.text
-            until = time.monotonic() + 120
-            while time.monotonic() < until:
-                status = b.get(f"/v1/jobs/{job_id}", headers=_bearer(TENANT)).json()
-                if status["state"] not in ("queued", "running"):
-                    for car in cars:
-                        car.implausible = second.store.get_reputation(car.vehicle_id).implausible
-                    return status, cars
-                time.sleep(0.1)
-            raise AssertionError(f"job {job_id} still running: {status}")
+            yield first, second, a, b
     finally:
         first.store.close()
         second.store.close()
+
+
+def _start(a: TestClient, b: TestClient, via: Callable[[int], TestClient], first: Coordinator) -> tuple[str, list]:
+    """Five cars enrolled and a secure job submitted to ``a``, which drives it."""
+    cars = [Car(i, b.post("/v1/vehicles/enroll", json={"enrollment_token": ENROLL, "name": f"car-{i}",
+                                                        "hardware": "ai4"}).json(), via)
+            for i in range(CARS)]
+    r = a.post("/v1/train/jobs", json={"model": "mnist1d-cnn", "strategy": "fedavg", "rounds": 1,
+                                       "data": {"dataset": "mnist1d", "num_vehicles": CARS, "num_samples": 300},
+                                       "settings": SETTINGS}, headers=_bearer(TENANT))
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    assert first.training.runs.get(job_id) is not None  # a drives it
+    return job_id, cars
+
+
+def _lease_all(cars: list[Car], job_id: str) -> None:
+    """Each car asks for work until the round is offered to them all."""
+    for car in cars:
+        car.grant = {}
+    until = time.monotonic() + 60
+    while not all(c.grant for c in cars) and time.monotonic() < until:
+        for car in (c for c in cars if not c.grant):
+            r = car.api().post("/v1/leases", json={"state": PARKED, "wait_s": 0}, headers=car.cred)
+            assert r.status_code in (200, 204), r.text
+            if r.status_code == 200:
+                car.grant = r.json()
+        time.sleep(0.05)  # the driver's thread offers the round on its next look
+    assert all(c.grant.get("job_id") == job_id and c.grant.get("secagg") for c in cars), "round not offered"
+    for car in cars:
+        car.begin()
+
+
+def _advertise(cars: list[Car]) -> None:
+    for car in cars:
+        r = car.post("advertise", KeyAdvertisementBody.of(car.me.advertise()).model_dump())
+        assert r.status_code == 200, r.text
+
+
+def _finish_round(cars: list[Car], liar: int | None) -> None:
+    """The phases after advertising, car by car in lockstep."""
+    for car in cars:
+        bundle = car.me.share_keys(car.fetch("share").neighbour_keys(car.member))
+        body = ShareBundleBody(shares=[EncryptedShareBody.of(s) for s in bundle.shares])
+        assert car.post("share", body.model_dump()).status_code == 200
+    for car in cars:
+        car.me.receive_shares(car.fetch("masked").shares_for(car.member))
+        payload = car.me.masked_input(car.q).payload
+        digest = hashlib.sha256(payload).hexdigest()
+        assert car.api().put(f"/v1/artifacts/{digest}", content=payload, headers=car.cred).status_code in (200, 201)
+        report = {"update": digest, "round": car.grant["round"], "base_version": car.grant["base_version"],
+                  "num_examples": 10, "steps_done": 2, "steps_planned": 2, "examples_seen": 32}
+        r = car.post("masked", {"report": report})
+        assert r.status_code == 200, r.text
+        assert car.post("masked", {"report": report}).status_code == 409  # once per car and phase
+    for car in cars:
+        body = UnmaskBody.of(car.me.unmask(car.fetch("unmask").unmask_request(car.member)))
+        if car.i == liar:
+            body = UnmaskBody(mask_key_shares={c: _flip(y) for c, y in body.mask_key_shares.items()},
+                              seed_shares={c: _flip(y) for c, y in body.seed_shares.items()})
+        r = car.post("unmask", body.model_dump())
+        if car.i == liar:
+            assert r.status_code == 400 and r.json()["error"] == "dishonest_share", r.text
+        else:
+            assert r.status_code == 200, r.text
+
+
+def _done(api: TestClient, job_id: str, cars: list[Car], coord: Coordinator) -> dict:
+    until = time.monotonic() + 120
+    while time.monotonic() < until:
+        status = api.get(f"/v1/jobs/{job_id}", headers=_bearer(TENANT)).json()
+        if status["state"] not in ("queued", "running"):
+            for car in cars:
+                car.implausible = coord.store.get_reputation(car.vehicle_id).implausible
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still running: {status}")
+
+
+def _secure_round(postgres_url, tmp_path, route: str, liar: int | None) -> tuple[dict, list[Car]]:
+    """Five cars through one secure round of a job the first replica drives, each request sent where ``route``
+    says: ``other`` (always the replica not driving), ``alternate`` (the replicas in turn). Returns the finished
+    job's status and the cars."""
+    with _replicas(postgres_url, tmp_path) as (first, second, a, b):
+        via = (lambda step: b) if route == "other" else (lambda step: (a, b)[step % 2])
+        job_id, cars = _start(a, b, via, first)
+        _lease_all(cars, job_id)
+        _advertise(cars)
+        _finish_round(cars, liar)
+        return _done(b, job_id, cars, second), cars
 
 
 def expected_norm(quantized: list[np.ndarray]) -> float:
@@ -185,3 +218,32 @@ def test_cars_alternating_between_replicas_complete_a_secure_round_and_a_liar_is
     assert (row["secagg_dishonest"], row["cars"]) == (1, CARS)
     assert row["pseudo_grad_norm"] == expected_norm([c.q for c in cars])
     assert [c.implausible for c in cars] == [0, 0, 1, 0, 0]  # the liar, and only it, lost reputation
+
+
+def test_a_round_its_driver_left_open_is_abandoned_and_the_new_driver_runs_a_fresh_one(postgres_url, tmp_path,
+                                                                                        monkeypatch):
+    """The driving replica stops mid-round without closing it (as if killed: its rows and the cars' leases stay);
+    the replica that takes the job over cancels those shares, its fresh round drops the old rows, and the cars
+    complete the fresh round through it with the exact sum."""
+    with _replicas(postgres_url, tmp_path) as (first, second, a, b):
+        job_id, cars = _start(a, b, lambda step: b, first)
+        _lease_all(cars, job_id)
+        _advertise(cars)
+        old = [(c.base, c.grant["secagg"]["round_id"]) for c in cars]
+        monkeypatch.setattr(first.training.secure, "_close", lambda run, rnd: None)  # dies: nothing is closed
+        monkeypatch.setattr(first.training, "close_round", lambda run: None)
+        first.training.shutdown()
+        assert second.store.secagg_phase(old[0][1]) == "sharing"  # left open, with its cars' messages
+        assert second.training.take_over() == 1 and job_id in second.training.runs
+        _lease_all(cars, job_id)  # the old shares were cancelled: every car is free for the fresh round
+        assert {c.grant["secagg"]["round_id"] for c in cars} != {old[0][1]}
+        assert second.store.secagg_phase(old[0][1]) is None  # the old round's rows are gone
+        r = b.get(f"{old[0][0]}/share", headers=cars[0].cred)
+        assert r.status_code == 409, r.text  # a car still on the old round is told it closed
+        _advertise(cars)
+        _finish_round(cars, liar=None)
+        status = _done(b, job_id, cars, second)  # (a keeps its stopped run in memory, as a dead one would not)
+    assert status["state"] == "done", status
+    row = status["training"]["history"][-1]
+    assert (row["secagg_asked"], row["secagg_dropped"], row["cars"]) == (CARS, 0, CARS)
+    assert row["pseudo_grad_norm"] == expected_norm([c.q for c in cars])

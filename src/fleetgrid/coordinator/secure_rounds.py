@@ -151,6 +151,10 @@ class SecureRounds:
         """Walk the round through its phases; None if it was abandoned. Leases of cars whose masked input was
         taken are completed (their work is paid), the rest cancelled."""
         clock = self.service.clock
+        with self.lock:
+            first = run.job.job_id not in self.rounds
+        if first:  # this replica never opened a round of the job: one in flight was its previous driver's, lost
+            self._abandon_stale(run)
         while (rnd := self._current(run, strategy)) is None:
             if clock.now() >= deadline:
                 log.warning("job %s round %d: no full cohort of %d cars by the deadline; round abandoned",
@@ -186,6 +190,16 @@ class SecureRounds:
         lost = len(cohort - rnd.answered["unmask"] - rnd.liars)
         return SecureSum(total=total, cars=len(result.survivors), asked=len(cohort), steps=steps, dropped=lost,
                          quantization=rnd.plan.quantization, dishonest=tuple(sorted(result.dishonest)))
+
+    def _abandon_stale(self, run: Run) -> None:
+        """Cancel the shares of a round a previous driver left open (it died, or this process restarted): their
+        cars are told at their next request (409) and are free for the fresh round. Its rows in the store go when
+        that round opens."""
+        stale = self.service.store.live_offers(run.job.job_id, self.service.clock.now())
+        if stale:
+            log.warning("job %s: the secure round in flight when its previous driver stopped is abandoned (%d cars "
+                        "held shares of it); a fresh round starts", run.job.job_id, len(stale))
+            self.service.close_round(run)
 
     def _current(self, run: Run, strategy: Strategy) -> SecureRound | None:
         with self.lock:
