@@ -98,6 +98,8 @@ class SecureRound:
     early: list[SecAggMessage] = field(default_factory=list)
     """Messages of a phase the protocol has not reached yet (sent before the car could know it was time)."""
     closed: bool = False
+    run: Run | None = field(default=None, repr=False)
+    """The round loop that opened it (a replica may drive a job again after another one did)."""
 
 
 class SecureRounds:
@@ -143,7 +145,7 @@ class SecureRounds:
         with self.lock:
             self.rounds[run.job.job_id] = SecureRound(job_id=run.job.job_id, round=strategy.round,
                                                       base_version=strategy.version, plan=plan,
-                                                      server=SecAggCoordinator(plan))
+                                                      server=SecAggCoordinator(plan), run=run)
         return plan
 
     def drive(self, run: Run, strategy: Strategy, deadline: float, redispatch: Callable[[], None],
@@ -152,8 +154,8 @@ class SecureRounds:
         taken are completed (their work is paid), the rest cancelled."""
         clock = self.service.clock
         with self.lock:
-            first = run.job.job_id not in self.rounds
-        if first:  # this replica never opened a round of the job: one in flight was its previous driver's, lost
+            last = self.rounds.get(run.job.job_id)
+        if last is None or last.run is not run:  # no round of this loop yet: one in flight was an earlier driver's
             self._abandon_stale(run)
         while (rnd := self._current(run, strategy)) is None:
             if clock.now() >= deadline:
@@ -283,17 +285,18 @@ class SecureRounds:
         for car in rnd.plan.cohort:
             part = SecAggMessage(round_id=rnd.plan.round_id, vehicle_id=car, direction="down", phase=phase,
                                  body=None)
-            try:
-                refused = rnd.refused.get(car)
-                if refused is not None:
-                    raise refused
-                answer, size = self._part(rnd, phase, car)
-            except FleetgridError as exc:
-                part.verdict, part.reason = exc.code, exc.message
-            else:
-                part.body = answer.model_dump_json()
-                if car in rnd.answered[_BEFORE[phase]]:  # a car that dropped will not fetch it
-                    nbytes += size
+            refused = rnd.refused.get(car)
+            if refused is None:
+                try:
+                    answer, size = self._part(rnd, phase, car)
+                except FleetgridError as exc:  # e.g. it did not deal shares: it has dropped
+                    refused = exc
+                else:
+                    part.body = answer.model_dump_json()
+                    if car in rnd.answered[_BEFORE[phase]]:  # a car that dropped will not fetch it
+                        nbytes += size
+            if refused is not None:
+                part.verdict, part.reason = refused.code, refused.message
             rows.append(part)
         self.service.store.put_secagg_downlinks(rows)
         with self.service.lock:
