@@ -157,9 +157,13 @@ class UnmaskBody(_Wire):
 
 
 class SecAggAck(_Wire):
+    """The answer to a car's message: taken into the round (200), or stored and not ruled on yet (202,
+    ``pending``): a refusal then comes as the error of the car's next fetch."""
+
     round_id: str
     phase: str
     accepted: bool = True
+    pending: bool = False
 
 
 class SecAggDownlink(_Wire):

@@ -108,7 +108,7 @@ class TrainingService:
         self.lease_closed: Callable[[str, str], None] = lambda kind, outcome: None
         """Told ('train', 'completed') once an update's report closed its lease: the metrics."""
         self.reports = ReportCheck(store, clock.now)
-        self.secure = SecureRounds(self)  # the secure-aggregation rounds of the jobs this replica drives
+        self.secure = SecureRounds(self)  # secure-aggregation rounds: those this replica drives, and the relay
         self.any_live = True
         """Whether a training job is live (any replica's): refreshed with the claims every tick; while False no
         unit is offered to a particular car, so leasing need not look for one."""
@@ -272,13 +272,12 @@ class TrainingService:
 
     def available(self, run: Run) -> list[str]:
         """Cars to offer a share of the round: those asking for work lately, less those busy with this job. With
-        replicas, cars asking another replica count too (seen eligible within the online window), except for a
-        secure round: only this replica holds its messages, so it asks only cars that talk to it."""
+        replicas, cars asking another replica count too (seen eligible within the online window)."""
         now = self.clock.now()
         busy = set(self.store.live_offers(run.job.job_id, now))
         with self.lock:
             asked = {v for v, at in self._asked.items() if now - at <= self.available_window_s}
-        if not self.store.single_process and not run.strategy.config.secure_aggregation:
+        if not self.store.single_process:
             asked |= set(self.store.recently_eligible(now - self.config.online_window_s))
         return sorted(asked - busy)
 

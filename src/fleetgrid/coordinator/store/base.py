@@ -20,6 +20,7 @@ from ..reputation import Reputation, Verdict
 from .billing_base import BillingState
 from .history_base import FleetHistory
 from .identity_base import IdentityState
+from .secagg_base import SecAggState
 
 __all__ = [
     "ArtifactRecord",
@@ -179,7 +180,7 @@ class ArtifactRecord:
     owners: list[str] = field(default_factory=list)
 
 
-class Store(BillingState, IdentityState, FleetHistory, ABC):
+class Store(BillingState, IdentityState, FleetHistory, SecAggState, ABC):
     """Everything the coordinator must not lose. Implementations must make each method atomic."""
 
     # --- secrets and tenants ------------------------------------------------------------------------------------

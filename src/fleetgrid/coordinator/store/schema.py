@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -305,6 +306,38 @@ reputations = Table(
     Column("updated_at", Float),
 )
 
+secagg_rounds = Table(
+    "secagg_rounds",
+    metadata,
+    # A secure-aggregation round of a training job (coordinator/secure_rounds.py): the phase whose messages it
+    # takes now. Written by the replica driving the job; read by any replica that takes a car's message.
+    Column("round_id", String(200), primary_key=True),
+    Column("job_id", String(64), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Index("ix_secagg_rounds_job", "job_id"),
+)
+
+secagg_messages = Table(
+    "secagg_messages",
+    metadata,
+    # A car's phase message (direction 'up', taken by any replica, ruled on by the driver) or what the car fetches
+    # next (direction 'down', written by the driver): one per car, round, direction and phase. Deleted with their
+    # round (secagg_base.py says when).
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("round_id", String(200), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("vehicle_id", String(64), nullable=False),
+    Column("direction", String(4), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("lease_id", String(64), nullable=False),
+    Column("body", Text),
+    Column("verdict", String(32)),
+    Column("reason", Text),
+    UniqueConstraint("round_id", "vehicle_id", "direction", "phase", name="uq_secagg_message"),
+    Index("ix_secagg_messages_job", "job_id"),
+)
+
 __all__ = [
     "accepted",
     "artifact_owners",
@@ -322,6 +355,8 @@ __all__ = [
     "refused_updates",
     "reputations",
     "result_blobs",
+    "secagg_messages",
+    "secagg_rounds",
     "secrets",
     "tenants",
     "units",

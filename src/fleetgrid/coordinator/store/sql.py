@@ -47,6 +47,7 @@ from .sql_history import HistoryRows
 from .sql_identity import IdentityRows
 from .sql_offers import OfferRows
 from .sql_reputation import ReputationRows
+from .sql_secagg import SecAggRows
 from .sqlite_lock import SQLiteFileLock
 
 __all__ = ["POOL_SIZE", "SQLStore", "engine_url"]
@@ -123,7 +124,7 @@ def _vehicle(row: Row) -> VehicleRecord:
 
 
 class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, IdentityRows, ReputationRows, HistoryRows,
-               Store):
+               SecAggRows, Store):
     """SQLAlchemy Core over SQLite or PostgreSQL. Each public method runs in its own transaction."""
 
     def __init__(self, url: str, *, create: bool = True, exclusive: bool = True) -> None:
@@ -418,6 +419,7 @@ class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, Identi
             ).rowcount
             if not closed:  # finished before (by another process, or a racing request): its outcome stands
                 return False
+            self._drop_secagg_rounds(c, job_id)
             c.execute(
                 update(units)
                 .where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))
