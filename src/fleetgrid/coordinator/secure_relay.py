@@ -9,7 +9,6 @@ then reaches the car at its next fetch (the driver answers every later fetch of 
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
 from ..core import LeaseState
@@ -33,14 +32,14 @@ if TYPE_CHECKING:
     from .store import JobRecord, UnitRecord, VehicleRecord
     from .training import TrainingService
 
-__all__ = ["AT_PHASE", "VERDICT_WAIT_S", "SecAggRelay", "refusal"]
+__all__ = ["AT_PHASE", "VERDICT_POLL_S", "VERDICT_WAIT_S", "SecAggRelay", "refusal"]
 
 AT_PHASE = {"advertise": Phase.ADVERTISING, "share": Phase.SHARING, "masked": Phase.MASKING,
             "unmask": Phase.UNMASKING}
 """The round's phase in which a car's message of each name is taken."""
 VERDICT_WAIT_S = 5.0
 """How long a car's request waits for the driver's verdict on its message before it is answered 202."""
-_VERDICT_POLL_S = 0.05
+VERDICT_POLL_S = 0.05
 _RETRY_S = 0.25
 """How soon a car asks again for a phase's part that is not ready."""
 _SENT = {"advertise": "advertised its keys", "share": "dealt its shares", "masked": "sent its masked input",
@@ -61,7 +60,6 @@ class SecAggRelay:
 
     def __init__(self, service: TrainingService) -> None:
         self.service = service
-        self._pause = threading.Event()  # never set: waits between looks at the store
 
     def _lease(self, vehicle: VehicleRecord, lease_id: str) -> tuple[UnitRecord, JobRecord, SecAggPlan]:
         """The lease's unit, job and round plan; 403 for another car's lease, 409 unless it is an active share of
@@ -77,8 +75,9 @@ class SecAggRelay:
         service._require_active(lease, unit)
         return unit, job, SecAggPlan.model_validate(plan)
 
-    def receive(self, vehicle: VehicleRecord, lease_id: str, phase: str, body: BaseModel) -> SecAggAck:
-        """Check and store a car's message of ``phase``; 400 if malformed, 409 if out of phase or already sent."""
+    def receive(self, vehicle: VehicleRecord, lease_id: str, phase: str, body: BaseModel) -> str:
+        """Check and store a car's message of ``phase`` and return its round's id; 400 if malformed, 409 if out
+        of phase or already sent. :meth:`verdict` then tells whether the driving replica took it."""
         if phase not in AT_PHASE:
             raise InvalidInput(f"unknown secure-aggregation phase {phase!r}; accepted: advertise, share, masked, "
                                "unmask")
@@ -91,21 +90,19 @@ class SecAggRelay:
         if stored is None:
             raise Conflict(f"car {car!r} already {_SENT[phase]} for round {plan.round_id!r}; one message per car "
                            "and phase, a second one is refused")
-        return self._verdict(plan.round_id, car, phase)
+        return plan.round_id
 
-    def _verdict(self, round_id: str, car: str, phase: str) -> SecAggAck:
-        store = self.service.store
-        for _ in range(round(VERDICT_WAIT_S / _VERDICT_POLL_S)):
-            found = store.secagg_message(round_id, car, "up", phase)
-            if found is None:
-                raise Conflict(f"secure round {round_id!r} ended before car {car!r}'s {phase} was taken; lease new "
-                               "work")
-            if found.verdict == SECAGG_TAKEN:
-                return SecAggAck(round_id=round_id, phase=phase)
-            if found.verdict is not None:
-                raise refusal(found.verdict, found.reason, car)
-            self._pause.wait(_VERDICT_POLL_S)
-        return SecAggAck(round_id=round_id, phase=phase, pending=True)
+    def verdict(self, round_id: str, car: str, phase: str) -> SecAggAck | None:
+        """The driver's verdict on a stored message: an ack if taken, its refusal raised, None while pending."""
+        found = self.service.store.secagg_message(round_id, car, "up", phase)
+        if found is None:
+            raise Conflict(f"secure round {round_id!r} ended before car {car!r}'s {phase} was taken; lease new "
+                           "work")
+        if found.verdict == SECAGG_TAKEN:
+            return SecAggAck(round_id=round_id, phase=phase)
+        if found.verdict is not None:
+            raise refusal(found.verdict, found.reason, car)
+        return None
 
     def _check(self, vehicle: VehicleRecord, unit: UnitRecord, job: JobRecord, plan: SecAggPlan, phase: str,
                body: BaseModel) -> None:

@@ -21,6 +21,7 @@ from ...secagg_wire import (
 )
 from ..auth import car
 from ..observe import note_principal
+from ..secure_relay import VERDICT_POLL_S, VERDICT_WAIT_S
 from ..security import accepts
 
 if TYPE_CHECKING:
@@ -43,10 +44,18 @@ def secagg_routes(app: FastAPI, coord: Coordinator) -> None:
         return found
 
     async def receive(v: VehicleRecord, lease_id: str, phase: str, body: BaseModel, response: Response) -> SecAggAck:
-        ack = await asyncio.to_thread(relay.receive, v, lease_id, phase, body)
-        if ack.pending:  # stored; the driving replica has not ruled on it yet
-            response.status_code = 202
-        return ack
+        round_id = await asyncio.to_thread(relay.receive, v, lease_id, phase, body)
+        # Wait for the driving replica's verdict here, on the event loop, not in a worker thread: a cohort of cars
+        # waiting at once would otherwise hold the thread pool every other route needs.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + VERDICT_WAIT_S
+        while loop.time() < deadline:
+            ack = await asyncio.to_thread(relay.verdict, round_id, v.vehicle_id, phase)
+            if ack is not None:
+                return ack
+            await asyncio.sleep(VERDICT_POLL_S)
+        response.status_code = 202  # stored; the driving replica has not ruled on it yet
+        return SecAggAck(round_id=round_id, phase=phase, pending=True)
 
     @app.post(f"{base}/advertise", response_model=SecAggAck, tags=["vehicle"])
     async def advertise(lease_id: str, body: KeyAdvertisementBody, response: Response,
