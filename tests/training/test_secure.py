@@ -30,9 +30,9 @@ def test_the_grid_reaches_the_clip_and_a_clipless_secure_job_is_refused():
 
 
 def test_the_grid_is_8_bits_spread_wide_in_a_fresh_rotation_each_round():
-    q = round_quantization(config(), 8016, None)  # the MNIST-1D CNN: rotated in blocks of 4096
+    q = round_quantization(config(), 8010, None)  # the MNIST-1D CNN: rotated in blocks of 4096
     assert (q.bits, q.clip) == (8, 2.0) and q.bound == pytest.approx(SPREAD * 2.0 / 64)
-    assert q.rotation is not None and round_quantization(config(), 8016, None).rotation != q.rotation
+    assert q.rotation is not None and round_quantization(config(), 8010, None).rotation != q.rotation
 
 
 def test_distributed_dp_widens_the_grid_by_the_cars_noise():
@@ -72,7 +72,7 @@ def test_honest_cars_on_the_rotated_grid_pass_the_norm_check_even_rounded_all_th
     """Cars at exactly the clip and all alike (the longest honest sum), each coordinate rounded up (what the grid's
     one-step slack allows for): the decoded, unrotated sum still passes; the mean is the float mean within
     rounding; a sum 20% longer is refused."""
-    d, cars, rng = 8016, 4, np.random.default_rng(0)
+    d, cars, rng = 8010, 4, np.random.default_rng(0)
     c = config()
     q = round_quantization(c, d, None)
     x = rng.normal(size=d)
