@@ -7,8 +7,8 @@ gets the exact sum when up to a declared fraction of the cohort drops mid-round.
 
 ``run_round`` drives both in process. Modules: ``shamir`` (secret sharing), ``graph`` (k, t and neighbours),
 ``keys`` (X25519 / HKDF / AES-GCM / commitments), ``encoding`` (the integer domain), ``rotation`` (the random
-Hadamard rotation an update is quantized in), ``messages``, ``car``,
-``coordinator``, ``driver``. The routes' pydantic bodies are in :mod:`fleetgrid.secagg_wire`.
+Hadamard rotation an update is quantized in), ``messages``, ``car``, ``coordinator``, ``driver``. The routes'
+pydantic bodies are in :mod:`fleetgrid.secagg_wire`.
 """
 
 from fleetgrid.workloads.training.secagg.car import SecAggCar
