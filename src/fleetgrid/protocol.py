@@ -191,6 +191,9 @@ class SecAggPlan(_Wire):
     clip: float = Field(gt=0, allow_inf_nan=False, description="the L2 norm the update is clipped to")
     bound: float = Field(gt=0, allow_inf_nan=False, description="each coordinate is clamped to [-bound, bound]")
     bits: int = Field(ge=1, le=24, description="bits per quantized coordinate")
+    rotation: str | None = Field(default=None, min_length=44, max_length=44,
+                                 description="32 bytes, base64: the seed of the random rotation applied before "
+                                 "quantizing; null: none")
     max_dropout: float = Field(ge=0, lt=0.5)
     seed: str = Field(min_length=44, max_length=44, description="32 bytes, base64: orders the neighbour graph")
 

@@ -76,12 +76,15 @@ def plan_to_wire(plan: RoundPlan, member: str) -> SecAggPlan:
     q = plan.quantization
     return SecAggPlan(round_id=plan.round_id, cohort=list(plan.cohort), member=member,
                       vector_length=plan.vector_length, clip=q.clip, bound=q.bound, bits=q.bits,
-                      max_dropout=plan.max_dropout, seed=b64(plan.seed))
+                      rotation=None if q.rotation is None else b64(q.rotation), max_dropout=plan.max_dropout,
+                      seed=b64(plan.seed))
 
 
 def plan_from_wire(wire: SecAggPlan) -> RoundPlan:
     return RoundPlan(round_id=wire.round_id, cohort=tuple(wire.cohort), vector_length=wire.vector_length,
-                     quantization=Quantization(clip=wire.clip, bound=wire.bound, bits=wire.bits),
+                     quantization=Quantization(
+                         clip=wire.clip, bound=wire.bound, bits=wire.bits,
+                         rotation=None if wire.rotation is None else unb64(wire.rotation, "the rotation seed")),
                      max_dropout=wire.max_dropout, seed=unb64(wire.seed, "the round seed"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import httpx
 import numpy as np
@@ -19,7 +20,7 @@ from fleetgrid.secagg_wire import (
     UnmaskBody,
     plan_from_wire,
 )
-from fleetgrid.workloads.training.secagg import SecAggCar, decode_sum, quantize
+from fleetgrid.workloads.training.secagg import Quantization, SecAggCar, decode_sum, quantize
 from harness import ENROLL, OPERATOR, TENANT, start_coordinator
 
 PARKED = {"drive": "parked", "soc": 0.8, "network": "wifi", "plugged_in": False, "eligible": True}
@@ -100,10 +101,17 @@ def fake_update(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 0.01, n).astype(np.float32)
 
 
+class Sent(NamedTuple):
+    quantized: np.ndarray
+    """What the sum must contain."""
+    grid: Quantization
+    """The round's grid, its random rotation included, as the car got it."""
+
+
 def run_car(server, cred: str, job_id: str, seed: int, *, stop_after_masking: bool = False,
-            stop_after_sharing: bool = False, lie: bool = False, unclipped: bool = False) -> np.ndarray | None:
-    """A car's whole secure round over HTTP; returns its quantized update (what the sum must contain), None if the
-    round closed without it. ``lie``: flip a bit of every share it reveals; ``unclipped``: send the largest update
+            stop_after_sharing: bool = False, lie: bool = False, unclipped: bool = False) -> Sent | None:
+    """A car's whole secure round over HTTP; returns its quantized update and grid, None if the round closed
+    without it. ``lie``: flip a bit of every share it reveals; ``unclipped``: send the largest update
     the grid holds."""
     with client(server) as api:
         grant = lease(api, cred, job_id)
@@ -131,7 +139,7 @@ def run_car(server, cred: str, job_id: str, seed: int, *, stop_after_masking: bo
         r = api.post(f"{base}/masked", json={"report": report}, headers=auth(cred))
         assert r.status_code == 200, r.text
         if stop_after_masking:
-            return q
+            return Sent(q, plan.quantization)
         asked = fetch(api, cred, lease_id, "unmask", closed_ok=True)
         if asked is None:  # the round was abandoned: too many others dropped
             return None
@@ -145,7 +153,7 @@ def run_car(server, cred: str, job_id: str, seed: int, *, stop_after_masking: bo
             assert r.status_code == 400 and r.json()["error"] == "dishonest_share", r.text
         else:
             assert r.status_code == 200, r.text
-        return q
+        return Sent(q, plan.quantization)
 
 
 def _flip(share: str) -> str:
@@ -202,11 +210,13 @@ def start_round(server, api, job_id_of, **modes) -> tuple[list, dict]:
     return returned, wait_done(api, job_id)
 
 
-def expected_norm(quantized: list[np.ndarray]) -> float:
+def expected_norm(sent: list[Sent]) -> float:
     """The norm of the mean update the exact sum of these quantized updates decodes to, as the strategy takes it."""
-    plain = np.sum(np.stack([q.astype(np.uint64) for q in quantized]), axis=0)  # (P,) exact integer sum
-    n = len(quantized)
-    return float((torch.from_numpy(decode_sum(plain, n, plan_grid())).to(torch.float64) / n).to(torch.float32).norm())
+    grid = plan_grid(sent[0].grid.rotation)
+    assert all(s.grid == grid for s in sent), "every car of a round gets the grid the job's settings give"
+    plain = np.sum(np.stack([s.quantized.astype(np.uint64) for s in sent]), axis=0)  # (P,) exact integer sum
+    n = len(sent)
+    return float((torch.from_numpy(decode_sum(plain, n, grid)).to(torch.float64) / n).to(torch.float32).norm())
 
 
 @pytest.mark.parametrize(("mode", "cars"), [("stop_after_sharing", {0, 1}), ("unclipped", {3})])
@@ -247,8 +257,8 @@ def test_a_car_lying_in_unmasking_is_named_and_the_sum_stays_exact(server):
     assert (liar["implausible"], honest["implausible"]) == (1, 0), (liar, honest)
 
 
-def plan_grid():
-    """The round's grid, as the coordinator derives it from the job's settings."""
+def plan_grid(rotation: bytes | None) -> Quantization:
+    """The round's grid, as the coordinator derives it from the job's settings (the rotation is the round's)."""
     from fleetgrid.workloads.training import FedAvgConfig, FlatLayout, build_model, config_from_dict
     from fleetgrid.workloads.training.secure import round_quantization
 
@@ -256,7 +266,7 @@ def plan_grid():
                                              "robust": {"norm_bound": "fixed", "max_norm": 1.0},
                                              "rounds": {"clients_per_round": CARS, "over_selection": 1.0,
                                                         "min_reports": 3}})
-    return round_quantization(config, FlatLayout.of(build_model("mnist1d-cnn")).numel, None)
+    return round_quantization(config, FlatLayout.of(build_model("mnist1d-cnn")).numel, None, rotation=rotation)
 
 
 def test_cars_speaking_out_of_turn_or_for_another_lease_get_4xx(server):

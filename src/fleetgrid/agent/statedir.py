@@ -62,9 +62,10 @@ class AgentStats:
     updates_refused: int = 0
     """Updates refused because their round had closed (409): no fault of the car."""
     train_bytes_up: int = 0
-    """Bytes of update artifacts uploaded (the only training uploads: the car's data never leaves it)."""
+    """Bytes of update artifacts uploaded (masked inputs included) and of secure-aggregation messages sent: the only
+    training uploads, the car's data never leaves it."""
     train_bytes_down: int = 0
-    """Bytes of global-model artifacts downloaded (snapshots and deltas)."""
+    """Bytes of global-model artifacts downloaded (snapshots and deltas) and of secure-aggregation answers."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,7 +1,8 @@
 """The car's side of a secure-aggregation round over HTTP: after training, the update is clipped (and noised, for
 distributed DP), quantized on the round's grid and masked; the car advertises its keys, deals shares of its secrets
 to its neighbours, uploads the masked input as an artifact (like a plain update, charged to the data plan) and
-answers the unmasking request. The coordinator never sees the update itself.
+answers the unmasking request. The coordinator never sees the update itself. Every byte of every phase, both
+ways, is charged to the data plan and counted in the car's training bytes.
 
 A :class:`Conflict` at any phase means the round went on without this car (it was too slow and counted as dropped)
 or closed; the car then stops quietly, as a plain car does when its update is refused.
@@ -92,6 +93,9 @@ class SecureDelivery:
         car = self.car
         nbytes = car.retrying(lambda: car.client.secagg_send(self.grant.lease_id, phase, body), until_stopped=True)
         car.charge(nbytes)
+        sent = len(body.model_dump_json().encode())  # what secagg_send posted; the rest of nbytes is the answer
+        car.stats.train_bytes_up += sent
+        car.stats.train_bytes_down += max(nbytes - sent, 0)
 
     def _fetch(self, phase: str) -> SecAggDownlink:
         """Ask until the coordinator reached ``phase``, at the pace it says."""
@@ -101,6 +105,7 @@ class SecureDelivery:
             down, nbytes = car.retrying(lambda: car.client.secagg_fetch(self.grant.lease_id, phase),
                                         until_stopped=True)
             car.charge(nbytes)
+            car.stats.train_bytes_down += nbytes
             if down.ready:
                 return down
             car.sleep(max(down.retry_after_s, 0.05))

@@ -6,8 +6,9 @@ gets the exact sum when up to a declared fraction of the cohort drops mid-round.
     coordinator: SecAggCoordinator(plan)    car: SecAggCar(car_id, plan), quantize(update, plan.quantization, rng)
 
 ``run_round`` drives both in process. Modules: ``shamir`` (secret sharing), ``graph`` (k, t and neighbours),
-``keys`` (X25519 / HKDF / AES-GCM / commitments), ``encoding`` (the integer domain), ``messages``, ``car``,
-``coordinator``, ``driver``. The routes' pydantic bodies are in :mod:`fleetgrid.secagg_wire`.
+``keys`` (X25519 / HKDF / AES-GCM / commitments), ``encoding`` (the integer domain), ``rotation`` (the random
+Hadamard rotation an update is quantized in), ``messages``, ``car``, ``coordinator``, ``driver``. The routes'
+pydantic bodies are in :mod:`fleetgrid.secagg_wire`.
 """
 
 from fleetgrid.workloads.training.secagg.car import SecAggCar
@@ -36,6 +37,7 @@ from fleetgrid.workloads.training.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from fleetgrid.workloads.training.secagg.rotation import rotate, unrotate
 
 __all__ = [
     "AggregateResult",
@@ -62,7 +64,9 @@ __all__ = [
     "pack",
     "prg_mask",
     "quantize",
+    "rotate",
     "run_round",
     "sum_norm_bound",
     "unpack",
+    "unrotate",
 ]

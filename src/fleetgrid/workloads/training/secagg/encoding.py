@@ -6,6 +6,10 @@ coordinator publishes for the round), and rounds ``(x + bound) / step`` stochast
 ``[0, 2^bits - 1]``, ``step = 2 bound / (2^bits - 1)``: unbiased, non-negative, and the same grid for the whole
 cohort, so integers add. The sum of ``n`` such integers is below ``n 2^bits``, so arithmetic mod ``2^m`` with
 ``m = bits + ceil(log2 n)`` loses nothing; masks are uniform mod ``2^m``.
+
+With a ``rotation`` seed, the grid lives in a randomly rotated basis (:mod:`.rotation`): the car rotates its
+clipped update before clamping and rounding, and :func:`decode_sum` rotates the decoded sum back. Rotated, every
+coordinate is about ``|x| / sqrt(d)``, so ``bound`` can be a few times that instead of the whole clip.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fleetgrid.errors import InvalidInput
+from fleetgrid.workloads.training.secagg.rotation import rotate, unrotate
 
 __all__ = [
     "Quantization",
@@ -44,6 +49,9 @@ class Quantization:
     """Each coordinate is clamped to ``[-bound, bound]`` before quantization; > 0."""
     bits: int = 8
     """Bits per quantized coordinate, 1..24."""
+    rotation: bytes | None = None
+    """32 bytes, public to the round: the seed of the random rotation (:func:`.rotation.rotate`) applied before
+    quantizing and undone after decoding; None: coordinates are quantized as they are."""
 
     def __post_init__(self) -> None:
         for name in ("clip", "bound"):
@@ -52,6 +60,8 @@ class Quantization:
                 raise InvalidInput(f"quantization {name} must be a finite number > 0, got {v!r}")
         if not (isinstance(self.bits, int) and 1 <= self.bits <= 24):
             raise InvalidInput(f"quantization bits must be an integer in [1, 24], got {self.bits!r}")
+        if self.rotation is not None and not (isinstance(self.rotation, bytes) and len(self.rotation) == 32):
+            raise InvalidInput(f"a quantization's rotation seed must be 32 bytes or None, got {self.rotation!r:.60}")
 
     @property
     def levels(self) -> int:
@@ -80,26 +90,33 @@ def clip_norm(update: np.ndarray, clip: float) -> np.ndarray:
 
 
 def quantize(update: np.ndarray, q: Quantization, rng: np.random.Generator) -> np.ndarray:
-    """The car's clipped, clamped update on the round's grid, stochastically rounded: uint32 in [0, levels]."""
+    """The car's clipped (and rotated, if the grid is) update, clamped and stochastically rounded onto the round's
+    grid: uint32 in [0, levels]."""
     x = np.asarray(update)
     if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
         raise InvalidInput(f"an update must be a flat float vector, got shape {x.shape} dtype {x.dtype}")
     if not np.isfinite(x).all():
         raise InvalidInput(f"an update must be finite; {int((~np.isfinite(x)).sum())} values are NaN or infinite")
-    scaled = (np.clip(clip_norm(x, q.clip), -q.bound, q.bound) + q.bound) / q.step  # in [0, levels]
+    clipped = clip_norm(x, q.clip)
+    if q.rotation is not None:
+        clipped = rotate(clipped, q.rotation)
+    scaled = (np.clip(clipped, -q.bound, q.bound) + q.bound) / q.step  # in [0, levels]
     low = np.floor(scaled)
     up = rng.random(scaled.shape) < (scaled - low)
     return np.minimum(low + up, q.levels).astype(np.uint32)
 
 
 def decode_sum(total: np.ndarray, count: int, q: Quantization) -> np.ndarray:
-    """The float sum of ``count`` updates from the integer sum of their quantized values (offsets removed)."""
-    return np.asarray(total, dtype=np.float64) * q.step - count * q.bound
+    """The float sum of ``count`` updates from the integer sum of their quantized values (offsets removed, and
+    the grid's rotation undone: the sum of rotated updates is the rotated sum)."""
+    decoded = np.asarray(total, dtype=np.float64) * q.step - count * q.bound
+    return decoded if q.rotation is None else unrotate(decoded, q.rotation)
 
 
 def sum_norm_bound(count: int, q: Quantization, numel: int) -> float:
     """The largest L2 norm the decoded sum of ``count`` honest updates can have: each is clipped to ``clip`` and
-    moved by at most one grid step per coordinate by rounding, so ``count * (clip + step * sqrt(numel))``."""
+    moved by at most one grid step per coordinate by rounding, so ``count * (clip + step * sqrt(numel))``; clamping
+    only shortens it, and the rotation changes no norm."""
     return count * (q.clip + q.step * math.sqrt(numel))
 
 

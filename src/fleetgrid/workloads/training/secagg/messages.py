@@ -93,7 +93,8 @@ class RoundPlan:
         """A digest of everything that defines the round; every key and commitment is bound to it."""
         q = self.quantization
         return hashlib.sha256(frame(self.round_id, self.seed, *self.cohort, str(self.vector_length),
-                                    f"{q.clip!r}/{q.bound!r}/{q.bits}", repr(self.max_dropout))).digest()
+                                    f"{q.clip!r}/{q.bound!r}/{q.bits}", q.rotation or b"",
+                                    repr(self.max_dropout))).digest()
 
     def point(self, car: str) -> int:
         return self._points[car]
@@ -108,8 +109,9 @@ class RoundPlan:
 
     @property
     def nbytes(self) -> int:
-        # the ids, then seed, vector_length, clip, bound, bits, max_dropout
-        return _id_nbytes(self.round_id, *self.cohort) + 32 + 4 + 8 + 8 + 1 + 8
+        # the ids, then seed, vector_length, clip, bound, bits, rotation, max_dropout
+        rotation = 32 if self.quantization.rotation is not None else 0
+        return _id_nbytes(self.round_id, *self.cohort) + 32 + 4 + 8 + 8 + 1 + rotation + 8
 
 
 @dataclass(frozen=True, kw_only=True)
