@@ -194,12 +194,16 @@ def _secure_round(postgres_url, tmp_path, route: str, liar: int | None) -> tuple
         return _done(b, job_id, cars, second), cars
 
 
-def expected_norm(quantized: list[np.ndarray]) -> float:
-    """The norm of the mean update the exact sum of these quantized updates decodes to, as the strategy takes it."""
+def expected_norm(cars: list[Car]) -> float:
+    """The norm of the mean update the exact sum of these cars' quantized updates decodes to, as the strategy takes
+    it: on the grid (and rotation) the round gave them, which must be the one the job's settings give."""
+    grid = cars[0].plan.quantization
     config = config_from_dict(FedAvgConfig, SETTINGS)
-    grid = round_quantization(config, FlatLayout.of(build_model("mnist1d-cnn")).numel, None)
-    plain = np.sum(np.stack([q.astype(np.uint64) for q in quantized]), axis=0)  # (P,) exact integer sum
-    n = len(quantized)
+    assert grid == round_quantization(config, FlatLayout.of(build_model("mnist1d-cnn")).numel, None,
+                                      rotation=grid.rotation)
+    assert all(c.plan.quantization == grid for c in cars), "every car of a round gets the same grid"
+    plain = np.sum(np.stack([c.q.astype(np.uint64) for c in cars]), axis=0)  # (P,) exact integer sum
+    n = len(cars)
     return float((torch.from_numpy(decode_sum(plain, n, grid)).to(torch.float64) / n).to(torch.float32).norm())
 
 
@@ -208,7 +212,7 @@ def test_cars_talking_only_to_the_replica_not_driving_the_job_complete_a_secure_
     assert status["state"] == "done", status
     row = status["training"]["history"][-1]
     assert (row["secagg_asked"], row["secagg_dropped"], row["secagg_dishonest"], row["cars"]) == (CARS, 0, 0, CARS)
-    assert row["pseudo_grad_norm"] == expected_norm([c.q for c in cars])  # the exact sum: one unit off shows
+    assert row["pseudo_grad_norm"] == expected_norm(cars)  # the exact sum: one unit off shows
 
 
 def test_cars_alternating_between_replicas_complete_a_secure_round_and_a_liar_is_named(postgres_url, tmp_path):
@@ -216,7 +220,7 @@ def test_cars_alternating_between_replicas_complete_a_secure_round_and_a_liar_is
     assert status["state"] == "done", status
     row = status["training"]["history"][-1]
     assert (row["secagg_dishonest"], row["cars"]) == (1, CARS)
-    assert row["pseudo_grad_norm"] == expected_norm([c.q for c in cars])
+    assert row["pseudo_grad_norm"] == expected_norm(cars)
     assert [c.implausible for c in cars] == [0, 0, 1, 0, 0]  # the liar, and only it, lost reputation
 
 
@@ -246,4 +250,4 @@ def test_a_round_its_driver_left_open_is_abandoned_and_the_new_driver_runs_a_fre
     assert status["state"] == "done", status
     row = status["training"]["history"][-1]
     assert (row["secagg_asked"], row["secagg_dropped"], row["cars"]) == (CARS, 0, CARS)
-    assert row["pseudo_grad_norm"] == expected_norm([c.q for c in cars])
+    assert row["pseudo_grad_norm"] == expected_norm(cars)
