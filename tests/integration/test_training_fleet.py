@@ -218,8 +218,11 @@ def test_coordinator_sigkill_mid_training_resumes_from_the_last_version(fleet):
     fleet.start_agent("car-a")
     fleet.start_agent("car-b")
     with fleet.client() as client:
-        job = client.submit_train("mnist1d-cnn", data=DATA, strategy="diloco",
-                                  settings={**SETTINGS, "local": {**SETTINGS["local"], "optimizer": "sgd"}},
+        # Enough data and steps that six versions learn well past version 0 (800 samples and 20 steps stay near
+        # chance, where the accuracy check below is a coin toss).
+        job = client.submit_train("mnist1d-cnn", data={**DATA, "num_samples": 4000}, strategy="diloco",
+                                  settings={**SETTINGS, "local": {**SETTINGS["local"], "optimizer": "sgd",
+                                                                  "steps": 60}},
                                   rounds=6)
         wait_for(lambda: client.job(job.job_id).units_done >= 2, 180, "two checkpointed versions")
         before = client.job(job.job_id)
