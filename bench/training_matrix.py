@@ -6,7 +6,9 @@ Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet 
   defaults, changed only in the budget every peer shares (rounds, local steps H), the seed, the compression the
   label names, and the reports wanted per round, capped so the over-selected cohort fits a small fleet
   (``min(default, cars // over_selection)``). FedBuff gets ``rounds x reports per round / K`` versions: as many
-  reports as a synchronous strategy. No setting is tuned per cell;
+  reports as a synchronous strategy. No setting is tuned per cell. ``diloco_int4_down2`` is ``diloco_int4`` with
+  each new global version sent down as a 2-bit (ternary) delta: the coordinator's error feedback keeps the global
+  on what the cars can rebuild exactly;
 - Flower ``flower_fedavg``, ``flower_fedadam``, ``flower_fedprox`` (``bench/flower_peers.py``; skipped with a
   message where Flower is not installed): Flower's defaults, the same rounds, H, partition, batch order and cars
   asked per round, the cars' local loop being fleetgrid FedAvg's;
@@ -61,11 +63,12 @@ from fleetgrid.workloads.training.config import DiLoCoConfig, FedAvgConfig, FedB
 from fleetgrid.workloads.training.simulate import SimulationConfig
 from fleetgrid.workloads.training.tasks import DataSpec
 
-FLEET_PEERS = {  # label -> (strategy, config class, bits on both links)
-    "diloco_int4": ("diloco", DiLoCoConfig, 4),
-    "diloco_int8": ("diloco", DiLoCoConfig, 8),
-    "fedavg_fp32": ("fedavg", FedAvgConfig, None),
-    "fedbuff": ("fedbuff", FedBuffConfig, None),
+FLEET_PEERS = {  # label -> (strategy, config class, uplink bits, downlink bits)
+    "diloco_int4": ("diloco", DiLoCoConfig, 4, 4),
+    "diloco_int4_down2": ("diloco", DiLoCoConfig, 4, 2),  # the downlink in 256-value chunks (shipped_config)
+    "diloco_int8": ("diloco", DiLoCoConfig, 8, 8),
+    "fedavg_fp32": ("fedavg", FedAvgConfig, None, None),
+    "fedbuff": ("fedbuff", FedBuffConfig, None, None),
 }
 FLOWER_PEERS = ("flower_fedavg", "flower_fedadam", "flower_fedprox")
 PEERS = (*FLEET_PEERS, *FLOWER_PEERS)
@@ -112,7 +115,7 @@ QUICK_BUDGETS = {"mnist1d": Budget(rounds=8, ceiling_factor=2.0),
 def shipped_config(label: str, budget: Budget, cars: int | None, seed: int) -> tuple[str, StrategyConfig, int]:
     """(strategy, config, versions) for ``label``: the config class's defaults with the budget applied, on a
     fleet of ``cars`` (None: one large enough for the default cohort)."""
-    strategy, cls, bits = FLEET_PEERS[label]
+    strategy, cls, bits, down_bits = FLEET_PEERS[label]
     default = cls()
     rounds = default.rounds
     wanted = rounds.clients_per_round
@@ -124,8 +127,9 @@ def shipped_config(label: str, budget: Budget, cars: int | None, seed: int) -> t
     if bits is not None:
         local = dataclasses.replace(local, compression=dataclasses.replace(local.compression, bits=bits))
     changes: dict = {"local": local, "rounds": dataclasses.replace(rounds, clients_per_round=wanted), "seed": seed}
-    if bits is not None:
-        changes["downlink"] = dataclasses.replace(default.downlink, bits=bits)
+    if down_bits is not None:  # ternary values want a scale per 256 (what is owed stays nearer each value's size)
+        chunk = 256 if down_bits == 2 else default.downlink.chunk_size
+        changes["downlink"] = dataclasses.replace(default.downlink, bits=down_bits, chunk_size=chunk)
     config = dataclasses.replace(default, **changes)
     versions = budget.rounds
     if isinstance(config, FedBuffConfig):  # as many usable reports as a synchronous strategy gets

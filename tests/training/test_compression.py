@@ -13,10 +13,12 @@ from fleetgrid.workloads.training.compression import (
     dequantize_int8,
     encode,
     encoded_nbytes,
+    pack_crumbs,
     pack_nibbles,
     quantize_int4,
     quantize_int8,
     topk_sparsify,
+    unpack_crumbs,
     unpack_nibbles,
 )
 
@@ -46,6 +48,31 @@ def test_int4_hand_computed_and_packing():
 def test_nibbles_round_trip_every_level():
     q = np.arange(-7, 8, dtype=np.int8)
     np.testing.assert_array_equal(unpack_nibbles(pack_nibbles(q), q.size), q)
+
+
+def test_ternary_hand_computed_and_packing():
+    # chunk 1: absmax 4, scale 2: -1.2 -> -1 (-0.6 rounds to -1), 0.9 -> 0, 4 -> +1 (sent short), 1.0 -> 0 (half to
+    # even); chunk 2: absmax 0.5, scale 0.25: -0.5 -> -1 (clipped from -2)
+    x = f32(-1.2, 0.9, 4.0, 1.0, -0.5)
+    blob = encode(x, CompressionConfig(bits=2, chunk_size=4))
+    assert len(blob) == 24 + 2 * 4 + 2 == encoded_nbytes(5, CompressionConfig(bits=2, chunk_size=4))
+    np.testing.assert_array_equal(decode(blob), f32(-2, 0, 2, 0, -0.25))
+    q = np.array([-1, 0, 1, 1, -1], dtype=np.int8)  # crumbs q+1 = [0, 1, 2, 2 | 0 (+ pad 1 1 1)]: lowest bits first
+    assert pack_crumbs(q).tolist() == [0 | 1 << 2 | 2 << 4 | 2 << 6, 0 | 1 << 2 | 1 << 4 | 1 << 6]
+    np.testing.assert_array_equal(unpack_crumbs(pack_crumbs(q), 5), q)
+    with pytest.raises(InvalidInput, match="unused code"):
+        unpack_crumbs(np.array([3], dtype=np.uint8), 1)
+
+
+def test_error_feedback_makes_ternary_catch_up():
+    rng = np.random.default_rng(2)
+    x = rng.laplace(size=4096).astype(np.float32)
+    ef, total = ErrorFeedback(x.size), np.zeros(x.size, dtype=np.float32)
+    for _ in range(100):
+        total += ef.compress(x, CompressionConfig(bits=2))[1]
+    # what is still owed stays within about one step's largest value, however many steps were sent
+    assert np.abs(total - 100 * x).max() <= 1.01 * np.abs(x).max()
+    assert np.abs(total - 100 * x).mean() < 3 * np.abs(x).mean()
 
 
 def test_topk_and_error_feedback_hand_computed():
@@ -85,7 +112,7 @@ def test_quantization_error_bound(bits, bound):
 
 
 @pytest.mark.parametrize("n", [1, 7, 1025])
-@pytest.mark.parametrize("bits", [None, 8, 4])
+@pytest.mark.parametrize("bits", [None, 8, 4, 2])
 @pytest.mark.parametrize("topk", [None, 0.1, 1.0])
 def test_byte_count_exact_and_round_trip(n, bits, topk):
     cfg = CompressionConfig(bits=bits, topk_fraction=topk, chunk_size=64)
@@ -110,10 +137,12 @@ def test_int8_is_4x_smaller_and_int4_8x_smaller_than_float32_at_scale():
     f = encoded_nbytes(n, CompressionConfig())
     assert f / encoded_nbytes(n, CompressionConfig(bits=8)) > 3.9
     assert f / encoded_nbytes(n, CompressionConfig(bits=4)) > 7.8
+    assert f / encoded_nbytes(n, CompressionConfig(bits=2)) > 15.5
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"bits": 3}, {"bits": 16}, {"topk_fraction": 0.0}, {"topk_fraction": 1.5}, {"chunk_size": 0}]
+    "kwargs",
+    [{"bits": 3}, {"bits": 1}, {"bits": 16}, {"topk_fraction": 0.0}, {"topk_fraction": 1.5}, {"chunk_size": 0}],
 )
 def test_invalid_config(kwargs):
     with pytest.raises(InvalidInput):

@@ -1,4 +1,5 @@
-"""Update compression: per-chunk int8 / 4-bit quantization, top-k sparsification, error feedback, and a byte format.
+"""Update compression: per-chunk int8 / 4-bit / 2-bit quantization, top-k sparsification, error feedback, and a byte
+format.
 
 Everything here is a pure function of flat float32 arrays, except :class:`ErrorFeedback`, which a car (or the
 coordinator, for the downlink) keeps between rounds. An encoded update is self-describing: a fixed little-endian
@@ -12,6 +13,12 @@ Byte layout (all little-endian)::
     values   float32 * kept                            (bits=None)
              scales f32 * ceil(kept/chunk) | q i8 * kept              (bits=8)
              scales f32 * ceil(kept/chunk) | q u4 packed, ceil(kept/2) (bits=4)
+             scales f32 * ceil(kept/chunk) | q u2 packed, ceil(kept/4) (bits=2)
+
+The 2-bit codec is ternary: -1, 0 or +1 times half the chunk's absmax, so values under a quarter of the chunk's
+largest are sent as 0 and those above three quarters are sent short. It is meant for a sender with error feedback,
+which carries both into its next vectors; what is still owed then stays within about one vector's largest value (a
+scale set from the chunk's mean instead would leave the few large values owed more and more).
 """
 
 from __future__ import annotations
@@ -35,11 +42,13 @@ __all__ = [
     "encode",
     "encoded_nbytes",
     "header_nbytes",
+    "pack_crumbs",
     "pack_nibbles",
     "quantize_int4",
     "quantize_int8",
     "read_header",
     "topk_sparsify",
+    "unpack_crumbs",
     "unpack_nibbles",
 ]
 
@@ -48,6 +57,7 @@ _HEADER = struct.Struct("<4sBBBxIII")  # magic, codec, dtype, ndim, pad, chunk, 
 _DTYPES = {0: np.dtype(np.float32)}  # the only dtype updates travel in; the code leaves room for bf16 later
 _INT4_LEVELS = 7  # symmetric levels -7..7, stored offset by 8 in a nibble (0 is never written)
 _INT8_LEVELS = 127
+_CODEC_OF_BITS = {None: 0, 8: 1, 4: 2, 2: 6}  # codec byte of a dense vector; +3 (+1 for 2-bit) when top-k
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +65,8 @@ class CompressionConfig:
     """How a flat float32 vector is shrunk before it travels."""
 
     bits: int | None = None
-    """None sends float32 values; 8 or 4 quantizes them with one absmax scale per ``chunk_size`` values."""
+    """None sends float32 values; 8 or 4 quantizes them with one absmax scale per ``chunk_size`` values; 2 sends
+    each value as -1, 0 or +1 times a per-chunk scale (lossy enough to need error feedback)."""
     topk_fraction: float | None = None
     """None sends every value; a fraction in (0, 1] keeps only that share of largest-magnitude entries."""
     chunk_size: int = 1024
@@ -64,8 +75,8 @@ class CompressionConfig:
     """Carry what compression dropped into the next update (only matters for a lossy codec)."""
 
     def __post_init__(self) -> None:
-        if self.bits is not None and self.bits not in (4, 8):
-            raise InvalidInput(f"compression bits must be 4, 8 or None (float32), got {self.bits!r}")
+        if self.bits is not None and self.bits not in (2, 4, 8):
+            raise InvalidInput(f"compression bits must be 2, 4, 8 or None (float32), got {self.bits!r}")
         if self.topk_fraction is not None and not (0.0 < self.topk_fraction <= 1.0):
             raise InvalidInput(f"topk_fraction must be in (0, 1] or None (dense), got {self.topk_fraction!r}")
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
@@ -73,8 +84,10 @@ class CompressionConfig:
 
     @property
     def codec(self) -> int:
-        """The codec byte written in the header: 3 * sparse + (0 float32 | 1 int8 | 2 int4)."""
-        return 3 * (self.topk_fraction is not None) + {None: 0, 8: 1, 4: 2}[self.bits]
+        """The codec byte written in the header: 3 * sparse + (0 float32 | 1 int8 | 2 int4); 6 + sparse for 2-bit
+        (added after the first six, whose numbers stay)."""
+        sparse = self.topk_fraction is not None
+        return _CODEC_OF_BITS[self.bits] + (1 if self.bits == 2 else 3) * sparse
 
     @property
     def lossless(self) -> bool:
@@ -88,11 +101,11 @@ class CompressionConfig:
 
 
 def _config_from_codec(codec: int, chunk_size: int) -> CompressionConfig:
-    if codec not in range(6):
-        raise InvalidInput(f"unknown update codec {codec}; accepted are 0-5 (see fleetgrid compression docs)")
-    bits = (None, 8, 4)[codec % 3]
+    if codec not in range(8):
+        raise InvalidInput(f"unknown update codec {codec}; accepted are 0-7 (see fleetgrid compression docs)")
+    bits, sparse = (2, codec == 7) if codec >= 6 else ((None, 8, 4)[codec % 3], codec >= 3)
     # The actual fraction is irrelevant on decode: the header carries the kept count.
-    return CompressionConfig(bits=bits, topk_fraction=1.0 if codec >= 3 else None, chunk_size=max(chunk_size, 1))
+    return CompressionConfig(bits=bits, topk_fraction=1.0 if sparse else None, chunk_size=max(chunk_size, 1))
 
 
 # ----------------------------------------------------------------------------------------------- pure maths
@@ -127,6 +140,27 @@ def _quantize(x: np.ndarray, chunk: int, levels: int) -> tuple[np.ndarray, np.nd
 def quantize_int8(x: np.ndarray | torch.Tensor, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric absmax int8: ``q = round(x / s)`` with ``s = max|x_chunk| / 127``; error <= s / 2 per value."""
     return _quantize(_as_flat_f32(x), chunk_size, _INT8_LEVELS)
+
+
+def _quantize_ternary(x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    q, scales = _quantize(x, chunk, 2)  # scale: half the chunk's absmax
+    return np.clip(q, -1, 1), scales
+
+
+def pack_crumbs(q: np.ndarray) -> np.ndarray:
+    """Pack values in [-1, 1] four per byte, offset by 1: element 4i in the lowest two bits."""
+    u = (q.astype(np.int16) + 1).astype(np.uint8)
+    u = np.append(u, np.ones(-u.size % 4, dtype=np.uint8))  # padding zeros
+    u = u.reshape(-1, 4)  # (ceil(n/4), 4)
+    return (u[:, 0] | (u[:, 1] << 2) | (u[:, 2] << 4) | (u[:, 3] << 6)).astype(np.uint8)
+
+
+def unpack_crumbs(packed: np.ndarray, n: int) -> np.ndarray:
+    u = np.stack([(packed >> shift) & 0x03 for shift in (0, 2, 4, 6)], axis=1).reshape(-1)  # (4 * len(packed),)
+    q = u[:n].astype(np.int16) - 1
+    if (q > 1).any():
+        raise InvalidInput("2-bit update holds the unused code 3; only -1, 0 and +1 are written")
+    return q.astype(np.int8)
 
 
 def dequantize_int8(q: np.ndarray, scales: np.ndarray, chunk_size: int) -> np.ndarray:
@@ -185,7 +219,7 @@ def _values_nbytes(kept: int, bits: int | None, chunk: int) -> int:
     if bits is None:
         return 4 * kept
     scales = 4 * (-(-kept // chunk))
-    return scales + (kept if bits == 8 else -(-kept // 2))
+    return scales + -(-kept * bits // 8)
 
 
 def encoded_nbytes(shape: tuple[int, ...] | int, config: CompressionConfig) -> int:
@@ -203,6 +237,9 @@ def _encode_values(v: np.ndarray, bits: int | None, chunk: int) -> bytes:
     if bits == 8:
         q, scales = _quantize(v, chunk, _INT8_LEVELS)
         return scales.astype("<f4").tobytes() + q.tobytes()
+    if bits == 2:
+        q, scales = _quantize_ternary(v, chunk)
+        return scales.astype("<f4").tobytes() + pack_crumbs(q).tobytes()
     q, scales = _quantize(v, chunk, _INT4_LEVELS)
     return scales.astype("<f4").tobytes() + pack_nibbles(q).tobytes()
 
@@ -215,6 +252,9 @@ def _decode_values(buf: memoryview, kept: int, bits: int | None, chunk: int) -> 
     body = buf[4 * nscales :]
     if bits == 8:
         return dequantize_int8(np.frombuffer(body, dtype=np.int8, count=kept), scales, chunk)
+    if bits == 2:
+        return dequantize_int8(unpack_crumbs(np.frombuffer(body, dtype=np.uint8, count=-(-kept // 4)), kept),
+                               scales, chunk)
     return dequantize_int4(np.frombuffer(body, dtype=np.uint8, count=-(-kept // 2)), scales, chunk, kept)
 
 
@@ -251,7 +291,8 @@ def read_header(blob: bytes) -> tuple[CompressionConfig, tuple[int, ...], int]:
     shape = struct.unpack_from(f"<{ndim}I", blob, _HEADER.size)
     if math.prod(shape) != numel or kept > numel or (config.topk_fraction is None and kept != numel):
         raise InvalidInput(f"update header is inconsistent: shape {shape}, numel {numel}, kept {kept}")
-    expected = header_nbytes(ndim) + (4 * kept if codec >= 3 else 0) + _values_nbytes(kept, config.bits, chunk)
+    sparse = 4 * kept if config.topk_fraction is not None else 0
+    expected = header_nbytes(ndim) + sparse + _values_nbytes(kept, config.bits, chunk)
     if len(blob) != expected:
         raise InvalidInput(f"update is {len(blob)} bytes but its header implies exactly {expected}")
     return config, tuple(shape), kept

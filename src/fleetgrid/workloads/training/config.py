@@ -233,7 +233,7 @@ class StrategyConfig:
             raise InvalidInput(f"lr_decay_versions must be an integer >= 1 or None, got {self.lr_decay_versions!r}")
         if self.downlink.topk_fraction is not None:
             raise InvalidInput(
-                "downlink compression accepts bits in {4, 8, None} only; got topk_fraction="
+                "downlink compression accepts bits in {2, 4, 8, None} only; got topk_fraction="
                 f"{self.downlink.topk_fraction} (use top-k on the uplink)"
             )
         if not isinstance(self.secure_aggregation, bool):

@@ -121,7 +121,10 @@ class SimulatedFleet:
         self._jobs: dict[str, _Job] = {}
         self._events: list[tuple[float, int, str]] = []
         self._seq = 0
-        self.counts = {"dispatched": 0, "reported": 0, "preempted": 0, "vanished": 0, "revoked": 0, "steps": 0}
+        self.counts = {"dispatched": 0, "reported": 0, "preempted": 0, "vanished": 0, "revoked": 0, "steps": 0,
+                       "full_downloads": 0, "full_download_bytes": 0, "deltas_down": 0}
+        """What happened to dispatched work, and how the downloads went: whole models (and their bytes), and
+        the deltas in chains (a car already current downloads neither)."""
 
     # ------------------------------------------------------------------------------------- Fleet protocol
 
@@ -144,6 +147,10 @@ class SimulatedFleet:
             car.held_params = apply_download(car.held_params, download)
             car.held_version = download.version
             car.bytes_down += download.nbytes
+            self.counts["deltas_down"] += len(download.deltas)
+            if download.full is not None:
+                self.counts["full_downloads"] += 1
+                self.counts["full_download_bytes"] += download.nbytes
             u = self._rng.random()
             vanishes = u < cfg.dropout_prob
             stop_after = (
