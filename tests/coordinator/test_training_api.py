@@ -164,7 +164,7 @@ def post_update(api, cred: str, lease_id: str, report: dict, payload: bytes):
     ({"data": {**DATA, "alpha": 0}}, "Dirichlet alpha must be > 0"),
     ({"data": {**DATA, "alpha": -1.5}}, "Dirichlet alpha must be > 0"),
     ({"settings": {"local": {"compression": {"bits": 3}}}}, "bits"),
-    ({"settings": {"downlink": {"bits": 2}}}, "bits"),
+    ({"settings": {"downlink": {"bits": 3}}}, "bits"),
     ({"data": {"dataset": "imagenet"}}, "unknown dataset 'imagenet'"),
     ({"data": {**DATA, "shards": 4}}, "unknown data setting(s) ['shards']"),
     ({"data": {"dataset": "stdlib_text", "max_files": 1}}, "lower num_vehicles or allow more files"),
