@@ -3,8 +3,9 @@ what each car fetches next (downlink), so that any coordinator replica can take 
 fetch while one replica, the job's driver, runs the protocol. Kept apart from :mod:`.base` (one idea per module);
 :class:`.base.Store` has it.
 
-A round's rows live while the round is open; closing it keeps only the verdicts (for a car still waiting on one)
-and they go when the job's next round opens or the job ends, so the tables hold at most one round per live job.
+A round's rows live while the round is open; closing it keeps only the verdicts (for a car still waiting on one),
+which go when the round after next of its job opens, or when any round opens after its job ended: the tables hold
+at most two rounds per live job, and the last round's verdicts of jobs ended since a round last opened.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class SecAggMessage:
 class SecAggState(ABC):
     @abstractmethod
     def open_secagg_round(self, job_id: str, round_id: str, phase: str, now: float) -> None:
-        """Open ``round_id`` at ``phase``, and drop every row of the job's earlier rounds (one closed, or left
-        open by a driver that died): a car of those rounds is then told they closed."""
+        """Open ``round_id`` at ``phase``, and drop every row of the job's earlier rounds (closed, or left open by
+        a driver that died: a car of those rounds is then told they closed) but the verdicts of its latest closed
+        round (a car whose message closed it may still be waiting for its answer), and every row of ended jobs."""
 
     @abstractmethod
     def secagg_phase(self, round_id: str) -> str | None:
@@ -80,4 +82,4 @@ class SecAggState(ABC):
     @abstractmethod
     def close_secagg_round(self, round_id: str) -> None:
         """End the round: no message is taken any more, one not ruled on yet is refused (``conflict``), downlinks
-        and message bodies are dropped; the verdicts stay until the job's next round opens or the job ends."""
+        and message bodies are dropped; the verdicts stay a while (see the module's docstring)."""

@@ -419,7 +419,7 @@ class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, Identi
             ).rowcount
             if not closed:  # finished before (by another process, or a racing request): its outcome stands
                 return False
-            self._drop_secagg_rounds(c, job_id)
+            self._end_secagg_rounds(c, job_id)
             c.execute(
                 update(units)
                 .where(units.c.job_id == job_id, units.c.state.in_(("pending", "leased")))

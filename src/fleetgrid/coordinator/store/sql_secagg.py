@@ -12,10 +12,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ...errors import Conflict
-from .schema import secagg_messages, secagg_rounds
+from .schema import jobs, secagg_messages, secagg_rounds
 from .secagg_base import SECAGG_CLOSED, SecAggMessage
 
 __all__ = ["SecAggRows"]
+
+_LIVE_JOB_STATES = ("queued", "running")
+"""As :mod:`.sql` has it: jobs whose secure rounds may still run."""
 
 
 def _message(row: Any) -> SecAggMessage:
@@ -34,15 +37,36 @@ class SecAggRows:
     _read: Callable[[], AbstractContextManager[Connection]]
 
     def open_secagg_round(self, job_id: str, round_id: str, phase: str, now: float) -> None:
+        r = secagg_rounds
         with self._write() as c:
-            self._drop_secagg_rounds(c, job_id)
-            c.execute(insert(secagg_rounds).values(round_id=round_id, job_id=job_id, phase=phase, opened_at=now))
+            # The job's latest closed round keeps its verdicts: a car whose message closed that round may still
+            # be waiting for its answer. Every other row of the job's rounds goes, and so do the rounds of jobs
+            # that ended (their last round's verdicts were kept for the same reason).
+            latest = c.execute(select(r.c.round_id).where(r.c.job_id == job_id, r.c.phase == SECAGG_CLOSED)
+                               .order_by(r.c.opened_at.desc()).limit(1)).scalar_one_or_none()
+            self._drop_secagg_rounds(c, job_id, keep=latest)
+            ended = select(jobs.c.job_id).where(jobs.c.state.notin_(_LIVE_JOB_STATES))
+            c.execute(delete(secagg_messages).where(secagg_messages.c.job_id.in_(ended)))
+            c.execute(delete(r).where(r.c.job_id.in_(ended)))
+            c.execute(insert(r).values(round_id=round_id, job_id=job_id, phase=phase, opened_at=now))
 
     @staticmethod
-    def _drop_secagg_rounds(c: Connection, job_id: str) -> None:
-        """Every row of the job's rounds (inside the caller's transaction: a new round opens, or the job ended)."""
-        c.execute(delete(secagg_messages).where(secagg_messages.c.job_id == job_id))
-        c.execute(delete(secagg_rounds).where(secagg_rounds.c.job_id == job_id))
+    def _drop_secagg_rounds(c: Connection, job_id: str, keep: str | None = None) -> None:
+        """Every row of the job's rounds but ``keep``'s (inside the caller's transaction)."""
+        r, t = secagg_rounds, secagg_messages
+        c.execute(delete(t).where(t.c.job_id == job_id, t.c.round_id != (keep or "")))
+        c.execute(delete(r).where(r.c.job_id == job_id, r.c.round_id != (keep or "")))
+
+    @staticmethod
+    def _end_secagg_rounds(c: Connection, job_id: str) -> None:
+        """The job ended: its rounds are closed as :meth:`close_secagg_round` closes one (verdicts kept for cars
+        still waiting; swept when any job's next round opens)."""
+        r, t = secagg_rounds, secagg_messages
+        c.execute(update(r).where(r.c.job_id == job_id).values(phase=SECAGG_CLOSED))
+        c.execute(delete(t).where(t.c.job_id == job_id, t.c.direction == "down"))
+        c.execute(update(t).where(t.c.job_id == job_id, t.c.verdict.is_(None))
+                  .values(verdict=Conflict.code, reason="the job ended before this message was taken"))
+        c.execute(update(t).where(t.c.job_id == job_id).values(body=None))
 
     def secagg_phase(self, round_id: str) -> str | None:
         with self._read() as c:
