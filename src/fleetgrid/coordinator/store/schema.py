@@ -306,6 +306,9 @@ reputations = Table(
     Column("updated_at", Float),
 )
 
+LIVE_JOB_STATES = ("queued", "running")
+"""Job states whose units may still be leased and whose secure rounds may still run."""
+
 secagg_rounds = Table(
     "secagg_rounds",
     metadata,

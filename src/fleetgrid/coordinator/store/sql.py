@@ -38,7 +38,19 @@ from ...errors import Conflict, InvalidInput, NotFound
 from . import migrate, notify
 from .base import JobRecord, LeaseRecord, LedgerRecord, OnWork, Store, TenantRecord, UnitRecord, VehicleRecord
 from .group_commit import GroupCommit
-from .schema import accepted, artifact_owners, artifacts, jobs, leases, ledger, secrets, tenants, units, vehicles
+from .schema import (
+    LIVE_JOB_STATES,
+    accepted,
+    artifact_owners,
+    artifacts,
+    jobs,
+    leases,
+    ledger,
+    secrets,
+    tenants,
+    units,
+    vehicles,
+)
 from .sql_artifacts import ArtifactRows
 from .sql_billing import BillingRows
 from .sql_cycle import CycleRows, CycleSQL
@@ -58,7 +70,6 @@ POOL_SIZE = 48
 """PostgreSQL connections kept open: as many as threads that run store calls at once (the event loop's executor
 and the route thread pool), so none waits for a connection while another waits for it."""
 
-_LIVE_JOB_STATES = ("queued", "running")
 _ANALYZE_AFTER = 1000
 """A job adding at least this many units refreshes the planner's statistics (PostgreSQL)."""
 _INT_CAP = 2**63 - 1
@@ -414,7 +425,7 @@ class SQLStore(CycleRows, ArtifactRows, OfferRows, GangRows, BillingRows, Identi
                    error: str | None = None, *, meter: Callable[[LeaseRecord], LedgerRecord] | None = None) -> bool:
         with self._write() as c:
             closed = c.execute(
-                update(jobs).where(jobs.c.job_id == job_id, jobs.c.state.in_(_LIVE_JOB_STATES))
+                update(jobs).where(jobs.c.job_id == job_id, jobs.c.state.in_(LIVE_JOB_STATES))
                 .values(state=state, finished_at=now, result_digest=result_digest, error=error)
             ).rowcount
             if not closed:  # finished before (by another process, or a racing request): its outcome stands

@@ -11,12 +11,11 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from .base import LeaseRecord, LedgerRecord, UnitRecord
-from .schema import accepted, jobs, leases, units, vehicles
+from .schema import LIVE_JOB_STATES, accepted, jobs, leases, units, vehicles
 from .sql_gangs import _lease
 
 __all__ = ["OfferRows"]
 
-_LIVE_JOB_STATES = ("queued", "running")
 
 
 class OfferRows:
@@ -79,7 +78,7 @@ class OfferRows:
         with self._write() as c:
             return c.execute(
                 update(jobs).where(
-                    jobs.c.job_id == job_id, jobs.c.state.in_(_LIVE_JOB_STATES),
+                    jobs.c.job_id == job_id, jobs.c.state.in_(LIVE_JOB_STATES),
                     or_(jobs.c.driver.is_(None), jobs.c.driver == replica, jobs.c.driver_until < now),
                 ).values(driver=replica, driver_until=until)
             ).rowcount == 1

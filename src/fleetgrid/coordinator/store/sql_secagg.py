@@ -12,13 +12,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ...errors import Conflict
-from .schema import jobs, secagg_messages, secagg_rounds
+from .schema import LIVE_JOB_STATES, jobs, secagg_messages, secagg_rounds
 from .secagg_base import SECAGG_CLOSED, SecAggMessage
 
 __all__ = ["SecAggRows"]
 
-_LIVE_JOB_STATES = ("queued", "running")
-"""As :mod:`.sql` has it: jobs whose secure rounds may still run."""
 
 
 def _message(row: Any) -> SecAggMessage:
@@ -30,6 +28,16 @@ def _message(row: Any) -> SecAggMessage:
 def _row(m: SecAggMessage, job_id: str) -> dict[str, Any]:
     return {"round_id": m.round_id, "job_id": job_id, "vehicle_id": m.vehicle_id, "direction": m.direction,
             "phase": m.phase, "lease_id": m.lease_id, "body": m.body, "verdict": m.verdict, "reason": m.reason}
+
+
+def _close(c: Connection, rounds: Any, messages: Any, reason: str) -> None:
+    """Close the rounds ``rounds`` selects: downlinks and bodies of ``messages`` go, a message not ruled on is
+    refused with ``reason``, verdicts stay."""
+    t = secagg_messages
+    c.execute(update(secagg_rounds).where(rounds).values(phase=SECAGG_CLOSED))
+    c.execute(delete(t).where(messages, t.c.direction == "down"))
+    c.execute(update(t).where(messages, t.c.verdict.is_(None)).values(verdict=Conflict.code, reason=reason))
+    c.execute(update(t).where(messages).values(body=None))
 
 
 class SecAggRows:
@@ -45,7 +53,7 @@ class SecAggRows:
             latest = c.execute(select(r.c.round_id).where(r.c.job_id == job_id, r.c.phase == SECAGG_CLOSED)
                                .order_by(r.c.opened_at.desc()).limit(1)).scalar_one_or_none()
             self._drop_secagg_rounds(c, job_id, keep=latest)
-            ended = select(jobs.c.job_id).where(jobs.c.state.notin_(_LIVE_JOB_STATES))
+            ended = select(jobs.c.job_id).where(jobs.c.state.notin_(LIVE_JOB_STATES))
             c.execute(delete(secagg_messages).where(secagg_messages.c.job_id.in_(ended)))
             c.execute(delete(r).where(r.c.job_id.in_(ended)))
             c.execute(insert(r).values(round_id=round_id, job_id=job_id, phase=phase, opened_at=now))
@@ -61,12 +69,8 @@ class SecAggRows:
     def _end_secagg_rounds(c: Connection, job_id: str) -> None:
         """The job ended: its rounds are closed as :meth:`close_secagg_round` closes one (verdicts kept for cars
         still waiting; swept when any job's next round opens)."""
-        r, t = secagg_rounds, secagg_messages
-        c.execute(update(r).where(r.c.job_id == job_id).values(phase=SECAGG_CLOSED))
-        c.execute(delete(t).where(t.c.job_id == job_id, t.c.direction == "down"))
-        c.execute(update(t).where(t.c.job_id == job_id, t.c.verdict.is_(None))
-                  .values(verdict=Conflict.code, reason="the job ended before this message was taken"))
-        c.execute(update(t).where(t.c.job_id == job_id).values(body=None))
+        _close(c, secagg_rounds.c.job_id == job_id, secagg_messages.c.job_id == job_id,
+               "the job ended before this message was taken")
 
     def secagg_phase(self, round_id: str) -> str | None:
         with self._read() as c:
@@ -132,11 +136,6 @@ class SecAggRows:
         return None if row is None else _message(row)
 
     def close_secagg_round(self, round_id: str) -> None:
-        r, t = secagg_rounds, secagg_messages
         with self._write() as c:
-            c.execute(update(r).where(r.c.round_id == round_id).values(phase=SECAGG_CLOSED))
-            c.execute(delete(t).where(t.c.round_id == round_id, t.c.direction == "down"))
-            c.execute(update(t).where(t.c.round_id == round_id, t.c.verdict.is_(None))
-                      .values(verdict=Conflict.code, reason=f"secure round {round_id!r} closed before this message "
-                                                           "was taken; lease new work"))
-            c.execute(update(t).where(t.c.round_id == round_id).values(body=None))
+            _close(c, secagg_rounds.c.round_id == round_id, secagg_messages.c.round_id == round_id,
+                   f"secure round {round_id!r} closed before this message was taken; lease new work")
