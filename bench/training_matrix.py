@@ -15,7 +15,9 @@ Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet 
 - ``centralized``: all cars' data on one machine, AdamW lr 3e-3 with a cosine schedule, batch as the cars', for the
   budget's optimizer steps, ``rounds x reports per round x H`` (a synchronous fleet with churn does fewer, as its
   partial reports count; Flower trains every car it asks, 1.3x as many without churn); ``ceiling``: the same for
-  ``--ceiling-factor`` times the steps of the default cohort.
+  ``--ceiling-factor`` times the steps of the default cohort; ``sync_dp``: synchronous data-parallel training of
+  the same cohort for the same wall clock (``rounds x H`` all-reduced steps of every reporting car's batch, no
+  churn), the run the byte ratio ``vs syncDP`` is taken against, so a row shows what its bytes saved cost.
 
 Churn "on" preempts half of the dispatched cars at a random step (they report partial work; Flower's fail). The char
 LM is split by source file, so alpha does not apply to it (its rows show alpha "-"). Bytes are counted as
@@ -24,7 +26,7 @@ too), plus one full float32 model per fleetgrid car that took part, which fleetg
 (``bytes_down_measured`` leaves it out); ``sync_dp_bytes = 2 x params x 4 B x local steps done``.
 
 Per row: mean, min and max over seeds of quality (accuracy, or perplexity for the char LM) and held-out loss, bytes
-up and down, quality relative to centralized and to the ceiling (points for accuracy, a ratio for perplexity),
+up and down, quality relative to centralized, the ceiling and sync DP (points for accuracy, a ratio for perplexity),
 ``sync_dp_bytes / bytes moved``, and ``bytes_vs_flower``: Flower FedAvg's bytes until its global first matched the
 row's final quality (all its bytes if it never did) over the row's bytes. The issue's targets are checked per row.
 
@@ -56,12 +58,12 @@ os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
 import torch
 from tqdm import tqdm
 from training_matrix_report import plot, print_table
-from training_runs import TASKS, Task, centralized, fleet_run
+from training_runs import TASKS, Task, centralized, fleet_run, sync_dp_bytes
 
 from fleetgrid.workloads.training.compression import CompressionConfig
 from fleetgrid.workloads.training.config import DiLoCoConfig, FedAvgConfig, FedBuffConfig, StrategyConfig, to_dict
 from fleetgrid.workloads.training.simulate import SimulationConfig
-from fleetgrid.workloads.training.tasks import DataSpec
+from fleetgrid.workloads.training.tasks import DataSpec, build_model
 
 FLEET_PEERS = {  # label -> (strategy, config class, uplink bits, downlink bits)
     "diloco_int4": ("diloco", DiLoCoConfig, 4, 4),
@@ -72,6 +74,8 @@ FLEET_PEERS = {  # label -> (strategy, config class, uplink bits, downlink bits)
 }
 FLOWER_PEERS = ("flower_fedavg", "flower_fedadam", "flower_fedprox")
 PEERS = (*FLEET_PEERS, *FLOWER_PEERS)
+REFERENCES = ("centralized", "ceiling", "sync_dp")
+"""Runs every cell gets, whatever peers are asked for; each peer's quality is compared with each."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,7 +176,24 @@ def run_seed(cell: Cell, seed: int, budget: Budget, peers: list[str], cache: dic
             cache[key] = centralized(task, spec, n, seed, batch_size=batch, eval_windows=budget.eval_windows)
         out[label] = cache[key] | {"label": label}
         _advance(bar)
+    step("sync_dp")
+    out["sync_dp"] = sync_dp_reference(task, spec, budget, cell.cars, seed)
+    _advance(bar)
     return out
+
+
+def sync_dp_reference(task: Task, spec: DataSpec, budget: Budget, cars: int, seed: int) -> dict:
+    """What the bytes are compared with: synchronous data-parallel training of the same cohort for the same wall
+    clock, one all-reduced step of the cohort's batches per local step (``rounds x H`` steps of ``reports x batch``
+    examples, no churn), which moves ``sync_dp_bytes`` for its ``reports x steps`` car-steps."""
+    _, config, _ = shipped_config("diloco_int4", budget, cars, 0)
+    reports, local = config.rounds.clients_per_round, config.local
+    steps = budget.rounds * local.steps
+    run = centralized(task, spec, steps, seed, batch_size=reports * local.batch_size, eval_windows=budget.eval_windows)
+    params = sum(p.numel() for p in build_model(task.model).parameters())
+    moved = sync_dp_bytes(params, reports * steps)
+    return run | {"label": "sync_dp", "bytes_up": moved // 2, "bytes_down": moved // 2, "steps": reports * steps,
+                  "reduction_vs_sync_dp": 1.0}
 
 
 def _advance(bar: tqdm | None) -> None:
@@ -212,15 +233,14 @@ def _flower_runs(cell: Cell, seed: int, budget: Budget, labels: list[str], bar, 
 
 def compare(task: Task, runs: dict[str, dict]) -> None:
     """Add each peer's quality vs centralized and the ceiling, and its bytes vs Flower's at equal quality."""
-    central, ceiling = runs["centralized"]["quality"], runs["ceiling"]["quality"]
+    refs = {ref: runs[ref]["quality"] for ref in REFERENCES if ref in runs}
     for label, r in runs.items():
-        if label in ("centralized", "ceiling"):
+        if label in REFERENCES:
             continue
-        r["vs_centralized"] = r["quality"] / central
-        r["vs_ceiling"] = r["quality"] / ceiling
-        if task.metric == "accuracy":
-            r["points_vs_centralized"] = 100 * (r["quality"] - central)
-            r["points_vs_ceiling"] = 100 * (r["quality"] - ceiling)
+        for ref, q in refs.items():
+            r[f"vs_{ref}"] = r["quality"] / q
+            if task.metric == "accuracy":
+                r[f"points_vs_{ref}"] = 100 * (r["quality"] - q)
         flower = runs.get("flower_fedavg")
         if flower is not None and label != "flower_fedavg":
             reached = next((b for q, b in flower["curve"] if task.at_least_as_good(q, r["quality"])), None)
@@ -233,7 +253,8 @@ def summarize(cell: Cell, seeds: list[dict[str, dict]]) -> list[dict]:
     """One row per peer: mean, min and max over seeds of every figure."""
     rows = []
     fields = ("quality", "accuracy", "loss", "bytes_up", "bytes_down", "bytes_down_measured", "steps",
-              "vs_centralized", "vs_ceiling", "points_vs_centralized", "points_vs_ceiling", "reduction_vs_sync_dp",
+              "vs_centralized", "vs_ceiling", "vs_sync_dp", "points_vs_centralized", "points_vs_ceiling",
+              "points_vs_sync_dp", "reduction_vs_sync_dp",
               "bytes_vs_flower", "seconds")
     for label in seeds[0]:
         row = {**cell.key, "peer": label, "seeds": len(seeds)}
@@ -278,7 +299,7 @@ def run_matrix(cell_list: list[Cell], seeds: list[int], budgets: dict[str, Budge
     """(rows, runs): the per-peer summaries of every cell, and every single run behind them."""
     cache: dict = {}
     rows, runs = [], []
-    work = len(cell_list) * len(seeds) * (len(peers) + 2)
+    work = len(cell_list) * len(seeds) * (len(peers) + 3)
     with tqdm(total=work, desc="matrix", unit="run", disable=not progress, file=sys.stderr) as bar:
         for cell in cell_list:
             per_seed = []

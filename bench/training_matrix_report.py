@@ -7,6 +7,7 @@ from collections import defaultdict
 __all__ = ["plot", "print_table"]
 
 _FLOWER_MARKERS = {"flower_fedavg": "s", "flower_fedadam": "D", "flower_fedprox": "^"}
+_HOLLOW = {*_FLOWER_MARKERS, "sync_dp"}
 
 
 def _cell_name(row: dict) -> str:
@@ -44,7 +45,7 @@ def print_table(rows: list[dict], budgets: dict) -> None:
         print(f"{task}: {b.rounds} rounds, H={b.local_steps or 'shipped default'}; quality = "
               f"{'accuracy %' if task == 'mnist1d' else 'perplexity'} (mean [min-max] over seeds)")
     header = (f"{'peer':<15}{'quality':>24}{'loss':>7}{'MB up':>8}{'MB down':>8}{'vs central':>22}"
-              f"{'vs ceiling':>22}{'vs syncDP':>10}{'vs flwr@q':>10}{'steps':>8}  targets missed")
+              f"{'vs ceiling':>22}{'q vs syncDP':>22}{'vs syncDP':>10}{'vs flwr@q':>10}{'steps':>8}  targets missed")
     by_cell: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_cell[_cell_name(row)].append(row)
@@ -55,15 +56,16 @@ def print_table(rows: list[dict], budgets: dict) -> None:
             missed = [k for k, ok in r.get("targets", {}).items() if not ok]
             print(f"{r['peer']:<15}{_quality(r):>24}{r['loss']['mean']:>7.2f}"
                   f"{r['bytes_up']['mean'] / 1e6:>8.2f}{r['bytes_down']['mean'] / 1e6:>8.2f}"
-                  f"{_vs(r, 'vs_centralized'):>22}{_vs(r, 'vs_ceiling'):>22}{_x(r, 'reduction_vs_sync_dp'):>10}"
+                  f"{_vs(r, 'vs_centralized'):>22}{_vs(r, 'vs_ceiling'):>22}{_vs(r, 'vs_sync_dp'):>22}"
+                  f"{_x(r, 'reduction_vs_sync_dp'):>10}"
                   f"{_x(r, 'bytes_vs_flower'):>10}{r['steps']['mean']:>8.0f}  "
                   f"{', '.join(missed) if missed else ('-' if not r.get('targets') else 'none')}")
 
 
 def plot(rows: list[dict], path: str) -> None:
     """Quality vs bytes moved (log x; perplexity on log y too), one panel per cell: fleetgrid strategies with
-    min-max bars, Flower as hollow points, centralized (same steps) as a solid line and the ceiling as a dashed
-    one."""
+    min-max bars, Flower and synchronous data-parallel as hollow points, centralized (same steps) as a solid line
+    and the ceiling as a dashed one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,9 +87,9 @@ def plot(rows: list[dict], path: str) -> None:
                 continue
             moved = r["bytes_up"]["mean"] + r["bytes_down"]["mean"]
             err = [[percent * (q["mean"] - q["min"])], [percent * (q["max"] - q["mean"])]]
-            marker = _FLOWER_MARKERS.get(r["peer"], "o")
+            marker = {**_FLOWER_MARKERS, "sync_dp": "P"}.get(r["peer"], "o")
             ax.errorbar([moved], [percent * q["mean"]], yerr=err, fmt=marker, capsize=3, label=r["peer"],
-                        markerfacecolor="none" if r["peer"] in _FLOWER_MARKERS else None)
+                        markerfacecolor="none" if r["peer"] in _HOLLOW else None)
         ax.set_xscale("log")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("bytes moved (up + down)")

@@ -45,18 +45,22 @@ def test_micro_cell_reports_every_figure(capsys):
     if not HAS_FLOWER:
         assert "Flower columns skipped" in capsys.readouterr().err
         assert "flower_fedavg" not in by_peer
-    assert {"diloco_int4", "fedavg_fp32", "fedbuff", "centralized", "ceiling"} <= set(by_peer)
+    assert {"diloco_int4", "fedavg_fp32", "fedbuff", "centralized", "ceiling", "sync_dp"} <= set(by_peer)
     for label in ("diloco_int4", "fedavg_fp32", "fedbuff"):
         row = by_peer[label]
         assert 0 <= row["accuracy"]["min"] <= row["accuracy"]["max"] <= 1
         assert row["bytes_up"]["min"] > 0 and row["bytes_down"]["min"] > 0
         # version 0 is counted as one full float32 download per car that took part
         assert row["bytes_down"]["mean"] > row["bytes_down_measured"]["mean"]
-        assert row["vs_centralized"]["mean"] > 0 and "points_vs_ceiling" in row
+        assert row["vs_centralized"]["mean"] > 0 and "points_vs_ceiling" in row and "points_vs_sync_dp" in row
         assert row["reduction_vs_sync_dp"]["mean"] > 0
         assert set(row["targets"]) >= {"within_1.5_points", "500x_vs_sync_dp"}
         assert ("bytes_vs_flower" in row) == HAS_FLOWER
     assert by_peer["ceiling"]["steps"]["mean"] > by_peer["centralized"]["steps"]["mean"]
+    # synchronous data-parallel: the same wall clock (rounds x H steps) over the whole cohort, and its bytes
+    sync = by_peer["sync_dp"]
+    assert sync["reduction_vs_sync_dp"]["mean"] == 1.0
+    assert sync["bytes_up"]["mean"] == sync["bytes_down"]["mean"] > by_peer["diloco_int4"]["bytes_up"]["mean"]
     assert len(runs) == len(rows)  # one seed: one run per row
 
 
