@@ -57,7 +57,7 @@ os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
 
 import torch
 from tqdm import tqdm
-from training_matrix_report import plot, print_table
+from training_matrix_report import markdown, plot, print_table
 from training_runs import TASKS, Task, centralized, fleet_run, sync_dp_bytes
 
 from fleetgrid.workloads.training.compression import CompressionConfig
@@ -340,8 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-samples", type=int, default=None, help="MNIST-1D samples generated (default 10000)")
     ap.add_argument("--max-files", type=int, default=None, help="stdlib files the char LM reads (default: all)")
     ap.add_argument("--png", default=None, help="write quality vs bytes moved per cell to this PNG")
+    ap.add_argument("--markdown", nargs="?", const="diloco_int4", default=None, metavar="PEER",
+                    help="also print a Markdown table, one line per cell, PEER's figures first (diloco_int4)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
+                    help="run nothing: show the rows of earlier --json outputs (their last lines) together")
     args = ap.parse_args(argv)
+    if args.from_json:
+        return show_saved(args.from_json, focus=args.markdown, png=args.png)
     unknown = sorted(set(args.strategies) - set(PEERS)) + sorted(set(args.tasks) - set(TASKS))
     if unknown:
         ap.error(f"unknown strategies or tasks {unknown}; accepted: {list(PEERS)} and {list(TASKS)}")
@@ -363,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     print_table(rows, budgets)
     print(f"wall time: {wall:.0f} s")
+    if args.markdown:
+        print(markdown(rows, focus=args.markdown))
     if args.png:
         plot(rows, args.png)
         print(f"figure: {args.png}")
@@ -372,6 +380,27 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"benchmark": "training_matrix", "args": vars(args), "wall_s": round(wall, 1),
                           "budgets": {t: dataclasses.asdict(b) for t, b in budgets.items()},
                           "configs_16_cars": configs, "rows": rows, "runs": runs}))
+    return 0
+
+
+def show_saved(paths: list[str], *, focus: str | None, png: str | None) -> int:
+    """The table (and Markdown, figure) of rows saved by earlier runs, e.g. a matrix run in pieces."""
+    rows, budgets = [], {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                saved = json.loads(f.read().strip().splitlines()[-1])
+            rows += saved["rows"]
+            budgets |= {t: Budget(**b) for t, b in saved["budgets"].items()}
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            print(f"{path}: not the output of training_matrix.py --json ({exc!r})", file=sys.stderr)
+            return 2
+    print_table(rows, budgets)
+    if focus:
+        print(markdown(rows, focus=focus))
+    if png:
+        plot(rows, png)
+        print(f"figure: {png}")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-__all__ = ["plot", "print_table"]
+__all__ = ["markdown", "plot", "print_table"]
 
 _FLOWER_MARKERS = {"flower_fedavg": "s", "flower_fedadam": "D", "flower_fedprox": "^"}
 _HOLLOW = {*_FLOWER_MARKERS, "sync_dp"}
@@ -60,6 +60,26 @@ def print_table(rows: list[dict], budgets: dict) -> None:
                   f"{_x(r, 'reduction_vs_sync_dp'):>10}"
                   f"{_x(r, 'bytes_vs_flower'):>10}{r['steps']['mean']:>8.0f}  "
                   f"{', '.join(missed) if missed else ('-' if not r.get('targets') else 'none')}")
+
+
+def markdown(rows: list[dict], *, focus: str = "diloco_int4") -> str:
+    """A Markdown table, one line per cell: ``focus``'s quality, loss and byte ratios beside every other peer's
+    and reference's quality (what the README shows)."""
+    by_cell: dict[str, dict[str, dict]] = defaultdict(dict)
+    for row in rows:
+        by_cell[_cell_name(row)][row["peer"]] = row
+    others = list(dict.fromkeys(r["peer"] for r in rows if r["peer"] != focus))
+    lines = [f"| cell (seeds) | {focus} | loss | vs centralized | vs sync DP | bytes vs sync DP | bytes vs Flower | "
+             + " | ".join(others) + " |", "|---" * (7 + len(others)) + "|"]
+    for name, peers in by_cell.items():
+        f = peers.get(focus)
+        if f is None:
+            continue
+        cols = [f"{name} ({f['seeds']})", _quality(f), f"{f['loss']['mean']:.2f}", _vs(f, "vs_centralized"),
+                _vs(f, "vs_sync_dp"), _x(f, "reduction_vs_sync_dp"), _x(f, "bytes_vs_flower")]
+        cols += [_quality(peers[o]) if o in peers else "-" for o in others]
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: str) -> None:

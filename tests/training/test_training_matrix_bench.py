@@ -70,12 +70,27 @@ def test_cli_json_and_figure_on_a_tiny_char_lm(tmp_path, capsys):
             "--rounds", "1", "--local-steps", "2", "--max-files", "20", "--ceiling-factor", "1", "--json",
             "--no-progress", "--png", str(png)]
     assert tm.main(argv) == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    out = json.loads(printed.strip().splitlines()[-1])
     assert out["benchmark"] == "training_matrix"
     row = next(r for r in out["rows"] if r["peer"] == "diloco_int8")
     assert row["alpha"] is None and row["quality"]["mean"] > 1  # perplexity
     assert "perplexity_within_15%" in row["targets"]
     assert png.stat().st_size > 0
+
+    # a matrix run in pieces is shown together from the saved outputs, without training anything
+    saved = tmp_path / "piece.out"
+    saved.write_text(printed)
+    again = tmp_path / "again.png"
+    assert tm.main(["--from-json", str(saved), "--markdown", "diloco_int8", "--png", str(again)]) == 0
+    shown = capsys.readouterr().out
+    assert "charlm a=- cars=4 churn=off (1 seed(s))" in shown
+    table = [line for line in shown.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| cell (seeds) | diloco_int8 | loss |") and "| centralized |" in table[0]
+    assert table[2].startswith("| charlm a=- cars=4 churn=off (1) |") and len(table) == 3
+    assert again.stat().st_size > 0
+    (tmp_path / "bad.out").write_text("not json")
+    assert tm.main(["--from-json", str(tmp_path / "bad.out")]) == 2
 
 
 def test_cell_selection_rejects_unknown_names():
