@@ -69,6 +69,9 @@ class LocalTrainingConfig:
     clip, or under secure aggregation the fixed norm bound), not by hand: a bound the coordinator cannot apply."""
     update_noise_std: float = 0.0
     """Gaussian noise per coordinate the car adds to its clipped delta (distributed DP); set by the strategy."""
+    drift_correction: float = 0.0
+    """SCAFFOLD's strength s: after every step the car adds ``s * (c_i - c)``, its own mean step from its last
+    lease less the fleet's; in [0, 1], 0 is off. Set by the strategy (``DiLoCoConfig.drift_correction``)."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -95,6 +98,7 @@ class LocalTrainingConfig:
             raise InvalidInput(f"update_noise_std must be a finite number >= 0, got {self.update_noise_std!r}")
         if self.update_noise_std > 0 and self.update_clip is None:
             raise InvalidInput("update_noise_std > 0 needs update_clip: noise on an unclipped update protects nothing")
+        _check_strength("local drift_correction", self.drift_correction)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,6 +302,12 @@ class DiLoCoConfig(StrategyConfig):
     """Outer SGD learning rate on the averaged pseudo-gradient (DiLoCo uses 0.7); > 0."""
     outer_momentum: float = 0.9
     """Outer Nesterov momentum in [0, 1) (DiLoCo uses 0.9)."""
+    drift_correction: float = 0.0
+    """SCAFFOLD-style control variates (Karimireddy et al. 2020, option II, in update space) of this strength in
+    [0, 1]; 0 is off. The coordinator keeps ``c``, the mean per-step delta of its last round, and sends it down with
+    each new version (coded as ``downlink``, its bytes counted); a car keeps ``c_i``, its own from its last lease,
+    and adds ``strength * (c_i - c)`` after every local step, so a label-skewed car stops pulling its own way.
+    Needs the 'mean' aggregator without DP or secure aggregation (``c`` is built from the individual deltas)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -305,6 +315,16 @@ class DiLoCoConfig(StrategyConfig):
             raise InvalidInput(f"outer_lr must be > 0, got {self.outer_lr!r}")
         if not 0 <= self.outer_momentum < 1:
             raise InvalidInput(f"outer_momentum must be in [0, 1), got {self.outer_momentum!r}")
+        _check_strength("drift_correction", self.drift_correction)
+        if self.drift_correction > 0 and (
+            self.robust.aggregator != "mean" or self.privacy.enabled or self.secure_aggregation
+        ):
+            raise InvalidInput(
+                f"drift_correction={self.drift_correction} needs aggregator 'mean' without differential privacy "
+                f"or secure aggregation (got aggregator {self.robust.aggregator!r}, privacy "
+                f"{'on' if self.privacy.enabled else 'off'}, secure_aggregation {self.secure_aggregation}): the "
+                "fleet's control variate is a weighted mean of the individual deltas; set drift_correction=0"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,6 +351,11 @@ class FedBuffConfig(FedAvgConfig):
             raise InvalidInput(f"max_staleness must be an integer >= 0, got {self.max_staleness!r}")
         if not self.staleness_exponent >= 0:
             raise InvalidInput(f"staleness_exponent must be >= 0, got {self.staleness_exponent!r}")
+
+
+def _check_strength(name: str, value: object) -> None:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value <= 1):
+        raise InvalidInput(f"{name} must be a strength in [0, 1] (0 is off, 1 is SCAFFOLD's), got {value!r}")
 
 
 def local_config_at(config: StrategyConfig, version: int) -> LocalTrainingConfig:

@@ -79,6 +79,9 @@ class LocalResult:
     preempted: bool
     train_loss: float
     bytes_up: int
+    control: torch.Tensor | None = None
+    """With drift correction on (``instructions.local.drift_correction``): the car's new ``c_i``, its mean step
+    ``(global - local) / steps`` had no correction been added, flat (P,); the car keeps it for its next lease."""
 
 
 def _make_optimizer(model: nn.Module, config: LocalTrainingConfig) -> torch.optim.Optimizer:
@@ -101,6 +104,7 @@ def train_locally(
     error_feedback: ErrorFeedback | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
     on_step: Callable[[int, int, float], None] | None = None,
+    correction: torch.Tensor | None = None,
 ) -> LocalResult:
     """Train ``model`` from ``global_params`` for up to ``instructions.local.steps`` steps on ``dataset``.
 
@@ -108,7 +112,8 @@ def train_locally(
     the partial delta is still reported. ``error_feedback``, if given, is the car's uplink residual and is
     updated in place. ``model`` is overwritten with the local weights. ``on_step(steps, examples, loss_sum)``
     follows every step, with ``model`` holding the weights so far: the car's worker checkpoints from it, so a
-    SIGKILL loses at most the steps since the last checkpoint.
+    SIGKILL loses at most the steps since the last checkpoint. ``correction``, flat (P,), is added to the weights
+    after every optimizer step (SCAFFOLD's ``strength * (c_i - c)``; see ``DiLoCoConfig.drift_correction``).
     """
     config = instructions.local
     layout = FlatLayout.of(model)
@@ -116,6 +121,9 @@ def train_locally(
     generator = torch.Generator().manual_seed(instructions.seed)
     optimizer = _make_optimizer(model, config)
     anchors = [p.detach().clone() for p in model.parameters()] if config.prox_mu > 0 else []
+    if correction is not None and correction.shape != (layout.numel,):
+        raise InvalidInput(f"correction must be flat of shape ({layout.numel},), got {tuple(correction.shape)}")
+    per_tensor = _split(model, layout, correction) if correction is not None else []
     model.train()
     steps = examples = 0
     loss_sum = 0.0
@@ -135,6 +143,10 @@ def train_locally(
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        if per_tensor:
+            with torch.no_grad():
+                for t, c in per_tensor:
+                    t.add_(c)
         steps += 1
         examples += len(x)
         loss_sum += loss.item()
@@ -142,7 +154,11 @@ def train_locally(
             on_step(steps, examples, loss_sum)
     if steps == 0:
         return LocalResult(None, 0, 0, preempted, float("nan"), 0)
-    delta = private_delta(global_params - layout.flatten(model), config).numpy()  # (P,) pseudo-gradient
+    raw = global_params - layout.flatten(model)  # (P,) pseudo-gradient
+    control = None
+    if config.drift_correction > 0:  # option II: the mean step less what the correction added
+        control = raw / steps + (correction if correction is not None else 0.0)
+    delta = private_delta(raw, config).numpy()
     if error_feedback is None:
         error_feedback = ErrorFeedback(delta.size)
     payload, _ = error_feedback.compress(delta, config.compression)
@@ -157,7 +173,18 @@ def train_locally(
         examples_seen=examples,
         train_loss=loss_sum / steps,
     )
-    return LocalResult(update, steps, examples, preempted, loss_sum / steps, len(payload))
+    return LocalResult(update, steps, examples, preempted, loss_sum / steps, len(payload), control)
+
+
+def _split(model: nn.Module, layout: FlatLayout, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(state tensor, its slice of ``flat``) for each entry of ``layout``, in its order."""
+    sd = model.state_dict()
+    out, offset = [], 0
+    for name, shape in zip(layout.names, layout.shapes, strict=True):
+        n = int(torch.Size(shape).numel())
+        out.append((sd[name], flat[offset : offset + n].view(shape)))
+        offset += n
+    return out
 
 
 def private_delta(delta: torch.Tensor, config: LocalTrainingConfig) -> torch.Tensor:
