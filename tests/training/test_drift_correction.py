@@ -115,8 +115,10 @@ def test_the_correction_moves_every_step_by_c_i_minus_c_and_c_i_leaves_it_out():
     local = FlatLayout.of(model).flatten(model)
     moved = (local - plain_local).mean().item()
     assert moved == pytest.approx(8 * 1e-4, rel=0.3)  # 8 steps, each +1e-4 (AdamW's own steps change a little)
-    # option II: c_i is the step the car would have taken uncorrected, so the shift is added back
+    # the report and c_i are the optimizer's own steps: the shifts are added back
     assert torch.allclose(corrected.control, (g - local) / 8 + shift, atol=1e-7)
+    sent = torch.from_numpy(decode(corrected.update.payload))
+    assert torch.allclose(sent, g - local + 8 * shift, atol=1e-6)
     assert (corrected.control - plain.control).abs().max() < 1e-3
     with pytest.raises(InvalidInput, match="correction must be flat"):
         train_locally(model, g, ds, ins, client_id="c", correction=torch.zeros(3))

@@ -81,7 +81,7 @@ class LocalResult:
     bytes_up: int
     control: torch.Tensor | None = None
     """With drift correction on (``instructions.local.drift_correction``): the car's new ``c_i``, its mean step
-    ``(global - local) / steps`` had no correction been added, flat (P,); the car keeps it for its next lease."""
+    less the correction's shifts (the reported delta / steps), flat (P,); the car keeps it for its next lease."""
 
 
 def _make_optimizer(model: nn.Module, config: LocalTrainingConfig) -> torch.optim.Optimizer:
@@ -113,7 +113,8 @@ def train_locally(
     updated in place. ``model`` is overwritten with the local weights. ``on_step(steps, examples, loss_sum)``
     follows every step, with ``model`` holding the weights so far: the car's worker checkpoints from it, so a
     SIGKILL loses at most the steps since the last checkpoint. ``correction``, flat (P,), is added to the weights
-    after every optimizer step (SCAFFOLD's ``strength * (c_i - c)``; see ``DiLoCoConfig.drift_correction``).
+    after every optimizer step (SCAFFOLD's ``strength * (c_i - c)``; see ``DiLoCoConfig.drift_correction``); the
+    reported delta is the sum of the optimizer's steps alone, without those shifts.
     """
     config = instructions.local
     layout = FlatLayout.of(model)
@@ -154,11 +155,11 @@ def train_locally(
             on_step(steps, examples, loss_sum)
     if steps == 0:
         return LocalResult(None, 0, 0, preempted, float("nan"), 0)
-    raw = global_params - layout.flatten(model)  # (P,) pseudo-gradient
-    control = None
-    if config.drift_correction > 0:  # option II: the mean step less what the correction added
-        control = raw / steps + (correction if correction is not None else 0.0)
-    delta = private_delta(raw, config).numpy()
+    own = global_params - layout.flatten(model)  # (P,) pseudo-gradient
+    if correction is not None:  # the car's own steps, along the corrected path (see DiLoCoConfig.drift_correction)
+        own = own + steps * correction
+    control = own / steps if config.drift_correction > 0 else None  # option II's c_i: the mean uncorrected step
+    delta = private_delta(own, config).numpy()
     if error_feedback is None:
         error_feedback = ErrorFeedback(delta.size)
     payload, _ = error_feedback.compress(delta, config.compression)
