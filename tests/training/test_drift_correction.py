@@ -1,5 +1,6 @@
 """SCAFFOLD-style drift correction (``DiLoCoConfig.drift_correction``): its settings, the fleet's control variate
-on the coordinator (maths, checkpoint, bytes down) and the correction on the car."""
+on the coordinator (maths, checkpoint, bytes
+down) and the correction and mean gradient on the car (bytes up)."""
 
 import dataclasses
 
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 from fleetgrid.errors import InvalidInput
-from fleetgrid.workloads.training.aggregate import control_variate
 from fleetgrid.workloads.training.compression import CompressionConfig, decode, encode, encoded_nbytes
 from fleetgrid.workloads.training.config import DiLoCoConfig, LocalTrainingConfig, RobustConfig
 from fleetgrid.workloads.training.flat import FlatLayout
@@ -22,10 +22,14 @@ def t(*v):
     return torch.tensor(v, dtype=torch.float32)
 
 
-def update(strategy, delta, *, steps=10, planned=10, examples=1, client="c"):
-    return ClientUpdate(client_id=client, round=strategy.round, base_version=strategy.version,
-                        payload=encode(np.asarray(delta, dtype=np.float32), CompressionConfig()),
-                        num_examples=examples, steps_done=steps, steps_planned=planned, examples_seen=steps)
+def f32(v):
+    return encode(np.asarray(v, dtype=np.float32), CompressionConfig())
+
+
+def update(strategy, delta, *, control=None, steps=10, planned=10, examples=1, client="c"):
+    return ClientUpdate(client_id=client, round=strategy.round, base_version=strategy.version, payload=f32(delta),
+                        num_examples=examples, steps_done=steps, steps_planned=planned, examples_seen=steps,
+                        control=None if control is None else f32(control))
 
 
 def fold(strategy, *updates):
@@ -57,15 +61,21 @@ def test_off_by_default_and_nothing_extra_travels():
     assert "control" not in s.server_state and s.download(None).control is None
 
 
-def test_the_fleet_control_is_the_weighted_mean_step_of_the_round():
-    # weights 1 (full) and 2 * 5/10 = 1 (half the steps): c = ([2, 0] / 10 + [0, 1] / 5) / 2 = [0.1, 0.1]
+def test_the_fleet_control_is_the_weighted_mean_gradient_of_the_round():
+    # weights 1 (full) and 2 * 5/10 = 1 (half the steps): c = ([0.2, 0] + [0, 0.4]) / 2
     s = DiLoCo(t(0, 0), unbounded())
-    fold(s, update(s, [2, 0]), update(s, [0, 1], steps=5, examples=2))
-    assert torch.allclose(s.server_state["control"], t(0.1, 0.1))
-    # the aggregate's clip applies to c too: [4, 3] (norm 5) bounded to 1 is [0.8, 0.6]
-    assert torch.allclose(control_variate([t(4, 3)], [2], [1.0], 1.0), t(0.4, 0.3))
-    with pytest.raises(InvalidInput, match="step count"):
-        control_variate([t(1, 1)], [0], [1.0], None)
+    fold(s, update(s, [2, 0], control=[0.2, 0]), update(s, [0, 1], control=[0, 0.4], steps=5, examples=2))
+    assert torch.allclose(s.server_state["control"], t(0.1, 0.2))
+
+
+def test_a_report_without_a_sound_control_is_refused():
+    s = DiLoCo(t(0, 0), unbounded())
+    before = s.state_bytes()
+    for bad, needle in [(update(s, [1, 0]), "has no control"), (update(s, [1, 0], control=[1, 2, 3]), "shape"),
+                        (dataclasses.replace(update(s, [1, 0]), control=b"junk"), "shorter than")]:
+        with pytest.raises(InvalidInput, match=needle):
+            s.accept(bad)
+    assert s.refused == 3 and s.state_bytes() == before
 
 
 def test_the_control_is_checkpointed_and_its_bytes_counted_in_the_download():
@@ -73,11 +83,11 @@ def test_the_control_is_checkpointed_and_its_bytes_counted_in_the_download():
     s = DiLoCo(torch.linspace(-1, 1, 600), config)
     first = s.download(None)
     assert first.control is None  # before any round there is no c to send
-    fold(s, update(s, np.full(600, 0.5, dtype=np.float32)))
+    fold(s, update(s, np.full(600, 0.5, dtype=np.float32), control=np.full(600, 0.05, dtype=np.float32)))
     d = s.download(None)
     assert d.control is not None and len(d.control) == encoded_nbytes(600, config.downlink)
     assert d.nbytes == len(d.full) + len(d.control) > first.nbytes
-    np.testing.assert_allclose(decode(d.control), 0.05, rtol=1e-2)
+    np.testing.assert_allclose(decode(d.control), 0.05, rtol=1e-6)
     assert s.download(0).control == d.control and s.download(s.version).nbytes == 0  # held: c came with it
     r = strategy_from_state_bytes(s.state_bytes())
     assert torch.equal(r.server_state["control"], s.server_state["control"])
@@ -98,35 +108,31 @@ def test_a_car_whose_c_i_equals_c_trains_exactly_as_without_correction():
     model, g, ds, ins = local_setup(1.0)
     plain = train_locally(model, g, ds, ins, client_id="c")
     zero = train_locally(model, g, ds, ins, client_id="c", correction=torch.zeros_like(g))
-    assert zero.update.payload == plain.update.payload
-    assert torch.equal(zero.control, plain.control)
-    # c_i is the car's mean step: (global - local) / steps
-    local = FlatLayout.of(model).flatten(model)
-    assert torch.allclose(zero.control, (g - local) / 8, atol=1e-7)
+    assert zero.update.payload == plain.update.payload and torch.equal(zero.control, plain.control)
+    # c_i, the mean clipped gradient, goes up with the delta, in the uplink's codec, and its bytes are counted
+    assert zero.update.control is not None and zero.bytes_up == len(zero.update.payload) + len(zero.update.control)
+    np.testing.assert_allclose(decode(zero.update.control), zero.control.numpy(), rtol=1e-6)
+    assert 0 < zero.control.norm() <= 1.0 + 1e-6  # grad_clip 1.0 bounds every step's gradient, so their mean
 
 
-def test_the_correction_moves_every_step_by_c_i_minus_c_and_c_i_leaves_it_out():
-    model, g, ds, ins = local_setup(1.0)
+def test_the_correction_steers_the_car_toward_the_fleet_gradient():
+    model, g, ds, ins = local_setup(1.0, steps=20)
     plain = train_locally(model, g, ds, ins, client_id="c")
-    plain_local = FlatLayout.of(model).flatten(model)
-    # a tiny constant shift: AdamW's own steps hardly change, so the car ends about 8 shifts away
-    shift = torch.full_like(g, 1e-4)
-    corrected = train_locally(model, g, ds, ins, client_id="c", correction=shift)
-    local = FlatLayout.of(model).flatten(model)
-    moved = (local - plain_local).mean().item()
-    assert moved == pytest.approx(8 * 1e-4, rel=0.3)  # 8 steps, each +1e-4 (AdamW's own steps change a little)
-    # the report and c_i are the optimizer's own steps: the shifts are added back
-    assert torch.allclose(corrected.control, (g - local) / 8 + shift, atol=1e-7)
-    sent = torch.from_numpy(decode(corrected.update.payload))
-    assert torch.allclose(sent, g - local + 8 * shift, atol=1e-6)
-    assert (corrected.control - plain.control).abs().max() < 1e-3
+    # a fleet whose mean gradient is +1 on every weight: the corrected car descends it, so ends lower
+    push = torch.ones_like(g)
+    pushed = train_locally(model, g, ds, ins, client_id="c", correction=push)
+    # delta = global - local, so this is local_pushed - local_plain
+    moved = torch.from_numpy(decode(plain.update.payload) - decode(pushed.update.payload))
+    assert (moved < 0).float().mean() > 0.9
+    assert (pushed.control - plain.control).abs().max() < 0.5  # c_i is the car's own gradient, without the push
     with pytest.raises(InvalidInput, match="correction must be flat"):
         train_locally(model, g, ds, ins, client_id="c", correction=torch.zeros(3))
 
 
-def test_no_control_is_kept_when_the_correction_is_off():
+def test_no_control_is_kept_or_sent_when_the_correction_is_off():
     model, g, ds, ins = local_setup(0.0)
-    assert train_locally(model, g, ds, ins, client_id="c").control is None
+    r = train_locally(model, g, ds, ins, client_id="c")
+    assert r.control is None and r.update.control is None and r.bytes_up == len(r.update.payload)
 
 
 def test_a_simulated_fleet_carries_c_down_and_keeps_c_i_on_each_car():
@@ -139,12 +145,12 @@ def test_a_simulated_fleet_carries_c_down_and_keeps_c_i_on_each_car():
     base = dict(local=dataclasses.replace(DiLoCoConfig().local, steps=4, batch_size=8),
                 rounds=DiLoCoConfig().rounds.__class__(clients_per_round=2, over_selection=1.5),
                 downlink=CompressionConfig(bits=4))
-    bytes_down = {}
+    bytes_down, bytes_up = {}, {}
     for strength in (0.0, 1.0):
         fleet = SimulatedFleet(model, datasets, SimulationConfig(seed=1), initial_params=init)
         s = DiLoCo(init, DiLoCoConfig(drift_correction=strength, **base))
         s.run(fleet, 3)
-        bytes_down[strength] = fleet.stats()["bytes_down"]
+        bytes_down[strength], bytes_up[strength] = fleet.stats()["bytes_down"], fleet.stats()["bytes_up"]
         cars = fleet.cars.values()
         if strength:
             assert all(c.own_control is not None for c in cars if c.bytes_up)
@@ -152,4 +158,4 @@ def test_a_simulated_fleet_carries_c_down_and_keeps_c_i_on_each_car():
             assert "control" in s.server_state
         else:
             assert all(c.own_control is None and c.fleet_control is None for c in cars)
-    assert bytes_down[1.0] > bytes_down[0.0]
+    assert bytes_down[1.0] > bytes_down[0.0] and bytes_up[1.0] > bytes_up[0.0]

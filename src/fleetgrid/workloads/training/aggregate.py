@@ -23,7 +23,6 @@ __all__ = [
     "adaptive_step",
     "client_weight",
     "clip_to_norm",
-    "control_variate",
     "coordinate_median",
     "krum_selected",
     "l2_norm",
@@ -78,17 +77,6 @@ def client_weight(*, num_examples: int, steps_done: int, steps_planned: int, par
     if partial_work == "drop":
         return 0.0
     return float(num_examples) * steps_done / steps_planned
-
-
-def control_variate(
-    deltas: Sequence[torch.Tensor], steps: Sequence[int], weights: Sequence[float], bound: float | None
-) -> torch.Tensor:
-    """SCAFFOLD's fleet control variate in update space: the weighted mean of each delta (clipped to ``bound`` as
-    the round's aggregate clipped it; None: not clipped) over the local steps it took, i.e. the fleet's mean step."""
-    if len(deltas) != len(steps) or any(k < 1 for k in steps):
-        raise InvalidInput(f"need one step count >= 1 per delta, got {list(steps)} for {len(deltas)} deltas")
-    per_step = [(d if bound is None else clip_to_norm(d, bound)[0]) / k for d, k in zip(deltas, steps, strict=True)]
-    return weighted_mean(per_step, weights)
 
 
 def sgd_step(params: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:

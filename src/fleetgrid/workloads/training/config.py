@@ -70,8 +70,8 @@ class LocalTrainingConfig:
     update_noise_std: float = 0.0
     """Gaussian noise per coordinate the car adds to its clipped delta (distributed DP); set by the strategy."""
     drift_correction: float = 0.0
-    """SCAFFOLD's strength s: after every step the car adds ``s * (c_i - c)``, its own mean step from its last
-    lease less the fleet's; in [0, 1], 0 is off. Set by the strategy (``DiLoCoConfig.drift_correction``)."""
+    """SCAFFOLD's strength s: the car adds ``s * (c - c_i)`` to every gradient and reports its mean gradient; in
+    [0, 1], 0 is off. Set by the strategy (``DiLoCoConfig.drift_correction``), not by hand."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -303,14 +303,14 @@ class DiLoCoConfig(StrategyConfig):
     outer_momentum: float = 0.9
     """Outer Nesterov momentum in [0, 1) (DiLoCo uses 0.9)."""
     drift_correction: float = 0.0
-    """SCAFFOLD-style control variates (Karimireddy et al. 2020, option II, in update space) of this strength in
-    [0, 1]; 0 is off. The coordinator keeps ``c``, the mean per-step delta of its last round, and sends it down with
-    each new version (coded as ``downlink``, its bytes counted); a car keeps ``c_i``, its own from its last lease,
-    and adds ``strength * (c_i - c)`` after every local step, so a label-skewed car stops pulling its own way.
-    The car reports its optimizer's steps without those shifts: SCAFFOLD's server sees them, but then ``c`` (the
-    mean of what it sees) carries every round's gap between ``c`` and the cohort's ``c_i`` into the next, and at
-    strength 1 on MNIST-1D (H 50, 8-16 cars) that gap grew until the global diverged (held-out loss 25-5800).
-    Needs the 'mean' aggregator without DP or secure aggregation (``c`` is built from the individual deltas)."""
+    """SCAFFOLD's control variates (Karimireddy et al. 2020, option II) of this strength in [0, 1]; 0 is off. A car
+    adds ``strength * (c - c_i)`` to every (clipped) gradient before AdamW sees it: ``c_i`` is its own mean gradient
+    in its last lease (kept on the car), ``c`` the fleet's, the weighted mean of the ``c_i`` that the last round's
+    cars reported with their deltas (``server_state['control']``, sent down with each new version). Both travel in
+    the uplink's / downlink's codec and their bytes are counted. In gradient space, not update space: a correction
+    added to the weights after AdamW's steps (``c_i`` = the car's mean step) held skewed cars still while AdamW's
+    normalised steps kept their full size, and the global diverged on MNIST-1D (H 50, 8-16 cars).
+    Needs the 'mean' aggregator without DP or secure aggregation (``c`` is built from the individual reports)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

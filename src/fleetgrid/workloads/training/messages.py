@@ -53,10 +53,12 @@ class ClientUpdate:
     steps_planned: int
     examples_seen: int
     train_loss: float = float("nan")
+    control: bytes | None = None
+    """With drift correction on: the car's mean gradient over the lease (its ``c_i``), encoded."""
 
     @property
     def nbytes(self) -> int:
-        return len(self.payload)
+        return len(self.payload) + len(self.control or b"")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ from torch import nn
 
 from fleetgrid.clock import ManualClock
 from fleetgrid.errors import InvalidInput
-from fleetgrid.workloads.training.compression import ErrorFeedback, decode, encoded_nbytes
+from fleetgrid.workloads.training.compression import CompressionConfig, ErrorFeedback, decode, encoded_nbytes
 from fleetgrid.workloads.training.flat import FlatLayout
 from fleetgrid.workloads.training.local import (
     LocalDataset,
@@ -74,7 +74,7 @@ class _Car:
     fleet_control: torch.Tensor | None = None
     """Drift correction: the fleet's ``c`` that came down with ``held_version``."""
     own_control: torch.Tensor | None = None
-    """Drift correction: this car's ``c_i``, from its last lease that reported (None before its first)."""
+    """Drift correction: this car's ``c_i``, its mean gradient in its last lease that reported (None before)."""
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -166,6 +166,8 @@ class SimulatedFleet:
             )
             steps = ins.local.steps if stop_after is None else stop_after
             upload = encoded_nbytes(self.numel, ins.local.compression) if steps else 0
+            if steps and ins.local.drift_correction:  # the car's mean gradient goes up too, dense
+                upload += encoded_nbytes(self.numel, CompressionConfig(bits=ins.local.compression.bits))
             duration = download.nbytes / cfg.downlink_bytes_per_s + steps / car.speed + upload / cfg.uplink_bytes_per_s
             self._jobs[cid] = _Job(ins, car.held_params, stop_after, vanishes)
             self._seq += 1
@@ -205,7 +207,7 @@ class SimulatedFleet:
         strength = job.instructions.local.drift_correction
         correction = None
         if strength > 0 and car.own_control is not None and car.fleet_control is not None:
-            correction = strength * (car.own_control - car.fleet_control)
+            correction = strength * (car.fleet_control - car.own_control)  # SCAFFOLD: g - c_i + c
         result = train_locally(
             self.model,
             job.params,

@@ -17,13 +17,13 @@ from safetensors.torch import load as st_load
 from fleetgrid.errors import InvalidInput
 from fleetgrid.workloads.training.aggregate import (
     adaptive_step,
-    control_variate,
     nesterov_step,
     sgd_step,
     staleness_weight,
+    weighted_mean,
 )
 from fleetgrid.workloads.training.base import AcceptedUpdate, Fleet, Strategy, read_metadata
-from fleetgrid.workloads.training.compression import encode
+from fleetgrid.workloads.training.compression import decode, encode
 from fleetgrid.workloads.training.config import (
     DiLoCoConfig,
     FedAdamConfig,
@@ -61,8 +61,9 @@ class FedAvg(Strategy):
 
 class DiLoCo(Strategy):
     """Douillard et al.: cars run H AdamW steps; the server treats the mean delta as a gradient for outer SGD
-    with Nesterov momentum. With ``drift_correction`` it also keeps the fleet's control variate ``c``
-    (``server_state['control']``, so checkpoints carry it) and sends it down with each new version."""
+    with Nesterov momentum. With ``drift_correction`` it also keeps the fleet's control variate ``c``, the mean of
+    the cars' reported mean gradients (``server_state['control']``, so checkpoints carry it), and sends it down
+    with each new version."""
 
     name = "diloco"
     config_class = DiLoCoConfig
@@ -83,13 +84,18 @@ class DiLoCo(Strategy):
         return dataclasses.replace(ins, local=dataclasses.replace(ins.local,
                                                                   drift_correction=self.config.drift_correction))
 
+    def _validate(self, update: ClientUpdate, max_examples: int | None) -> AcceptedUpdate:
+        accepted = super()._validate(update, max_examples)
+        if self.config.drift_correction:
+            _control_of(update, self.numel)  # raises InvalidInput on a missing or malformed one
+        return accepted
+
     def aggregate(self, accepted: Sequence[AcceptedUpdate]) -> dict[str, Any]:
         summary = super().aggregate(accepted)
-        if self.config.drift_correction:  # the same reports, weights and clip as the aggregate just used
+        if self.config.drift_correction:  # the same reports and weights as the aggregate just used
             usable = [a for a in accepted if a.weight > 0]
-            self.server_state["control"] = control_variate(
-                [a.delta for a in usable], [a.update.steps_done for a in usable], [a.weight for a in usable],
-                summary.get("norm_bound"))
+            self.server_state["control"] = weighted_mean([_control_of(a.update, self.numel) for a in usable],
+                                                         [a.weight for a in usable])
         return summary
 
     def download(self, held_version: int | None, version: int | None = None) -> ModelDownload:
@@ -100,6 +106,17 @@ class DiLoCo(Strategy):
         if self._control_blob is None or self._control_blob[0] != self.version:
             self._control_blob = (self.version, encode(control, self.config.downlink))
         return dataclasses.replace(out, control=self._control_blob[1])
+
+
+def _control_of(update: ClientUpdate, numel: int) -> torch.Tensor:
+    """A drift-corrected report's mean gradient, decoded (not clipped here: the car's grad_clip bounds each step)."""
+    if update.control is None:
+        raise InvalidInput(f"update from {update.client_id!r} has no control (its mean gradient), which "
+                           "drift_correction needs; the car must run with the lease's drift_correction")
+    control = decode(update.control)  # raises InvalidInput on a malformed or non-finite payload
+    if control.shape != (numel,):
+        raise InvalidInput(f"control from {update.client_id!r} has shape {control.shape}; the model needs ({numel},)")
+    return torch.from_numpy(control.astype("float32", copy=True))
 
 
 class FedBuff(FedAvg):
