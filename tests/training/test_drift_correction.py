@@ -1,6 +1,5 @@
 """SCAFFOLD-style drift correction (``DiLoCoConfig.drift_correction``): its settings, the fleet's control variate
-on the coordinator (maths, checkpoint, bytes
-down) and the correction and mean gradient on the car (bytes up)."""
+on the coordinator (maths, checkpoint, bytes down) and the correction and mean gradient on the car (bytes up)."""
 
 import dataclasses
 
