@@ -167,7 +167,8 @@ class SimulatedFleet:
             steps = ins.local.steps if stop_after is None else stop_after
             upload = encoded_nbytes(self.numel, ins.local.compression) if steps else 0
             if steps and ins.local.drift_correction:  # the car's mean gradient goes up too, dense
-                upload += encoded_nbytes(self.numel, CompressionConfig(bits=ins.local.compression.bits))
+                upload += encoded_nbytes(self.numel, CompressionConfig(bits=ins.local.compression.bits,
+                                                                       chunk_size=ins.local.compression.chunk_size))
             duration = download.nbytes / cfg.downlink_bytes_per_s + steps / car.speed + upload / cfg.uplink_bytes_per_s
             self._jobs[cid] = _Job(ins, car.held_params, stop_after, vanishes)
             self._seq += 1
