@@ -310,7 +310,9 @@ class DiLoCoConfig(StrategyConfig):
     the uplink's / downlink's codec and their bytes are counted. In gradient space, not update space: a correction
     added to the weights after AdamW's steps (``c_i`` = the car's mean step) held skewed cars still while AdamW's
     normalised steps kept their full size, and the global diverged on MNIST-1D (H 50, 8-16 cars).
-    Needs the 'mean' aggregator without DP or secure aggregation (``c`` is built from the individual reports)."""
+    Needs the 'mean' aggregator without DP or secure aggregation (``c`` is built from the individual reports). Off
+    by default: on MNIST-1D (seed 0, alpha 0.3 / 1.0, 8 / 16 cars, H 50 and 100) strength 1 lost 12-43 points, 0.5
+    won on two or three cells of four, and twice the rounds for the same bytes did better (README)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -326,7 +328,7 @@ class DiLoCoConfig(StrategyConfig):
                 f"drift_correction={self.drift_correction} needs aggregator 'mean' without differential privacy "
                 f"or secure aggregation (got aggregator {self.robust.aggregator!r}, privacy "
                 f"{'on' if self.privacy.enabled else 'off'}, secure_aggregation {self.secure_aggregation}): the "
-                "fleet's control variate is a weighted mean of the individual deltas; set drift_correction=0"
+                "fleet's control variate is a weighted mean of the individual reports; set drift_correction=0"
             )
 
 
