@@ -8,7 +8,9 @@ Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet 
   (``min(default, cars // over_selection)``). FedBuff gets ``rounds x reports per round / K`` versions: as many
   reports as a synchronous strategy. No setting is tuned per cell. ``diloco_int4_down2`` is ``diloco_int4`` with
   each new global version sent down as a 2-bit (ternary) delta: the coordinator's error feedback keeps the global
-  on what the cars can rebuild exactly;
+  on what the cars can rebuild exactly; ``diloco_int4_scaffold`` (``..05``) is ``diloco_int4`` with SCAFFOLD-style
+  drift correction of strength 1 (0.5) (``DiLoCoConfig.drift_correction``; each car's mean gradient goes up and the
+  fleet's down, int4-coded, counted);
 - Flower ``flower_fedavg``, ``flower_fedadam``, ``flower_fedprox`` (``bench/flower_peers.py``; skipped with a
   message where Flower is not installed): Flower's defaults, the same rounds, H, partition, batch order and cars
   asked per round, the cars' local loop being fleetgrid FedAvg's;
@@ -68,9 +70,15 @@ from fleetgrid.workloads.training.tasks import DataSpec, build_model
 FLEET_PEERS = {  # label -> (strategy, config class, uplink bits, downlink bits)
     "diloco_int4": ("diloco", DiLoCoConfig, 4, 4),
     "diloco_int4_down2": ("diloco", DiLoCoConfig, 4, 2),  # the downlink in 256-value chunks (shipped_config)
+    "diloco_int4_scaffold": ("diloco", DiLoCoConfig, 4, 4),  # with drift correction (PEER_SETTINGS)
+    "diloco_int4_scaffold05": ("diloco", DiLoCoConfig, 4, 4),
     "diloco_int8": ("diloco", DiLoCoConfig, 8, 8),
     "fedavg_fp32": ("fedavg", FedAvgConfig, None, None),
     "fedbuff": ("fedbuff", FedBuffConfig, None, None),
+}
+PEER_SETTINGS = {  # label -> config fields it changes beyond the budget and compression
+    "diloco_int4_scaffold": {"drift_correction": 1.0},
+    "diloco_int4_scaffold05": {"drift_correction": 0.5},
 }
 FLOWER_PEERS = ("flower_fedavg", "flower_fedadam", "flower_fedprox")
 PEERS = (*FLEET_PEERS, *FLOWER_PEERS)
@@ -134,7 +142,7 @@ def shipped_config(label: str, budget: Budget, cars: int | None, seed: int) -> t
     if down_bits is not None:  # ternary values want a scale per 256 (what is owed stays nearer each value's size)
         chunk = 256 if down_bits == 2 else default.downlink.chunk_size
         changes["downlink"] = dataclasses.replace(default.downlink, bits=down_bits, chunk_size=chunk)
-    config = dataclasses.replace(default, **changes)
+    config = dataclasses.replace(default, **changes, **PEER_SETTINGS.get(label, {}))
     versions = budget.rounds
     if isinstance(config, FedBuffConfig):  # as many usable reports as a synchronous strategy gets
         versions = math.ceil(budget.rounds * wanted / config.buffer_size)

@@ -44,7 +44,7 @@ def print_table(rows: list[dict], budgets: dict) -> None:
     for task, b in budgets.items():
         print(f"{task}: {b.rounds} rounds, H={b.local_steps or 'shipped default'}; quality = "
               f"{'accuracy %' if task == 'mnist1d' else 'perplexity'} (mean [min-max] over seeds)")
-    header = (f"{'peer':<15}{'quality':>24}{'loss':>7}{'MB up':>8}{'MB down':>8}{'vs central':>22}"
+    header = (f"{'peer':<21}{'quality':>24}{'loss':>7}{'MB up':>8}{'MB down':>8}{'vs central':>22}"
               f"{'vs ceiling':>22}{'q vs syncDP':>22}{'vs syncDP':>10}{'vs flwr@q':>10}{'steps':>8}  targets missed")
     by_cell: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
@@ -54,7 +54,7 @@ def print_table(rows: list[dict], budgets: dict) -> None:
         print(header)
         for r in cell_rows:
             missed = [k for k, ok in r.get("targets", {}).items() if not ok]
-            print(f"{r['peer']:<15}{_quality(r):>24}{r['loss']['mean']:>7.2f}"
+            print(f"{r['peer']:<21}{_quality(r):>24}{r['loss']['mean']:>7.2f}"
                   f"{r['bytes_up']['mean'] / 1e6:>8.2f}{r['bytes_down']['mean'] / 1e6:>8.2f}"
                   f"{_vs(r, 'vs_centralized'):>22}{_vs(r, 'vs_ceiling'):>22}{_vs(r, 'vs_sync_dp'):>22}"
                   f"{_x(r, 'reduction_vs_sync_dp'):>10}"

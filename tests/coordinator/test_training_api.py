@@ -172,6 +172,7 @@ def post_update(api, cred: str, lease_id: str, report: dict, payload: bytes):
     ({"settings": {"rounds": {"min_reports": 5, "clients_per_round": 2}}}, "min_reports"),
     ({"target_metric": {"f1": 0.9}}, "unknown target metric"),
     ({"settings": {"local": {"optimizer": "lbfgs"}}}, "local optimizer must be one of"),
+    ({"strategy": "diloco", "settings": {"drift_correction": 1.0}}, "runs only in the in-process harness"),
 ])
 def test_impossible_training_jobs_are_refused_with_400(api, overrides, needle):
     r = submit(api, **overrides)

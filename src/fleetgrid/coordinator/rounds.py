@@ -31,8 +31,8 @@ from .store import JobRecord
 if TYPE_CHECKING:
     from .training import TrainingService
 
-__all__ = ["LeaseFleet", "Run", "Stopped", "TargetReached", "car_shards", "client_update", "data_spec",
-           "final_model_bytes", "jsonable", "partial_updates", "reached", "with_training"]
+__all__ = ["LeaseFleet", "Run", "Stopped", "TargetReached", "car_shards", "check_lease_support", "client_update",
+           "data_spec", "final_model_bytes", "jsonable", "partial_updates", "reached", "with_training"]
 
 
 class Stopped(Exception):
@@ -169,6 +169,17 @@ def client_update(vehicle_id: str, report: UpdateReport, payload: bytes) -> Clie
         examples_seen=report.examples_seen,
         train_loss=report.train_loss if report.train_loss is not None else float("nan"),
     )
+
+
+def check_lease_support(strategy: Strategy) -> None:
+    """InvalidInput for a setting that only the in-process harness (``SimulatedFleet``) runs so far: leases carry
+    no control variate down and the car agent keeps none, so drift correction would silently be off."""
+    strength = getattr(strategy.config, "drift_correction", 0.0)
+    if strength:
+        raise InvalidInput(
+            f"drift_correction={strength} runs only in the in-process harness for now (the car agent does not keep "
+            "control variates yet); submit the job with drift_correction=0"
+        )
 
 
 def data_spec(data: Any) -> DataSpec:

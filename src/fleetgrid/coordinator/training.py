@@ -57,6 +57,7 @@ from .rounds import (
     Stopped,
     TargetReached,
     car_shards,
+    check_lease_support,
     client_update,
     data_spec,
     final_model_bytes,
@@ -122,6 +123,7 @@ class TrainingService:
         init = FlatLayout.of(model := build_model(req.model, seed=req.init_seed)).flatten(model)
         strategy = make_strategy(req.strategy, init, req.settings)
         check_secure_job(strategy)
+        check_lease_support(strategy)
         try:  # the cars build their shards from this spec: one that cannot be built fails here, not on every car
             local = build_local_dataset(data, 0)
             x, _ = build_eval_set(data, max_windows=req.eval_max)
@@ -133,10 +135,9 @@ class TrainingService:
             raise InvalidInput(f"data spec {req.data} cannot be built for model {req.model!r}: {exc}") from exc
         if len(local) < 1:
             raise InvalidInput(f"data spec {req.data} leaves shard 0 empty; use fewer shards or more samples")
-        if req.target_metric:
-            unknown = sorted(set(req.target_metric) - {"accuracy", "loss"})
-            if unknown:
-                raise InvalidInput(f"unknown target metric(s) {unknown}; accepted: accuracy, loss")
+        unknown = sorted(set(req.target_metric or {}) - {"accuracy", "loss"})
+        if unknown:
+            raise InvalidInput(f"unknown target metric(s) {unknown}; accepted: accuracy, loss")
         now = self.clock.now()
         job_id = "job-" + uuid.uuid4().hex[:12]
         spec = req.model_dump(mode="json") | {"data": to_dict(data), "settings": to_dict(strategy.config)}

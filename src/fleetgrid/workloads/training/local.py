@@ -17,7 +17,7 @@ from torch import nn
 
 from fleetgrid.errors import InvalidInput
 from fleetgrid.workloads.training.aggregate import clip_to_norm
-from fleetgrid.workloads.training.compression import ErrorFeedback
+from fleetgrid.workloads.training.compression import CompressionConfig, ErrorFeedback, encode
 from fleetgrid.workloads.training.config import LocalTrainingConfig
 from fleetgrid.workloads.training.flat import FlatLayout
 from fleetgrid.workloads.training.messages import ClientUpdate, TrainInstructions
@@ -79,6 +79,9 @@ class LocalResult:
     preempted: bool
     train_loss: float
     bytes_up: int
+    control: torch.Tensor | None = None
+    """With drift correction on (``instructions.local.drift_correction``): the car's new ``c_i``, its mean clipped
+    gradient over the lease (before any correction), flat (P,); it keeps it for its next lease and reports it."""
 
 
 def _make_optimizer(model: nn.Module, config: LocalTrainingConfig) -> torch.optim.Optimizer:
@@ -101,6 +104,7 @@ def train_locally(
     error_feedback: ErrorFeedback | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
     on_step: Callable[[int, int, float], None] | None = None,
+    correction: torch.Tensor | None = None,
 ) -> LocalResult:
     """Train ``model`` from ``global_params`` for up to ``instructions.local.steps`` steps on ``dataset``.
 
@@ -108,7 +112,9 @@ def train_locally(
     the partial delta is still reported. ``error_feedback``, if given, is the car's uplink residual and is
     updated in place. ``model`` is overwritten with the local weights. ``on_step(steps, examples, loss_sum)``
     follows every step, with ``model`` holding the weights so far: the car's worker checkpoints from it, so a
-    SIGKILL loses at most the steps since the last checkpoint.
+    SIGKILL loses at most the steps since the last checkpoint. ``correction``, flat (P,), is added to every
+    step's (clipped) gradient before the optimizer sees it: SCAFFOLD's ``strength * (c - c_i)`` (see
+    ``DiLoCoConfig.drift_correction``, which also makes the car report its mean gradient).
     """
     config = instructions.local
     layout = FlatLayout.of(model)
@@ -116,6 +122,10 @@ def train_locally(
     generator = torch.Generator().manual_seed(instructions.seed)
     optimizer = _make_optimizer(model, config)
     anchors = [p.detach().clone() for p in model.parameters()] if config.prox_mu > 0 else []
+    if correction is not None and correction.shape != (layout.numel,):
+        raise InvalidInput(f"correction must be flat of shape ({layout.numel},), got {tuple(correction.shape)}")
+    slices = _param_slices(model, layout)
+    grad_sum = torch.zeros(layout.numel) if config.drift_correction > 0 else None  # (P,), for c_i
     model.train()
     steps = examples = 0
     loss_sum = 0.0
@@ -134,6 +144,14 @@ def train_locally(
         objective.backward()
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        with torch.no_grad():
+            for p, start, end in slices:
+                if p.grad is None:
+                    continue
+                if grad_sum is not None:
+                    grad_sum[start:end] += p.grad.reshape(-1)
+                if correction is not None:
+                    p.grad.add_(correction[start:end].view_as(p))
         optimizer.step()
         steps += 1
         examples += len(x)
@@ -146,6 +164,11 @@ def train_locally(
     if error_feedback is None:
         error_feedback = ErrorFeedback(delta.size)
     payload, _ = error_feedback.compress(delta, config.compression)
+    control = None if grad_sum is None else grad_sum / steps  # option II's c_i: the lease's mean gradient
+    control_blob = None
+    if control is not None:  # dense, in the uplink's bits (no error feedback: each lease's mean stands alone)
+        control_blob = encode(control, CompressionConfig(bits=config.compression.bits,
+                                                         chunk_size=config.compression.chunk_size))
     update = ClientUpdate(
         client_id=client_id,
         round=instructions.round,
@@ -156,8 +179,21 @@ def train_locally(
         steps_planned=config.steps,
         examples_seen=examples,
         train_loss=loss_sum / steps,
+        control=control_blob,
     )
-    return LocalResult(update, steps, examples, preempted, loss_sum / steps, len(payload))
+    return LocalResult(update, steps, examples, preempted, loss_sum / steps, update.nbytes, control)
+
+
+def _param_slices(model: nn.Module, layout: FlatLayout) -> list[tuple[nn.Parameter, int, int]]:
+    """(parameter, start, end) of each trainable entry of ``layout`` in the flat vector (buffers have no grad)."""
+    params = dict(model.named_parameters())
+    out, offset = [], 0
+    for name, shape in zip(layout.names, layout.shapes, strict=True):
+        n = int(torch.Size(shape).numel())
+        if name in params:
+            out.append((params[name], offset, offset + n))
+        offset += n
+    return out
 
 
 def private_delta(delta: torch.Tensor, config: LocalTrainingConfig) -> torch.Tensor:

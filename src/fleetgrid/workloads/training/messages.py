@@ -53,26 +53,31 @@ class ClientUpdate:
     steps_planned: int
     examples_seen: int
     train_loss: float = float("nan")
+    control: bytes | None = None
+    """With drift correction on: the car's mean gradient over the lease (its ``c_i``), encoded."""
 
     @property
     def nbytes(self) -> int:
-        return len(self.payload)
+        return len(self.payload) + len(self.control or b"")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelDownload:
     """How a car holding ``from_version`` (None: nothing) gets ``version``: one full float32 snapshot, or the
-    chain of encoded deltas from its version, or nothing when it is already current."""
+    chain of encoded deltas from its version, or nothing when it is already current; and ``c`` if asked for."""
 
     from_version: int | None
     version: int
     digest: str
     full: bytes | None
     deltas: tuple[bytes, ...] = ()
+    control: bytes | None = None
+    """With drift correction on: the fleet's control variate ``c`` for ``version``, encoded (a car already holding
+    ``version`` got it with it)."""
 
     @property
     def nbytes(self) -> int:
-        return len(self.full or b"") + sum(len(d) for d in self.deltas)
+        return len(self.full or b"") + sum(len(d) for d in self.deltas) + len(self.control or b"")
 
 
 def apply_download(held: torch.Tensor | None, download: ModelDownload) -> torch.Tensor:

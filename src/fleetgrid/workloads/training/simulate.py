@@ -18,7 +18,7 @@ from torch import nn
 
 from fleetgrid.clock import ManualClock
 from fleetgrid.errors import InvalidInput
-from fleetgrid.workloads.training.compression import ErrorFeedback, encoded_nbytes
+from fleetgrid.workloads.training.compression import CompressionConfig, ErrorFeedback, decode, encoded_nbytes
 from fleetgrid.workloads.training.flat import FlatLayout
 from fleetgrid.workloads.training.local import (
     LocalDataset,
@@ -71,6 +71,10 @@ class _Car:
     feedback: ErrorFeedback
     held_version: int | None = None
     held_params: torch.Tensor | None = None
+    fleet_control: torch.Tensor | None = None
+    """Drift correction: the fleet's ``c`` that came down with ``held_version``."""
+    own_control: torch.Tensor | None = None
+    """Drift correction: this car's ``c_i``, its mean gradient in its last lease that reported (None before)."""
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -146,6 +150,8 @@ class SimulatedFleet:
             download = strategy.download(car.held_version)
             car.held_params = apply_download(car.held_params, download)
             car.held_version = download.version
+            if download.control is not None:
+                car.fleet_control = torch.from_numpy(decode(download.control).reshape(-1).copy())
             car.bytes_down += download.nbytes
             self.counts["deltas_down"] += len(download.deltas)
             if download.full is not None:
@@ -160,6 +166,9 @@ class SimulatedFleet:
             )
             steps = ins.local.steps if stop_after is None else stop_after
             upload = encoded_nbytes(self.numel, ins.local.compression) if steps else 0
+            if steps and ins.local.drift_correction:  # the car's mean gradient goes up too, dense
+                upload += encoded_nbytes(self.numel, CompressionConfig(bits=ins.local.compression.bits,
+                                                                       chunk_size=ins.local.compression.chunk_size))
             duration = download.nbytes / cfg.downlink_bytes_per_s + steps / car.speed + upload / cfg.uplink_bytes_per_s
             self._jobs[cid] = _Job(ins, car.held_params, stop_after, vanishes)
             self._seq += 1
@@ -196,6 +205,10 @@ class SimulatedFleet:
 
     def _train(self, car: _Car, job: _Job) -> ClientUpdate | None:
         stop = None if job.stop_after is None else (lambda steps, n=job.stop_after: steps >= n)
+        strength = job.instructions.local.drift_correction
+        correction = None
+        if strength > 0 and car.own_control is not None and car.fleet_control is not None:
+            correction = strength * (car.fleet_control - car.own_control)  # SCAFFOLD: g - c_i + c
         result = train_locally(
             self.model,
             job.params,
@@ -205,7 +218,10 @@ class SimulatedFleet:
             should_stop=stop,
             error_feedback=car.feedback,
             loss_fn=self.loss_fn,
+            correction=correction,
         )
+        if result.control is not None:
+            car.own_control = result.control
         self.counts["preempted"] += result.preempted
         if result.update is None:
             return None

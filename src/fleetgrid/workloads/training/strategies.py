@@ -7,6 +7,7 @@ Strategies are looked up by name here and resumed from their checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,8 +20,10 @@ from fleetgrid.workloads.training.aggregate import (
     nesterov_step,
     sgd_step,
     staleness_weight,
+    weighted_mean,
 )
 from fleetgrid.workloads.training.base import AcceptedUpdate, Fleet, Strategy, read_metadata
+from fleetgrid.workloads.training.compression import decode, encode
 from fleetgrid.workloads.training.config import (
     DiLoCoConfig,
     FedAdamConfig,
@@ -29,7 +32,7 @@ from fleetgrid.workloads.training.config import (
     StrategyConfig,
     config_from_dict,
 )
-from fleetgrid.workloads.training.messages import ClientUpdate, params_digest
+from fleetgrid.workloads.training.messages import ClientUpdate, ModelDownload, TrainInstructions, params_digest
 
 __all__ = [
     "STRATEGIES",
@@ -58,11 +61,14 @@ class FedAvg(Strategy):
 
 class DiLoCo(Strategy):
     """Douillard et al.: cars run H AdamW steps; the server treats the mean delta as a gradient for outer SGD
-    with Nesterov momentum."""
+    with Nesterov momentum. With ``drift_correction`` it also keeps the fleet's control variate ``c``, the mean of
+    the cars' reported mean gradients (``server_state['control']``, so checkpoints carry it), and sends it down
+    with each new version."""
 
     name = "diloco"
     config_class = DiLoCoConfig
     config: DiLoCoConfig  # Strategy.__init__ refuses any other config class
+    _control_blob: tuple[int, bytes] | None = None  # (version, encoded c): encoded once per version
 
     def server_step(self, pseudo_grad: torch.Tensor) -> torch.Tensor:
         buf = self.server_state.get("momentum", torch.zeros_like(self.params))
@@ -70,6 +76,47 @@ class DiLoCo(Strategy):
             self.params, pseudo_grad, buf, self.config.outer_lr * self.server_lr_scale(), self.config.outer_momentum
         )
         return target
+
+    def instructions(self, client_id: str) -> TrainInstructions:
+        ins = super().instructions(client_id)
+        if not self.config.drift_correction:
+            return ins
+        return dataclasses.replace(ins, local=dataclasses.replace(ins.local,
+                                                                  drift_correction=self.config.drift_correction))
+
+    def _validate(self, update: ClientUpdate, max_examples: int | None) -> AcceptedUpdate:
+        accepted = super()._validate(update, max_examples)
+        if self.config.drift_correction:
+            _control_of(update, self.numel)  # raises InvalidInput on a missing or malformed one
+        return accepted
+
+    def aggregate(self, accepted: Sequence[AcceptedUpdate]) -> dict[str, Any]:
+        summary = super().aggregate(accepted)
+        if self.config.drift_correction:  # the same reports and weights as the aggregate just used
+            usable = [a for a in accepted if a.weight > 0]
+            self.server_state["control"] = weighted_mean([_control_of(a.update, self.numel) for a in usable],
+                                                         [a.weight for a in usable])
+        return summary
+
+    def download(self, held_version: int | None, version: int | None = None) -> ModelDownload:
+        out = super().download(held_version, version)
+        control = self.server_state.get("control")
+        if not self.config.drift_correction or control is None or (out.full is None and not out.deltas):
+            return out  # off, no round yet, or the car already holds this version and its c
+        if self._control_blob is None or self._control_blob[0] != self.version:
+            self._control_blob = (self.version, encode(control, self.config.downlink))
+        return dataclasses.replace(out, control=self._control_blob[1])
+
+
+def _control_of(update: ClientUpdate, numel: int) -> torch.Tensor:
+    """A drift-corrected report's mean gradient, decoded (not clipped here: the car's grad_clip bounds each step)."""
+    if update.control is None:
+        raise InvalidInput(f"update from {update.client_id!r} has no control (its mean gradient), which "
+                           "drift_correction needs; the car must run with the lease's drift_correction")
+    control = decode(update.control)  # raises InvalidInput on a malformed or non-finite payload
+    if control.shape != (numel,):
+        raise InvalidInput(f"control from {update.client_id!r} has shape {control.shape}; the model needs ({numel},)")
+    return torch.from_numpy(control.astype("float32", copy=True))
 
 
 class FedBuff(FedAvg):
