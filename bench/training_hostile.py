@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 import time
 
@@ -89,6 +90,28 @@ def print_table(runs: list[dict], file=sys.stdout) -> None:
               f"{r['refused']:>8}{r['clipped']:>8}  {met}", file=file)
 
 
+def summarize(runs: list[dict]) -> list[dict]:
+    """Points vs clean per (alpha, strategy, aggregator, attack), over seeds: mean, min, max, and whether the mean
+    meets the target."""
+    groups: dict[tuple, list[float]] = {}
+    for r in runs:
+        if r["attack"] != "clean":
+            key = (r["alpha"], r["strategy"], r["aggregator"], r["attack"])
+            groups.setdefault(key, []).append(r["points_vs_clean"])
+    return [{"alpha": a, "strategy": s, "aggregator": g, "attack": k, "seeds": len(p),
+             "points_mean": statistics.fmean(p), "points_min": min(p), "points_max": max(p),
+             "within_target": statistics.fmean(p) >= -TARGET_POINTS}
+            for (a, s, g, k), p in groups.items()]
+
+
+def print_summary(rows: list[dict], file=sys.stdout) -> None:
+    print(f"\npoints vs clean, mean [min, max] over seeds; target: mean within {TARGET_POINTS:g} point", file=file)
+    for r in rows:
+        print(f"{r['alpha']:>5g}  {r['strategy']:<13}{r['aggregator']:<13}{r['attack']:<9}{r['points_mean']:>+7.1f} "
+              f"[{r['points_min']:+.1f}, {r['points_max']:+.1f}] ({r['seeds']} seeds)  "
+              f"{'yes' if r['within_target'] else 'NO'}", file=file)
+
+
 def _csv(kind):
     return lambda text: [kind(x) for x in text.split(",") if x]
 
@@ -103,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attacks", type=_csv(str), default=list(ATTACKS))
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--no-robust", action="store_true", help="skip the robust aggregators on the worst attack")
+    ap.add_argument("--from-json", type=_csv(str), default=None,
+                    help="run nothing: print the tables of these earlier --out files (e.g. one per seed) together")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.attacks) - set(ATTACKS))
     if unknown:
@@ -122,14 +147,22 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.out, "w") as f:
                 json.dump(report(time.perf_counter() - started, runs), f, indent=1)
 
-    runs = run_all(args.alphas, args.seeds, args.strategies, args.rounds, args.attacks, not args.no_robust, on_run)
-    wall = time.perf_counter() - started
+    if args.from_json:
+        saved = [json.load(open(path)) for path in args.from_json]
+        runs, wall = [r for s in saved for r in s["runs"]], sum(s["wall_s"] for s in saved)
+        runs.sort(key=lambda r: (r["alpha"], r["strategy"], r["aggregator"] != "mean", r["aggregator"], r["seed"]))
+    else:
+        runs = run_all(args.alphas, args.seeds, args.strategies, args.rounds, args.attacks, not args.no_robust,
+                       on_run)
+        wall = time.perf_counter() - started
     print(f"MNIST-1D, 16 cars, churn on (half preempted), {args.rounds} rounds, shipped configs; {HOSTILE_CAR} "
           f"hostile; vs clean = points vs the clean run with the same aggregator")
     print_table(runs)
+    summary = summarize(runs)
+    print_summary(summary)
     print(f"wall time: {wall:.0f} s")
     if args.json:
-        print(json.dumps(report(wall, runs)))
+        print(json.dumps(report(wall, runs) | {"summary": summary}))
     return 0
 
 
