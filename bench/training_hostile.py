@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from training_matrix import BUDGETS, Cell, shipped_config
@@ -144,11 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - started:6.0f} s] a={r['alpha']:g} s={r['seed']} {r['strategy']} "
               f"{r['aggregator']} {r['attack']}: {100 * r['accuracy']:.1f}%", file=sys.stderr, flush=True)
         if args.out:
-            with open(args.out, "w") as f:
-                json.dump(report(time.perf_counter() - started, runs), f, indent=1)
+            Path(args.out).write_text(json.dumps(report(time.perf_counter() - started, runs), indent=1))
 
     if args.from_json:
-        saved = [json.load(open(path)) for path in args.from_json]
+        saved = [json.loads(Path(path).read_text()) for path in args.from_json]
         runs, wall = [r for s in saved for r in s["runs"]], sum(s["wall_s"] for s in saved)
         runs.sort(key=lambda r: (r["alpha"], r["strategy"], r["aggregator"] != "mean", r["aggregator"], r["seed"]))
     else:
