@@ -10,6 +10,8 @@ centralized run too), so every benchmark trains and counts bytes the same way:
   downloads to cars whose work was revoked, preempted or retried.
 - ``sync_dp_bytes = 2 x params x 4 bytes x (local steps done)``: what synchronous data-parallel training moves
   for the same optimizer steps (a ring all-reduce moves ~2x the float32 gradient per worker per step).
+- ``refused``: reports the strategy refused as malformed or hostile; ``clipped``: deltas whose norm it bounded;
+  ``hostile_reports``: doctored reports the fleet's hostile cars sent (``SimulationConfig.hostile``).
 """
 
 from __future__ import annotations
@@ -174,6 +176,9 @@ def fleet_run(
         "versions": versions,
         "retries": sum(h.get("attempts", 1) - 1 for h in history[1:]),
         "rejected": sum(h.get("rejected", 0) for h in history[1:]),
+        "refused": sum(h.get("refused", 0) for h in history[1:]),
+        "clipped": sum(h.get("clipped", 0) for h in history[1:]),
+        "hostile_reports": stats["hostile"],
         "dispatched": stats["dispatched"],
         "preempted": stats["preempted"],
         "revoked": stats["revoked"],

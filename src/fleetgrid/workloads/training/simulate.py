@@ -2,23 +2,33 @@
 
 Cars differ in speed, may be preempted mid-round (they hand back partial work) or vanish, and account every byte
 they move. Training runs for real, in this process, but only when a report is due, so revoked work costs nothing.
+Chosen cars can be hostile (``SimulationConfig.hostile``), to measure what one bad car costs a strategy.
 Tests and ``bench/training_local.py`` use it; the coordinator replaces it with real leases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from fleetgrid.clock import ManualClock
 from fleetgrid.errors import InvalidInput
-from fleetgrid.workloads.training.compression import CompressionConfig, ErrorFeedback, decode, encoded_nbytes
+from fleetgrid.workloads.training.compression import (
+    CompressionConfig,
+    ErrorFeedback,
+    decode,
+    encode,
+    encoded_nbytes,
+    read_header,
+)
 from fleetgrid.workloads.training.flat import FlatLayout
 from fleetgrid.workloads.training.local import (
     LocalDataset,
@@ -32,7 +42,10 @@ from fleetgrid.workloads.training.messages import (
 )
 from fleetgrid.workloads.training.strategies import Strategy
 
-__all__ = ["SimulatedFleet", "SimulationConfig"]
+__all__ = ["ATTACKS", "SimulatedFleet", "SimulationConfig", "hostile_update"]
+
+ATTACKS = ("scaled", "signflip", "huge", "noise")
+"""What a hostile car can do to its honest update before sending it; see :func:`hostile_update`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +62,14 @@ class SimulationConfig:
     """~12 Mbps, a home upload link or a decent cellular one."""
     downlink_bytes_per_s: float = 6e6
     seed: int = 0
+    hostile: Mapping[str, str] = field(default_factory=dict)
+    """Hostile cars: car id (``"car-3"``) -> one of :data:`ATTACKS`. Such a car is dispatched and trains like any
+    other (the strategy is not told) but sends :func:`hostile_update` of its honest report."""
 
     def __post_init__(self) -> None:
+        bad = {cid: a for cid, a in self.hostile.items() if a not in ATTACKS}
+        if bad:
+            raise InvalidInput(f"hostile attacks must be among {ATTACKS}, got {bad}")
         for name in ("preempt_prob", "dropout_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InvalidInput(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
@@ -119,6 +138,10 @@ class SimulatedFleet:
             )
             for i, ds in enumerate(datasets)
         }
+        unknown = sorted(set(config.hostile) - set(self.cars))
+        if unknown:
+            raise InvalidInput(f"hostile cars {unknown} are not in this fleet (car-0 .. car-{len(self.cars) - 1})")
+        self._attack_rng = np.random.default_rng(config.seed)  # apart from self._rng: dispatch stays as in a clean run
         if initial_params is not None:
             for car in self.cars.values():
                 car.held_version, car.held_params = 0, initial_params.detach().clone()
@@ -126,9 +149,9 @@ class SimulatedFleet:
         self._events: list[tuple[float, int, str]] = []
         self._seq = 0
         self.counts = {"dispatched": 0, "reported": 0, "preempted": 0, "vanished": 0, "revoked": 0, "steps": 0,
-                       "full_downloads": 0, "full_download_bytes": 0, "deltas_down": 0}
-        """What happened to dispatched work, and how the downloads went: whole models (and their bytes), and
-        the deltas in chains (a car already current downloads neither)."""
+                       "full_downloads": 0, "full_download_bytes": 0, "deltas_down": 0, "hostile": 0}
+        """What happened to dispatched work (``hostile``: doctored reports sent), and how the downloads went: whole
+        models (and their bytes), and the deltas in chains (a car already current downloads neither)."""
 
     # ------------------------------------------------------------------------------------- Fleet protocol
 
@@ -228,7 +251,11 @@ class SimulatedFleet:
         self.counts["reported"] += 1
         self.counts["steps"] += result.steps_done
         car.bytes_up += result.bytes_up
-        return result.update
+        attack = self.config.hostile.get(car.client_id)
+        if attack is None:
+            return result.update
+        self.counts["hostile"] += 1
+        return hostile_update(result.update, attack, self._attack_rng)
 
     def stats(self) -> dict[str, float]:
         """Fleet totals: bytes each way, steps reported, and what happened to dispatched work."""
@@ -242,3 +269,30 @@ class SimulatedFleet:
     def bytes_per_car(self) -> dict[str, tuple[int, int]]:
         """(bytes_up, bytes_down) of each car."""
         return {cid: (c.bytes_up, c.bytes_down) for cid, c in self.cars.items()}
+
+
+def hostile_update(update: ClientUpdate, attack: str, rng: np.random.Generator) -> ClientUpdate:
+    """``update`` as a hostile car sends it instead, re-encoded with the honest payload's codec (so it weighs the
+    same bytes and survives the same quantization):
+
+    - ``scaled``: the delta x20, a boosted vote;
+    - ``signflip``: x-4 (x-1 would merely cancel the car's own vote; -4 pulls the global backwards);
+    - ``huge``: every value 3e38 (finite, near float32's largest) and 1e15 examples claimed: the coordinator must
+      refuse it, as no car's data holds that many;
+    - ``noise``: Gaussian, scaled to 10x the honest delta's norm.
+    """
+    config, shape, _ = read_header(update.payload)
+    honest = decode(update.payload).reshape(-1)
+    examples = update.num_examples
+    if attack == "scaled":
+        bad = 20 * honest
+    elif attack == "signflip":
+        bad = -4 * honest
+    elif attack == "huge":
+        bad, examples = np.full_like(honest, 3e38), 10**15
+    elif attack == "noise":
+        noise = rng.standard_normal(honest.size).astype(np.float32)
+        bad = noise * np.float32(10 * np.linalg.norm(honest) / np.linalg.norm(noise))
+    else:
+        raise InvalidInput(f"unknown attack {attack!r}; accepted: {ATTACKS}")
+    return dataclasses.replace(update, payload=encode(bad.reshape(shape), config), num_examples=examples)
