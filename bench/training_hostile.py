@@ -8,7 +8,8 @@ each Dirichlet alpha, seed and strategy (``bench/training_matrix.py``'s shipped 
 stream, so dispatch, preemptions and every honest car's work are the same as in the clean run: the difference is
 the attack's. Then, for the attack that cost most, the same pair (clean and attacked) with the robust aggregators
 ``trimmed_mean`` (beta 0.1) and ``median`` instead of the default weighted mean; every run keeps the default
-adaptive norm bound (2x the round's median norm).
+adaptive norm bound (2x the round's median norm). A label ending in ``_rep`` (``diloco_int4_rep``) is that shipped
+config with ``robust.reputation`` on (each car weighed by its agreement with the others; see ``reputation.py``).
 
 Per run: accuracy %, held-out loss, points vs the clean run with the same aggregator, the hostile car's reports,
 how many reports the strategy refused and how many deltas it clipped. The issue's target is "within 1 point of the
@@ -19,6 +20,7 @@ is what losing the car's data and the trajectory's chaos cost with no attack get
     python bench/training_hostile.py --seeds 0 --json --out s0.json  # ~15 min a seed on 2 busy cores
     python bench/training_hostile.py --from-json s0.json,s1.json      # the tables of saved runs, together
     python bench/training_hostile.py --alphas 0.3 --strategies diloco_int4 --rounds 5  # a smoke run
+    python bench/training_hostile.py --strategies diloco_int4,diloco_int4_rep --attacks signflip --no-robust
 """
 
 from __future__ import annotations
@@ -40,13 +42,17 @@ from fleetgrid.workloads.training.simulate import ATTACKS, SimulationConfig
 HOSTILE_CAR = "car-0"
 ROBUST_AGGREGATORS = ("trimmed_mean", "median")
 TARGET_POINTS = 1.0
+REPUTATION_SUFFIX = "_rep"
 
 
 def one_run(cell: Cell, label: str, seed: int, rounds: int, attack: str | None, aggregator: str = "mean") -> dict:
     """``label``'s shipped config (its aggregator replaced) on ``cell``, with ``car-0`` attacking (None: clean)."""
     task = TASKS[cell.task]
     budget = dataclasses.replace(BUDGETS[cell.task], rounds=rounds)
-    strategy, config, versions = shipped_config(label, budget, cell.cars, seed)
+    reputation = label.endswith(REPUTATION_SUFFIX)
+    strategy, config, versions = shipped_config(label.removesuffix(REPUTATION_SUFFIX), budget, cell.cars, seed)
+    if reputation:
+        config = dataclasses.replace(config, robust=dataclasses.replace(config.robust, reputation=True))
     if aggregator != config.robust.aggregator:
         config = dataclasses.replace(config, robust=dataclasses.replace(config.robust, aggregator=aggregator))
     sim = SimulationConfig(preempt_prob=0.5 if cell.churn else 0.0, seed=seed,
@@ -84,11 +90,11 @@ def run_all(alphas: list[float], seeds: list[int], labels: list[str], rounds: in
 
 
 def print_table(runs: list[dict], file=sys.stdout) -> None:
-    print(f"{'alpha':>5}{'seed':>5}  {'strategy':<13}{'aggregator':<13}{'attack':<9}{'acc %':>7}{'loss':>7}"
+    print(f"{'alpha':>5}{'seed':>5}  {'strategy':<16}{'aggregator':<13}{'attack':<9}{'acc %':>7}{'loss':>7}"
           f"{'vs clean':>9}{'hostile':>8}{'refused':>8}{'clipped':>8}  within {TARGET_POINTS:g} pt", file=file)
     for r in runs:
         met = "-" if r["attack"] == "clean" else ("yes" if r["points_vs_clean"] >= -TARGET_POINTS else "NO")
-        print(f"{r['alpha']:>5g}{r['seed']:>5}  {r['strategy']:<13}{r['aggregator']:<13}{r['attack']:<9}"
+        print(f"{r['alpha']:>5g}{r['seed']:>5}  {r['strategy']:<16}{r['aggregator']:<13}{r['attack']:<9}"
               f"{100 * r['accuracy']:>7.1f}{r['loss']:>7.2f}{r['points_vs_clean']:>+9.1f}{r['hostile_reports']:>8}"
               f"{r['refused']:>8}{r['clipped']:>8}  {met}", file=file)
 
@@ -110,7 +116,7 @@ def summarize(runs: list[dict]) -> list[dict]:
 def print_summary(rows: list[dict], file=sys.stdout) -> None:
     print(f"\npoints vs clean, mean [min, max] over seeds; target: mean within {TARGET_POINTS:g} point", file=file)
     for r in rows:
-        print(f"{r['alpha']:>5g}  {r['strategy']:<13}{r['aggregator']:<13}{r['attack']:<9}{r['points_mean']:>+7.1f} "
+        print(f"{r['alpha']:>5g}  {r['strategy']:<16}{r['aggregator']:<13}{r['attack']:<9}{r['points_mean']:>+7.1f} "
               f"[{r['points_min']:+.1f}, {r['points_max']:+.1f}] ({r['seeds']} seeds)  "
               f"{'yes' if r['within_target'] else 'NO'}", file=file)
 

@@ -44,6 +44,7 @@ from fleetgrid.workloads.training.privacy import (
     epsilon_spent,
     private_combine,
 )
+from fleetgrid.workloads.training.reputation import reputation_combine
 from fleetgrid.workloads.training.robust import check_examples, robust_combine
 from fleetgrid.workloads.training.secure import SecureFleet, SecureSum, secure_mean
 
@@ -119,6 +120,8 @@ class Strategy(ABC):
         """The last version of the run in progress (``Strategy.run``'s ``num_versions``): the server lr's horizon."""
         self._reopened = False  # the next attempt continues round ``self.round`` (see reopen_round)
         self.server_state: dict[str, torch.Tensor] = {}
+        self.reputation: dict[str, float] = {}
+        """Per car id, the agreement score of ``robust.reputation`` (see :mod:`reputation`); empty when it is off."""
         self.history: list[dict[str, Any]] = []
         self.refused = 0
         """Reports refused as malformed or hostile (InvalidInput) since the last version."""
@@ -291,6 +294,10 @@ class Strategy(ABC):
                 bounded = [clip_to_norm(d, self.config.robust.max_norm)[0] for d in bounded]
             pseudo_grad, robust = private_combine(bounded, privacy, noise_multiplier=self.noise_multiplier,
                                                   expected_cars=self.config.rounds.clients_per_round)
+        elif self.config.robust.reputation:
+            pseudo_grad, robust, self.reputation = reputation_combine(
+                [a.delta for a in usable], [a.weight for a in usable], [a.update.client_id for a in usable],
+                self.reputation, self.config.robust)
         else:
             pseudo_grad, robust = robust_combine([a.delta for a in usable], [a.weight for a in usable],
                                                  self.config.robust)
@@ -479,7 +486,8 @@ class Strategy(ABC):
 
     def state_bytes(self, extra: Mapping[str, Any] | None = None) -> bytes:
         """Everything needed to resume: global params, server optimizer state, downlink residual, counters,
-        config and metric history, as one safetensors blob (metadata holds the JSON)."""
+        config, metric history and per-car reputation, as one safetensors blob (metadata holds the JSON; the
+        reputation is keyed by car id, which a tensor name in ``server_state`` would carry less plainly)."""
         tensors = {"params": self.params.contiguous(), "downlink_residual": torch.from_numpy(self._downlink.residual)}
         tensors |= {f"server.{k}": v.contiguous() for k, v in self.server_state.items()}
         meta = {
@@ -492,6 +500,7 @@ class Strategy(ABC):
             "noise_multiplier": self.noise_multiplier,
             "stopped_on_budget": self.stopped_on_budget,
             "privacy": self.privacy_report(),
+            **({"reputation": self.reputation} if self.reputation else {}),  # absent when off: same bytes as before
             **(extra or {}),
         }
         # One metadata key holding sorted JSON: safetensors orders several keys arbitrarily, and a checkpoint

@@ -35,6 +35,14 @@ def check_combination(config: StrategyConfig, *, asynchronous: bool) -> None:
             f"{'secure aggregation' if secagg else 'differential privacy'}: {why}; use aggregator 'mean' with a "
             "fixed clip (norm_bound='fixed', or the privacy clip), which bounds every car's influence instead"
         )
+    if robust.reputation and (privacy.enabled or secagg):
+        why = ("secure aggregation shows the coordinator only the sum, and reputation needs each update's direction"
+               if secagg else "differential privacy's sensitivity assumes every clipped car weighs the same, and a "
+               "weight learnt from the car's past updates leaks them and changes what one car can move the sum by")
+        raise InvalidInput(
+            f"reputation cannot run with {'secure aggregation' if secagg else 'differential privacy'}: {why}; "
+            "set reputation=False (a fixed clip bounds every car's influence instead)"
+        )
     if robust.norm_bound == "adaptive" and privacy.enabled:
         raise InvalidInput(
             "norm_bound 'adaptive' cannot run with differential privacy: the bound is derived from the other cars' "

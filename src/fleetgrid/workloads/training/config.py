@@ -173,6 +173,14 @@ class RobustConfig:
     """f of 'krum': the hostile updates a round must survive; a round needs n >= 2f + 3 usable reports."""
     multi_krum: int = 1
     """m of 'krum': how many selected updates are averaged (1 is Krum, more is Multi-Krum); <= n - f."""
+    reputation: bool = False
+    """Weigh each car by its agreement with the others (see :mod:`reputation`): a car whose bounded updates keep
+    pointing against the rest of the round (an EMA of leave-one-out cosines below ``-reputation_margin``) gets
+    weight 0. Off by default; 'mean' only (the other aggregators ignore weights), and not with differential privacy
+    or secure aggregation."""
+    reputation_margin: float = 0.1
+    """How far below 0 a car's agreement EMA may go before its weight reaches 0 (full weight at >= 0, linear in
+    between), in (0, 1]: non-IID cars agree with the rest only weakly, so the cut sits below orthogonal."""
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -187,6 +195,13 @@ class RobustConfig:
             raise InvalidInput(f"multi_krum m must be an integer >= 1, got {self.multi_krum!r}")
         if not (isinstance(self.norm_multiplier, (int, float)) and 1 <= self.norm_multiplier < math.inf):
             raise InvalidInput(f"norm_multiplier must be a finite number >= 1, got {self.norm_multiplier!r}")
+        if not isinstance(self.reputation, bool):
+            raise InvalidInput(f"reputation must be true or false, got {self.reputation!r}")
+        if not (isinstance(self.reputation_margin, (int, float)) and 0 < self.reputation_margin <= 1):
+            raise InvalidInput(f"reputation_margin must be a number in (0, 1], got {self.reputation_margin!r}")
+        if self.reputation and self.aggregator != "mean":
+            raise InvalidInput(f"reputation weighs cars, so it needs aggregator 'mean'; {self.aggregator!r} ignores "
+                               "weights (each report counts once); set aggregator='mean' or reputation=False")
         if self.norm_bound == "fixed":
             if not (isinstance(self.max_norm, (int, float)) and 0 < self.max_norm < math.inf):
                 raise InvalidInput(f"norm_bound='fixed' needs max_norm, a finite number > 0; got {self.max_norm!r}")

@@ -23,7 +23,7 @@ from fleetgrid.workloads.training.aggregate import (
 from fleetgrid.workloads.training.config import RobustConfig
 from fleetgrid.workloads.training.messages import ClientUpdate
 
-__all__ = ["check_examples", "robust_combine"]
+__all__ = ["bound_norms", "check_examples", "robust_combine"]
 
 
 def check_examples(update: ClientUpdate, max_examples: int | None) -> None:
@@ -38,6 +38,21 @@ def check_examples(update: ClientUpdate, max_examples: int | None) -> None:
         )
 
 
+def bound_norms(deltas: Sequence[torch.Tensor], config: RobustConfig) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """``deltas`` with each norm bounded as ``config.norm_bound`` says, and the metrics ``clipped`` (deltas scaled
+    down) and ``norm_bound`` (None when bounding is off)."""
+    bound: float | None = None
+    if config.norm_bound == "adaptive":
+        bound = adaptive_norm_bound([l2_norm(d) for d in deltas], config.norm_multiplier)
+    elif config.norm_bound == "fixed":
+        assert config.max_norm is not None  # RobustConfig refuses 'fixed' without it
+        bound = float(config.max_norm)
+    if bound is None:
+        return list(deltas), {"clipped": 0, "norm_bound": None}
+    pairs = [clip_to_norm(d, bound) for d in deltas]
+    return [d for d, _ in pairs], {"clipped": sum(c for _, c in pairs), "norm_bound": bound}
+
+
 def robust_combine(
     deltas: Sequence[torch.Tensor], weights: Sequence[float], config: RobustConfig
 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -46,20 +61,7 @@ def robust_combine(
     (deltas scaled down) and ``norm_bound`` (None when bounding is off)."""
     if len(deltas) == 0 or len(deltas) != len(weights):
         raise InvalidInput(f"need >= 1 delta and one weight each, got {len(deltas)} and {len(weights)}")
-    bound: float | None = None
-    if config.norm_bound == "adaptive":
-        bound = adaptive_norm_bound([l2_norm(d) for d in deltas], config.norm_multiplier)
-    elif config.norm_bound == "fixed":
-        assert config.max_norm is not None  # RobustConfig refuses 'fixed' without it
-        bound = float(config.max_norm)
-    clipped = 0
-    if bound is not None:
-        bounded = []
-        for delta in deltas:
-            delta, was_clipped = clip_to_norm(delta, bound)
-            bounded.append(delta)
-            clipped += was_clipped
-        deltas = bounded
+    deltas, metrics = bound_norms(deltas, config)
     if config.aggregator == "trimmed_mean":
         combined = trimmed_mean(deltas, config.trim_fraction)
     elif config.aggregator == "median":
@@ -69,4 +71,4 @@ def robust_combine(
         combined = weighted_mean([deltas[i] for i in chosen], [1.0] * len(chosen))
     else:
         combined = weighted_mean(deltas, weights)
-    return combined, {"clipped": clipped, "norm_bound": bound}
+    return combined, metrics

@@ -199,6 +199,7 @@ def strategy_from_state_bytes(blob: bytes) -> Strategy:
     strategy.history = meta["history"]
     strategy.noise_multiplier = meta.get("noise_multiplier", strategy.noise_multiplier)
     strategy.stopped_on_budget = bool(meta.get("stopped_on_budget", False))
+    strategy.reputation = {str(k): float(v) for k, v in meta.get("reputation", {}).items()}
     strategy._downlink.residual = tensors["downlink_residual"].numpy().copy()
     strategy.server_state = {k.removeprefix("server."): v for k, v in tensors.items() if k.startswith("server.")}
     strategy._digest = params_digest(strategy.params)
