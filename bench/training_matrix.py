@@ -60,7 +60,7 @@ os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
 import torch
 from tqdm import tqdm
 from training_matrix_report import markdown, plot, print_table
-from training_runs import TASKS, Task, centralized, fleet_run, sync_dp_bytes
+from training_runs import CENTRAL_LR, TASKS, Task, centralized, fleet_run, sync_dp_bytes
 
 from fleetgrid.workloads.training.compression import CompressionConfig
 from fleetgrid.workloads.training.config import DiLoCoConfig, FedAvgConfig, FedBuffConfig, StrategyConfig, to_dict
@@ -199,8 +199,8 @@ def sync_dp_reference(task: Task, spec: DataSpec, budget: Budget, cars: int, see
     _, config, _ = shipped_config("diloco_int4", budget, cars, 0)
     reports, local = config.rounds.clients_per_round, config.local
     steps = budget.rounds * local.steps
-    run = centralized(task, spec, steps, seed, batch_size=reports * local.batch_size, lr=3e-3 * math.sqrt(reports),
-                      eval_windows=budget.eval_windows)
+    run = centralized(task, spec, steps, seed, batch_size=reports * local.batch_size,
+                      lr=CENTRAL_LR * math.sqrt(reports), eval_windows=budget.eval_windows)
     params = sum(p.numel() for p in build_model(task.model).parameters())
     moved = sync_dp_bytes(params, reports * steps)
     return run | {"label": "sync_dp", "bytes_up": moved // 2, "bytes_down": moved // 2, "steps": reports * steps,

@@ -31,7 +31,7 @@ from fleetgrid.workloads.training.simulate import SimulatedFleet, SimulationConf
 from fleetgrid.workloads.training.strategies import make_strategy
 from fleetgrid.workloads.training.tasks import DataSpec, build_eval_set, build_local_dataset, build_model
 
-__all__ = ["TASKS", "Task", "centralized", "eval_set", "fleet_run", "full_model_bytes", "sync_dp_bytes"]
+__all__ = ["CENTRAL_LR", "TASKS", "Task", "centralized", "eval_set", "fleet_run", "full_model_bytes", "sync_dp_bytes"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,10 @@ def eval_set(task: Task, spec: DataSpec, max_windows: int) -> tuple[torch.Tensor
     return build_eval_set(spec, max_windows=max_windows) if task.dataset == "stdlib_text" else build_eval_set(spec)
 
 
+CENTRAL_LR = 3e-3
+"""Centralized training's AdamW lr (the synchronous data-parallel reference scales it with its batch)."""
+
+
 def centralized(
     task: Task,
     spec: DataSpec,
@@ -85,7 +89,7 @@ def centralized(
     seed: int,
     *,
     batch_size: int = 64,
-    lr: float = 3e-3,
+    lr: float = CENTRAL_LR,
     eval_windows: int = 2048,
 ) -> dict:
     """One machine holding every car's data (a fleet of one car), AdamW with a cosine schedule."""

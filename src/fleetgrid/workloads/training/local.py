@@ -27,6 +27,7 @@ __all__ = [
     "ArrayDataset",
     "LocalDataset",
     "LocalResult",
+    "control_codec",
     "cross_entropy_loss",
     "evaluate_model",
     "make_evaluator",
@@ -167,8 +168,7 @@ def train_locally(
     control = None if grad_sum is None else grad_sum / steps  # option II's c_i: the lease's mean gradient
     control_blob = None
     if control is not None:  # dense, in the uplink's bits (no error feedback: each lease's mean stands alone)
-        control_blob = encode(control, CompressionConfig(bits=config.compression.bits,
-                                                         chunk_size=config.compression.chunk_size))
+        control_blob = encode(control, control_codec(config))
     update = ClientUpdate(
         client_id=client_id,
         round=instructions.round,
@@ -182,6 +182,11 @@ def train_locally(
         control=control_blob,
     )
     return LocalResult(update, steps, examples, preempted, loss_sum / steps, update.nbytes, control)
+
+
+def control_codec(config: LocalTrainingConfig) -> CompressionConfig:
+    """How a car's mean gradient (drift correction's ``c_i``) goes up: dense, in the uplink's bits and chunks."""
+    return CompressionConfig(bits=config.compression.bits, chunk_size=config.compression.chunk_size)
 
 
 def _param_slices(model: nn.Module, layout: FlatLayout) -> list[tuple[nn.Parameter, int, int]]:

@@ -22,7 +22,6 @@ from torch import nn
 from fleetgrid.clock import ManualClock
 from fleetgrid.errors import InvalidInput
 from fleetgrid.workloads.training.compression import (
-    CompressionConfig,
     ErrorFeedback,
     decode,
     encode,
@@ -32,6 +31,7 @@ from fleetgrid.workloads.training.compression import (
 from fleetgrid.workloads.training.flat import FlatLayout
 from fleetgrid.workloads.training.local import (
     LocalDataset,
+    control_codec,
     cross_entropy_loss,
     train_locally,
 )
@@ -190,8 +190,7 @@ class SimulatedFleet:
             steps = ins.local.steps if stop_after is None else stop_after
             upload = encoded_nbytes(self.numel, ins.local.compression) if steps else 0
             if steps and ins.local.drift_correction:  # the car's mean gradient goes up too, dense
-                upload += encoded_nbytes(self.numel, CompressionConfig(bits=ins.local.compression.bits,
-                                                                       chunk_size=ins.local.compression.chunk_size))
+                upload += encoded_nbytes(self.numel, control_codec(ins.local))
             duration = download.nbytes / cfg.downlink_bytes_per_s + steps / car.speed + upload / cfg.uplink_bytes_per_s
             self._jobs[cid] = _Job(ins, car.held_params, stop_after, vanishes)
             self._seq += 1
