@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -172,6 +173,7 @@ def post_update(api, cred: str, lease_id: str, report: dict, payload: bytes):
     ({"settings": {"rounds": {"min_reports": 5, "clients_per_round": 2}}}, "min_reports"),
     ({"target_metric": {"f1": 0.9}}, "unknown target metric"),
     ({"settings": {"local": {"optimizer": "lbfgs"}}}, "local optimizer must be one of"),
+    ({"settings": {"local": {"max_passes": 0}}}, "max_passes must be a finite number > 0"),
     ({"strategy": "diloco", "settings": {"drift_correction": 1.0}}, "runs only in the in-process harness"),
 ])
 def test_impossible_training_jobs_are_refused_with_400(api, overrides, needle):
@@ -368,6 +370,26 @@ def test_a_hostile_cars_update_reports_are_refused_and_change_nothing(api):
     hb = api.post("/vehicles/heartbeat", json=PARKED, headers=auth(car)).json()
     assert grant["lease_id"] in hb["active_leases"]
     ok = post_update(api, car, grant["lease_id"], report, payload)
+    assert ok.status_code == 200 and ok.json()["state"] == "completed", ok.text
+    api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))
+
+
+def test_a_step_budget_in_passes_is_planned_by_the_car_and_checked_by_the_coordinator(api):
+    """With ``max_passes`` a car plans fewer than H steps on a small shard; the coordinator recomputes the plan from
+    the lease and the reported examples, refuses a report claiming another one, and accepts the car's own."""
+    job_id = submit(api, settings={"local": {"steps": 4, "batch_size": 16, "max_passes": 0.2},
+                                   "rounds": {"clients_per_round": 1, "over_selection": 1.0,
+                                              "deadline_s": 60}}).json()["job_id"]
+    car = enroll(api, "passes")
+    grant = lease(api, car, job_id)
+    report, payload = train(grant, global_params(api, car, grant))
+    planned = math.ceil(0.2 * report["num_examples"] / 16)
+    assert report["steps_done"] == report["steps_planned"] == planned < 4
+    digest = upload(api, car, payload)
+    for claimed in (4, planned + 1):
+        r = report_update(api, car, grant["lease_id"], {**report, "steps_planned": claimed}, digest)
+        assert r.status_code == 400 and f"planned {planned} for" in r.json()["message"], r.text
+    ok = report_update(api, car, grant["lease_id"], report, digest)
     assert ok.status_code == 200 and ok.json()["state"] == "completed", ok.text
     api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))
 

@@ -37,6 +37,23 @@ def test_full_run_reports_counts_and_a_decodable_delta():
     assert np.abs(delta - (g - local).numpy()).max() <= np.abs((g - local).numpy()).max() / 254 + 1e-6
 
 
+def test_max_passes_caps_the_steps_of_a_small_shard_only():
+    import dataclasses
+
+    import pytest
+
+    from fleetgrid.errors import InvalidInput
+
+    model, g, ds, ins = setup()  # H 10, batch 8, 64 examples
+    for passes, planned in ((0.5, 4), (1.0, 8), (100.0, 10)):
+        capped = dataclasses.replace(ins, local=dataclasses.replace(ins.local, max_passes=passes))
+        r = train_locally(model, g, ds, capped, client_id="car-1")
+        assert (r.steps_done, r.update.steps_planned, r.examples_seen) == (planned, planned, 8 * planned)
+    assert LocalTrainingConfig(steps=10, batch_size=8, max_passes=0.01).planned_steps(1) == 1  # never 0
+    with pytest.raises(InvalidInput, match="max_passes must be a finite number > 0"):
+        LocalTrainingConfig(max_passes=0)
+
+
 def test_preemption_after_any_step_reports_partial_work():
     model, g, ds, ins = setup()
     r = train_locally(model, g, ds, ins, client_id="car-1", should_stop=lambda steps: steps >= 3)

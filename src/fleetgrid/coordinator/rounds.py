@@ -21,9 +21,11 @@ from ..workloads.training import (
     ClientUpdate,
     DataSpec,
     FlatLayout,
+    LocalTrainingConfig,
     Strategy,
     TrainInstructions,
     build_model,
+    config_from_dict,
 )
 from ..workloads.training.secure import SecureSum
 from .store import JobRecord
@@ -31,8 +33,23 @@ from .store import JobRecord
 if TYPE_CHECKING:
     from .training import TrainingService
 
-__all__ = ["LeaseFleet", "Run", "Stopped", "TargetReached", "car_shards", "check_lease_support", "client_update",
-           "data_spec", "final_model_bytes", "jsonable", "partial_updates", "reached", "with_training"]
+__all__ = ["LeaseFleet", "Run", "Stopped", "TargetReached", "car_shards", "check_lease_support", "check_plan",
+           "client_update", "data_spec", "final_model_bytes", "jsonable", "partial_updates", "reached", "with_training"]
+
+
+def check_plan(report: UpdateReport, instructions: Mapping[str, Any], what: str) -> None:
+    """Refuse a report that quotes another round or version than its lease's ``instructions``, or other planned
+    steps than the lease's ``local`` config gives a car of its ``num_examples`` (H, or fewer where ``max_passes``
+    caps it; see :meth:`LocalTrainingConfig.planned_steps`), or more steps done than planned. A claimed count past
+    the car's shard is refused later, by the strategy."""
+    if (report.round, report.base_version) != (instructions.get("round"), instructions.get("base_version")):
+        raise InvalidInput(f"{what} quotes round {report.round} / version {report.base_version}; its lease is for "
+                           f"round {instructions.get('round')} / version {instructions.get('base_version')}")
+    local = config_from_dict(LocalTrainingConfig, dict(instructions.get("local") or {}))
+    planned = local.planned_steps(report.num_examples)
+    if report.steps_done > report.steps_planned or report.steps_planned != planned:
+        raise InvalidInput(f"{what} reports {report.steps_done} of {report.steps_planned} steps; its lease "
+                           f"planned {planned} for {report.num_examples} examples and steps_done cannot exceed that")
 
 
 class Stopped(Exception):

@@ -24,6 +24,7 @@ from ..secagg_wire import (
     plan_from_wire,
 )
 from ..workloads.training.secagg import MaskedInput, Phase
+from .rounds import check_plan
 from .store.secagg_base import SECAGG_CLOSED, SECAGG_TAKEN, SecAggMessage
 
 if TYPE_CHECKING:
@@ -127,13 +128,8 @@ class SecAggRelay:
                                    f"got {sorted(named - cohort)[:16]}")
         else:
             assert isinstance(body, MaskedBody)
-            report, ins = body.report, unit.payload or {}
-            if (report.round, report.base_version) != (ins.get("round"), ins.get("base_version")):
-                raise InvalidInput(f"masked input quotes round {report.round} / version {report.base_version}; "
-                                   f"its lease is for round {ins.get('round')} / version {ins.get('base_version')}")
-            if report.steps_done > report.steps_planned:
-                raise InvalidInput(f"masked input reports {report.steps_done} of {report.steps_planned} steps; "
-                                   "steps_done cannot exceed steps_planned")
+            report = body.report
+            check_plan(report, unit.payload or {}, f"masked input of car {car!r}")
             payload = self.service.files.read_update(car, report.update, plan.vector_length, job.model)
             MaskedInput(car_id=car, payload=payload).check(plan_from_wire(plan))
 

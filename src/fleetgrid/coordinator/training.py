@@ -58,6 +58,7 @@ from .rounds import (
     TargetReached,
     car_shards,
     check_lease_support,
+    check_plan,
     client_update,
     data_spec,
     final_model_bytes,
@@ -365,14 +366,7 @@ class TrainingService:
         self.secure.refuse_plain(lease_id, unit)
         check_compute_s(report.compute_s, lease_id=lease_id, issued_at=lease.issued_at, now=self.clock.now(),
                         slack_s=self.config.compute_slack_s)
-        ins = unit.payload or {}
-        if (report.round, report.base_version) != (ins.get("round"), ins.get("base_version")):
-            raise InvalidInput(f"update quotes round {report.round} / version {report.base_version}; lease "
-                               f"{lease_id} was for round {ins.get('round')} / version {ins.get('base_version')}")
-        planned = (ins.get("local") or {}).get("steps")
-        if report.steps_done > report.steps_planned or report.steps_planned != planned:
-            raise InvalidInput(f"update reports {report.steps_done} of {report.steps_planned} steps; the lease "
-                               f"planned {planned} and steps_done cannot exceed that")
+        check_plan(report, unit.payload or {}, f"update of lease {lease_id}")
         run = self.runs.get(job.job_id)
         payload = self.files.read_update(vehicle.vehicle_id, report.update, self._numel_of(job), job.model)
         update = client_update(vehicle.vehicle_id, report, payload)

@@ -309,7 +309,8 @@ class TrainHandler(CarHandler):
         loss = state.loss_sum / state.steps_done
         return UpdateReport(
             update=digest, round=self.grant.round, base_version=self.grant.base_version,
-            num_examples=state.num_examples, steps_done=state.steps_done, steps_planned=self.local.steps,
+            num_examples=state.num_examples, steps_done=state.steps_done,
+            steps_planned=self.local.planned_steps(state.num_examples),
             examples_seen=state.examples_seen,
             train_loss=loss if math.isfinite(loss) else None, preempted=preempted, compute_s=self.compute_s,
             next=follow_on, cellular_bytes=self.car.traffic.cellular, wifi_bytes=self.car.traffic.wifi,

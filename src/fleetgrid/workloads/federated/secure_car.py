@@ -114,7 +114,8 @@ class SecureDelivery:
         loss = state.loss_sum / state.steps_done if state.steps_done else None
         return UpdateReport(
             update=digest, round=self.grant.round, base_version=self.grant.base_version,
-            num_examples=state.num_examples, steps_done=state.steps_done, steps_planned=self.local.steps,
+            num_examples=state.num_examples, steps_done=state.steps_done,
+            steps_planned=self.local.planned_steps(state.num_examples),
             examples_seen=state.examples_seen, train_loss=loss if loss is not None and np.isfinite(loss) else None,
             compute_s=compute_s, cellular_bytes=self.car.traffic.cellular, wifi_bytes=self.car.traffic.wifi,
         )

@@ -54,9 +54,14 @@ class LocalTrainingConfig:
     weight_decay: float = 0.0
     """Decoupled weight decay for AdamW, L2 for SGD; >= 0."""
     steps: int = 50
-    """H, the local optimizer steps per round; >= 1. A preempted car may report fewer."""
+    """H, the local optimizer steps per round; >= 1. A preempted car may report fewer, and a car whose shard is
+    small does fewer when ``max_passes`` says so (see :meth:`planned_steps`)."""
     batch_size: int = 32
     """Examples per local step; >= 1."""
+    max_passes: float | None = None
+    """A cap on a lease's steps counted in passes over the car's own shard, or None for none: a car holding ``n``
+    examples plans ``min(steps, ceil(max_passes * n / batch_size))`` steps, so a car with little data is not
+    trained to memorise it while one with much data still does H steps; > 0."""
     grad_clip: float | None = 1.0
     """Global gradient-norm clip, or None for none."""
     prox_mu: float = 0.0
@@ -86,6 +91,10 @@ class LocalTrainingConfig:
             raise InvalidInput(f"local steps H must be an integer >= 1, got {self.steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InvalidInput(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.max_passes is not None and not (
+            isinstance(self.max_passes, (int, float)) and 0 < self.max_passes < math.inf
+        ):
+            raise InvalidInput(f"max_passes must be a finite number > 0 or None, got {self.max_passes!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise InvalidInput(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if not (isinstance(self.prox_mu, (int, float)) and 0 <= self.prox_mu < math.inf):
@@ -99,6 +108,12 @@ class LocalTrainingConfig:
         if self.update_noise_std > 0 and self.update_clip is None:
             raise InvalidInput("update_noise_std > 0 needs update_clip: noise on an unclipped update protects nothing")
         _check_strength("local drift_correction", self.drift_correction)
+
+    def planned_steps(self, num_examples: int) -> int:
+        """The steps a car holding ``num_examples`` examples plans for a lease: H, capped by ``max_passes``."""
+        if self.max_passes is None:
+            return self.steps
+        return max(1, min(self.steps, math.ceil(self.max_passes * num_examples / self.batch_size)))
 
 
 @dataclass(frozen=True, kw_only=True)

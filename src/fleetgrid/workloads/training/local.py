@@ -107,7 +107,8 @@ def train_locally(
     on_step: Callable[[int, int, float], None] | None = None,
     correction: torch.Tensor | None = None,
 ) -> LocalResult:
-    """Train ``model`` from ``global_params`` for up to ``instructions.local.steps`` steps on ``dataset``.
+    """Train ``model`` from ``global_params`` for up to ``instructions.local.planned_steps(len(dataset))`` steps
+    (H, or fewer on a small shard) on ``dataset``.
 
     ``should_stop(steps_done)`` is asked before every step; returning True ends training there (preemption) and
     the partial delta is still reported. ``error_feedback``, if given, is the car's uplink residual and is
@@ -131,7 +132,8 @@ def train_locally(
     steps = examples = 0
     loss_sum = 0.0
     preempted = False
-    while steps < config.steps:
+    planned = config.planned_steps(len(dataset))
+    while steps < planned:
         if should_stop is not None and should_stop(steps):
             preempted = True
             break
@@ -176,7 +178,7 @@ def train_locally(
         payload=payload,
         num_examples=len(dataset),
         steps_done=steps,
-        steps_planned=config.steps,
+        steps_planned=planned,
         examples_seen=examples,
         train_loss=loss_sum / steps,
         control=control_blob,

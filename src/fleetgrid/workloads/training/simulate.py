@@ -51,7 +51,8 @@ ATTACKS = ("scaled", "signflip", "huge", "noise")
 @dataclass(frozen=True, kw_only=True)
 class SimulationConfig:
     preempt_prob: float = 0.0
-    """Chance a dispatched car is preempted (owner drives off) after a uniform 0..H-1 steps; it reports them."""
+    """Chance a dispatched car is preempted (owner drives off) after a uniform 0..planned-1 steps (H, or fewer on
+    a small shard: ``LocalTrainingConfig.planned_steps``); it reports them."""
     dropout_prob: float = 0.0
     """Chance a dispatched car vanishes without reporting anything."""
     steps_per_s: float = 5.0
@@ -182,12 +183,13 @@ class SimulatedFleet:
                 self.counts["full_download_bytes"] += download.nbytes
             u = self._rng.random()
             vanishes = u < cfg.dropout_prob
+            planned = ins.local.planned_steps(len(car.dataset))
             stop_after = (
-                self._rng.randrange(ins.local.steps)
+                self._rng.randrange(planned)
                 if not vanishes and u < cfg.dropout_prob + cfg.preempt_prob
                 else None
             )
-            steps = ins.local.steps if stop_after is None else stop_after
+            steps = planned if stop_after is None else stop_after
             upload = encoded_nbytes(self.numel, ins.local.compression) if steps else 0
             if steps and ins.local.drift_correction:  # the car's mean gradient goes up too, dense
                 upload += encoded_nbytes(self.numel, control_codec(ins.local))
