@@ -61,7 +61,8 @@ class LocalTrainingConfig:
     max_passes: float | None = None
     """A cap on a lease's steps counted in passes over the car's own shard, or None for none: a car holding ``n``
     examples plans ``min(steps, ceil(max_passes * n / batch_size))`` steps, so a car with little data is not
-    trained to memorise it while one with much data still does H steps; > 0."""
+    trained to memorise it while one with much data still does H steps; > 0. Off by default: on MNIST-1D with 64
+    cars (alpha 0.3) a cap of 8 passes lost 8 points at H = 50 and won back only 4 of H = 100's 9 (README)."""
     grad_clip: float | None = 1.0
     """Global gradient-norm clip, or None for none."""
     prox_mu: float = 0.0
