@@ -23,6 +23,7 @@ from fleetgrid.workloads.training.privacy import PrivacyConfig
 __all__ = [
     "NORM_BOUNDS",
     "OPTIMIZERS",
+    "SNAPSHOT_BITS",
     "DiLoCoConfig",
     "FedAdamConfig",
     "FedAvgConfig",
@@ -39,6 +40,8 @@ __all__ = [
 
 OPTIMIZERS = ("sgd", "adamw")
 NORM_BOUNDS = ("adaptive", "fixed", "off")
+SNAPSHOT_BITS = (8, None)
+"""What ``StrategyConfig.snapshot_bits`` accepts: int8 compact snapshots, or None (float32 only)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,6 +239,12 @@ class StrategyConfig:
     downlink: CompressionConfig = field(default_factory=CompressionConfig)
     """How each new global version travels to cars that hold the previous one, as a delta (top-k not allowed:
     a sparse downlink would need the coordinator's residual to ever reach the cars)."""
+    snapshot_bits: int | None = None
+    """Also offer the current version as a compact snapshot, its params quantized to this many bits (8: int8 with
+    one scale per ``downlink.chunk_size`` values, ~1/4 of float32): a car that is many versions behind (or holds
+    nothing) installs it when it weighs less than the delta chain, and then holds an approximate copy, which later
+    delta chains keep up to date (the deltas are exact, so its error does not grow). None offers the exact float32
+    snapshot only."""
     seed: int = 0
     """Seeds cohort selection and each car's batch order."""
     lr_decay_versions: int | None = None
@@ -270,6 +279,9 @@ class StrategyConfig:
                 "downlink compression accepts bits in {2, 4, 8, None} only; got topk_fraction="
                 f"{self.downlink.topk_fraction} (use top-k on the uplink)"
             )
+        if self.snapshot_bits not in SNAPSHOT_BITS or isinstance(self.snapshot_bits, bool):
+            raise InvalidInput(f"snapshot_bits must be one of {SNAPSHOT_BITS} (None: float32 snapshots only), got "
+                               f"{self.snapshot_bits!r}")
         if not isinstance(self.secure_aggregation, bool):
             raise InvalidInput(f"secure_aggregation must be true or false, got {self.secure_aggregation!r}")
         check_combination(self, asynchronous=self.asynchronous)
