@@ -27,7 +27,6 @@ from fleetgrid.agent.config import AgentConfig
 from fleetgrid.agent.runtime import Agent
 from fleetgrid.agent.transport import CoordinatorClient
 from fleetgrid.agent.worker import WorkerProcess
-from fleetgrid.workloads.federated.task import TrainTask, load_train_state
 from fleetgrid.clock import ManualClock
 from fleetgrid.protocol import (
     ArtifactRef,
@@ -44,6 +43,7 @@ from fleetgrid.protocol import (
     UpdateReport,
 )
 from fleetgrid.vehicle.state import DriveState, Network
+from fleetgrid.workloads.federated.task import TrainTask, load_train_state
 from fleetgrid.workloads.training import (
     CompressionConfig,
     FlatLayout,
