@@ -9,9 +9,9 @@ import torch
 
 from fleetgrid.errors import HashMismatch, InvalidInput
 from fleetgrid.workloads.training.compression import CompressionConfig, decode, encode
-from fleetgrid.workloads.training.config import FedAvgConfig, config_from_dict
+from fleetgrid.workloads.training.config import FedAvgConfig, FedBuffConfig, config_from_dict
 from fleetgrid.workloads.training.messages import ClientUpdate, apply_download, params_digest
-from fleetgrid.workloads.training.strategies import FedAvg
+from fleetgrid.workloads.training.strategies import FedAvg, FedBuff
 
 N = 4000
 
@@ -100,3 +100,13 @@ def test_bad_snapshot_bits_are_refused_naming_what_is_accepted(bad):
         FedAvgConfig(snapshot_bits=bad)
     with pytest.raises(InvalidInput, match="snapshot_bits"):
         config_from_dict(FedAvgConfig, {"snapshot_bits": bad})
+
+
+def test_an_older_version_an_asynchronous_strategy_still_serves_goes_whole_in_float32():
+    s = FedBuff(torch.linspace(-1, 1, N), FedBuffConfig(downlink=CompressionConfig(bits=4), snapshot_bits=8,
+                                                         buffer_size=1, max_staleness=4))
+    for k in range(3):
+        step(s, k)
+    old = s.download(None, version=1)  # only the current version has a compact snapshot
+    assert old.exact and old.version == 1 and torch.equal(apply_download(None, old), s._snapshots[1][0])
+    assert not s.download(None).exact
