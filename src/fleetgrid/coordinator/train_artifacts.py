@@ -1,13 +1,13 @@
 """A training job's bytes in the content-addressed artifact store, the one byte transport every workload shares.
 
-Down: each global version a round trains from is published as artifacts owned by the job (``'job:ID'``), which
-the cars holding a lease of that job may read: the version whole (a snapshot, and with ``snapshot_bits`` a compact,
+Down: each global version a round trains from is published as artifacts owned by the job (``'job:ID'``), which the
+cars holding a lease of that job may read: the version whole (a snapshot, and with ``snapshot_bits`` a compact,
 quantized one) and the downlink delta that led to it. A share's grant names them; the car fetches them with
 ``GET /v1/artifacts/{digest}`` (resumable with ``Range``, charged to its data plan) and picks the deltas after the
-version it holds, or the compact snapshot, or the snapshot. Up: a car
-uploads its encoded update with ``PUT /v1/artifacts/{digest}`` and reports its digest; the update is read back
-here only if that very car uploaded it and its size is one an update of the model can have. The stored record of
-an accepted report (its facts and the update's digest) is the unit's result, so it survives a restart.
+version it holds, or the compact snapshot, or the snapshot. Up: a car uploads its encoded update with
+``PUT /v1/artifacts/{digest}`` and reports its digest; the update is read back here only if that very car uploaded
+it and its size is one an update of the model can have. The stored record of an accepted report (its facts and the
+update's digest) is the unit's result, so it survives a restart.
 
 What no live round needs any more is released: the versions older than any share may still train from, the updates
 (and their records) once a checkpoint holds them, and everything the job owns when it ends.
