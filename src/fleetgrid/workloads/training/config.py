@@ -241,7 +241,7 @@ class StrategyConfig:
     a sparse downlink would need the coordinator's residual to ever reach the cars)."""
     snapshot_bits: int | None = None
     """Also offer the current version as a compact snapshot, its params quantized to this many bits (8: int8 with
-    one scale per ``downlink.chunk_size`` values, ~1/4 of float32): a car that is many versions behind (or holds
+    one scale per 256 values, ~1/4 of float32's bytes): a car that is many versions behind (or holds
     nothing) installs it when it weighs less than the delta chain, and then holds an approximate copy, which later
     delta chains keep up to date (the deltas are exact, so its error does not grow). None offers the exact float32
     snapshot only."""
