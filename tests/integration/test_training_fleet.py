@@ -194,7 +194,8 @@ def test_a_car_whose_link_drops_mid_download_resumes_the_global_with_range(fleet
     try:
         car = fleet.start_agent("car-a", url=f"http://127.0.0.1:{proxy.port}")
         with fleet.client() as client:
-            settings = {**SETTINGS, "rounds": {**SETTINGS["rounds"], "clients_per_round": 1}}
+            settings = {**SETTINGS, "rounds": {**SETTINGS["rounds"], "clients_per_round": 1},
+                        "snapshot_bits": None}  # the float32 snapshot, not the compact one
             job = client.submit_train("mnist1d-cnn", data=DATA, strategy="fedavg", settings=settings, rounds=1)
             final = client.wait(job.job_id, timeout_s=240)
         assert final.state == "done", final.error

@@ -108,12 +108,12 @@ def test_with_compact_snapshots_version_zero_is_counted_as_the_compact_one_the_c
     budget = tm.Budget(rounds=2, local_steps=4, num_samples=1000)
     cell = tm.Cell("mnist1d", 0.3, 4, True)
     runs = {}
-    for label in ("diloco_int4", "diloco_int4_snap8"):
+    for label in ("diloco_int4_fp32snap", "diloco_int4"):
         strategy, config, versions = tm.shipped_config(label, budget, cell.cars, 0)
         runs[label] = fleet_run(TASKS["mnist1d"], label, strategy, config, cell.spec(budget, 0),
                                 SimulationConfig(preempt_prob=0.5), versions, seed=0, eval_windows=64,
                                 evaluate_every_version=False)
-    plain, snap = runs["diloco_int4"], runs["diloco_int4_snap8"]
+    plain, snap = runs["diloco_int4_fp32snap"], runs["diloco_int4"]
     numel = plain["params"]
     assert plain["initial_download_bytes"] == plain["cars_took_part"] * encoded_nbytes(numel, CompressionConfig())
     compact = encoded_nbytes(numel, CompressionConfig(bits=8, chunk_size=256))

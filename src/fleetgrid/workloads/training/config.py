@@ -239,14 +239,14 @@ class StrategyConfig:
     downlink: CompressionConfig = field(default_factory=CompressionConfig)
     """How each new global version travels to cars that hold the previous one, as a delta (top-k not allowed:
     a sparse downlink would need the coordinator's residual to ever reach the cars)."""
-    snapshot_bits: int | None = None
-    """Also offer the current version as a compact snapshot, its params quantized to this many bits (8: int8 with
-    one scale per 256 values, ~1/4 of float32's bytes): a car that is many versions behind (or holds
-    nothing) installs it when it weighs less than the delta chain, and then holds an approximate copy, which later
-    delta chains keep up to date (the deltas are exact, so its error does not grow). None offers the exact float32
-    snapshot only. Off by default: on MNIST-1D (DiLoCo int4, churn) it cut bytes down 2.4x at 64 cars (alpha 0.3:
-    79.6% -> 79.05%; alpha 0.1: 56.45% -> 56.95%) but cost 0.9 points over three seeds at 16 cars (86.4% -> 85.5%),
-    where it saves only ~19% (bench/training_matrix.py, peer diloco_int4_snap8, seed 0; 16 cars seeds 0-2)."""
+    snapshot_bits: int | None = 8
+    """Also offer the current version as a compact snapshot, its params quantized to this many bits (8: int8 with one
+    scale per 256 values, ~1/4 of float32's bytes): a car that is many versions behind (or holds nothing)
+    installs it when it weighs less than the delta chain, and then holds an approximate copy, which later delta
+    chains keep up to date (the deltas are exact, so its error does not grow). None offers the exact float32
+    snapshot only. On MNIST-1D (DiLoCo int4, churn; bench/training_matrix.py, diloco_int4 against
+    diloco_int4_fp32snap) it cut bytes down 2.4x at 64 cars for -0.30 points at alpha 0.3 and +0.27 at alpha 0.1
+    (3 seeds), and ~19% at 16 cars for -0.43 points (5 seeds; single seeds moved -1.8 to +0.55)."""
     seed: int = 0
     """Seeds cohort selection and each car's batch order."""
     lr_decay_versions: int | None = None
