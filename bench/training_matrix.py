@@ -10,7 +10,9 @@ Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet 
   each new global version sent down as a 2-bit (ternary) delta: the coordinator's error feedback keeps the global
   on what the cars can rebuild exactly; ``diloco_int4_scaffold`` (``..05``) is ``diloco_int4`` with SCAFFOLD-style
   drift correction of strength 1 (0.5) (``DiLoCoConfig.drift_correction``; each car's mean gradient goes up and the
-  fleet's down, int4-coded, counted);
+  fleet's down, int4-coded, counted); ``diloco_int4_fp32snap`` is ``diloco_int4`` without the int8 compact
+  snapshot on the downlink (``StrategyConfig.snapshot_bits`` None: a car far behind fetches the exact float32
+  snapshot, and its version 0 is counted as one; with it, as the compact snapshot the car trains from);
 - Flower ``flower_fedavg``, ``flower_fedadam``, ``flower_fedprox`` (``bench/flower_peers.py``; skipped with a
   message where Flower is not installed): Flower's defaults, the same rounds, H, partition, batch order and cars
   asked per round, the cars' local loop being fleetgrid FedAvg's;
@@ -72,6 +74,7 @@ FLEET_PEERS = {  # label -> (strategy, config class, uplink bits, downlink bits)
     "diloco_int4_down2": ("diloco", DiLoCoConfig, 4, 2),  # the downlink in 256-value chunks (shipped_config)
     "diloco_int4_scaffold": ("diloco", DiLoCoConfig, 4, 4),  # with drift correction (PEER_SETTINGS)
     "diloco_int4_scaffold05": ("diloco", DiLoCoConfig, 4, 4),
+    "diloco_int4_fp32snap": ("diloco", DiLoCoConfig, 4, 4),  # float32 snapshots only (PEER_SETTINGS)
     "diloco_int8": ("diloco", DiLoCoConfig, 8, 8),
     "fedavg_fp32": ("fedavg", FedAvgConfig, None, None),
     "fedbuff": ("fedbuff", FedBuffConfig, None, None),
@@ -79,6 +82,7 @@ FLEET_PEERS = {  # label -> (strategy, config class, uplink bits, downlink bits)
 PEER_SETTINGS = {  # label -> config fields it changes beyond the budget and compression
     "diloco_int4_scaffold": {"drift_correction": 1.0},
     "diloco_int4_scaffold05": {"drift_correction": 0.5},
+    "diloco_int4_fp32snap": {"snapshot_bits": None},
 }
 FLOWER_PEERS = ("flower_fedavg", "flower_fedadam", "flower_fedprox")
 PEERS = (*FLEET_PEERS, *FLOWER_PEERS)

@@ -5,7 +5,9 @@ centralized run too), so every benchmark trains and counts bytes the same way:
 
 - ``bytes_down`` counts one full float32 model per car that took part, although fleetgrid cars build version 0
   locally from the job's seed and download nothing for it (Flower sends it; counting it keeps the comparison
-  fair). ``bytes_down_measured`` is what the fleet actually moved, without that.
+  fair). With ``StrategyConfig.snapshot_bits`` set, each car instead downloads version 0's compact snapshot and
+  trains from that approximate copy, so that is what is counted. ``bytes_down_measured`` is what the fleet
+  actually moved, without that.
 - Uploads are counted when the car sends them, so a report the strategy then refuses still counts, as do
   downloads to cars whose work was revoked, preempted or retried.
 - ``sync_dp_bytes = 2 x params x 4 bytes x (local steps done)``: what synchronous data-parallel training moves
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fleetgrid.workloads.training.compression import CompressionConfig, encode
+from fleetgrid.workloads.training.compression import CompressionConfig, decode, encode
 from fleetgrid.workloads.training.config import StrategyConfig
 from fleetgrid.workloads.training.flat import FlatLayout
 from fleetgrid.workloads.training.local import evaluate_model, make_evaluator
@@ -155,12 +157,17 @@ def fleet_run(
     model = build_model(task.model, seed=seed)
     params = FlatLayout.of(model).flatten(model)
     strat = make_strategy(strategy, params, config)
-    fleet = _MeteredFleet(model, datasets, sim, initial_params=params)  # cars build version 0 from the seed
+    initial_params, initial_exact, initial_nbytes = params, True, full_model_bytes(params)
+    compact = strat.compact_snapshot()
+    if compact is not None:  # each car downloads version 0's compact snapshot and trains from that copy
+        initial_params, initial_exact = torch.from_numpy(decode(compact[0]).reshape(-1).copy()), False
+        initial_nbytes = len(compact[0])
+    fleet = _MeteredFleet(model, datasets, sim, initial_params=initial_params, initial_exact=initial_exact)
     evaluate = make_evaluator(build_model(task.model), x_test, y_test)
     history = strat.run(fleet, versions, evaluate_fn=evaluate if evaluate_every_version else None)
     final = history[-1] if evaluate_every_version else evaluate(strat.params)
     stats = fleet.stats()
-    initial = len(fleet.took_part) * full_model_bytes(params)
+    initial = len(fleet.took_part) * initial_nbytes
     bytes_down = stats["bytes_down"] + initial
     moved = stats["bytes_up"] + bytes_down
     sync_dp = sync_dp_bytes(params.numel(), stats["steps"])
@@ -188,6 +195,8 @@ def fleet_run(
         "revoked": stats["revoked"],
         "full_downloads": stats["full_downloads"],
         "full_download_bytes": stats["full_download_bytes"],
+        "compact_downloads": stats["compact_downloads"],
+        "compact_download_bytes": stats["compact_download_bytes"],
         "deltas_down": stats["deltas_down"],
         "cars_took_part": len(fleet.took_part),
         "params": params.numel(),

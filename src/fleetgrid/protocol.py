@@ -22,6 +22,7 @@ __all__ = [
     "ArtifactInfo",
     "ArtifactRef",
     "CheckpointRef",
+    "CompactSnapshot",
     "CompleteRequest",
     "Digest",
     "EnrollRequest",
@@ -180,6 +181,16 @@ class ModelDelta(_Wire):
     size: int = Field(ge=0)
 
 
+class CompactSnapshot(_Wire):
+    """A training job's global version quantized (``StrategyConfig.snapshot_bits``), stored as an artifact: a car
+    that installs it holds that version approximately, and checks what it decoded against ``params_digest``."""
+
+    digest: Digest
+    size: int = Field(ge=0)
+    params_digest: Digest = Field(description="params_digest of the params decoded from it (not the version's own "
+                                  "model_digest: the compact copy differs from the version by its rounding)")
+
+
 class SecAggPlan(_Wire):
     """A secure-aggregation round's plan, as the car gets it in its grant (``secagg.RoundPlan`` on the wire): the
     cohort whose masks cancel, the grid every update is quantized on, and how many may drop. Bytes are base64."""
@@ -205,7 +216,8 @@ class TrainGrant(_Wire):
 
     The global's bytes are artifacts, fetched with ``GET /v1/artifacts/{digest}`` (resumable with ``Range``) like any
     other: ``snapshot`` whole, or, for a car holding an older version N, the ``deltas`` after N when they are all
-    listed and weigh less than the snapshot."""
+    listed and weigh less than the snapshot (or than ``compact``, the version quantized, when it is offered: a car
+    that is not current then fetches the cheaper of the two, never the float32 snapshot)."""
 
     kind: Literal["train"] = "train"
     lease_id: str
@@ -217,6 +229,9 @@ class TrainGrant(_Wire):
     deltas: list[ModelDelta] = Field(
         default_factory=list, max_length=256,
         description="the encoded deltas leading to base_version, oldest first and contiguous (may be empty)")
+    compact: CompactSnapshot | None = Field(
+        default=None, description="global version base_version quantized; when set, a car that is not current and "
+        "cannot use the deltas fetches this instead of the snapshot, and then holds the version approximately")
     model: str = Field(description="built-in trainable model, e.g. 'mnist1d-cnn' or 'charlm'")
     local: dict = Field(description="LocalTrainingConfig as JSON: optimizer, lr, steps (H), batch size, compression")
     seed: int = Field(description="seeds the car's batch order")

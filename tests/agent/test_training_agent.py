@@ -27,10 +27,10 @@ from fleetgrid.agent.config import AgentConfig
 from fleetgrid.agent.runtime import Agent
 from fleetgrid.agent.transport import CoordinatorClient
 from fleetgrid.agent.worker import WorkerProcess
-from fleetgrid.workloads.federated.task import TrainTask, load_train_state
 from fleetgrid.clock import ManualClock
 from fleetgrid.protocol import (
     ArtifactRef,
+    CompactSnapshot,
     EnrollRequest,
     EnrollResponse,
     FailRequest,
@@ -43,6 +43,7 @@ from fleetgrid.protocol import (
     UpdateReport,
 )
 from fleetgrid.vehicle.state import DriveState, Network
+from fleetgrid.workloads.federated.task import TrainTask, load_train_state
 from fleetgrid.workloads.training import (
     CompressionConfig,
     FlatLayout,
@@ -135,10 +136,12 @@ def test_a_sigkilled_train_task_leaves_a_whole_checkpoint(tmp_path):
 
 def grant(lease_id: str = "t-1", *, round: int = 0, base_version: int = 0, digest: str = "0" * 64, steps: int = 5,
           data: dict | None = None, shard: int = 0, renew_every_s: float = 5.0,
-          snapshot: ArtifactRef | None = None, deltas: list[ModelDelta] | None = None, **local_extra) -> TrainGrant:
+          snapshot: ArtifactRef | None = None, deltas: list[ModelDelta] | None = None,
+          compact: CompactSnapshot | None = None, **local_extra) -> TrainGrant:
     return TrainGrant(
         lease_id=lease_id, job_id="job-t", round=round, base_version=base_version, model_digest=digest,
-        snapshot=snapshot or ArtifactRef(digest="e" * 64, size=100), deltas=deltas or [], model=MODEL,
+        snapshot=snapshot or ArtifactRef(digest="e" * 64, size=100), deltas=deltas or [], compact=compact,
+        model=MODEL,
         local=local(steps, **local_extra), seed=11, data=data or DATA, shard=shard, deadline=time.time() + 60,
         renew_every_s=renew_every_s,
     )
@@ -200,6 +203,8 @@ class FakeTrainingCoordinator:
     train_leases: dict[str, Round] = field(default_factory=dict)
     updates: list[tuple[UpdateReport, bytes]] = field(default_factory=list)  # (report, the update it names)
     gone: set[str] = field(default_factory=set)  # artifacts a grant names that are no longer served (404)
+    compact: bool = False  # also publish each version's int8 compact snapshot and offer it in the grants
+    compacts: list[str] = field(default_factory=list)  # version -> digest of its compact snapshot artifact
     renew_every_s: float = 0.05
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -212,6 +217,9 @@ class FakeTrainingCoordinator:
             self.deltas.append(self.put(delta))
             self.versions.append(self.versions[-1] + torch.from_numpy(decode(delta)))
         self.snapshots = [self.put(encode(v.numpy(), CompressionConfig())) for v in self.versions]
+        if self.compact:
+            self.compacts = [self.put(encode(v.numpy(), CompressionConfig(bits=8, chunk_size=256)))
+                             for v in self.versions]
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -220,6 +228,11 @@ class FakeTrainingCoordinator:
 
     def ref(self, digest: str) -> ArtifactRef:
         return ArtifactRef(digest=digest, size=len(self.artifacts[digest]))
+
+    def compact_ref(self, version: int) -> CompactSnapshot:
+        digest = self.compacts[version]
+        decoded = torch.from_numpy(decode(self.artifacts[digest]).copy())
+        return CompactSnapshot(digest=digest, size=len(self.artifacts[digest]), params_digest=params_digest(decoded))
 
     def calls_named(self, name: str) -> list[object]:
         return [body for called, body in self.calls if called == name]
@@ -259,6 +272,7 @@ class FakeTrainingCoordinator:
                 snapshot=self.ref(self.snapshots[version]),
                 deltas=[ModelDelta(version=v + 1, **self.ref(self.deltas[v]).model_dump(include={"digest", "size"}))
                         for v in range(version)],
+                compact=self.compact_ref(version) if self.compact else None,
             )
             self.calls.append(("grant", offered))
             return offered
@@ -309,7 +323,7 @@ class FakeTrainingCoordinator:
 
     def uploads(self) -> list[bytes]:
         """What the car uploaded: every artifact that was not published here."""
-        published = {*self.snapshots, *self.deltas}
+        published = {*self.snapshots, *self.deltas, *self.compacts}
         return [data for digest, data in self.artifacts.items() if digest not in published]
 
 
@@ -381,6 +395,37 @@ def test_a_delta_chain_that_misses_falls_back_to_the_snapshot(tmp_path, clock, w
     assert fake.downloads == {fake.snapshots[0]: 1, fake.deltas[0]: 1, fake.snapshots[2]: 1}
     held = json.loads((tmp_path / "car" / "train" / "job-t" / "global.json").read_text())
     assert held == {"version": 2, "digest": params_digest(fake.versions[2])}
+
+
+def test_a_car_installs_a_compact_snapshot_then_keeps_it_up_to_date_with_deltas(tmp_path, clock, worker):
+    """With compact snapshots offered, a car holding nothing fetches version 0's (not the float32 one) and holds it
+    approximately; granted version 0 again it fetches nothing; granted version 1 it applies the delta to its
+    approximate copy (one int8 delta weighs less than the compact snapshot); granted version 3, two deltas behind,
+    it fetches version 3's compact snapshot instead."""
+    fake = FakeTrainingCoordinator(rounds=[Round(0), Round(0), Round(1)], compact=True)
+    sizes = [len(fake.artifacts[d]) for d in (fake.deltas[0], fake.compacts[0], fake.snapshots[0])]
+    assert sizes[0] < sizes[1] < sizes[2] / 3
+    agent = training_agent(tmp_path, make_bus(clock), clock, fake, worker, max_units=3)
+    stats = agent.run(threading.Event())
+    assert stats.train_updates == 3 and stats.unit_failures == 0
+    assert fake.downloads == {fake.compacts[0]: 1, fake.deltas[0]: 1}
+    assert stats.model_downloads == 2 and stats.model_cache_hits == 1
+    train_dir = tmp_path / "car" / "train" / "job-t"
+    held = np.load(train_dir / "global.npy")
+    expected = decode(fake.artifacts[fake.compacts[0]]) + decode(fake.artifacts[fake.deltas[0]])
+    assert np.array_equal(held, expected) and not np.array_equal(held, fake.versions[1].numpy())
+    record = json.loads((train_dir / "global.json").read_text())
+    assert record == {"version": 1, "digest": params_digest(torch.from_numpy(expected)), "exact": False,
+                      "model_digest": params_digest(fake.versions[1])}
+    assert stats.train_bytes_down == len(fake.artifacts[fake.compacts[0]]) + len(fake.artifacts[fake.deltas[0]])
+
+    fake.rounds = [Round(3)]  # the same car, two versions further on: two deltas outweigh the compact snapshot
+    stats = training_agent(tmp_path, make_bus(clock), clock, fake, worker, max_units=1).run(threading.Event())
+    assert stats.train_updates == 1 and stats.unit_failures == 0
+    assert fake.downloads == {fake.compacts[0]: 1, fake.deltas[0]: 1, fake.compacts[3]: 1}
+    record = json.loads((train_dir / "global.json").read_text())
+    assert record["version"] == 3 and record["exact"] is False
+    assert record["model_digest"] == params_digest(fake.versions[3])
 
 
 def test_preemption_mid_training_sends_a_partial_update(tmp_path, clock, worker):

@@ -23,7 +23,8 @@ def test_an_update_reporting_ten_times_the_bytes_is_clamped_and_lowers_the_reput
     grant = lease(api, cred, job_id)
     params = global_params(api, cred, grant)
     report, payload = train(grant, params)
-    could = 4 * (grant["snapshot"]["size"] + len(payload) + 4096) + (1 << 20)  # BYTES_ALLOWANCE, record included
+    served = grant["snapshot"]["size"] + (grant.get("compact") or {}).get("size", 0)  # what the car may fetch
+    could = 4 * (served + len(payload) + 4096) + (1 << 20)  # BYTES_ALLOWANCE, record included
     ok = post_update(api, cred, grant["lease_id"], {**report, "wifi_bytes": 10 * could}, payload)
     assert ok.status_code == 200, ok.text
     rep = api.get(f"/vehicles/{vid}/reputation", headers=auth(OPERATOR)).json()

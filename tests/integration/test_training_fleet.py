@@ -194,7 +194,8 @@ def test_a_car_whose_link_drops_mid_download_resumes_the_global_with_range(fleet
     try:
         car = fleet.start_agent("car-a", url=f"http://127.0.0.1:{proxy.port}")
         with fleet.client() as client:
-            settings = {**SETTINGS, "rounds": {**SETTINGS["rounds"], "clients_per_round": 1}}
+            settings = {**SETTINGS, "rounds": {**SETTINGS["rounds"], "clients_per_round": 1},
+                        "snapshot_bits": None}  # the float32 snapshot, not the compact one
             job = client.submit_train("mnist1d-cnn", data=DATA, strategy="fedavg", settings=settings, rounds=1)
             final = client.wait(job.job_id, timeout_s=240)
         assert final.state == "done", final.error
@@ -240,3 +241,32 @@ def test_coordinator_sigkill_mid_training_resumes_from_the_last_version(fleet):
     assert history[: kept + 1] == before.training.history[: kept + 1]
     # The outer optimizer's momentum was restored too: the resumed versions kept improving on average.
     assert np.mean([h["accuracy"] for h in history[-2:]]) > history[0]["accuracy"]
+
+
+def test_cars_install_a_compact_snapshot_then_apply_deltas_to_their_approximate_copy(fleet):
+    """With ``snapshot_bits`` on, each car's first model is the int8 compact snapshot (never the float32 one) and
+    its later ones the int4 deltas applied to that approximate copy; the job completes and the cars say so."""
+    fleet.start_coordinator()
+    for name in ("car-a", "car-b"):
+        fleet.start_agent(name)
+    settings = {**SETTINGS, "downlink": {"bits": 4}, "snapshot_bits": 8}
+    with fleet.client() as client:
+        job = client.submit_train("mnist1d-cnn", data=DATA, strategy="fedavg", settings=settings, rounds=3)
+        final = client.wait(job.job_id, timeout_s=240)
+    assert final.state == "done", final.error
+    assert [h["version"] for h in final.training.history] == [0, 1, 2, 3]
+    numel = FlatLayout.of(build_model("mnist1d-cnn")).numel
+    compact = encoded_nbytes(numel, CompressionConfig(bits=8, chunk_size=256))
+    delta = encoded_nbytes(numel, CompressionConfig(bits=4))
+    fetched = []  # per car that trained: (compact snapshots, deltas) that add up to its bytes down
+    for agent, name in zip(fleet.agents, ("car-a", "car-b"), strict=True):
+        stats = agent.stats()
+        if not stats.get("train_updates"):
+            continue
+        down = stats["train_bytes_down"]
+        ways = [(a, b) for a in range(1, 5) for b in range(0, 5) if a * compact + b * delta == down]
+        assert len(ways) == 1, f"{name} fetched {down} bytes: not compact snapshots ({compact}) plus deltas ({delta})"
+        fetched.append(ways[0])
+        (record,) = [json.loads(p.read_text()) for p in (fleet.root / name).rglob("global.json")]
+        assert record["exact"] is False and record["digest"] != record["model_digest"]
+    assert fetched and sum(b for _, b in fetched) >= 1, fetched  # some car applied deltas to its compact copy

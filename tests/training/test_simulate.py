@@ -107,7 +107,8 @@ def test_cars_rebuild_every_version_bit_for_bit_from_quantized_deltas(task, down
     """The coordinator's global follows what its downlink codec carries (error feedback keeps the rest), so a car
     that holds version v rebuilds v + k exactly from k small deltas: the 2-bit downlink is about half the 4-bit one."""
     datasets, _, model, p0 = task
-    cfg = dataclasses.replace(diloco_config(), downlink=CompressionConfig(bits=down_bits, chunk_size=256))
+    cfg = dataclasses.replace(diloco_config(), downlink=CompressionConfig(bits=down_bits, chunk_size=256),
+                              snapshot_bits=None)  # deltas, or a float32 snapshot, never an approximate copy
     fleet = SimulatedFleet(model, datasets, SimulationConfig(seed=4, preempt_prob=0.5), initial_params=p0)
     strategy = DiLoCo(p0, cfg)
     seen = {0: p0.clone()}

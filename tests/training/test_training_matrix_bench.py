@@ -97,3 +97,25 @@ def test_cell_selection_rejects_unknown_names():
     with pytest.raises(SystemExit):
         tm.main(["--strategies", "fedsgd"])
     assert [c.alpha for c in tm.cells(["mnist1d", "charlm"], [0.1, 1.0], [8], [True])] == [0.1, 1.0, None]
+
+
+def test_with_compact_snapshots_version_zero_is_counted_as_the_compact_one_the_cars_train_from():
+    from training_runs import TASKS, fleet_run
+
+    from fleetgrid.workloads.training.compression import CompressionConfig, encoded_nbytes
+    from fleetgrid.workloads.training.simulate import SimulationConfig
+
+    budget = tm.Budget(rounds=2, local_steps=4, num_samples=1000)
+    cell = tm.Cell("mnist1d", 0.3, 4, True)
+    runs = {}
+    for label in ("diloco_int4_fp32snap", "diloco_int4"):
+        strategy, config, versions = tm.shipped_config(label, budget, cell.cars, 0)
+        runs[label] = fleet_run(TASKS["mnist1d"], label, strategy, config, cell.spec(budget, 0),
+                                SimulationConfig(preempt_prob=0.5), versions, seed=0, eval_windows=64,
+                                evaluate_every_version=False)
+    plain, snap = runs["diloco_int4_fp32snap"], runs["diloco_int4"]
+    numel = plain["params"]
+    assert plain["initial_download_bytes"] == plain["cars_took_part"] * encoded_nbytes(numel, CompressionConfig())
+    compact = encoded_nbytes(numel, CompressionConfig(bits=8, chunk_size=256))
+    assert snap["initial_download_bytes"] == snap["cars_took_part"] * compact
+    assert snap["bytes_down"] < plain["bytes_down"] and snap["full_downloads"] == 0

@@ -57,7 +57,8 @@ class ReportCheck:
         usage = Usage(examples=report.examples_seen, steps=report.steps_done, accelerator_s=report.compute_s,
                       cellular_bytes=report.cellular_bytes, wifi_bytes=report.wifi_bytes)
         files = (unit.payload or {}).get("files") or {}
-        served = sum(int(ref.get("size", 0)) for ref in [files.get("snapshot") or {}, *(files.get("deltas") or [])])
+        served = sum(int(ref.get("size", 0)) for ref in [files.get("snapshot") or {}, files.get("compact") or {},
+                                                         *(files.get("deltas") or [])])
         seen = Seen(held_s=max(0.0, self.now() - lease.issued_at), payload_bytes=served + uploaded,
                     fastest_s=fastest_s(vehicle.hardware, usage, model=model, input_bytes=0, training=True))
         return cross_check(usage, seen)

@@ -90,6 +90,9 @@ class Run:
     """Global version -> (digest, size) of its snapshot artifact, for the versions a live round may still need."""
     deltas: dict[int, tuple[str, int]] = field(default_factory=dict)
     """Global version v -> (digest, size) of the artifact of the downlink delta from v - 1, likewise."""
+    compacts: dict[int, tuple[str, int, str]] = field(default_factory=dict)
+    """Global version -> (digest, size, params_digest of its decoded params) of its compact snapshot artifact, with
+    ``snapshot_bits`` on; the versions kept are the snapshots'."""
     seen: set[int] = field(default_factory=set)
     """Units whose report is queued or consumed already."""
     next_idx: int = 0

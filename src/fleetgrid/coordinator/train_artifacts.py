@@ -1,12 +1,13 @@
 """A training job's bytes in the content-addressed artifact store, the one byte transport every workload shares.
 
-Down: each global version a round trains from is published as artifacts owned by the job (``'job:ID'``), which
-the cars holding a lease of that job may read: the version whole (a snapshot) and the downlink delta that led to
-it. A share's grant names them; the car fetches them with ``GET /v1/artifacts/{digest}`` (resumable with
-``Range``, charged to its data plan) and picks the deltas after the version it holds, or the snapshot. Up: a car
-uploads its encoded update with ``PUT /v1/artifacts/{digest}`` and reports its digest; the update is read back
-here only if that very car uploaded it and its size is one an update of the model can have. The stored record of
-an accepted report (its facts and the update's digest) is the unit's result, so it survives a restart.
+Down: each global version a round trains from is published as artifacts owned by the job (``'job:ID'``), which the
+cars holding a lease of that job may read: the version whole (a snapshot, and with ``snapshot_bits`` a compact,
+quantized one) and the downlink delta that led to it. A share's grant names them; the car fetches them with
+``GET /v1/artifacts/{digest}`` (resumable with ``Range``, charged to its data plan) and picks the deltas after the
+version it holds, or the compact snapshot, or the snapshot. Up: a car uploads its encoded update with
+``PUT /v1/artifacts/{digest}`` and reports its digest; the update is read back here only if that very car uploaded
+it and its size is one an update of the model can have. The stored record of an accepted report (its facts and the
+update's digest) is the unit's result, so it survives a restart.
 
 What no live round needs any more is released: the versions older than any share may still train from, the updates
 (and their records) once a checkpoint holds them, and everything the job owns when it ends.
@@ -88,12 +89,14 @@ class TrainingArtifacts:
         with strategy.lock:
             version = strategy.version
             held = run.snapshots.get(version)
-            if held is not None and self.artifacts.exists(held[0]):
+            compact_held = run.compacts.get(version)
+            if (held is not None and self.artifacts.exists(held[0])
+                    and (compact_held is None or self.artifacts.exists(compact_held[0]))):
                 return version
-            snapshot = strategy.download(None).full
+            snapshot = strategy.snapshot()
+            compact = strategy.compact_snapshot()
             delta = strategy.downlink_delta(version)
-        assert snapshot is not None  # a download for no held version is always whole
-        blobs = [snapshot] if delta is None else [snapshot, delta]
+        blobs = [snapshot, *([] if delta is None else [delta]), *([] if compact is None else [compact[0]])]
         refs = [(sha256_hex(b), len(b)) for b in blobs]
         # The owner row goes in before the file is looked for: a release that runs after it keeps the file, and one
         # that slipped in between (another replica's) only costs a rewrite at the next offer (see above).
@@ -103,19 +106,26 @@ class TrainingArtifacts:
         run.snapshots[version] = refs[0]
         if delta is not None:
             run.deltas[version] = refs[1]
+        if compact is not None:
+            run.compacts[version] = (*refs[-1], compact[1])
         return version
 
     @staticmethod
     def grant_files(run: Run, version: int, keep: int) -> dict[str, Any]:
-        """What a share training from ``version`` fetches, for its unit's payload: the version's snapshot, and the
-        contiguous chain of at most ``keep`` deltas leading to it, oldest first."""
+        """What a share training from ``version`` fetches, for its unit's payload: the version's snapshot (and
+        compact snapshot, if published), and the contiguous chain of at most ``keep`` deltas leading to it, oldest
+        first."""
         digest, size = run.snapshots[version]
         chain: list[dict[str, Any]] = []
         v = version
         while v in run.deltas and len(chain) < keep:
             chain.append({"version": v, "digest": run.deltas[v][0], "size": run.deltas[v][1]})
             v -= 1
-        return {"snapshot": {"digest": digest, "size": size}, "deltas": chain[::-1]}
+        files: dict[str, Any] = {"snapshot": {"digest": digest, "size": size}, "deltas": chain[::-1]}
+        if version in run.compacts:
+            c_digest, c_size, c_params = run.compacts[version]
+            files["compact"] = {"digest": c_digest, "size": c_size, "params_digest": c_params}
+        return files
 
     @staticmethod
     def prune(run: Run, version: int, staleness: int, keep: int) -> list[tuple[str, str]]:
@@ -125,8 +135,10 @@ class TrainingArtifacts:
         deltas."""
         old_snapshots = [run.snapshots.pop(v) for v in [v for v in run.snapshots if v < version - staleness]]
         old_deltas = [run.deltas.pop(v) for v in [v for v in run.deltas if v <= version - staleness - keep]]
-        needed = {d for d, _ in run.snapshots.values()} | {d for d, _ in run.deltas.values()}
-        stale = {d for d, _ in old_snapshots + old_deltas} - needed  # a version may repeat an older one's bytes
+        old_compacts = [run.compacts.pop(v)[:2] for v in [v for v in run.compacts if v < version - staleness]]
+        needed = ({d for d, _ in run.snapshots.values()} | {d for d, _ in run.deltas.values()}
+                  | {c[0] for c in run.compacts.values()})
+        stale = {d for d, _ in old_snapshots + old_deltas + old_compacts} - needed  # a version may repeat older bytes
         return [(job_owner(run.job.job_id), d) for d in sorted(stale)]
 
     @staticmethod
@@ -134,13 +146,15 @@ class TrainingArtifacts:
         """The published versions, for the checkpoint: a coordinator that resumes the job keeps offering deltas
         and releases what it published before."""
         return {"snapshots": {str(v): list(ref) for v, ref in run.snapshots.items()},
-                "deltas": {str(v): list(ref) for v, ref in run.deltas.items()}}
+                "deltas": {str(v): list(ref) for v, ref in run.deltas.items()},
+                **({"compacts": {str(v): list(ref) for v, ref in run.compacts.items()}} if run.compacts else {})}
 
     @staticmethod
     def from_meta(run: Run, meta: Mapping[str, Any]) -> None:
         files = meta.get("files") or {}
         run.snapshots = {int(v): (str(d), int(n)) for v, (d, n) in (files.get("snapshots") or {}).items()}
         run.deltas = {int(v): (str(d), int(n)) for v, (d, n) in (files.get("deltas") or {}).items()}
+        run.compacts = {int(v): (str(d), int(n), str(p)) for v, (d, n, p) in (files.get("compacts") or {}).items()}
 
     # --- updates up ---------------------------------------------------------------------------------------------
     def read_update(self, vehicle_id: str, digest: str, numel: int, model: str) -> bytes:

@@ -315,7 +315,8 @@ class TrainingService:
             raise Conflict(f"share {unit.unit_id} of job {job.job_id} names no model artifacts; lease new work")
         return TrainGrant(
             lease_id=lease.lease_id, job_id=job.job_id, round=ins["round"], base_version=ins["base_version"],
-            model_digest=ins["model_digest"], snapshot=files["snapshot"], deltas=files["deltas"], model=job.model,
+            model_digest=ins["model_digest"], snapshot=files["snapshot"], deltas=files["deltas"],
+            compact=files.get("compact"), model=job.model,
             local=ins["local"], seed=ins["seed"],
             data=to_dict(data), shard=self._shard(lease.vehicle_id, data.num_vehicles), deadline=lease.deadline,
             renew_every_s=self.config.lease_ttl_s / 3, secagg=ins.get("secagg"),

@@ -1,13 +1,15 @@
 """The car side of federated training: one :class:`TrainGrant` from the round's global weights to the update the car
 sends.
 
-Per job the car keeps the last global version it holds and its uplink error-feedback residual, so a car that
-already holds a round's base version downloads nothing, one a version behind downloads only the deltas, and each
-update carries what compression dropped from the car's previous one. The global's bytes and the update are
-artifacts, moved like any workload's (resumable, metered, waiting for an allowed link): the grant names the
-snapshot and deltas to fetch; the update is uploaded, then reported by its digest. Training runs in the worker like
-an inference unit, so the monitor's kill stops it just as fast; a preempted car sends the steps it did when the data
-plan allows, else hands the lease back. The car's examples never leave it: the only bytes it sends are updates.
+Per job the car keeps the last global version it holds and its uplink error-feedback residual, so a car that already
+holds a round's base version downloads nothing, one a version behind downloads only the deltas, one far behind the
+compact snapshot when the grant offers one (then it holds the version approximately, and later deltas keep that copy
+up to date), and each update carries what compression dropped from the car's previous one. The global's bytes and
+the update are artifacts, moved like any workload's (resumable, metered, waiting for an allowed link): the grant
+names the snapshots and deltas to fetch; the update is uploaded, then reported by its digest. Training runs in the
+worker like an inference unit, so the monitor's kill stops it just as fast; a preempted car sends the steps it did
+when the data plan allows, else hands the lease back. The car's examples never leave it: the only bytes it sends are
+updates.
 
 Torch is imported only once a car trains, so an agent that only runs inference keeps a torch-free main process.
 """
@@ -57,13 +59,23 @@ partial file there, even under the job's next lease."""
 
 @dataclass(frozen=True)
 class HeldGlobal:
-    """The last global version of one job that this car holds, kept in the job's train dir."""
+    """The last global version of one job that this car holds, exactly or (from a compact snapshot) approximately,
+    kept in the job's train dir."""
 
     version: int
     digest: str
-    """``params_digest(params)``: what a grant's ``model_digest`` is compared with."""
+    """``params_digest(params)``; for an exact copy, what a grant's ``model_digest`` is compared with."""
     params: np.ndarray
     """(P,) float32."""
+    exact: bool = True
+    """False when the params came from a compact snapshot (and any deltas since): the version, approximately."""
+    model_digest: str | None = None
+    """For an approximate copy, the ``model_digest`` of the version it stands for (None when exact: ``digest``)."""
+
+    @property
+    def stands_for(self) -> str:
+        """The ``model_digest`` of the version held: a grant naming it needs nothing fetched."""
+        return self.digest if self.exact or self.model_digest is None else self.model_digest
 
     @classmethod
     def load(cls, folder: Path) -> HeldGlobal | None:
@@ -75,7 +87,9 @@ class HeldGlobal:
         try:
             record = json.loads((folder / _RECORD).read_text(encoding="utf-8"))
             params = np.load(folder / _PARAMS, allow_pickle=False)
-            held = cls(int(record["version"]), str(record["digest"]), params)
+            exact = bool(record.get("exact", True))  # records from before compact snapshots are exact
+            held = cls(int(record["version"]), str(record["digest"]), params, exact,
+                       None if exact else str(record["model_digest"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if params.dtype != np.float32 or params.ndim != 1 or params_digest(torch.from_numpy(params)) != held.digest:
@@ -87,7 +101,10 @@ class HeldGlobal:
         """Weights first, then the record naming them: a crash in between leaves a pair that :meth:`load` refuses."""
         save_atomic(folder / _PARAMS, self.params)
         tmp = folder / (_RECORD + ".tmp")
-        tmp.write_text(json.dumps({"version": self.version, "digest": self.digest}), encoding="utf-8")
+        record: dict[str, Any] = {"version": self.version, "digest": self.digest}
+        if not self.exact:
+            record |= {"exact": False, "model_digest": self.model_digest}
+        tmp.write_text(json.dumps(record), encoding="utf-8")
         os.replace(tmp, folder / _RECORD)
 
 
@@ -160,11 +177,13 @@ class TrainHandler(CarHandler):
     # --- the model down ----------------------------------------------------------------------------------------
 
     def _base_weights(self) -> np.ndarray:
-        """The round's base weights: the car's own copy when its digest is the grant's, else fetched (only the
-        deltas when the car holds an older version and they weigh less) and checked against the grant's digest."""
+        """The round's base weights: the car's own copy when it stands for the grant's version, else fetched (only
+        the deltas when the car holds an older version and they weigh less than the snapshot it would fetch
+        instead: the compact one if offered, else the float32 one) and checked as far as it can be (see
+        :meth:`_install`)."""
         car, grant = self.car, self.grant
         held = HeldGlobal.load(self.folder)
-        if held is not None and held.digest == grant.model_digest:
+        if held is not None and held.stands_for == grant.model_digest:
             car.stats.model_cache_hits += 1
             return held.params
         chain = self._delta_chain(held)
@@ -184,23 +203,31 @@ class TrainHandler(CarHandler):
 
     def _delta_chain(self, held: HeldGlobal | None) -> list[ModelDelta] | None:
         """The grant's deltas after the held version, if they lead all the way from it to the base version and
-        weigh less than the snapshot; None if the snapshot is the way."""
+        weigh less than the snapshot the car would fetch instead; None if a snapshot is the way."""
         grant = self.grant
         if held is None or held.version >= grant.base_version:
             return None
         chain = [d for d in grant.deltas if d.version > held.version]
         if [d.version for d in chain] != list(range(held.version + 1, grant.base_version + 1)):
             return None
-        return chain if sum(d.size for d in chain) < grant.snapshot.size else None
+        whole = grant.snapshot.size if grant.compact is None else grant.compact.size
+        return chain if sum(d.size for d in chain) < whole else None
 
     def _install(self, held: HeldGlobal | None, chain: list[ModelDelta] | None) -> HeldGlobal:
-        """The base version from the snapshot (``chain`` None) or from ``held`` and the deltas after it; the result
-        is checked against the grant's digest (HashMismatch)."""
+        """The base version from the compact snapshot if the grant offers one, else the float32 snapshot (``chain``
+        None), or from ``held`` and the deltas after it. The result is checked (HashMismatch) against the grant's
+        digest, or the compact snapshot's decoded one; a chain onto an approximate copy has no digest to match,
+        so only its contiguity (:meth:`_delta_chain`) and each blob's content digest (:meth:`_fetch`) are."""
         import torch
 
-        from fleetgrid.workloads.training import ModelDownload, apply_download
+        from fleetgrid.workloads.training import ModelDownload, apply_download, params_digest
 
-        grant = self.grant
+        grant, compact = self.grant, self.grant.compact
+        if (held is None or chain is None) and compact is not None:
+            download = ModelDownload(from_version=None, version=grant.base_version, digest=compact.params_digest,
+                                     full=self._fetch(compact.digest, compact.size), exact=False)
+            params = apply_download(None, download)
+            return HeldGlobal(grant.base_version, compact.params_digest, params.numpy(), False, grant.model_digest)
         if held is None or chain is None:
             download = ModelDownload(from_version=None, version=grant.base_version, digest=grant.model_digest,
                                      full=self._fetch(grant.snapshot.digest, grant.snapshot.size))
@@ -208,8 +235,11 @@ class TrainHandler(CarHandler):
         else:
             deltas = tuple(self._fetch(d.digest, d.size) for d in chain)
             download = ModelDownload(from_version=held.version, version=grant.base_version,
-                                     digest=grant.model_digest, full=None, deltas=deltas)
+                                     digest=grant.model_digest, full=None, deltas=deltas, exact=held.exact)
             params = apply_download(torch.from_numpy(held.params), download)
+            if not held.exact:
+                return HeldGlobal(grant.base_version, params_digest(params), params.numpy(), False,
+                                  grant.model_digest)
         return HeldGlobal(grant.base_version, grant.model_digest, params.numpy())
 
     def _fetch(self, digest: str, size: int) -> bytes:

@@ -63,14 +63,22 @@ class ClientUpdate:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelDownload:
-    """How a car holding ``from_version`` (None: nothing) gets ``version``: one full float32 snapshot, or the
-    chain of encoded deltas from its version, or nothing when it is already current; and ``c`` if asked for."""
+    """How a car holding ``from_version`` (None: nothing) gets ``version``: one whole snapshot (float32, or the
+    compact one of ``StrategyConfig.snapshot_bits``), or the chain of encoded deltas from its version, or nothing
+    when it is already current; and ``c`` if asked for.
+
+    ``exact`` says whether the car ends up with version ``version`` bit for bit. It does not after a compact
+    snapshot (``digest`` is then that of the decoded compact params, which is what the car checks and holds), nor
+    after a chain applied to a copy that was approximate already: such a result matches no digest the sender
+    knows, so nothing but the chain's contiguity (the sender's, or the car's from the versions it lists) and each
+    blob's own content address can be checked."""
 
     from_version: int | None
     version: int
     digest: str
     full: bytes | None
     deltas: tuple[bytes, ...] = ()
+    exact: bool = True
     control: bytes | None = None
     """With drift correction on: the fleet's control variate ``c`` for ``version``, encoded (a car already holding
     ``version`` got it with it)."""
@@ -81,7 +89,8 @@ class ModelDownload:
 
 
 def apply_download(held: torch.Tensor | None, download: ModelDownload) -> torch.Tensor:
-    """The car side of :class:`ModelDownload`: the new flat global, checked against its digest."""
+    """The car side of :class:`ModelDownload`: the new flat global, checked against its digest (except a chain
+    onto an approximate copy, which has none to match; see :class:`ModelDownload`)."""
     if download.full is not None:
         params = torch.from_numpy(decode(download.full).reshape(-1).copy())
     else:
@@ -93,6 +102,8 @@ def apply_download(held: torch.Tensor | None, download: ModelDownload) -> torch.
         params = held.clone()
         for blob in download.deltas:
             params = params + torch.from_numpy(np.asarray(decode(blob)).reshape(-1))
+        if not download.exact:
+            return params
     got = params_digest(params)
     if got != download.digest:
         raise HashMismatch(

@@ -91,6 +91,8 @@ class _Car:
     feedback: ErrorFeedback
     held_version: int | None = None
     held_params: torch.Tensor | None = None
+    held_exact: bool = True
+    """False once the car installed a compact snapshot: it holds ``held_version`` approximately."""
     fleet_control: torch.Tensor | None = None
     """Drift correction: the fleet's ``c`` that came down with ``held_version``."""
     own_control: torch.Tensor | None = None
@@ -111,7 +113,8 @@ class SimulatedFleet:
     """``datasets[i]`` is the private data of car ``f"car-{i}"``; ``model`` is a scratch module every car's local
     training runs in (one process, one car at a time). ``initial_params``, if given, is version 0 as each car
     builds it locally from the job's model seed (``tasks.build_model``), so no car downloads it; a wrong one is
-    caught by the digest check on the car's first delta."""
+    caught by the digest check on the car's first delta. With ``initial_exact`` False it is instead the compact
+    snapshot of version 0 (``Strategy.compact_snapshot``) each car downloaded: an approximate copy."""
 
     def __init__(
         self,
@@ -120,6 +123,7 @@ class SimulatedFleet:
         config: SimulationConfig | None = None,
         *,
         initial_params: torch.Tensor | None = None,
+        initial_exact: bool = True,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
     ) -> None:
         self.config = config = config or SimulationConfig()
@@ -146,13 +150,16 @@ class SimulatedFleet:
         if initial_params is not None:
             for car in self.cars.values():
                 car.held_version, car.held_params = 0, initial_params.detach().clone()
+                car.held_exact = initial_exact
         self._jobs: dict[str, _Job] = {}
         self._events: list[tuple[float, int, str]] = []
         self._seq = 0
         self.counts = {"dispatched": 0, "reported": 0, "preempted": 0, "vanished": 0, "revoked": 0, "steps": 0,
-                       "full_downloads": 0, "full_download_bytes": 0, "deltas_down": 0, "hostile": 0}
+                       "full_downloads": 0, "full_download_bytes": 0, "compact_downloads": 0,
+                       "compact_download_bytes": 0, "deltas_down": 0, "hostile": 0}
         """What happened to dispatched work (``hostile``: doctored reports sent), and how the downloads went: whole
-        models (and their bytes), and the deltas in chains (a car already current downloads neither)."""
+        float32 models and compact snapshots (and their bytes), and the deltas in chains (a car already current
+        downloads none of them)."""
 
     # ------------------------------------------------------------------------------------- Fleet protocol
 
@@ -171,16 +178,17 @@ class SimulatedFleet:
             car = self.cars[cid]
             if cid in self._jobs:
                 raise InvalidInput(f"{cid} already holds work for round {self._jobs[cid].instructions.round}")
-            download = strategy.download(car.held_version)
+            download = strategy.download(car.held_version, held_exact=car.held_exact)
             car.held_params = apply_download(car.held_params, download)
-            car.held_version = download.version
+            car.held_version, car.held_exact = download.version, download.exact
             if download.control is not None:
                 car.fleet_control = torch.from_numpy(decode(download.control).reshape(-1).copy())
             car.bytes_down += download.nbytes
             self.counts["deltas_down"] += len(download.deltas)
             if download.full is not None:
-                self.counts["full_downloads"] += 1
-                self.counts["full_download_bytes"] += download.nbytes
+                kind = "full" if download.exact else "compact"
+                self.counts[f"{kind}_downloads"] += 1
+                self.counts[f"{kind}_download_bytes"] += download.nbytes
             u = self._rng.random()
             vanishes = u < cfg.dropout_prob
             planned = ins.local.planned_steps(len(car.dataset))

@@ -98,8 +98,9 @@ class DiLoCo(Strategy):
                                                          [a.weight for a in usable])
         return summary
 
-    def download(self, held_version: int | None, version: int | None = None) -> ModelDownload:
-        out = super().download(held_version, version)
+    def download(self, held_version: int | None, version: int | None = None, *,
+                 held_exact: bool = True) -> ModelDownload:
+        out = super().download(held_version, version, held_exact=held_exact)
         control = self.server_state.get("control")
         if not self.config.drift_correction or control is None or (out.full is None and not out.deltas):
             return out  # off, no round yet, or the car already holds this version and its c
