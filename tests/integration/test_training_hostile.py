@@ -94,6 +94,8 @@ class HostileCar(threading.Thread):
             self.outcomes.append((attack, "accepted"))
         except (errors.InvalidInput, errors.TransportError) as exc:  # a 400, or the wire schema's 422
             self.outcomes.append((attack, str(exc)))
+        except errors.Conflict as exc:  # a 409: its round closed first, as it may for any car
+            self.outcomes.append((attack, f"late: {exc}"))
 
 
 def test_a_hostile_car_among_real_agents_cannot_stop_or_derail_a_job(fleet, tmp_path):
@@ -113,12 +115,13 @@ def test_a_hostile_car_among_real_agents_cannot_stop_or_derail_a_job(fleet, tmp_
     assert hostile.error is None, hostile.error
     assert final.state == "done", final.error
 
-    outcomes = dict(hostile.outcomes)
+    outcomes = dict(hostile.outcomes[:3])  # the first share's three reports
     assert "num_examples: Input should be less than or equal to" in outcomes["claims 1e15 examples"]  # the wire's
     largest = max(len(build_local_dataset(DataSpec(**DATA), i)) for i in range(DATA["num_vehicles"]))
     assert (f"claims num_examples=1000000000, more than the {largest} examples a car's data shard can hold; at "
             f"most {largest} is accepted") in outcomes["claims 1e9 examples"]
-    assert outcomes["huge"] == "accepted" and outcomes["scaled x100, sign-flipped"] == "accepted"
+    assert outcomes["huge"] == "accepted"
+    assert ("scaled x100, sign-flipped", "accepted") in hostile.outcomes[3:], hostile.outcomes
 
     t = final.training
     assert [h["version"] for h in t.history] == [0, 1, 2, 3]
