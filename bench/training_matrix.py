@@ -38,6 +38,7 @@ row's final quality (all its bytes if it never did) over the row's bytes. The is
     python bench/training_matrix.py --quick --json --png m.png  # a subset in minutes
     python bench/training_matrix.py --tasks mnist1d --alphas 0.3 --cars 16 --churn on --seeds 0 \\
         --strategies diloco_int4,flower_fedavg                  # one cell
+    python bench/training_matrix.py --strategies diloco_int4,flower_fedavg --reuse before.json --json  # Flower reused
 
 ``bench/training.py`` runs a point of the matrix through the real coordinator and agents
 (``--alpha``, ``--cars``, ``--seed``).
@@ -159,8 +160,51 @@ def budget_steps(budget: Budget, cars: int | None) -> int:
     return budget.rounds * config.rounds.clients_per_round * config.local.steps
 
 
-def run_seed(cell: Cell, seed: int, budget: Budget, peers: list[str], cache: dict, bar: tqdm | None) -> dict:
-    """Every wanted peer on one cell and seed: {label: result}; centralized runs are cached across cells."""
+class Saved:
+    """The reference and Flower runs of earlier ``--json`` outputs, taken instead of running them again where the
+    cell, seed and task budget match (the ceiling's ``ceiling_factor`` too), so a rerun of the fleetgrid rows after
+    a fleetgrid change costs only those. Each taken run says where it came from (``reused_from``)."""
+
+    reusable = (*REFERENCES, *FLOWER_PEERS)
+
+    def __init__(self, paths: list[str]) -> None:
+        self.runs: dict[tuple, tuple[dict, dict]] = {}  # (cell key, seed, label) -> (run, its task's budget)
+        for path in paths:
+            saved = _load_output(path)
+            for run in saved["runs"]:
+                budget = saved["budgets"].get(run.get("task"))
+                if run.get("label") in self.reusable and isinstance(budget, dict):
+                    key = (run["task"], run["alpha"], run["cars"], run["churn"], run["seed"], run["label"])
+                    self.runs[key] = (run | {"reused_from": path}, budget)
+
+    def get(self, cell: Cell, seed: int, label: str, budget: Budget) -> dict | None:
+        found = self.runs.get((cell.task, cell.alpha, cell.cars, cell.churn, seed, label))
+        if found is None:
+            return None
+        run, saved_budget = found
+        wanted = dataclasses.asdict(budget)
+        if label != "ceiling":
+            wanted.pop("ceiling_factor")
+        return dict(run) if all(saved_budget.get(k) == v for k, v in wanted.items()) else None
+
+
+def _load_output(path: str) -> dict:
+    """The last line of a ``--json`` output; ValueError naming the file if it is not one."""
+    try:
+        with open(path) as f:
+            saved = json.loads(f.read().strip().splitlines()[-1])
+        if not isinstance(saved.get("rows"), list) or not isinstance(saved.get("budgets"), dict):
+            raise KeyError("rows and budgets")
+        saved.setdefault("runs", [])
+        return saved
+    except (OSError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{path}: not the output of training_matrix.py --json ({exc!r})") from exc
+
+
+def run_seed(cell: Cell, seed: int, budget: Budget, peers: list[str], cache: dict, bar: tqdm | None,
+             saved: Saved | None = None) -> dict:
+    """Every wanted peer on one cell and seed: {label: result}; centralized runs are cached across cells, and
+    reference and Flower runs come from ``saved`` where it holds them."""
     task = TASKS[cell.task]
     spec = cell.spec(budget, seed)
     sim = SimulationConfig(preempt_prob=0.5 if cell.churn else 0.0, seed=seed)
@@ -177,19 +221,29 @@ def run_seed(cell: Cell, seed: int, budget: Budget, peers: list[str], cache: dic
             out[label] = fleet_run(task, label, strategy, config, spec, sim, versions, seed=seed,
                                    eval_windows=budget.eval_windows, evaluate_every_version=False)
             _advance(bar)
-    if any(p in FLOWER_PEERS for p in peers):
-        out |= _flower_runs(cell, seed, budget, [p for p in peers if p in FLOWER_PEERS], bar, step)
+    reused = {label: run for label in (*[p for p in peers if p in FLOWER_PEERS], *REFERENCES)
+              if saved is not None and (run := saved.get(cell, seed, label, budget)) is not None}
+    for label, run in reused.items():
+        if label in FLOWER_PEERS:
+            out[label] = run
+            _advance(bar)
+    wanted = [p for p in peers if p in FLOWER_PEERS and p not in reused]
+    if wanted:
+        out |= _flower_runs(cell, seed, budget, wanted, bar, step)
     batch = DiLoCoConfig().local.batch_size
     ceiling = int(budget.ceiling_factor * budget_steps(budget, None))
     for label, n in (("centralized", budget_steps(budget, cell.cars)), ("ceiling", ceiling)):
         step(label)
         key = (cell.task, seed, n, batch, budget.num_samples, budget.max_files, budget.eval_windows)
-        if key not in cache:
-            cache[key] = centralized(task, spec, n, seed, batch_size=batch, eval_windows=budget.eval_windows)
-        out[label] = cache[key] | {"label": label}
+        if label in reused:
+            out[label] = reused[label]
+        else:
+            if key not in cache:
+                cache[key] = centralized(task, spec, n, seed, batch_size=batch, eval_windows=budget.eval_windows)
+            out[label] = cache[key] | {"label": label}
         _advance(bar)
     step("sync_dp")
-    out["sync_dp"] = sync_dp_reference(task, spec, budget, cell.cars, seed)
+    out["sync_dp"] = reused.get("sync_dp") or sync_dp_reference(task, spec, budget, cell.cars, seed)
     _advance(bar)
     return out
 
@@ -310,8 +364,9 @@ def cells(tasks: list[str], alphas: list[float], cars: list[int], churn: list[bo
 
 
 def run_matrix(cell_list: list[Cell], seeds: list[int], budgets: dict[str, Budget], peers: list[str],
-               *, progress: bool = True) -> tuple[list[dict], list[dict]]:
-    """(rows, runs): the per-peer summaries of every cell, and every single run behind them."""
+               *, progress: bool = True, saved: Saved | None = None) -> tuple[list[dict], list[dict]]:
+    """(rows, runs): the per-peer summaries of every cell, and every single run behind them (reference and Flower
+    runs taken from ``saved`` where it holds them)."""
     cache: dict = {}
     rows, runs = [], []
     work = len(cell_list) * len(seeds) * (len(peers) + 3)
@@ -319,7 +374,7 @@ def run_matrix(cell_list: list[Cell], seeds: list[int], budgets: dict[str, Budge
         for cell in cell_list:
             per_seed = []
             for seed in seeds:
-                result = run_seed(cell, seed, budgets[cell.task], peers, cache, bar)
+                result = run_seed(cell, seed, budgets[cell.task], peers, cache, bar, saved)
                 compare(TASKS[cell.task], result)
                 per_seed.append(result)
                 runs += [{**cell.key, "seed": seed, **r} for r in result.values()]
@@ -360,12 +415,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
                     help="run nothing: show the rows of earlier --json outputs (their last lines) together")
+    ap.add_argument("--reuse", nargs="+", default=None, metavar="FILE",
+                    help="take the reference and Flower runs of earlier --json outputs where cell, seed and budget "
+                    "match, and run only the rest (e.g. the fleetgrid rows after a fleetgrid change)")
     args = ap.parse_args(argv)
     if args.from_json:
         return show_saved(args.from_json, focus=args.markdown, png=args.png)
     unknown = sorted(set(args.strategies) - set(PEERS)) + sorted(set(args.tasks) - set(TASKS))
     if unknown:
         ap.error(f"unknown strategies or tasks {unknown}; accepted: {list(PEERS)} and {list(TASKS)}")
+    try:
+        saved = Saved(args.reuse) if args.reuse else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
 
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
@@ -380,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         cell_list, seeds = cells(args.tasks, args.alphas, args.cars, args.churn), args.seeds
 
     started = time.perf_counter()
-    rows, runs = run_matrix(cell_list, seeds, budgets, args.strategies, progress=not args.no_progress)
+    rows, runs = run_matrix(cell_list, seeds, budgets, args.strategies, progress=not args.no_progress, saved=saved)
+    reused = sorted({r["reused_from"] for r in runs if "reused_from" in r})
+    if reused:
+        print(f"reference and Flower runs reused from: {', '.join(reused)}")
     wall = time.perf_counter() - started
     print_table(rows, budgets)
     print(f"wall time: {wall:.0f} s")
@@ -403,13 +469,12 @@ def show_saved(paths: list[str], *, focus: str | None, png: str | None) -> int:
     rows, budgets = [], {}
     for path in paths:
         try:
-            with open(path) as f:
-                saved = json.loads(f.read().strip().splitlines()[-1])
-            rows += saved["rows"]
+            saved = _load_output(path)
             budgets |= {t: Budget(**b) for t, b in saved["budgets"].items()}
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-            print(f"{path}: not the output of training_matrix.py --json ({exc!r})", file=sys.stderr)
+        except (ValueError, TypeError) as exc:
+            print(exc, file=sys.stderr)
             return 2
+        rows += saved["rows"]
     print_table(rows, budgets)
     if focus:
         print(markdown(rows, focus=focus))

@@ -92,6 +92,21 @@ def test_cli_json_and_figure_on_a_tiny_char_lm(tmp_path, capsys):
     (tmp_path / "bad.out").write_text("not json")
     assert tm.main(["--from-json", str(tmp_path / "bad.out")]) == 2
 
+    # a rerun after a fleetgrid change takes the references from the saved output where cell, seed, budget match
+    assert tm.main(["--reuse", str(saved), *argv[:-2]]) == 0
+    rerun = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
+    before = {r["label"]: r for r in out["runs"]}
+    for r in rerun:
+        if r["label"] in tm.REFERENCES:
+            assert r == before[r["label"]] | {"reused_from": str(saved)}
+        else:
+            assert "reused_from" not in r
+    longer = [("2" if a == "1" and argv[i - 1] == "--ceiling-factor" else a) for i, a in enumerate(argv[:-2])]
+    assert tm.main(["--reuse", str(saved), *longer]) == 0  # another ceiling: that one runs again, not the rest
+    rerun = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
+    assert {r["label"] for r in rerun if "reused_from" in r} == set(tm.REFERENCES) - {"ceiling"}
+    assert tm.main(["--reuse", str(tmp_path / "bad.out"), *argv[:-2]]) == 2
+
 
 def test_cell_selection_rejects_unknown_names():
     with pytest.raises(SystemExit):
