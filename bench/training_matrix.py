@@ -12,7 +12,7 @@ Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet 
   drift correction of strength 1 (0.5) (``DiLoCoConfig.drift_correction``; each car's mean gradient goes up and the
   fleet's down, int4-coded, counted); ``diloco_int4_fp32snap`` is ``diloco_int4`` without the int8 compact
   snapshot on the downlink (``StrategyConfig.snapshot_bits`` None: a car far behind fetches the exact float32
-  snapshot, and its version 0 is counted as one; with it, as the compact snapshot the car trains from);
+  snapshot, and a car's first download is one);
 - Flower ``flower_fedavg``, ``flower_fedadam``, ``flower_fedprox`` (``bench/flower_peers.py``; skipped with a
   message where Flower is not installed): Flower's defaults, the same rounds, H, partition, batch order and cars
   asked per round, the cars' local loop being fleetgrid FedAvg's;
@@ -26,8 +26,8 @@ Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet 
 Churn "on" preempts half of the dispatched cars at a random step (they report partial work; Flower's fail). The char
 LM is split by source file, so alpha does not apply to it (its rows show alpha "-"). Bytes are counted as
 ``bench/training_runs.py`` says: every upload sent (refused ones too), every download (revoked and retried work
-too), plus one full float32 model per fleetgrid car that took part, which fleetgrid cars actually build locally
-(``bytes_down_measured`` leaves it out); ``sync_dp_bytes = 2 x params x 4 B x local steps done``.
+too), each fleetgrid car's first being the whole model it trains from, as a real car holding none fetches it;
+``sync_dp_bytes = 2 x params x 4 B x local steps done``.
 
 Per row: mean, min and max over seeds of quality (accuracy, or perplexity for the char LM) and held-out loss, bytes
 up and down, quality relative to centralized, the ceiling and sync DP (points for accuracy, a ratio for perplexity),
@@ -321,7 +321,7 @@ def compare(task: Task, runs: dict[str, dict]) -> None:
 def summarize(cell: Cell, seeds: list[dict[str, dict]]) -> list[dict]:
     """One row per peer: mean, min and max over seeds of every figure."""
     rows = []
-    fields = ("quality", "accuracy", "loss", "bytes_up", "bytes_down", "bytes_down_measured", "steps",
+    fields = ("quality", "accuracy", "loss", "bytes_up", "bytes_down", "initial_download_bytes", "steps",
               "vs_centralized", "vs_ceiling", "vs_sync_dp", "points_vs_centralized", "points_vs_ceiling",
               "points_vs_sync_dp", "reduction_vs_sync_dp",
               "bytes_vs_flower", "seconds")

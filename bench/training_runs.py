@@ -3,11 +3,10 @@
 ``bench/training_local.py`` and ``bench/training_matrix.py`` share them (``bench/training.py`` uses the
 centralized run too), so every benchmark trains and counts bytes the same way:
 
-- ``bytes_down`` counts one full float32 model per car that took part, although fleetgrid cars build version 0
-  locally from the job's seed and download nothing for it (Flower sends it; counting it keeps the comparison
-  fair). With ``StrategyConfig.snapshot_bits`` set, each car instead downloads version 0's compact snapshot and
-  trains from that approximate copy, so that is what is counted. ``bytes_down_measured`` is what the fleet
-  actually moved, without that.
+- A car holds no model until it is first given work, and then fetches the version it trains from as a real car
+  with nothing fetches it (``federated/car.py``): that version's compact snapshot with
+  ``StrategyConfig.snapshot_bits`` set (the default), else its float32 snapshot. ``bytes_down`` counts it
+  (``initial_download_bytes``: those first downloads), as Flower's bytes count the model it sends each car.
 - Uploads are counted when the car sends them, so a report the strategy then refuses still counts, as do
   downloads to cars whose work was revoked, preempted or retried.
 - ``sync_dp_bytes = 2 x params x 4 bytes x (local steps done)``: what synchronous data-parallel training moves
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fleetgrid.workloads.training.compression import CompressionConfig, decode, encode
+from fleetgrid.workloads.training.compression import CompressionConfig, encode
 from fleetgrid.workloads.training.config import StrategyConfig
 from fleetgrid.workloads.training.flat import FlatLayout
 from fleetgrid.workloads.training.local import evaluate_model, make_evaluator
@@ -124,15 +123,19 @@ def centralized(
 
 
 class _MeteredFleet(SimulatedFleet):
-    """The simulated fleet, also remembering which cars were ever given work (each would have fetched v0)."""
+    """The simulated fleet, also remembering which cars were ever given work and what their first download (the
+    whole model: they held none) weighed."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.took_part: set[str] = set()
+        self.first_download_bytes = 0
 
     def dispatch(self, assignments, strategy) -> None:
+        new = [c for c in assignments if c not in self.took_part]
         self.took_part.update(assignments)
         super().dispatch(assignments, strategy)
+        self.first_download_bytes += sum(self.cars[c].bytes_down for c in new)
 
 
 def fleet_run(
@@ -157,18 +160,12 @@ def fleet_run(
     model = build_model(task.model, seed=seed)
     params = FlatLayout.of(model).flatten(model)
     strat = make_strategy(strategy, params, config)
-    initial_params, initial_exact, initial_nbytes = params, True, full_model_bytes(params)
-    compact = strat.compact_snapshot()
-    if compact is not None:  # each car downloads version 0's compact snapshot and trains from that copy
-        initial_params, initial_exact = torch.from_numpy(decode(compact[0]).reshape(-1).copy()), False
-        initial_nbytes = len(compact[0])
-    fleet = _MeteredFleet(model, datasets, sim, initial_params=initial_params, initial_exact=initial_exact)
+    fleet = _MeteredFleet(model, datasets, sim)  # no car holds a model before its first work (module docstring)
     evaluate = make_evaluator(build_model(task.model), x_test, y_test)
     history = strat.run(fleet, versions, evaluate_fn=evaluate if evaluate_every_version else None)
     final = history[-1] if evaluate_every_version else evaluate(strat.params)
     stats = fleet.stats()
-    initial = len(fleet.took_part) * initial_nbytes
-    bytes_down = stats["bytes_down"] + initial
+    bytes_down = stats["bytes_down"]
     moved = stats["bytes_up"] + bytes_down
     sync_dp = sync_dp_bytes(params.numel(), stats["steps"])
     out = {
@@ -179,8 +176,7 @@ def fleet_run(
         "quality": task.quality(final),
         "bytes_up": stats["bytes_up"],
         "bytes_down": bytes_down,
-        "bytes_down_measured": stats["bytes_down"],
-        "initial_download_bytes": initial,
+        "initial_download_bytes": fleet.first_download_bytes,
         "sync_dp_bytes": sync_dp,
         "reduction_vs_sync_dp": sync_dp / moved,
         "steps": stats["steps"],

@@ -50,8 +50,8 @@ def test_micro_cell_reports_every_figure(capsys):
         row = by_peer[label]
         assert 0 <= row["accuracy"]["min"] <= row["accuracy"]["max"] <= 1
         assert row["bytes_up"]["min"] > 0 and row["bytes_down"]["min"] > 0
-        # version 0 is counted as one full float32 download per car that took part
-        assert row["bytes_down"]["mean"] > row["bytes_down_measured"]["mean"]
+        # a car holds no model before its first work: that first download is counted, a whole model
+        assert 0 < row["initial_download_bytes"]["mean"] < row["bytes_down"]["mean"]
         assert row["vs_centralized"]["mean"] > 0 and "points_vs_ceiling" in row and "points_vs_sync_dp" in row
         assert row["reduction_vs_sync_dp"]["mean"] > 0
         assert set(row["targets"]) >= {"within_1.5_points", "500x_vs_sync_dp"}
@@ -114,7 +114,7 @@ def test_cell_selection_rejects_unknown_names():
     assert [c.alpha for c in tm.cells(["mnist1d", "charlm"], [0.1, 1.0], [8], [True])] == [0.1, 1.0, None]
 
 
-def test_with_compact_snapshots_version_zero_is_counted_as_the_compact_one_the_cars_train_from():
+def test_each_cars_first_download_is_counted_as_the_whole_model_it_trains_from():
     from training_runs import TASKS, fleet_run
 
     from fleetgrid.workloads.training.compression import CompressionConfig, encoded_nbytes
@@ -134,3 +134,4 @@ def test_with_compact_snapshots_version_zero_is_counted_as_the_compact_one_the_c
     compact = encoded_nbytes(numel, CompressionConfig(bits=8, chunk_size=256))
     assert snap["initial_download_bytes"] == snap["cars_took_part"] * compact
     assert snap["bytes_down"] < plain["bytes_down"] and snap["full_downloads"] == 0
+    assert plain["full_downloads"] >= plain["cars_took_part"] and snap["compact_downloads"] >= snap["cars_took_part"]
