@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from fleetgrid.workloads.training.compression import CompressionConfig, encode
 from fleetgrid.workloads.training.config import StrategyConfig
 from fleetgrid.workloads.training.flat import FlatLayout
 from fleetgrid.workloads.training.local import evaluate_model, make_evaluator
@@ -32,7 +31,7 @@ from fleetgrid.workloads.training.simulate import SimulatedFleet, SimulationConf
 from fleetgrid.workloads.training.strategies import make_strategy
 from fleetgrid.workloads.training.tasks import DataSpec, build_eval_set, build_local_dataset, build_model
 
-__all__ = ["CENTRAL_LR", "TASKS", "Task", "centralized", "eval_set", "fleet_run", "full_model_bytes", "sync_dp_bytes"]
+__all__ = ["CENTRAL_LR", "TASKS", "Task", "centralized", "eval_set", "fleet_run", "sync_dp_bytes"]
 
 
 @dataclass(frozen=True)
@@ -67,11 +66,6 @@ TASKS = {
 
 def sync_dp_bytes(params: int, steps: int) -> int:
     return 2 * params * 4 * steps
-
-
-def full_model_bytes(params: torch.Tensor) -> int:
-    """What one full float32 snapshot of ``params`` weighs on the wire (the header included)."""
-    return len(encode(params, CompressionConfig()))
 
 
 def eval_set(task: Task, spec: DataSpec, max_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
