@@ -434,6 +434,35 @@ def test_fedbuff_takes_stale_updates_and_serves_each_car_its_own_version(api):
     assert s["training"]["history"][2]["mean_staleness"] == 1.0
 
 
+def test_a_car_that_reported_its_share_gets_no_second_share_of_the_same_round(api):
+    """A synchronous round tops its cohort up with cars that turn up; a car holding one data shard that already
+    reported this round is not among them: it would train the same shard from the same version again, and its data
+    would count twice in the round."""
+    r = submit(api, rounds=1, init_seed=303, data={**DATA, "num_vehicles": 2},  # as many shards as cars, or fewer
+               settings={"local": {"steps": 4, "batch_size": 16},
+                         "rounds": {"clients_per_round": 2, "over_selection": 1.0, "deadline_s": 120}})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    quick, slow = enroll(api, "quick"), enroll(api, "slow")
+    grant = lease(api, quick, job_id)
+    report, payload = train(grant, global_params(api, quick, grant))
+    assert post_update(api, quick, grant["lease_id"], report, payload).status_code == 200
+    for _ in range(4):  # the quick car asks again while its round still waits for a second report
+        r = api.post("/leases", json={"state": PARKED, "wait_s": 1}, headers=auth(quick))
+        assert r.status_code in (200, 204), r.text
+        if r.status_code == 200:
+            assert r.json()["job_id"] != job_id, r.json()  # another test's work: give it back
+            api.post(f"/leases/{r.json()['lease_id']}/fail", json={"reason": "not this test", "handback": True},
+                     headers=auth(quick))
+    assert status(api, job_id)["training"]["version"] == 0
+    other = lease(api, slow, job_id)
+    assert (other["round"], other["base_version"]) == (1, 0)
+    report, payload = train(other, global_params(api, slow, other))
+    assert post_update(api, slow, other["lease_id"], report, payload).status_code == 200
+    row = wait_version(api, job_id, 1)["training"]["history"][1]
+    assert (row["used"], row["cars"]) == (2, 2), row
+
+
 def test_hostile_update_reports_get_a_4xx_and_never_a_500(api):
     """A report is small JSON: deeply nested JSON, a body that is not JSON (an old car's frame of report and bytes),
     a malformed digest, an unknown lease or someone else's lease each get a 4xx naming the problem."""

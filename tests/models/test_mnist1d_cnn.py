@@ -35,6 +35,18 @@ def test_make_mnist1d_is_seeded_and_leaves_global_rngs_alone():
     assert not np.array_equal(a["x"], c["x"])
 
 
+def test_make_mnist1d_from_several_threads_at_once_gives_what_it_gives_alone():
+    """The generator seeds and draws from the global RNGs; a coordinator generates from several threads (a report's
+    example cap, the held-out set), and each must still get its seed's arrays."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = {seed: make_mnist1d(seed=seed, num_samples=1000) for seed in (3, 4)}
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda s: (s, make_mnist1d(seed=s, num_samples=1000)), [3, 4] * 8))
+    for seed, data in together:
+        assert all(np.array_equal(data[k], alone[seed][k]) for k in alone[seed]), seed
+
+
 def test_shipped_weights_reach_their_recorded_test_accuracy():
     meta = read_metadata()
     data = make_mnist1d(seed=int(meta["data_seed"]), num_samples=int(meta["num_samples"]))

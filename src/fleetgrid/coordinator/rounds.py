@@ -115,12 +115,22 @@ class LeaseFleet:
 
     def __init__(self, service: TrainingService, run: Run) -> None:
         self.service, self.run = service, run
+        self._round = -1
+        self._delivered: dict[str, int] = {}
+        """Car -> reports handed to the loop for round ``_round``."""
 
     def now(self) -> float:
         return self.service.clock.now()
 
     def idle_clients(self) -> list[str]:
-        return self.service.available(self.run)
+        """Cars to offer a share now. In a round that closes, a car that already reported this round as many shares
+        as it holds data shards gets no more: a top-up would have it train the same shard from the same version
+        again, and its data would count twice in the round."""
+        cars = self.service.available(self.run)
+        if not self.run.strategy.closes_rounds or self.run.strategy.round != self._round:
+            return cars
+        shards = self.run.data.num_vehicles
+        return [c for c in cars if self._delivered.get(c, 0) < len(self.service.owned_shards(c, shards))]
 
     def busy_count(self) -> int:
         return len(self.service.store.live_offers(self.run.job.job_id, self.now()))
@@ -152,7 +162,12 @@ class LeaseFleet:
                 continue
             self.run.consumed.append((report.idx, report.digest))
             self.run.spent.extend(report.release)
-            return report.update
+            update = report.update
+            if update.round > self._round:
+                self._round, self._delivered = update.round, {}
+            if update.round == self._round:
+                self._delivered[update.client_id] = self._delivered.get(update.client_id, 0) + 1
+            return update
 
     def max_examples(self, client_id: str) -> int | None:
         return self.service.example_cap(self.run.data, client_id)

@@ -469,7 +469,7 @@ class TrainingService:
         else several, taken in turn lease by lease, so that a lone car trains on the whole split, not on one shard
         of it again and again. (The turns are the car's, over all its training leases: two jobs it trains at once
         share them out.)"""
-        owned = self._owned_shards(vehicle_id, num_shards)
+        owned = self.owned_shards(vehicle_id, num_shards)
         if len(owned) == 1:
             return owned[0]
         with self.lock:
@@ -477,7 +477,7 @@ class TrainingService:
             self._turns[vehicle_id] = turn + 1
         return owned[turn % len(owned)]
 
-    def _owned_shards(self, vehicle_id: str, num_shards: int) -> list[int]:
+    def owned_shards(self, vehicle_id: str, num_shards: int) -> list[int]:
         rank = self._shards.get(vehicle_id)
         if rank is None:
             order = sorted(self.store.list_vehicles(), key=lambda v: (v.enrolled_at, v.vehicle_id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import threading
 
 import numpy as np
 
@@ -27,6 +28,10 @@ def _import_mnist1d():
     return get_dataset_args, make_dataset
 
 
+_GLOBAL_GENERATORS = threading.Lock()
+"""Held while MNIST-1D is generated: its generator seeds and draws from numpy's and random's global state."""
+
+
 def make_mnist1d(seed: int = 0, num_samples: int = 5000) -> dict[str, np.ndarray]:
     """Generate MNIST-1D with the paper's default transforms: 80% train, 20% test, signals of length 40.
 
@@ -40,13 +45,15 @@ def make_mnist1d(seed: int = 0, num_samples: int = 5000) -> dict[str, np.ndarray
     args = get_dataset_args()
     args.seed = seed
     args.num_samples = num_samples
-    # make_dataset seeds the global generators; restore them so generating data never perturbs a caller's run.
-    saved_np, saved_py = np.random.get_state(), random.getstate()
-    try:
-        data = make_dataset(args)
-    finally:
-        np.random.set_state(saved_np)
-        random.setstate(saved_py)
+    # make_dataset seeds the global generators and draws from them: one thread at a time (a coordinator validates
+    # reports and scores versions on several), and restore them so generating data never perturbs a caller's run.
+    with _GLOBAL_GENERATORS:
+        saved_np, saved_py = np.random.get_state(), random.getstate()
+        try:
+            data = make_dataset(args)
+        finally:
+            np.random.set_state(saved_np)
+            random.setstate(saved_py)
     return {
         "x": data["x"].astype(np.float32),
         "y": data["y"].astype(np.int64),
