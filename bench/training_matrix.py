@@ -12,10 +12,12 @@ Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet 
   drift correction of strength 1 (0.5) (``DiLoCoConfig.drift_correction``; each car's mean gradient goes up and the
   fleet's down, int4-coded, counted); ``diloco_int4_fp32snap`` is ``diloco_int4`` without the int8 compact
   snapshot on the downlink (``StrategyConfig.snapshot_bits`` None: a car far behind fetches the exact float32
-  snapshot, and a car's first download is one);
+  snapshot, and a car's first download is one); ``diloco_int4_nola`` is ``diloco_int4`` whose cars train on the
+  plain loss, not the logit-adjusted one (``LocalTrainingConfig.logit_adjustment`` 0; 1 is DiLoCo's default),
+  ``diloco_int4_la05`` on the adjusted one at tau 0.5;
 - Flower ``flower_fedavg``, ``flower_fedadam``, ``flower_fedprox`` (``bench/flower_peers.py``; skipped with a
   message where Flower is not installed): Flower's defaults, the same rounds, H, partition, batch order and cars
-  asked per round, the cars' local loop being fleetgrid FedAvg's;
+  asked per round, the cars' local loop being fleetgrid FedAvg's on the plain loss (Flower has no logit adjustment);
 - ``centralized``: all cars' data on one machine, AdamW lr 3e-3 with a cosine schedule, batch as the cars', for the
   budget's optimizer steps, ``rounds x reports per round x H`` (a synchronous fleet with churn does fewer, as its
   partial reports count; Flower trains every car it asks, 1.3x as many without churn); ``ceiling``: the same for
@@ -76,6 +78,8 @@ FLEET_PEERS = {  # label -> (strategy, config class, uplink bits, downlink bits)
     "diloco_int4_scaffold": ("diloco", DiLoCoConfig, 4, 4),  # with drift correction (PEER_SETTINGS)
     "diloco_int4_scaffold05": ("diloco", DiLoCoConfig, 4, 4),
     "diloco_int4_fp32snap": ("diloco", DiLoCoConfig, 4, 4),  # float32 snapshots only (PEER_SETTINGS)
+    "diloco_int4_nola": ("diloco", DiLoCoConfig, 4, 4),  # without the logit-adjusted loss (LOCAL_SETTINGS)
+    "diloco_int4_la05": ("diloco", DiLoCoConfig, 4, 4),  # with it at tau 0.5
     "diloco_int8": ("diloco", DiLoCoConfig, 8, 8),
     "fedavg_fp32": ("fedavg", FedAvgConfig, None, None),
     "fedbuff": ("fedbuff", FedBuffConfig, None, None),
@@ -84,6 +88,10 @@ PEER_SETTINGS = {  # label -> config fields it changes beyond the budget and com
     "diloco_int4_scaffold": {"drift_correction": 1.0},
     "diloco_int4_scaffold05": {"drift_correction": 0.5},
     "diloco_int4_fp32snap": {"snapshot_bits": None},
+}
+LOCAL_SETTINGS = {  # label -> fields of its cars' local loop it changes
+    "diloco_int4_nola": {"logit_adjustment": 0.0},
+    "diloco_int4_la05": {"logit_adjustment": 0.5},
 }
 FLOWER_PEERS = ("flower_fedavg", "flower_fedadam", "flower_fedprox")
 PEERS = (*FLEET_PEERS, *FLOWER_PEERS)
@@ -138,7 +146,7 @@ def shipped_config(label: str, budget: Budget, cars: int | None, seed: int) -> t
     wanted = rounds.clients_per_round
     if cars is not None:
         wanted = max(rounds.min_reports, min(wanted, int(cars / rounds.over_selection)))
-    local = default.local
+    local = dataclasses.replace(default.local, **LOCAL_SETTINGS.get(label, {}))
     if budget.local_steps is not None:
         local = dataclasses.replace(local, steps=budget.local_steps)
     if bits is not None:
@@ -289,7 +297,8 @@ def _flower_runs(cell: Cell, seed: int, budget: Budget, labels: list[str], bar, 
         return {}
     _, config, _ = shipped_config("fedavg_fp32", budget, cell.cars, seed)
     fb = flower.FlowerBudget(rounds=budget.rounds, cohort=min(cell.cars, config.rounds.cohort_size),
-                      local=dataclasses.replace(config.local, compression=CompressionConfig()),
+                      local=dataclasses.replace(config.local, compression=CompressionConfig(),
+                                                logit_adjustment=0.0),  # Flower's clients: the plain loss
                       preempt_prob=0.5 if cell.churn else 0.0)
     out = {}
     for label in labels:

@@ -26,7 +26,7 @@ import torch
 
 from fleetgrid.workloads.training.config import StrategyConfig
 from fleetgrid.workloads.training.flat import FlatLayout
-from fleetgrid.workloads.training.local import evaluate_model, make_evaluator
+from fleetgrid.workloads.training.local import evaluate_model, heldout_prior, make_evaluator
 from fleetgrid.workloads.training.simulate import SimulatedFleet, SimulationConfig
 from fleetgrid.workloads.training.strategies import make_strategy
 from fleetgrid.workloads.training.tasks import DataSpec, build_eval_set, build_local_dataset, build_model
@@ -154,6 +154,7 @@ def fleet_run(
     model = build_model(task.model, seed=seed)
     params = FlatLayout.of(model).flatten(model)
     strat = make_strategy(strategy, params, config)
+    strat.target_prior = heldout_prior(model, x_test, y_test)  # as the coordinator does
     fleet = _MeteredFleet(model, datasets, sim)  # no car holds a model before its first work (module docstring)
     evaluate = make_evaluator(build_model(task.model), x_test, y_test)
     history = strat.run(fleet, versions, evaluate_fn=evaluate if evaluate_every_version else None)

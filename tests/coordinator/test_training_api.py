@@ -25,9 +25,11 @@ from fleetgrid.workloads.training import (
     ModelDownload,
     TrainInstructions,
     apply_download,
+    build_eval_set,
     build_local_dataset,
     build_model,
     encode,
+    heldout_prior,
     train_locally,
 )
 from harness import ENROLL, OPERATOR, TENANT, start_coordinator
@@ -392,6 +394,30 @@ def test_a_step_budget_in_passes_is_planned_by_the_car_and_checked_by_the_coordi
     ok = report_update(api, car, grant["lease_id"], report, digest)
     assert ok.status_code == 200 and ok.json()["state"] == "completed", ok.text
     api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))
+
+
+def test_cars_aim_their_logit_adjustment_at_the_jobs_held_out_class_shares(api):
+    """With ``logit_adjustment`` on, every lease carries the class shares of the held-out set the job is scored on
+    (the car subtracts their log from its own prior's); with it off, none. The car trains with them, and the
+    coordinator takes its report."""
+    settings = {"local": {"steps": 4, "batch_size": 16, "logit_adjustment": 1.0},
+                "rounds": {"clients_per_round": 1, "over_selection": 1.0, "deadline_s": 60}}
+    job_id = submit(api, settings=settings).json()["job_id"]
+    car = enroll(api, "adjusted")
+    grant = lease(api, car, job_id)
+    x, y = build_eval_set(DataSpec(**DATA))
+    expected = heldout_prior(build_model("mnist1d-cnn"), x[:2048], y[:2048])
+    assert grant["local"]["logit_adjustment"] == 1.0 and len(expected) == 10
+    assert np.allclose(grant["local"]["logit_target"], expected, rtol=0, atol=1e-9)
+    report, payload = train(grant, global_params(api, car, grant))
+    ok = report_update(api, car, grant["lease_id"], report, upload(api, car, payload))
+    assert ok.status_code == 200 and ok.json()["state"] == "completed", ok.text
+    api.post(f"/jobs/{job_id}/cancel", headers=auth(TENANT))
+    settings["local"]["logit_adjustment"] = 0.0  # FedAvg's default is 1
+    plain = submit(api, settings=settings).json()["job_id"]
+    grant = lease(api, enroll(api, "plain"), plain)
+    assert grant["local"]["logit_adjustment"] == 0 and grant["local"]["logit_target"] is None
+    api.post(f"/jobs/{plain}/cancel", headers=auth(TENANT))
 
 
 def test_training_lease_routes_refuse_inference_reports(api):

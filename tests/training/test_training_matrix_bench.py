@@ -34,6 +34,9 @@ def test_shipped_config_changes_only_the_budget():
     _, fedbuff, fedbuff_versions = tm.shipped_config("fedbuff", budget, cars=64, seed=0)
     assert fedbuff_versions * fedbuff.buffer_size >= 3 * fedbuff.rounds.clients_per_round
     assert fedbuff.buffer_size == FedBuffConfig().buffer_size
+    _, plain, _ = tm.shipped_config("diloco_int4_nola", budget, cars=8, seed=5)
+    assert default.local.logit_adjustment == 1.0 and plain.local.logit_adjustment == 0
+    assert dataclasses.replace(plain, local=dataclasses.replace(plain.local, logit_adjustment=1.0)) == config
 
 
 def test_micro_cell_reports_every_figure(capsys):

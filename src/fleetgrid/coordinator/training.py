@@ -37,6 +37,7 @@ from ..workloads.training import (
     build_local_dataset,
     build_model,
     decode,
+    heldout_prior,
     make_evaluator,
     make_strategy,
     strategy_from_state_bytes,
@@ -532,7 +533,7 @@ class TrainingService:
         try:
             if job.state == JobState.QUEUED:
                 self.store.start_job(job.job_id)
-            evaluate = self._evaluator(run)
+            evaluate = self._evaluator(run)  # also sets the cars' logit target, the held-out class shares
             strategy.run(LeaseFleet(self, run), run.submit.rounds, evaluate_fn=evaluate,
                          on_version=lambda s: self._checkpoint(run))
         except Stopped:
@@ -554,7 +555,9 @@ class TrainingService:
         data = run.data
         x, y = build_eval_set(data, max_windows=run.submit.eval_max)
         n = run.submit.eval_max
-        return make_evaluator(build_model(run.job.model), x[:n], y[:n])
+        model = build_model(run.job.model)
+        run.strategy.target_prior = heldout_prior(model, x[:n], y[:n])
+        return make_evaluator(model, x[:n], y[:n])
 
     def _checkpoint(self, run: Run) -> None:
         """Store the strategy's full state as an artifact and point the job at it; then check the target."""

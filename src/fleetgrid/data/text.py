@@ -137,6 +137,14 @@ class TokenWindows:
     def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.windows(torch.randint(len(self), (batch_size,), generator=generator))
 
+    def target_counts(self, num_classes: int) -> torch.Tensor:
+        """Occurrences of each token as a next-char target (every token but the first), (num_classes,)."""
+        counts = torch.bincount(self.tokens[1:], minlength=num_classes)
+        if counts.numel() != num_classes:
+            raise InvalidInput(f"a model with {num_classes} outputs cannot predict this shard's {counts.numel()} "
+                               f"token ids; build it with the vocabulary's size ({len(VOCAB)})")
+        return counts.to(torch.float32)
+
     def eval_windows(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` evenly spaced windows: a fixed held-out set."""
         starts = torch.linspace(0, len(self) - 1, steps=min(count, len(self))).long()

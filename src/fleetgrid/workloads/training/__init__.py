@@ -31,6 +31,7 @@ from fleetgrid.workloads.training.local import (
     LocalDataset,
     LocalResult,
     evaluate_model,
+    heldout_prior,
     make_evaluator,
     train_locally,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "encode",
     "encoded_nbytes",
     "evaluate_model",
+    "heldout_prior",
     "make_evaluator",
     "make_strategy",
     "params_digest",

@@ -131,6 +131,9 @@ class Strategy(ABC):
         """Reports refused as malformed or hostile (InvalidInput) since the last version."""
         self.noise_multiplier: float | None = config.privacy.noise_multiplier
         """DP's sigma; calibrated from ``privacy.target_epsilon`` over the planned versions when ``run`` starts."""
+        self.target_prior: tuple[float, ...] | None = None
+        """The class shares of the job's held-out targets, set by whoever runs the strategy: the
+        ``logit_target`` of every car's lease when ``local.logit_adjustment`` is on (:func:`~local.heldout_prior`)."""
         self.stopped_on_budget = False
         """The run ended early because another round would have spent more than ``privacy.epsilon_budget``."""
         self._downlink = ErrorFeedback(self.numel)
@@ -189,11 +192,14 @@ class Strategy(ABC):
     # ------------------------------------------------------------------------------------- work and reports
 
     def instructions(self, client_id: str) -> TrainInstructions:
+        local = self._car_clipping(local_config_at(self.config, self.version))
+        if local.logit_adjustment > 0 and self.target_prior is not None:
+            local = dataclasses.replace(local, logit_target=self.target_prior)
         return TrainInstructions(
             round=self.round,
             base_version=self.version,
             model_digest=self._digest,
-            local=self._car_clipping(local_config_at(self.config, self.version)),
+            local=local,
             seed=_stable_seed(self.config.seed, self.round, client_id),
         )
 

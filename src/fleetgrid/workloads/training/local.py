@@ -27,11 +27,14 @@ __all__ = [
     "ArrayDataset",
     "LocalDataset",
     "LocalResult",
+    "adjusted_loss",
     "control_codec",
     "cross_entropy_loss",
     "evaluate_model",
+    "heldout_prior",
     "make_evaluator",
     "private_delta",
+    "target_counts",
     "train_locally",
 ]
 
@@ -42,6 +45,10 @@ class LocalDataset(Protocol):
     def __len__(self) -> int: ...
 
     def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def target_counts(self, num_classes: int) -> torch.Tensor:
+        """How often each of ``num_classes`` targets occurs among the car's examples, (num_classes,)."""
+        ...
 
 
 class ArrayDataset:
@@ -62,6 +69,59 @@ class ArrayDataset:
     def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(self.x), (batch_size,), generator=generator)
         return self.x[idx], self.y[idx]
+
+    def target_counts(self, num_classes: int) -> torch.Tensor:
+        return target_counts(self.y, num_classes)
+
+
+def target_counts(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Occurrences of each class among integer ``targets``, (num_classes,); a target outside [0, num_classes)
+    is refused, since a model with that many outputs could not be trained on it."""
+    flat = targets.reshape(-1)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_classes):
+        raise InvalidInput(f"targets must lie in [0, {num_classes}) for a model with {num_classes} outputs, got "
+                           f"[{int(flat.min())}, {int(flat.max())}]")
+    return torch.bincount(flat, minlength=num_classes).to(torch.float32)
+
+
+def heldout_prior(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, ...]:
+    """The class shares of held-out targets ``y`` over ``model``'s outputs (half a count added to each, so none is
+    0): what a job's cars aim their logit adjustment at (``Strategy.target_prior``)."""
+    training = model.training
+    model.eval()  # no dropout draw: the global RNG stays where it was
+    with torch.no_grad():
+        classes = int(model(x[:1]).shape[-1])
+    model.train(training)
+    counts = target_counts(y, classes) + 0.5
+    return tuple((counts / counts.sum()).tolist())
+
+
+def adjusted_loss(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    dataset: LocalDataset,
+    tau: float,
+    target: tuple[float, ...] | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss_fn`` on logits shifted by ``tau * (log(prior) - log(target))``, the prior being the dataset's own
+    target shares and ``target`` the shares aimed at (None: every class alike); see
+    ``LocalTrainingConfig.logit_adjustment``. Half a count is added to every class so that one the car never sees
+    gets a large negative shift, not an infinite one. Made on the first batch, when the classes are known."""
+    shift: torch.Tensor | None = None
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        nonlocal shift
+        if shift is None:
+            classes = logits.shape[-1]
+            if target is not None and len(target) != classes:
+                raise InvalidInput(f"logit_target has {len(target)} class shares; the model has {classes} outputs")
+            counts = dataset.target_counts(classes) + 0.5  # (C,)
+            shift = torch.log(counts / counts.sum())
+            if target is not None:
+                shift = shift - torch.log(torch.tensor(target, dtype=torch.float32))
+            shift = tau * shift
+        return loss_fn(logits + shift, targets)
+
+    return loss
 
 
 def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -128,6 +188,8 @@ def train_locally(
         raise InvalidInput(f"correction must be flat of shape ({layout.numel},), got {tuple(correction.shape)}")
     slices = _param_slices(model, layout)
     grad_sum = torch.zeros(layout.numel) if config.drift_correction > 0 else None  # (P,), for c_i
+    if config.logit_adjustment > 0:
+        loss_fn = adjusted_loss(loss_fn, dataset, config.logit_adjustment, config.logit_target)
     model.train()
     steps = examples = 0
     loss_sum = 0.0
