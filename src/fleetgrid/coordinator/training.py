@@ -533,7 +533,9 @@ class TrainingService:
         try:
             if job.state == JobState.QUEUED:
                 self.store.start_job(job.job_id)
-            evaluate = self._evaluator(run)  # also sets the cars' logit target, the held-out class shares
+            model, x, y = self._held_out(run)
+            strategy.target_prior = heldout_prior(model, x, y)  # what the cars' logit adjustment aims at
+            evaluate = make_evaluator(model, x, y)
             strategy.run(LeaseFleet(self, run), run.submit.rounds, evaluate_fn=evaluate,
                          on_version=lambda s: self._checkpoint(run))
         except Stopped:
@@ -551,13 +553,11 @@ class TrainingService:
         self._finish(run)
         self.files.release_job(job.job_id, run.spent)
 
-    def _evaluator(self, run: Run) -> Callable[[torch.Tensor], dict[str, float]]:
-        data = run.data
-        x, y = build_eval_set(data, max_windows=run.submit.eval_max)
+    def _held_out(self, run: Run) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+        """The job's model and the held-out (x, y) every new global is scored on (``eval_max`` of them)."""
+        x, y = build_eval_set(run.data, max_windows=run.submit.eval_max)
         n = run.submit.eval_max
-        model = build_model(run.job.model)
-        run.strategy.target_prior = heldout_prior(model, x[:n], y[:n])
-        return make_evaluator(model, x[:n], y[:n])
+        return build_model(run.job.model), x[:n], y[:n]
 
     def _checkpoint(self, run: Run) -> None:
         """Store the strategy's full state as an artifact and point the job at it; then check the target."""
