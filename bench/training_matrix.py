@@ -423,13 +423,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="also print a Markdown table, one line per cell, PEER's figures first (diloco_int4)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
-                    help="run nothing: show the rows of earlier --json outputs (their last lines) together")
+                    help="run nothing: show earlier --json outputs (their last lines) together, each cell's runs "
+                    "pooled over the files' seeds")
     ap.add_argument("--reuse", nargs="+", default=None, metavar="FILE",
                     help="take the reference and Flower runs of earlier --json outputs where cell, seed and budget "
                     "match, and run only the rest (e.g. the fleetgrid rows after a fleetgrid change)")
     args = ap.parse_args(argv)
     if args.from_json:
-        return show_saved(args.from_json, focus=args.markdown, png=args.png)
+        return show_saved(args.from_json, focus=args.markdown, png=args.png, as_json=args.json)
     unknown = sorted(set(args.strategies) - set(PEERS)) + sorted(set(args.tasks) - set(TASKS))
     if unknown:
         ap.error(f"unknown strategies or tasks {unknown}; accepted: {list(PEERS)} and {list(TASKS)}")
@@ -473,23 +474,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def show_saved(paths: list[str], *, focus: str | None, png: str | None) -> int:
-    """The table (and Markdown, figure) of rows saved by earlier runs, e.g. a matrix run in pieces."""
-    rows, budgets = [], {}
+def show_saved(paths: list[str], *, focus: str | None, png: str | None, as_json: bool = False) -> int:
+    """The table (and Markdown, figure) of earlier runs, e.g. a matrix run in pieces: the single runs of every file
+    are pooled per cell and seed (a later file's run of the same cell, seed and peer replaces an earlier one), so
+    pieces split by seed or by peer show as one row per peer over all its seeds. Files from before runs were saved
+    add their rows as they are. ``as_json`` prints a last line of JSON of the pooled rows and runs."""
+    rows, budgets, pooled = [], {}, {}
     for path in paths:
         try:
             saved = _load_output(path)
-            budgets |= {t: Budget(**b) for t, b in saved["budgets"].items()}
+            for task, b in saved["budgets"].items():
+                budget = Budget(**b)
+                if budgets.setdefault(task, budget) != budget:
+                    raise ValueError(f"{path}: its {task} budget {b} differs from an earlier file's "
+                                     f"{dataclasses.asdict(budgets[task])}; show runs of one budget together")
         except (ValueError, TypeError) as exc:
             print(exc, file=sys.stderr)
             return 2
-        rows += saved["rows"]
+        if not saved["runs"]:
+            rows += saved["rows"]
+        for run in saved["runs"]:
+            cell = Cell(run["task"], run["alpha"], run["cars"], run["churn"])
+            pooled.setdefault(cell, {}).setdefault(run["seed"], {})[run["label"]] = dict(run)
+    for cell, by_seed in pooled.items():
+        seeds = [by_seed[s] for s in sorted(by_seed)]
+        for runs in seeds:
+            compare(TASKS[cell.task], runs)
+        labels = dict.fromkeys(label for runs in seeds for label in runs)
+        for label in labels:
+            rows += summarize(cell, [{label: runs[label]} for runs in seeds if label in runs])
     print_table(rows, budgets)
     if focus:
         print(markdown(rows, focus=focus))
     if png:
         plot(rows, png)
         print(f"figure: {png}")
+    if as_json:
+        runs = [run | {**cell.key, "seed": seed} for cell, by_seed in pooled.items()
+                for seed, by_label in sorted(by_seed.items()) for run in by_label.values()]
+        print(json.dumps({"benchmark": "training_matrix", "merged_from": paths,
+                          "budgets": {t: dataclasses.asdict(b) for t, b in budgets.items()},
+                          "rows": rows, "runs": runs}))
     return 0
 
 

@@ -95,6 +95,27 @@ def test_cli_json_and_figure_on_a_tiny_char_lm(tmp_path, capsys):
     (tmp_path / "bad.out").write_text("not json")
     assert tm.main(["--from-json", str(tmp_path / "bad.out")]) == 2
 
+    # pieces split by seed pool into one row per peer over both seeds; a later file's run of a seed replaces one
+    seed_at = argv.index("--seeds") + 1
+    assert tm.main([*argv[:seed_at], "1", *argv[seed_at + 1:-2]]) == 0
+    other = tmp_path / "seed1.out"
+    other.write_text(capsys.readouterr().out)
+    assert tm.main(["--from-json", str(saved), str(other), str(saved), "--json"]) == 0
+    shown = capsys.readouterr().out
+    assert "charlm a=- cars=4 churn=off (2 seed(s))" in shown
+    pooled = json.loads(shown.strip().splitlines()[-1])
+    assert sorted((r["seed"], r["label"]) for r in pooled["runs"]) == sorted(
+        (s, label) for s in (0, 1) for label in ("diloco_int8", *tm.REFERENCES))
+    row = next(r for r in pooled["rows"] if r["peer"] == "diloco_int8")
+    qualities = [next(r["quality"] for r in runs if r["label"] == "diloco_int8")
+                 for runs in (out["runs"], json.loads(other.read_text().strip().splitlines()[-1])["runs"])]
+    assert row["seeds"] == 2 and row["quality"]["min"] == min(qualities) and row["quality"]["max"] == max(qualities)
+    other_budget = json.loads(printed.strip().splitlines()[-1])
+    other_budget["budgets"]["charlm"]["rounds"] = 2
+    (tmp_path / "other_budget.out").write_text(json.dumps(other_budget))
+    assert tm.main(["--from-json", str(saved), str(tmp_path / "other_budget.out")]) == 2
+    assert "differs from an earlier file's" in capsys.readouterr().err
+
     # a rerun after a fleetgrid change takes the references from the saved output where cell, seed, budget match
     assert tm.main(["--reuse", str(saved), *argv[:-2]]) == 0
     rerun = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
