@@ -68,7 +68,14 @@ from training_matrix_report import markdown, plot, print_table
 from training_runs import CENTRAL_LR, TASKS, Task, centralized, fleet_run, sync_dp_bytes
 
 from fleetgrid.workloads.training.compression import CompressionConfig
-from fleetgrid.workloads.training.config import DiLoCoConfig, FedAvgConfig, FedBuffConfig, StrategyConfig, to_dict
+from fleetgrid.workloads.training.config import (
+    DiLoCoConfig,
+    FedAdamConfig,
+    FedAvgConfig,
+    FedBuffConfig,
+    StrategyConfig,
+    to_dict,
+)
 from fleetgrid.workloads.training.simulate import SimulationConfig
 from fleetgrid.workloads.training.tasks import DataSpec, build_model
 
@@ -83,6 +90,9 @@ FLEET_PEERS = {  # label -> (strategy, config class, uplink bits, downlink bits)
     "diloco_int8": ("diloco", DiLoCoConfig, 8, 8),
     "fedavg_fp32": ("fedavg", FedAvgConfig, None, None),
     "fedbuff": ("fedbuff", FedBuffConfig, None, None),
+    "fedbuff_nola": ("fedbuff", FedBuffConfig, None, None),  # without the logit-adjusted loss
+    "fedadam": ("fedadam", FedAdamConfig, None, None),
+    "fedadam_la": ("fedadam", FedAdamConfig, None, None),  # with the logit-adjusted loss, tau 1
 }
 PEER_SETTINGS = {  # label -> config fields it changes beyond the budget and compression
     "diloco_int4_scaffold": {"drift_correction": 1.0},
@@ -92,6 +102,8 @@ PEER_SETTINGS = {  # label -> config fields it changes beyond the budget and com
 LOCAL_SETTINGS = {  # label -> fields of its cars' local loop it changes
     "diloco_int4_nola": {"logit_adjustment": 0.0},
     "diloco_int4_la05": {"logit_adjustment": 0.5},
+    "fedbuff_nola": {"logit_adjustment": 0.0},
+    "fedadam_la": {"logit_adjustment": 1.0},
 }
 FLOWER_PEERS = ("flower_fedavg", "flower_fedadam", "flower_fedprox")
 PEERS = (*FLEET_PEERS, *FLOWER_PEERS)
