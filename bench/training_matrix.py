@@ -2,9 +2,9 @@
 
 Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet alpha, cars, churn) and seed:
 
-- fleetgrid ``diloco_int4``, ``diloco_int8``, ``fedavg_fp32``, ``fedbuff``: each strategy's config class with its
-  defaults, changed only in the budget every peer shares (rounds, local steps H), the seed, the compression the
-  label names, and the reports wanted per round, capped so the over-selected cohort fits a small fleet
+- fleetgrid ``diloco_int4``, ``diloco_int8``, ``fedavg_fp32``, ``fedadam``, ``fedbuff``: each strategy's config
+  class with its defaults, changed only in the budget every peer shares (rounds, local steps H), the seed, the
+  compression the label names, and the reports wanted per round, capped so the over-selected cohort fits a small fleet
   (``min(default, cars // over_selection)``). FedBuff gets ``rounds x reports per round / K`` versions: as many
   reports as a synchronous strategy. No setting is tuned per cell. ``diloco_int4_down2`` is ``diloco_int4`` with
   each new global version sent down as a 2-bit (ternary) delta: the coordinator's error feedback keeps the global
@@ -14,7 +14,8 @@ Runs the in-process harness (``SimulatedFleet``) for each cell (task, Dirichlet 
   snapshot on the downlink (``StrategyConfig.snapshot_bits`` None: a car far behind fetches the exact float32
   snapshot, and a car's first download is one); ``diloco_int4_nola`` is ``diloco_int4`` whose cars train on the
   plain loss, not the logit-adjusted one (``LocalTrainingConfig.logit_adjustment`` 0; 1 is DiLoCo's default),
-  ``diloco_int4_la05`` on the adjusted one at tau 0.5;
+  ``diloco_int4_la05`` on the adjusted one at tau 0.5; ``fedbuff_nola`` and ``fedadam_nola`` are ``fedbuff`` and
+  ``fedadam`` on the plain loss, ``fedbuff_lr1`` is ``fedbuff`` with server lr 1.0 (its default before 0.5);
 - Flower ``flower_fedavg``, ``flower_fedadam``, ``flower_fedprox`` (``bench/flower_peers.py``; skipped with a
   message where Flower is not installed): Flower's defaults, the same rounds, H, partition, batch order and cars
   asked per round, the cars' local loop being fleetgrid FedAvg's on the plain loss (Flower has no logit adjustment);
@@ -91,19 +92,21 @@ FLEET_PEERS = {  # label -> (strategy, config class, uplink bits, downlink bits)
     "fedavg_fp32": ("fedavg", FedAvgConfig, None, None),
     "fedbuff": ("fedbuff", FedBuffConfig, None, None),
     "fedbuff_nola": ("fedbuff", FedBuffConfig, None, None),  # without the logit-adjusted loss
+    "fedbuff_lr1": ("fedbuff", FedBuffConfig, None, None),  # server lr 1.0, its default before 2026-12-03
     "fedadam": ("fedadam", FedAdamConfig, None, None),
-    "fedadam_la": ("fedadam", FedAdamConfig, None, None),  # with the logit-adjusted loss, tau 1
+    "fedadam_nola": ("fedadam", FedAdamConfig, None, None),  # without the logit-adjusted loss
 }
 PEER_SETTINGS = {  # label -> config fields it changes beyond the budget and compression
     "diloco_int4_scaffold": {"drift_correction": 1.0},
     "diloco_int4_scaffold05": {"drift_correction": 0.5},
     "diloco_int4_fp32snap": {"snapshot_bits": None},
+    "fedbuff_lr1": {"server_lr": 1.0},
 }
 LOCAL_SETTINGS = {  # label -> fields of its cars' local loop it changes
     "diloco_int4_nola": {"logit_adjustment": 0.0},
     "diloco_int4_la05": {"logit_adjustment": 0.5},
     "fedbuff_nola": {"logit_adjustment": 0.0},
-    "fedadam_la": {"logit_adjustment": 1.0},
+    "fedadam_nola": {"logit_adjustment": 0.0},
 }
 FLOWER_PEERS = ("flower_fedavg", "flower_fedadam", "flower_fedprox")
 PEERS = (*FLEET_PEERS, *FLOWER_PEERS)

@@ -118,13 +118,16 @@ def test_outer_lr_warms_up_and_decays_over_the_run():
 
 def test_fedbuff_down_weights_stale_updates():
     # Norm bounding off: the lower median of norms 4 and 0 would clip both deltas to 0 (see test_robust.py).
-    s = FedBuff(t(0.0), FedBuffConfig(buffer_size=2, concurrency=4, staleness_exponent=0.5,
+    s = FedBuff(t(0.0), FedBuffConfig(buffer_size=2, concurrency=4, staleness_exponent=0.5, server_lr=1.0,
                                       robust=RobustConfig(norm_bound="off")))
     for _ in range(3):
         fold(s, update(s, [0.0]))
     assert s.version == 3
     fold(s, update(s, [4.0]), update(s, [0.0], base=0))  # weights 1 and 1/sqrt(1 + 3) = 0.5
     assert torch.allclose(s.params, t(-4 / 1.5))
+    half = FedBuff(t(0.0), FedBuffConfig(buffer_size=2, concurrency=4, robust=RobustConfig(norm_bound="off")))
+    fold(half, update(half, [4.0]), update(half, [0.0]))
+    assert FedBuffConfig().server_lr == 0.5 and torch.allclose(half.params, t(-0.5 * 4 / 2))  # half a step by default
     with pytest.raises(Conflict, match="at most 8"):
         s.accept(update(s, [0.0], base=-6))  # 10 versions behind
 

@@ -37,6 +37,13 @@ def test_shipped_config_changes_only_the_budget():
     _, plain, _ = tm.shipped_config("diloco_int4_nola", budget, cars=8, seed=5)
     assert default.local.logit_adjustment == 1.0 and plain.local.logit_adjustment == 0
     assert dataclasses.replace(plain, local=dataclasses.replace(plain.local, logit_adjustment=1.0)) == config
+    _, fedbuff_lr1, _ = tm.shipped_config("fedbuff_lr1", budget, cars=64, seed=0)
+    assert fedbuff.server_lr == 0.5 and dataclasses.replace(fedbuff_lr1, server_lr=0.5) == fedbuff
+    for label in ("fedbuff", "fedadam"):
+        _, shipped, _ = tm.shipped_config(label, budget, cars=8, seed=5)
+        _, off, _ = tm.shipped_config(f"{label}_nola", budget, cars=8, seed=5)
+        assert shipped.local.logit_adjustment == 1.0 and off.local.logit_adjustment == 0
+        assert dataclasses.replace(off, local=dataclasses.replace(off.local, logit_adjustment=1.0)) == shipped
 
 
 def test_micro_cell_reports_every_figure(capsys):
