@@ -414,8 +414,9 @@ class FedBuffConfig(FedAvgConfig):
     """Server step on each buffer's weighted mean delta; > 0. Half of FedAvg's 1.0: half the updates of a buffer
     were computed from an older global, and applied whole they overshoot it. On MNIST-1D (alpha 0.1 / 0.3 / 1.0,
     8 / 16 cars, half preempted, three seeds) 1.0 reached 51-70% with held-out loss 1.0-3.6 and a spread of up to
-    35 points between seeds; 0.5 reached 55-88% at loss 0.34-1.1 (13.8 points more on average); 0.25 was too slow
-    for the budget."""
+    35 points between seeds; 0.5 reached 55-88% at loss 0.34-1.1 (13.8 points more on average); 0.7 gained 0.7
+    more on average but one run collapsed (48.6%, loss 1.8, alpha 1.0 / 8 cars); 0.25 was too slow for the
+    budget."""
     buffer_size: int = 4
     """K: the global is updated every K usable updates, whenever they arrive; >= 1."""
     concurrency: int = 8
