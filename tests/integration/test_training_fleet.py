@@ -222,11 +222,12 @@ def test_coordinator_sigkill_mid_training_resumes_from_the_last_version(fleet):
     fleet.start_agent("car-b")
     with fleet.client() as client:
         # Enough data and steps that six versions learn well past version 0 (800 samples and 20 steps stay near
-        # chance, where the accuracy check below is a coin toss).
+        # chance, where the accuracy check below is a coin toss), with DiLoCo's own inner AdamW: inner SGD under
+        # its weight decay and proximal term stayed at chance on 2 of 3 seeds of this setting in-process (a CI run
+        # ended at 10.1% against version 0's 11.1%), AdamW reached 54-56% on all three.
+        local = {k: v for k, v in SETTINGS["local"].items() if k not in ("lr", "momentum")} | {"steps": 60}
         job = client.submit_train("mnist1d-cnn", data={**DATA, "num_samples": 4000}, strategy="diloco",
-                                  settings={**SETTINGS, "local": {**SETTINGS["local"], "optimizer": "sgd",
-                                                                  "steps": 60}},
-                                  rounds=6)
+                                  settings={**SETTINGS, "local": local}, rounds=6)
         wait_for(lambda: client.job(job.job_id).units_done >= 2, 180, "two checkpointed versions")
         before = client.job(job.job_id)
     coordinator.kill()
