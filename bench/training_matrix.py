@@ -525,8 +525,8 @@ def show_saved(paths: list[str], *, focus: str | None, png: str | None, as_json:
         plot(rows, png)
         print(f"figure: {png}")
     if as_json:
-        runs = [run | {**cell.key, "seed": seed} for cell, by_seed in pooled.items()
-                for seed, by_label in sorted(by_seed.items()) for run in by_label.values()]
+        runs = [run for by_seed in pooled.values() for _, by_label in sorted(by_seed.items())
+                for run in by_label.values()]  # each run carries its cell and seed already
         print(json.dumps({"benchmark": "training_matrix", "merged_from": paths,
                           "budgets": {t: dataclasses.asdict(b) for t, b in budgets.items()},
                           "rows": rows, "runs": runs}))
